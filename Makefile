@@ -1,0 +1,76 @@
+# Shoal — the two commands a fresh machine needs are `make demo` and `make test` (see README.md).
+# Needs only the Rust toolchain, Python 3 and make: everything else is installed into .venv/.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+REQUIREMENTS := tools/localstack/requirements.txt
+STACK := tools/localstack/stack
+# cargo-lambda and zig (PyPI ziglang) come from the venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test package fmt
+
+help:
+	@echo "make demo        start the local AWS stack and run the smoke scenario"
+	@echo "make test        fmt check, clippy, cfn-lint and all tests against the local stack"
+	@echo "make stack-up    start moto on 127.0.0.1:4566 (stack-down stops it)"
+	@echo "make package     build every Lambda zip with cargo lambda (release) and print sizes"
+
+$(VENV_STAMP): $(REQUIREMENTS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
+	touch $@
+
+venv: $(VENV_STAMP)
+
+stack-up: venv
+	@$(STACK) start
+
+stack-down:
+	@$(STACK) stop
+
+stack-status:
+	@$(STACK) status
+
+demo: venv
+	cargo build --quiet -p shoal-cli
+	@$(STACK) start
+	@$(STACK) run ./target/debug/shoal smoke
+
+# Starts the stack unless it (or the user's AWS_ENDPOINT_URL) is already there, runs every check,
+# stops the stack again if it started it, and fails if any check failed.
+test: venv
+	@$(STACK) run $(MAKE) --no-print-directory checks
+
+checks: fmt-check clippy lint cargo-test
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+lint: venv
+	cd infra && ../$(VENV)/bin/cfn-lint
+
+cargo-test:
+	cargo test --workspace --no-fail-fast
+
+fmt:
+	cargo fmt --all
+
+# Release zips for Lambda, x86_64 (guaranteed to build here; deploy default is arm64: run
+# `cargo lambda build --release --arm64 --output-format zip` where its toolchain is available).
+package: venv
+	@if [ -z "$$(ls -d functions/*/ 2>/dev/null)" ]; then echo "no function crates under functions/ yet"; exit 0; fi; \
+	 cargo lambda build --release --x86-64 --output-format zip $$(for d in functions/*/; do printf -- '--package %s ' "$$(basename $$d)"; done); \
+	 for zip in target/lambda/*/bootstrap.zip; do \
+	   printf '%-40s %8s bytes zipped, %8s bytes unzipped\n' "$$zip" "$$(stat -c %s $$zip)" \
+	     "$$(unzip -l $$zip | tail -n 1 | awk '{print $$1}')"; \
+	 done

@@ -1,0 +1,299 @@
+//! The AWS client factory and the error type for calls at the edges.
+//!
+//! The shared AWS configuration is loaded once, at init (loading it per request doubled Rust
+//! Lambda cold starts: aws-sdk-rust issue 894); clients are cheap views on it. When an endpoint is
+//! configured (`AWS_ENDPOINT_URL`, or a service's own `AWS_ENDPOINT_URL_<SERVICE>`), the factory
+//! adapts the two services that need it: S3 switches to path-style addressing and Timestream skips
+//! endpoint discovery, which would otherwise replace the configured endpoint with AWS's own host.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_types::service_config::ServiceConfigKey;
+use thiserror::Error;
+
+/// Builds every AWS client Shoal uses from one loaded configuration.
+#[derive(Debug, Clone)]
+pub struct ClientFactory {
+    sdk: SdkConfig,
+}
+
+impl ClientFactory {
+    /// Loads region, credentials and endpoint from the environment, once.
+    pub async fn from_env() -> Self {
+        Self::new(aws_config::load_defaults(BehaviorVersion::latest()).await)
+    }
+
+    pub fn new(sdk: SdkConfig) -> Self {
+        Self { sdk }
+    }
+
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.sdk
+    }
+
+    /// The endpoint configured for `service_id` (the SDK's service id, e.g. "S3", "Timestream
+    /// Write"), resolved the way the generated SDK resolves it: an endpoint set in code wins, then
+    /// the service-specific variable or profile key, then the global `AWS_ENDPOINT_URL`.
+    pub fn configured_endpoint(&self, service_id: &str) -> Option<String> {
+        if self.sdk.get_origin("endpoint_url").is_client_config() {
+            return self.sdk.endpoint_url().map(str::to_owned);
+        }
+        let key = ServiceConfigKey::builder()
+            .service_id(service_id)
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .ok();
+        self.sdk
+            .service_config()
+            .zip(key)
+            .and_then(|(config, key)| config.load_config(key))
+            .or_else(|| self.sdk.endpoint_url().map(str::to_owned))
+    }
+
+    pub fn iot(&self) -> aws_sdk_iot::Client {
+        aws_sdk_iot::Client::new(&self.sdk)
+    }
+
+    /// The device-shadow data plane. On AWS, point it at the account's `iot:Data-ATS` endpoint with
+    /// `AWS_ENDPOINT_URL_IOT_DATA_PLANE`.
+    pub fn iot_data(&self) -> aws_sdk_iotdataplane::Client {
+        aws_sdk_iotdataplane::Client::new(&self.sdk)
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+    }
+
+    pub fn kms(&self) -> aws_sdk_kms::Client {
+        aws_sdk_kms::Client::new(&self.sdk)
+    }
+
+    /// S3 with path-style addressing against a configured endpoint: virtual-hosted names like
+    /// `bucket.127.0.0.1` do not resolve locally.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let path_style = self.configured_endpoint("S3").is_some();
+        let config = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .force_path_style(path_style)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Timestream Write. AWS requires endpoint discovery for it, so on AWS this makes one
+    /// DescribeEndpoints call and spawns the task that refreshes the endpoint before it expires;
+    /// call it at init, once, and only in functions that write telemetry. Against a configured
+    /// endpoint there is nothing to discover.
+    pub async fn timestream_write(&self) -> Result<aws_sdk_timestreamwrite::Client, AwsError> {
+        let client = aws_sdk_timestreamwrite::Client::new(&self.sdk);
+        if self.configured_endpoint("Timestream Write").is_some() {
+            return Ok(client);
+        }
+        let (client, reload) =
+            client
+                .with_endpoint_discovery_enabled()
+                .await
+                .map_err(|source| AwsError {
+                    service: "timestream-write",
+                    operation: "DescribeEndpoints",
+                    kind: AwsErrorKind::Unreachable,
+                    code: None,
+                    message: source.to_string(),
+                })?;
+        tokio::spawn(reload.reload_task());
+        Ok(client)
+    }
+}
+
+/// What went wrong with an AWS call, in terms the domain can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    /// The service answered with an error (not found, conditional check failed, validation, …).
+    Service,
+    /// The service asked us to slow down; retry with backoff.
+    Throttled,
+    /// No answer: connection refused, DNS, timeout. Retry later; nothing was decided.
+    Unreachable,
+    /// The request could not be built or the response not read.
+    Other,
+}
+
+/// A failed AWS call, with the service and operation that failed so logs and errors say where.
+#[derive(Debug, Clone, Error)]
+pub struct AwsError {
+    pub service: &'static str,
+    pub operation: &'static str,
+    pub kind: AwsErrorKind,
+    /// The service's error code, e.g. `ResourceNotFoundException`.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for AwsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} failed", self.service, self.operation)?;
+        match (&self.kind, &self.code) {
+            (AwsErrorKind::Unreachable, _) => write!(f, " (endpoint unreachable)")?,
+            (_, Some(code)) => write!(f, " ({code})")?,
+            _ => {}
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Error codes AWS services use for throttling.
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+    "LimitExceededException",
+];
+
+impl AwsError {
+    pub fn from_sdk<E, R>(
+        service: &'static str,
+        operation: &'static str,
+        err: SdkError<E, R>,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + StdError + 'static,
+        R: fmt::Debug + 'static,
+    {
+        let (kind, code, message) = match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                (AwsErrorKind::Unreachable, None, chain(&err))
+            }
+            SdkError::ServiceError(service_err) => {
+                let inner = service_err.err();
+                let code = inner.code().map(str::to_owned);
+                let kind = match code.as_deref() {
+                    Some(c) if THROTTLING_CODES.contains(&c) => AwsErrorKind::Throttled,
+                    _ => AwsErrorKind::Service,
+                };
+                let message = inner
+                    .message()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| chain(inner));
+                (kind, code, message)
+            }
+            _ => (
+                AwsErrorKind::Other,
+                err.code().map(str::to_owned),
+                chain(&err),
+            ),
+        };
+        Self {
+            service,
+            operation,
+            kind,
+            code,
+            message,
+        }
+    }
+
+    pub fn is_code(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            AwsErrorKind::Throttled | AwsErrorKind::Unreachable
+        )
+    }
+}
+
+/// The error and its sources on one line: SDK errors keep the useful part ("connection refused")
+/// several sources deep.
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// `.aws("s3", "PutObject")?` at the edges.
+pub trait AwsResultExt<T> {
+    fn aws(self, service: &'static str, operation: &'static str) -> Result<T, AwsError>;
+}
+
+impl<T, E, R> AwsResultExt<T> for Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+    R: fmt::Debug + 'static,
+{
+    fn aws(self, service: &'static str, operation: &'static str) -> Result<T, AwsError> {
+        self.map_err(|e| AwsError::from_sdk(service, operation, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_config::Region;
+
+    fn factory(endpoint: Option<&str>) -> ClientFactory {
+        let mut loader = SdkConfig::builder()
+            .region(Region::new("eu-west-1"))
+            .behavior_version(BehaviorVersion::latest());
+        if let Some(url) = endpoint {
+            loader = loader.endpoint_url(url);
+        }
+        ClientFactory::new(loader.build())
+    }
+
+    #[test]
+    fn endpoint_set_in_code_applies_to_every_service() {
+        let f = factory(Some("http://127.0.0.1:4566"));
+        assert_eq!(
+            f.configured_endpoint("S3").as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
+        assert_eq!(
+            f.configured_endpoint("Timestream Write").as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
+        assert_eq!(factory(None).configured_endpoint("S3"), None);
+    }
+
+    #[tokio::test]
+    async fn timestream_against_a_configured_endpoint_needs_no_discovery() {
+        // Port 9 (discard) is closed: discovery would try to call it and fail; with a configured
+        // endpoint the factory must not call anything.
+        let f = factory(Some("http://127.0.0.1:9"));
+        assert!(f.timestream_write().await.is_ok());
+    }
+
+    #[test]
+    fn display_names_service_operation_and_code() {
+        let err = AwsError {
+            service: "dynamodb",
+            operation: "PutItem",
+            kind: AwsErrorKind::Service,
+            code: Some("ResourceNotFoundException".into()),
+            message: "Requested resource not found".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "dynamodb PutItem failed (ResourceNotFoundException): Requested resource not found"
+        );
+        assert!(err.is_code("ResourceNotFoundException"));
+        assert!(!err.is_retryable());
+    }
+}

@@ -1,0 +1,157 @@
+//! Reaching the local AWS endpoint from tests.
+//!
+//! Tests call real AWS APIs at `AWS_ENDPOINT_URL` (default: moto on 127.0.0.1:4566, started by
+//! `make stack-up`). When nothing answers there, tests fail with a message saying how to start it;
+//! they never skip.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use shoal_shared::aws::ClientFactory;
+
+/// The endpoint `make stack-up` starts when the user has not chosen one.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
+
+/// The endpoint under test: `AWS_ENDPOINT_URL`, else the default.
+pub fn endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
+}
+
+/// `host:port` of an `http://host:port[/...]` URL.
+fn authority(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url} is not an http:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains(':') {
+        Ok(authority.to_owned())
+    } else {
+        Ok(format!("{authority}:80"))
+    }
+}
+
+/// Checks that something accepts connections at `url`; the error says how to fix it.
+pub fn check_reachable(url: &str) -> Result<(), String> {
+    let how = "start the local stack with `make stack-up` (moto on 127.0.0.1:4566), or point \
+               AWS_ENDPOINT_URL at a running AWS emulator such as LocalStack";
+    let authority = authority(url).map_err(|e| format!("{e}: {how}"))?;
+    let addrs: Vec<_> = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}; {how}"))?
+        .collect();
+    for addr in &addrs {
+        if TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "the local AWS endpoint {url} is not reachable: {how}"
+    ))
+}
+
+/// A client factory for the endpoint under test. Panics, with the fix in the message, when the
+/// endpoint is down. Region and credentials default to the dummies the local stack expects.
+pub async fn factory() -> ClientFactory {
+    let url = endpoint();
+    if let Err(message) = check_reachable(&url) {
+        panic!("{message}");
+    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).endpoint_url(&url);
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        loader = loader.region(Region::new("us-east-1"));
+    }
+    if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
+        loader = loader.credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "shoal-tests",
+        ));
+    }
+    ClientFactory::new(loader.load().await)
+}
+
+/// A name no other test (or earlier run) uses, within AWS naming rules for every service here:
+/// lowercase letters, digits and '-'.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
+
+/// GET `path` from the endpoint and return the body (moto's `/moto-api/...` state endpoints).
+/// A plain HTTP/1.0 GET: the body is small JSON, and no HTTP client crate is worth its build time
+/// for this one test-only call.
+pub fn get(path: &str) -> Result<String, String> {
+    let url = endpoint();
+    let authority = authority(&url)?;
+    let mut stream = TcpStream::connect(&authority).map_err(|e| format!("{url}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| e.to_string())?;
+    let response = String::from_utf8(response).map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("response has no header/body separator")?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200") {
+        return Err(format!("GET {path}: {status}"));
+    }
+    Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_of_urls() {
+        assert_eq!(
+            authority("http://127.0.0.1:4566").unwrap(),
+            "127.0.0.1:4566"
+        );
+        assert_eq!(
+            authority("http://127.0.0.1:4566/x").unwrap(),
+            "127.0.0.1:4566"
+        );
+        assert_eq!(authority("http://localhost").unwrap(), "localhost:80");
+        assert!(authority("https://s3.amazonaws.com").is_err());
+    }
+
+    #[test]
+    fn unreachable_endpoint_says_how_to_start_the_stack() {
+        // Bind then drop a listener: the port is free and closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = check_reachable(&format!("http://127.0.0.1:{port}")).unwrap_err();
+        assert!(err.contains("is not reachable"), "{err}");
+        assert!(err.contains("make stack-up"), "{err}");
+        assert!(err.contains("AWS_ENDPOINT_URL"), "{err}");
+    }
+
+    #[test]
+    fn unique_names_differ_and_fit_bucket_rules() {
+        let a = unique_name("shoal-test");
+        let b = unique_name("shoal-test");
+        assert_ne!(a, b);
+        assert!(a.parse::<shoal_shared::config::BucketName>().is_ok(), "{a}");
+    }
+}

@@ -1,0 +1,4 @@
+//! The `shoal` operator CLI. Each command lives in its own module; `main.rs` only parses
+//! arguments and wires the AWS clients.
+
+pub mod smoke;
