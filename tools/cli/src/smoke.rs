@@ -10,7 +10,7 @@ use aws_sdk_iot::types::AttributePayload;
 use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, Record, TimeUnit};
 use aws_smithy_types::Blob;
 use serde_json::{Value, json};
-use shoal_shared::aws::{AwsResultExt, ClientFactory};
+use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
 use shoal_shared::config::TimestreamTarget;
 use shoal_shared::ids::ThingName;
 
@@ -58,24 +58,25 @@ pub async fn run(
         .unwrap_or("AWS (default endpoints)");
     writeln!(out, "endpoint    {endpoint}")?;
 
-    // 1. The thing. CreateThing is idempotent for the same name and attributes.
+    // 1. The thing: reused when it exists (moto's CreateThing replaces an existing thing and its
+    //    shadows, AWS's leaves it alone; describing first behaves the same on both).
     let iot = factory.iot();
-    iot.create_thing()
-        .thing_name(thing.as_str())
-        .attribute_payload(
-            AttributePayload::builder()
-                .attributes("shoal_smoke", "true")
-                .build(),
-        )
-        .send()
-        .await
-        .aws("iot", "CreateThing")?;
-    let described = iot
-        .describe_thing()
-        .thing_name(thing.as_str())
-        .send()
-        .await
-        .aws("iot", "DescribeThing")?;
+    let described = match describe_thing(&iot, thing).await {
+        Err(e) if e.is_code("ResourceNotFoundException") => {
+            iot.create_thing()
+                .thing_name(thing.as_str())
+                .attribute_payload(
+                    AttributePayload::builder()
+                        .attributes("shoal_smoke", "true")
+                        .build(),
+                )
+                .send()
+                .await
+                .aws("iot", "CreateThing")?;
+            describe_thing(&iot, thing).await?
+        }
+        other => other?,
+    };
     let thing_arn = described.thing_arn().unwrap_or_default().to_owned();
     writeln!(
         out,
@@ -161,6 +162,17 @@ pub async fn run(
         delta,
         records_ingested,
     })
+}
+
+async fn describe_thing(
+    iot: &aws_sdk_iot::Client,
+    thing: &ThingName,
+) -> Result<aws_sdk_iot::operation::describe_thing::DescribeThingOutput, AwsError> {
+    iot.describe_thing()
+        .thing_name(thing.as_str())
+        .send()
+        .await
+        .aws("iot", "DescribeThing")
 }
 
 /// Creates the database and table unless they exist. On AWS they come from infra/template.yaml;
