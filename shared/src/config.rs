@@ -17,6 +17,9 @@ pub mod vars {
     pub const TIMESTREAM_DATABASE: &str = "SHOAL_TIMESTREAM_DATABASE";
     /// Timestream table that receives telemetry.
     pub const TIMESTREAM_TABLE: &str = "SHOAL_TIMESTREAM_TABLE";
+    /// Memory-store retention of the telemetry table, in hours: older readings are refused
+    /// before Timestream would refuse them.
+    pub const TIMESTREAM_MEMORY_RETENTION_HOURS: &str = "SHOAL_TIMESTREAM_MEMORY_RETENTION_HOURS";
     /// S3 bucket holding the Parquet archive and the quarantine.
     pub const ARCHIVE_BUCKET: &str = "SHOAL_ARCHIVE_BUCKET";
     /// DynamoDB table of the factory manifest (keyed by serial).

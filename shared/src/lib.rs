@@ -7,3 +7,5 @@ pub mod aws;
 pub mod config;
 pub mod ids;
 pub mod logging;
+pub mod metrics;
+pub mod telemetry;

@@ -1,0 +1,248 @@
+//! The router's AWS edges: Timestream WriteRecords and the S3 quarantine.
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError;
+use aws_sdk_timestreamwrite::types::{
+    Dimension, MeasureValue as SdkMeasureValue, MeasureValueType, Record, TimeUnit,
+};
+use shoal_shared::aws::{AwsError, AwsErrorKind, AwsResultExt};
+use shoal_shared::config::{BucketName, TimestreamTarget};
+use shoal_shared::telemetry::records::common_dimensions;
+use shoal_shared::telemetry::{MeasureValue, TimestreamRecord};
+use time::OffsetDateTime;
+
+use crate::router::{QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
+
+/// Writes records to one Timestream table. Throttling is retried by the SDK's standard retry
+/// mode (exponential backoff with jitter); configure attempts on the client.
+pub struct TimestreamSink {
+    client: aws_sdk_timestreamwrite::Client,
+    target: TimestreamTarget,
+}
+
+impl TimestreamSink {
+    pub fn new(client: aws_sdk_timestreamwrite::Client, target: TimestreamTarget) -> Self {
+        Self { client, target }
+    }
+}
+
+fn measure_type(value: &MeasureValue) -> MeasureValueType {
+    match value {
+        MeasureValue::Double(_) => MeasureValueType::Double,
+        MeasureValue::Bigint(_) => MeasureValueType::Bigint,
+        MeasureValue::Boolean(_) => MeasureValueType::Boolean,
+        MeasureValue::Varchar(_) => MeasureValueType::Varchar,
+    }
+}
+
+fn dimension(name: &str, value: &str) -> Result<Dimension, AwsError> {
+    Dimension::builder()
+        .name(name)
+        .value(value)
+        .build()
+        .map_err(|e| build_error(e.to_string()))
+}
+
+fn build_error(message: String) -> AwsError {
+    AwsError {
+        service: "timestream-write",
+        operation: "WriteRecords",
+        kind: AwsErrorKind::Other,
+        code: None,
+        message,
+    }
+}
+
+/// The SDK request for `batch`: measure name, type and time unit always hoisted into the common
+/// attributes, and the dimensions too when every record shares them.
+pub fn to_sdk(batch: &[TimestreamRecord]) -> Result<(Record, Vec<Record>), AwsError> {
+    let shared = common_dimensions(batch);
+    let mut common = Record::builder()
+        .measure_value_type(MeasureValueType::Multi)
+        .time_unit(TimeUnit::Milliseconds);
+    if let Some(first) = batch.first() {
+        common = common.measure_name(first.measure_name);
+    }
+    for (name, value) in shared.unwrap_or_default() {
+        common = common.dimensions(dimension(name, value)?);
+    }
+    let mut records = Vec::with_capacity(batch.len());
+    for r in batch {
+        let mut record = Record::builder()
+            .time(r.time_ms.to_string())
+            .version(r.version);
+        if shared.is_none() {
+            for (name, value) in &r.dimensions {
+                record = record.dimensions(dimension(name, value)?);
+            }
+        }
+        for (name, value) in &r.measures {
+            record = record.measure_values(
+                SdkMeasureValue::builder()
+                    .name(name)
+                    .value(value.to_timestream_string())
+                    .r#type(measure_type(value))
+                    .build()
+                    .map_err(|e| build_error(e.to_string()))?,
+            );
+        }
+        records.push(record.build());
+    }
+    Ok((common.build(), records))
+}
+
+impl TelemetrySink for TimestreamSink {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
+        let (common, records) = to_sdk(batch)?;
+        let sent = self
+            .client
+            .write_records()
+            .database_name(self.target.database.as_str())
+            .table_name(self.target.table.as_str())
+            .common_attributes(common)
+            .set_records(Some(records))
+            .send()
+            .await;
+        let err = match sent {
+            Ok(_) => return Ok(Vec::new()),
+            Err(err) => err,
+        };
+        // Some records refused: the call wrote the others; report the refused ones by index.
+        let rejected = match err.as_service_error() {
+            Some(WriteRecordsError::RejectedRecordsException(rejected)) => Some(
+                rejected
+                    .rejected_records()
+                    .iter()
+                    .map(|r| RejectedRecord {
+                        index: usize::try_from(r.record_index()).unwrap_or(usize::MAX),
+                        reason: match r.existing_version() {
+                            Some(v) => format!(
+                                "{} (existing version {v})",
+                                r.reason().unwrap_or("rejected")
+                            ),
+                            None => r.reason().unwrap_or("rejected").to_owned(),
+                        },
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        rejected.ok_or_else(|| AwsError::from_sdk("timestream-write", "WriteRecords", err))
+    }
+}
+
+/// Stores refused input under `quarantine/` in the archive bucket: the object's body is the
+/// message exactly as delivered; reason and source ride along as object metadata.
+pub struct S3Quarantine {
+    client: aws_sdk_s3::Client,
+    bucket: BucketName,
+}
+
+impl S3Quarantine {
+    pub fn new(client: aws_sdk_s3::Client, bucket: BucketName) -> Self {
+        Self { client, bucket }
+    }
+}
+
+/// FNV-1a: a stable fingerprint of the original bytes, so a redelivered message overwrites its
+/// own quarantine object instead of adding a second one.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `quarantine/year=YYYY/month=MM/day=DD/reason=<code>/<thing>/<received_at>-<fingerprint>-<index>.json`
+pub fn quarantine_key(item: &QuarantineItem) -> String {
+    let received_at = item.received_at_ms.unwrap_or(0);
+    let when = OffsetDateTime::from_unix_timestamp_nanos(i128::from(received_at) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let index = item
+        .reading_index
+        .map_or_else(|| "message".to_owned(), |i| format!("reading-{i}"));
+    format!(
+        "quarantine/year={:04}/month={:02}/day={:02}/reason={}/{}/{}-{:016x}-{}.json",
+        when.year(),
+        u8::from(when.month()),
+        when.day(),
+        item.reason_code,
+        item.thing.as_deref().unwrap_or("unknown-thing"),
+        received_at,
+        fingerprint(&item.original),
+        index
+    )
+}
+
+/// S3 user metadata is ASCII and at most 2 KB in all: keep the reason within that.
+fn metadata_value(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(1024)
+        .collect()
+}
+
+impl QuarantineStore for S3Quarantine {
+    async fn put(&self, item: &QuarantineItem) -> Result<(), AwsError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(self.bucket.as_str())
+            .key(quarantine_key(item))
+            .content_type("application/json")
+            .body(ByteStream::from(item.original.clone()))
+            .metadata("reason-code", item.reason_code)
+            .metadata("reason", metadata_value(&item.reason));
+        if let Some(topic) = &item.topic {
+            request = request.metadata("topic", metadata_value(topic));
+        }
+        if let Some(index) = item.reading_index {
+            request = request.metadata("reading-index", index.to_string());
+        }
+        request.send().await.aws("s3", "PutObject")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(index: Option<usize>) -> QuarantineItem {
+        QuarantineItem {
+            reason_code: "not_finite",
+            reason: "measure \"t\" is NaN".into(),
+            topic: Some("dt/app/dev-1/telemetry".into()),
+            thing: Some("dev-1".into()),
+            received_at_ms: Some(1_764_064_800_000),
+            reading_index: index,
+            original: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn quarantine_keys_are_partitioned_and_deterministic() {
+        let key = quarantine_key(&item(Some(3)));
+        assert!(
+            key.starts_with(
+                "quarantine/year=2025/month=11/day=25/reason=not_finite/dev-1/1764064800000-"
+            ),
+            "{key}"
+        );
+        assert!(key.ends_with("-reading-3.json"), "{key}");
+        assert_eq!(key, quarantine_key(&item(Some(3))));
+        assert_ne!(key, quarantine_key(&item(Some(4))));
+        assert!(quarantine_key(&item(None)).ends_with("-message.json"));
+    }
+
+    #[test]
+    fn metadata_is_ascii_and_bounded() {
+        assert_eq!(metadata_value("caf\u{e9}\n"), "caf??");
+        assert_eq!(metadata_value(&"x".repeat(5000)).len(), 1024);
+    }
+}

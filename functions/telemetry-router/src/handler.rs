@@ -1,0 +1,133 @@
+//! The Lambda handler: configuration read once at init, one routed message per invocation, the
+//! counts logged as CloudWatch EMF metrics.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
+use shoal_shared::metrics::emf_counts;
+use shoal_shared::telemetry::Limits;
+
+use crate::router::{Counts, QuarantineStore, RetryLater, TelemetrySink, route_rule_event};
+
+/// Default memory-store retention when the variable is unset: the template's default.
+const DEFAULT_MEMORY_RETENTION_HOURS: u32 = 24;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    pub timestream: TimestreamTarget,
+    pub archive_bucket: BucketName,
+    pub memory_retention_ms: i64,
+}
+
+impl RouterConfig {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        let hours: u32 = config::optional(source, vars::TIMESTREAM_MEMORY_RETENTION_HOURS)?
+            .unwrap_or(DEFAULT_MEMORY_RETENTION_HOURS);
+        Ok(Self {
+            timestream: TimestreamTarget::from_source(source)?,
+            archive_bucket: config::required(source, vars::ARCHIVE_BUCKET)?,
+            memory_retention_ms: i64::from(hours) * 3_600_000,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The EMF line for one invocation's counts.
+pub fn metrics_line(timestamp_ms: i64, counts: &Counts) -> String {
+    let mut values: Vec<(String, u64)> = vec![
+        ("Received".into(), counts.received as u64),
+        ("Accepted".into(), counts.accepted as u64),
+        ("Quarantined".into(), counts.quarantined_total() as u64),
+        ("ReturnedForRetry".into(), counts.retried as u64),
+    ];
+    for (reason, n) in &counts.quarantined {
+        values.push((format!("Quarantined.{reason}"), *n as u64));
+    }
+    let values: Vec<(&str, u64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    emf_counts(timestamp_ms, &[("Function", "telemetry-router")], &values)
+}
+
+/// Routes one direct IoT rule invocation. An `Err` makes Lambda retry the asynchronous
+/// invocation (the rule's delivery), which is safe: writes and quarantine keys are idempotent.
+pub async fn handle(
+    event: Value,
+    config: &RouterConfig,
+    sink: &impl TelemetrySink,
+    quarantine: &impl QuarantineStore,
+) -> Result<Value, RetryLater> {
+    let now = now_ms();
+    let limits = Limits {
+        now_ms: now,
+        memory_retention_ms: config.memory_retention_ms,
+    };
+    let routed = route_rule_event(event, &limits, sink, quarantine).await;
+    let counts = match &routed {
+        Ok(counts) => counts,
+        Err(retry) => &retry.counts,
+    };
+    // EMF must be a top-level JSON line on stdout, not wrapped in a tracing event.
+    println!("{}", metrics_line(now, counts));
+    let counts = routed?;
+    tracing::info!(
+        received = counts.received,
+        accepted = counts.accepted,
+        quarantined = counts.quarantined_total(),
+        "message routed"
+    );
+    Ok(json!(counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn config_names_what_is_missing_or_malformed() {
+        let full: BTreeMap<&str, &str> = [
+            (vars::TIMESTREAM_DATABASE, "shoal_dev"),
+            (vars::TIMESTREAM_TABLE, "telemetry"),
+            (vars::ARCHIVE_BUCKET, "shoal-dev-archive"),
+        ]
+        .into();
+        let config = RouterConfig::from_source(&full).unwrap();
+        assert_eq!(config.memory_retention_ms, 24 * 3_600_000);
+
+        let mut bad = full.clone();
+        bad.insert(vars::TIMESTREAM_MEMORY_RETENTION_HOURS, "a day");
+        let err = RouterConfig::from_source(&bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SHOAL_TIMESTREAM_MEMORY_RETENTION_HOURS"),
+            "{err}"
+        );
+
+        let mut missing = full;
+        missing.remove(vars::ARCHIVE_BUCKET);
+        assert_eq!(
+            RouterConfig::from_source(&missing).unwrap_err().to_string(),
+            "environment variable SHOAL_ARCHIVE_BUCKET is not set"
+        );
+    }
+
+    #[test]
+    fn metrics_line_counts_each_reason() {
+        let counts = Counts {
+            received: 5,
+            accepted: 2,
+            quarantined: [("not_finite", 2), ("undecodable", 1)].into(),
+            retried: 0,
+        };
+        let line: Value = serde_json::from_str(&metrics_line(1, &counts)).unwrap();
+        assert_eq!(line["Received"], 5);
+        assert_eq!(line["Quarantined"], 3);
+        assert_eq!(line["Quarantined.not_finite"], 2);
+        assert_eq!(line["ReturnedForRetry"], 0);
+    }
+}

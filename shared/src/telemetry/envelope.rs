@@ -1,0 +1,206 @@
+//! What the IoT rule hands the router for one MQTT message.
+//!
+//! Topic convention: `dt/<app>/<thing>/telemetry` (`dt` = data telemetry, AWS's guidance for
+//! telemetry topics: a fixed prefix, the application, the thing name, then the message type).
+//! The rule adds metadata under `_`-prefixed keys so they cannot collide with measure names
+//! (which must start with a letter):
+//!
+//! ```sql
+//! -- JSON payloads
+//! SELECT *, topic() AS _topic, timestamp() AS _received_at, clientid() AS _client_id
+//!   FROM 'dt/+/+/telemetry'
+//! -- binary payloads (CBOR, packed records, compressed)
+//! SELECT encode(*, 'base64') AS _payload, topic() AS _topic, timestamp() AS _received_at,
+//!        clientid() AS _client_id FROM 'dt/+/+/telemetry/bin'
+//! ```
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::ids::ThingName;
+
+pub const TOPIC_KEY: &str = "_topic";
+pub const RECEIVED_AT_KEY: &str = "_received_at";
+pub const CLIENT_ID_KEY: &str = "_client_id";
+pub const PAYLOAD_KEY: &str = "_payload";
+
+/// The payload as the device sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// The rule selected `*` from a JSON message: the object itself, metadata removed.
+    Json(Map<String, Value>),
+    /// The rule selected `encode(*, 'base64')`: the decoded bytes.
+    Binary(Vec<u8>),
+}
+
+/// One message with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub topic: String,
+    pub thing: ThingName,
+    pub received_at_ms: i64,
+    pub client_id: Option<String>,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EnvelopeError {
+    #[error("event is not a JSON object")]
+    NotAnObject,
+    #[error("event has no {0} (is the rule SQL the documented one?)")]
+    MissingField(&'static str),
+    #[error("topic {0:?} does not follow dt/<app>/<thing>/telemetry")]
+    BadTopic(String),
+    #[error("thing name in topic: {0}")]
+    BadThing(String),
+    #[error("{PAYLOAD_KEY} is not valid base64: {0}")]
+    BadBase64(String),
+}
+
+/// The thing name from `dt/<app>/<thing>/telemetry[/<format>]`.
+pub fn thing_from_topic(topic: &str) -> Result<ThingName, EnvelopeError> {
+    let parts: Vec<&str> = topic.split('/').collect();
+    match parts.as_slice() {
+        ["dt", app, thing, "telemetry", rest @ ..] if !app.is_empty() && rest.len() <= 1 => {
+            ThingName::parse(thing).map_err(|e| EnvelopeError::BadThing(e.to_string()))
+        }
+        _ => Err(EnvelopeError::BadTopic(topic.to_owned())),
+    }
+}
+
+impl Envelope {
+    /// Reads a direct IoT rule event.
+    pub fn from_rule_event(event: Value) -> Result<Self, EnvelopeError> {
+        let Value::Object(mut fields) = event else {
+            return Err(EnvelopeError::NotAnObject);
+        };
+        let topic = match fields.remove(TOPIC_KEY) {
+            Some(Value::String(t)) => t,
+            _ => return Err(EnvelopeError::MissingField(TOPIC_KEY)),
+        };
+        let received_at_ms = fields
+            .remove(RECEIVED_AT_KEY)
+            .and_then(|v| v.as_i64())
+            .ok_or(EnvelopeError::MissingField(RECEIVED_AT_KEY))?;
+        let client_id = match fields.remove(CLIENT_ID_KEY) {
+            Some(Value::String(c)) => Some(c),
+            _ => None,
+        };
+        let thing = thing_from_topic(&topic)?;
+        let payload = match fields.remove(PAYLOAD_KEY) {
+            Some(Value::String(encoded)) => {
+                Payload::Binary(base64_decode(&encoded).map_err(EnvelopeError::BadBase64)?)
+            }
+            Some(other) => {
+                // Not the binary shape: keep it as the device's own field.
+                fields.insert(PAYLOAD_KEY.to_owned(), other);
+                Payload::Json(fields)
+            }
+            None => Payload::Json(fields),
+        };
+        Ok(Self {
+            topic,
+            thing,
+            received_at_ms,
+            client_id,
+            payload,
+        })
+    }
+}
+
+/// Standard base64 (RFC 4648, with padding), as the rules engine's `encode(*, 'base64')` writes it.
+pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_event_keeps_device_fields_and_strips_metadata() {
+        let env = Envelope::from_rule_event(json!({
+            "ts": 1764064800000_i64, "temp": 21.5,
+            "_topic": "dt/greenhouse/dev-1/telemetry",
+            "_received_at": 1764064800123_i64,
+            "_client_id": "dev-1"
+        }))
+        .unwrap();
+        assert_eq!(env.thing.as_str(), "dev-1");
+        assert_eq!(env.received_at_ms, 1764064800123);
+        assert_eq!(env.client_id.as_deref(), Some("dev-1"));
+        let Payload::Json(fields) = env.payload else {
+            panic!("json")
+        };
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields["temp"], 21.5);
+    }
+
+    #[test]
+    fn binary_event_is_base64_decoded() {
+        let env = Envelope::from_rule_event(json!({
+            "_payload": "AAECAw==",
+            "_topic": "dt/greenhouse/dev-1/telemetry/bin",
+            "_received_at": 1
+        }))
+        .unwrap();
+        assert_eq!(env.payload, Payload::Binary(vec![0, 1, 2, 3]));
+        assert_eq!(env.client_id, None);
+    }
+
+    #[test]
+    fn bad_events_say_what_is_wrong() {
+        assert_eq!(
+            Envelope::from_rule_event(json!([1])),
+            Err(EnvelopeError::NotAnObject)
+        );
+        assert_eq!(
+            Envelope::from_rule_event(json!({"_received_at": 1})),
+            Err(EnvelopeError::MissingField("_topic"))
+        );
+        assert_eq!(
+            Envelope::from_rule_event(json!({"_topic": "dt/a/b/telemetry"})),
+            Err(EnvelopeError::MissingField("_received_at"))
+        );
+        assert!(matches!(
+            Envelope::from_rule_event(
+                json!({"_topic": "dt/a/b/telemetry", "_received_at": 1, "_payload": "!!"})
+            ),
+            Err(EnvelopeError::BadBase64(_))
+        ));
+    }
+
+    #[test]
+    fn topics() {
+        assert_eq!(
+            thing_from_topic("dt/app/t-1/telemetry").unwrap().as_str(),
+            "t-1"
+        );
+        assert_eq!(
+            thing_from_topic("dt/app/t-1/telemetry/bin")
+                .unwrap()
+                .as_str(),
+            "t-1"
+        );
+        for bad in [
+            "dt/app/t-1",
+            "cmd/app/t-1/telemetry",
+            "dt//t-1/telemetry",
+            "dt/app/t-1/telemetry/a/b",
+            "",
+        ] {
+            assert!(
+                matches!(thing_from_topic(bad), Err(EnvelopeError::BadTopic(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            thing_from_topic("dt/app/t 1/telemetry"),
+            Err(EnvelopeError::BadThing(_))
+        ));
+    }
+}

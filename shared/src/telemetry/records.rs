@@ -1,0 +1,115 @@
+//! Timestream multi-measure records, as plain data: the SDK edge converts them one to one.
+
+use super::reading::{MeasureValue, Reading};
+
+/// Timestream's limit of records per WriteRecords call.
+pub const MAX_RECORDS_PER_WRITE: usize = 100;
+/// Timestream's limit on one record's size.
+pub const MAX_RECORD_BYTES: usize = 2048;
+/// Every record's measure name: one multi-measure record per reading.
+pub const MEASURE_NAME: &str = "reading";
+/// The dimension that names the device. Low cardinality attributes may join it later; a
+/// high-cardinality value (a message id, a reading value) never becomes a dimension.
+pub const THING_DIMENSION: &str = "thing_name";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestreamRecord {
+    pub dimensions: Vec<(String, String)>,
+    pub measure_name: &'static str,
+    pub measures: Vec<(String, MeasureValue)>,
+    /// Milliseconds since the epoch.
+    pub time_ms: i64,
+    /// Higher versions overwrite lower ones for the same dimensions and time; a retry with the
+    /// same version and values is accepted as a no-op. The router uses the IoT receive time, so a
+    /// redelivered message upserts idempotently and a later correction wins.
+    pub version: i64,
+}
+
+impl TimestreamRecord {
+    pub fn from_reading(reading: &Reading) -> Self {
+        Self {
+            dimensions: vec![(THING_DIMENSION.to_owned(), reading.thing.to_string())],
+            measure_name: MEASURE_NAME,
+            measures: reading
+                .measures
+                .iter()
+                .map(|(n, v)| (n.0.clone(), v.clone()))
+                .collect(),
+            time_ms: reading.time_ms,
+            version: 1,
+        }
+    }
+
+    /// Bytes Timestream counts for the record: every name and value it stores, as text, plus the
+    /// time and version (8 bytes each). An overestimate refuses a record a few bytes early rather
+    /// than letting Timestream reject it.
+    pub fn size_bytes(&self) -> usize {
+        let dimensions: usize = self.dimensions.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let measures: usize = self
+            .measures
+            .iter()
+            .map(|(n, v)| n.len() + v.to_timestream_string().len() + v.type_name().len())
+            .sum();
+        dimensions + self.measure_name.len() + measures + 16
+    }
+}
+
+/// The WriteRecords calls for `records`: chunks of at most 100, so n records take ceil(n/100) calls.
+pub fn write_batches<T>(records: &[T]) -> std::slice::Chunks<'_, T> {
+    records.chunks(MAX_RECORDS_PER_WRITE)
+}
+
+/// Dimensions every record of `batch` shares, to send once as the call's common attributes.
+pub fn common_dimensions(batch: &[TimestreamRecord]) -> Option<&[(String, String)]> {
+    let first = &batch.first()?.dimensions;
+    batch
+        .iter()
+        .all(|r| &r.dimensions == first)
+        .then_some(first.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ThingName;
+    use crate::telemetry::reading::MeasureName;
+    use proptest::prelude::*;
+
+    fn record(thing: &str) -> TimestreamRecord {
+        TimestreamRecord::from_reading(&Reading {
+            thing: ThingName::parse(thing).unwrap(),
+            time_ms: 5,
+            measures: vec![(MeasureName("temp".into()), MeasureValue::Double(23.0))],
+        })
+    }
+
+    #[test]
+    fn reading_becomes_a_multi_measure_record() {
+        let r = record("dev-1");
+        assert_eq!(r.dimensions, vec![("thing_name".into(), "dev-1".into())]);
+        assert_eq!(r.measure_name, "reading");
+        assert_eq!(r.measures[0].1.to_timestream_string(), "23.0");
+        assert_eq!(r.measures[0].1.type_name(), "DOUBLE");
+        // thing_name + dev-1 + reading + temp + 23.0 + DOUBLE + 16
+        assert_eq!(r.size_bytes(), 10 + 5 + 7 + 4 + 4 + 6 + 16);
+    }
+
+    #[test]
+    fn common_dimensions_only_when_shared() {
+        let same = vec![record("a-1"), record("a-1")];
+        assert_eq!(common_dimensions(&same).unwrap()[0].1, "a-1");
+        assert!(common_dimensions(&[record("a-1"), record("b-1")]).is_none());
+        assert!(common_dimensions(&[]).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn batches_are_ceil_n_over_100_and_keep_every_record(n in 0usize..1000) {
+            let records: Vec<_> = (0..n).map(|_| record("d-1")).collect();
+            let batches: Vec<_> = write_batches(&records).collect();
+            prop_assert_eq!(batches.len(), n.div_ceil(100));
+            prop_assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 100));
+            prop_assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), n);
+        }
+    }
+}

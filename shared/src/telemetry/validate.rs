@@ -1,0 +1,250 @@
+//! Checks a decoded reading against Timestream's limits and Shoal's rules. A reading that fails
+//! is never dropped: its [`Rejection`] is the quarantine reason.
+
+use thiserror::Error;
+
+use super::reading::{MeasureValue, Reading};
+use super::records::{MAX_RECORD_BYTES, TimestreamRecord};
+
+/// Timestream accepts records at most 15 minutes ahead of its clock.
+pub const MAX_FUTURE_MS: i64 = 15 * 60 * 1000;
+/// Timestream's limit of measures in one multi-measure record.
+pub const MAX_MEASURES_PER_RECORD: usize = 256;
+/// Longest measure name Shoal accepts: it also becomes a Parquet column and an Athena column.
+pub const MAX_MEASURE_NAME: usize = 64;
+/// Names Timestream or Shoal's own columns use; a measure may not shadow them.
+const RESERVED_NAMES: &[&str] = &["time", "measure_name", "thing_name", "version"];
+const RESERVED_PREFIXES: &[&str] = &["measure_value", "ts_"];
+
+/// The time window a reading must fall in, relative to now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Now, in ms since the epoch.
+    pub now_ms: i64,
+    /// Timestream table's memory-store retention: older readings are refused by Timestream.
+    pub memory_retention_ms: i64,
+}
+
+/// Why a reading is refused; the text is what the quarantine records.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum Rejection {
+    #[error(
+        "timestamp {time_ms} is {ahead_ms} ms in the future; Timestream accepts at most 15 minutes"
+    )]
+    InFuture { time_ms: i64, ahead_ms: i64 },
+    #[error("timestamp {time_ms} is older than the memory-store retention ({retention_ms} ms)")]
+    TooOld { time_ms: i64, retention_ms: i64 },
+    #[error("reading has no measures")]
+    NoMeasures,
+    #[error("{count} measures; a Timestream record holds at most {MAX_MEASURES_PER_RECORD}")]
+    TooManyMeasures { count: usize },
+    #[error("measure {name:?} is {value}; only finite numbers are stored")]
+    NotFinite { name: String, value: f64 },
+    #[error("measure name {name:?} {why}")]
+    BadMeasureName { name: String, why: &'static str },
+    #[error("measure name {name:?} appears twice")]
+    DuplicateMeasure { name: String },
+    #[error("record is {bytes} bytes; Timestream allows {MAX_RECORD_BYTES}")]
+    RecordTooLarge { bytes: usize },
+}
+
+impl Rejection {
+    /// A short stable code for counters and quarantine keys.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::InFuture { .. } => "timestamp_in_future",
+            Rejection::TooOld { .. } => "timestamp_too_old",
+            Rejection::NoMeasures => "no_measures",
+            Rejection::TooManyMeasures { .. } => "too_many_measures",
+            Rejection::NotFinite { .. } => "not_finite",
+            Rejection::BadMeasureName { .. } => "bad_measure_name",
+            Rejection::DuplicateMeasure { .. } => "duplicate_measure",
+            Rejection::RecordTooLarge { .. } => "record_too_large",
+        }
+    }
+}
+
+fn check_measure_name(name: &str) -> Result<(), &'static str> {
+    let mut chars = name.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic()) {
+        return Err("must start with a letter");
+    }
+    if name.len() > MAX_MEASURE_NAME {
+        return Err("is longer than 64 characters");
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err("may only contain letters, digits and '_'");
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_NAMES.contains(&lower.as_str())
+        || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+    {
+        return Err("is reserved");
+    }
+    Ok(())
+}
+
+/// Checks `reading` and builds its record; the record's size is part of the check.
+pub fn validate(reading: &Reading, limits: &Limits) -> Result<TimestreamRecord, Rejection> {
+    let ahead_ms = reading.time_ms.saturating_sub(limits.now_ms);
+    if ahead_ms > MAX_FUTURE_MS {
+        return Err(Rejection::InFuture {
+            time_ms: reading.time_ms,
+            ahead_ms,
+        });
+    }
+    if limits.now_ms.saturating_sub(reading.time_ms) > limits.memory_retention_ms {
+        return Err(Rejection::TooOld {
+            time_ms: reading.time_ms,
+            retention_ms: limits.memory_retention_ms,
+        });
+    }
+    if reading.measures.is_empty() {
+        return Err(Rejection::NoMeasures);
+    }
+    if reading.measures.len() > MAX_MEASURES_PER_RECORD {
+        return Err(Rejection::TooManyMeasures {
+            count: reading.measures.len(),
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(reading.measures.len());
+    for (name, value) in &reading.measures {
+        check_measure_name(&name.0).map_err(|why| Rejection::BadMeasureName {
+            name: name.0.clone(),
+            why,
+        })?;
+        if !seen.insert(name.0.as_str()) {
+            return Err(Rejection::DuplicateMeasure {
+                name: name.0.clone(),
+            });
+        }
+        if let MeasureValue::Double(v) = value
+            && !v.is_finite()
+        {
+            return Err(Rejection::NotFinite {
+                name: name.0.clone(),
+                value: *v,
+            });
+        }
+    }
+    let record = TimestreamRecord::from_reading(reading);
+    let bytes = record.size_bytes();
+    if bytes > MAX_RECORD_BYTES {
+        return Err(Rejection::RecordTooLarge { bytes });
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ThingName;
+    use crate::telemetry::reading::MeasureName;
+
+    const NOW: i64 = 1_764_064_800_000;
+    const LIMITS: Limits = Limits {
+        now_ms: NOW,
+        memory_retention_ms: 24 * 3600 * 1000,
+    };
+
+    fn reading(time_ms: i64, measures: Vec<(&str, MeasureValue)>) -> Reading {
+        Reading {
+            thing: ThingName::parse("dev-1").unwrap(),
+            time_ms,
+            measures: measures
+                .into_iter()
+                .map(|(n, v)| (MeasureName(n.into()), v))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn time_window_edges() {
+        let temp = || vec![("temp", MeasureValue::Double(1.0))];
+        assert!(validate(&reading(NOW + MAX_FUTURE_MS, temp()), &LIMITS).is_ok());
+        assert!(matches!(
+            validate(&reading(NOW + MAX_FUTURE_MS + 1, temp()), &LIMITS),
+            Err(Rejection::InFuture {
+                ahead_ms: 900_001,
+                ..
+            })
+        ));
+        assert!(validate(&reading(NOW - LIMITS.memory_retention_ms, temp()), &LIMITS).is_ok());
+        assert!(matches!(
+            validate(
+                &reading(NOW - LIMITS.memory_retention_ms - 1, temp()),
+                &LIMITS
+            ),
+            Err(Rejection::TooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn non_finite_values_are_refused() {
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = validate(
+                &reading(NOW, vec![("temp", MeasureValue::Double(v))]),
+                &LIMITS,
+            )
+            .unwrap_err();
+            assert_eq!(err.code(), "not_finite");
+        }
+    }
+
+    #[test]
+    fn measure_names() {
+        let ok = |n: &str| validate(&reading(NOW, vec![(n, MeasureValue::Bigint(1))]), &LIMITS);
+        assert!(ok("temp").is_ok());
+        assert!(ok("env_air_temp2").is_ok());
+        assert!(ok(&"a".repeat(64)).is_ok());
+        for bad in [
+            "",
+            "2temp",
+            "_x",
+            "te mp",
+            "t-1",
+            "time",
+            "Thing_Name",
+            "ts_x",
+            "measure_value_x",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(ok(bad).unwrap_err().code(), "bad_measure_name", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn empty_duplicate_and_oversized_readings() {
+        assert_eq!(
+            validate(&reading(NOW, vec![]), &LIMITS),
+            Err(Rejection::NoMeasures)
+        );
+        let dup = reading(
+            NOW,
+            vec![
+                ("a", MeasureValue::Bigint(1)),
+                ("a", MeasureValue::Bigint(2)),
+            ],
+        );
+        assert_eq!(
+            validate(&dup, &LIMITS).unwrap_err().code(),
+            "duplicate_measure"
+        );
+        let big = reading(NOW, vec![("note", MeasureValue::Varchar("x".repeat(2100)))]);
+        assert_eq!(
+            validate(&big, &LIMITS).unwrap_err().code(),
+            "record_too_large"
+        );
+        let many: Vec<_> = (0..257)
+            .map(|i| (format!("m{i}"), MeasureValue::Bigint(i)))
+            .collect();
+        let many = Reading {
+            measures: many.into_iter().map(|(n, v)| (MeasureName(n), v)).collect(),
+            ..reading(NOW, vec![])
+        };
+        assert_eq!(
+            validate(&many, &LIMITS).unwrap_err().code(),
+            "too_many_measures"
+        );
+    }
+}
