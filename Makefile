@@ -13,13 +13,14 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
 	@echo "make test        fmt check, clippy, cfn-lint and all tests against the local stack"
 	@echo "make stack-up    start moto on 127.0.0.1:4566 (stack-down stops it)"
 	@echo "make package     build every Lambda zip with cargo lambda (release) and print sizes"
+	@echo "make bench       telemetry decode/validate/record-build throughput (BENCHMARKS.md)"
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +49,7 @@ demo: venv
 test: venv
 	@$(STACK) run $(MAKE) --no-print-directory checks
 
-checks: fmt-check clippy lint cargo-test
+checks: fmt-check clippy lint cargo-test lambda-invoke
 
 fmt-check:
 	cargo fmt --all -- --check
@@ -62,6 +63,13 @@ lint: venv
 cargo-test:
 	cargo test --workspace --no-fail-fast
 
+# The functions under cargo-lambda's Lambda emulator, invoked with every file in events/.
+lambda-invoke: venv
+	tests/lambda-invoke.sh
+
+bench:
+	cargo bench -p shoal-shared --no-default-features --bench telemetry_pipeline
+
 fmt:
 	cargo fmt --all
 
@@ -71,6 +79,6 @@ package: venv
 	@if [ -z "$$(ls -d functions/*/ 2>/dev/null)" ]; then echo "no function crates under functions/ yet"; exit 0; fi; \
 	 cargo lambda build --release --x86-64 --output-format zip $$(for d in functions/*/; do printf -- '--package %s ' "$$(basename $$d)"; done); \
 	 for zip in target/lambda/*/bootstrap.zip; do \
-	   printf '%-40s %8s bytes zipped, %8s bytes unzipped\n' "$$zip" "$$(stat -c %s $$zip)" \
-	     "$$(unzip -l $$zip | tail -n 1 | awk '{print $$1}')"; \
+	   printf '%-46s %9s bytes zipped, %9s bytes unzipped\n' "$$zip" "$$(stat -c %s $$zip)" \
+	     "$$($(VENV)/bin/python -c 'import sys,zipfile; print(sum(i.file_size for i in zipfile.ZipFile(sys.argv[1]).infolist()))' $$zip)"; \
 	 done

@@ -118,51 +118,28 @@ impl TimestreamTarget {
     }
 }
 
-macro_rules! resource_name {
-    ($(#[$doc:meta])* $name:ident, $check:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(value: &str) -> Result<Self, String> {
-                $check(value).map(|()| Self(value.to_owned()))
-            }
-        }
-    };
-}
-
-resource_name!(
+validated_string!(
     /// A DynamoDB table name: 3–255 characters of `[a-zA-Z0-9_.-]`.
     TableName,
+    String,
     check_table_name
 );
-resource_name!(
+validated_string!(
     /// A Timestream database or table name: 3–256 characters of `[a-zA-Z0-9_.-]`.
     TimestreamName,
+    String,
     check_timestream_name
 );
-resource_name!(
+validated_string!(
     /// An S3 bucket name under the general-purpose bucket rules.
     BucketName,
+    String,
     check_bucket_name
 );
-resource_name!(
+validated_string!(
     /// A KMS key reference: key id, multi-Region key id, key ARN, alias name or alias ARN.
     KmsKeyRef,
+    String,
     check_kms_key_ref
 );
 

@@ -3,9 +3,6 @@
 //! Limits are AWS's: thing name 1–128 characters of `[a-zA-Z0-9:_-]`, shadow name 1–64 bytes of the
 //! same alphabet, client token at most 64 bytes.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Longest thing name AWS IoT accepts.
@@ -67,90 +64,32 @@ fn check_name_alphabet(kind: &'static str, value: &str) -> Result<(), IdError> {
     }
 }
 
-macro_rules! validated_string {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(value: $name) -> String {
-                value.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(value: String) -> Result<Self, IdError> {
-                Self::parse(&value)
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = IdError;
-            fn from_str(value: &str) -> Result<Self, IdError> {
-                Self::parse(value)
-            }
-        }
-    };
-}
-
 validated_string!(
     /// An AWS IoT thing name: 1–128 characters of `[a-zA-Z0-9:_-]`.
-    ThingName
+    ThingName,
+    IdError,
+    |value| {
+        const KIND: &str = "thing name";
+        check_length(KIND, value, THING_NAME_MAX)?;
+        check_name_alphabet(KIND, value)
+    }
 );
 validated_string!(
     /// A named-shadow name: 1–64 bytes of `[a-zA-Z0-9:_-]`.
-    ShadowName
+    ShadowName,
+    IdError,
+    |value| {
+        const KIND: &str = "shadow name";
+        check_length(KIND, value, SHADOW_NAME_MAX_BYTES)?;
+        check_name_alphabet(KIND, value)
+    }
 );
 validated_string!(
     /// A shadow request's `clientToken`: 1–64 bytes, any characters.
-    ClientToken
+    ClientToken,
+    IdError,
+    |value| check_length("client token", value, CLIENT_TOKEN_MAX_BYTES)
 );
-
-impl ThingName {
-    pub fn parse(value: &str) -> Result<Self, IdError> {
-        const KIND: &str = "thing name";
-        check_length(KIND, value, THING_NAME_MAX)?;
-        check_name_alphabet(KIND, value)?;
-        Ok(Self(value.to_owned()))
-    }
-}
-
-impl ShadowName {
-    pub fn parse(value: &str) -> Result<Self, IdError> {
-        const KIND: &str = "shadow name";
-        check_length(KIND, value, SHADOW_NAME_MAX_BYTES)?;
-        check_name_alphabet(KIND, value)?;
-        Ok(Self(value.to_owned()))
-    }
-}
-
-impl ClientToken {
-    pub fn parse(value: &str) -> Result<Self, IdError> {
-        check_length("client token", value, CLIENT_TOKEN_MAX_BYTES)?;
-        Ok(Self(value.to_owned()))
-    }
-}
 
 #[cfg(test)]
 mod tests {

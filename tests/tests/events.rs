@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use shoal_cli::resources::init_local;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::repo_root;
-use shoal_shared::aws::AwsResultExt;
 use shoal_shared::config::TimestreamTarget;
 use telemetry_router::edges::{S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
@@ -63,28 +63,15 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         archive_bucket: unique_name("events-archive").parse().unwrap(),
         memory_retention_ms: 24 * 3_600_000,
     };
+    init_local(
+        &factory,
+        &config.timestream,
+        &config.archive_bucket,
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap();
     let ts = factory.timestream_write().await.unwrap();
-    ts.create_database()
-        .database_name(config.timestream.database.as_str())
-        .send()
-        .await
-        .aws("timestream-write", "CreateDatabase")
-        .unwrap();
-    ts.create_table()
-        .database_name(config.timestream.database.as_str())
-        .table_name(config.timestream.table.as_str())
-        .send()
-        .await
-        .aws("timestream-write", "CreateTable")
-        .unwrap();
-    factory
-        .s3()
-        .create_bucket()
-        .bucket(config.archive_bucket.as_str())
-        .send()
-        .await
-        .aws("s3", "CreateBucket")
-        .unwrap();
     let sink = TimestreamSink::new(ts, config.timestream.clone());
     let quarantine = S3Quarantine::new(factory.s3(), config.archive_bucket.clone());
 

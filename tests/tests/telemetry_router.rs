@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
+use shoal_cli::resources::{ensure_bucket, init_local};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
 use shoal_shared::config::{BucketName, TimestreamTarget};
@@ -31,6 +32,7 @@ struct Stack {
     bucket: BucketName,
 }
 
+/// A fresh database, table (unless `create_table` is false: then no database either) and bucket.
 async fn stack(create_table: bool) -> Stack {
     let factory = local::factory().await;
     let target = TimestreamTarget {
@@ -38,30 +40,13 @@ async fn stack(create_table: bool) -> Stack {
         table: "telemetry".parse().unwrap(),
     };
     let bucket: BucketName = unique_name("router-archive").parse().unwrap();
-    let ts = factory.timestream_write().await.unwrap();
-    ts.create_database()
-        .database_name(target.database.as_str())
-        .send()
-        .await
-        .aws("timestream-write", "CreateDatabase")
-        .unwrap();
     if create_table {
-        ts.create_table()
-            .database_name(target.database.as_str())
-            .table_name(target.table.as_str())
-            .send()
+        init_local(&factory, &target, &bucket, &mut Vec::new())
             .await
-            .aws("timestream-write", "CreateTable")
             .unwrap();
+    } else {
+        ensure_bucket(&factory.s3(), &bucket).await.unwrap();
     }
-    factory
-        .s3()
-        .create_bucket()
-        .bucket(bucket.as_str())
-        .send()
-        .await
-        .aws("s3", "CreateBucket")
-        .unwrap();
     Stack {
         factory,
         target,
@@ -233,7 +218,7 @@ async fn a_batch_takes_ceil_n_over_100_write_calls() {
 }
 
 #[tokio::test]
-async fn a_missing_table_returns_every_reading_for_retry() {
+async fn a_missing_database_returns_every_reading_for_retry() {
     let stack = stack(false).await;
     let sink = TimestreamSink::new(
         stack.factory.timestream_write().await.unwrap(),

@@ -79,10 +79,17 @@ pub struct RetryLater {
     pub cause: AwsError,
 }
 
+/// Where a message came from, for its quarantine items.
+struct Source {
+    topic: String,
+    thing: String,
+    received_at_ms: i64,
+}
+
 struct Pending<'a> {
     counts: Counts,
     quarantine: Vec<QuarantineItem>,
-    envelope: Option<&'a Envelope>,
+    source: Option<Source>,
     original: &'a [u8],
 }
 
@@ -92,9 +99,9 @@ impl Pending<'_> {
         self.quarantine.push(QuarantineItem {
             reason_code,
             reason,
-            topic: self.envelope.map(|e| e.topic.clone()),
-            thing: self.envelope.map(|e| e.thing.to_string()),
-            received_at_ms: self.envelope.map(|e| e.received_at_ms),
+            topic: self.source.as_ref().map(|s| s.topic.clone()),
+            thing: self.source.as_ref().map(|s| s.thing.clone()),
+            received_at_ms: self.source.as_ref().map(|s| s.received_at_ms),
             reading_index: index,
             original: self.original.to_vec(),
         });
@@ -113,10 +120,14 @@ pub async fn route_rule_event(
     let mut pending = Pending {
         counts: Counts::default(),
         quarantine: Vec::new(),
-        envelope: envelope.as_ref().ok(),
+        source: envelope.as_ref().ok().map(|e| Source {
+            topic: e.topic.clone(),
+            thing: e.thing.to_string(),
+            received_at_ms: e.received_at_ms,
+        }),
         original: &original,
     };
-    let records = decode_and_validate(&envelope, limits, &mut pending);
+    let records = decode_and_validate(envelope, limits, &mut pending);
 
     for batch in write_batches(&records) {
         let batch_records: Vec<TimestreamRecord> = batch.iter().map(|(_, r)| r.clone()).collect();
@@ -160,7 +171,7 @@ impl Pending<'_> {
 /// Records to write, each with its reading's index in the message; everything else is refused
 /// into `pending`.
 fn decode_and_validate(
-    envelope: &Result<Envelope, shoal_shared::telemetry::EnvelopeError>,
+    envelope: Result<Envelope, shoal_shared::telemetry::EnvelopeError>,
     limits: &Limits,
     pending: &mut Pending<'_>,
 ) -> Vec<(usize, TimestreamRecord)> {
@@ -181,7 +192,7 @@ fn decode_and_validate(
         pending.refuse("payload_too_large", reason, None);
         return Vec::new();
     }
-    let decoded = match &envelope.payload {
+    let decoded = match envelope.payload {
         Payload::Json(fields) => decode_json(&envelope.thing, envelope.received_at_ms, fields),
         Payload::Binary(bytes) => {
             pending.counts.received = 1;
@@ -207,7 +218,7 @@ fn decode_and_validate(
     for (index, reading) in readings.into_iter().enumerate() {
         match reading {
             Err(e) => pending.refuse("undecodable", e.to_string(), Some(index)),
-            Ok(reading) => match validate(&reading, limits) {
+            Ok(reading) => match validate(reading, limits) {
                 Err(rejection) => {
                     pending.refuse(rejection.code(), rejection.to_string(), Some(index))
                 }

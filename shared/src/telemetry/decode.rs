@@ -41,14 +41,15 @@ pub enum DecodeError {
 pub type Decoded = Vec<Result<Reading, DecodeError>>;
 
 /// Decodes a JSON payload of `thing`; `received_at_ms` stands in for a missing `ts`.
+/// Takes the payload by value: names and strings move into the readings instead of being copied.
 pub fn decode_json(
     thing: &ThingName,
     received_at_ms: i64,
-    payload: &Map<String, Value>,
+    mut payload: Map<String, Value>,
 ) -> Result<Decoded, DecodeError> {
-    match payload.get("readings") {
+    match payload.remove("readings") {
         Some(Value::Array(items)) if !items.is_empty() => Ok(items
-            .iter()
+            .into_iter()
             .map(|item| match item {
                 Value::Object(fields) => reading(thing, received_at_ms, fields),
                 _ => Err(DecodeError::BadBatch),
@@ -62,16 +63,16 @@ pub fn decode_json(
 fn reading(
     thing: &ThingName,
     received_at_ms: i64,
-    fields: &Map<String, Value>,
+    mut fields: Map<String, Value>,
 ) -> Result<Reading, DecodeError> {
-    let time_ms = match fields.get("ts") {
+    let time_ms = match fields.remove("ts") {
         None => received_at_ms,
         Some(Value::Number(n)) => n.as_i64().ok_or(DecodeError::BadTimestamp)?,
         Some(_) => return Err(DecodeError::BadTimestamp),
     };
     let mut measures = Vec::with_capacity(fields.len());
-    for (name, value) in fields.iter().filter(|(k, _)| k.as_str() != "ts") {
-        flatten(name.clone(), value, 1, &mut measures)?;
+    for (name, value) in fields {
+        flatten(name, value, 1, &mut measures)?;
     }
     Ok(Reading {
         thing: thing.clone(),
@@ -82,14 +83,14 @@ fn reading(
 
 fn flatten(
     name: String,
-    value: &Value,
+    value: Value,
     depth: usize,
     out: &mut Vec<(MeasureName, MeasureValue)>,
 ) -> Result<(), DecodeError> {
     let measure = match value {
-        Value::Number(n) => number(&name, n)?,
-        Value::Bool(b) => MeasureValue::Boolean(*b),
-        Value::String(s) => MeasureValue::Varchar(s.clone()),
+        Value::Number(n) => number(&name, &n)?,
+        Value::Bool(b) => MeasureValue::Boolean(b),
+        Value::String(s) => MeasureValue::Varchar(s),
         Value::Null => return Err(DecodeError::NullMeasure(name)),
         Value::Array(_) => return Err(DecodeError::ArrayMeasure(name)),
         Value::Object(children) => {
@@ -132,7 +133,10 @@ mod tests {
     }
 
     fn decode(v: Value) -> Result<Decoded, DecodeError> {
-        decode_json(&thing(), 999, v.as_object().unwrap())
+        match v {
+            Value::Object(fields) => decode_json(&thing(), 999, fields),
+            _ => panic!("test payloads are objects"),
+        }
     }
 
     fn measures(r: &Reading) -> Vec<(&str, &MeasureValue)> {

@@ -27,18 +27,37 @@ impl MeasureValue {
         }
     }
 
+    /// Length of [`Self::to_timestream_string`], without building the string: record sizes are
+    /// checked for every reading.
+    pub fn timestream_string_len(&self) -> usize {
+        struct Count(usize);
+        impl fmt::Write for Count {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0 += s.len();
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Writing into Count cannot fail.
+        let _ = match self {
+            MeasureValue::Double(v) => fmt::write(&mut count, format_args!("{v}")),
+            MeasureValue::Bigint(v) => fmt::write(&mut count, format_args!("{v}")),
+            MeasureValue::Boolean(v) => fmt::write(&mut count, format_args!("{v}")),
+            MeasureValue::Varchar(v) => fmt::write(&mut count, format_args!("{v}")),
+        };
+        match self {
+            // Display never uses an exponent: integral finite doubles get ".0" appended.
+            MeasureValue::Double(v) if v.is_finite() && v.fract() == 0.0 => count.0 + 2,
+            _ => count.0,
+        }
+    }
+
     /// The value as Timestream's string encoding. Doubles keep a decimal point or exponent so the
     /// text reads back as a double.
     pub fn to_timestream_string(&self) -> String {
         match self {
-            MeasureValue::Double(v) => {
-                let text = v.to_string();
-                if text.contains(['.', 'e', 'E']) || !v.is_finite() {
-                    text
-                } else {
-                    format!("{text}.0")
-                }
-            }
+            MeasureValue::Double(v) if v.is_finite() && v.fract() == 0.0 => format!("{v}.0"),
+            MeasureValue::Double(v) => v.to_string(),
             MeasureValue::Bigint(v) => v.to_string(),
             MeasureValue::Boolean(v) => v.to_string(),
             MeasureValue::Varchar(v) => v.clone(),
@@ -64,4 +83,45 @@ pub struct Reading {
     /// the message.
     pub time_ms: i64,
     pub measures: Vec<(MeasureName, MeasureValue)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn doubles_keep_a_decimal_point() {
+        assert_eq!(MeasureValue::Double(23.0).to_timestream_string(), "23.0");
+        assert_eq!(MeasureValue::Double(-0.0).to_timestream_string(), "-0.0");
+        assert_eq!(MeasureValue::Double(0.25).to_timestream_string(), "0.25");
+        assert_eq!(
+            MeasureValue::Double(1e20).to_timestream_string(),
+            "100000000000000000000.0"
+        );
+        assert_eq!(MeasureValue::Bigint(23).to_timestream_string(), "23");
+    }
+
+    fn any_measure() -> impl Strategy<Value = MeasureValue> {
+        prop_oneof![
+            any::<f64>().prop_map(MeasureValue::Double),
+            any::<i64>().prop_map(MeasureValue::Bigint),
+            any::<bool>().prop_map(MeasureValue::Boolean),
+            "\\PC{0,40}".prop_map(MeasureValue::Varchar),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn string_len_matches_the_string(v in any_measure()) {
+            prop_assert_eq!(v.timestream_string_len(), v.to_timestream_string().len());
+        }
+
+        #[test]
+        fn doubles_read_back_as_the_same_double(v in any::<f64>().prop_filter("finite", |v| v.is_finite())) {
+            let text = MeasureValue::Double(v).to_timestream_string();
+            prop_assert!(text.contains('.'));
+            prop_assert_eq!(text.parse::<f64>().unwrap(), v);
+        }
+    }
 }

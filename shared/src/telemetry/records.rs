@@ -26,14 +26,14 @@ pub struct TimestreamRecord {
 }
 
 impl TimestreamRecord {
-    pub fn from_reading(reading: &Reading) -> Self {
+    pub fn from_reading(reading: Reading) -> Self {
         Self {
-            dimensions: vec![(THING_DIMENSION.to_owned(), reading.thing.to_string())],
+            dimensions: vec![(THING_DIMENSION.to_owned(), reading.thing.into())],
             measure_name: MEASURE_NAME,
             measures: reading
                 .measures
-                .iter()
-                .map(|(n, v)| (n.0.clone(), v.clone()))
+                .into_iter()
+                .map(|(n, v)| (n.0, v))
                 .collect(),
             time_ms: reading.time_ms,
             version: 1,
@@ -48,7 +48,7 @@ impl TimestreamRecord {
         let measures: usize = self
             .measures
             .iter()
-            .map(|(n, v)| n.len() + v.to_timestream_string().len() + v.type_name().len())
+            .map(|(n, v)| n.len() + v.timestream_string_len() + v.type_name().len())
             .sum();
         dimensions + self.measure_name.len() + measures + 16
     }
@@ -76,7 +76,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn record(thing: &str) -> TimestreamRecord {
-        TimestreamRecord::from_reading(&Reading {
+        TimestreamRecord::from_reading(Reading {
             thing: ThingName::parse(thing).unwrap(),
             time_ms: 5,
             measures: vec![(MeasureName("temp".into()), MeasureValue::Double(23.0))],

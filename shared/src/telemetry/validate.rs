@@ -75,17 +75,21 @@ fn check_measure_name(name: &str) -> Result<(), &'static str> {
     if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err("may only contain letters, digits and '_'");
     }
-    let lower = name.to_ascii_lowercase();
-    if RESERVED_NAMES.contains(&lower.as_str())
-        || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+    let has_prefix = |p: &str| {
+        name.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+    };
+    if RESERVED_NAMES.iter().any(|r| name.eq_ignore_ascii_case(r))
+        || RESERVED_PREFIXES.iter().any(|p| has_prefix(p))
     {
         return Err("is reserved");
     }
     Ok(())
 }
 
-/// Checks `reading` and builds its record; the record's size is part of the check.
-pub fn validate(reading: &Reading, limits: &Limits) -> Result<TimestreamRecord, Rejection> {
+/// Checks `reading` and builds its record (moving the measures into it); the record's size is
+/// part of the check.
+pub fn validate(reading: Reading, limits: &Limits) -> Result<TimestreamRecord, Rejection> {
     let ahead_ms = reading.time_ms.saturating_sub(limits.now_ms);
     if ahead_ms > MAX_FUTURE_MS {
         return Err(Rejection::InFuture {
@@ -107,13 +111,17 @@ pub fn validate(reading: &Reading, limits: &Limits) -> Result<TimestreamRecord, 
             count: reading.measures.len(),
         });
     }
-    let mut seen = std::collections::HashSet::with_capacity(reading.measures.len());
-    for (name, value) in &reading.measures {
+    for (i, (name, value)) in reading.measures.iter().enumerate() {
         check_measure_name(&name.0).map_err(|why| Rejection::BadMeasureName {
             name: name.0.clone(),
             why,
         })?;
-        if !seen.insert(name.0.as_str()) {
+        // Keys of one JSON object are unique; flattening (`a_b` beside `a: {b}`) can collide.
+        // Readings are small: a scan beats hashing every name.
+        if reading.measures[..i]
+            .iter()
+            .any(|(earlier, _)| earlier == name)
+        {
             return Err(Rejection::DuplicateMeasure {
                 name: name.0.clone(),
             });
@@ -161,18 +169,18 @@ mod tests {
     #[test]
     fn time_window_edges() {
         let temp = || vec![("temp", MeasureValue::Double(1.0))];
-        assert!(validate(&reading(NOW + MAX_FUTURE_MS, temp()), &LIMITS).is_ok());
+        assert!(validate(reading(NOW + MAX_FUTURE_MS, temp()), &LIMITS).is_ok());
         assert!(matches!(
-            validate(&reading(NOW + MAX_FUTURE_MS + 1, temp()), &LIMITS),
+            validate(reading(NOW + MAX_FUTURE_MS + 1, temp()), &LIMITS),
             Err(Rejection::InFuture {
                 ahead_ms: 900_001,
                 ..
             })
         ));
-        assert!(validate(&reading(NOW - LIMITS.memory_retention_ms, temp()), &LIMITS).is_ok());
+        assert!(validate(reading(NOW - LIMITS.memory_retention_ms, temp()), &LIMITS).is_ok());
         assert!(matches!(
             validate(
-                &reading(NOW - LIMITS.memory_retention_ms - 1, temp()),
+                reading(NOW - LIMITS.memory_retention_ms - 1, temp()),
                 &LIMITS
             ),
             Err(Rejection::TooOld { .. })
@@ -183,7 +191,7 @@ mod tests {
     fn non_finite_values_are_refused() {
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             let err = validate(
-                &reading(NOW, vec![("temp", MeasureValue::Double(v))]),
+                reading(NOW, vec![("temp", MeasureValue::Double(v))]),
                 &LIMITS,
             )
             .unwrap_err();
@@ -193,7 +201,7 @@ mod tests {
 
     #[test]
     fn measure_names() {
-        let ok = |n: &str| validate(&reading(NOW, vec![(n, MeasureValue::Bigint(1))]), &LIMITS);
+        let ok = |n: &str| validate(reading(NOW, vec![(n, MeasureValue::Bigint(1))]), &LIMITS);
         assert!(ok("temp").is_ok());
         assert!(ok("env_air_temp2").is_ok());
         assert!(ok(&"a".repeat(64)).is_ok());
@@ -216,7 +224,7 @@ mod tests {
     #[test]
     fn empty_duplicate_and_oversized_readings() {
         assert_eq!(
-            validate(&reading(NOW, vec![]), &LIMITS),
+            validate(reading(NOW, vec![]), &LIMITS),
             Err(Rejection::NoMeasures)
         );
         let dup = reading(
@@ -227,12 +235,12 @@ mod tests {
             ],
         );
         assert_eq!(
-            validate(&dup, &LIMITS).unwrap_err().code(),
+            validate(dup, &LIMITS).unwrap_err().code(),
             "duplicate_measure"
         );
         let big = reading(NOW, vec![("note", MeasureValue::Varchar("x".repeat(2100)))]);
         assert_eq!(
-            validate(&big, &LIMITS).unwrap_err().code(),
+            validate(big, &LIMITS).unwrap_err().code(),
             "record_too_large"
         );
         let many: Vec<_> = (0..257)
@@ -243,7 +251,7 @@ mod tests {
             ..reading(NOW, vec![])
         };
         assert_eq!(
-            validate(&many, &LIMITS).unwrap_err().code(),
+            validate(many, &LIMITS).unwrap_err().code(),
             "too_many_measures"
         );
     }

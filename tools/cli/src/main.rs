@@ -2,7 +2,7 @@ use std::io;
 
 use clap::{Parser, Subcommand};
 use shoal_shared::aws::ClientFactory;
-use shoal_shared::config::{TimestreamName, TimestreamTarget, vars};
+use shoal_shared::config::{BucketName, TimestreamName, TimestreamTarget, vars};
 use shoal_shared::ids::ThingName;
 
 /// Operate a Shoal fleet backend.
@@ -28,6 +28,16 @@ enum Command {
         #[arg(long, env = vars::TIMESTREAM_TABLE, default_value = "telemetry")]
         table: TimestreamName,
     },
+    /// Create, if missing, the data resources infra/template.yaml creates on AWS (Timestream
+    /// database and table, archive bucket) on the configured endpoint.
+    InitLocal {
+        #[arg(long, env = vars::TIMESTREAM_DATABASE, default_value = "shoal_local")]
+        database: TimestreamName,
+        #[arg(long, env = vars::TIMESTREAM_TABLE, default_value = "telemetry")]
+        table: TimestreamName,
+        #[arg(long, env = vars::ARCHIVE_BUCKET, default_value = "shoal-local-archive")]
+        bucket: BucketName,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +52,14 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let target = TimestreamTarget { database, table };
             shoal_cli::smoke::run(&factory, &thing, &target, &mut io::stdout()).await?;
+        }
+        Command::InitLocal {
+            database,
+            table,
+            bucket,
+        } => {
+            let target = TimestreamTarget { database, table };
+            shoal_cli::resources::init_local(&factory, &target, &bucket, &mut io::stdout()).await?;
         }
     }
     Ok(())

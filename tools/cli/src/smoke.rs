@@ -117,7 +117,7 @@ pub async fn run(
 
     // 3. One multi-measure telemetry record.
     let timestream = factory.timestream_write().await?;
-    ensure_timestream_table(&timestream, target).await?;
+    crate::resources::ensure_timestream_table(&timestream, target).await?;
     let temperature = 21.5_f64;
     let rssi = -67_i64;
     let record = Record::builder()
@@ -173,35 +173,4 @@ async fn describe_thing(
         .send()
         .await
         .aws("iot", "DescribeThing")
-}
-
-/// Creates the database and table unless they exist. On AWS they come from infra/template.yaml;
-/// locally the smoke run makes its own.
-async fn ensure_timestream_table(
-    client: &aws_sdk_timestreamwrite::Client,
-    target: &TimestreamTarget,
-) -> Result<()> {
-    let created = client
-        .create_database()
-        .database_name(target.database.as_str())
-        .send()
-        .await
-        .aws("timestream-write", "CreateDatabase");
-    match created {
-        Ok(_) => {}
-        Err(e) if e.is_code("ConflictException") => {}
-        Err(e) => return Err(e.into()),
-    }
-    let created = client
-        .create_table()
-        .database_name(target.database.as_str())
-        .table_name(target.table.as_str())
-        .send()
-        .await
-        .aws("timestream-write", "CreateTable");
-    match created {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_code("ConflictException") => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }

@@ -1,0 +1,92 @@
+//! Decode → validate → record-build throughput for one 10,000-reading message, on one core.
+//!
+//! `cargo bench -p shoal-shared --no-default-features --bench telemetry_pipeline` (release profile: the same code
+//! generation the Lambda zip gets). Prints the median of 30 runs and readings/s; no assertions:
+//! BENCHMARKS.md records the numbers.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shoal_shared::telemetry::{Envelope, Limits, Payload, decode_json, validate};
+
+const READINGS: usize = 10_000;
+const RUNS: usize = 30;
+const NOW: i64 = 1_795_600_000_000;
+
+fn message() -> Vec<u8> {
+    let readings: Vec<Value> = (0..READINGS)
+        .map(|i| {
+            json!({
+                "ts": NOW - i as i64 * 10,
+                "temp": 20.0 + (i % 100) as f64 / 10.0,
+                "hum": 40 + (i % 20) as i64,
+                "door_open": i % 2 == 0,
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({
+        "readings": readings,
+        "_topic": "dt/bench/dev-1/telemetry",
+        "_received_at": NOW,
+    }))
+    .unwrap()
+}
+
+/// One full pass: bytes → event → envelope → readings → validated records. Returns the number
+/// of records built.
+fn pipeline(bytes: &[u8], limits: &Limits) -> usize {
+    let event: Value = serde_json::from_slice(bytes).unwrap();
+    let envelope = Envelope::from_rule_event(event).unwrap();
+    let Payload::Json(fields) = envelope.payload else {
+        unreachable!()
+    };
+    decode_json(&envelope.thing, envelope.received_at_ms, fields)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.ok())
+        .filter_map(|r| validate(r, limits).ok())
+        .count()
+}
+
+/// Runs `f` RUNS times and prints the median, min, max and readings/s.
+fn measure(label: &str, bytes: &[u8], f: impl Fn() -> usize) {
+    let mut times: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            black_box(f());
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    let median = times[RUNS / 2];
+    println!(
+        "telemetry_pipeline/{label}: {READINGS} readings ({} KiB) median {:.2} ms over {RUNS} runs \
+         (min {:.2} ms, max {:.2} ms) = {:.0} readings/s",
+        bytes.len() / 1024,
+        median.as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[RUNS - 1].as_secs_f64() * 1e3,
+        READINGS as f64 / median.as_secs_f64()
+    );
+}
+
+fn main() {
+    let bytes = message();
+    let limits = Limits {
+        now_ms: NOW,
+        memory_retention_ms: 24 * 3_600_000,
+    };
+    assert_eq!(
+        pipeline(&bytes, &limits),
+        READINGS,
+        "every reading is valid"
+    );
+    measure("json", &bytes, || pipeline(black_box(&bytes), &limits));
+    // The JSON parse alone (bytes -> serde_json::Value): the floor for this design.
+    measure("json_parse_only", &bytes, || {
+        serde_json::from_slice::<Value>(black_box(&bytes))
+            .map(|v| v["readings"].as_array().map_or(0, Vec::len))
+            .unwrap()
+    });
+}
