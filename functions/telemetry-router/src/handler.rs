@@ -8,6 +8,7 @@ use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarg
 use shoal_shared::metrics::emf_counts;
 use shoal_shared::telemetry::Limits;
 
+use crate::batch::{Trigger, route_kinesis, route_sqs};
 use crate::router::{Counts, QuarantineStore, RetryLater, TelemetrySink, route_rule_event};
 
 /// Default memory-store retention when the variable is unset: the template's default.
@@ -53,34 +54,57 @@ pub fn metrics_line(timestamp_ms: i64, counts: &Counts) -> String {
     emf_counts(timestamp_ms, &[("Function", "telemetry-router")], &values)
 }
 
-/// Routes one direct IoT rule invocation. An `Err` makes Lambda retry the asynchronous
-/// invocation (the rule's delivery), which is safe: writes and quarantine keys are idempotent.
+/// Handles one invocation: a direct IoT rule event, an SQS batch or a Kinesis batch. Returns the
+/// counts and the answer for Lambda. A direct event answers `Err` when it must be retried (Lambda
+/// retries the asynchronous invocation; safe, since writes and quarantine keys are idempotent);
+/// batches answer `batchItemFailures` instead.
 pub async fn handle(
     event: Value,
     config: &RouterConfig,
     sink: &impl TelemetrySink,
     quarantine: &impl QuarantineStore,
-) -> Result<Value, RetryLater> {
+) -> (Counts, Result<Value, RetryLater>) {
     let now = now_ms();
     let limits = Limits {
         now_ms: now,
         memory_retention_ms: config.memory_retention_ms,
     };
-    let routed = route_rule_event(event, &limits, sink, quarantine).await;
-    let counts = match &routed {
-        Ok(counts) => counts,
-        Err(retry) => &retry.counts,
+    // An event that claims to be a batch but does not parse as one is routed (and quarantined
+    // whole) as a direct event: it is kept, and retrying it could never succeed.
+    let trigger = match Trigger::classify(event.clone()) {
+        Ok(trigger) => trigger,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed batch event");
+            Trigger::Direct(event)
+        }
+    };
+    let (counts, answer) = match trigger {
+        Trigger::Direct(event) => match route_rule_event(event, &limits, sink, quarantine).await {
+            Ok(counts) => {
+                let summary = json!(counts);
+                (counts, Ok(summary))
+            }
+            Err(retry) => (retry.counts.clone(), Err(retry)),
+        },
+        Trigger::Sqs(batch) => {
+            let (counts, response) = route_sqs(batch, &limits, sink, quarantine).await;
+            (counts, Ok(json!(response)))
+        }
+        Trigger::Kinesis(batch) => {
+            let (counts, response) = route_kinesis(batch, &limits, sink, quarantine).await;
+            (counts, Ok(json!(response)))
+        }
     };
     // EMF must be a top-level JSON line on stdout, not wrapped in a tracing event.
-    println!("{}", metrics_line(now, counts));
-    let counts = routed?;
+    println!("{}", metrics_line(now, &counts));
     tracing::info!(
         received = counts.received,
         accepted = counts.accepted,
         quarantined = counts.quarantined_total(),
-        "message routed"
+        retried = counts.retried,
+        "invocation routed"
     );
-    Ok(json!(counts))
+    (counts, answer)
 }
 
 #[cfg(test)]

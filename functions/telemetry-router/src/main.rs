@@ -14,12 +14,11 @@ async fn main() -> Result<(), Error> {
     let quarantine = S3Quarantine::new(factory.s3(), config.archive_bucket.clone());
     let (config, sink, quarantine) = (&config, &sink, &quarantine);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle(event.payload, config, sink, quarantine)
-            .await
-            .map_err(|retry| Diagnostic {
-                error_type: "ReturnedForRetry".into(),
-                error_message: retry.to_string(),
-            })
+        let (_counts, answer) = handle(event.payload, config, sink, quarantine).await;
+        answer.map_err(|retry| Diagnostic {
+            error_type: "ReturnedForRetry".into(),
+            error_message: retry.to_string(),
+        })
     }))
     .await
 }

@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_shared::aws::AwsError;
 use shoal_shared::telemetry::records::write_batches;
-use shoal_shared::telemetry::{Envelope, Limits, Payload, TimestreamRecord, decode_json, validate};
+use shoal_shared::telemetry::{
+    Envelope, EnvelopeError, Limits, Payload, TimestreamRecord, decode_json, validate,
+};
 
 /// AWS IoT Core's payload limit: nothing larger can have come from a device.
 pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
@@ -59,6 +61,16 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Adds another message's counts to these.
+    pub fn add(&mut self, other: &Counts) {
+        self.received += other.received;
+        self.accepted += other.accepted;
+        self.retried += other.retried;
+        for (reason, n) in &other.quarantined {
+            *self.quarantined.entry(reason).or_default() += n;
+        }
+    }
+
     pub fn quarantined_total(&self) -> usize {
         self.quarantined.values().sum()
     }
@@ -108,7 +120,7 @@ impl Pending<'_> {
     }
 }
 
-/// Routes one direct IoT rule event.
+/// Routes one direct IoT rule event (the rule's output as JSON).
 pub async fn route_rule_event(
     event: Value,
     limits: &Limits,
@@ -116,7 +128,41 @@ pub async fn route_rule_event(
     quarantine: &impl QuarantineStore,
 ) -> Result<Counts, RetryLater> {
     let original = serde_json::to_vec(&event).unwrap_or_default();
-    let envelope = Envelope::from_rule_event(event);
+    route(
+        &original,
+        Envelope::from_rule_event(event),
+        limits,
+        sink,
+        quarantine,
+    )
+    .await
+}
+
+/// Routes one message as SQS or Kinesis deliver it: the rule's output as bytes, which may be
+/// anything at all.
+pub async fn route_message(
+    original: &[u8],
+    limits: &Limits,
+    sink: &impl TelemetrySink,
+    quarantine: &impl QuarantineStore,
+) -> Result<Counts, RetryLater> {
+    route(
+        original,
+        Envelope::from_bytes(original),
+        limits,
+        sink,
+        quarantine,
+    )
+    .await
+}
+
+async fn route(
+    original: &[u8],
+    envelope: Result<Envelope, EnvelopeError>,
+    limits: &Limits,
+    sink: &impl TelemetrySink,
+    quarantine: &impl QuarantineStore,
+) -> Result<Counts, RetryLater> {
     let mut pending = Pending {
         counts: Counts::default(),
         quarantine: Vec::new(),
@@ -125,7 +171,7 @@ pub async fn route_rule_event(
             thing: e.thing.to_string(),
             received_at_ms: e.received_at_ms,
         }),
-        original: &original,
+        original,
     };
     let records = decode_and_validate(envelope, limits, &mut pending);
 
@@ -171,7 +217,7 @@ impl Pending<'_> {
 /// Records to write, each with its reading's index in the message; everything else is refused
 /// into `pending`.
 fn decode_and_validate(
-    envelope: Result<Envelope, shoal_shared::telemetry::EnvelopeError>,
+    envelope: Result<Envelope, EnvelopeError>,
     limits: &Limits,
     pending: &mut Pending<'_>,
 ) -> Vec<(usize, TimestreamRecord)> {
@@ -235,74 +281,15 @@ fn decode_and_validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::{FakeQuarantine, FakeSink};
     use proptest::prelude::*;
     use serde_json::json;
-    use shoal_shared::aws::AwsErrorKind;
-    use std::sync::Mutex;
 
     const NOW: i64 = 1_764_064_800_000;
     const LIMITS: Limits = Limits {
         now_ms: NOW,
         memory_retention_ms: 24 * 3_600_000,
     };
-
-    fn down(operation: &'static str) -> AwsError {
-        AwsError {
-            service: "fake",
-            operation,
-            kind: AwsErrorKind::Unreachable,
-            code: None,
-            message: "connection refused".into(),
-        }
-    }
-
-    /// Records every call; refuses records whose `temp` is 666; fails call number `fail_call`.
-    #[derive(Default)]
-    struct FakeSink {
-        calls: Mutex<Vec<Vec<TimestreamRecord>>>,
-        fail_call: Option<usize>,
-    }
-
-    impl TelemetrySink for FakeSink {
-        async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
-            let mut calls = self.calls.lock().unwrap();
-            assert!(batch.len() <= 100, "WriteRecords takes at most 100 records");
-            if self.fail_call == Some(calls.len()) {
-                return Err(down("WriteRecords"));
-            }
-            calls.push(batch.to_vec());
-            Ok(batch
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| {
-                    r.measures
-                        .iter()
-                        .any(|(_, v)| *v == shoal_shared::telemetry::MeasureValue::Double(666.0))
-                })
-                .map(|(index, _)| RejectedRecord {
-                    index,
-                    reason: "Measure value out of range".into(),
-                })
-                .collect())
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeQuarantine {
-        items: Mutex<Vec<QuarantineItem>>,
-        fail_after: Option<usize>,
-    }
-
-    impl QuarantineStore for FakeQuarantine {
-        async fn put(&self, item: &QuarantineItem) -> Result<(), AwsError> {
-            let mut items = self.items.lock().unwrap();
-            if self.fail_after == Some(items.len()) {
-                return Err(down("PutObject"));
-            }
-            items.push(item.clone());
-            Ok(())
-        }
-    }
 
     fn event(payload: Value) -> Value {
         let mut event = payload;

@@ -45,6 +45,8 @@ pub struct Envelope {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EnvelopeError {
+    #[error("message is not JSON: {0}")]
+    NotJson(String),
     #[error("event is not a JSON object")]
     NotAnObject,
     #[error("event has no {0} (is the rule SQL the documented one?)")]
@@ -69,6 +71,14 @@ pub fn thing_from_topic(topic: &str) -> Result<ThingName, EnvelopeError> {
 }
 
 impl Envelope {
+    /// Reads a message as the rule's SQS or Kinesis action delivers it: the rule's JSON output as
+    /// bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let event =
+            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        Self::from_rule_event(event)
+    }
+
     /// Reads a direct IoT rule event.
     pub fn from_rule_event(event: Value) -> Result<Self, EnvelopeError> {
         let Value::Object(mut fields) = event else {
@@ -172,6 +182,18 @@ mod tests {
             ),
             Err(EnvelopeError::BadBase64(_))
         ));
+    }
+
+    #[test]
+    fn bytes_that_are_not_json_are_refused() {
+        assert!(matches!(
+            Envelope::from_bytes(b"\x00\x01 not json"),
+            Err(EnvelopeError::NotJson(_))
+        ));
+        let env =
+            Envelope::from_bytes(br#"{"t":1,"_topic":"dt/a/d-1/telemetry","_received_at":5}"#)
+                .unwrap();
+        assert_eq!(env.received_at_ms, 5);
     }
 
     #[test]

@@ -1,0 +1,70 @@
+//! In-memory stand-ins for the router's edges, for unit tests.
+
+use std::sync::Mutex;
+
+use shoal_shared::aws::{AwsError, AwsErrorKind};
+use shoal_shared::telemetry::TimestreamRecord;
+
+use crate::router::{QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
+
+pub fn down(operation: &'static str) -> AwsError {
+    AwsError {
+        service: "fake",
+        operation,
+        kind: AwsErrorKind::Unreachable,
+        code: None,
+        message: "connection refused".into(),
+    }
+}
+
+/// Records every successful call; refuses records whose `temp` is 666; fails the attempt
+/// numbered `fail_call` (counting from 0), and only that one.
+#[derive(Default)]
+pub struct FakeSink {
+    pub calls: Mutex<Vec<Vec<TimestreamRecord>>>,
+    pub fail_call: Option<usize>,
+    pub attempts: Mutex<usize>,
+}
+
+impl TelemetrySink for FakeSink {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
+        let mut calls = self.calls.lock().unwrap();
+        assert!(batch.len() <= 100, "WriteRecords takes at most 100 records");
+        let mut attempts = self.attempts.lock().unwrap();
+        *attempts += 1;
+        if self.fail_call == Some(*attempts - 1) {
+            return Err(down("WriteRecords"));
+        }
+        calls.push(batch.to_vec());
+        Ok(batch
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.measures
+                    .iter()
+                    .any(|(_, v)| *v == shoal_shared::telemetry::MeasureValue::Double(666.0))
+            })
+            .map(|(index, _)| RejectedRecord {
+                index,
+                reason: "Measure value out of range".into(),
+            })
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct FakeQuarantine {
+    pub items: Mutex<Vec<QuarantineItem>>,
+    pub fail_after: Option<usize>,
+}
+
+impl QuarantineStore for FakeQuarantine {
+    async fn put(&self, item: &QuarantineItem) -> Result<(), AwsError> {
+        let mut items = self.items.lock().unwrap();
+        if self.fail_after == Some(items.len()) {
+            return Err(down("PutObject"));
+        }
+        items.push(item.clone());
+        Ok(())
+    }
+}
