@@ -28,14 +28,19 @@ trap cleanup EXIT
 cargo run --quiet -p shoal-cli -- init-local --database "$database" --table telemetry --bucket "$bucket"
 
 log="$work/watch.log"
+# An env file, not --env-var: cargo-lambda splits --env-var values at commas.
+cat >"$work/function.env" <<ENV
+SHOAL_TIMESTREAM_DATABASE="$database"
+SHOAL_TIMESTREAM_TABLE="telemetry"
+SHOAL_ARCHIVE_BUCKET="$bucket"
+SHOAL_PACKED_SCHEMAS="th-v2=temp,hum"
+AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
+AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
+AWS_REGION="$AWS_REGION"
+ENV
 setsid cargo lambda watch --quiet -A 127.0.0.1 -P "$port" -p telemetry-router \
-  --env-var "SHOAL_TIMESTREAM_DATABASE=$database" \
-  --env-var "SHOAL_TIMESTREAM_TABLE=telemetry" \
-  --env-var "SHOAL_ARCHIVE_BUCKET=$bucket" \
-  --env-var "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL" \
-  --env-var "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \
-  --env-var "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" \
-  --env-var "AWS_REGION=$AWS_REGION" >"$log" 2>&1 &
+  --env-file "$work/function.env" >"$log" 2>&1 &
 watch_pid=$!
 
 # Bounded wait for the emulator to accept connections.
@@ -50,7 +55,7 @@ checked=0
 for event in events/telemetry-router-*.json; do
   shifted="$work/$(basename "$event")"
   "$py" - "$event" "$shifted" <<'PY'
-import base64, json, sys, time
+import base64, json, struct, sys, time
 SAMPLE = 1795600000000
 now = int(time.time() * 1000)
 def shift(v):
@@ -59,6 +64,12 @@ def shift(v):
         for k, x in v.items():
             if k in ("ts", "_received_at") and isinstance(x, int):
                 out[k] = x - SAMPLE + now
+            elif k == "_payload" and str(v.get("_topic", "")).endswith("/th-v2"):
+                raw = bytearray(base64.b64decode(x))
+                for at in range(0, len(raw), 16):  # packed th-v2: u64 ms + 2 x f32, big-endian
+                    (t,) = struct.unpack_from(">q", raw, at)
+                    struct.pack_into(">q", raw, at, t - SAMPLE + now)
+                out[k] = base64.b64encode(bytes(raw)).decode()
             elif k == "body" and isinstance(x, str):
                 try:
                     out[k] = json.dumps(shift(json.loads(x)))

@@ -20,6 +20,8 @@ pub mod vars {
     /// Memory-store retention of the telemetry table, in hours: older readings are refused
     /// before Timestream would refuse them.
     pub const TIMESTREAM_MEMORY_RETENTION_HOURS: &str = "SHOAL_TIMESTREAM_MEMORY_RETENTION_HOURS";
+    /// Field lists of packed binary telemetry by device model: `model=field,field;model=field`.
+    pub const PACKED_SCHEMAS: &str = "SHOAL_PACKED_SCHEMAS";
     /// S3 bucket holding the Parquet archive and the quarantine.
     pub const ARCHIVE_BUCKET: &str = "SHOAL_ARCHIVE_BUCKET";
     /// DynamoDB table of the factory manifest (keyed by serial).

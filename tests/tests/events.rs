@@ -12,14 +12,43 @@ use telemetry_router::handler::{RouterConfig, handle};
 /// The `_received_at` all sample events share.
 const SAMPLE_RECEIVED_AT: i64 = 1_795_600_000_000;
 
-/// Moves the sample's times so that `_received_at` is `now`, keeping every offset.
+/// Moves the sample's times so that `_received_at` is `now`, keeping every offset: in JSON
+/// fields, inside SQS bodies (JSON text), Kinesis data (base64 JSON) and the timestamps of
+/// packed `th-v2` records (16 bytes each, a big-endian u64 first).
 fn shift_to(value: &mut Value, now: i64) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let shift = |t: i64| t - SAMPLE_RECEIVED_AT + now;
     match value {
         Value::Object(fields) => {
+            let packed = fields
+                .get("_topic")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("/th-v2"));
             for (key, v) in fields.iter_mut() {
-                match (key.as_str(), v.as_i64()) {
-                    ("_received_at" | "ts", Some(t)) => {
-                        *v = Value::from(t - SAMPLE_RECEIVED_AT + now)
+                match (key.as_str(), &*v) {
+                    ("_received_at" | "ts", Value::Number(n)) => {
+                        *v = Value::from(shift(n.as_i64().unwrap()))
+                    }
+                    ("body", Value::String(text)) => {
+                        if let Ok(mut inner) = serde_json::from_str::<Value>(text) {
+                            shift_to(&mut inner, now);
+                            *v = Value::from(inner.to_string());
+                        }
+                    }
+                    ("data", Value::String(text)) => {
+                        let mut inner: Value =
+                            serde_json::from_slice(&b64.decode(text).unwrap()).unwrap();
+                        shift_to(&mut inner, now);
+                        *v = Value::from(b64.encode(inner.to_string()));
+                    }
+                    ("_payload", Value::String(text)) if packed => {
+                        let mut bytes = b64.decode(text).unwrap();
+                        for record in bytes.chunks_exact_mut(16) {
+                            let t = i64::from_be_bytes(record[..8].try_into().unwrap());
+                            record[..8].copy_from_slice(&shift(t).to_be_bytes());
+                        }
+                        *v = Value::from(b64.encode(bytes));
                     }
                     _ => shift_to(v, now),
                 }
@@ -28,6 +57,35 @@ fn shift_to(value: &mut Value, now: i64) {
         Value::Array(items) => items.iter_mut().for_each(|v| shift_to(v, now)),
         _ => {}
     }
+}
+
+#[test]
+fn samples_are_shifted_everywhere_their_times_are() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let now = SAMPLE_RECEIVED_AT + 86_400_000;
+    let packed = b64.encode([SAMPLE_RECEIVED_AT.to_be_bytes(), [0; 8]].concat());
+    let kinesis_data = b64.encode(r#"{"ts":1795599999000}"#);
+    let mut event = serde_json::json!({
+        "_received_at": SAMPLE_RECEIVED_AT,
+        "readings": [{"ts": SAMPLE_RECEIVED_AT - 1000}],
+        "Records": [{"body": r#"{"_received_at":1795600000000}"#, "data": kinesis_data}],
+        "_topic": "dt/a/d-1/telemetry/th-v2",
+        "_payload": packed,
+    });
+    shift_to(&mut event, now);
+    assert_eq!(event["_received_at"], now);
+    assert_eq!(event["readings"][0]["ts"], now - 1000);
+    let body: Value = serde_json::from_str(event["Records"][0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["_received_at"], now);
+    let data: Value = serde_json::from_slice(
+        &b64.decode(event["Records"][0]["data"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data["ts"], now - 1000);
+    let payload = b64.decode(event["_payload"].as_str().unwrap()).unwrap();
+    assert_eq!(i64::from_be_bytes(payload[..8].try_into().unwrap()), now);
 }
 
 fn expected(file: &str) -> Option<(usize, usize, Vec<&'static str>)> {
@@ -47,6 +105,9 @@ fn expected(file: &str) -> Option<(usize, usize, Vec<&'static str>)> {
         "telemetry-router-bad-topic.json" => (1, 0, vec!["bad_envelope"]),
         "telemetry-router-binary-no-schema.json" => (1, 0, vec!["unknown_binary_schema"]),
         "telemetry-router-sqs-batch.json" => (4, 3, vec!["bad_envelope"]),
+        "telemetry-router-binary-packed.json" => (2, 1, vec!["not_finite"]),
+        "telemetry-router-binary-gzip-json.json" => (2, 2, vec![]),
+        "telemetry-router-binary-cbor.json" => (1, 1, vec![]),
         "telemetry-router-kinesis-batch.json" => (3, 3, vec![]),
         _ => return None,
     })
@@ -62,6 +123,7 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         },
         archive_bucket: unique_name("events-archive").parse().unwrap(),
         memory_retention_ms: 24 * 3_600_000,
+        packed_schemas: "th-v2=temp,hum".parse().unwrap(),
     };
     init_local(
         &factory,
@@ -87,7 +149,7 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 7, "{files:?}");
+    assert!(files.len() >= 10, "{files:?}");
     let now = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

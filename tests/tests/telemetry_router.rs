@@ -9,9 +9,9 @@ use shoal_cli::resources::{ensure_bucket, init_local};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
 use shoal_shared::config::{BucketName, TimestreamTarget};
-use shoal_shared::telemetry::{Limits, TimestreamRecord};
+use shoal_shared::telemetry::{Limits, PackedSchemas, TimestreamRecord};
 use telemetry_router::edges::{S3Quarantine, TimestreamSink};
-use telemetry_router::router::{RejectedRecord, TelemetrySink, route_rule_event};
+use telemetry_router::router::{RejectedRecord, Rules, TelemetrySink, route_rule_event};
 
 /// Counts WriteRecords calls on their way to the real sink.
 struct Counting<S> {
@@ -64,10 +64,15 @@ fn now_ms() -> i64 {
     .unwrap()
 }
 
-fn limits(now: i64) -> Limits {
-    Limits {
-        now_ms: now,
-        memory_retention_ms: 24 * 3_600_000,
+static NO_SCHEMAS: PackedSchemas = PackedSchemas::empty();
+
+fn rules(now: i64) -> Rules<'static> {
+    Rules {
+        limits: Limits {
+            now_ms: now,
+            memory_retention_ms: 24 * 3_600_000,
+        },
+        schemas: &NO_SCHEMAS,
     }
 }
 
@@ -129,7 +134,7 @@ async fn readings_land_in_timestream_and_bad_ones_in_the_quarantine() {
         ]}),
         now,
     );
-    let counts = route_rule_event(message.clone(), &limits(now), &sink, &quarantine)
+    let counts = route_rule_event(message.clone(), &rules(now), &sink, &quarantine)
         .await
         .unwrap();
     assert_eq!((counts.received, counts.accepted), (4, 2));
@@ -183,7 +188,7 @@ async fn readings_land_in_timestream_and_bad_ones_in_the_quarantine() {
     );
 
     // Redelivering the same message changes nothing: same upserts, same quarantine keys.
-    route_rule_event(message, &limits(now), &sink, &quarantine)
+    route_rule_event(message, &rules(now), &sink, &quarantine)
         .await
         .unwrap();
     assert_eq!(quarantine_keys(&stack).await, keys);
@@ -206,7 +211,7 @@ async fn a_batch_takes_ceil_n_over_100_write_calls() {
         .collect();
     let counts = route_rule_event(
         event(json!({ "readings": readings }), now),
-        &limits(now),
+        &rules(now),
         &sink,
         &quarantine,
     )
@@ -231,7 +236,7 @@ async fn a_missing_database_returns_every_reading_for_retry() {
             json!({"readings": [{"temp": 1.0}, {"temp": 2.0}, {"bad-name": 3}]}),
             now,
         ),
-        &limits(now),
+        &rules(now),
         &sink,
         &quarantine,
     )

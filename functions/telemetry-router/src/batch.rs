@@ -6,9 +6,8 @@ use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde_json::Value;
-use shoal_shared::telemetry::Limits;
 
-use crate::router::{Counts, QuarantineStore, TelemetrySink, route_message};
+use crate::router::{Counts, QuarantineStore, Rules, TelemetrySink, route_message};
 
 /// What invoked the function, told apart by the event's shape.
 #[derive(Debug)]
@@ -38,7 +37,7 @@ impl Trigger {
 /// are independent: one failure does not stop the others.
 pub async fn route_sqs(
     event: SqsEvent,
-    limits: &Limits,
+    rules: &Rules<'_>,
     sink: &impl TelemetrySink,
     quarantine: &impl QuarantineStore,
 ) -> (Counts, SqsBatchResponse) {
@@ -46,7 +45,7 @@ pub async fn route_sqs(
     let mut response = SqsBatchResponse::default();
     for message in event.records {
         let body = message.body.unwrap_or_default();
-        match route_message(body.as_bytes(), limits, sink, quarantine).await {
+        match route_message(body.as_bytes(), rules, sink, quarantine).await {
             Ok(counts) => total.add(&counts),
             Err(retry) => {
                 tracing::warn!(message_id = ?message.message_id, error = %retry, "returned for retry");
@@ -65,7 +64,7 @@ pub async fn route_sqs(
 /// returned for retry, one each (they were not decoded).
 pub async fn route_kinesis(
     event: KinesisEvent,
-    limits: &Limits,
+    rules: &Rules<'_>,
     sink: &impl TelemetrySink,
     quarantine: &impl QuarantineStore,
 ) -> (Counts, KinesisEventResponse) {
@@ -73,7 +72,7 @@ pub async fn route_kinesis(
     let mut response = KinesisEventResponse::default();
     let mut records = event.records.into_iter();
     while let Some(record) = records.next() {
-        match route_message(&record.kinesis.data, limits, sink, quarantine).await {
+        match route_message(&record.kinesis.data, rules, sink, quarantine).await {
             Ok(counts) => total.add(&counts),
             Err(retry) => {
                 tracing::warn!(sequence_number = %record.kinesis.sequence_number, error = %retry, "returned for retry");
@@ -96,9 +95,12 @@ mod tests {
     use serde_json::json;
 
     const NOW: i64 = 1_795_600_000_000;
-    const LIMITS: Limits = Limits {
-        now_ms: NOW,
-        memory_retention_ms: 3_600_000,
+    const RULES: Rules<'static> = Rules {
+        limits: shoal_shared::telemetry::Limits {
+            now_ms: NOW,
+            memory_retention_ms: 3_600_000,
+        },
+        schemas: &shoal_shared::telemetry::PackedSchemas::empty(),
     };
 
     fn message(temp: f64) -> String {
@@ -178,7 +180,7 @@ mod tests {
             ..FakeSink::default()
         };
         let q = FakeQuarantine::default();
-        let (counts, response) = route_sqs(event, &LIMITS, &sink, &q).await;
+        let (counts, response) = route_sqs(event, &RULES, &sink, &q).await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
             json!({"batchItemFailures": [{"itemIdentifier": "m2"}]})
@@ -210,7 +212,7 @@ mod tests {
             ..FakeSink::default()
         };
         let q = FakeQuarantine::default();
-        let (counts, response) = route_kinesis(event, &LIMITS, &sink, &q).await;
+        let (counts, response) = route_kinesis(event, &RULES, &sink, &q).await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
             json!({"batchItemFailures": [{"itemIdentifier": "49590000000000000000000000000000000000000000000000000001"}]})
@@ -235,7 +237,7 @@ mod tests {
         };
         let (counts, response) = route_kinesis(
             event,
-            &LIMITS,
+            &RULES,
             &FakeSink::default(),
             &FakeQuarantine::default(),
         )

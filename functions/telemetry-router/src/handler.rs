@@ -6,10 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
 use shoal_shared::metrics::emf_counts;
-use shoal_shared::telemetry::Limits;
+use shoal_shared::telemetry::{Limits, PackedSchemas};
 
 use crate::batch::{Trigger, route_kinesis, route_sqs};
-use crate::router::{Counts, QuarantineStore, RetryLater, TelemetrySink, route_rule_event};
+use crate::router::{Counts, QuarantineStore, RetryLater, Rules, TelemetrySink, route_rule_event};
 
 /// Default memory-store retention when the variable is unset: the template's default.
 const DEFAULT_MEMORY_RETENTION_HOURS: u32 = 24;
@@ -19,6 +19,7 @@ pub struct RouterConfig {
     pub timestream: TimestreamTarget,
     pub archive_bucket: BucketName,
     pub memory_retention_ms: i64,
+    pub packed_schemas: PackedSchemas,
 }
 
 impl RouterConfig {
@@ -29,6 +30,7 @@ impl RouterConfig {
             timestream: TimestreamTarget::from_source(source)?,
             archive_bucket: config::required(source, vars::ARCHIVE_BUCKET)?,
             memory_retention_ms: i64::from(hours) * 3_600_000,
+            packed_schemas: config::optional(source, vars::PACKED_SCHEMAS)?.unwrap_or_default(),
         })
     }
 }
@@ -65,9 +67,12 @@ pub async fn handle(
     quarantine: &impl QuarantineStore,
 ) -> (Counts, Result<Value, RetryLater>) {
     let now = now_ms();
-    let limits = Limits {
-        now_ms: now,
-        memory_retention_ms: config.memory_retention_ms,
+    let rules = Rules {
+        limits: Limits {
+            now_ms: now,
+            memory_retention_ms: config.memory_retention_ms,
+        },
+        schemas: &config.packed_schemas,
     };
     // An event that claims to be a batch but does not parse as one is routed (and quarantined
     // whole) as a direct event: it is kept, and retrying it could never succeed.
@@ -79,7 +84,7 @@ pub async fn handle(
         }
     };
     let (counts, answer) = match trigger {
-        Trigger::Direct(event) => match route_rule_event(event, &limits, sink, quarantine).await {
+        Trigger::Direct(event) => match route_rule_event(event, &rules, sink, quarantine).await {
             Ok(counts) => {
                 let summary = json!(counts);
                 (counts, Ok(summary))
@@ -87,11 +92,11 @@ pub async fn handle(
             Err(retry) => (retry.counts.clone(), Err(retry)),
         },
         Trigger::Sqs(batch) => {
-            let (counts, response) = route_sqs(batch, &limits, sink, quarantine).await;
+            let (counts, response) = route_sqs(batch, &rules, sink, quarantine).await;
             (counts, Ok(json!(response)))
         }
         Trigger::Kinesis(batch) => {
-            let (counts, response) = route_kinesis(batch, &limits, sink, quarantine).await;
+            let (counts, response) = route_kinesis(batch, &rules, sink, quarantine).await;
             (counts, Ok(json!(response)))
         }
     };
@@ -122,6 +127,15 @@ mod tests {
         .into();
         let config = RouterConfig::from_source(&full).unwrap();
         assert_eq!(config.memory_retention_ms, 24 * 3_600_000);
+
+        assert_eq!(config.packed_schemas, PackedSchemas::default());
+        let mut with_schemas = full.clone();
+        with_schemas.insert(vars::PACKED_SCHEMAS, "th-v2=temp,hum");
+        let config = RouterConfig::from_source(&with_schemas).unwrap();
+        assert_eq!(config.packed_schemas.fields("th-v2").unwrap().len(), 2);
+        with_schemas.insert(vars::PACKED_SCHEMAS, "th-v2=temp,2hum");
+        let err = RouterConfig::from_source(&with_schemas).unwrap_err();
+        assert!(err.to_string().contains("SHOAL_PACKED_SCHEMAS"), "{err}");
 
         let mut bad = full.clone();
         bad.insert(vars::TIMESTREAM_MEMORY_RETENTION_HOURS, "a day");

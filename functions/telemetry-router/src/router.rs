@@ -10,7 +10,8 @@ use serde_json::Value;
 use shoal_shared::aws::AwsError;
 use shoal_shared::telemetry::records::write_batches;
 use shoal_shared::telemetry::{
-    Envelope, EnvelopeError, Limits, Payload, TimestreamRecord, decode_json, validate,
+    Envelope, EnvelopeError, Limits, PackedSchemas, Payload, TimestreamRecord, decode_binary,
+    decode_json, validate,
 };
 
 /// AWS IoT Core's payload limit: nothing larger can have come from a device.
@@ -35,6 +36,13 @@ pub trait TelemetrySink: Sync {
 /// Where refused input goes, with its reason (S3 `quarantine/` in production).
 pub trait QuarantineStore: Sync {
     fn put(&self, item: &QuarantineItem) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// What a message is checked against: the time window and the packed-record schemas.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub limits: Limits,
+    pub schemas: &'a PackedSchemas,
 }
 
 /// Input that could not be stored, with everything needed to find out why and replay it.
@@ -123,7 +131,7 @@ impl Pending<'_> {
 /// Routes one direct IoT rule event (the rule's output as JSON).
 pub async fn route_rule_event(
     event: Value,
-    limits: &Limits,
+    rules: &Rules<'_>,
     sink: &impl TelemetrySink,
     quarantine: &impl QuarantineStore,
 ) -> Result<Counts, RetryLater> {
@@ -131,7 +139,7 @@ pub async fn route_rule_event(
     route(
         &original,
         Envelope::from_rule_event(event),
-        limits,
+        rules,
         sink,
         quarantine,
     )
@@ -142,14 +150,14 @@ pub async fn route_rule_event(
 /// anything at all.
 pub async fn route_message(
     original: &[u8],
-    limits: &Limits,
+    rules: &Rules<'_>,
     sink: &impl TelemetrySink,
     quarantine: &impl QuarantineStore,
 ) -> Result<Counts, RetryLater> {
     route(
         original,
         Envelope::from_bytes(original),
-        limits,
+        rules,
         sink,
         quarantine,
     )
@@ -159,7 +167,7 @@ pub async fn route_message(
 async fn route(
     original: &[u8],
     envelope: Result<Envelope, EnvelopeError>,
-    limits: &Limits,
+    rules: &Rules<'_>,
     sink: &impl TelemetrySink,
     quarantine: &impl QuarantineStore,
 ) -> Result<Counts, RetryLater> {
@@ -173,7 +181,7 @@ async fn route(
         }),
         original,
     };
-    let records = decode_and_validate(envelope, limits, &mut pending);
+    let records = decode_and_validate(envelope, rules, &mut pending);
 
     for batch in write_batches(&records) {
         let batch_records: Vec<TimestreamRecord> = batch.iter().map(|(_, r)| r.clone()).collect();
@@ -218,7 +226,7 @@ impl Pending<'_> {
 /// into `pending`.
 fn decode_and_validate(
     envelope: Result<Envelope, EnvelopeError>,
-    limits: &Limits,
+    rules: &Rules<'_>,
     pending: &mut Pending<'_>,
 ) -> Vec<(usize, TimestreamRecord)> {
     let envelope = match envelope {
@@ -240,22 +248,19 @@ fn decode_and_validate(
     }
     let decoded = match envelope.payload {
         Payload::Json(fields) => decode_json(&envelope.thing, envelope.received_at_ms, fields),
-        Payload::Binary(bytes) => {
-            pending.counts.received = 1;
-            let reason = format!(
-                "binary payload of {} bytes on {}: no binary schema is configured for it",
-                bytes.len(),
-                envelope.topic
-            );
-            pending.refuse("unknown_binary_schema", reason, None);
-            return Vec::new();
-        }
+        Payload::Binary(ref bytes) => decode_binary(
+            &envelope.thing,
+            envelope.received_at_ms,
+            envelope.topic_model(),
+            bytes,
+            rules.schemas,
+        ),
     };
     let readings = match decoded {
         Ok(readings) => readings,
         Err(e) => {
             pending.counts.received = 1;
-            pending.refuse("undecodable", e.to_string(), None);
+            pending.refuse(e.code(), e.to_string(), None);
             return Vec::new();
         }
     };
@@ -263,8 +268,8 @@ fn decode_and_validate(
     let mut records = Vec::with_capacity(readings.len());
     for (index, reading) in readings.into_iter().enumerate() {
         match reading {
-            Err(e) => pending.refuse("undecodable", e.to_string(), Some(index)),
-            Ok(reading) => match validate(reading, limits) {
+            Err(e) => pending.refuse(e.code(), e.to_string(), Some(index)),
+            Ok(reading) => match validate(reading, &rules.limits) {
                 Err(rejection) => {
                     pending.refuse(rejection.code(), rejection.to_string(), Some(index))
                 }
@@ -286,9 +291,12 @@ mod tests {
     use serde_json::json;
 
     const NOW: i64 = 1_764_064_800_000;
-    const LIMITS: Limits = Limits {
-        now_ms: NOW,
-        memory_retention_ms: 24 * 3_600_000,
+    const RULES: Rules<'static> = Rules {
+        limits: Limits {
+            now_ms: NOW,
+            memory_retention_ms: 24 * 3_600_000,
+        },
+        schemas: &PackedSchemas::empty(),
     };
 
     fn event(payload: Value) -> Value {
@@ -304,7 +312,7 @@ mod tests {
         sink: &FakeSink,
         q: &FakeQuarantine,
     ) -> Result<Counts, RetryLater> {
-        route_rule_event(event, &LIMITS, sink, q).await
+        route_rule_event(event, &RULES, sink, q).await
     }
 
     #[tokio::test]

@@ -3,7 +3,13 @@
 //! JSON shapes, detected by their keys:
 //! - single reading: `{"ts": <ms>, "temp": 21.5, "hum": 40}`; `ts` is optional (IoT Core's receive
 //!   time is used) and every other key is a measure;
-//! - batch: `{"readings": [{"ts": …, …}, …]}`, each element a single reading.
+//! - batch: `{"readings": [{"ts": …, …}, …]}`, each element a single reading;
+//! - interval series: `{"ts": <ms of the first>, "interval": <s>, "values": [{"temp": 21.0}, …]}`
+//!   (or scalar `values` with `"measure": "temp"`); reading i is at `ts + i × interval`; without
+//!   `ts` the last value is at the receive time;
+//! - edge aggregate: any object of `count`, `mean`, `min`, `max`, `std` (a reading's top level or a
+//!   measure's value, e.g. `{"temp": {"count": 60, "mean": 21.3, "min": 20.9, "max": 21.8,
+//!   "std": 0.2}}`); it must be consistent: count ≥ 1, min ≤ mean ≤ max, std ≥ 0.
 //!
 //! Nested objects flatten into `parent_child` measure names up to [`MAX_NESTING`] levels, the
 //! payload's own depth; arrays are not measures and refuse the reading.
@@ -24,6 +30,16 @@ pub enum DecodeError {
     NotAnObject,
     #[error("\"readings\" must be a non-empty array of objects")]
     BadBatch,
+    #[error("interval series: {0}")]
+    BadSeries(String),
+    #[error("aggregate {0:?} is inconsistent: {1}")]
+    InconsistentAggregate(String, String),
+    #[error("{0}")]
+    Malformed(String),
+    #[error("measure {0:?} is not a finite number")]
+    NotFinite(String),
+    #[error("{0}")]
+    UnknownSchema(String),
     #[error("\"ts\" must be an integer number of milliseconds since the epoch")]
     BadTimestamp,
     #[error("measure {0:?} is an array; arrays are not measures")]
@@ -34,6 +50,19 @@ pub enum DecodeError {
     BadNumber(String, String),
     #[error("nesting deeper than {MAX_NESTING} levels at {0:?}")]
     TooDeep(String),
+}
+
+impl DecodeError {
+    /// The quarantine reason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::TooDeep(_) => "nesting_too_deep",
+            DecodeError::NotFinite(_) => "not_finite",
+            DecodeError::UnknownSchema(_) => "unknown_binary_schema",
+            DecodeError::InconsistentAggregate(..) => "inconsistent_aggregate",
+            _ => "undecodable",
+        }
+    }
 }
 
 /// The outcome per reading of a payload: each is decoded, or refused with its reason, so one bad
@@ -56,8 +85,98 @@ pub fn decode_json(
             })
             .collect()),
         Some(_) => Err(DecodeError::BadBatch),
+        None if payload.contains_key("values") && payload.contains_key("interval") => {
+            series(thing, received_at_ms, payload)
+        }
         None => Ok(vec![reading(thing, received_at_ms, payload)]),
     }
+}
+
+fn series(
+    thing: &ThingName,
+    received_at_ms: i64,
+    mut payload: Map<String, Value>,
+) -> Result<Decoded, DecodeError> {
+    let bad = |why: &str| DecodeError::BadSeries(why.to_owned());
+    let interval_ms = match payload.remove("interval") {
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+            .map(|s| (s * 1000.0).round() as i64)
+            .ok_or_else(|| bad("\"interval\" must be seconds in (0, 86400]"))?,
+        _ => return Err(bad("\"interval\" must be a number of seconds")),
+    };
+    let Some(Value::Array(values)) = payload.remove("values") else {
+        return Err(bad("\"values\" must be a non-empty array"));
+    };
+    if values.is_empty() {
+        return Err(bad("\"values\" must be a non-empty array"));
+    }
+    let measure = match payload.remove("measure") {
+        Some(Value::String(m)) => Some(m),
+        None => None,
+        Some(_) => return Err(bad("\"measure\" must be a string")),
+    };
+    let last = i64::try_from(values.len() - 1).unwrap_or(i64::MAX);
+    let first_ms = match payload.remove("ts") {
+        None => received_at_ms.saturating_sub(last.saturating_mul(interval_ms)),
+        Some(Value::Number(n)) => n.as_i64().ok_or(DecodeError::BadTimestamp)?,
+        Some(_) => return Err(DecodeError::BadTimestamp),
+    };
+    if let Some(extra) = payload.keys().next() {
+        return Err(DecodeError::BadSeries(format!("unexpected key {extra:?}")));
+    }
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let time_ms = first_ms.saturating_add((i as i64).saturating_mul(interval_ms));
+            let fields = match (value, &measure) {
+                (Value::Object(fields), None) => fields,
+                (scalar, Some(name)) if !scalar.is_object() => {
+                    Map::from_iter([(name.clone(), scalar)])
+                }
+                _ => {
+                    return Err(bad(
+                        "values are objects of measures, or scalars with \"measure\" naming them",
+                    ));
+                }
+            };
+            let mut r = reading(thing, time_ms, fields)?;
+            r.time_ms = time_ms;
+            Ok(r)
+        })
+        .collect())
+}
+
+const AGGREGATE_KEYS: [&str; 5] = ["count", "mean", "min", "max", "std"];
+
+/// An object of aggregate statistics (`count` plus any of mean/min/max/std) must be consistent.
+fn check_aggregate(path: &str, fields: &Map<String, Value>) -> Result<(), DecodeError> {
+    if !fields.contains_key("count") || !fields.keys().all(|k| AGGREGATE_KEYS.contains(&k.as_str()))
+    {
+        return Ok(());
+    }
+    let bad = |why: String| DecodeError::InconsistentAggregate(path.to_owned(), why);
+    match fields["count"].as_u64() {
+        Some(n) if n >= 1 => {}
+        _ => return Err(bad("count must be an integer ≥ 1".into())),
+    }
+    let stat = |k: &str| fields.get(k).and_then(Value::as_f64);
+    if let (Some(min), Some(max)) = (stat("min"), stat("max"))
+        && min > max
+    {
+        return Err(bad(format!("min {min} > max {max}")));
+    }
+    if let Some(mean) = stat("mean")
+        && (stat("min").is_some_and(|min| mean < min) || stat("max").is_some_and(|max| mean > max))
+    {
+        return Err(bad(format!("mean {mean} is outside [min, max]")));
+    }
+    if stat("std").is_some_and(|std| std < 0.0) {
+        return Err(bad("std is negative".into()));
+    }
+    Ok(())
 }
 
 fn reading(
@@ -70,6 +189,7 @@ fn reading(
         Some(Value::Number(n)) => n.as_i64().ok_or(DecodeError::BadTimestamp)?,
         Some(_) => return Err(DecodeError::BadTimestamp),
     };
+    check_aggregate("", &fields)?;
     let mut measures = Vec::with_capacity(fields.len());
     for (name, value) in fields {
         flatten(name, value, 1, &mut measures)?;
@@ -97,6 +217,7 @@ fn flatten(
             if depth >= MAX_NESTING {
                 return Err(DecodeError::TooDeep(name));
             }
+            check_aggregate(&name, &children)?;
             for (child, v) in children {
                 flatten(format!("{name}_{child}"), v, depth + 1, out)?;
             }
@@ -203,6 +324,82 @@ mod tests {
         );
         let out = decode(json!({"a": {"b": {"c": {"d": {"e": 1}}}}})).unwrap();
         assert_eq!(out[0], Err(DecodeError::TooDeep("a_b_c_d".into())));
+    }
+
+    #[test]
+    fn interval_series_of_objects_and_scalars() {
+        let out =
+            decode(json!({"ts": 1000, "interval": 60, "values": [{"temp": 1.5}, {"temp": 2.5}]}))
+                .unwrap();
+        let times: Vec<i64> = out.iter().map(|r| r.as_ref().unwrap().time_ms).collect();
+        assert_eq!(times, vec![1000, 61_000]);
+        // Without ts, the last value is at the receive time (999 here).
+        let out =
+            decode(json!({"interval": 0.5, "measure": "rpm", "values": [100, 120, 130]})).unwrap();
+        let r: Vec<(i64, &MeasureValue)> = out
+            .iter()
+            .map(|r| {
+                let r = r.as_ref().unwrap();
+                (r.time_ms, &r.measures[0].1)
+            })
+            .collect();
+        assert_eq!(
+            r,
+            vec![
+                (-1, &MeasureValue::Bigint(100)),
+                (499, &MeasureValue::Bigint(120)),
+                (999, &MeasureValue::Bigint(130))
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_series_are_refused() {
+        for bad in [
+            json!({"interval": 0, "values": [{"t": 1}]}),
+            json!({"interval": "60", "values": [{"t": 1}]}),
+            json!({"interval": 60, "values": []}),
+            json!({"interval": 60, "values": {}}),
+            json!({"interval": 60, "values": [{"t": 1}], "extra": 1}),
+        ] {
+            assert!(
+                matches!(decode(bad.clone()), Err(DecodeError::BadSeries(_))),
+                "{bad}"
+            );
+        }
+        // Each value that does not fit is refused on its own.
+        let out = decode(json!({"interval": 60, "measure": "t", "values": [1, {"a": 1}]})).unwrap();
+        assert!(out[0].is_ok());
+        assert!(matches!(out[1], Err(DecodeError::BadSeries(_))));
+        let out = decode(json!({"interval": 60, "values": [1, 2]})).unwrap();
+        assert!(
+            out.iter()
+                .all(|r| matches!(r, Err(DecodeError::BadSeries(_))))
+        );
+    }
+
+    #[test]
+    fn edge_aggregates_must_be_consistent() {
+        let ok = decode(
+            json!({"temp": {"count": 60, "mean": 21.3, "min": 20.9, "max": 21.8, "std": 0.2}}),
+        )
+        .unwrap();
+        assert_eq!(ok[0].as_ref().unwrap().measures.len(), 5);
+        let top = decode(json!({"count": 60, "mean": 21.3, "min": 20.9, "max": 21.8})).unwrap();
+        assert!(top[0].is_ok());
+        for bad in [
+            json!({"temp": {"count": 0, "mean": 1.0}}),
+            json!({"temp": {"count": 5, "min": 3.0, "max": 1.0}}),
+            json!({"temp": {"count": 5, "mean": 9.0, "min": 1.0, "max": 2.0}}),
+            json!({"temp": {"count": 5, "std": -1.0}}),
+            json!({"count": 5, "mean": 0.5, "min": 1.0}),
+        ] {
+            let out = decode(bad.clone()).unwrap();
+            let err = out[0].clone().unwrap_err();
+            assert_eq!(err.code(), "inconsistent_aggregate", "{bad}: {err}");
+        }
+        // Not an aggregate (other keys beside count): no check.
+        assert!(decode(json!({"count": 0, "temp": 1.0})).unwrap()[0].is_ok());
     }
 
     #[test]

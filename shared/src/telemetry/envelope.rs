@@ -71,6 +71,11 @@ pub fn thing_from_topic(topic: &str) -> Result<ThingName, EnvelopeError> {
 }
 
 impl Envelope {
+    /// The topic level after `telemetry`, if any: the device model that selects a packed schema.
+    pub fn topic_model(&self) -> Option<&str> {
+        self.topic.split('/').nth(4).filter(|m| !m.is_empty())
+    }
+
     /// Reads a message as the rule's SQS or Kinesis action delivers it: the rule's JSON output as
     /// bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
@@ -159,6 +164,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(env.payload, Payload::Binary(vec![0, 1, 2, 3]));
+        assert_eq!(env.topic_model(), Some("bin"));
         assert_eq!(env.client_id, None);
     }
 

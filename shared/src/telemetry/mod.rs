@@ -1,16 +1,19 @@
 //! Telemetry: from what a device published to the records Timestream stores.
 //!
 //! `envelope` reads what the IoT rule hands the router (the payload plus topic, receive time and
-//! client id); `decode` turns a payload into readings; `validate` checks each reading against
+//! client id); `decode` turns a JSON payload into readings, `binary` the compressed, CBOR and
+//! packed ones; `validate` checks each reading against
 //! AWS's and Shoal's limits; `records` builds Timestream multi-measure records and batches. Every
 //! step is pure: nothing here calls AWS, so each rule is unit- and property-tested.
 
+pub mod binary;
 pub mod decode;
 pub mod envelope;
 pub mod reading;
 pub mod records;
 pub mod validate;
 
+pub use binary::{PackedSchemas, decode_binary};
 pub use decode::{DecodeError, decode_json};
 pub use envelope::{Envelope, EnvelopeError, Payload};
 pub use reading::{MeasureName, MeasureValue, Reading};

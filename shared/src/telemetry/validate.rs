@@ -64,7 +64,7 @@ impl Rejection {
     }
 }
 
-fn check_measure_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn check_measure_name(name: &str) -> Result<(), &'static str> {
     let mut chars = name.chars();
     if !chars.next().is_some_and(|c| c.is_ascii_alphabetic()) {
         return Err("must start with a letter");
