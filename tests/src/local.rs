@@ -115,6 +115,23 @@ pub fn get(path: &str) -> Result<String, String> {
     Ok(body.to_owned())
 }
 
+/// The records moto holds for a Timestream table, via its `/moto-api/data.json` state endpoint:
+/// Timestream's write API has no read, and moto's query API answers canned results. Works only
+/// against moto (README: emulator differences).
+pub fn moto_timestream_records(database: &str, table: &str) -> Vec<serde_json::Value> {
+    let body = get("/moto-api/data.json").unwrap_or_else(|e| {
+        panic!("reading Timestream records back needs moto's state endpoint: {e}")
+    });
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    state["timestreamwrite"]["TimestreamTable"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["db_name"] == database && t["name"] == table)
+        .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

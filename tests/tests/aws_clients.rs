@@ -249,23 +249,6 @@ async fn kms_signs_a_digest_and_verifies_it() {
     }
 }
 
-/// Records moto holds for a Timestream table, via its state endpoint: Timestream's write API has
-/// no read, and moto's query API answers canned results.
-fn moto_timestream_records(database: &str, table: &str) -> Vec<Value> {
-    let state: Value =
-        serde_json::from_str(&local::get("/moto-api/data.json").expect(
-            "reading Timestream records back needs moto's /moto-api/data.json state endpoint",
-        ))
-        .unwrap();
-    state["timestreamwrite"]["TimestreamTable"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["db_name"] == database && t["name"] == table)
-        .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
-        .collect()
-}
-
 #[tokio::test]
 async fn timestream_writes_a_record_that_the_endpoint_holds() {
     let factory = local::factory().await;
@@ -325,7 +308,7 @@ async fn timestream_writes_a_record_that_the_endpoint_holds() {
         .unwrap();
     assert_eq!(written.records_ingested().unwrap().total(), 1);
 
-    let records = moto_timestream_records(&database, table);
+    let records = local::moto_timestream_records(&database, table);
     assert_eq!(records.len(), 1, "{records:#?}");
     let r = &records[0];
     assert_eq!(

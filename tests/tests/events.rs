@@ -6,8 +6,9 @@ use shoal_cli::resources::init_local;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::repo_root;
 use shoal_shared::config::TimestreamTarget;
-use telemetry_router::edges::{S3Quarantine, TimestreamSink};
+use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
+use telemetry_router::router::Edges;
 
 /// The `_received_at` all sample events share.
 const SAMPLE_RECEIVED_AT: i64 = 1_795_600_000_000;
@@ -136,6 +137,12 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
     let ts = factory.timestream_write().await.unwrap();
     let sink = TimestreamSink::new(ts, config.timestream.clone());
     let quarantine = S3Quarantine::new(factory.s3(), config.archive_bucket.clone());
+    let archive = S3Archive::new(factory.s3(), config.archive_bucket.clone());
+    let edges = Edges {
+        sink: &sink,
+        quarantine: &quarantine,
+        archive: &archive,
+    };
 
     let mut files: Vec<_> = std::fs::read_dir(repo_root().join("events"))
         .unwrap()
@@ -164,7 +171,7 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         let mut event: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
         shift_to(&mut event, now);
-        let (counts, answer) = handle(event, &config, &sink, &quarantine).await;
+        let (counts, answer) = handle(event, &config, &edges, &name).await;
         let answer = answer.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(counts.received, received, "{name}");
         assert_eq!(counts.accepted, accepted, "{name}");

@@ -1,56 +1,182 @@
-//! The telemetry router's edges against the local endpoint: readings land in Timestream, refused
-//! input lands in the S3 quarantine with its reason, and a store that fails returns the message
-//! for retry with nothing lost.
+//! The telemetry router's edges against the local endpoint: readings land in Timestream and in the
+//! Parquet archive, refused input lands in the S3 quarantine with its reason, and a store that
+//! fails returns the message for retry with nothing lost.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::Field;
 use serde_json::{Value, json};
 use shoal_cli::resources::{ensure_bucket, init_local};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
 use shoal_shared::config::{BucketName, TimestreamTarget};
 use shoal_shared::telemetry::{Limits, PackedSchemas, TimestreamRecord};
-use telemetry_router::edges::{S3Quarantine, TimestreamSink};
-use telemetry_router::router::{RejectedRecord, Rules, TelemetrySink, route_rule_event};
+use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
+use telemetry_router::router::{
+    ArchiveStore, Edges, RejectedRecord, Rules, TelemetrySink, route_rule_event,
+};
 
-/// Counts WriteRecords calls on their way to the real sink.
-struct Counting<S> {
-    inner: S,
+/// Counts the calls on their way to the real edge.
+struct Counted<T> {
+    inner: T,
     calls: AtomicUsize,
 }
 
-impl<S: TelemetrySink> TelemetrySink for Counting<S> {
+impl<T> Counted<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl<S: TelemetrySink> TelemetrySink for Counted<S> {
     async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.write(batch).await
     }
 }
 
+impl<A: ArchiveStore> ArchiveStore for Counted<A> {
+    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(key, parquet).await
+    }
+}
+
+/// A fresh database and table (unless `create_database` is false) and bucket, with the real
+/// edges on them.
 struct Stack {
     factory: ClientFactory,
     target: TimestreamTarget,
     bucket: BucketName,
+    sink: Counted<TimestreamSink>,
+    quarantine: S3Quarantine,
+    archive: Counted<S3Archive>,
 }
 
-/// A fresh database, table (unless `create_table` is false: then no database either) and bucket.
-async fn stack(create_table: bool) -> Stack {
-    let factory = local::factory().await;
-    let target = TimestreamTarget {
-        database: unique_name("router-db").parse().unwrap(),
-        table: "telemetry".parse().unwrap(),
-    };
-    let bucket: BucketName = unique_name("router-archive").parse().unwrap();
-    if create_table {
-        init_local(&factory, &target, &bucket, &mut Vec::new())
-            .await
-            .unwrap();
-    } else {
-        ensure_bucket(&factory.s3(), &bucket).await.unwrap();
+impl Stack {
+    async fn new(create_database: bool) -> Self {
+        let factory = local::factory().await;
+        let target = TimestreamTarget {
+            database: unique_name("router-db").parse().unwrap(),
+            table: "telemetry".parse().unwrap(),
+        };
+        let bucket: BucketName = unique_name("router-archive").parse().unwrap();
+        if create_database {
+            init_local(&factory, &target, &bucket, &mut Vec::new())
+                .await
+                .unwrap();
+        } else {
+            ensure_bucket(&factory.s3(), &bucket).await.unwrap();
+        }
+        let sink = TimestreamSink::new(factory.timestream_write().await.unwrap(), target.clone());
+        Self {
+            sink: Counted::new(sink),
+            quarantine: S3Quarantine::new(factory.s3(), bucket.clone()),
+            archive: Counted::new(S3Archive::new(factory.s3(), bucket.clone())),
+            factory,
+            target,
+            bucket,
+        }
     }
-    Stack {
-        factory,
-        target,
-        bucket,
+
+    fn edges(&self) -> Edges<'_, Counted<TimestreamSink>, S3Quarantine, Counted<S3Archive>> {
+        Edges {
+            sink: &self.sink,
+            quarantine: &self.quarantine,
+            archive: &self.archive,
+        }
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let listed = self
+            .factory
+            .s3()
+            .list_objects_v2()
+            .bucket(self.bucket.as_str())
+            .prefix(prefix)
+            .send()
+            .await
+            .aws("s3", "ListObjectsV2")
+            .unwrap();
+        let mut keys: Vec<String> = listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    async fn object(&self, key: &str) -> aws_sdk_s3::operation::get_object::GetObjectOutput {
+        self.factory
+            .s3()
+            .get_object()
+            .bucket(self.bucket.as_str())
+            .key(key)
+            .send()
+            .await
+            .aws("s3", "GetObject")
+            .unwrap()
+    }
+
+    /// The archive's rows as (thing, time, measure, type, value as text, received_at).
+    async fn archived_rows(&self) -> Vec<(String, i64, String, String, String, i64)> {
+        let mut rows = Vec::new();
+        for key in self.keys("telemetry/").await {
+            let bytes = self
+                .object(&key)
+                .await
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            let reader = SerializedFileReader::new(bytes).unwrap();
+            for row in reader.get_row_iter(None).unwrap() {
+                let columns = row.unwrap().into_columns();
+                let get = |name: &str| columns.iter().find(|(n, _)| n == name).unwrap().1.clone();
+                let text = |f: Field| match f {
+                    Field::Str(s) => s,
+                    Field::Double(d) => d.to_string(),
+                    Field::Long(l) => l.to_string(),
+                    Field::Bool(b) => b.to_string(),
+                    other => panic!("unexpected {other:?}"),
+                };
+                let millis = |f: Field| match f {
+                    Field::TimestampMillis(t) => t,
+                    other => panic!("unexpected {other:?}"),
+                };
+                let value = [
+                    "value_double",
+                    "value_bigint",
+                    "value_boolean",
+                    "value_varchar",
+                ]
+                .into_iter()
+                .map(get)
+                .find(|f| *f != Field::Null)
+                .map(text)
+                .unwrap();
+                rows.push((
+                    text(get("thing_name")),
+                    millis(get("time")),
+                    text(get("measure_name")),
+                    text(get("measure_type")),
+                    value,
+                    millis(get("received_at")),
+                ));
+            }
+        }
+        rows.sort();
+        rows
     }
 }
 
@@ -86,44 +212,12 @@ fn event(payload: Value, now: i64) -> Value {
 
 /// Timestream records moto holds for the table (see aws_clients.rs: moto's state endpoint).
 fn stored_records(target: &TimestreamTarget) -> Vec<Value> {
-    let state: Value = serde_json::from_str(&local::get("/moto-api/data.json").unwrap()).unwrap();
-    state["timestreamwrite"]["TimestreamTable"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["db_name"] == target.database.as_str() && t["name"] == target.table.as_str())
-        .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
-        .collect()
-}
-
-async fn quarantine_keys(stack: &Stack) -> Vec<String> {
-    let listed = stack
-        .factory
-        .s3()
-        .list_objects_v2()
-        .bucket(stack.bucket.as_str())
-        .prefix("quarantine/")
-        .send()
-        .await
-        .aws("s3", "ListObjectsV2")
-        .unwrap();
-    let mut keys: Vec<String> = listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_owned))
-        .collect();
-    keys.sort();
-    keys
+    local::moto_timestream_records(target.database.as_str(), target.table.as_str())
 }
 
 #[tokio::test]
-async fn readings_land_in_timestream_and_bad_ones_in_the_quarantine() {
-    let stack = stack(true).await;
-    let sink = TimestreamSink::new(
-        stack.factory.timestream_write().await.unwrap(),
-        stack.target.clone(),
-    );
-    let quarantine = S3Quarantine::new(stack.factory.s3(), stack.bucket.clone());
+async fn readings_land_in_timestream_and_the_archive_and_bad_ones_in_the_quarantine() {
+    let stack = Stack::new(true).await;
     let now = now_ms();
     let message = event(
         json!({"readings": [
@@ -134,7 +228,7 @@ async fn readings_land_in_timestream_and_bad_ones_in_the_quarantine() {
         ]}),
         now,
     );
-    let counts = route_rule_event(message.clone(), &rules(now), &sink, &quarantine)
+    let counts = route_rule_event(message.clone(), &rules(now), &stack.edges(), "req-a")
         .await
         .unwrap();
     assert_eq!((counts.received, counts.accepted), (4, 2));
@@ -153,7 +247,37 @@ async fn readings_land_in_timestream_and_bad_ones_in_the_quarantine() {
         ])
     );
 
-    let keys = quarantine_keys(&stack).await;
+    // The archive holds the same two readings, measure by measure, in one object.
+    assert_eq!(stack.archive.calls(), 1);
+    let archived = stack.archived_rows().await;
+    let row = |t: i64, m: &str, ty: &str, v: &str| {
+        (
+            "dev-42".to_owned(),
+            t,
+            m.to_owned(),
+            ty.to_owned(),
+            v.to_owned(),
+            now,
+        )
+    };
+    assert_eq!(
+        archived,
+        vec![
+            row(now - 2000, "door_open", "BOOLEAN", "false"),
+            row(now - 2000, "rssi", "BIGINT", "-70"),
+            row(now - 2000, "temp", "DOUBLE", "23"),
+            row(now - 1000, "door_open", "BOOLEAN", "true"),
+            row(now - 1000, "rssi", "BIGINT", "-71"),
+            row(now - 1000, "temp", "DOUBLE", "23.5"),
+        ]
+    );
+    let archive_keys = stack.keys("telemetry/").await;
+    assert!(
+        archive_keys[0].ends_with("/req-a.parquet"),
+        "{archive_keys:?}"
+    );
+
+    let keys = stack.keys("quarantine/").await;
     assert_eq!(keys.len(), 2, "{keys:#?}");
     assert!(
         keys[0].contains("/reason=bad_measure_name/dev-42/"),
@@ -166,16 +290,7 @@ async fn readings_land_in_timestream_and_bad_ones_in_the_quarantine() {
         "{}",
         keys[1]
     );
-    let object = stack
-        .factory
-        .s3()
-        .get_object()
-        .bucket(stack.bucket.as_str())
-        .key(&keys[1])
-        .send()
-        .await
-        .aws("s3", "GetObject")
-        .unwrap();
+    let object = stack.object(&keys[1]).await;
     let metadata = object.metadata().cloned().unwrap_or_default();
     assert_eq!(metadata["reason-code"], "timestamp_in_future");
     assert!(metadata["reason"].contains("in the future"), "{metadata:?}");
@@ -187,24 +302,18 @@ async fn readings_land_in_timestream_and_bad_ones_in_the_quarantine() {
         "the quarantine keeps the message exactly as delivered"
     );
 
-    // Redelivering the same message changes nothing: same upserts, same quarantine keys.
-    route_rule_event(message, &rules(now), &sink, &quarantine)
+    // Redelivering the same invocation changes nothing: same upserts, same quarantine keys, the
+    // same archive object.
+    route_rule_event(message, &rules(now), &stack.edges(), "req-a")
         .await
         .unwrap();
-    assert_eq!(quarantine_keys(&stack).await, keys);
+    assert_eq!(stack.keys("quarantine/").await, keys);
+    assert_eq!(stack.keys("telemetry/").await, archive_keys);
 }
 
 #[tokio::test]
-async fn a_batch_takes_ceil_n_over_100_write_calls() {
-    let stack = stack(true).await;
-    let sink = Counting {
-        inner: TimestreamSink::new(
-            stack.factory.timestream_write().await.unwrap(),
-            stack.target.clone(),
-        ),
-        calls: AtomicUsize::new(0),
-    };
-    let quarantine = S3Quarantine::new(stack.factory.s3(), stack.bucket.clone());
+async fn a_batch_takes_ceil_n_over_100_writes_and_one_archive_object() {
+    let stack = Stack::new(true).await;
     let now = now_ms();
     let readings: Vec<Value> = (0..250)
         .map(|i| json!({"ts": now - i, "temp": 20.5}))
@@ -212,24 +321,21 @@ async fn a_batch_takes_ceil_n_over_100_write_calls() {
     let counts = route_rule_event(
         event(json!({ "readings": readings }), now),
         &rules(now),
-        &sink,
-        &quarantine,
+        &stack.edges(),
+        "req-b",
     )
     .await
     .unwrap();
     assert_eq!(counts.accepted, 250);
-    assert_eq!(sink.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(stack.sink.calls(), 3);
+    assert_eq!(stack.archive.calls(), 1);
     assert_eq!(stored_records(&stack.target).len(), 250);
+    assert_eq!(stack.archived_rows().await.len(), 250);
 }
 
 #[tokio::test]
 async fn a_missing_database_returns_every_reading_for_retry() {
-    let stack = stack(false).await;
-    let sink = TimestreamSink::new(
-        stack.factory.timestream_write().await.unwrap(),
-        stack.target.clone(),
-    );
-    let quarantine = S3Quarantine::new(stack.factory.s3(), stack.bucket.clone());
+    let stack = Stack::new(false).await;
     let now = now_ms();
     let retry = route_rule_event(
         event(
@@ -237,8 +343,8 @@ async fn a_missing_database_returns_every_reading_for_retry() {
             now,
         ),
         &rules(now),
-        &sink,
-        &quarantine,
+        &stack.edges(),
+        "req-c",
     )
     .await
     .unwrap_err();
@@ -250,5 +356,6 @@ async fn a_missing_database_returns_every_reading_for_retry() {
     assert_eq!(retry.counts.received, 3);
     assert_eq!(retry.counts.retried, 3, "{:?}", retry.counts);
     assert!(retry.counts.balanced());
-    assert!(quarantine_keys(&stack).await.is_empty());
+    assert!(stack.keys("quarantine/").await.is_empty());
+    assert!(stack.keys("telemetry/").await.is_empty());
 }

@@ -7,7 +7,10 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde_json::Value;
 
-use crate::router::{Counts, QuarantineStore, Rules, TelemetrySink, route_message};
+use crate::router::{
+    ArchiveStore, Counts, Edges, FailurePolicy, Incoming, QuarantineStore, Rules, TelemetrySink,
+    route_batch,
+};
 
 /// What invoked the function, told apart by the event's shape.
 #[derive(Debug)]
@@ -33,65 +36,66 @@ impl Trigger {
     }
 }
 
-/// Routes every SQS message; each one that must be retried is listed by message id. Messages
-/// are independent: one failure does not stop the others.
+/// Routes an SQS batch; each message that must be retried is listed by message id. Messages are
+/// independent: one failure does not hold back the others.
 pub async fn route_sqs(
     event: SqsEvent,
     rules: &Rules<'_>,
-    sink: &impl TelemetrySink,
-    quarantine: &impl QuarantineStore,
+    edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
+    batch_id: &str,
 ) -> (Counts, SqsBatchResponse) {
-    let mut total = Counts::default();
-    let mut response = SqsBatchResponse::default();
-    for message in event.records {
-        let body = message.body.unwrap_or_default();
-        match route_message(body.as_bytes(), rules, sink, quarantine).await {
-            Ok(counts) => total.add(&counts),
-            Err(retry) => {
-                tracing::warn!(message_id = ?message.message_id, error = %retry, "returned for retry");
-                total.add(&retry.counts);
-                // A message without an id cannot be named: an empty identifier makes Lambda
-                // retry the whole batch, which is safe (every write is idempotent).
-                response.add_failure(message.message_id.unwrap_or_default());
-            }
-        }
+    // A message without an id cannot be named: an empty identifier makes Lambda retry the whole
+    // batch, which is safe (every write is idempotent).
+    let messages = event
+        .records
+        .into_iter()
+        .map(|m| {
+            Incoming::from_bytes(
+                m.message_id.unwrap_or_default(),
+                m.body.unwrap_or_default().into_bytes(),
+            )
+        })
+        .collect();
+    let outcome = route_batch(messages, rules, edges, batch_id, FailurePolicy::Independent).await;
+    if let Some(cause) = &outcome.cause {
+        tracing::warn!(failed = ?outcome.failed, error = %cause, "messages returned for retry");
     }
-    (total, response)
+    let mut response = SqsBatchResponse::default();
+    for id in outcome.failed {
+        response.add_failure(id);
+    }
+    (outcome.counts, response)
 }
 
-/// Routes Kinesis records in order. Lambda retries a shard from the first failed sequence
-/// number, so the router stops there: the records after it come back anyway and are counted as
-/// returned for retry, one each (they were not decoded).
+/// Routes a Kinesis batch in order. Lambda resumes a shard at the first failed sequence number,
+/// so only that one is reported, and every record after it counts as returned for retry.
 pub async fn route_kinesis(
     event: KinesisEvent,
     rules: &Rules<'_>,
-    sink: &impl TelemetrySink,
-    quarantine: &impl QuarantineStore,
+    edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
+    batch_id: &str,
 ) -> (Counts, KinesisEventResponse) {
-    let mut total = Counts::default();
-    let mut response = KinesisEventResponse::default();
-    let mut records = event.records.into_iter();
-    while let Some(record) = records.next() {
-        match route_message(&record.kinesis.data, rules, sink, quarantine).await {
-            Ok(counts) => total.add(&counts),
-            Err(retry) => {
-                tracing::warn!(sequence_number = %record.kinesis.sequence_number, error = %retry, "returned for retry");
-                total.add(&retry.counts);
-                let rest = records.len();
-                total.received += rest;
-                total.retried += rest;
-                response.add_failure(record.kinesis.sequence_number);
-                break;
-            }
-        }
+    let messages = event
+        .records
+        .into_iter()
+        .map(|r| Incoming::from_bytes(r.kinesis.sequence_number, r.kinesis.data.0))
+        .collect();
+    let outcome = route_batch(messages, rules, edges, batch_id, FailurePolicy::Ordered).await;
+    if let Some(cause) = &outcome.cause {
+        tracing::warn!(first_failed = ?outcome.failed.first(), error = %cause, "records returned for retry");
     }
-    (total, response)
+    let mut response = KinesisEventResponse::default();
+    if let Some(first) = outcome.failed.into_iter().next() {
+        response.add_failure(first);
+    }
+    (outcome.counts, response)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::{FakeQuarantine, FakeSink};
+    use crate::fakes::{FakeArchive, FakeQuarantine, FakeSink};
+    use crate::router::Edges;
     use serde_json::json;
 
     const NOW: i64 = 1_795_600_000_000;
@@ -164,41 +168,78 @@ mod tests {
         );
     }
 
+    fn many(n: usize) -> String {
+        let readings: Vec<Value> = (0..n).map(|i| json!({"temp": i as f64 + 0.5})).collect();
+        json!({"readings": readings, "_topic": "dt/farm/dev-2/telemetry", "_received_at": NOW})
+            .to_string()
+    }
+
     #[tokio::test]
-    async fn sqs_reports_only_the_messages_to_retry() {
+    async fn sqs_writes_across_messages_and_reports_only_the_messages_to_retry() {
         let Ok(Trigger::Sqs(event)) = Trigger::classify(sqs(&[
-            &message(1.0),
+            &many(100),
             "\u{0}definitely not json",
             &message(2.0),
             &message(3.0),
         ])) else {
             panic!("sqs")
         };
-        // The second write (message m2) fails.
+        // The second write (records 100..102: messages m2 and m3) fails.
         let sink = FakeSink {
             fail_call: Some(1),
             ..FakeSink::default()
         };
-        let q = FakeQuarantine::default();
-        let (counts, response) = route_sqs(event, &RULES, &sink, &q).await;
+        let (q, archive) = (FakeQuarantine::default(), FakeArchive::default());
+        let edges = Edges {
+            sink: &sink,
+            quarantine: &q,
+            archive: &archive,
+        };
+        let (counts, response) = route_sqs(event, &RULES, &edges, "req-7").await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
-            json!({"batchItemFailures": [{"itemIdentifier": "m2"}]})
+            json!({"batchItemFailures": [{"itemIdentifier": "m2"}, {"itemIdentifier": "m3"}]})
         );
-        assert_eq!(counts.received, 4);
-        assert_eq!(counts.accepted, 2);
+        assert_eq!(counts.received, 103);
+        assert_eq!(counts.accepted, 100);
         assert_eq!(counts.quarantined.get("bad_envelope"), Some(&1));
-        assert_eq!(counts.retried, 1);
+        assert_eq!(counts.retried, 2);
         assert!(counts.balanced());
         assert_eq!(
             q.items.lock().unwrap()[0].original,
             b"\x00definitely not json"
         );
+        assert_eq!(archive.objects.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
-    async fn kinesis_stops_at_the_first_record_to_retry() {
-        let (a, b, c, d) = (message(1.0), message(2.0), message(3.0), message(4.0));
+    async fn one_message_per_reading_still_takes_ceil_n_over_100_writes() {
+        let bodies: Vec<String> = (0..150).map(|i| message(f64::from(i))).collect();
+        let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        let Ok(Trigger::Sqs(event)) = Trigger::classify(sqs(&refs)) else {
+            panic!("sqs")
+        };
+        let (sink, q, archive) = (
+            FakeSink::default(),
+            FakeQuarantine::default(),
+            FakeArchive::default(),
+        );
+        let edges = Edges {
+            sink: &sink,
+            quarantine: &q,
+            archive: &archive,
+        };
+        let (counts, response) = route_sqs(event, &RULES, &edges, "req-8").await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(counts.accepted, 150);
+        let sizes: Vec<usize> = sink.calls.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![100, 50]);
+        assert_eq!(archive.objects.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn kinesis_fails_from_the_first_record_to_retry() {
+        let (a, b, c, d) = (many(100), message(2.0), message(3.0), message(4.0));
         let Ok(Trigger::Kinesis(event)) = Trigger::classify(kinesis(&[
             a.as_bytes(),
             b.as_bytes(),
@@ -211,20 +252,50 @@ mod tests {
             fail_call: Some(1),
             ..FakeSink::default()
         };
-        let q = FakeQuarantine::default();
-        let (counts, response) = route_kinesis(event, &RULES, &sink, &q).await;
+        let (q, archive) = (FakeQuarantine::default(), FakeArchive::default());
+        let edges = Edges {
+            sink: &sink,
+            quarantine: &q,
+            archive: &archive,
+        };
+        let (counts, response) = route_kinesis(event, &RULES, &edges, "req-9").await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
             json!({"batchItemFailures": [{"itemIdentifier": "49590000000000000000000000000000000000000000000000000001"}]})
         );
         assert_eq!(
-            sink.calls.lock().unwrap().len(),
-            1,
-            "nothing after the failure is written"
+            (counts.received, counts.accepted, counts.retried),
+            (103, 100, 3)
+        );
+        assert!(counts.balanced());
+    }
+
+    #[tokio::test]
+    async fn kinesis_quarantine_failure_holds_back_every_later_record() {
+        let (a, c) = (message(1.0), message(3.0));
+        let Ok(Trigger::Kinesis(event)) =
+            Trigger::classify(kinesis(&[a.as_bytes(), b"not json", c.as_bytes()]))
+        else {
+            panic!("kinesis")
+        };
+        let q = FakeQuarantine {
+            fail_after: Some(0),
+            ..FakeQuarantine::default()
+        };
+        let (sink, archive) = (FakeSink::default(), FakeArchive::default());
+        let edges = Edges {
+            sink: &sink,
+            quarantine: &q,
+            archive: &archive,
+        };
+        let (counts, response) = route_kinesis(event, &RULES, &edges, "req-10").await;
+        assert_eq!(
+            response.batch_item_failures[0].item_identifier.as_deref(),
+            Some("49590000000000000000000000000000000000000000000000000001")
         );
         assert_eq!(
             (counts.received, counts.accepted, counts.retried),
-            (4, 1, 3)
+            (3, 1, 2)
         );
         assert!(counts.balanced());
     }
@@ -235,13 +306,17 @@ mod tests {
         else {
             panic!("kinesis")
         };
-        let (counts, response) = route_kinesis(
-            event,
-            &RULES,
-            &FakeSink::default(),
-            &FakeQuarantine::default(),
-        )
-        .await;
+        let (sink, q, archive) = (
+            FakeSink::default(),
+            FakeQuarantine::default(),
+            FakeArchive::default(),
+        );
+        let edges = Edges {
+            sink: &sink,
+            quarantine: &q,
+            archive: &archive,
+        };
+        let (counts, response) = route_kinesis(event, &RULES, &edges, "req-11").await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
             json!({"batchItemFailures": []})

@@ -1,4 +1,4 @@
-//! The router's AWS edges: Timestream WriteRecords and the S3 quarantine.
+//! The router's AWS edges: Timestream WriteRecords, the S3 quarantine and the S3 Parquet archive.
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError;
@@ -7,11 +7,11 @@ use aws_sdk_timestreamwrite::types::{
 };
 use shoal_shared::aws::{AwsError, AwsErrorKind, AwsResultExt};
 use shoal_shared::config::{BucketName, TimestreamTarget};
+use shoal_shared::telemetry::archive::hour_partitions;
 use shoal_shared::telemetry::records::common_dimensions;
 use shoal_shared::telemetry::{MeasureValue, TimestreamRecord};
-use time::OffsetDateTime;
 
-use crate::router::{QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
+use crate::router::{ArchiveStore, QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
 
 /// Writes records to one Timestream table. Throttling is retried by the SDK's standard retry
 /// mode (exponential backoff with jitter); configure attempts on the client.
@@ -152,19 +152,15 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     })
 }
 
-/// `quarantine/year=YYYY/month=MM/day=DD/reason=<code>/<thing>/<received_at>-<fingerprint>-<index>.json`
+/// `quarantine/year=YYYY/month=MM/day=DD/hour=HH/reason=<code>/<thing>/<received_at>-<fingerprint>-<index>.json`
 pub fn quarantine_key(item: &QuarantineItem) -> String {
     let received_at = item.received_at_ms.unwrap_or(0);
-    let when = OffsetDateTime::from_unix_timestamp_nanos(i128::from(received_at) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let index = item
         .reading_index
         .map_or_else(|| "message".to_owned(), |i| format!("reading-{i}"));
     format!(
-        "quarantine/year={:04}/month={:02}/day={:02}/reason={}/{}/{}-{:016x}-{}.json",
-        when.year(),
-        u8::from(when.month()),
-        when.day(),
+        "quarantine/{}/reason={}/{}/{}-{:016x}-{}.json",
+        hour_partitions(received_at),
         item.reason_code,
         item.thing.as_deref().unwrap_or("unknown-thing"),
         received_at,
@@ -209,6 +205,33 @@ impl QuarantineStore for S3Quarantine {
     }
 }
 
+/// Writes Parquet archive objects to the archive bucket.
+pub struct S3Archive {
+    client: aws_sdk_s3::Client,
+    bucket: BucketName,
+}
+
+impl S3Archive {
+    pub fn new(client: aws_sdk_s3::Client, bucket: BucketName) -> Self {
+        Self { client, bucket }
+    }
+}
+
+impl ArchiveStore for S3Archive {
+    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+        self.client
+            .put_object()
+            .bucket(self.bucket.as_str())
+            .key(key)
+            .content_type("application/vnd.apache.parquet")
+            .body(ByteStream::from(parquet))
+            .send()
+            .await
+            .aws("s3", "PutObject")?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +253,7 @@ mod tests {
         let key = quarantine_key(&item(Some(3)));
         assert!(
             key.starts_with(
-                "quarantine/year=2025/month=11/day=25/reason=not_finite/dev-1/1764064800000-"
+                "quarantine/year=2025/month=11/day=25/hour=10/reason=not_finite/dev-1/1764064800000-"
             ),
             "{key}"
         );

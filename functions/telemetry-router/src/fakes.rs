@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use shoal_shared::aws::{AwsError, AwsErrorKind};
 use shoal_shared::telemetry::TimestreamRecord;
 
-use crate::router::{QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
+use crate::router::{ArchiveStore, QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
 
 pub fn down(operation: &'static str) -> AwsError {
     AwsError {
@@ -65,6 +65,23 @@ impl QuarantineStore for FakeQuarantine {
             return Err(down("PutObject"));
         }
         items.push(item.clone());
+        Ok(())
+    }
+}
+
+/// Keeps every archive object; fails every put when `fail` is set.
+#[derive(Default)]
+pub struct FakeArchive {
+    pub objects: Mutex<Vec<(String, Vec<u8>)>>,
+    pub fail: bool,
+}
+
+impl ArchiveStore for FakeArchive {
+    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+        if self.fail {
+            return Err(down("PutObject"));
+        }
+        self.objects.lock().unwrap().push((key.to_owned(), parquet));
         Ok(())
     }
 }

@@ -9,7 +9,10 @@ use shoal_shared::metrics::emf_counts;
 use shoal_shared::telemetry::{Limits, PackedSchemas};
 
 use crate::batch::{Trigger, route_kinesis, route_sqs};
-use crate::router::{Counts, QuarantineStore, RetryLater, Rules, TelemetrySink, route_rule_event};
+use crate::router::{
+    ArchiveStore, Counts, Edges, QuarantineStore, RetryLater, Rules, TelemetrySink,
+    route_rule_event,
+};
 
 /// Default memory-store retention when the variable is unset: the template's default.
 const DEFAULT_MEMORY_RETENTION_HOURS: u32 = 24;
@@ -63,8 +66,8 @@ pub fn metrics_line(timestamp_ms: i64, counts: &Counts) -> String {
 pub async fn handle(
     event: Value,
     config: &RouterConfig,
-    sink: &impl TelemetrySink,
-    quarantine: &impl QuarantineStore,
+    edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
+    request_id: &str,
 ) -> (Counts, Result<Value, RetryLater>) {
     let now = now_ms();
     let rules = Rules {
@@ -84,7 +87,7 @@ pub async fn handle(
         }
     };
     let (counts, answer) = match trigger {
-        Trigger::Direct(event) => match route_rule_event(event, &rules, sink, quarantine).await {
+        Trigger::Direct(event) => match route_rule_event(event, &rules, edges, request_id).await {
             Ok(counts) => {
                 let summary = json!(counts);
                 (counts, Ok(summary))
@@ -92,11 +95,11 @@ pub async fn handle(
             Err(retry) => (retry.counts.clone(), Err(retry)),
         },
         Trigger::Sqs(batch) => {
-            let (counts, response) = route_sqs(batch, &rules, sink, quarantine).await;
+            let (counts, response) = route_sqs(batch, &rules, edges, request_id).await;
             (counts, Ok(json!(response)))
         }
         Trigger::Kinesis(batch) => {
-            let (counts, response) = route_kinesis(batch, &rules, sink, quarantine).await;
+            let (counts, response) = route_kinesis(batch, &rules, edges, request_id).await;
             (counts, Ok(json!(response)))
         }
     };

@@ -2,8 +2,9 @@ use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::ProcessEnv;
-use telemetry_router::edges::{S3Quarantine, TimestreamSink};
+use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
+use telemetry_router::router::Edges;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -11,10 +12,18 @@ async fn main() -> Result<(), Error> {
     let config = RouterConfig::from_source(&ProcessEnv)?;
     let factory = ClientFactory::from_env().await;
     let sink = TimestreamSink::new(factory.timestream_write().await?, config.timestream.clone());
-    let quarantine = S3Quarantine::new(factory.s3(), config.archive_bucket.clone());
-    let (config, sink, quarantine) = (&config, &sink, &quarantine);
+    let s3 = factory.s3();
+    let quarantine = S3Quarantine::new(s3.clone(), config.archive_bucket.clone());
+    let archive = S3Archive::new(s3, config.archive_bucket.clone());
+    let edges = Edges {
+        sink: &sink,
+        quarantine: &quarantine,
+        archive: &archive,
+    };
+    let (config, edges) = (&config, &edges);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let (_counts, answer) = handle(event.payload, config, sink, quarantine).await;
+        let (_counts, answer) =
+            handle(event.payload, config, edges, &event.context.request_id).await;
         answer.map_err(|retry| Diagnostic {
             error_type: "ReturnedForRetry".into(),
             error_message: retry.to_string(),

@@ -1,5 +1,6 @@
-//! Routing one IoT rule message: decode, validate, write to the telemetry sink, quarantine the
-//! rest. Nothing is dropped: for every message,
+//! Routing an invocation's messages: decode and validate each, write every accepted reading to
+//! the telemetry sink in chunks of 100 across the whole invocation, quarantine the rest, and
+//! archive what was written as one Parquet object. Nothing is dropped: for every invocation,
 //! `accepted + quarantined + returned-for-retry = received`.
 
 use std::collections::BTreeMap;
@@ -7,8 +8,9 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
-use shoal_shared::aws::AwsError;
-use shoal_shared::telemetry::records::write_batches;
+use shoal_shared::aws::{AwsError, AwsErrorKind};
+use shoal_shared::telemetry::archive::{archive_key, to_parquet};
+use shoal_shared::telemetry::records::write_ranges;
 use shoal_shared::telemetry::{
     Envelope, EnvelopeError, Limits, PackedSchemas, Payload, TimestreamRecord, decode_binary,
     decode_json, validate,
@@ -36,6 +38,19 @@ pub trait TelemetrySink: Sync {
 /// Where refused input goes, with its reason (S3 `quarantine/` in production).
 pub trait QuarantineStore: Sync {
     fn put(&self, item: &QuarantineItem) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// Where the written readings are archived (S3 `telemetry/` in production).
+pub trait ArchiveStore: Sync {
+    fn put(&self, key: &str, parquet: Vec<u8>)
+    -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// The three edges a router writes to.
+pub struct Edges<'a, S, Q, A> {
+    pub sink: &'a S,
+    pub quarantine: &'a Q,
+    pub archive: &'a A,
 }
 
 /// What a message is checked against: the time window and the packed-record schemas.
@@ -89,14 +104,64 @@ impl Counts {
     }
 }
 
-/// The message must be delivered again: the store or the quarantine could not be reached.
-/// Timestream writes are idempotent upserts (same version) and quarantine keys deterministic, so
-/// a redelivery never duplicates anything.
+/// The message must be delivered again: a store could not be reached. Timestream writes are
+/// idempotent upserts (same version), quarantine keys deterministic and the archive key is the
+/// invocation's, so a redelivery never duplicates anything.
 #[derive(Debug, thiserror::Error)]
 #[error("{cause}; {} of {} readings returned for retry", counts.retried, counts.received)]
 pub struct RetryLater {
     pub counts: Counts,
     pub cause: AwsError,
+}
+
+/// One message of an invocation, as delivered.
+#[derive(Debug)]
+pub struct Incoming {
+    /// SQS message id or Kinesis sequence number; empty for a direct invocation.
+    pub id: String,
+    original: Vec<u8>,
+    envelope: Result<Envelope, EnvelopeError>,
+}
+
+impl Incoming {
+    /// A direct IoT rule event (the rule's output as JSON).
+    pub fn from_rule_event(event: Value) -> Self {
+        Self {
+            id: String::new(),
+            original: serde_json::to_vec(&event).unwrap_or_default(),
+            envelope: Envelope::from_rule_event(event),
+        }
+    }
+
+    /// A message as SQS or Kinesis deliver it: the rule's output as bytes, which may be anything.
+    pub fn from_bytes(id: String, original: Vec<u8>) -> Self {
+        let envelope = Envelope::from_bytes(&original);
+        Self {
+            id,
+            original,
+            envelope,
+        }
+    }
+}
+
+/// How messages of a batch fail together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// SQS: each message is retried on its own.
+    Independent,
+    /// Kinesis: Lambda resumes a shard at the first failed record, so every later record is
+    /// retried too.
+    Ordered,
+}
+
+/// The outcome of an invocation's batch.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub counts: Counts,
+    /// Ids of the messages to deliver again, in delivery order.
+    pub failed: Vec<String>,
+    /// Why, when anything failed.
+    pub cause: Option<AwsError>,
 }
 
 /// Where a message came from, for its quarantine items.
@@ -106,16 +171,22 @@ struct Source {
     received_at_ms: i64,
 }
 
-struct Pending<'a> {
-    counts: Counts,
+/// One message on its way through the router.
+struct Pending {
+    id: String,
+    received: usize,
     quarantine: Vec<QuarantineItem>,
+    /// How many of `quarantine` are stored.
+    stored: usize,
+    written: usize,
+    rejected: usize,
+    failed: bool,
     source: Option<Source>,
-    original: &'a [u8],
+    original: Vec<u8>,
 }
 
-impl Pending<'_> {
+impl Pending {
     fn refuse(&mut self, reason_code: &'static str, reason: String, index: Option<usize>) {
-        *self.counts.quarantined.entry(reason_code).or_default() += 1;
         self.quarantine.push(QuarantineItem {
             reason_code,
             reason,
@@ -123,102 +194,207 @@ impl Pending<'_> {
             thing: self.source.as_ref().map(|s| s.thing.clone()),
             received_at_ms: self.source.as_ref().map(|s| s.received_at_ms),
             reading_index: index,
-            original: self.original.to_vec(),
+            original: self.original.clone(),
         });
+    }
+
+    /// A failed message is retried whole: only the quarantine items already stored count as
+    /// quarantined; everything else is returned for retry.
+    fn counts(&self) -> Counts {
+        let mut counts = Counts {
+            received: self.received,
+            ..Counts::default()
+        };
+        let settled = if self.failed {
+            self.stored
+        } else {
+            self.quarantine.len()
+        };
+        for item in &self.quarantine[..settled] {
+            *counts.quarantined.entry(item.reason_code).or_default() += 1;
+        }
+        if self.failed {
+            counts.retried = self.received - settled;
+        } else {
+            counts.accepted = self.written - self.rejected;
+        }
+        counts
     }
 }
 
-/// Routes one direct IoT rule event (the rule's output as JSON).
+/// Marks `from` as failed, and with [`FailurePolicy::Ordered`] every later message too.
+fn fail(pending: &mut [Pending], from: usize, policy: FailurePolicy) {
+    match policy {
+        FailurePolicy::Independent => pending[from].failed = true,
+        FailurePolicy::Ordered => pending[from..].iter_mut().for_each(|p| p.failed = true),
+    }
+}
+
+/// A record on its way: which message and reading it came from, and whether Timestream took it.
+struct Tagged {
+    message: usize,
+    reading: usize,
+    record: TimestreamRecord,
+    rejected: bool,
+}
+
+/// Routes one invocation's messages. Timestream gets ceil(n/100) calls for n valid readings, the
+/// archive one object named after `batch_id` (the Lambda request id: a retried asynchronous
+/// invocation keeps it, so its archive object is overwritten, not doubled).
+pub async fn route_batch(
+    messages: Vec<Incoming>,
+    rules: &Rules<'_>,
+    edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
+    batch_id: &str,
+    policy: FailurePolicy,
+) -> BatchOutcome {
+    let mut pending = Vec::with_capacity(messages.len());
+    let mut tagged = Vec::new();
+    for (message, incoming) in messages.into_iter().enumerate() {
+        let mut p = Pending {
+            id: incoming.id,
+            received: 0,
+            quarantine: Vec::new(),
+            stored: 0,
+            written: 0,
+            rejected: 0,
+            failed: false,
+            source: incoming.envelope.as_ref().ok().map(|e| Source {
+                topic: e.topic.clone(),
+                thing: e.thing.to_string(),
+                received_at_ms: e.received_at_ms,
+            }),
+            original: incoming.original,
+        };
+        for (reading, record) in decode_and_validate(incoming.envelope, rules, &mut p) {
+            tagged.push(Tagged {
+                message,
+                reading,
+                record,
+                rejected: false,
+            });
+        }
+        pending.push(p);
+    }
+    let mut cause = None;
+
+    // 1. Timestream, in chunks of 100 across messages. A failed chunk fails every message with a
+    //    record in it or after it: nothing after a failure is written out of order.
+    for range in write_ranges(tagged.len()) {
+        let start = range.start;
+        let records: Vec<TimestreamRecord> = tagged[range.clone()]
+            .iter()
+            .map(|t| t.record.clone())
+            .collect();
+        match edges.sink.write(&records).await {
+            Ok(rejected) => {
+                for t in &tagged[range.clone()] {
+                    pending[t.message].written += 1;
+                }
+                for r in rejected.into_iter().filter(|r| r.index < range.len()) {
+                    let t = &mut tagged[start + r.index];
+                    t.rejected = true;
+                    pending[t.message].rejected += 1;
+                    pending[t.message].refuse("timestream_rejected", r.reason, Some(t.reading));
+                }
+            }
+            Err(e) => {
+                for t in &tagged[start..] {
+                    pending[t.message].failed = true;
+                }
+                fail(&mut pending, tagged[start].message, policy);
+                cause = Some(e);
+                break;
+            }
+        }
+    }
+
+    // 2. The quarantine, for messages that are not coming back anyway.
+    for m in 0..pending.len() {
+        if pending[m].failed {
+            continue;
+        }
+        for i in 0..pending[m].quarantine.len() {
+            match edges.quarantine.put(&pending[m].quarantine[i]).await {
+                Ok(()) => pending[m].stored += 1,
+                Err(e) => {
+                    fail(&mut pending, m, policy);
+                    cause = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+
+    // 3. The archive: one object with every reading written for a message that succeeded.
+    let archived: Vec<TimestreamRecord> = tagged
+        .iter()
+        .filter(|t| !t.rejected && !pending[t.message].failed)
+        .map(|t| t.record.clone())
+        .collect();
+    if !archived.is_empty() {
+        let stored = match to_parquet(&archived) {
+            Ok(parquet) => {
+                let key = archive_key(rules.limits.now_ms, batch_id);
+                edges.archive.put(&key, parquet).await
+            }
+            Err(e) => Err(AwsError {
+                service: "archive",
+                operation: "EncodeParquet",
+                kind: AwsErrorKind::Other,
+                code: None,
+                message: e.to_string(),
+            }),
+        };
+        if let Err(e) = stored {
+            let contributed: Vec<usize> = tagged
+                .iter()
+                .filter(|t| !t.rejected && !pending[t.message].failed)
+                .map(|t| t.message)
+                .collect();
+            for m in contributed {
+                fail(&mut pending, m, policy);
+            }
+            cause = Some(e);
+        }
+    }
+
+    let mut counts = Counts::default();
+    for p in &pending {
+        counts.add(&p.counts());
+    }
+    BatchOutcome {
+        counts,
+        failed: pending
+            .iter()
+            .filter(|p| p.failed)
+            .map(|p| p.id.clone())
+            .collect(),
+        cause,
+    }
+}
+
+/// Routes one direct IoT rule event; `Err` asks Lambda to deliver it again.
 pub async fn route_rule_event(
     event: Value,
     rules: &Rules<'_>,
-    sink: &impl TelemetrySink,
-    quarantine: &impl QuarantineStore,
+    edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
+    batch_id: &str,
 ) -> Result<Counts, RetryLater> {
-    let original = serde_json::to_vec(&event).unwrap_or_default();
-    route(
-        &original,
-        Envelope::from_rule_event(event),
+    let outcome = route_batch(
+        vec![Incoming::from_rule_event(event)],
         rules,
-        sink,
-        quarantine,
+        edges,
+        batch_id,
+        FailurePolicy::Independent,
     )
-    .await
-}
-
-/// Routes one message as SQS or Kinesis deliver it: the rule's output as bytes, which may be
-/// anything at all.
-pub async fn route_message(
-    original: &[u8],
-    rules: &Rules<'_>,
-    sink: &impl TelemetrySink,
-    quarantine: &impl QuarantineStore,
-) -> Result<Counts, RetryLater> {
-    route(
-        original,
-        Envelope::from_bytes(original),
-        rules,
-        sink,
-        quarantine,
-    )
-    .await
-}
-
-async fn route(
-    original: &[u8],
-    envelope: Result<Envelope, EnvelopeError>,
-    rules: &Rules<'_>,
-    sink: &impl TelemetrySink,
-    quarantine: &impl QuarantineStore,
-) -> Result<Counts, RetryLater> {
-    let mut pending = Pending {
-        counts: Counts::default(),
-        quarantine: Vec::new(),
-        source: envelope.as_ref().ok().map(|e| Source {
-            topic: e.topic.clone(),
-            thing: e.thing.to_string(),
-            received_at_ms: e.received_at_ms,
-        }),
-        original,
-    };
-    let records = decode_and_validate(envelope, rules, &mut pending);
-
-    for batch in write_batches(&records) {
-        let batch_records: Vec<TimestreamRecord> = batch.iter().map(|(_, r)| r.clone()).collect();
-        match sink.write(&batch_records).await {
-            Ok(rejected) => {
-                for r in &rejected {
-                    let index = batch.get(r.index).map(|(i, _)| *i);
-                    pending.refuse("timestream_rejected", r.reason.clone(), index);
-                }
-                pending.counts.accepted += batch.len() - rejected.len();
-            }
-            Err(cause) => return Err(pending.fail(0, cause)),
-        }
-    }
-    for (stored, item) in pending.quarantine.iter().enumerate() {
-        if let Err(cause) = quarantine.put(item).await {
-            return Err(pending.fail(stored, cause));
-        }
-    }
-    Ok(pending.counts)
-}
-
-impl Pending<'_> {
-    /// Everything not yet written or stored goes back for retry; only the first `stored`
-    /// quarantine items count as quarantined.
-    fn fail(mut self, stored: usize, cause: AwsError) -> RetryLater {
-        let mut quarantined = BTreeMap::new();
-        for item in &self.quarantine[..stored] {
-            *quarantined.entry(item.reason_code).or_default() += 1;
-        }
-        self.counts.quarantined = quarantined;
-        self.counts.retried =
-            self.counts.received - self.counts.accepted - self.counts.quarantined_total();
-        RetryLater {
-            counts: self.counts,
+    .await;
+    match outcome.cause {
+        Some(cause) if !outcome.failed.is_empty() => Err(RetryLater {
+            counts: outcome.counts,
             cause,
-        }
+        }),
+        _ => Ok(outcome.counts),
     }
 }
 
@@ -227,18 +403,18 @@ impl Pending<'_> {
 fn decode_and_validate(
     envelope: Result<Envelope, EnvelopeError>,
     rules: &Rules<'_>,
-    pending: &mut Pending<'_>,
+    pending: &mut Pending,
 ) -> Vec<(usize, TimestreamRecord)> {
     let envelope = match envelope {
         Ok(e) => e,
         Err(e) => {
-            pending.counts.received = 1;
+            pending.received = 1;
             pending.refuse("bad_envelope", e.to_string(), None);
             return Vec::new();
         }
     };
     if pending.original.len() > MAX_PAYLOAD_BYTES {
-        pending.counts.received = 1;
+        pending.received = 1;
         let reason = format!(
             "message is {} bytes; AWS IoT Core allows {MAX_PAYLOAD_BYTES}",
             pending.original.len()
@@ -259,12 +435,12 @@ fn decode_and_validate(
     let readings = match decoded {
         Ok(readings) => readings,
         Err(e) => {
-            pending.counts.received = 1;
+            pending.received = 1;
             pending.refuse(e.code(), e.to_string(), None);
             return Vec::new();
         }
     };
-    pending.counts.received = readings.len();
+    pending.received = readings.len();
     let mut records = Vec::with_capacity(readings.len());
     for (index, reading) in readings.into_iter().enumerate() {
         match reading {
@@ -286,7 +462,7 @@ fn decode_and_validate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::{FakeQuarantine, FakeSink};
+    use crate::fakes::{FakeArchive, FakeQuarantine, FakeSink};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -307,12 +483,26 @@ mod tests {
         event
     }
 
+    async fn route_with(
+        event: Value,
+        sink: &FakeSink,
+        q: &FakeQuarantine,
+        archive: &FakeArchive,
+    ) -> Result<Counts, RetryLater> {
+        let edges = Edges {
+            sink,
+            quarantine: q,
+            archive,
+        };
+        route_rule_event(event, &RULES, &edges, "req-1").await
+    }
+
     async fn route(
         event: Value,
         sink: &FakeSink,
         q: &FakeQuarantine,
     ) -> Result<Counts, RetryLater> {
-        route_rule_event(event, &RULES, sink, q).await
+        route_with(event, sink, q, &FakeArchive::default()).await
     }
 
     #[tokio::test]
@@ -453,13 +643,16 @@ mod tests {
         let retry = route(event(json!({ "readings": readings })), &sink, &q)
             .await
             .unwrap_err();
-        assert_eq!(retry.counts.accepted, 100);
-        assert_eq!(retry.counts.retried, 150);
+        // The first 100 were written, but the message comes back whole (the rewrite is an
+        // idempotent upsert), so nothing of it counts as accepted yet.
+        assert_eq!(sink.calls.lock().unwrap().len(), 1);
+        assert_eq!(retry.counts.accepted, 0);
+        assert_eq!(retry.counts.retried, 250);
         assert!(retry.counts.balanced());
         assert!(
             retry
                 .to_string()
-                .contains("150 of 250 readings returned for retry"),
+                .contains("250 of 250 readings returned for retry"),
             "{retry}"
         );
     }
@@ -478,12 +671,78 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(retry.counts.accepted, 1);
+        assert_eq!(retry.counts.accepted, 0);
         assert_eq!(
             retry.counts.quarantined,
             BTreeMap::from([("bad_measure_name", 1)])
         );
-        assert_eq!(retry.counts.retried, 1);
+        assert_eq!(retry.counts.retried, 2);
+    }
+
+    #[tokio::test]
+    async fn accepted_readings_are_archived_once_per_invocation() {
+        let (sink, q, archive) = (
+            FakeSink::default(),
+            FakeQuarantine::default(),
+            FakeArchive::default(),
+        );
+        let counts = route_with(
+            event(json!({"readings": [{"temp": 1.0}, {"temp": 666.0}, {"a b": 1}]})),
+            &sink,
+            &q,
+            &archive,
+        )
+        .await
+        .unwrap();
+        assert_eq!(counts.accepted, 1);
+        let objects = archive.objects.lock().unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(
+            objects[0].0,
+            "telemetry/year=2025/month=11/day=25/hour=10/req-1.parquet"
+        );
+        // Only the reading Timestream took is archived.
+        let reader = parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(
+            objects[0].1.clone(),
+        ))
+        .unwrap();
+        use parquet::file::reader::FileReader as _;
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_archive_returns_the_message_for_retry() {
+        let archive = FakeArchive {
+            fail: true,
+            ..FakeArchive::default()
+        };
+        let retry = route_with(
+            event(json!({"readings": [{"temp": 1.0}, {"a b": 1}]})),
+            &FakeSink::default(),
+            &FakeQuarantine::default(),
+            &archive,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(retry.cause.operation, "PutObject");
+        assert_eq!(
+            (
+                retry.counts.accepted,
+                retry.counts.quarantined_total(),
+                retry.counts.retried
+            ),
+            (0, 1, 1)
+        );
+        // Nothing to archive, nothing to fail.
+        let counts = route_with(
+            event(json!({"a b": 1})),
+            &FakeSink::default(),
+            &FakeQuarantine::default(),
+            &archive,
+        )
+        .await
+        .unwrap();
+        assert_eq!(counts.quarantined_total(), 1);
     }
 
     fn arbitrary_json() -> impl Strategy<Value = Value> {
@@ -526,16 +785,23 @@ mod tests {
             e in arbitrary_event(),
             fail_call in prop::option::of(0usize..2),
             fail_after in prop::option::of(0usize..3),
+            archive_down in any::<bool>(),
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let sink = FakeSink { fail_call, ..FakeSink::default() };
             let q = FakeQuarantine { fail_after, ..FakeQuarantine::default() };
-            let counts = match rt.block_on(route(e, &sink, &q)) {
+            let archive = FakeArchive { fail: archive_down, ..FakeArchive::default() };
+            let counts = match rt.block_on(route_with(e, &sink, &q, &archive)) {
                 Ok(counts) => {
                     prop_assert_eq!(counts.retried, 0);
+                    // Accepted readings are archived, in exactly one object.
+                    prop_assert_eq!(archive.objects.lock().unwrap().len(), usize::from(counts.accepted > 0));
                     counts
                 }
-                Err(retry) => retry.counts,
+                Err(retry) => {
+                    prop_assert_eq!(retry.counts.accepted, 0);
+                    retry.counts
+                }
             };
             prop_assert!(counts.received >= 1);
             prop_assert!(counts.balanced(), "{:?}", counts);

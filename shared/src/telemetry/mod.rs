@@ -6,6 +6,7 @@
 //! AWS's and Shoal's limits; `records` builds Timestream multi-measure records and batches. Every
 //! step is pure: nothing here calls AWS, so each rule is unit- and property-tested.
 
+pub mod archive;
 pub mod binary;
 pub mod decode;
 pub mod envelope;

@@ -54,9 +54,12 @@ impl TimestreamRecord {
     }
 }
 
-/// The WriteRecords calls for `records`: chunks of at most 100, so n records take ceil(n/100) calls.
-pub fn write_batches<T>(records: &[T]) -> std::slice::Chunks<'_, T> {
-    records.chunks(MAX_RECORDS_PER_WRITE)
+/// The WriteRecords calls for `n` records, as index ranges: chunks of at most 100, so n records
+/// take ceil(n/100) calls.
+pub fn write_ranges(n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n)
+        .step_by(MAX_RECORDS_PER_WRITE)
+        .map(move |start| start..n.min(start + MAX_RECORDS_PER_WRITE))
 }
 
 /// Dimensions every record of `batch` shares, to send once as the call's common attributes.
@@ -104,12 +107,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn batches_are_ceil_n_over_100_and_keep_every_record(n in 0usize..1000) {
-            let records: Vec<_> = (0..n).map(|_| record("d-1")).collect();
-            let batches: Vec<_> = write_batches(&records).collect();
-            prop_assert_eq!(batches.len(), n.div_ceil(100));
-            prop_assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 100));
-            prop_assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), n);
+        fn batches_are_ceil_n_over_100_and_cover_every_record_once(n in 0usize..1000) {
+            let ranges: Vec<_> = write_ranges(n).collect();
+            prop_assert_eq!(ranges.len(), n.div_ceil(100));
+            prop_assert!(ranges.iter().all(|r| !r.is_empty() && r.len() <= 100));
+            let covered: Vec<usize> = ranges.into_iter().flatten().collect();
+            prop_assert_eq!(covered, (0..n).collect::<Vec<_>>());
         }
     }
 }

@@ -1,0 +1,280 @@
+//! The Parquet archive: every reading Timestream accepted, one object per invocation batch.
+//!
+//! Long format, one row per measure, so one fixed schema (and one Glue table) holds every device
+//! model:
+//!
+//! | Column | Parquet type | Meaning |
+//! | --- | --- | --- |
+//! | `thing_name` | BYTE_ARRAY (UTF8), required | the device |
+//! | `time` | INT64 TIMESTAMP(MILLIS, UTC), required | the reading's time |
+//! | `measure_name` | BYTE_ARRAY (UTF8), required | e.g. `temp` |
+//! | `measure_type` | BYTE_ARRAY (UTF8), required | DOUBLE, BIGINT, BOOLEAN or VARCHAR |
+//! | `value_double` | DOUBLE, optional | set when the type is DOUBLE |
+//! | `value_bigint` | INT64, optional | set when the type is BIGINT |
+//! | `value_boolean` | BOOLEAN, optional | set when the type is BOOLEAN |
+//! | `value_varchar` | BYTE_ARRAY (UTF8), optional | set when the type is VARCHAR |
+//! | `received_at` | INT64 TIMESTAMP(MILLIS, UTC), required | when IoT Core received the message (the record's Timestream version) |
+//!
+//! Objects live at `telemetry/year=YYYY/month=MM/day=DD/hour=HH/<batch-id>.parquet`, partitioned by
+//! the hour the batch was archived (UTC), Snappy-compressed.
+
+use std::sync::Arc;
+
+use parquet::basic::Compression;
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use thiserror::Error;
+
+use super::reading::MeasureValue;
+use super::records::{THING_DIMENSION, TimestreamRecord};
+
+/// The archive's Parquet schema (the Glue table in infra/template.yaml matches it).
+pub const SCHEMA: &str = "message telemetry {
+  REQUIRED BYTE_ARRAY thing_name (UTF8);
+  REQUIRED INT64 time (TIMESTAMP(MILLIS,true));
+  REQUIRED BYTE_ARRAY measure_name (UTF8);
+  REQUIRED BYTE_ARRAY measure_type (UTF8);
+  OPTIONAL DOUBLE value_double;
+  OPTIONAL INT64 value_bigint;
+  OPTIONAL BOOLEAN value_boolean;
+  OPTIONAL BYTE_ARRAY value_varchar (UTF8);
+  REQUIRED INT64 received_at (TIMESTAMP(MILLIS,true));
+}";
+
+#[derive(Debug, Error)]
+#[error("cannot write the Parquet archive: {0}")]
+pub struct ArchiveError(#[from] parquet::errors::ParquetError);
+
+/// Hive partition folders for a UTC instant: `year=YYYY/month=MM/day=DD/hour=HH`.
+pub fn hour_partitions(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "year={:04}/month={:02}/day={:02}/hour={:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour()
+    )
+}
+
+/// `telemetry/year=YYYY/month=MM/day=DD/hour=HH/<batch_id>.parquet` for a batch archived at
+/// `archived_at_ms`.
+pub fn archive_key(archived_at_ms: i64, batch_id: &str) -> String {
+    format!(
+        "telemetry/{}/{batch_id}.parquet",
+        hour_partitions(archived_at_ms)
+    )
+}
+
+/// Columns of the long format, filled row by row.
+#[derive(Default)]
+struct Columns {
+    thing: Vec<ByteArray>,
+    time: Vec<i64>,
+    name: Vec<ByteArray>,
+    kind: Vec<ByteArray>,
+    double: (Vec<f64>, Vec<i16>),
+    bigint: (Vec<i64>, Vec<i16>),
+    boolean: (Vec<bool>, Vec<i16>),
+    varchar: (Vec<ByteArray>, Vec<i16>),
+    received_at: Vec<i64>,
+}
+
+fn push_optional<T>(column: &mut (Vec<T>, Vec<i16>), value: Option<T>) {
+    match value {
+        Some(v) => {
+            column.0.push(v);
+            column.1.push(1);
+        }
+        None => column.1.push(0),
+    }
+}
+
+impl Columns {
+    fn push(&mut self, record: &TimestreamRecord) {
+        let thing = record
+            .dimensions
+            .iter()
+            .find(|(name, _)| name == THING_DIMENSION)
+            .map_or("", |(_, value)| value.as_str());
+        for (name, value) in &record.measures {
+            self.thing.push(ByteArray::from(thing));
+            self.time.push(record.time_ms);
+            self.name.push(ByteArray::from(name.as_str()));
+            self.kind.push(ByteArray::from(value.type_name()));
+            let (d, b, t, v) = match value {
+                MeasureValue::Double(x) => (Some(*x), None, None, None),
+                MeasureValue::Bigint(x) => (None, Some(*x), None, None),
+                MeasureValue::Boolean(x) => (None, None, Some(*x), None),
+                MeasureValue::Varchar(x) => (None, None, None, Some(ByteArray::from(x.as_str()))),
+            };
+            push_optional(&mut self.double, d);
+            push_optional(&mut self.bigint, b);
+            push_optional(&mut self.boolean, t);
+            push_optional(&mut self.varchar, v);
+            self.received_at.push(record.version);
+        }
+    }
+}
+
+/// One Parquet file holding `records` (one row group).
+pub fn to_parquet(records: &[TimestreamRecord]) -> Result<Vec<u8>, ArchiveError> {
+    let mut columns = Columns::default();
+    for record in records {
+        columns.push(record);
+    }
+    let schema = Arc::new(parse_message_type(SCHEMA)?);
+    let properties = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by("shoal telemetry-router".into())
+            .build(),
+    );
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, properties)?;
+    let mut group = writer.next_row_group()?;
+    let mut index = 0;
+    while let Some(mut column) = group.next_column()? {
+        match index {
+            0 => column
+                .typed::<ByteArrayType>()
+                .write_batch(&columns.thing, None, None)?,
+            1 => column
+                .typed::<Int64Type>()
+                .write_batch(&columns.time, None, None)?,
+            2 => column
+                .typed::<ByteArrayType>()
+                .write_batch(&columns.name, None, None)?,
+            3 => column
+                .typed::<ByteArrayType>()
+                .write_batch(&columns.kind, None, None)?,
+            4 => column.typed::<DoubleType>().write_batch(
+                &columns.double.0,
+                Some(&columns.double.1),
+                None,
+            )?,
+            5 => column.typed::<Int64Type>().write_batch(
+                &columns.bigint.0,
+                Some(&columns.bigint.1),
+                None,
+            )?,
+            6 => column.typed::<BoolType>().write_batch(
+                &columns.boolean.0,
+                Some(&columns.boolean.1),
+                None,
+            )?,
+            7 => column.typed::<ByteArrayType>().write_batch(
+                &columns.varchar.0,
+                Some(&columns.varchar.1),
+                None,
+            )?,
+            _ => column
+                .typed::<Int64Type>()
+                .write_batch(&columns.received_at, None, None)?,
+        };
+        column.close()?;
+        index += 1;
+    }
+    group.close()?;
+    Ok(writer.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::{Field, Row};
+
+    fn record(thing: &str, time_ms: i64, measures: Vec<(&str, MeasureValue)>) -> TimestreamRecord {
+        TimestreamRecord {
+            dimensions: vec![(THING_DIMENSION.into(), thing.into())],
+            measure_name: "reading",
+            measures: measures.into_iter().map(|(n, v)| (n.into(), v)).collect(),
+            time_ms,
+            version: time_ms + 5,
+        }
+    }
+
+    fn rows(bytes: Vec<u8>) -> Vec<Row> {
+        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+        reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn every_measure_becomes_a_row_with_its_typed_value() {
+        let records = vec![
+            record(
+                "dev-1",
+                1000,
+                vec![
+                    ("temp", MeasureValue::Double(23.0)),
+                    ("rssi", MeasureValue::Bigint(-70)),
+                ],
+            ),
+            record(
+                "dev-2",
+                2000,
+                vec![
+                    ("door", MeasureValue::Boolean(true)),
+                    ("fw", MeasureValue::Varchar("1.2.0".into())),
+                ],
+            ),
+        ];
+        let rows = rows(to_parquet(&records).unwrap());
+        assert_eq!(rows.len(), 4);
+        let fields: Vec<Vec<(String, Field)>> =
+            rows.into_iter().map(|r| r.into_columns()).collect();
+        let get = |row: usize, name: &str| {
+            fields[row]
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| f.clone())
+                .unwrap()
+        };
+        assert_eq!(get(0, "thing_name"), Field::Str("dev-1".into()));
+        assert_eq!(get(0, "time"), Field::TimestampMillis(1000));
+        assert_eq!(get(0, "measure_name"), Field::Str("temp".into()));
+        assert_eq!(get(0, "measure_type"), Field::Str("DOUBLE".into()));
+        assert_eq!(get(0, "value_double"), Field::Double(23.0));
+        assert_eq!(get(0, "value_bigint"), Field::Null);
+        assert_eq!(get(1, "value_bigint"), Field::Long(-70));
+        assert_eq!(get(2, "value_boolean"), Field::Bool(true));
+        assert_eq!(get(3, "value_varchar"), Field::Str("1.2.0".into()));
+        assert_eq!(get(3, "value_double"), Field::Null);
+        assert_eq!(get(3, "received_at"), Field::TimestampMillis(2005));
+    }
+
+    #[test]
+    fn an_empty_batch_is_a_valid_empty_file() {
+        assert!(rows(to_parquet(&[]).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn keys_are_hive_partitioned_by_utc_hour() {
+        // 2026-11-25T09:46:40Z
+        assert_eq!(
+            archive_key(1_795_600_000_000, "req-1"),
+            "telemetry/year=2026/month=11/day=25/hour=09/req-1.parquet"
+        );
+        assert_eq!(
+            archive_key(0, "b"),
+            "telemetry/year=1970/month=01/day=01/hour=00/b.parquet"
+        );
+        // 2024-02-29T23:59:59.999Z, a leap day.
+        assert_eq!(
+            archive_key(1_709_251_199_999, "b"),
+            "telemetry/year=2024/month=02/day=29/hour=23/b.parquet"
+        );
+        // 2000-03-01T00:00:00Z
+        assert_eq!(
+            archive_key(951_868_800_000, "b"),
+            "telemetry/year=2000/month=03/day=01/hour=00/b.parquet"
+        );
+    }
+}
