@@ -33,3 +33,44 @@ fn functions_default_to_arm64_and_the_custom_runtime() {
     assert_eq!(globals["Runtime"], "provided.al2023");
     assert_eq!(globals["Handler"], "bootstrap");
 }
+
+#[test]
+fn the_glue_table_matches_the_parquet_archive_schema() {
+    use parquet::basic::{LogicalType, Type as Physical};
+    let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
+    let parsed: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let columns = parsed["Resources"]["ArchiveTable"]["Properties"]["TableInput"]
+        ["StorageDescriptor"]["Columns"]
+        .as_sequence()
+        .expect("ArchiveTable columns");
+    let glue: Vec<(String, String)> = columns
+        .iter()
+        .map(|c| {
+            (
+                c["Name"].as_str().unwrap().to_owned(),
+                c["Type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+
+    let schema =
+        parquet::schema::parser::parse_message_type(shoal_shared::telemetry::archive::SCHEMA)
+            .unwrap();
+    let parquet: Vec<(String, String)> = schema
+        .get_fields()
+        .iter()
+        .map(|f| {
+            let info = f.get_basic_info();
+            let hive = match (f.get_physical_type(), info.logical_type_ref()) {
+                (Physical::BYTE_ARRAY, Some(LogicalType::String)) => "string",
+                (Physical::INT64, Some(LogicalType::Timestamp { .. })) => "timestamp",
+                (Physical::INT64, None) => "bigint",
+                (Physical::DOUBLE, None) => "double",
+                (Physical::BOOLEAN, None) => "boolean",
+                other => panic!("no Glue type for {other:?}"),
+            };
+            (info.name().to_owned(), hive.to_owned())
+        })
+        .collect();
+    assert_eq!(glue, parquet);
+}

@@ -5,14 +5,14 @@
 //!
 //! | Column | Parquet type | Meaning |
 //! | --- | --- | --- |
-//! | `thing_name` | BYTE_ARRAY (UTF8), required | the device |
+//! | `thing_name` | BYTE_ARRAY (STRING), required | the device |
 //! | `time` | INT64 TIMESTAMP(MILLIS, UTC), required | the reading's time |
-//! | `measure_name` | BYTE_ARRAY (UTF8), required | e.g. `temp` |
-//! | `measure_type` | BYTE_ARRAY (UTF8), required | DOUBLE, BIGINT, BOOLEAN or VARCHAR |
+//! | `measure_name` | BYTE_ARRAY (STRING), required | e.g. `temp` |
+//! | `measure_type` | BYTE_ARRAY (STRING), required | DOUBLE, BIGINT, BOOLEAN or VARCHAR |
 //! | `value_double` | DOUBLE, optional | set when the type is DOUBLE |
 //! | `value_bigint` | INT64, optional | set when the type is BIGINT |
 //! | `value_boolean` | BOOLEAN, optional | set when the type is BOOLEAN |
-//! | `value_varchar` | BYTE_ARRAY (UTF8), optional | set when the type is VARCHAR |
+//! | `value_varchar` | BYTE_ARRAY (STRING), optional | set when the type is VARCHAR |
 //! | `received_at` | INT64 TIMESTAMP(MILLIS, UTC), required | when IoT Core received the message (the record's Timestream version) |
 //!
 //! Objects live at `telemetry/year=YYYY/month=MM/day=DD/hour=HH/<batch-id>.parquet`, partitioned by
@@ -32,14 +32,14 @@ use super::records::{THING_DIMENSION, TimestreamRecord};
 
 /// The archive's Parquet schema (the Glue table in infra/template.yaml matches it).
 pub const SCHEMA: &str = "message telemetry {
-  REQUIRED BYTE_ARRAY thing_name (UTF8);
+  REQUIRED BYTE_ARRAY thing_name (STRING);
   REQUIRED INT64 time (TIMESTAMP(MILLIS,true));
-  REQUIRED BYTE_ARRAY measure_name (UTF8);
-  REQUIRED BYTE_ARRAY measure_type (UTF8);
+  REQUIRED BYTE_ARRAY measure_name (STRING);
+  REQUIRED BYTE_ARRAY measure_type (STRING);
   OPTIONAL DOUBLE value_double;
   OPTIONAL INT64 value_bigint;
   OPTIONAL BOOLEAN value_boolean;
-  OPTIONAL BYTE_ARRAY value_varchar (UTF8);
+  OPTIONAL BYTE_ARRAY value_varchar (STRING);
   REQUIRED INT64 received_at (TIMESTAMP(MILLIS,true));
 }";
 
