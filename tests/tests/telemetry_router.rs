@@ -359,3 +359,66 @@ async fn a_missing_database_returns_every_reading_for_retry() {
     assert!(stack.keys("quarantine/").await.is_empty());
     assert!(stack.keys("telemetry/").await.is_empty());
 }
+
+#[tokio::test]
+async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
+    use shoal_shared::config::vars;
+    use std::collections::BTreeMap;
+    use telemetry_router::handler::{RouterConfig, handle};
+
+    // A port nobody listens on stands for a stopped endpoint; the stack is not needed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("test", "test", None, None, "test"),
+            ),
+        )
+        .build();
+    let factory = ClientFactory::new(config);
+    let env: BTreeMap<&str, &str> = [
+        (vars::TIMESTREAM_DATABASE, "shoal_down"),
+        (vars::TIMESTREAM_TABLE, "telemetry"),
+        (vars::ARCHIVE_BUCKET, "shoal-down-archive"),
+    ]
+    .into();
+    let router_config = RouterConfig::from_source(&env).unwrap();
+    let sink = TimestreamSink::new(
+        factory.timestream_write().await.unwrap(),
+        router_config.timestream.clone(),
+    );
+    let quarantine = S3Quarantine::new(factory.s3(), router_config.archive_bucket.clone());
+    let archive = S3Archive::new(factory.s3(), router_config.archive_bucket.clone());
+    let edges = Edges {
+        sink: &sink,
+        quarantine: &quarantine,
+        archive: &archive,
+    };
+    let now = now_ms();
+    let body = |temp: f64| {
+        json!({"temp": temp, "_topic": "dt/farm/dev-1/telemetry", "_received_at": now}).to_string()
+    };
+    let sqs = json!({"Records": [
+        {"messageId": "a", "body": body(1.0), "eventSource": "aws:sqs"},
+        {"messageId": "b", "body": "not json", "eventSource": "aws:sqs"},
+        {"messageId": "c", "body": body(2.0), "eventSource": "aws:sqs"},
+    ]});
+    let (counts, answer) = handle(sqs, &router_config, &edges, "req-down").await;
+    // Every message comes back: the readings could not be written, and the bad one could not be
+    // quarantined either.
+    assert_eq!(
+        answer.unwrap(),
+        json!({"batchItemFailures": [
+            {"itemIdentifier": "a"}, {"itemIdentifier": "b"}, {"itemIdentifier": "c"}
+        ]})
+    );
+    assert_eq!((counts.received, counts.retried), (3, 3));
+    assert!(counts.balanced());
+}
