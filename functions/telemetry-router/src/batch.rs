@@ -5,6 +5,7 @@
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::router::{
@@ -23,16 +24,23 @@ pub enum Trigger {
 
 impl Trigger {
     /// SQS and Kinesis events are `{"Records": [{"eventSource": "aws:sqs" | "aws:kinesis", …}]}`;
-    /// anything else is a direct rule invocation (which quarantines what it cannot read).
-    pub fn classify(event: Value) -> Result<Self, serde_json::Error> {
+    /// anything else is a direct rule invocation. An event that claims to be a batch but does not
+    /// parse as one is routed (and quarantined whole) as a direct event: it is kept, and retrying
+    /// it could never succeed.
+    pub fn classify(event: Value) -> Self {
         let source = event["Records"][0]["eventSource"]
             .as_str()
-            .unwrap_or_default();
-        match source {
-            "aws:sqs" => serde_json::from_value(event).map(Trigger::Sqs),
-            "aws:kinesis" => serde_json::from_value(event).map(Trigger::Kinesis),
-            _ => Ok(Trigger::Direct(event)),
-        }
+            .unwrap_or_default()
+            .to_owned();
+        let parsed = match source.as_str() {
+            "aws:sqs" => SqsEvent::deserialize(&event).map(Trigger::Sqs),
+            "aws:kinesis" => KinesisEvent::deserialize(&event).map(Trigger::Kinesis),
+            _ => return Trigger::Direct(event),
+        };
+        parsed.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "malformed {source} event, routed as a direct event");
+            Trigger::Direct(event)
+        })
     }
 }
 
@@ -147,25 +155,22 @@ mod tests {
 
     #[test]
     fn triggers_are_told_apart_by_shape() {
-        assert!(matches!(
-            Trigger::classify(sqs(&["{}"])),
-            Ok(Trigger::Sqs(_))
-        ));
+        assert!(matches!(Trigger::classify(sqs(&["{}"])), Trigger::Sqs(_)));
         assert!(matches!(
             Trigger::classify(kinesis(&[b"{}"])),
-            Ok(Trigger::Kinesis(_))
+            Trigger::Kinesis(_)
         ));
         assert!(matches!(
             Trigger::classify(json!({"temp": 1})),
-            Ok(Trigger::Direct(_))
+            Trigger::Direct(_)
         ));
         assert!(matches!(
             Trigger::classify(json!({"Records": []})),
-            Ok(Trigger::Direct(_))
+            Trigger::Direct(_)
         ));
-        assert!(
-            Trigger::classify(json!({"Records": [{"eventSource": "aws:sqs", "body": 7}]})).is_err()
-        );
+        // Claims to be SQS but is not: kept whole, as a direct event.
+        let odd = json!({"Records": [{"eventSource": "aws:sqs", "body": 7}]});
+        assert!(matches!(Trigger::classify(odd.clone()), Trigger::Direct(e) if e == odd));
     }
 
     fn many(n: usize) -> String {
@@ -176,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn sqs_writes_across_messages_and_reports_only_the_messages_to_retry() {
-        let Ok(Trigger::Sqs(event)) = Trigger::classify(sqs(&[
+        let Trigger::Sqs(event) = Trigger::classify(sqs(&[
             &many(100),
             "\u{0}definitely not json",
             &message(2.0),
@@ -216,7 +221,7 @@ mod tests {
     async fn one_message_per_reading_still_takes_ceil_n_over_100_writes() {
         let bodies: Vec<String> = (0..150).map(|i| message(f64::from(i))).collect();
         let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
-        let Ok(Trigger::Sqs(event)) = Trigger::classify(sqs(&refs)) else {
+        let Trigger::Sqs(event) = Trigger::classify(sqs(&refs)) else {
             panic!("sqs")
         };
         let (sink, q, archive) = (
@@ -240,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn kinesis_fails_from_the_first_record_to_retry() {
         let (a, b, c, d) = (many(100), message(2.0), message(3.0), message(4.0));
-        let Ok(Trigger::Kinesis(event)) = Trigger::classify(kinesis(&[
+        let Trigger::Kinesis(event) = Trigger::classify(kinesis(&[
             a.as_bytes(),
             b.as_bytes(),
             c.as_bytes(),
@@ -273,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn kinesis_quarantine_failure_holds_back_every_later_record() {
         let (a, c) = (message(1.0), message(3.0));
-        let Ok(Trigger::Kinesis(event)) =
+        let Trigger::Kinesis(event) =
             Trigger::classify(kinesis(&[a.as_bytes(), b"not json", c.as_bytes()]))
         else {
             panic!("kinesis")
@@ -302,8 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_clean_batch_reports_no_failures() {
-        let Ok(Trigger::Kinesis(event)) = Trigger::classify(kinesis(&[message(1.0).as_bytes()]))
-        else {
+        let Trigger::Kinesis(event) = Trigger::classify(kinesis(&[message(1.0).as_bytes()])) else {
             panic!("kinesis")
         };
         let (sink, q, archive) = (

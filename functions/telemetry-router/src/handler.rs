@@ -77,15 +77,7 @@ pub async fn handle(
         },
         schemas: &config.packed_schemas,
     };
-    // An event that claims to be a batch but does not parse as one is routed (and quarantined
-    // whole) as a direct event: it is kept, and retrying it could never succeed.
-    let trigger = match Trigger::classify(event.clone()) {
-        Ok(trigger) => trigger,
-        Err(e) => {
-            tracing::warn!(error = %e, "malformed batch event");
-            Trigger::Direct(event)
-        }
-    };
+    let trigger = Trigger::classify(event);
     let (counts, answer) = match trigger {
         Trigger::Direct(event) => match route_rule_event(event, &rules, edges, request_id).await {
             Ok(counts) => {
