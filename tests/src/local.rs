@@ -78,6 +78,33 @@ pub async fn factory() -> ClientFactory {
     ClientFactory::new(loader.load().await)
 }
 
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// A client factory for an endpoint that is down: a closed port on this machine. Needs no stack.
+pub fn unreachable_factory() -> ClientFactory {
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{}", closed_port()))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "shoal-tests",
+            )),
+        )
+        .build();
+    ClientFactory::new(config)
+}
+
 /// A name no other test (or earlier run) uses, within AWS naming rules for every service here:
 /// lowercase letters, digits and '-'.
 pub fn unique_name(prefix: &str) -> String {
@@ -152,13 +179,7 @@ mod tests {
 
     #[test]
     fn unreachable_endpoint_says_how_to_start_the_stack() {
-        // Bind then drop a listener: the port is free and closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let err = check_reachable(&format!("http://127.0.0.1:{port}")).unwrap_err();
+        let err = check_reachable(&format!("http://127.0.0.1:{}", closed_port())).unwrap_err();
         assert!(err.contains("is not reachable"), "{err}");
         assert!(err.contains("make stack-up"), "{err}");
         assert!(err.contains("AWS_ENDPOINT_URL"), "{err}");

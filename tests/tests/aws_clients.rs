@@ -330,22 +330,7 @@ async fn timestream_writes_a_record_that_the_endpoint_holds() {
 #[tokio::test]
 async fn a_closed_endpoint_is_reported_as_unreachable() {
     // Needs no local stack: a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("test", "test", None, None, "test"),
-            ),
-        )
-        .build();
-    let err = ClientFactory::new(config)
+    let err = local::unreachable_factory()
         .dynamodb()
         .list_tables()
         .send()

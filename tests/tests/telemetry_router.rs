@@ -367,22 +367,7 @@ async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
     use telemetry_router::handler::{RouterConfig, handle};
 
     // A port nobody listens on stands for a stopped endpoint; the stack is not needed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("test", "test", None, None, "test"),
-            ),
-        )
-        .build();
-    let factory = ClientFactory::new(config);
+    let factory = local::unreachable_factory();
     let env: BTreeMap<&str, &str> = [
         (vars::TIMESTREAM_DATABASE, "shoal_down"),
         (vars::TIMESTREAM_TABLE, "telemetry"),

@@ -102,8 +102,7 @@ pub async fn route_kinesis(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::{FakeArchive, FakeQuarantine, FakeSink};
-    use crate::router::Edges;
+    use crate::fakes::{FakeQuarantine, FakeSink, Fakes};
     use serde_json::json;
 
     const NOW: i64 = 1_795_600_000_000;
@@ -190,16 +189,14 @@ mod tests {
             panic!("sqs")
         };
         // The second write (records 100..102: messages m2 and m3) fails.
-        let sink = FakeSink {
-            fail_call: Some(1),
-            ..FakeSink::default()
+        let fakes = Fakes {
+            sink: FakeSink {
+                fail_call: Some(1),
+                ..FakeSink::default()
+            },
+            ..Fakes::default()
         };
-        let (q, archive) = (FakeQuarantine::default(), FakeArchive::default());
-        let edges = Edges {
-            sink: &sink,
-            quarantine: &q,
-            archive: &archive,
-        };
+        let edges = fakes.edges();
         let (counts, response) = route_sqs(event, &RULES, &edges, "req-7").await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
@@ -211,10 +208,10 @@ mod tests {
         assert_eq!(counts.retried, 2);
         assert!(counts.balanced());
         assert_eq!(
-            q.items.lock().unwrap()[0].original,
+            fakes.quarantine.items.lock().unwrap()[0].original,
             b"\x00definitely not json"
         );
-        assert_eq!(archive.objects.lock().unwrap().len(), 1);
+        assert_eq!(fakes.archive.objects.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -224,22 +221,21 @@ mod tests {
         let Trigger::Sqs(event) = Trigger::classify(sqs(&refs)) else {
             panic!("sqs")
         };
-        let (sink, q, archive) = (
-            FakeSink::default(),
-            FakeQuarantine::default(),
-            FakeArchive::default(),
-        );
-        let edges = Edges {
-            sink: &sink,
-            quarantine: &q,
-            archive: &archive,
-        };
+        let fakes = Fakes::default();
+        let edges = fakes.edges();
         let (counts, response) = route_sqs(event, &RULES, &edges, "req-8").await;
         assert!(response.batch_item_failures.is_empty());
         assert_eq!(counts.accepted, 150);
-        let sizes: Vec<usize> = sink.calls.lock().unwrap().iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = fakes
+            .sink
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
         assert_eq!(sizes, vec![100, 50]);
-        assert_eq!(archive.objects.lock().unwrap().len(), 1);
+        assert_eq!(fakes.archive.objects.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -253,16 +249,14 @@ mod tests {
         ])) else {
             panic!("kinesis")
         };
-        let sink = FakeSink {
-            fail_call: Some(1),
-            ..FakeSink::default()
+        let fakes = Fakes {
+            sink: FakeSink {
+                fail_call: Some(1),
+                ..FakeSink::default()
+            },
+            ..Fakes::default()
         };
-        let (q, archive) = (FakeQuarantine::default(), FakeArchive::default());
-        let edges = Edges {
-            sink: &sink,
-            quarantine: &q,
-            archive: &archive,
-        };
+        let edges = fakes.edges();
         let (counts, response) = route_kinesis(event, &RULES, &edges, "req-9").await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),
@@ -283,16 +277,14 @@ mod tests {
         else {
             panic!("kinesis")
         };
-        let q = FakeQuarantine {
-            fail_after: Some(0),
-            ..FakeQuarantine::default()
+        let fakes = Fakes {
+            quarantine: FakeQuarantine {
+                fail_after: Some(0),
+                ..FakeQuarantine::default()
+            },
+            ..Fakes::default()
         };
-        let (sink, archive) = (FakeSink::default(), FakeArchive::default());
-        let edges = Edges {
-            sink: &sink,
-            quarantine: &q,
-            archive: &archive,
-        };
+        let edges = fakes.edges();
         let (counts, response) = route_kinesis(event, &RULES, &edges, "req-10").await;
         assert_eq!(
             response.batch_item_failures[0].item_identifier.as_deref(),
@@ -310,16 +302,8 @@ mod tests {
         let Trigger::Kinesis(event) = Trigger::classify(kinesis(&[message(1.0).as_bytes()])) else {
             panic!("kinesis")
         };
-        let (sink, q, archive) = (
-            FakeSink::default(),
-            FakeQuarantine::default(),
-            FakeArchive::default(),
-        );
-        let edges = Edges {
-            sink: &sink,
-            quarantine: &q,
-            archive: &archive,
-        };
+        let fakes = Fakes::default();
+        let edges = fakes.edges();
         let (counts, response) = route_kinesis(event, &RULES, &edges, "req-11").await;
         assert_eq!(
             serde_json::to_value(&response).unwrap(),

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 use shoal_shared::aws::{AwsError, AwsErrorKind};
 use shoal_shared::telemetry::TimestreamRecord;
 
-use crate::router::{ArchiveStore, QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
+use crate::router::{
+    ArchiveStore, Edges, QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink,
+};
 
 pub fn down(operation: &'static str) -> AwsError {
     AwsError {
@@ -83,5 +85,23 @@ impl ArchiveStore for FakeArchive {
         }
         self.objects.lock().unwrap().push((key.to_owned(), parquet));
         Ok(())
+    }
+}
+
+/// All three fakes, to hand to the router as its edges.
+#[derive(Default)]
+pub struct Fakes {
+    pub sink: FakeSink,
+    pub quarantine: FakeQuarantine,
+    pub archive: FakeArchive,
+}
+
+impl Fakes {
+    pub fn edges(&self) -> Edges<'_, FakeSink, FakeQuarantine, FakeArchive> {
+        Edges {
+            sink: &self.sink,
+            quarantine: &self.quarantine,
+            archive: &self.archive,
+        }
     }
 }
