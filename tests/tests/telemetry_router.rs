@@ -127,8 +127,8 @@ impl Stack {
             .unwrap()
     }
 
-    /// The archive's rows as (thing, time, measure, type, value as text, received_at).
-    async fn archived_rows(&self) -> Vec<(String, i64, String, String, String, i64)> {
+    /// The archive's rows as (thing, app, time, measure, type, value as text, received_at).
+    async fn archived_rows(&self) -> Vec<(String, String, i64, String, String, String, i64)> {
         let mut rows = Vec::new();
         for key in self.keys("telemetry/").await {
             let bytes = self
@@ -167,6 +167,7 @@ impl Stack {
                 .unwrap();
                 rows.push((
                     text(get("thing_name")),
+                    text(get("app")),
                     millis(get("time")),
                     text(get("measure_name")),
                     text(get("measure_type")),
@@ -253,6 +254,7 @@ async fn readings_land_in_timestream_and_the_archive_and_bad_ones_in_the_quarant
     let row = |t: i64, m: &str, ty: &str, v: &str| {
         (
             "dev-42".to_owned(),
+            "farm".to_owned(),
             t,
             m.to_owned(),
             ty.to_owned(),
@@ -406,4 +408,32 @@ async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
     );
     assert_eq!((counts.received, counts.retried), (3, 3));
     assert!(counts.balanced());
+}
+
+#[tokio::test]
+async fn sqs_quarantine_items_name_their_message() {
+    use telemetry_router::handler::{RouterConfig, handle};
+    let stack = Stack::new(true).await;
+    let config = RouterConfig {
+        timestream: stack.target.clone(),
+        archive_bucket: stack.bucket.clone(),
+        memory_retention_ms: 24 * 3_600_000,
+        packed_schemas: PackedSchemas::empty(),
+    };
+    let now = now_ms();
+    let good = event(json!({"temp": 1.5}), now).to_string();
+    let sqs = json!({"Records": [
+        {"messageId": "msg-good", "body": good, "eventSource": "aws:sqs"},
+        {"messageId": "msg-bad", "body": "temp=1.5", "eventSource": "aws:sqs"},
+    ]});
+    let (counts, answer) = handle(sqs, &config, &stack.edges(), "req-sqs").await;
+    assert_eq!(answer.unwrap(), json!({"batchItemFailures": []}));
+    assert_eq!((counts.received, counts.accepted), (2, 1));
+    let keys = stack.keys("quarantine/").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let object = stack.object(&keys[0]).await;
+    let metadata = object.metadata().cloned().unwrap_or_default();
+    assert_eq!(metadata["message-id"], "msg-bad");
+    assert_eq!(metadata["reason-code"], "bad_envelope");
+    assert_eq!(stack.archived_rows().await.len(), 1);
 }

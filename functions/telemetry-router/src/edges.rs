@@ -197,6 +197,9 @@ impl QuarantineStore for S3Quarantine {
         if let Some(topic) = &item.topic {
             request = request.metadata("topic", metadata_value(topic));
         }
+        if !item.message_id.is_empty() {
+            request = request.metadata("message-id", metadata_value(&item.message_id));
+        }
         if let Some(index) = item.reading_index {
             request = request.metadata("reading-index", index.to_string());
         }
@@ -243,6 +246,7 @@ mod tests {
             topic: Some("dt/app/dev-1/telemetry".into()),
             thing: Some("dev-1".into()),
             received_at_ms: Some(1_764_064_800_000),
+            message_id: String::new(),
             reading_index: index,
             original: b"{}".to_vec(),
         }

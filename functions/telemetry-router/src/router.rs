@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_shared::aws::{AwsError, AwsErrorKind};
 use shoal_shared::telemetry::archive::{archive_key, to_parquet};
-use shoal_shared::telemetry::records::write_ranges;
+use shoal_shared::telemetry::records::{APP_DIMENSION, write_ranges};
 use shoal_shared::telemetry::{
     Envelope, EnvelopeError, Limits, PackedSchemas, Payload, TimestreamRecord, decode_binary,
-    decode_json, validate,
+    decode_json, validate_with_dimensions,
 };
 
 /// AWS IoT Core's payload limit: nothing larger can have come from a device.
@@ -68,6 +68,8 @@ pub struct QuarantineItem {
     pub topic: Option<String>,
     pub thing: Option<String>,
     pub received_at_ms: Option<i64>,
+    /// SQS message id or Kinesis sequence number; empty for a direct invocation.
+    pub message_id: String,
     /// The reading's index within the message; `None` when the whole message was refused.
     pub reading_index: Option<usize>,
     /// The message exactly as the rule delivered it.
@@ -193,6 +195,7 @@ impl Pending {
             topic: self.source.as_ref().map(|s| s.topic.clone()),
             thing: self.source.as_ref().map(|s| s.thing.clone()),
             received_at_ms: self.source.as_ref().map(|s| s.received_at_ms),
+            message_id: self.id.clone(),
             reading_index: index,
             original: self.original.clone(),
         });
@@ -422,6 +425,7 @@ fn decode_and_validate(
         pending.refuse("payload_too_large", reason, None);
         return Vec::new();
     }
+    let app = envelope.app().to_owned();
     let decoded = match envelope.payload {
         Payload::Json(fields) => decode_json(&envelope.thing, envelope.received_at_ms, fields),
         Payload::Binary(ref bytes) => decode_binary(
@@ -441,11 +445,12 @@ fn decode_and_validate(
         }
     };
     pending.received = readings.len();
+    let dimensions = [(APP_DIMENSION, app.as_str())];
     let mut records = Vec::with_capacity(readings.len());
     for (index, reading) in readings.into_iter().enumerate() {
         match reading {
             Err(e) => pending.refuse(e.code(), e.to_string(), Some(index)),
-            Ok(reading) => match validate(reading, &rules.limits) {
+            Ok(reading) => match validate_with_dimensions(reading, &rules.limits, &dimensions) {
                 Err(rejection) => {
                     pending.refuse(rejection.code(), rejection.to_string(), Some(index))
                 }
@@ -525,7 +530,10 @@ mod tests {
         assert_eq!(record.version, NOW);
         assert_eq!(
             record.dimensions,
-            vec![("thing_name".into(), "dev-1".into())]
+            vec![
+                ("thing_name".into(), "dev-1".into()),
+                ("app".into(), "farm".into())
+            ]
         );
         assert!(q.items.lock().unwrap().is_empty());
     }

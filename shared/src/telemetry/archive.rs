@@ -6,6 +6,7 @@
 //! | Column | Parquet type | Meaning |
 //! | --- | --- | --- |
 //! | `thing_name` | BYTE_ARRAY (STRING), required | the device |
+//! | `app` | BYTE_ARRAY (STRING), required | the application (`dt/<app>/…`), empty if none |
 //! | `time` | INT64 TIMESTAMP(MILLIS, UTC), required | the reading's time |
 //! | `measure_name` | BYTE_ARRAY (STRING), required | e.g. `temp` |
 //! | `measure_type` | BYTE_ARRAY (STRING), required | DOUBLE, BIGINT, BOOLEAN or VARCHAR |
@@ -28,11 +29,12 @@ use parquet::schema::parser::parse_message_type;
 use thiserror::Error;
 
 use super::reading::MeasureValue;
-use super::records::{THING_DIMENSION, TimestreamRecord};
+use super::records::{APP_DIMENSION, THING_DIMENSION, TimestreamRecord};
 
 /// The archive's Parquet schema (the Glue table in infra/template.yaml matches it).
 pub const SCHEMA: &str = "message telemetry {
   REQUIRED BYTE_ARRAY thing_name (STRING);
+  REQUIRED BYTE_ARRAY app (STRING);
   REQUIRED INT64 time (TIMESTAMP(MILLIS,true));
   REQUIRED BYTE_ARRAY measure_name (STRING);
   REQUIRED BYTE_ARRAY measure_type (STRING);
@@ -73,6 +75,7 @@ pub fn archive_key(archived_at_ms: i64, batch_id: &str) -> String {
 #[derive(Default)]
 struct Columns {
     thing: Vec<ByteArray>,
+    app: Vec<ByteArray>,
     time: Vec<i64>,
     name: Vec<ByteArray>,
     kind: Vec<ByteArray>,
@@ -95,13 +98,17 @@ fn push_optional<T>(column: &mut (Vec<T>, Vec<i16>), value: Option<T>) {
 
 impl Columns {
     fn push(&mut self, record: &TimestreamRecord) {
-        let thing = record
-            .dimensions
-            .iter()
-            .find(|(name, _)| name == THING_DIMENSION)
-            .map_or("", |(_, value)| value.as_str());
+        let dimension = |wanted: &str| {
+            record
+                .dimensions
+                .iter()
+                .find(|(name, _)| name == wanted)
+                .map_or("", |(_, value)| value.as_str())
+        };
+        let (thing, app) = (dimension(THING_DIMENSION), dimension(APP_DIMENSION));
         for (name, value) in &record.measures {
             self.thing.push(ByteArray::from(thing));
+            self.app.push(ByteArray::from(app));
             self.time.push(record.time_ms);
             self.name.push(ByteArray::from(name.as_str()));
             self.kind.push(ByteArray::from(value.type_name()));
@@ -135,48 +142,28 @@ pub fn to_parquet(records: &[TimestreamRecord]) -> Result<Vec<u8>, ArchiveError>
     );
     let mut writer = SerializedFileWriter::new(Vec::new(), schema, properties)?;
     let mut group = writer.next_row_group()?;
-    let mut index = 0;
-    while let Some(mut column) = group.next_column()? {
-        match index {
-            0 => column
-                .typed::<ByteArrayType>()
-                .write_batch(&columns.thing, None, None)?,
-            1 => column
-                .typed::<Int64Type>()
-                .write_batch(&columns.time, None, None)?,
-            2 => column
-                .typed::<ByteArrayType>()
-                .write_batch(&columns.name, None, None)?,
-            3 => column
-                .typed::<ByteArrayType>()
-                .write_batch(&columns.kind, None, None)?,
-            4 => column.typed::<DoubleType>().write_batch(
-                &columns.double.0,
-                Some(&columns.double.1),
-                None,
-            )?,
-            5 => column.typed::<Int64Type>().write_batch(
-                &columns.bigint.0,
-                Some(&columns.bigint.1),
-                None,
-            )?,
-            6 => column.typed::<BoolType>().write_batch(
-                &columns.boolean.0,
-                Some(&columns.boolean.1),
-                None,
-            )?,
-            7 => column.typed::<ByteArrayType>().write_batch(
-                &columns.varchar.0,
-                Some(&columns.varchar.1),
-                None,
-            )?,
-            _ => column
-                .typed::<Int64Type>()
-                .write_batch(&columns.received_at, None, None)?,
-        };
-        column.close()?;
-        index += 1;
+    // Columns in SCHEMA order; `next_column` hands them out in that order.
+    macro_rules! write_column {
+        ($kind:ty, $values:expr, $levels:expr) => {{
+            let mut column = group
+                .next_column()?
+                .expect("SCHEMA and the columns written agree");
+            column
+                .typed::<$kind>()
+                .write_batch($values, $levels, None)?;
+            column.close()?;
+        }};
     }
+    write_column!(ByteArrayType, &columns.thing, None);
+    write_column!(ByteArrayType, &columns.app, None);
+    write_column!(Int64Type, &columns.time, None);
+    write_column!(ByteArrayType, &columns.name, None);
+    write_column!(ByteArrayType, &columns.kind, None);
+    write_column!(DoubleType, &columns.double.0, Some(&columns.double.1));
+    write_column!(Int64Type, &columns.bigint.0, Some(&columns.bigint.1));
+    write_column!(BoolType, &columns.boolean.0, Some(&columns.boolean.1));
+    write_column!(ByteArrayType, &columns.varchar.0, Some(&columns.varchar.1));
+    write_column!(Int64Type, &columns.received_at, None);
     group.close()?;
     Ok(writer.into_inner()?)
 }
@@ -189,7 +176,10 @@ mod tests {
 
     fn record(thing: &str, time_ms: i64, measures: Vec<(&str, MeasureValue)>) -> TimestreamRecord {
         TimestreamRecord {
-            dimensions: vec![(THING_DIMENSION.into(), thing.into())],
+            dimensions: vec![
+                (THING_DIMENSION.into(), thing.into()),
+                (APP_DIMENSION.into(), "farm".into()),
+            ],
             measure_name: "reading",
             measures: measures.into_iter().map(|(n, v)| (n.into(), v)).collect(),
             time_ms,
@@ -238,6 +228,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(get(0, "thing_name"), Field::Str("dev-1".into()));
+        assert_eq!(get(0, "app"), Field::Str("farm".into()));
         assert_eq!(get(0, "time"), Field::TimestampMillis(1000));
         assert_eq!(get(0, "measure_name"), Field::Str("temp".into()));
         assert_eq!(get(0, "measure_type"), Field::Str("DOUBLE".into()));

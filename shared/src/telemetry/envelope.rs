@@ -71,6 +71,11 @@ pub fn thing_from_topic(topic: &str) -> Result<ThingName, EnvelopeError> {
 }
 
 impl Envelope {
+    /// The `<app>` level of `dt/<app>/<thing>/telemetry`.
+    pub fn app(&self) -> &str {
+        self.topic.split('/').nth(1).unwrap_or_default()
+    }
+
     /// The topic level after `telemetry`, if any: the device model that selects a packed schema.
     pub fn topic_model(&self) -> Option<&str> {
         self.topic.split('/').nth(4).filter(|m| !m.is_empty())
@@ -146,6 +151,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(env.thing.as_str(), "dev-1");
+        assert_eq!(env.app(), "greenhouse");
         assert_eq!(env.received_at_ms, 1764064800123);
         assert_eq!(env.client_id.as_deref(), Some("dev-1"));
         let Payload::Json(fields) = env.payload else {

@@ -19,4 +19,4 @@ pub use decode::{DecodeError, decode_json};
 pub use envelope::{Envelope, EnvelopeError, Payload};
 pub use reading::{MeasureName, MeasureValue, Reading};
 pub use records::{MAX_RECORD_BYTES, MAX_RECORDS_PER_WRITE, TimestreamRecord};
-pub use validate::{Limits, Rejection, validate};
+pub use validate::{Limits, Rejection, validate, validate_with_dimensions};

@@ -8,9 +8,11 @@ pub const MAX_RECORDS_PER_WRITE: usize = 100;
 pub const MAX_RECORD_BYTES: usize = 2048;
 /// Every record's measure name: one multi-measure record per reading.
 pub const MEASURE_NAME: &str = "reading";
-/// The dimension that names the device. Low cardinality attributes may join it later; a
-/// high-cardinality value (a message id, a reading value) never becomes a dimension.
+/// The dimension that names the device.
 pub const THING_DIMENSION: &str = "thing_name";
+/// The application, from the topic `dt/<app>/<thing>/telemetry`: low cardinality, so a useful
+/// dimension. A high-cardinality value (a message id, a reading value) never becomes one.
+pub const APP_DIMENSION: &str = "app";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimestreamRecord {
@@ -26,9 +28,18 @@ pub struct TimestreamRecord {
 }
 
 impl TimestreamRecord {
-    pub fn from_reading(reading: Reading) -> Self {
+    /// The record of `reading`, dimensioned by its thing and the `extra` low-cardinality
+    /// dimensions.
+    pub fn from_reading(reading: Reading, extra: &[(&str, &str)]) -> Self {
+        let mut dimensions = Vec::with_capacity(1 + extra.len());
+        dimensions.push((THING_DIMENSION.to_owned(), reading.thing.into()));
+        dimensions.extend(
+            extra
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+        );
         Self {
-            dimensions: vec![(THING_DIMENSION.to_owned(), reading.thing.into())],
+            dimensions,
             measure_name: MEASURE_NAME,
             measures: reading
                 .measures
@@ -79,11 +90,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn record(thing: &str) -> TimestreamRecord {
-        TimestreamRecord::from_reading(Reading {
-            thing: ThingName::parse(thing).unwrap(),
-            time_ms: 5,
-            measures: vec![(MeasureName("temp".into()), MeasureValue::Double(23.0))],
-        })
+        TimestreamRecord::from_reading(
+            Reading {
+                thing: ThingName::parse(thing).unwrap(),
+                time_ms: 5,
+                measures: vec![(MeasureName("temp".into()), MeasureValue::Double(23.0))],
+            },
+            &[],
+        )
     }
 
     #[test]
@@ -95,6 +109,25 @@ mod tests {
         assert_eq!(r.measures[0].1.type_name(), "DOUBLE");
         // thing_name + dev-1 + reading + temp + 23.0 + DOUBLE + 16
         assert_eq!(r.size_bytes(), 10 + 5 + 7 + 4 + 4 + 6 + 16);
+    }
+
+    #[test]
+    fn extra_dimensions_follow_the_thing() {
+        let r = TimestreamRecord::from_reading(
+            Reading {
+                thing: ThingName::parse("dev-1").unwrap(),
+                time_ms: 5,
+                measures: vec![],
+            },
+            &[(APP_DIMENSION, "farm")],
+        );
+        assert_eq!(
+            r.dimensions,
+            vec![
+                ("thing_name".to_owned(), "dev-1".to_owned()),
+                ("app".to_owned(), "farm".to_owned())
+            ]
+        );
     }
 
     #[test]

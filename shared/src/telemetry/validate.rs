@@ -13,7 +13,7 @@ pub const MAX_MEASURES_PER_RECORD: usize = 256;
 /// Longest measure name Shoal accepts: it also becomes a Parquet column and an Athena column.
 pub const MAX_MEASURE_NAME: usize = 64;
 /// Names Timestream or Shoal's own columns use; a measure may not shadow them.
-const RESERVED_NAMES: &[&str] = &["time", "measure_name", "thing_name", "version"];
+const RESERVED_NAMES: &[&str] = &["time", "measure_name", "thing_name", "app", "version"];
 const RESERVED_PREFIXES: &[&str] = &["measure_value", "ts_"];
 
 /// The time window a reading must fall in, relative to now.
@@ -90,6 +90,16 @@ pub(crate) fn check_measure_name(name: &str) -> Result<(), &'static str> {
 /// Checks `reading` and builds its record (moving the measures into it); the record's size is
 /// part of the check.
 pub fn validate(reading: Reading, limits: &Limits) -> Result<TimestreamRecord, Rejection> {
+    validate_with_dimensions(reading, limits, &[])
+}
+
+/// [`validate`], the record also carrying the `extra` low-cardinality dimensions (they count
+/// toward its size).
+pub fn validate_with_dimensions(
+    reading: Reading,
+    limits: &Limits,
+    extra: &[(&str, &str)],
+) -> Result<TimestreamRecord, Rejection> {
     let ahead_ms = reading.time_ms.saturating_sub(limits.now_ms);
     if ahead_ms > MAX_FUTURE_MS {
         return Err(Rejection::InFuture {
@@ -135,7 +145,7 @@ pub fn validate(reading: Reading, limits: &Limits) -> Result<TimestreamRecord, R
             });
         }
     }
-    let record = TimestreamRecord::from_reading(reading);
+    let record = TimestreamRecord::from_reading(reading, extra);
     let bytes = record.size_bytes();
     if bytes > MAX_RECORD_BYTES {
         return Err(Rejection::RecordTooLarge { bytes });
@@ -207,6 +217,7 @@ mod tests {
         assert!(ok(&"a".repeat(64)).is_ok());
         for bad in [
             "",
+            "app",
             "2temp",
             "_x",
             "te mp",
