@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shoal_shared::ids::ThingName;
+use shoal_shared::telemetry::records::APP_DIMENSION;
 use shoal_shared::telemetry::{
-    Envelope, Limits, PackedSchemas, Payload, decode_binary, decode_json, validate,
+    Envelope, Limits, PackedSchemas, Payload, decode_binary, decode_json, validate_with_dimensions,
 };
 
 const READINGS: usize = 10_000;
@@ -36,11 +37,13 @@ fn message() -> Vec<u8> {
     .unwrap()
 }
 
-/// One full pass: bytes → event → envelope → readings → validated records. Returns the number
-/// of records built.
+/// One full pass, as the router does it: bytes → event → envelope → readings → validated records
+/// (dimensioned by thing and app). Returns the number of records built.
 fn pipeline(bytes: &[u8], limits: &Limits) -> usize {
     let event: Value = serde_json::from_slice(bytes).unwrap();
     let envelope = Envelope::from_rule_event(event).unwrap();
+    let app = envelope.app().to_owned();
+    let dimensions = [(APP_DIMENSION, app.as_str())];
     let Payload::Json(fields) = envelope.payload else {
         unreachable!()
     };
@@ -48,7 +51,7 @@ fn pipeline(bytes: &[u8], limits: &Limits) -> usize {
         .unwrap()
         .into_iter()
         .filter_map(|r| r.ok())
-        .filter_map(|r| validate(r, limits).ok())
+        .filter_map(|r| validate_with_dimensions(r, limits, &dimensions).ok())
         .count()
 }
 
@@ -74,7 +77,7 @@ fn packed_pipeline(
         .unwrap()
         .into_iter()
         .filter_map(|r| r.ok())
-        .filter_map(|r| validate(r, limits).ok())
+        .filter_map(|r| validate_with_dimensions(r, limits, &[(APP_DIMENSION, "bench")]).ok())
         .count()
 }
 

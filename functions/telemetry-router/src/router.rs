@@ -530,10 +530,7 @@ mod tests {
         assert_eq!(record.version, NOW);
         assert_eq!(
             record.dimensions,
-            vec![
-                ("thing_name".into(), "dev-1".into()),
-                ("app".into(), "farm".into())
-            ]
+            vec![("thing_name", "dev-1".into()), ("app", "farm".into())]
         );
         assert!(q.items.lock().unwrap().is_empty());
     }

@@ -102,7 +102,7 @@ impl Columns {
             record
                 .dimensions
                 .iter()
-                .find(|(name, _)| name == wanted)
+                .find(|(name, _)| *name == wanted)
                 .map_or("", |(_, value)| value.as_str())
         };
         let (thing, app) = (dimension(THING_DIMENSION), dimension(APP_DIMENSION));
@@ -177,8 +177,8 @@ mod tests {
     fn record(thing: &str, time_ms: i64, measures: Vec<(&str, MeasureValue)>) -> TimestreamRecord {
         TimestreamRecord {
             dimensions: vec![
-                (THING_DIMENSION.into(), thing.into()),
-                (APP_DIMENSION.into(), "farm".into()),
+                (THING_DIMENSION, thing.into()),
+                (APP_DIMENSION, "farm".into()),
             ],
             measure_name: "reading",
             measures: measures.into_iter().map(|(n, v)| (n.into(), v)).collect(),

@@ -16,7 +16,8 @@ pub const APP_DIMENSION: &str = "app";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimestreamRecord {
-    pub dimensions: Vec<(String, String)>,
+    /// Dimension names are Shoal's own constants; values come from the message.
+    pub dimensions: Vec<(&'static str, String)>,
     pub measure_name: &'static str,
     pub measures: Vec<(String, MeasureValue)>,
     /// Milliseconds since the epoch.
@@ -30,14 +31,10 @@ pub struct TimestreamRecord {
 impl TimestreamRecord {
     /// The record of `reading`, dimensioned by its thing and the `extra` low-cardinality
     /// dimensions.
-    pub fn from_reading(reading: Reading, extra: &[(&str, &str)]) -> Self {
+    pub fn from_reading(reading: Reading, extra: &[(&'static str, &str)]) -> Self {
         let mut dimensions = Vec::with_capacity(1 + extra.len());
-        dimensions.push((THING_DIMENSION.to_owned(), reading.thing.into()));
-        dimensions.extend(
-            extra
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
-        );
+        dimensions.push((THING_DIMENSION, reading.thing.into()));
+        dimensions.extend(extra.iter().map(|(n, v)| (*n, (*v).to_owned())));
         Self {
             dimensions,
             measure_name: MEASURE_NAME,
@@ -74,7 +71,7 @@ pub fn write_ranges(n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 }
 
 /// Dimensions every record of `batch` shares, to send once as the call's common attributes.
-pub fn common_dimensions(batch: &[TimestreamRecord]) -> Option<&[(String, String)]> {
+pub fn common_dimensions(batch: &[TimestreamRecord]) -> Option<&[(&'static str, String)]> {
     let first = &batch.first()?.dimensions;
     batch
         .iter()
@@ -103,7 +100,7 @@ mod tests {
     #[test]
     fn reading_becomes_a_multi_measure_record() {
         let r = record("dev-1");
-        assert_eq!(r.dimensions, vec![("thing_name".into(), "dev-1".into())]);
+        assert_eq!(r.dimensions, vec![("thing_name", "dev-1".to_owned())]);
         assert_eq!(r.measure_name, "reading");
         assert_eq!(r.measures[0].1.to_timestream_string(), "23.0");
         assert_eq!(r.measures[0].1.type_name(), "DOUBLE");
@@ -124,8 +121,8 @@ mod tests {
         assert_eq!(
             r.dimensions,
             vec![
-                ("thing_name".to_owned(), "dev-1".to_owned()),
-                ("app".to_owned(), "farm".to_owned())
+                ("thing_name", "dev-1".to_owned()),
+                ("app", "farm".to_owned())
             ]
         );
     }

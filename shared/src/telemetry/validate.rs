@@ -98,7 +98,7 @@ pub fn validate(reading: Reading, limits: &Limits) -> Result<TimestreamRecord, R
 pub fn validate_with_dimensions(
     reading: Reading,
     limits: &Limits,
-    extra: &[(&str, &str)],
+    extra: &[(&'static str, &str)],
 ) -> Result<TimestreamRecord, Rejection> {
     let ahead_ms = reading.time_ms.saturating_sub(limits.now_ms);
     if ahead_ms > MAX_FUTURE_MS {
