@@ -47,34 +47,15 @@ impl FromStr for PackedSchemas {
     /// `model=field,field;model=field`: models of `[a-zA-Z0-9_-]`, fields that are valid measure
     /// names, no model twice.
     fn from_str(text: &str) -> Result<Self, String> {
-        let mut schemas = BTreeMap::new();
-        for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-            let (model, fields) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("{entry:?} is not model=field,field"))?;
-            let model = model.trim();
-            if model.is_empty()
-                || !model
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-            {
-                return Err(format!(
-                    "model {model:?} must be letters, digits, '_' or '-'"
-                ));
-            }
-            let fields: Vec<MeasureName> = fields
-                .split(',')
-                .map(|f| MeasureName(f.trim().to_owned()))
-                .collect();
-            for field in &fields {
-                super::validate::check_measure_name(&field.0)
-                    .map_err(|why| format!("model {model}: field {:?} {why}", field.0))?;
-            }
-            if schemas.insert(model.to_owned(), fields).is_some() {
-                return Err(format!("model {model} is defined twice"));
-            }
-        }
-        Ok(Self(schemas))
+        let lists = crate::config::keyed_lists(text, |field| {
+            super::validate::check_measure_name(field).map_err(str::to_owned)
+        })?;
+        Ok(Self(
+            lists
+                .into_iter()
+                .map(|(model, fields)| (model, fields.into_iter().map(MeasureName).collect()))
+                .collect(),
+        ))
     }
 }
 
