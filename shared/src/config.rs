@@ -28,6 +28,8 @@ pub mod vars {
     pub const MANIFEST_TABLE: &str = "SHOAL_MANIFEST_TABLE";
     /// DynamoDB table of the device registry (keyed by thing name).
     pub const DEVICE_TABLE: &str = "SHOAL_DEVICE_TABLE";
+    /// Device models each provisioning template may provision: `template=model,model;…`.
+    pub const TEMPLATE_MODELS: &str = "SHOAL_TEMPLATE_MODELS";
     /// KMS key (id, ARN or alias) that signs firmware digests.
     pub const FIRMWARE_SIGNING_KEY: &str = "SHOAL_FIRMWARE_SIGNING_KEY";
 }

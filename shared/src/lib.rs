@@ -64,5 +64,8 @@ pub mod aws;
 pub mod config;
 pub mod ids;
 pub mod logging;
+#[cfg(feature = "aws")]
+pub mod manifest_table;
 pub mod metrics;
+pub mod provisioning;
 pub mod telemetry;

@@ -1,0 +1,296 @@
+//! The factory manifest in DynamoDB (the edge; the rules are in [`crate::provisioning`]).
+//!
+//! One item per serial: `serial` (S, partition key), `model`, `batch`, `status`,
+//! `certificate_id`, `thing_name`, `thing_group` (S), `attributes` (M of S), `created_at`,
+//! `updated_at` (N, ms since the epoch).
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+
+use crate::aws::{AwsError, AwsErrorKind, AwsResultExt};
+use crate::config::TableName;
+use crate::ids::ThingName;
+use crate::provisioning::{DeviceStatus, ManifestEntry, Serial};
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// The item for `entry`.
+pub fn to_item(entry: &ManifestEntry) -> Item {
+    let mut item = Item::from([
+        ("serial".into(), s(entry.serial.as_str())),
+        ("model".into(), s(&entry.model)),
+        ("batch".into(), s(&entry.batch)),
+        ("status".into(), s(entry.status.as_str())),
+        ("created_at".into(), n(entry.created_at_ms)),
+        ("updated_at".into(), n(entry.updated_at_ms)),
+    ]);
+    if let Some(cert) = &entry.certificate_id {
+        item.insert("certificate_id".into(), s(cert));
+    }
+    if let Some(thing) = &entry.thing_name {
+        item.insert("thing_name".into(), s(thing.as_str()));
+    }
+    if let Some(group) = &entry.thing_group {
+        item.insert("thing_group".into(), s(group));
+    }
+    if !entry.attributes.is_empty() {
+        let map = entry
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), s(v)))
+            .collect();
+        item.insert("attributes".into(), AttributeValue::M(map));
+    }
+    item
+}
+
+/// The entry an item holds; an item that does not parse is an error naming the field.
+pub fn from_item(item: &Item) -> Result<ManifestEntry, String> {
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match item.get(key) {
+            None => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(format!("manifest field {key} is not a string")),
+        }
+    };
+    let required = |key: &str| text(key)?.ok_or_else(|| format!("manifest item has no {key}"));
+    let number = |key: &str| -> Result<i64, String> {
+        match item.get(key) {
+            Some(AttributeValue::N(v)) => {
+                v.parse().map_err(|e| format!("manifest field {key}: {e}"))
+            }
+            None => Ok(0),
+            Some(_) => Err(format!("manifest field {key} is not a number")),
+        }
+    };
+    let attributes = match item.get("attributes") {
+        None => BTreeMap::new(),
+        Some(AttributeValue::M(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                AttributeValue::S(v) => Ok((k.clone(), v.clone())),
+                _ => Err(format!("manifest attribute {k} is not a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("manifest field attributes is not a map".into()),
+    };
+    Ok(ManifestEntry {
+        serial: Serial::parse(&required("serial")?)?,
+        model: required("model")?,
+        batch: required("batch")?,
+        status: required("status")?.parse()?,
+        certificate_id: text("certificate_id")?,
+        thing_name: text("thing_name")?
+            .map(|t| ThingName::parse(&t).map_err(|e| e.to_string()))
+            .transpose()?,
+        thing_group: text("thing_group")?,
+        attributes,
+        created_at_ms: number("created_at")?,
+        updated_at_ms: number("updated_at")?,
+    })
+}
+
+/// The manifest table.
+#[derive(Debug, Clone)]
+pub struct ManifestTable {
+    client: aws_sdk_dynamodb::Client,
+    table: TableName,
+}
+
+impl ManifestTable {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: TableName) -> Self {
+        Self { client, table }
+    }
+
+    pub fn name(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Creates the table (on-demand, keyed by serial) unless it exists. On AWS the table comes
+    /// from infra/template.yaml; locally `shoal init-local` and the tests call this.
+    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+        let created = self
+            .client
+            .create_table()
+            .table_name(self.table.as_str())
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("serial")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| build_error("CreateTable", e))?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("serial")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(|e| build_error("CreateTable", e))?,
+            )
+            .send()
+            .await
+            .aws("dynamodb", "CreateTable");
+        match created {
+            Err(e) if e.is_code("ResourceInUseException") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The serial's entry, read consistently (a claim just made must be seen).
+    pub async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .aws("dynamodb", "GetItem")?;
+        got.item()
+            .map(from_item)
+            .transpose()
+            .map_err(|message| AwsError {
+                service: "dynamodb",
+                operation: "GetItem",
+                kind: AwsErrorKind::Other,
+                code: Some("MalformedManifestItem".into()),
+                message,
+            })
+    }
+
+    /// Writes `entry` unless its serial is already in the table. `Ok(false)`: it was.
+    pub async fn insert(&self, entry: &ManifestEntry) -> Result<bool, AwsError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(self.table.as_str())
+            .set_item(Some(to_item(entry)))
+            .condition_expression("attribute_not_exists(serial)")
+            .send()
+            .await
+            .aws("dynamodb", "PutItem");
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks `serial` provisioned to `certificate_id` as `thing`, only if it is pending or already
+    /// provisioned to that same certificate: of two concurrent claims with different certificates,
+    /// exactly one succeeds. `Ok(false)`: the condition failed (another certificate won, or the
+    /// entry changed); re-read to see why.
+    pub async fn claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        thing: &ThingName,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET #status = :provisioned, certificate_id = :cert, thing_name = :thing, updated_at = :now",
+            )
+            .condition_expression(
+                "attribute_exists(serial) AND (#status = :pending OR (#status = :provisioned AND certificate_id = :cert))",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
+            .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))
+            .expression_attribute_values(":cert", s(certificate_id))
+            .expression_attribute_values(":thing", s(thing.as_str()))
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem");
+        match updated {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
+    AwsError {
+        service: "dynamodb",
+        operation,
+        kind: AwsErrorKind::Other,
+        code: None,
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> ManifestEntry {
+        ManifestEntry {
+            serial: Serial::parse("SN-1").unwrap(),
+            model: "th-v2".into(),
+            batch: "b1".into(),
+            status: DeviceStatus::Provisioned,
+            certificate_id: Some("c1".into()),
+            thing_name: Some(ThingName::parse("SN-1").unwrap()),
+            thing_group: Some("greenhouse".into()),
+            attributes: [("site".to_owned(), "lyon".to_owned())].into(),
+            created_at_ms: 5,
+            updated_at_ms: 6,
+        }
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let e = entry();
+        assert_eq!(from_item(&to_item(&e)), Ok(e));
+        let bare = ManifestEntry {
+            status: DeviceStatus::Pending,
+            certificate_id: None,
+            thing_name: None,
+            thing_group: None,
+            attributes: BTreeMap::new(),
+            ..entry()
+        };
+        let item = to_item(&bare);
+        assert!(!item.contains_key("attributes"));
+        assert_eq!(from_item(&item), Ok(bare));
+    }
+
+    #[test]
+    fn malformed_items_name_the_field() {
+        let mut item = to_item(&entry());
+        item.insert("status".into(), s("active"));
+        assert_eq!(
+            from_item(&item),
+            Err("unknown device status \"active\"".into())
+        );
+        let mut item = to_item(&entry());
+        item.remove("model");
+        assert_eq!(from_item(&item), Err("manifest item has no model".into()));
+        let mut item = to_item(&entry());
+        item.insert("updated_at".into(), s("yesterday"));
+        assert_eq!(
+            from_item(&item),
+            Err("manifest field updated_at is not a number".into())
+        );
+    }
+}

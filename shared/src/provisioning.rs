@@ -1,0 +1,437 @@
+//! Provisioning: the factory manifest and the pre-provisioning hook's decision.
+//!
+//! The manifest lists every device the factory built, keyed by serial. Fleet provisioning by claim
+//! asks the hook (AWS's documented contract: [`HookRequest`] in, [`HookResponse`] out) before a
+//! device gets a thing and a certificate; the hook allows only a serial that is in the manifest,
+//! not revoked or retired, of a model the template may provision, and not already provisioned to
+//! another certificate. The same certificate asking again gets the same answer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::ids::ThingName;
+
+/// The device parameter of the provisioning template that carries the serial.
+pub const SERIAL_PARAMETER: &str = "SerialNumber";
+/// The override that names the thing.
+pub const THING_NAME_PARAMETER: &str = "ThingName";
+/// The override that names the thing group (empty when the manifest has none).
+pub const THING_GROUP_PARAMETER: &str = "ThingGroup";
+/// The override that carries the device model.
+pub const MODEL_PARAMETER: &str = "Model";
+/// The override that carries the factory batch.
+pub const BATCH_PARAMETER: &str = "Batch";
+
+validated_string!(
+    /// A factory serial number: 1–64 of `[A-Za-z0-9_-]`, so that it is a valid thing name too.
+    Serial,
+    String,
+    |value| {
+        if value.is_empty() || value.len() > 64 {
+            return Err(format!("is {} characters long; it must be 1 to 64", value.len()));
+        }
+        match value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+        {
+            Some(c) => Err(format!("contains {c:?}; only letters, digits, '_' and '-' are allowed")),
+            None => Ok(()),
+        }
+    }
+);
+
+impl Serial {
+    /// The thing a serial becomes: the serial itself, which the serial's alphabet makes a valid
+    /// thing name. One rule, so the hook, JITR and the CLI always agree.
+    pub fn thing_name(&self) -> ThingName {
+        ThingName::parse(self.as_str()).expect("a serial is a valid thing name")
+    }
+}
+
+/// Where a device is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Built, never provisioned.
+    Pending,
+    /// Has a certificate and a thing.
+    Provisioned,
+    /// Refused for good: its certificate is revoked.
+    Revoked,
+    /// Decommissioned by an operator.
+    Retired,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Provisioned => "provisioned",
+            DeviceStatus::Revoked => "revoked",
+            DeviceStatus::Retired => "retired",
+        }
+    }
+}
+
+impl fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceStatus {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "pending" => Ok(DeviceStatus::Pending),
+            "provisioned" => Ok(DeviceStatus::Provisioned),
+            "revoked" => Ok(DeviceStatus::Revoked),
+            "retired" => Ok(DeviceStatus::Retired),
+            other => Err(format!("unknown device status {other:?}")),
+        }
+    }
+}
+
+/// One device of the factory manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub serial: Serial,
+    pub model: String,
+    pub batch: String,
+    pub status: DeviceStatus,
+    /// The certificate it was provisioned with.
+    pub certificate_id: Option<String>,
+    pub thing_name: Option<ThingName>,
+    pub thing_group: Option<String>,
+    /// Thing attributes the device gets (AWS allows 50 per thing).
+    pub attributes: BTreeMap<String, String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// The pre-provisioning hook's input, as AWS IoT sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRequest {
+    pub claim_certificate_id: String,
+    pub certificate_id: String,
+    #[serde(default)]
+    pub certificate_pem: String,
+    pub template_arn: String,
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl HookRequest {
+    /// The template's name: the last part of `arn:aws:iot:<region>:<account>:provisioningtemplate/<name>`.
+    pub fn template_name(&self) -> &str {
+        self.template_arn
+            .rsplit_once("provisioningtemplate/")
+            .map_or("", |(_, name)| name)
+    }
+}
+
+/// The pre-provisioning hook's answer, as AWS IoT expects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookResponse {
+    pub allow_provisioning: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameter_overrides: BTreeMap<String, String>,
+}
+
+impl HookResponse {
+    pub fn deny() -> Self {
+        Self {
+            allow_provisioning: false,
+            parameter_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why the hook said no. Every path that is not an explicit yes is one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Denial {
+    #[error("the request has no {SERIAL_PARAMETER} parameter")]
+    NoSerial,
+    #[error("serial {0:?} is malformed: {1}")]
+    BadSerial(String, String),
+    #[error("serial {0} is not in the factory manifest")]
+    UnknownSerial(Serial),
+    #[error("serial {0} is {1}")]
+    NotProvisionable(Serial, DeviceStatus),
+    #[error("serial {serial} is already provisioned to certificate {existing}")]
+    OtherCertificate { serial: Serial, existing: String },
+    #[error("model {model:?} of serial {serial} may not be provisioned by template {template:?}")]
+    ModelNotAllowed {
+        serial: Serial,
+        model: String,
+        template: String,
+    },
+    #[error("internal error, denied to be safe: {0}")]
+    Internal(String),
+}
+
+impl Denial {
+    /// A short stable code for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::NoSerial => "no_serial",
+            Denial::BadSerial(..) => "bad_serial",
+            Denial::UnknownSerial(_) => "unknown_serial",
+            Denial::NotProvisionable(..) => "not_provisionable",
+            Denial::OtherCertificate { .. } => "other_certificate",
+            Denial::ModelNotAllowed { .. } => "model_not_allowed",
+            Denial::Internal(_) => "internal_error",
+        }
+    }
+}
+
+/// Which device models each provisioning template may provision
+/// (`SHOAL_TEMPLATE_MODELS`: `template=model,model;template=model`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateModels(BTreeMap<String, Vec<String>>);
+
+impl TemplateModels {
+    pub fn allows(&self, template: &str, model: &str) -> bool {
+        self.0
+            .get(template)
+            .is_some_and(|models| models.iter().any(|m| m == model))
+    }
+}
+
+impl FromStr for TemplateModels {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        crate::config::keyed_lists(text, |_| Ok(())).map(Self)
+    }
+}
+
+/// The serial a request is about.
+pub fn requested_serial(request: &HookRequest) -> Result<Serial, Denial> {
+    let raw = request
+        .parameters
+        .get(SERIAL_PARAMETER)
+        .ok_or(Denial::NoSerial)?;
+    Serial::parse(raw).map_err(|why| Denial::BadSerial(raw.clone(), why))
+}
+
+/// The hook's decision for `request`, given the serial's manifest entry (`None`: not in the
+/// manifest). An allowed request gets the overrides that name the thing and carry the manifest's
+/// group, model, batch and attributes (an attribute never replaces a named override).
+pub fn decide(
+    request: &HookRequest,
+    entry: Option<&ManifestEntry>,
+    models: &TemplateModels,
+) -> Result<BTreeMap<String, String>, Denial> {
+    let serial = requested_serial(request)?;
+    let entry = entry.ok_or_else(|| Denial::UnknownSerial(serial.clone()))?;
+    match entry.status {
+        DeviceStatus::Pending => {}
+        DeviceStatus::Provisioned => match &entry.certificate_id {
+            Some(existing) if *existing == request.certificate_id => {}
+            Some(existing) => {
+                return Err(Denial::OtherCertificate {
+                    serial,
+                    existing: existing.clone(),
+                });
+            }
+            None => return Err(Denial::NotProvisionable(serial, entry.status)),
+        },
+        status @ (DeviceStatus::Revoked | DeviceStatus::Retired) => {
+            return Err(Denial::NotProvisionable(serial, status));
+        }
+    }
+    let template = request.template_name();
+    if !models.allows(template, &entry.model) {
+        return Err(Denial::ModelNotAllowed {
+            serial,
+            model: entry.model.clone(),
+            template: template.to_owned(),
+        });
+    }
+    let mut overrides = entry.attributes.clone();
+    overrides.insert(THING_NAME_PARAMETER.into(), serial.thing_name().to_string());
+    overrides.insert(
+        THING_GROUP_PARAMETER.into(),
+        entry.thing_group.clone().unwrap_or_default(),
+    );
+    overrides.insert(MODEL_PARAMETER.into(), entry.model.clone());
+    overrides.insert(BATCH_PARAMETER.into(), entry.batch.clone());
+    Ok(overrides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models() -> TemplateModels {
+        "shoal-fleet=th-v2,gps-v1".parse().unwrap()
+    }
+
+    fn entry(status: DeviceStatus, cert: Option<&str>) -> ManifestEntry {
+        ManifestEntry {
+            serial: Serial::parse("SN-0001").unwrap(),
+            model: "th-v2".into(),
+            batch: "2026-11".into(),
+            status,
+            certificate_id: cert.map(str::to_owned),
+            thing_name: None,
+            thing_group: Some("greenhouse".into()),
+            attributes: [("site".to_owned(), "lyon".to_owned())].into(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    fn request(serial: Option<&str>, cert: &str) -> HookRequest {
+        HookRequest {
+            claim_certificate_id: "claim".into(),
+            certificate_id: cert.into(),
+            certificate_pem: String::new(),
+            template_arn: "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet"
+                .into(),
+            client_id: "client-1".into(),
+            parameters: serial
+                .map(|s| [(SERIAL_PARAMETER.to_owned(), s.to_owned())].into())
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn a_pending_serial_of_an_allowed_model_is_allowed_with_its_overrides() {
+        let overrides = decide(
+            &request(Some("SN-0001"), "c1"),
+            Some(&entry(DeviceStatus::Pending, None)),
+            &models(),
+        )
+        .unwrap();
+        assert_eq!(overrides["ThingName"], "SN-0001");
+        assert_eq!(overrides["ThingGroup"], "greenhouse");
+        assert_eq!(overrides["Model"], "th-v2");
+        assert_eq!(overrides["Batch"], "2026-11");
+        assert_eq!(overrides["site"], "lyon");
+    }
+
+    #[test]
+    fn the_same_certificate_again_gets_the_same_answer() {
+        let first = decide(
+            &request(Some("SN-0001"), "c1"),
+            Some(&entry(DeviceStatus::Pending, None)),
+            &models(),
+        );
+        let again = decide(
+            &request(Some("SN-0001"), "c1"),
+            Some(&entry(DeviceStatus::Provisioned, Some("c1"))),
+            &models(),
+        );
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn every_refusal_has_its_reason() {
+        let pending = entry(DeviceStatus::Pending, None);
+        let cases: Vec<(HookRequest, Option<ManifestEntry>, &str)> = vec![
+            (request(None, "c1"), Some(pending.clone()), "no_serial"),
+            (
+                request(Some("SN 1"), "c1"),
+                Some(pending.clone()),
+                "bad_serial",
+            ),
+            (request(Some("SN-0001"), "c1"), None, "unknown_serial"),
+            (
+                request(Some("SN-0001"), "c2"),
+                Some(entry(DeviceStatus::Provisioned, Some("c1"))),
+                "other_certificate",
+            ),
+            (
+                request(Some("SN-0001"), "c1"),
+                Some(entry(DeviceStatus::Revoked, Some("c1"))),
+                "not_provisionable",
+            ),
+            (
+                request(Some("SN-0001"), "c1"),
+                Some(entry(DeviceStatus::Retired, None)),
+                "not_provisionable",
+            ),
+            (
+                request(Some("SN-0001"), "c1"),
+                Some(ManifestEntry {
+                    model: "camera-v1".into(),
+                    ..pending.clone()
+                }),
+                "model_not_allowed",
+            ),
+        ];
+        for (req, e, code) in cases {
+            let denial = decide(&req, e.as_ref(), &models()).unwrap_err();
+            assert_eq!(denial.code(), code, "{denial}");
+        }
+        // A template the configuration does not know allows nothing.
+        let mut other = request(Some("SN-0001"), "c1");
+        other.template_arn = "arn:aws:iot:us-east-1:1:provisioningtemplate/unknown".into();
+        assert_eq!(
+            decide(&other, Some(&pending), &models())
+                .unwrap_err()
+                .code(),
+            "model_not_allowed"
+        );
+    }
+
+    #[test]
+    fn requests_and_responses_use_aws_field_names() {
+        let req: HookRequest = serde_json::from_value(serde_json::json!({
+            "claimCertificateId": "aaa",
+            "certificateId": "bbb",
+            "certificatePem": "-----BEGIN CERTIFICATE-----",
+            "templateArn": "arn:aws:iot:us-east-1:1234567890:provisioningtemplate/MyTemplate",
+            "clientId": "221a6d10-9c7f-42f1-9153-e52e6fc869c1",
+            "parameters": {"SerialNumber": "SN-1"}
+        }))
+        .unwrap();
+        assert_eq!(req.template_name(), "MyTemplate");
+        let allowed = HookResponse {
+            allow_provisioning: true,
+            parameter_overrides: [("ThingName".to_owned(), "SN-1".to_owned())].into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&allowed).unwrap(),
+            serde_json::json!({"allowProvisioning": true, "parameterOverrides": {"ThingName": "SN-1"}})
+        );
+        assert_eq!(
+            serde_json::to_value(HookResponse::deny()).unwrap(),
+            serde_json::json!({"allowProvisioning": false})
+        );
+    }
+
+    #[test]
+    fn serials_are_thing_names() {
+        assert_eq!(
+            Serial::parse("SN_01-a").unwrap().thing_name().as_str(),
+            "SN_01-a"
+        );
+        for bad in ["", "a b", "a:b", "a/b", &"x".repeat(65)] {
+            assert!(Serial::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Serial::parse(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [
+            DeviceStatus::Pending,
+            DeviceStatus::Provisioned,
+            DeviceStatus::Revoked,
+            DeviceStatus::Retired,
+        ] {
+            assert_eq!(s.as_str().parse::<DeviceStatus>(), Ok(s));
+        }
+        assert!("active".parse::<DeviceStatus>().is_err());
+    }
+}
