@@ -1,0 +1,187 @@
+//! The pre-provisioning hook against the manifest in the local DynamoDB, called with the event
+//! AWS documents (moto has no CreateProvisioningTemplate, so the hook is invoked directly).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use provisioning::hook::{DEFAULT_DEADLINE, handle};
+use serde_json::json;
+use shoal_integration_tests::local::{self, unique_name};
+use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::provisioning::{
+    DeviceStatus, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels,
+};
+
+async fn manifest(entries: &[(&str, &str, DeviceStatus)]) -> ManifestTable {
+    let factory = local::factory().await;
+    let table = ManifestTable::new(factory.dynamodb(), unique_name("manifest").parse().unwrap());
+    table.ensure_exists().await.unwrap();
+    for (serial, model, status) in entries {
+        let inserted = table
+            .insert(&ManifestEntry {
+                serial: Serial::parse(serial).unwrap(),
+                model: (*model).into(),
+                batch: "2026-11".into(),
+                status: *status,
+                certificate_id: None,
+                thing_name: None,
+                thing_group: Some("greenhouse".into()),
+                attributes: BTreeMap::new(),
+                created_at_ms: 1,
+                updated_at_ms: 1,
+            })
+            .await
+            .unwrap();
+        assert!(inserted);
+    }
+    table
+}
+
+/// The hook input exactly as AWS IoT documents it.
+fn request(serial: &str, certificate_id: &str) -> HookRequest {
+    serde_json::from_value(json!({
+        "claimCertificateId": "0f8a2f3bc2a0cb5d9d6b2c8e4a1e3f5d7c9b1a3e5f7d9c1b3a5e7f9d1c3b5a7e",
+        "certificateId": certificate_id,
+        "certificatePem": "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n",
+        "templateArn": "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet",
+        "clientId": "221a6d10-9c7f-42f1-9153-e52e6fc869c1",
+        "parameters": {"SerialNumber": serial}
+    }))
+    .unwrap()
+}
+
+fn models() -> TemplateModels {
+    "shoal-fleet=th-v2".parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_manifest_serial_is_allowed_once_and_claimed_for_its_certificate() {
+    let table = manifest(&[("SN-0001", "th-v2", DeviceStatus::Pending)]).await;
+    let serial = Serial::parse("SN-0001").unwrap();
+
+    let answer = handle(
+        &request("SN-0001", "cert-a"),
+        &table,
+        &models(),
+        DEFAULT_DEADLINE,
+    )
+    .await;
+    assert!(answer.allow_provisioning);
+    assert_eq!(answer.parameter_overrides["ThingName"], "SN-0001");
+    assert_eq!(answer.parameter_overrides["ThingGroup"], "greenhouse");
+    assert_eq!(answer.parameter_overrides["Model"], "th-v2");
+
+    let stored = table.get(&serial).await.unwrap().unwrap();
+    assert_eq!(stored.status, DeviceStatus::Provisioned);
+    assert_eq!(stored.certificate_id.as_deref(), Some("cert-a"));
+    assert_eq!(stored.thing_name.unwrap().as_str(), "SN-0001");
+
+    // The same certificate again: the same answer. Another certificate: denied.
+    let again = handle(
+        &request("SN-0001", "cert-a"),
+        &table,
+        &models(),
+        DEFAULT_DEADLINE,
+    )
+    .await;
+    assert_eq!(again, answer);
+    let other = handle(
+        &request("SN-0001", "cert-b"),
+        &table,
+        &models(),
+        DEFAULT_DEADLINE,
+    )
+    .await;
+    assert_eq!(other, HookResponse::deny());
+    let stored = table.get(&serial).await.unwrap().unwrap();
+    assert_eq!(stored.certificate_id.as_deref(), Some("cert-a"));
+}
+
+#[tokio::test]
+async fn unknown_revoked_and_disallowed_serials_are_denied_and_left_alone() {
+    let table = manifest(&[
+        ("SN-REV", "th-v2", DeviceStatus::Revoked),
+        ("SN-CAM", "camera-v1", DeviceStatus::Pending),
+    ])
+    .await;
+    for serial in ["SN-UNKNOWN", "SN-REV", "SN-CAM"] {
+        let answer = handle(
+            &request(serial, "cert-x"),
+            &table,
+            &models(),
+            DEFAULT_DEADLINE,
+        )
+        .await;
+        assert_eq!(answer, HookResponse::deny(), "{serial}");
+    }
+    let cam = table
+        .get(&Serial::parse("SN-CAM").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cam.status, DeviceStatus::Pending);
+    assert_eq!(cam.certificate_id, None);
+}
+
+#[tokio::test]
+async fn of_two_concurrent_certificates_for_one_serial_exactly_one_wins() {
+    let table = manifest(&[("SN-RACE", "th-v2", DeviceStatus::Pending)]).await;
+    let models = models();
+    let attempts: Vec<_> = (0..8)
+        .map(|i| request("SN-RACE", &format!("cert-{i}")))
+        .collect();
+    let answers = all_at_once(&attempts, &table, &models).await;
+    let winners: Vec<&HookRequest> = attempts
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.allow_provisioning)
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(winners.len(), 1, "{answers:?}");
+    let stored = table
+        .get(&Serial::parse("SN-RACE").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.certificate_id.as_deref(),
+        Some(winners[0].certificate_id.as_str())
+    );
+}
+
+/// Runs the hook for every request at once.
+async fn all_at_once(
+    requests: &[HookRequest],
+    table: &ManifestTable,
+    models: &TemplateModels,
+) -> Vec<HookResponse> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, r) in requests.iter().cloned().enumerate() {
+        let (table, models) = (table.clone(), models.clone());
+        set.spawn(async move { (i, handle(&r, &table, &models, DEFAULT_DEADLINE).await) });
+    }
+    let mut answers = vec![HookResponse::deny(); requests.len()];
+    while let Some(joined) = set.join_next().await {
+        let (i, answer) = joined.unwrap();
+        answers[i] = answer;
+    }
+    answers
+}
+
+#[tokio::test]
+async fn an_unreachable_manifest_denies_inside_the_deadline() {
+    let table = ManifestTable::new(
+        local::unreachable_factory().dynamodb(),
+        "shoal-manifest".parse().unwrap(),
+    );
+    let started = std::time::Instant::now();
+    let answer = handle(
+        &request("SN-0001", "cert-a"),
+        &table,
+        &models(),
+        Duration::from_millis(1500),
+    )
+    .await;
+    assert_eq!(answer, HookResponse::deny());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
