@@ -229,6 +229,126 @@ impl ManifestTable {
     }
 }
 
+/// DynamoDB's limits per batch call.
+pub const MAX_BATCH_WRITE: usize = 25;
+pub const MAX_BATCH_GET: usize = 100;
+/// Rounds of retrying unprocessed items (with doubling backoff from 50 ms) before giving up.
+const UNPROCESSED_ROUNDS: u32 = 8;
+
+impl ManifestTable {
+    /// Which of `serials` are already in the table, with their status.
+    pub async fn existing(
+        &self,
+        serials: &[Serial],
+    ) -> Result<Vec<(Serial, DeviceStatus)>, AwsError> {
+        let mut found = Vec::new();
+        for chunk in serials.chunks(MAX_BATCH_GET) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|serial| Item::from([("serial".to_owned(), s(serial.as_str()))]))
+                .collect();
+            for round in 0..=UNPROCESSED_ROUNDS {
+                if keys.is_empty() {
+                    break;
+                }
+                if round == UNPROCESSED_ROUNDS {
+                    return Err(unprocessed("BatchGetItem", keys.len()));
+                }
+                backoff(round).await;
+                let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| build_error("BatchGetItem", e))?;
+                let got = self
+                    .client
+                    .batch_get_item()
+                    .request_items(self.table.as_str(), request)
+                    .send()
+                    .await
+                    .aws("dynamodb", "BatchGetItem")?;
+                for item in got
+                    .responses()
+                    .and_then(|r| r.get(self.table.as_str()))
+                    .into_iter()
+                    .flatten()
+                {
+                    let entry = from_item(item).map_err(|m| build_error("BatchGetItem", m))?;
+                    found.push((entry.serial, entry.status));
+                }
+                keys = got
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(self.table.as_str()))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes `entries` in BatchWriteItem calls of 25, retrying unprocessed items with backoff;
+    /// `progress` hears how many were written after each call.
+    pub async fn write_all(
+        &self,
+        entries: &[ManifestEntry],
+        mut progress: impl FnMut(usize),
+    ) -> Result<(), AwsError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        for chunk in entries.chunks(MAX_BATCH_WRITE) {
+            let mut requests = chunk
+                .iter()
+                .map(|entry| {
+                    PutRequest::builder()
+                        .set_item(Some(to_item(entry)))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| build_error("BatchWriteItem", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for round in 0..=UNPROCESSED_ROUNDS {
+                if requests.is_empty() {
+                    break;
+                }
+                if round == UNPROCESSED_ROUNDS {
+                    return Err(unprocessed("BatchWriteItem", requests.len()));
+                }
+                backoff(round).await;
+                let sent = requests.len();
+                let written = self
+                    .client
+                    .batch_write_item()
+                    .request_items(self.table.as_str(), std::mem::take(&mut requests))
+                    .send()
+                    .await
+                    .aws("dynamodb", "BatchWriteItem")?;
+                requests = written
+                    .unprocessed_items()
+                    .and_then(|u| u.get(self.table.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
+                progress(sent - requests.len());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn backoff(round: u32) {
+    if round > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(50 << round.min(6))).await;
+    }
+}
+
+fn unprocessed(operation: &'static str, left: usize) -> AwsError {
+    AwsError {
+        service: "dynamodb",
+        operation,
+        kind: AwsErrorKind::Throttled,
+        code: Some("UnprocessedItems".into()),
+        message: format!("{left} items still unprocessed after {UNPROCESSED_ROUNDS} rounds"),
+    }
+}
+
 fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
     AwsError {
         service: "dynamodb",

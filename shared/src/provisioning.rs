@@ -435,3 +435,230 @@ mod tests {
         assert!("active".parse::<DeviceStatus>().is_err());
     }
 }
+
+/// A manifest CSV row that cannot be imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    /// 1-based line in the file (the header is line 1).
+    pub line: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// AWS IoT allows 50 attributes per thing.
+pub const MAX_ATTRIBUTES: usize = 50;
+
+fn check_attribute(text: &str, max: usize, what: &str) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!("{what} {text:?} is longer than {max} characters"));
+    }
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.,@/:#-".contains(*c)))
+    {
+        Some(c) => Err(format!("{what} {text:?} contains {c:?}")),
+        None => Ok(()),
+    }
+}
+
+fn parse_attributes(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut attributes = BTreeMap::new();
+    for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("attribute {pair:?} is not key=value"))?;
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            return Err(format!("attribute {pair:?} has no name"));
+        }
+        check_attribute(key, 128, "attribute name")?;
+        check_attribute(value, 800, "attribute value")?;
+        if attributes
+            .insert(key.to_owned(), value.to_owned())
+            .is_some()
+        {
+            return Err(format!("attribute {key} appears twice"));
+        }
+    }
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "{} attributes; a thing has at most {MAX_ATTRIBUTES}",
+            attributes.len()
+        ));
+    }
+    Ok(attributes)
+}
+
+fn parse_row(record: &csv::StringRecord, now_ms: i64) -> Result<ManifestEntry, String> {
+    let field = |i: usize| record.get(i).map(str::trim).unwrap_or_default();
+    let serial = Serial::parse(field(0)).map_err(|e| format!("serial {:?} {e}", field(0)))?;
+    let required = |i: usize, name: &str| -> Result<String, String> {
+        let value = field(i);
+        if value.is_empty() {
+            return Err(format!("{name} is empty"));
+        }
+        check_attribute(value, 128, name)?;
+        Ok(value.to_owned())
+    };
+    let model = required(1, "model")?;
+    let batch = required(2, "batch")?;
+    let thing_group = match field(3) {
+        "" => None,
+        group => {
+            check_attribute(group, 128, "thing group")?;
+            Some(group.to_owned())
+        }
+    };
+    Ok(ManifestEntry {
+        serial,
+        model,
+        batch,
+        status: DeviceStatus::Pending,
+        certificate_id: None,
+        thing_name: None,
+        thing_group,
+        attributes: parse_attributes(field(4))?,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    })
+}
+
+/// Reads a manifest CSV: header `serial,model,batch,thing_group,attributes` (the last two may be
+/// empty; attributes as `key=value;key=value`). Every row is checked; any bad row (malformed
+/// field, a serial twice) makes the whole file refused, with every bad line listed.
+pub fn parse_manifest_csv(
+    text: &str,
+    now_ms: i64,
+) -> Result<Vec<(u64, ManifestEntry)>, Vec<RowError>> {
+    const HEADER: [&str; 5] = ["serial", "model", "batch", "thing_group", "attributes"];
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut errors = Vec::new();
+    match reader.headers() {
+        Ok(header) if header.iter().eq(HEADER) => {}
+        Ok(header) => errors.push(RowError {
+            line: 1,
+            reason: format!(
+                "header is {:?}; expected {}",
+                header.iter().collect::<Vec<_>>(),
+                HEADER.join(",")
+            ),
+        }),
+        Err(e) => errors.push(RowError {
+            line: 1,
+            reason: e.to_string(),
+        }),
+    }
+    let mut entries: Vec<(u64, ManifestEntry)> = Vec::new();
+    let mut first_line: BTreeMap<String, u64> = BTreeMap::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                errors.push(RowError {
+                    line,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() > HEADER.len() {
+            errors.push(RowError {
+                line,
+                reason: format!("{} fields; expected at most {}", record.len(), HEADER.len()),
+            });
+            continue;
+        }
+        match parse_row(&record, now_ms) {
+            Ok(entry) => match first_line.get(entry.serial.as_str()) {
+                Some(first) => errors.push(RowError {
+                    line,
+                    reason: format!("serial {} already on line {first}", entry.serial),
+                }),
+                None => {
+                    first_line.insert(entry.serial.to_string(), line);
+                    entries.push((line, entry));
+                }
+            },
+            Err(reason) => errors.push(RowError { line, reason }),
+        }
+    }
+    if entries.is_empty() && errors.is_empty() {
+        errors.push(RowError {
+            line: 1,
+            reason: "no devices in the file".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+
+    const HEADER: &str = "serial,model,batch,thing_group,attributes\n";
+
+    #[test]
+    fn a_clean_file_becomes_pending_entries() {
+        let text = format!(
+            "{HEADER}SN-1,th-v2,2026-11,greenhouse,site=lyon;rack=3\nSN-2,th-v2,2026-11,,\n"
+        );
+        let entries = parse_manifest_csv(&text, 7).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].0, entries[1].0), (2, 3));
+        assert_eq!(entries[0].1.attributes["rack"], "3");
+        assert_eq!(entries[0].1.thing_group.as_deref(), Some("greenhouse"));
+        assert_eq!(entries[1].1.thing_group, None);
+        assert!(
+            entries
+                .iter()
+                .all(|(_, e)| e.status == DeviceStatus::Pending && e.created_at_ms == 7)
+        );
+    }
+
+    #[test]
+    fn every_bad_line_is_reported_with_its_number() {
+        let text = format!(
+            "{HEADER}SN-1,th-v2,b1,,\nSN 2,th-v2,b1,,\nSN-3,,b1,,\nSN-1,th-v2,b1,,\nSN-4,th-v2,b1,,site\nSN-5,th-v2,b1,,,extra\nSN-6,th-v2,b1,,\n"
+        );
+        let errors = parse_manifest_csv(&text, 0).unwrap_err();
+        let lines: Vec<u64> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 4, 5, 6, 7], "{errors:#?}");
+        assert!(
+            errors[0].reason.contains("serial \"SN 2\""),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(errors[1].reason, "model is empty");
+        assert_eq!(errors[2].reason, "serial SN-1 already on line 2");
+        assert!(errors[3].reason.contains("not key=value"));
+        assert!(errors[4].reason.contains("6 fields"));
+        assert_eq!(
+            errors[0].to_string(),
+            format!("line 3: {}", errors[0].reason)
+        );
+    }
+
+    #[test]
+    fn a_wrong_header_or_an_empty_file_is_refused() {
+        let errors = parse_manifest_csv("sn,model\nSN-1,th\n", 0).unwrap_err();
+        assert_eq!(errors[0].line, 1);
+        assert_eq!(
+            parse_manifest_csv(HEADER, 0).unwrap_err()[0].reason,
+            "no devices in the file"
+        );
+    }
+}

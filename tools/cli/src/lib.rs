@@ -1,5 +1,6 @@
 //! The `shoal` operator CLI. Each command lives in its own module; `main.rs` only parses
 //! arguments and wires the AWS clients.
 
+pub mod manifest;
 pub mod resources;
 pub mod smoke;

@@ -1,9 +1,13 @@
 use std::io;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use shoal_cli::manifest::ImportError;
 use shoal_shared::aws::ClientFactory;
-use shoal_shared::config::{BucketName, TimestreamName, TimestreamTarget, vars};
+use shoal_shared::config::{BucketName, TableName, TimestreamName, TimestreamTarget, vars};
 use shoal_shared::ids::ThingName;
+use shoal_shared::manifest_table::ManifestTable;
 
 /// Operate a Shoal fleet backend.
 #[derive(Parser)]
@@ -28,6 +32,11 @@ enum Command {
         #[arg(long, env = vars::TIMESTREAM_TABLE, default_value = "telemetry")]
         table: TimestreamName,
     },
+    /// Factory manifest operations.
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
     /// Create, if missing, the data resources infra/template.yaml creates on AWS (Timestream
     /// database and table, archive bucket) on the configured endpoint.
     InitLocal {
@@ -37,6 +46,20 @@ enum Command {
         table: TimestreamName,
         #[arg(long, env = vars::ARCHIVE_BUCKET, default_value = "shoal-local-archive")]
         bucket: BucketName,
+        #[arg(long, env = vars::MANIFEST_TABLE, default_value = "shoal-local-manifest")]
+        manifest_table: TableName,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Import new devices from a CSV (serial,model,batch,thing_group,attributes): every row is
+    /// checked first and nothing is written if any row is bad.
+    Import {
+        /// The CSV file.
+        file: std::path::PathBuf,
+        #[arg(long, env = vars::MANIFEST_TABLE)]
+        table: TableName,
     },
 }
 
@@ -53,13 +76,46 @@ async fn main() -> anyhow::Result<()> {
             let target = TimestreamTarget { database, table };
             shoal_cli::smoke::run(&factory, &thing, &target, &mut io::stdout()).await?;
         }
+        Command::Manifest {
+            command: ManifestCommand::Import { file, table },
+        } => {
+            let csv = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let table = ManifestTable::new(factory.dynamodb(), table);
+            let bar = ProgressBar::new(csv.lines().count().saturating_sub(1) as u64).with_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} devices written")
+                    .expect("a valid template"),
+            );
+            match shoal_cli::manifest::import(&table, &csv, |n| bar.inc(n as u64)).await {
+                Ok(n) => {
+                    bar.finish_and_clear();
+                    println!("imported {n} devices into {}", table.name());
+                }
+                Err(ImportError::Rows(errors)) => {
+                    bar.abandon();
+                    for e in &errors {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    anyhow::bail!("{} bad row(s); nothing was written", errors.len());
+                }
+                Err(e) => {
+                    bar.abandon();
+                    return Err(e.into());
+                }
+            }
+        }
         Command::InitLocal {
             database,
             table,
             bucket,
+            manifest_table,
         } => {
             let target = TimestreamTarget { database, table };
             shoal_cli::resources::init_local(&factory, &target, &bucket, &mut io::stdout()).await?;
+            ManifestTable::new(factory.dynamodb(), manifest_table.clone())
+                .ensure_exists()
+                .await?;
+            println!("dynamodb    {manifest_table} ready");
         }
     }
     Ok(())

@@ -1,0 +1,56 @@
+//! `shoal manifest import <csv>`: new devices into the factory manifest, all or nothing.
+//!
+//! Every row is checked first (format, duplicates in the file, serials already in the table);
+//! if any row is bad nothing is written and every bad line is reported. Otherwise the entries go
+//! in BatchWriteItem calls of 25, unprocessed items retried with backoff.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shoal_shared::aws::AwsError;
+use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::provisioning::{ManifestEntry, RowError, parse_manifest_csv};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ImportError {
+    #[error("{} bad row(s); nothing was written", .0.len())]
+    Rows(Vec<RowError>),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Imports `csv` into `table`; `progress` hears each batch written. Returns how many devices
+/// were imported.
+pub async fn import(
+    table: &ManifestTable,
+    csv: &str,
+    progress: impl FnMut(usize),
+) -> Result<usize, ImportError> {
+    let rows = parse_manifest_csv(csv, now_ms()).map_err(ImportError::Rows)?;
+    let serials: Vec<_> = rows.iter().map(|(_, e)| e.serial.clone()).collect();
+    let existing = table.existing(&serials).await?;
+    if !existing.is_empty() {
+        let errors = rows
+            .iter()
+            .filter_map(|(line, entry)| {
+                existing
+                    .iter()
+                    .find(|(serial, _)| *serial == entry.serial)
+                    .map(|(serial, status)| RowError {
+                        line: *line,
+                        reason: format!("serial {serial} is already in the manifest ({status})"),
+                    })
+            })
+            .collect();
+        return Err(ImportError::Rows(errors));
+    }
+    let entries: Vec<ManifestEntry> = rows.into_iter().map(|(_, e)| e).collect();
+    table.write_all(&entries, progress).await?;
+    Ok(entries.len())
+}
