@@ -4,7 +4,8 @@
 # local stack must be up (make test runs this inside `tools/localstack/stack run`). Sample times
 # are shifted to now first (events/README.md). Direct events must account for each reading
 # (received = accepted + quarantined + retried; the clean files fully accepted); SQS and Kinesis
-# batches must report no batch item failures. tests/tests/events.rs checks the exact outcomes.
+# batches must report no batch item failures; the pre-provisioning hook must allow exactly the
+# `-allowed` sample. tests/tests/events.rs checks the exact outcomes.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,16 +17,21 @@ work=$(mktemp -d)
 suffix=$(date +%s%N | tail -c 9)
 database="invoke_${suffix}"
 bucket="invoke-archive-${suffix}"
-watch_pid=""
+manifest="invoke-manifest-${suffix}"
+watch_pids=()
 cleanup() {
-  if [ -n "$watch_pid" ]; then kill -- "-$watch_pid" 2>/dev/null || kill "$watch_pid" 2>/dev/null || true; fi
+  for pid in "${watch_pids[@]}"; do
+    kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 # Resources the function writes to (never boto3 here: its Timestream client insists on endpoint
 # discovery and would call AWS's real host).
-cargo run --quiet -p shoal-cli -- init-local --database "$database" --table telemetry --bucket "$bucket"
+cargo run --quiet -p shoal-cli -- init-local --database "$database" --table telemetry \
+  --bucket "$bucket" --manifest-table "$manifest"
+cargo run --quiet -p shoal-cli -- manifest import tests/fixtures/manifest.csv --table "$manifest"
 
 log="$work/watch.log"
 # An env file, not --env-var: cargo-lambda splits --env-var values at commas.
@@ -34,21 +40,31 @@ SHOAL_TIMESTREAM_DATABASE="$database"
 SHOAL_TIMESTREAM_TABLE="telemetry"
 SHOAL_ARCHIVE_BUCKET="$bucket"
 SHOAL_PACKED_SCHEMAS="th-v2=temp,hum"
+SHOAL_MANIFEST_TABLE="$manifest"
+SHOAL_TEMPLATE_MODELS="shoal-fleet=th-v2"
 AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
 AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID"
 AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
 AWS_REGION="$AWS_REGION"
 ENV
-setsid cargo lambda watch --quiet -A 127.0.0.1 -P "$port" -p telemetry-router \
-  --env-file "$work/function.env" >"$log" 2>&1 &
-watch_pid=$!
-
-# Bounded wait for the emulator to accept connections.
-for _ in $(seq 1 300); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  if ! kill -0 "$watch_pid" 2>/dev/null; then cat "$log" >&2; echo "cargo lambda watch exited" >&2; exit 1; fi
-  sleep 0.2
-done
+# watch PACKAGE PORT: the package's functions under the Lambda emulator, with a bounded wait
+# until it accepts connections.
+watch() {
+  local package=$1 at=$2 log="$work/watch-$1.log" pid
+  setsid cargo lambda watch --quiet -A 127.0.0.1 -P "$at" -p "$package" \
+    --env-file "$work/function.env" >"$log" 2>&1 &
+  pid=$!
+  watch_pids+=("$pid")
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$at") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then cat "$log" >&2; echo "cargo lambda watch -p $package exited" >&2; exit 1; fi
+    sleep 0.2
+  done
+  echo "cargo lambda watch -p $package did not listen on $at" >&2
+  exit 1
+}
+watch telemetry-router "$port"
+watch provisioning "$((port + 1))"
 
 failures=0
 checked=0
@@ -101,6 +117,20 @@ else:
     assert response["received"] == response["accepted"] + quarantined + response["retried"], response
     clean = ("json-single" in name) or ("json-batch" in name)
     assert not clean or (response["accepted"] == response["received"] > 0), response
+print(f"ok   {name}: {response}")
+PY
+  then checked=$((checked + 1)); else failures=$((failures + 1)); fi
+done
+
+for event in events/pre-provisioning-hook-*.json; do
+  if ! response=$(cargo lambda invoke pre-provisioning-hook -A 127.0.0.1 -P "$((port + 1))" --data-file "$event" 2>"$work/invoke.err"); then
+    echo "FAIL $event: invoke failed: $(cat "$work/invoke.err")" >&2
+    failures=$((failures + 1)); continue
+  fi
+  if "$py" - "$event" "$response" <<'PY'
+import json, sys
+name, response = sys.argv[1], json.loads(sys.argv[2])
+assert response["allowProvisioning"] == name.endswith("/pre-provisioning-hook-allowed.json"), response
 print(f"ok   {name}: {response}")
 PY
   then checked=$((checked + 1)); else failures=$((failures + 1)); fi

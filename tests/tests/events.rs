@@ -192,3 +192,52 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         }
     }
 }
+
+#[tokio::test]
+async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
+    use provisioning::hook::{DEFAULT_DEADLINE, handle};
+    use shoal_shared::manifest_table::ManifestTable;
+    use shoal_shared::provisioning::{HookRequest, TemplateModels};
+
+    let factory = local::factory().await;
+    let table = ManifestTable::new(
+        factory.dynamodb(),
+        unique_name("events-manifest").parse().unwrap(),
+    );
+    table.ensure_exists().await.unwrap();
+    let csv = std::fs::read_to_string(repo_root().join("tests/fixtures/manifest.csv")).unwrap();
+    shoal_cli::manifest::import(&table, &csv, |_| {})
+        .await
+        .unwrap();
+    let models: TemplateModels = "shoal-fleet=th-v2".parse().unwrap();
+
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo_root().join("events")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let Some(case) = name
+            .strip_prefix("pre-provisioning-hook-")
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let request: HookRequest =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let answer = handle(&request, &table, &models, DEFAULT_DEADLINE).await;
+        match case {
+            "allowed" => {
+                assert!(answer.allow_provisioning, "{name}");
+                assert_eq!(answer.parameter_overrides["ThingName"], "SN-EVT-0001");
+                assert_eq!(answer.parameter_overrides["ThingGroup"], "greenhouse");
+                assert_eq!(answer.parameter_overrides["site"], "lyon");
+            }
+            "unknown-serial" | "no-serial" | "model-not-allowed" => {
+                assert!(!answer.allow_provisioning, "{name}");
+                assert!(answer.parameter_overrides.is_empty(), "{name}");
+            }
+            other => panic!("{name}: no expected answer for case {other}"),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 4);
+}
