@@ -30,6 +30,10 @@ pub mod vars {
     pub const DEVICE_TABLE: &str = "SHOAL_DEVICE_TABLE";
     /// Device models each provisioning template may provision: `template=model,model;…`.
     pub const TEMPLATE_MODELS: &str = "SHOAL_TEMPLATE_MODELS";
+    /// The IoT policy attached to every device certificate (JITR).
+    pub const DEVICE_POLICY: &str = "SHOAL_DEVICE_POLICY";
+    /// Initial shadow `desired` per device model, a JSON object: `{"th-v2": {...}}`.
+    pub const MODEL_DEFAULTS: &str = "SHOAL_MODEL_DEFAULTS";
     /// KMS key (id, ARN or alias) that signs firmware digests.
     pub const FIRMWARE_SIGNING_KEY: &str = "SHOAL_FIRMWARE_SIGNING_KEY";
 }

@@ -662,3 +662,21 @@ mod csv_tests {
         );
     }
 }
+
+/// The serial a device certificate names: its subject's common name (JITR: the factory signs each
+/// device certificate with the serial as CN).
+pub fn serial_from_certificate_pem(pem: &str) -> Result<Serial, String> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| format!("certificate PEM does not parse: {e}"))?;
+    let certificate = parsed
+        .parse_x509()
+        .map_err(|e| format!("certificate does not parse: {e}"))?;
+    let cn = certificate
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or("certificate subject has no common name")?
+        .as_str()
+        .map_err(|e| format!("certificate common name is not text: {e}"))?;
+    Serial::parse(cn).map_err(|e| format!("certificate common name {cn:?} is not a serial: {e}"))
+}

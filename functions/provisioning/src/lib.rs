@@ -1,4 +1,8 @@
-//! Provisioning functions. `hook`: the fleet-provisioning pre-provisioning hook, over the
-//! [`hook::Manifest`] trait (DynamoDB in production: `shoal_shared::manifest_table`).
+//! Provisioning functions, one binary per trigger. `hook`: the fleet-provisioning
+//! pre-provisioning hook. `jitr`: just-in-time registration of CA-signed device certificates, with
+//! `registry` its AWS IoT edge. Both work over the [`hook::Manifest`] trait (DynamoDB in
+//! production: `shoal_shared::manifest_table`).
 
 pub mod hook;
+pub mod jitr;
+pub mod registry;

@@ -1,0 +1,88 @@
+//! Pre-provisioning hook decision latency against the local stack: 1,000 calls (900 manifest
+//! serials, each read and claimed; 100 unknown serials), one at a time, p50/p99/max.
+//!
+//! Needs the local stack: `make stack-up`, then `make bench-hook` (release build). Prints the
+//! numbers for BENCHMARKS.md; asserts nothing about time.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use provisioning::hook::{DEFAULT_DEADLINE, handle};
+use shoal_shared::aws::ClientFactory;
+use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::provisioning::{
+    DeviceStatus, HookRequest, ManifestEntry, Serial, TemplateModels,
+};
+
+const CALLS: usize = 1000;
+const KNOWN: usize = 900;
+
+fn request(serial: &str, cert: &str) -> HookRequest {
+    HookRequest {
+        claim_certificate_id: "claim".into(),
+        certificate_id: cert.into(),
+        certificate_pem: String::new(),
+        template_arn: "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet".into(),
+        client_id: "bench".into(),
+        parameters: [("SerialNumber".to_owned(), serial.to_owned())].into(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        panic!("set AWS_ENDPOINT_URL to the local stack (make bench-hook does)");
+    }
+    let factory = ClientFactory::from_env().await;
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let table = ManifestTable::new(
+        factory.dynamodb(),
+        format!("bench-manifest-{run}").parse().unwrap(),
+    );
+    table.ensure_exists().await.unwrap();
+    let entries: Vec<ManifestEntry> = (0..KNOWN)
+        .map(|i| ManifestEntry {
+            serial: Serial::parse(&format!("SN-B{i:05}")).unwrap(),
+            model: "th-v2".into(),
+            batch: "bench".into(),
+            status: DeviceStatus::Pending,
+            certificate_id: None,
+            thing_name: None,
+            thing_group: None,
+            attributes: BTreeMap::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        })
+        .collect();
+    table.write_all(&entries, |_| {}).await.unwrap();
+    let models: TemplateModels = "shoal-fleet=th-v2".parse().unwrap();
+
+    let mut times = Vec::with_capacity(CALLS);
+    let mut allowed = 0;
+    for i in 0..CALLS {
+        let serial = if i < KNOWN {
+            format!("SN-B{i:05}")
+        } else {
+            format!("SN-UNKNOWN{i}")
+        };
+        let req = request(&serial, &format!("cert-{i}"));
+        let start = Instant::now();
+        let answer = handle(&req, &table, &models, DEFAULT_DEADLINE).await;
+        times.push(start.elapsed());
+        allowed += usize::from(answer.allow_provisioning);
+    }
+    assert_eq!(allowed, KNOWN, "every manifest serial is allowed, no other");
+    times.sort();
+    let at = |q: f64| times[((CALLS as f64 * q) as usize).min(CALLS - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "hook_latency: {CALLS} calls ({KNOWN} allowed + claimed, {} denied): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        CALLS - KNOWN,
+        ms(at(0.50)),
+        ms(at(0.99)),
+        ms(times[CALLS - 1])
+    );
+}

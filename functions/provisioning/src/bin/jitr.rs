@@ -1,0 +1,28 @@
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
+use provisioning::jitr::{JitrConfig, RegistrationEvent, handle_registration};
+use provisioning::registry::IotRegistry;
+use shoal_shared::aws::ClientFactory;
+use shoal_shared::config::ProcessEnv;
+use shoal_shared::manifest_table::ManifestTable;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shoal_shared::logging::init();
+    let config = JitrConfig::from_source(&ProcessEnv)?;
+    let factory = ClientFactory::from_env().await;
+    let manifest = ManifestTable::new(factory.dynamodb(), config.manifest_table.clone());
+    let registry = IotRegistry::new(&factory);
+    let (config, manifest, registry) = (&config, &manifest, &registry);
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<RegistrationEvent>| async move {
+            let outcome = handle_registration(&event.payload, registry, manifest, config)
+                .await
+                .map_err(|e| Diagnostic {
+                    error_type: "RetryLater".into(),
+                    error_message: e.to_string(),
+                })?;
+            Ok::<_, Diagnostic>(format!("{outcome:?}"))
+        },
+    ))
+    .await
+}

@@ -1,0 +1,281 @@
+//! Just-in-time registration: a device presents a certificate signed by Shoal's registered CA;
+//! AWS IoT registers it as PENDING_ACTIVATION, refuses that first connection and publishes to
+//! `$aws/events/certificates/registered/<caCertificateId>`. A rule hands the event here.
+//!
+//! A certificate whose subject CN is a manifest serial that may be provisioned to it is
+//! claimed in the manifest (conditional write), gets its thing (attributes from the manifest),
+//! the device policy, the thing principal and an initial shadow, and is activated last, so the
+//! device's retry finds everything in place. Anything else is revoked, and the reason logged.
+//! Every step is idempotent: a replayed event reaches the same end state without error.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use shoal_shared::aws::AwsError;
+use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
+use shoal_shared::ids::ThingName;
+use shoal_shared::provisioning::{
+    DeviceStatus, ManifestEntry, Serial, serial_from_certificate_pem,
+};
+
+use crate::hook::Manifest;
+
+/// `$aws/events/certificates/registered/<caCertificateId>`, as AWS IoT publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationEvent {
+    pub certificate_id: String,
+    pub ca_certificate_id: String,
+    #[serde(default)]
+    pub timestamp: i64,
+    #[serde(default)]
+    pub certificate_status: String,
+    #[serde(default)]
+    pub aws_account_id: String,
+    #[serde(default)]
+    pub certificate_registration_timestamp: Option<Value>,
+}
+
+/// A certificate as the registry describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub arn: String,
+    pub pem: String,
+    pub status: String,
+}
+
+/// The AWS IoT calls JITR makes (control and data plane).
+pub trait Registry: Sync {
+    fn describe_certificate(
+        &self,
+        certificate_id: &str,
+    ) -> impl Future<Output = Result<Certificate, AwsError>> + Send;
+    /// ACTIVE or REVOKED.
+    fn set_certificate_status(
+        &self,
+        certificate_id: &str,
+        status: &'static str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Creates the thing unless it exists.
+    fn ensure_thing(
+        &self,
+        thing: &ThingName,
+        attributes: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Attaches the policy to the certificate and the certificate to the thing.
+    fn attach(
+        &self,
+        policy: &str,
+        certificate_arn: &str,
+        thing: &ThingName,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// Writes `desired` as the classic shadow's desired state unless the thing has a shadow.
+    fn ensure_shadow(
+        &self,
+        thing: &ThingName,
+        desired: &Map<String, Value>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JitrConfig {
+    pub manifest_table: TableName,
+    /// The IoT policy every device certificate gets.
+    pub device_policy: String,
+    /// Initial shadow `desired` per device model (`SHOAL_MODEL_DEFAULTS`, a JSON object).
+    pub model_defaults: BTreeMap<String, Map<String, Value>>,
+}
+
+/// Per-model shadow defaults: `{"th-v2": {"sample_interval_s": 60}}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelDefaults(pub BTreeMap<String, Map<String, Value>>);
+
+impl std::str::FromStr for ModelDefaults {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text)
+            .map(Self)
+            .map_err(|e| format!("not a JSON object of model -> object: {e}"))
+    }
+}
+
+impl JitrConfig {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        let device_policy: String = config::required(source, vars::DEVICE_POLICY)?;
+        let defaults: Option<ModelDefaults> = config::optional(source, vars::MODEL_DEFAULTS)?;
+        Ok(Self {
+            manifest_table: config::required(source, vars::MANIFEST_TABLE)?,
+            device_policy,
+            model_defaults: defaults.unwrap_or_default().0,
+        })
+    }
+}
+
+/// What a registration event led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Activated { serial: Serial, thing: ThingName },
+    Revoked { reason: String },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Why `entry` may not be provisioned to `certificate_id`, if it may not.
+fn refusal(serial: &Serial, entry: Option<&ManifestEntry>, certificate_id: &str) -> Option<String> {
+    let Some(entry) = entry else {
+        return Some(format!("serial {serial} is not in the factory manifest"));
+    };
+    match (entry.status, entry.certificate_id.as_deref()) {
+        (DeviceStatus::Pending, _) => None,
+        (DeviceStatus::Provisioned, Some(c)) if c == certificate_id => None,
+        (DeviceStatus::Provisioned, Some(c)) => Some(format!(
+            "serial {serial} is already provisioned to certificate {c}"
+        )),
+        (status, _) => Some(format!("serial {serial} is {status}")),
+    }
+}
+
+/// Handles one registration event. `Err` only for AWS calls that failed (Lambda retries the
+/// event; every step is idempotent); a refused certificate is `Ok(Outcome::Revoked)`.
+pub async fn handle_registration(
+    event: &RegistrationEvent,
+    registry: &impl Registry,
+    manifest: &impl Manifest,
+    config: &JitrConfig,
+) -> Result<Outcome, AwsError> {
+    let certificate = registry.describe_certificate(&event.certificate_id).await?;
+    let serial = match serial_from_certificate_pem(&certificate.pem) {
+        Ok(serial) => serial,
+        Err(reason) => return revoke(registry, event, reason).await,
+    };
+    let entry = manifest.get(&serial).await?;
+    if let Some(reason) = refusal(&serial, entry.as_ref(), &event.certificate_id) {
+        return revoke(registry, event, reason).await;
+    }
+    let entry = entry.expect("refusal() refuses a missing entry");
+    let thing = serial.thing_name();
+    if !manifest
+        .claim(&serial, &event.certificate_id, &thing, now_ms())
+        .await?
+    {
+        let now = manifest.get(&serial).await?;
+        let reason = refusal(&serial, now.as_ref(), &event.certificate_id)
+            .unwrap_or_else(|| format!("serial {serial} changed while it was being claimed"));
+        return revoke(registry, event, reason).await;
+    }
+
+    let mut attributes = entry.attributes.clone();
+    attributes.insert("serial".into(), serial.to_string());
+    attributes.insert("model".into(), entry.model.clone());
+    attributes.insert("batch".into(), entry.batch.clone());
+    registry.ensure_thing(&thing, &attributes).await?;
+    registry
+        .attach(&config.device_policy, &certificate.arn, &thing)
+        .await?;
+    let desired = config
+        .model_defaults
+        .get(&entry.model)
+        .cloned()
+        .unwrap_or_default();
+    registry.ensure_shadow(&thing, &desired).await?;
+    // Last: the device's retried connection must find its thing, policy and shadow.
+    registry
+        .set_certificate_status(&event.certificate_id, "ACTIVE")
+        .await?;
+    tracing::info!(%serial, %thing, certificate_id = %event.certificate_id, "certificate activated");
+    Ok(Outcome::Activated { serial, thing })
+}
+
+async fn revoke(
+    registry: &impl Registry,
+    event: &RegistrationEvent,
+    reason: String,
+) -> Result<Outcome, AwsError> {
+    registry
+        .set_certificate_status(&event.certificate_id, "REVOKED")
+        .await?;
+    tracing::warn!(
+        certificate_id = %event.certificate_id,
+        ca_certificate_id = %event.ca_certificate_id,
+        %reason,
+        "certificate revoked"
+    );
+    Ok(Outcome::Revoked { reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(status: DeviceStatus, cert: Option<&str>) -> ManifestEntry {
+        ManifestEntry {
+            serial: Serial::parse("SN-1").unwrap(),
+            model: "th-v2".into(),
+            batch: "b".into(),
+            status,
+            certificate_id: cert.map(str::to_owned),
+            thing_name: None,
+            thing_group: None,
+            attributes: BTreeMap::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn who_may_be_registered() {
+        let serial = Serial::parse("SN-1").unwrap();
+        assert_eq!(
+            refusal(&serial, Some(&entry(DeviceStatus::Pending, None)), "c1"),
+            None
+        );
+        assert_eq!(
+            refusal(
+                &serial,
+                Some(&entry(DeviceStatus::Provisioned, Some("c1"))),
+                "c1"
+            ),
+            None
+        );
+        for (e, why) in [
+            (None, "not in the factory manifest"),
+            (
+                Some(entry(DeviceStatus::Provisioned, Some("c0"))),
+                "already provisioned to certificate c0",
+            ),
+            (Some(entry(DeviceStatus::Revoked, Some("c1"))), "is revoked"),
+            (Some(entry(DeviceStatus::Retired, None)), "is retired"),
+        ] {
+            let reason = refusal(&serial, e.as_ref(), "c1").unwrap();
+            assert!(reason.contains(why), "{reason}");
+        }
+    }
+
+    #[test]
+    fn events_use_aws_field_names() {
+        let e: RegistrationEvent = serde_json::from_value(serde_json::json!({
+            "certificateId": "abc",
+            "caCertificateId": "ca",
+            "timestamp": 1795600000000_i64,
+            "certificateStatus": "PENDING_ACTIVATION",
+            "awsAccountId": "123456789012",
+            "certificateRegistrationTimestamp": "1795600000000"
+        }))
+        .unwrap();
+        assert_eq!(e.certificate_status, "PENDING_ACTIVATION");
+    }
+
+    #[test]
+    fn model_defaults_parse() {
+        let d: ModelDefaults = r#"{"th-v2": {"sample_interval_s": 60}}"#.parse().unwrap();
+        assert_eq!(d.0["th-v2"]["sample_interval_s"], 60);
+        assert!("[1]".parse::<ModelDefaults>().is_err());
+    }
+}

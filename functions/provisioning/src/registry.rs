@@ -1,0 +1,152 @@
+//! JITR's AWS edge: the IoT registry and the shadow data plane.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
+use serde_json::{Map, Value, json};
+use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
+use shoal_shared::ids::ThingName;
+
+use crate::jitr::{Certificate, Registry};
+
+pub struct IotRegistry {
+    iot: aws_sdk_iot::Client,
+    data: aws_sdk_iotdataplane::Client,
+}
+
+impl IotRegistry {
+    pub fn new(factory: &ClientFactory) -> Self {
+        Self {
+            iot: factory.iot(),
+            data: factory.iot_data(),
+        }
+    }
+}
+
+impl Registry for IotRegistry {
+    async fn describe_certificate(&self, certificate_id: &str) -> Result<Certificate, AwsError> {
+        let described = self
+            .iot
+            .describe_certificate()
+            .certificate_id(certificate_id)
+            .send()
+            .await
+            .aws("iot", "DescribeCertificate")?;
+        let d = described.certificate_description();
+        Ok(Certificate {
+            arn: d
+                .and_then(|d| d.certificate_arn())
+                .unwrap_or_default()
+                .to_owned(),
+            pem: d
+                .and_then(|d| d.certificate_pem())
+                .unwrap_or_default()
+                .to_owned(),
+            status: d
+                .and_then(|d| d.status())
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn set_certificate_status(
+        &self,
+        certificate_id: &str,
+        status: &'static str,
+    ) -> Result<(), AwsError> {
+        self.iot
+            .update_certificate()
+            .certificate_id(certificate_id)
+            .new_status(CertificateStatus::from(status))
+            .send()
+            .await
+            .aws("iot", "UpdateCertificate")?;
+        Ok(())
+    }
+
+    async fn ensure_thing(
+        &self,
+        thing: &ThingName,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        // Describe first: AWS's CreateThing is idempotent only for identical attributes, and
+        // moto's replaces an existing thing.
+        match self
+            .iot
+            .describe_thing()
+            .thing_name(thing.as_str())
+            .send()
+            .await
+            .aws("iot", "DescribeThing")
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_code("ResourceNotFoundException") => {}
+            Err(e) => return Err(e),
+        }
+        let payload = AttributePayload::builder()
+            .set_attributes(Some(attributes.clone().into_iter().collect()))
+            .build();
+        self.iot
+            .create_thing()
+            .thing_name(thing.as_str())
+            .attribute_payload(payload)
+            .send()
+            .await
+            .aws("iot", "CreateThing")?;
+        Ok(())
+    }
+
+    async fn attach(
+        &self,
+        policy: &str,
+        certificate_arn: &str,
+        thing: &ThingName,
+    ) -> Result<(), AwsError> {
+        self.iot
+            .attach_policy()
+            .policy_name(policy)
+            .target(certificate_arn)
+            .send()
+            .await
+            .aws("iot", "AttachPolicy")?;
+        self.iot
+            .attach_thing_principal()
+            .thing_name(thing.as_str())
+            .principal(certificate_arn)
+            .send()
+            .await
+            .aws("iot", "AttachThingPrincipal")?;
+        Ok(())
+    }
+
+    async fn ensure_shadow(
+        &self,
+        thing: &ThingName,
+        desired: &Map<String, Value>,
+    ) -> Result<(), AwsError> {
+        if desired.is_empty() {
+            return Ok(());
+        }
+        match self
+            .data
+            .get_thing_shadow()
+            .thing_name(thing.as_str())
+            .send()
+            .await
+            .aws("iot-data", "GetThingShadow")
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_code("ResourceNotFoundException") => {}
+            Err(e) => return Err(e),
+        }
+        let document = json!({"state": {"desired": desired}});
+        self.data
+            .update_thing_shadow()
+            .thing_name(thing.as_str())
+            .payload(aws_smithy_types::Blob::new(document.to_string()))
+            .send()
+            .await
+            .aws("iot-data", "UpdateThingShadow")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,287 @@
+//! Just-in-time registration against the local stack: a device certificate signed by a registered
+//! CA, with the serial as subject CN, is activated with its thing, policy, principal and shadow
+//! (all read back); a replayed event changes nothing; an unknown serial's certificate is revoked.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_iot::types::CertificateStatus;
+use provisioning::jitr::{JitrConfig, Outcome, RegistrationEvent, handle_registration};
+use provisioning::registry::IotRegistry;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::{Value, json};
+use shoal_integration_tests::local::{self, unique_name};
+use shoal_shared::aws::{AwsResultExt, ClientFactory};
+use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::provisioning::{DeviceStatus, ManifestEntry, Serial};
+
+/// A CA registered with the local IoT registry, that signs device certificates.
+struct Factory<'a> {
+    issuer: CertifiedIssuer<'a, KeyPair>,
+}
+
+impl Factory<'_> {
+    async fn new(iot: &aws_sdk_iot::Client) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, unique_name("shoal-test-ca"));
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        iot.register_ca_certificate()
+            .ca_certificate(issuer.pem())
+            .set_as_active(true)
+            .send()
+            .await
+            .aws("iot", "RegisterCACertificate")
+            .unwrap();
+        Self { issuer }
+    }
+
+    /// Registers a device certificate with CN = `serial`, as AWS IoT does on a device's first
+    /// connection: PENDING_ACTIVATION. Returns its id.
+    async fn device(&self, iot: &aws_sdk_iot::Client, serial: &str) -> String {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, serial);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        iot.register_certificate()
+            .certificate_pem(cert.pem())
+            .ca_certificate_pem(self.issuer.pem())
+            .status(CertificateStatus::PendingActivation)
+            .send()
+            .await
+            .aws("iot", "RegisterCertificate")
+            .unwrap()
+            .certificate_id()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+async fn status(iot: &aws_sdk_iot::Client, certificate_id: &str) -> String {
+    iot.describe_certificate()
+        .certificate_id(certificate_id)
+        .send()
+        .await
+        .aws("iot", "DescribeCertificate")
+        .unwrap()
+        .certificate_description()
+        .and_then(|d| d.status())
+        .map(|s| s.as_str().to_owned())
+        .unwrap()
+}
+
+async fn shadow(factory: &ClientFactory, thing: &str) -> Value {
+    let got = factory
+        .iot_data()
+        .get_thing_shadow()
+        .thing_name(thing)
+        .send()
+        .await
+        .aws("iot-data", "GetThingShadow")
+        .unwrap();
+    serde_json::from_slice(got.payload().unwrap().as_ref()).unwrap()
+}
+
+struct Setup {
+    factory: ClientFactory,
+    manifest: ManifestTable,
+    config: JitrConfig,
+}
+
+async fn setup(serials: &[&str]) -> Setup {
+    let factory = local::factory().await;
+    let manifest = ManifestTable::new(factory.dynamodb(), unique_name("manifest").parse().unwrap());
+    manifest.ensure_exists().await.unwrap();
+    for serial in serials {
+        manifest
+            .insert(&ManifestEntry {
+                serial: Serial::parse(serial).unwrap(),
+                model: "th-v2".into(),
+                batch: "2026-11".into(),
+                status: DeviceStatus::Pending,
+                certificate_id: None,
+                thing_name: None,
+                thing_group: None,
+                attributes: [("site".to_owned(), "lyon".to_owned())].into(),
+                created_at_ms: 1,
+                updated_at_ms: 1,
+            })
+            .await
+            .unwrap();
+    }
+    let policy = unique_name("device-policy");
+    factory
+        .iot()
+        .create_policy()
+        .policy_name(&policy)
+        .policy_document(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .aws("iot", "CreatePolicy")
+        .unwrap();
+    let config = JitrConfig {
+        manifest_table: manifest.name().clone(),
+        device_policy: policy,
+        model_defaults: BTreeMap::from([(
+            "th-v2".to_owned(),
+            json!({"sample_interval_s": 60, "led": "off"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )]),
+    };
+    Setup {
+        factory,
+        manifest,
+        config,
+    }
+}
+
+fn event(certificate_id: &str) -> RegistrationEvent {
+    serde_json::from_value(json!({
+        "certificateId": certificate_id,
+        "caCertificateId": "ca",
+        "timestamp": 1795600000000_i64,
+        "certificateStatus": "PENDING_ACTIVATION",
+        "awsAccountId": "123456789012",
+        "certificateRegistrationTimestamp": "1795600000000"
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_manifest_device_is_registered_end_to_end_and_a_replay_changes_nothing() {
+    let serial = unique_name("SN-JITR");
+    let s = setup(&[serial.as_str()]).await;
+    let iot = s.factory.iot();
+    let ca = Factory::new(&iot).await;
+    let certificate_id = ca.device(&iot, &serial).await;
+    let registry = IotRegistry::new(&s.factory);
+
+    let outcome = handle_registration(&event(&certificate_id), &registry, &s.manifest, &s.config)
+        .await
+        .unwrap();
+    assert!(matches!(&outcome, Outcome::Activated { thing, .. } if thing.as_str() == serial));
+    assert_eq!(status(&iot, &certificate_id).await, "ACTIVE");
+
+    let thing = iot
+        .describe_thing()
+        .thing_name(&serial)
+        .send()
+        .await
+        .aws("iot", "DescribeThing")
+        .unwrap();
+    let attributes = thing.attributes().unwrap();
+    assert_eq!(attributes["serial"], serial);
+    assert_eq!(attributes["model"], "th-v2");
+    assert_eq!(attributes["site"], "lyon");
+
+    let certificate_arn = iot
+        .describe_certificate()
+        .certificate_id(&certificate_id)
+        .send()
+        .await
+        .unwrap()
+        .certificate_description()
+        .unwrap()
+        .certificate_arn()
+        .unwrap()
+        .to_owned();
+    let principals = iot
+        .list_thing_principals()
+        .thing_name(&serial)
+        .send()
+        .await
+        .aws("iot", "ListThingPrincipals")
+        .unwrap();
+    assert_eq!(
+        principals.principals(),
+        std::slice::from_ref(&certificate_arn)
+    );
+    let policies = iot
+        .list_attached_policies()
+        .target(&certificate_arn)
+        .send()
+        .await
+        .aws("iot", "ListAttachedPolicies")
+        .unwrap();
+    let names: Vec<&str> = policies
+        .policies()
+        .iter()
+        .filter_map(|p| p.policy_name())
+        .collect();
+    assert_eq!(names, [s.config.device_policy.as_str()]);
+
+    let first_shadow = shadow(&s.factory, &serial).await;
+    assert_eq!(
+        first_shadow["state"]["desired"],
+        json!({"sample_interval_s": 60, "led": "off"})
+    );
+    let entry = s
+        .manifest
+        .get(&Serial::parse(&serial).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.status, DeviceStatus::Provisioned);
+    assert_eq!(
+        entry.certificate_id.as_deref(),
+        Some(certificate_id.as_str())
+    );
+
+    // The same event again: same outcome, no error, nothing duplicated or rewritten.
+    let replay = handle_registration(&event(&certificate_id), &registry, &s.manifest, &s.config)
+        .await
+        .unwrap();
+    assert_eq!(replay, outcome);
+    assert_eq!(
+        shadow(&s.factory, &serial).await["version"],
+        first_shadow["version"]
+    );
+    let principals = iot
+        .list_thing_principals()
+        .thing_name(&serial)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(principals.principals().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_serial_and_a_second_certificate_are_revoked() {
+    let serial = unique_name("SN-JITR");
+    let s = setup(&[serial.as_str()]).await;
+    let iot = s.factory.iot();
+    let ca = Factory::new(&iot).await;
+    let registry = IotRegistry::new(&s.factory);
+
+    let stranger = ca.device(&iot, "SN-NEVER-BUILT").await;
+    let outcome = handle_registration(&event(&stranger), &registry, &s.manifest, &s.config)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Revoked { reason } if reason.contains("not in the factory manifest")),
+        "{outcome:?}"
+    );
+    assert_eq!(status(&iot, &stranger).await, "REVOKED");
+
+    // The real device registers; a clone with the same serial but another key is revoked.
+    let original = ca.device(&iot, &serial).await;
+    handle_registration(&event(&original), &registry, &s.manifest, &s.config)
+        .await
+        .unwrap();
+    let clone = ca.device(&iot, &serial).await;
+    let outcome = handle_registration(&event(&clone), &registry, &s.manifest, &s.config)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Revoked { reason } if reason.contains("already provisioned")),
+        "{outcome:?}"
+    );
+    assert_eq!(status(&iot, &clone).await, "REVOKED");
+    assert_eq!(status(&iot, &original).await, "ACTIVE");
+}
