@@ -349,6 +349,71 @@ fn unprocessed(operation: &'static str, left: usize) -> AwsError {
     }
 }
 
+impl ManifestTable {
+    /// Marks `serial` retired and appends an audit record (`audit`: a list of
+    /// `{at, action, certificate_id, reason}`) in one write.
+    pub async fn retire(
+        &self,
+        serial: &Serial,
+        certificate_id: Option<&str>,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), AwsError> {
+        let mut record = HashMap::from([
+            ("at".to_owned(), n(now_ms)),
+            ("action".to_owned(), s("decommissioned")),
+            ("reason".to_owned(), s(reason)),
+        ]);
+        if let Some(cert) = certificate_id {
+            record.insert("certificate_id".to_owned(), s(cert));
+        }
+        self.client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET #status = :retired, updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record)",
+            )
+            .condition_expression("attribute_exists(serial)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":retired", s(DeviceStatus::Retired.as_str()))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":record", AttributeValue::L(vec![AttributeValue::M(record)]))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem")?;
+        Ok(())
+    }
+
+    /// The audit records of `serial`, oldest first, as (action, reason) pairs.
+    pub async fn audit(&self, serial: &Serial) -> Result<Vec<(String, String)>, AwsError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .aws("dynamodb", "GetItem")?;
+        let text = |m: &HashMap<String, AttributeValue>, k: &str| match m.get(k) {
+            Some(AttributeValue::S(v)) => v.clone(),
+            _ => String::new(),
+        };
+        Ok(match got.item().and_then(|i| i.get("audit")) {
+            Some(AttributeValue::L(records)) => records
+                .iter()
+                .filter_map(|r| match r {
+                    AttributeValue::M(m) => Some((text(m, "action"), text(m, "reason"))),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+}
+
 fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
     AwsError {
         service: "dynamodb",

@@ -285,3 +285,106 @@ async fn an_unknown_serial_and_a_second_certificate_are_revoked() {
     assert_eq!(status(&iot, &clone).await, "REVOKED");
     assert_eq!(status(&iot, &original).await, "ACTIVE");
 }
+
+#[tokio::test]
+async fn decommission_revokes_detaches_retires_and_audits() {
+    use shoal_cli::decommission::{ThingFate, decommission};
+
+    let serial = unique_name("SN-JITR");
+    let s = setup(&[serial.as_str()]).await;
+    let iot = s.factory.iot();
+    let ca = Factory::new(&iot).await;
+    let certificate_id = ca.device(&iot, &serial).await;
+    let registry = IotRegistry::new(&s.factory);
+    handle_registration(&event(&certificate_id), &registry, &s.manifest, &s.config)
+        .await
+        .unwrap();
+    let parsed = Serial::parse(&serial).unwrap();
+
+    let mut printed = Vec::new();
+    decommission(
+        &s.factory,
+        &s.manifest,
+        &parsed,
+        ThingFate::Retire,
+        "returned by customer",
+        &mut printed,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(status(&iot, &certificate_id).await, "REVOKED");
+    let arn = iot
+        .describe_certificate()
+        .certificate_id(&certificate_id)
+        .send()
+        .await
+        .unwrap()
+        .certificate_description()
+        .unwrap()
+        .certificate_arn()
+        .unwrap()
+        .to_owned();
+    let policies = iot
+        .list_attached_policies()
+        .target(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(policies.policies().is_empty());
+    let principals = iot
+        .list_thing_principals()
+        .thing_name(&serial)
+        .send()
+        .await
+        .unwrap();
+    assert!(principals.principals().is_empty());
+    let thing = iot
+        .describe_thing()
+        .thing_name(&serial)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thing.attributes().unwrap()["retired"], "true");
+    assert_eq!(
+        thing.attributes().unwrap()["serial"],
+        serial,
+        "attributes merged, not replaced"
+    );
+
+    let entry = s.manifest.get(&parsed).await.unwrap().unwrap();
+    assert_eq!(entry.status, DeviceStatus::Retired);
+    assert_eq!(
+        s.manifest.audit(&parsed).await.unwrap(),
+        vec![(
+            "decommissioned".to_owned(),
+            "returned by customer".to_owned()
+        )]
+    );
+
+    // Again: nothing to do, no error, no second audit record.
+    let mut again = Vec::new();
+    decommission(
+        &s.factory,
+        &s.manifest,
+        &parsed,
+        ThingFate::Retire,
+        "again",
+        &mut again,
+    )
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8(again)
+            .unwrap()
+            .contains("already retired")
+    );
+    assert_eq!(s.manifest.audit(&parsed).await.unwrap().len(), 1);
+
+    // A retired serial can never be provisioned again, by JITR or the hook.
+    let new_cert = ca.device(&iot, &serial).await;
+    let outcome = handle_registration(&event(&new_cert), &registry, &s.manifest, &s.config)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Revoked { reason } if reason.contains("retired")));
+}

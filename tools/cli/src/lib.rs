@@ -1,6 +1,7 @@
 //! The `shoal` operator CLI. Each command lives in its own module; `main.rs` only parses
 //! arguments and wires the AWS clients.
 
+pub mod decommission;
 pub mod manifest;
 pub mod resources;
 pub mod smoke;

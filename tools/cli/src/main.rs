@@ -3,11 +3,13 @@ use std::io;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use shoal_cli::decommission::ThingFate;
 use shoal_cli::manifest::ImportError;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::{BucketName, TableName, TimestreamName, TimestreamTarget, vars};
 use shoal_shared::ids::ThingName;
 use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::provisioning::Serial;
 
 /// Operate a Shoal fleet backend.
 #[derive(Parser)]
@@ -32,6 +34,11 @@ enum Command {
         #[arg(long, env = vars::TIMESTREAM_TABLE, default_value = "telemetry")]
         table: TimestreamName,
     },
+    /// Device lifecycle operations.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Factory manifest operations.
     Manifest {
         #[command(subcommand)]
@@ -48,6 +55,23 @@ enum Command {
         bucket: BucketName,
         #[arg(long, env = vars::MANIFEST_TABLE, default_value = "shoal-local-manifest")]
         manifest_table: TableName,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Revoke the device's certificate, detach its policies and thing, retire (or delete) the
+    /// thing and record it in the manifest.
+    Decommission {
+        serial: Serial,
+        /// Why (kept in the manifest's audit record).
+        #[arg(long)]
+        reason: String,
+        /// Delete the thing instead of marking it retired.
+        #[arg(long)]
+        delete_thing: bool,
+        #[arg(long, env = vars::MANIFEST_TABLE)]
+        table: TableName,
     },
 }
 
@@ -75,6 +99,31 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let target = TimestreamTarget { database, table };
             shoal_cli::smoke::run(&factory, &thing, &target, &mut io::stdout()).await?;
+        }
+        Command::Device {
+            command:
+                DeviceCommand::Decommission {
+                    serial,
+                    reason,
+                    delete_thing,
+                    table,
+                },
+        } => {
+            let manifest = ManifestTable::new(factory.dynamodb(), table);
+            let fate = if delete_thing {
+                ThingFate::Delete
+            } else {
+                ThingFate::Retire
+            };
+            shoal_cli::decommission::decommission(
+                &factory,
+                &manifest,
+                &serial,
+                fate,
+                &reason,
+                &mut io::stdout(),
+            )
+            .await?;
         }
         Command::Manifest {
             command: ManifestCommand::Import { file, table },

@@ -1,0 +1,135 @@
+//! `shoal device decommission <serial>`: take a device out of the fleet for good.
+//!
+//! Revokes its certificate, detaches every policy from the certificate and the certificate from
+//! the thing, retires the thing (attribute `retired=true`) or deletes it, and marks the manifest
+//! entry retired with an audit record. Running it again on a retired device changes nothing.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
+use shoal_shared::aws::{AwsResultExt, ClientFactory};
+use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::provisioning::{DeviceStatus, Serial};
+
+/// What to do with the thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThingFate {
+    /// Keep it, marked `retired=true` (its history stays queryable).
+    Retire,
+    Delete,
+}
+
+pub async fn decommission(
+    factory: &ClientFactory,
+    manifest: &ManifestTable,
+    serial: &Serial,
+    fate: ThingFate,
+    reason: &str,
+    out: &mut impl Write,
+) -> Result<()> {
+    let entry = manifest
+        .get(serial)
+        .await?
+        .with_context(|| format!("serial {serial} is not in the factory manifest"))?;
+    if entry.status == DeviceStatus::Retired {
+        writeln!(out, "serial {serial} is already retired; nothing to do")?;
+        return Ok(());
+    }
+    if entry.status == DeviceStatus::Pending {
+        bail!("serial {serial} was never provisioned; remove it from the manifest instead");
+    }
+    let iot = factory.iot();
+    let thing = entry
+        .thing_name
+        .clone()
+        .unwrap_or_else(|| serial.thing_name());
+    if let Some(certificate_id) = &entry.certificate_id {
+        let described = iot
+            .describe_certificate()
+            .certificate_id(certificate_id)
+            .send()
+            .await
+            .aws("iot", "DescribeCertificate")?;
+        let arn = described
+            .certificate_description()
+            .and_then(|d| d.certificate_arn())
+            .context("DescribeCertificate returned no ARN")?
+            .to_owned();
+        iot.update_certificate()
+            .certificate_id(certificate_id)
+            .new_status(CertificateStatus::Revoked)
+            .send()
+            .await
+            .aws("iot", "UpdateCertificate")?;
+        writeln!(out, "certificate {certificate_id} revoked")?;
+        let policies = iot
+            .list_attached_policies()
+            .target(&arn)
+            .send()
+            .await
+            .aws("iot", "ListAttachedPolicies")?;
+        for policy in policies.policies().iter().filter_map(|p| p.policy_name()) {
+            iot.detach_policy()
+                .policy_name(policy)
+                .target(&arn)
+                .send()
+                .await
+                .aws("iot", "DetachPolicy")?;
+            writeln!(out, "policy {policy} detached")?;
+        }
+        let attached = iot
+            .list_principal_things()
+            .principal(&arn)
+            .send()
+            .await
+            .aws("iot", "ListPrincipalThings")?;
+        for name in attached.things() {
+            iot.detach_thing_principal()
+                .thing_name(name)
+                .principal(&arn)
+                .send()
+                .await
+                .aws("iot", "DetachThingPrincipal")?;
+            writeln!(out, "certificate detached from thing {name}")?;
+        }
+    }
+    match fate {
+        ThingFate::Delete => {
+            match iot
+                .delete_thing()
+                .thing_name(thing.as_str())
+                .send()
+                .await
+                .aws("iot", "DeleteThing")
+            {
+                Ok(_) => writeln!(out, "thing {thing} deleted")?,
+                Err(e) if e.is_code("ResourceNotFoundException") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ThingFate::Retire => {
+            iot.update_thing()
+                .thing_name(thing.as_str())
+                .attribute_payload(
+                    AttributePayload::builder()
+                        .attributes("retired", "true")
+                        .merge(true)
+                        .build(),
+                )
+                .send()
+                .await
+                .aws("iot", "UpdateThing")?;
+            writeln!(out, "thing {thing} marked retired")?;
+        }
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    manifest
+        .retire(serial, entry.certificate_id.as_deref(), reason, now)
+        .await?;
+    writeln!(out, "manifest: {serial} retired ({reason})")?;
+    Ok(())
+}
