@@ -74,3 +74,55 @@ fn the_glue_table_matches_the_parquet_archive_schema() {
         .collect();
     assert_eq!(glue, parquet);
 }
+
+#[test]
+fn the_provisioning_template_body_declares_every_hook_override() {
+    use shoal_shared::provisioning::{
+        BATCH_PARAMETER, MODEL_PARAMETER, SERIAL_PARAMETER, THING_GROUP_PARAMETER,
+        THING_NAME_PARAMETER,
+    };
+    let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
+    let parsed: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let properties = &parsed["Resources"]["FleetProvisioningTemplate"]["Properties"];
+    assert_eq!(
+        properties["PreProvisioningHook"]["PayloadVersion"].as_str(),
+        Some("2020-04-01")
+    );
+    // TemplateBody is `!Sub [body, {DevicePolicyName: …}]`: the body is JSON once that name is in.
+    let serde_norway::Value::Tagged(sub) = &properties["TemplateBody"] else {
+        panic!("TemplateBody is a !Sub");
+    };
+    let body_text = sub.value[0]
+        .as_str()
+        .unwrap()
+        .replace("${DevicePolicyName}", "shoal-device-policy");
+    assert!(
+        body_text.len() <= 10 * 1024,
+        "AWS limits a template body to 10 KiB"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body_text).expect("the body is JSON");
+    for parameter in [
+        SERIAL_PARAMETER,
+        THING_NAME_PARAMETER,
+        THING_GROUP_PARAMETER,
+        MODEL_PARAMETER,
+        BATCH_PARAMETER,
+        "AWS::IoT::Certificate::Id",
+    ] {
+        assert!(
+            body["Parameters"].get(parameter).is_some(),
+            "template body does not declare {parameter}"
+        );
+    }
+    let resources = &body["Resources"];
+    assert_eq!(resources["thing"]["Type"], "AWS::IoT::Thing");
+    assert_eq!(
+        resources["thing"]["Properties"]["ThingName"]["Ref"], THING_NAME_PARAMETER,
+        "the thing is named by the hook's override, never by the device"
+    );
+    assert_eq!(resources["certificate"]["Properties"]["Status"], "ACTIVE");
+    assert_eq!(
+        resources["policy"]["Properties"]["PolicyName"],
+        "shoal-device-policy"
+    );
+}
