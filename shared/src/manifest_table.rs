@@ -149,8 +149,8 @@ impl ManifestTable {
         }
     }
 
-    /// The serial's entry, read consistently (a claim just made must be seen).
-    pub async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+    /// The serial's raw item, read consistently (a claim just made must be seen).
+    async fn item(&self, serial: &Serial) -> Result<Option<Item>, AwsError> {
         let got = self
             .client
             .get_item()
@@ -160,7 +160,14 @@ impl ManifestTable {
             .send()
             .await
             .aws("dynamodb", "GetItem")?;
-        got.item()
+        Ok(got.item)
+    }
+
+    /// The serial's entry, read consistently.
+    pub async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+        self.item(serial)
+            .await?
+            .as_ref()
             .map(from_item)
             .transpose()
             .map_err(|message| AwsError {
@@ -388,20 +395,12 @@ impl ManifestTable {
 
     /// The audit records of `serial`, oldest first, as (action, reason) pairs.
     pub async fn audit(&self, serial: &Serial) -> Result<Vec<(String, String)>, AwsError> {
-        let got = self
-            .client
-            .get_item()
-            .table_name(self.table.as_str())
-            .key("serial", s(serial.as_str()))
-            .consistent_read(true)
-            .send()
-            .await
-            .aws("dynamodb", "GetItem")?;
+        let item = self.item(serial).await?;
         let text = |m: &HashMap<String, AttributeValue>, k: &str| match m.get(k) {
             Some(AttributeValue::S(v)) => v.clone(),
             _ => String::new(),
         };
-        Ok(match got.item().and_then(|i| i.get("audit")) {
+        Ok(match item.as_ref().and_then(|i| i.get("audit")) {
             Some(AttributeValue::L(records)) => records
                 .iter()
                 .filter_map(|r| match r {

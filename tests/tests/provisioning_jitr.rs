@@ -71,6 +71,49 @@ async fn status(iot: &aws_sdk_iot::Client, certificate_id: &str) -> String {
         .unwrap()
 }
 
+async fn certificate_arn(iot: &aws_sdk_iot::Client, certificate_id: &str) -> String {
+    iot.describe_certificate()
+        .certificate_id(certificate_id)
+        .send()
+        .await
+        .aws("iot", "DescribeCertificate")
+        .unwrap()
+        .certificate_description()
+        .and_then(|d| d.certificate_arn())
+        .unwrap()
+        .to_owned()
+}
+
+/// Policy names attached to the certificate, and the principals of the thing.
+async fn attachments(
+    iot: &aws_sdk_iot::Client,
+    certificate_arn: &str,
+    thing: &str,
+) -> (Vec<String>, Vec<String>) {
+    let policies = iot
+        .list_attached_policies()
+        .target(certificate_arn)
+        .send()
+        .await
+        .aws("iot", "ListAttachedPolicies")
+        .unwrap();
+    let principals = iot
+        .list_thing_principals()
+        .thing_name(thing)
+        .send()
+        .await
+        .aws("iot", "ListThingPrincipals")
+        .unwrap();
+    (
+        policies
+            .policies()
+            .iter()
+            .filter_map(|p| p.policy_name().map(str::to_owned))
+            .collect(),
+        principals.principals().to_vec(),
+    )
+}
+
 async fn shadow(factory: &ClientFactory, thing: &str) -> Value {
     let got = factory
         .iot_data()
@@ -180,41 +223,10 @@ async fn a_manifest_device_is_registered_end_to_end_and_a_replay_changes_nothing
     assert_eq!(attributes["model"], "th-v2");
     assert_eq!(attributes["site"], "lyon");
 
-    let certificate_arn = iot
-        .describe_certificate()
-        .certificate_id(&certificate_id)
-        .send()
-        .await
-        .unwrap()
-        .certificate_description()
-        .unwrap()
-        .certificate_arn()
-        .unwrap()
-        .to_owned();
-    let principals = iot
-        .list_thing_principals()
-        .thing_name(&serial)
-        .send()
-        .await
-        .aws("iot", "ListThingPrincipals")
-        .unwrap();
-    assert_eq!(
-        principals.principals(),
-        std::slice::from_ref(&certificate_arn)
-    );
-    let policies = iot
-        .list_attached_policies()
-        .target(&certificate_arn)
-        .send()
-        .await
-        .aws("iot", "ListAttachedPolicies")
-        .unwrap();
-    let names: Vec<&str> = policies
-        .policies()
-        .iter()
-        .filter_map(|p| p.policy_name())
-        .collect();
-    assert_eq!(names, [s.config.device_policy.as_str()]);
+    let arn = certificate_arn(&iot, &certificate_id).await;
+    let (policies, principals) = attachments(&iot, &arn, &serial).await;
+    assert_eq!(policies, [s.config.device_policy.clone()]);
+    assert_eq!(principals, [arn.clone()]);
 
     let first_shadow = shadow(&s.factory, &serial).await;
     assert_eq!(
@@ -242,13 +254,8 @@ async fn a_manifest_device_is_registered_end_to_end_and_a_replay_changes_nothing
         shadow(&s.factory, &serial).await["version"],
         first_shadow["version"]
     );
-    let principals = iot
-        .list_thing_principals()
-        .thing_name(&serial)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(principals.principals().len(), 1);
+    let arn = certificate_arn(&iot, &certificate_id).await;
+    assert_eq!(attachments(&iot, &arn, &serial).await.1.len(), 1);
 }
 
 #[tokio::test]
@@ -314,31 +321,10 @@ async fn decommission_revokes_detaches_retires_and_audits() {
     .unwrap();
 
     assert_eq!(status(&iot, &certificate_id).await, "REVOKED");
-    let arn = iot
-        .describe_certificate()
-        .certificate_id(&certificate_id)
-        .send()
-        .await
-        .unwrap()
-        .certificate_description()
-        .unwrap()
-        .certificate_arn()
-        .unwrap()
-        .to_owned();
-    let policies = iot
-        .list_attached_policies()
-        .target(&arn)
-        .send()
-        .await
-        .unwrap();
-    assert!(policies.policies().is_empty());
-    let principals = iot
-        .list_thing_principals()
-        .thing_name(&serial)
-        .send()
-        .await
-        .unwrap();
-    assert!(principals.principals().is_empty());
+    let arn = certificate_arn(&iot, &certificate_id).await;
+    let (policies, principals) = attachments(&iot, &arn, &serial).await;
+    assert!(policies.is_empty(), "{policies:?}");
+    assert!(principals.is_empty(), "{principals:?}");
     let thing = iot
         .describe_thing()
         .thing_name(&serial)
