@@ -225,8 +225,8 @@ async fn a_manifest_device_is_registered_end_to_end_and_a_replay_changes_nothing
 
     let arn = certificate_arn(&iot, &certificate_id).await;
     let (policies, principals) = attachments(&iot, &arn, &serial).await;
-    assert_eq!(policies, [s.config.device_policy.clone()]);
-    assert_eq!(principals, [arn.clone()]);
+    assert_eq!(policies, std::slice::from_ref(&s.config.device_policy));
+    assert_eq!(principals, std::slice::from_ref(&arn));
 
     let first_shadow = shadow(&s.factory, &serial).await;
     assert_eq!(
