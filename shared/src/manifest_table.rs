@@ -236,6 +236,16 @@ impl ManifestTable {
     }
 }
 
+/// One line of a manifest entry's audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRecord<'a> {
+    pub at_ms: i64,
+    /// e.g. `decommissioned`, `jitr_refused`.
+    pub action: &'a str,
+    pub reason: &'a str,
+    pub certificate_id: Option<&'a str>,
+}
+
 /// DynamoDB's limits per batch call.
 pub const MAX_BATCH_WRITE: usize = 25;
 pub const MAX_BATCH_GET: usize = 100;
@@ -357,39 +367,44 @@ fn unprocessed(operation: &'static str, left: usize) -> AwsError {
 }
 
 impl ManifestTable {
-    /// Marks `serial` retired and appends an audit record (`audit`: a list of
-    /// `{at, action, certificate_id, reason}`) in one write.
-    pub async fn retire(
+    /// Appends an audit record `{at, action, reason, certificate_id}` to `serial`'s `audit` list,
+    /// and sets its status to `status` when given, in one write.
+    pub async fn record(
         &self,
         serial: &Serial,
-        certificate_id: Option<&str>,
-        reason: &str,
-        now_ms: i64,
+        record: AuditRecord<'_>,
+        status: Option<DeviceStatus>,
     ) -> Result<(), AwsError> {
-        let mut record = HashMap::from([
-            ("at".to_owned(), n(now_ms)),
-            ("action".to_owned(), s("decommissioned")),
-            ("reason".to_owned(), s(reason)),
+        let mut fields = HashMap::from([
+            ("at".to_owned(), n(record.at_ms)),
+            ("action".to_owned(), s(record.action)),
+            ("reason".to_owned(), s(record.reason)),
         ]);
-        if let Some(cert) = certificate_id {
-            record.insert("certificate_id".to_owned(), s(cert));
+        if let Some(cert) = record.certificate_id {
+            fields.insert("certificate_id".to_owned(), s(cert));
         }
-        self.client
+        let mut update = self
+            .client
             .update_item()
             .table_name(self.table.as_str())
             .key("serial", s(serial.as_str()))
-            .update_expression(
-                "SET #status = :retired, updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record)",
-            )
             .condition_expression("attribute_exists(serial)")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":retired", s(DeviceStatus::Retired.as_str()))
-            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":now", n(record.at_ms))
             .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":record", AttributeValue::L(vec![AttributeValue::M(record)]))
-            .send()
-            .await
-            .aws("dynamodb", "UpdateItem")?;
+            .expression_attribute_values(
+                ":record",
+                AttributeValue::L(vec![AttributeValue::M(fields)]),
+            );
+        let append =
+            "updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record)";
+        update = match status {
+            Some(status) => update
+                .update_expression(format!("SET #status = :status, {append}"))
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(status.as_str())),
+            None => update.update_expression(format!("SET {append}")),
+        };
+        update.send().await.aws("dynamodb", "UpdateItem")?;
         Ok(())
     }
 

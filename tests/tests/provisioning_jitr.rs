@@ -291,6 +291,18 @@ async fn an_unknown_serial_and_a_second_certificate_are_revoked() {
     );
     assert_eq!(status(&iot, &clone).await, "REVOKED");
     assert_eq!(status(&iot, &original).await, "ACTIVE");
+    // Why is kept in the serial's audit trail.
+    let audit = s
+        .manifest
+        .audit(&Serial::parse(&serial).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "jitr_refused");
+    assert!(
+        audit[0].1.contains("already provisioned to certificate"),
+        "{audit:?}"
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use shoal_shared::aws::AwsError;
 use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
 use shoal_shared::ids::ThingName;
-use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
 use shoal_shared::provisioning::{
     Denial, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels, decide,
     requested_serial,
@@ -37,6 +37,15 @@ pub trait Manifest: Sync {
         thing: &ThingName,
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Keeps a refusal in the serial's audit trail (the serial exists).
+    fn record_refusal(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 impl Manifest for ManifestTable {
@@ -52,6 +61,22 @@ impl Manifest for ManifestTable {
         now_ms: i64,
     ) -> Result<bool, AwsError> {
         ManifestTable::claim(self, serial, certificate_id, thing, now_ms).await
+    }
+
+    async fn record_refusal(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), AwsError> {
+        let record = AuditRecord {
+            at_ms: now_ms,
+            action: "jitr_refused",
+            reason,
+            certificate_id: Some(certificate_id),
+        };
+        self.record(serial, record, None).await
     }
 }
 
@@ -210,6 +235,16 @@ mod tests {
                 e.updated_at_ms = now_ms;
             }
             Ok(ok)
+        }
+
+        async fn record_refusal(
+            &self,
+            _serial: &Serial,
+            _certificate_id: &str,
+            _reason: &str,
+            _now_ms: i64,
+        ) -> Result<(), AwsError> {
+            Ok(())
         }
     }
 

@@ -5,7 +5,8 @@
 //! A certificate whose subject CN is a manifest serial that may be provisioned to it is
 //! claimed in the manifest (conditional write), gets its thing (attributes from the manifest),
 //! the device policy, the thing principal and an initial shadow, and is activated last, so the
-//! device's retry finds everything in place. Anything else is revoked, and the reason logged.
+//! device's retry finds everything in place. Anything else is revoked, and the reason logged and,
+//! for a serial of the manifest, kept in its audit trail.
 //! Every step is idempotent: a replayed event reaches the same end state without error.
 
 use std::collections::BTreeMap;
@@ -157,6 +158,11 @@ pub async fn handle_registration(
     };
     let entry = manifest.get(&serial).await?;
     if let Some(reason) = refusal(&serial, entry.as_ref(), &event.certificate_id) {
+        if entry.is_some() {
+            manifest
+                .record_refusal(&serial, &event.certificate_id, &reason, now_ms())
+                .await?;
+        }
         return revoke(registry, event, reason).await;
     }
     let entry = entry.expect("refusal() refuses a missing entry");
@@ -168,6 +174,9 @@ pub async fn handle_registration(
         let now = manifest.get(&serial).await?;
         let reason = refusal(&serial, now.as_ref(), &event.certificate_id)
             .unwrap_or_else(|| format!("serial {serial} changed while it was being claimed"));
+        manifest
+            .record_refusal(&serial, &event.certificate_id, &reason, now_ms())
+            .await?;
         return revoke(registry, event, reason).await;
     }
 

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use shoal_shared::aws::{AwsResultExt, ClientFactory};
-use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
 use shoal_shared::provisioning::{DeviceStatus, Serial};
 
 /// What to do with the thing.
@@ -127,8 +127,14 @@ pub async fn decommission(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let record = AuditRecord {
+        at_ms: now,
+        action: "decommissioned",
+        reason,
+        certificate_id: entry.certificate_id.as_deref(),
+    };
     manifest
-        .retire(serial, entry.certificate_id.as_deref(), reason, now)
+        .record(serial, record, Some(DeviceStatus::Retired))
         .await?;
     writeln!(out, "manifest: {serial} retired ({reason})")?;
     Ok(())
