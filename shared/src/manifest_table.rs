@@ -408,6 +408,48 @@ impl ManifestTable {
         Ok(())
     }
 
+    /// Releases a serial claimed by `certificate_id` back to pending (certificate id and thing
+    /// name removed) with an audit record, only if it is still provisioned to that certificate.
+    /// `Ok(false)`: it was not.
+    pub async fn release(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let record = HashMap::from([
+            ("at".to_owned(), n(now_ms)),
+            ("action".to_owned(), s("reset")),
+            ("reason".to_owned(), s(reason)),
+            ("certificate_id".to_owned(), s(certificate_id)),
+        ]);
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET #status = :pending, updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record) REMOVE certificate_id, thing_name",
+            )
+            .condition_expression("#status = :provisioned AND certificate_id = :cert")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))
+            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
+            .expression_attribute_values(":cert", s(certificate_id))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":record", AttributeValue::L(vec![AttributeValue::M(record)]))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem");
+        match updated {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The audit records of `serial`, oldest first, as (action, reason) pairs.
     pub async fn audit(&self, serial: &Serial) -> Result<Vec<(String, String)>, AwsError> {
         let item = self.item(serial).await?;

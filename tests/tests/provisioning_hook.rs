@@ -185,3 +185,91 @@ async fn an_unreachable_manifest_denies_inside_the_deadline() {
     assert_eq!(answer, HookResponse::deny());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_serial_whose_certificate_never_became_active_can_be_reset() {
+    use shoal_cli::manifest::reset;
+    use shoal_shared::aws::AwsResultExt;
+
+    let table = manifest(&[
+        ("SN-RESET", "th-v2", DeviceStatus::Pending),
+        ("SN-LIVE", "th-v2", DeviceStatus::Pending),
+    ])
+    .await;
+    let factory = local::factory().await;
+    let serial = Serial::parse("SN-RESET").unwrap();
+
+    // The hook allowed cert-lost, but RegisterThing failed: that certificate never existed.
+    assert!(
+        handle(
+            &request("SN-RESET", "cert-lost"),
+            &table,
+            &models(),
+            DEFAULT_DEADLINE
+        )
+        .await
+        .allow_provisioning
+    );
+    assert!(
+        !handle(
+            &request("SN-RESET", "cert-new"),
+            &table,
+            &models(),
+            DEFAULT_DEADLINE
+        )
+        .await
+        .allow_provisioning
+    );
+    let said = reset(&factory, &table, &serial, "RegisterThing failed")
+        .await
+        .unwrap();
+    assert!(said.contains("pending again"), "{said}");
+    let entry = table.get(&serial).await.unwrap().unwrap();
+    assert_eq!(entry.status, DeviceStatus::Pending);
+    assert_eq!(entry.certificate_id, None);
+    assert_eq!(
+        table.audit(&serial).await.unwrap(),
+        vec![("reset".to_owned(), "RegisterThing failed".to_owned())]
+    );
+    assert!(
+        handle(
+            &request("SN-RESET", "cert-new"),
+            &table,
+            &models(),
+            DEFAULT_DEADLINE
+        )
+        .await
+        .allow_provisioning
+    );
+
+    // A serial whose certificate is active is not reset.
+    let active = factory
+        .iot()
+        .create_keys_and_certificate()
+        .set_as_active(true)
+        .send()
+        .await
+        .aws("iot", "CreateKeysAndCertificate")
+        .unwrap();
+    let active_id = active.certificate_id().unwrap();
+    assert!(
+        handle(
+            &request("SN-LIVE", active_id),
+            &table,
+            &models(),
+            DEFAULT_DEADLINE
+        )
+        .await
+        .allow_provisioning
+    );
+    let err = reset(&factory, &table, &Serial::parse("SN-LIVE").unwrap(), "oops")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is ACTIVE"), "{err}");
+    let live = table
+        .get(&Serial::parse("SN-LIVE").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.status, DeviceStatus::Provisioned);
+}

@@ -85,6 +85,15 @@ enum ManifestCommand {
         #[arg(long, env = vars::MANIFEST_TABLE)]
         table: TableName,
     },
+    /// Give a provisioned serial back to pending when its certificate never became active.
+    Reset {
+        serial: Serial,
+        /// Why (kept in the manifest's audit record).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = vars::MANIFEST_TABLE)]
+        table: TableName,
+    },
 }
 
 #[tokio::main]
@@ -152,6 +161,20 @@ async fn main() -> anyhow::Result<()> {
                     return Err(e.into());
                 }
             }
+        }
+        Command::Manifest {
+            command:
+                ManifestCommand::Reset {
+                    serial,
+                    reason,
+                    table,
+                },
+        } => {
+            let table = ManifestTable::new(factory.dynamodb(), table);
+            println!(
+                "{}",
+                shoal_cli::manifest::reset(&factory, &table, &serial, &reason).await?
+            );
         }
         Command::InitLocal {
             database,

@@ -54,3 +54,61 @@ pub async fn import(
     table.write_all(&entries, progress).await?;
     Ok(entries.len())
 }
+
+/// `shoal manifest reset <serial>`: gives a serial back to pending when the certificate that
+/// claimed it never became active (fleet provisioning: the hook allowed it, then RegisterThing
+/// failed, and the device retries with a new certificate the hook would otherwise refuse). An
+/// active certificate is refused: decommission that device instead.
+pub async fn reset(
+    factory: &shoal_shared::aws::ClientFactory,
+    table: &ManifestTable,
+    serial: &shoal_shared::provisioning::Serial,
+    reason: &str,
+) -> anyhow::Result<String> {
+    use anyhow::{Context, bail};
+    use shoal_shared::aws::AwsResultExt;
+    use shoal_shared::provisioning::DeviceStatus;
+
+    let entry = table
+        .get(serial)
+        .await?
+        .with_context(|| format!("serial {serial} is not in the factory manifest"))?;
+    let (DeviceStatus::Provisioned, Some(certificate_id)) = (entry.status, &entry.certificate_id)
+    else {
+        bail!(
+            "serial {serial} is {}; only a provisioned serial can be reset",
+            entry.status
+        );
+    };
+    let described = factory
+        .iot()
+        .describe_certificate()
+        .certificate_id(certificate_id)
+        .send()
+        .await
+        .aws("iot", "DescribeCertificate");
+    let status = match described {
+        Ok(d) => d
+            .certificate_description()
+            .and_then(|c| c.status())
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        // The certificate never made it into the registry.
+        Err(e) if e.is_code("ResourceNotFoundException") => "absent".to_owned(),
+        Err(e) => return Err(e.into()),
+    };
+    if status == "ACTIVE" {
+        bail!(
+            "certificate {certificate_id} of serial {serial} is ACTIVE; use `shoal device decommission`"
+        );
+    }
+    if !table
+        .release(serial, certificate_id, reason, now_ms())
+        .await?
+    {
+        bail!("serial {serial} changed while it was being reset; look again");
+    }
+    Ok(format!(
+        "serial {serial} is pending again (certificate {certificate_id} was {status})"
+    ))
+}
