@@ -260,20 +260,13 @@ impl ManifestTable {
     ) -> Result<Vec<(Serial, DeviceStatus)>, AwsError> {
         let mut found = Vec::new();
         for chunk in serials.chunks(MAX_BATCH_GET) {
-            let mut keys: Vec<Item> = chunk
+            let keys: Vec<Item> = chunk
                 .iter()
                 .map(|serial| Item::from([("serial".to_owned(), s(serial.as_str()))]))
                 .collect();
-            for round in 0..=UNPROCESSED_ROUNDS {
-                if keys.is_empty() {
-                    break;
-                }
-                if round == UNPROCESSED_ROUNDS {
-                    return Err(unprocessed("BatchGetItem", keys.len()));
-                }
-                backoff(round).await;
+            until_processed("BatchGetItem", keys, async |keys| {
                 let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .set_keys(Some(keys))
                     .consistent_read(true)
                     .build()
                     .map_err(|e| build_error("BatchGetItem", e))?;
@@ -284,21 +277,22 @@ impl ManifestTable {
                     .send()
                     .await
                     .aws("dynamodb", "BatchGetItem")?;
-                for item in got
+                let items = got
                     .responses()
                     .and_then(|r| r.get(self.table.as_str()))
                     .into_iter()
-                    .flatten()
-                {
+                    .flatten();
+                for item in items {
                     let entry = from_item(item).map_err(|m| build_error("BatchGetItem", m))?;
                     found.push((entry.serial, entry.status));
                 }
-                keys = got
+                Ok(got
                     .unprocessed_keys()
                     .and_then(|u| u.get(self.table.as_str()))
                     .map(|k| k.keys().to_vec())
-                    .unwrap_or_default();
-            }
+                    .unwrap_or_default())
+            })
+            .await?;
         }
         Ok(found)
     }
@@ -312,7 +306,7 @@ impl ManifestTable {
     ) -> Result<(), AwsError> {
         use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
         for chunk in entries.chunks(MAX_BATCH_WRITE) {
-            let mut requests = chunk
+            let requests = chunk
                 .iter()
                 .map(|entry| {
                     PutRequest::builder()
@@ -322,31 +316,47 @@ impl ManifestTable {
                         .map_err(|e| build_error("BatchWriteItem", e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            for round in 0..=UNPROCESSED_ROUNDS {
-                if requests.is_empty() {
-                    break;
-                }
-                if round == UNPROCESSED_ROUNDS {
-                    return Err(unprocessed("BatchWriteItem", requests.len()));
-                }
-                backoff(round).await;
+            until_processed("BatchWriteItem", requests, async |requests| {
                 let sent = requests.len();
                 let written = self
                     .client
                     .batch_write_item()
-                    .request_items(self.table.as_str(), std::mem::take(&mut requests))
+                    .request_items(self.table.as_str(), requests)
                     .send()
                     .await
                     .aws("dynamodb", "BatchWriteItem")?;
-                requests = written
+                let left: Vec<WriteRequest> = written
                     .unprocessed_items()
                     .and_then(|u| u.get(self.table.as_str()))
                     .cloned()
                     .unwrap_or_default();
-                progress(sent - requests.len());
-            }
+                progress(sent - left.len());
+                Ok(left)
+            })
+            .await?;
         }
         Ok(())
+    }
+}
+
+/// Calls `call` with `pending` until nothing is left unprocessed, backing off between rounds;
+/// gives up after [`UNPROCESSED_ROUNDS`].
+async fn until_processed<T>(
+    operation: &'static str,
+    mut pending: Vec<T>,
+    mut call: impl AsyncFnMut(Vec<T>) -> Result<Vec<T>, AwsError>,
+) -> Result<(), AwsError> {
+    for round in 0..UNPROCESSED_ROUNDS {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        backoff(round).await;
+        pending = call(pending).await?;
+    }
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(unprocessed(operation, pending.len()))
     }
 }
 
