@@ -61,6 +61,7 @@ macro_rules! validated_string {
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod logging;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use shoal_cli::resources::{ensure_bucket, init_local};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
+use shoal_shared::clock::now_ms;
 use shoal_shared::config::{BucketName, TimestreamTarget};
 use shoal_shared::telemetry::{Limits, PackedSchemas, TimestreamRecord};
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
@@ -179,16 +180,6 @@ impl Stack {
         rows.sort();
         rows
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 static NO_SCHEMAS: PackedSchemas = PackedSchemas::empty();

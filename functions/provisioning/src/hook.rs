@@ -7,9 +7,10 @@
 //! gives itself [`DEFAULT_DEADLINE`].
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use shoal_shared::aws::AwsError;
+use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
 use shoal_shared::ids::ThingName;
 use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
@@ -93,12 +94,6 @@ impl HookConfig {
             template_models: config::required(source, vars::TEMPLATE_MODELS)?,
         })
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn internal(e: AwsError) -> Denial {

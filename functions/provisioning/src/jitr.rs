@@ -11,11 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use shoal_shared::aws::AwsError;
+use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
 use shoal_shared::ids::ThingName;
 use shoal_shared::provisioning::{
@@ -120,12 +120,6 @@ impl JitrConfig {
 pub enum Outcome {
     Activated { serial: Serial, thing: ThingName },
     Revoked { reason: String },
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Why `entry` may not be provisioned to `certificate_id`, if it may not.

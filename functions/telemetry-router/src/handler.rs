@@ -1,9 +1,8 @@
 //! The Lambda handler: configuration read once at init, one routed message per invocation, the
 //! counts logged as CloudWatch EMF metrics.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{Value, json};
+use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
 use shoal_shared::metrics::emf_counts;
 use shoal_shared::telemetry::{Limits, PackedSchemas};
@@ -36,12 +35,6 @@ impl RouterConfig {
             packed_schemas: config::optional(source, vars::PACKED_SCHEMAS)?.unwrap_or_default(),
         })
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The EMF line for one invocation's counts.

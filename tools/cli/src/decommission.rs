@@ -5,7 +5,6 @@
 //! entry retired with an audit record. Running it again on a retired device changes nothing.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
@@ -124,9 +123,7 @@ pub async fn decommission(
             writeln!(out, "thing {thing} marked retired")?;
         }
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now = shoal_shared::clock::now_ms();
     let record = AuditRecord {
         at_ms: now,
         action: "decommissioned",

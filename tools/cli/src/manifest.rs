@@ -4,9 +4,8 @@
 //! if any row is bad nothing is written and every bad line is reported. Otherwise the entries go
 //! in BatchWriteItem calls of 25, unprocessed items retried with backoff.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use shoal_shared::aws::AwsError;
+use shoal_shared::clock::now_ms;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::{ManifestEntry, RowError, parse_manifest_csv};
 use thiserror::Error;
@@ -17,12 +16,6 @@ pub enum ImportError {
     Rows(Vec<RowError>),
     #[error(transparent)]
     Aws(#[from] AwsError),
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Imports `csv` into `table`; `progress` hears each batch written. Returns how many devices

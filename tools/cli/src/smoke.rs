@@ -3,7 +3,6 @@
 //! AWS IoT computed, and writes one telemetry record to Timestream, printing each step.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_iot::types::AttributePayload;
@@ -11,6 +10,7 @@ use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, 
 use aws_smithy_types::Blob;
 use serde_json::{Value, json};
 use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
+use shoal_shared::clock::now_ms;
 use shoal_shared::config::TimestreamTarget;
 use shoal_shared::ids::ThingName;
 
@@ -31,11 +31,6 @@ fn shadow_update() -> Value {
             "reported": {"led": "off", "sample_interval_s": 60}
         }
     })
-}
-
-fn now_ms() -> Result<i64> {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
-    Ok(i64::try_from(ms)?)
 }
 
 fn measure(name: &str, value: String, kind: MeasureValueType) -> Result<MeasureValue> {
@@ -135,7 +130,7 @@ pub async fn run(
             MeasureValueType::Double,
         )?)
         .measure_values(measure("rssi", rssi.to_string(), MeasureValueType::Bigint)?)
-        .time(now_ms()?.to_string())
+        .time(now_ms().to_string())
         .time_unit(TimeUnit::Milliseconds)
         .build();
     let written = timestream
