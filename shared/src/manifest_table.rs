@@ -190,11 +190,7 @@ impl ManifestTable {
             .send()
             .await
             .aws("dynamodb", "PutItem");
-        match put {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(e),
-        }
+        condition_held(put)
     }
 
     /// Marks `serial` provisioned to `certificate_id` as `thing`, only if it is pending or already
@@ -228,11 +224,7 @@ impl ManifestTable {
             .send()
             .await
             .aws("dynamodb", "UpdateItem");
-        match updated {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(e),
-        }
+        condition_held(updated)
     }
 }
 
@@ -360,6 +352,15 @@ async fn until_processed<T>(
     }
 }
 
+/// A conditional write's result: `Ok(true)` written, `Ok(false)` the condition did not hold.
+fn condition_held<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 async fn backoff(round: u32) {
     if round > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(50 << round.min(6))).await;
@@ -453,11 +454,7 @@ impl ManifestTable {
             .send()
             .await
             .aws("dynamodb", "UpdateItem");
-        match updated {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(e),
-        }
+        condition_held(updated)
     }
 
     /// The audit records of `serial`, oldest first, as (action, reason) pairs.
