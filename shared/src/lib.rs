@@ -68,5 +68,7 @@ pub mod logging;
 #[cfg(feature = "aws")]
 pub mod manifest_table;
 pub mod metrics;
+pub mod presence;
 pub mod provisioning;
+pub mod shadow;
 pub mod telemetry;

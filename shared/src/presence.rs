@@ -1,0 +1,162 @@
+//! Presence from AWS IoT lifecycle events (`$aws/events/presence/connected|disconnected/<clientId>`).
+//!
+//! AWS documents that these events can arrive out of order and more than once. Each event gets
+//! an [`order`](LifecycleEvent::order) — its timestamp, then its `versionNumber`, then
+//! disconnected after connected — and the registry only takes an event whose order is greater
+//! than the one it holds (a conditional write), so late and duplicate events never regress it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ThingName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceEvent {
+    Connected,
+    Disconnected,
+}
+
+/// A connect/disconnect lifecycle event, as AWS IoT publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleEvent {
+    pub client_id: String,
+    /// Milliseconds since the epoch.
+    pub timestamp: u64,
+    pub event_type: PresenceEvent,
+    #[serde(default)]
+    pub session_identifier: Option<String>,
+    #[serde(default)]
+    pub principal_identifier: Option<String>,
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    #[serde(default)]
+    pub version_number: u64,
+    #[serde(default)]
+    pub client_initiated_disconnect: Option<bool>,
+    #[serde(default)]
+    pub disconnect_reason: Option<String>,
+    /// Present only when the client connected with the exclusive-thing feature.
+    #[serde(default)]
+    pub thing_name: Option<String>,
+}
+
+/// `versionNumber` saturates here so that the order fits one DynamoDB number (38 digits).
+const VERSION_CAP: u128 = 100_000_000_000;
+
+impl LifecycleEvent {
+    /// The thing this event is about: `thingName` when AWS sends it, else the client id (Shoal's
+    /// devices connect with their thing name as client id).
+    pub fn thing(&self) -> Result<ThingName, String> {
+        let name = self.thing_name.as_deref().unwrap_or(&self.client_id);
+        name.parse()
+            .map_err(|e| format!("client {:?} names no thing: {e}", self.client_id))
+    }
+
+    /// Total order of events of one thing: timestamp, then versionNumber, then disconnected
+    /// after connected (one session's two events can share both).
+    pub fn order(&self) -> u128 {
+        let rank = match self.event_type {
+            PresenceEvent::Connected => 0,
+            PresenceEvent::Disconnected => 1,
+        };
+        let version = u128::from(self.version_number).min(VERSION_CAP - 1);
+        (u128::from(self.timestamp) * VERSION_CAP + version) * 2 + rank
+    }
+}
+
+/// The message published when a device stayed offline longer than the threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineAlert {
+    pub alert: String,
+    pub thing_name: String,
+    pub offline_since_ms: u64,
+    pub offline_for_s: u64,
+    pub threshold_s: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnect_reason: Option<String>,
+}
+
+impl OfflineAlert {
+    pub fn new(
+        thing: &str,
+        offline_since_ms: u64,
+        now_ms: u64,
+        threshold_s: u64,
+        disconnect_reason: Option<String>,
+    ) -> Self {
+        Self {
+            alert: "device_offline".into(),
+            thing_name: thing.into(),
+            offline_since_ms,
+            offline_for_s: now_ms.saturating_sub(offline_since_ms) / 1000,
+            threshold_s,
+            disconnect_reason,
+        }
+    }
+
+    /// `<prefix>/offline/<thing>`.
+    pub fn topic(&self, prefix: &str) -> String {
+        format!("{}/offline/{}", prefix.trim_end_matches('/'), self.thing_name)
+    }
+}
+
+/// The offline index is split in this many partitions so that a fleet disconnecting at once
+/// does not write one hot partition.
+pub const OFFLINE_SHARDS: u32 = 16;
+
+/// The offline-index partition of a thing (FNV-1a: stable across processes and releases).
+pub fn offline_shard(thing: &str) -> u32 {
+    let hash = thing.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % OFFLINE_SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(kind: &str, ts: u64, version: u64) -> LifecycleEvent {
+        serde_json::from_value(json!({
+            "clientId": "d-1", "timestamp": ts, "eventType": kind,
+            "sessionIdentifier": "s", "principalIdentifier": "p", "versionNumber": version
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn order_is_time_then_version_then_disconnect_last() {
+        assert!(event("connected", 2, 0).order() > event("disconnected", 1, 9).order());
+        assert!(event("connected", 1, 2).order() > event("disconnected", 1, 1).order());
+        assert!(event("disconnected", 1, 1).order() > event("connected", 1, 1).order());
+        assert_eq!(event("connected", 1, 1).order(), event("connected", 1, 1).order());
+        let huge = event("connected", u64::MAX, u64::MAX).order();
+        assert!(huge.to_string().len() <= 38, "fits a DynamoDB number");
+    }
+
+    #[test]
+    fn aws_sample_disconnect_parses() {
+        let e: LifecycleEvent = serde_json::from_value(json!({
+            "clientId": "d-1", "timestamp": 1_573_002_340_451u64, "eventType": "disconnected",
+            "clientInitiatedDisconnect": true, "sessionIdentifier": "00000000-0000-0000-0000-000000000000",
+            "principalIdentifier": "000000000000/ABCDEFGHIJKLMNOPQRSTU:some-user/ABCDEFGHIJKLMNOPQRSTU:some-user",
+            "disconnectReason": "CLIENT_INITIATED_DISCONNECT", "versionNumber": 0
+        }))
+        .unwrap();
+        assert_eq!(e.event_type, PresenceEvent::Disconnected);
+        assert_eq!(e.thing().unwrap().as_str(), "d-1");
+        let bad = LifecycleEvent { client_id: "a b".into(), ..e };
+        assert!(bad.thing().unwrap_err().contains("a b"));
+    }
+
+    #[test]
+    fn alerts_name_the_thing_and_duration() {
+        let alert = OfflineAlert::new("d-1", 1_000, 3_601_000, 3_600, Some("MQTT_KEEP_ALIVE_TIMEOUT".into()));
+        assert_eq!(alert.offline_for_s, 3_600);
+        assert_eq!(alert.topic("shoal/alerts/"), "shoal/alerts/offline/d-1");
+        assert!(offline_shard("d-1") < OFFLINE_SHARDS);
+        assert_eq!(offline_shard("d-1"), offline_shard("d-1"));
+    }
+}
