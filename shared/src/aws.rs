@@ -144,6 +144,16 @@ impl fmt::Display for AwsError {
     }
 }
 
+/// A DynamoDB conditional write's result: `Ok(true)` written, `Ok(false)` the condition did not
+/// hold.
+pub fn condition_held<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Error codes AWS services use for throttling.
 const THROTTLING_CODES: &[&str] = &[
     "ThrottlingException",

@@ -36,6 +36,17 @@ pub mod vars {
     pub const MODEL_DEFAULTS: &str = "SHOAL_MODEL_DEFAULTS";
     /// KMS key (id, ARN or alias) that signs firmware digests.
     pub const FIRMWARE_SIGNING_KEY: &str = "SHOAL_FIRMWARE_SIGNING_KEY";
+    /// Conflict policy per shadow attribute path: `*=lww;config=merge;schedule=vclock:max`.
+    pub const SHADOW_POLICIES: &str = "SHOAL_SHADOW_POLICIES";
+    /// Where devices report their firmware version in the shadow (dot path, default
+    /// `firmware.version`).
+    pub const REPORTED_FIRMWARE_PATH: &str = "SHOAL_REPORTED_FIRMWARE_PATH";
+    /// Where devices report their configuration in the shadow (dot path, default `config`).
+    pub const REPORTED_CONFIG_PATH: &str = "SHOAL_REPORTED_CONFIG_PATH";
+    /// Seconds a device may stay offline before an alert is published (default 3600).
+    pub const OFFLINE_THRESHOLD_S: &str = "SHOAL_OFFLINE_THRESHOLD_S";
+    /// MQTT topic prefix of alerts (default `shoal/alerts`): `<prefix>/offline/<thing>`.
+    pub const ALERTS_TOPIC: &str = "SHOAL_ALERTS_TOPIC";
 }
 
 /// A configuration problem, always naming the variable.

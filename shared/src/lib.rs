@@ -63,6 +63,8 @@ macro_rules! validated_string {
 pub mod aws;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "aws")]
+pub mod device_table;
 pub mod ids;
 pub mod logging;
 #[cfg(feature = "aws")]
@@ -71,4 +73,6 @@ pub mod metrics;
 pub mod presence;
 pub mod provisioning;
 pub mod shadow;
+#[cfg(feature = "aws")]
+pub mod shadow_store;
 pub mod telemetry;

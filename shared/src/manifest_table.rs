@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 
-use crate::aws::{AwsError, AwsErrorKind, AwsResultExt};
+use crate::aws::{AwsError, AwsErrorKind, AwsResultExt, condition_held};
 use crate::config::TableName;
 use crate::ids::ThingName;
 use crate::provisioning::{DeviceStatus, ManifestEntry, Serial};
@@ -349,15 +349,6 @@ async fn until_processed<T>(
         Ok(())
     } else {
         Err(unprocessed(operation, pending.len()))
-    }
-}
-
-/// A conditional write's result: `Ok(true)` written, `Ok(false)` the condition did not hold.
-fn condition_held<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> {
-    match result {
-        Ok(_) => Ok(true),
-        Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
-        Err(e) => Err(e),
     }
 }
 

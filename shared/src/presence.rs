@@ -97,7 +97,11 @@ impl OfflineAlert {
 
     /// `<prefix>/offline/<thing>`.
     pub fn topic(&self, prefix: &str) -> String {
-        format!("{}/offline/{}", prefix.trim_end_matches('/'), self.thing_name)
+        format!(
+            "{}/offline/{}",
+            prefix.trim_end_matches('/'),
+            self.thing_name
+        )
     }
 }
 
@@ -131,7 +135,10 @@ mod tests {
         assert!(event("connected", 2, 0).order() > event("disconnected", 1, 9).order());
         assert!(event("connected", 1, 2).order() > event("disconnected", 1, 1).order());
         assert!(event("disconnected", 1, 1).order() > event("connected", 1, 1).order());
-        assert_eq!(event("connected", 1, 1).order(), event("connected", 1, 1).order());
+        assert_eq!(
+            event("connected", 1, 1).order(),
+            event("connected", 1, 1).order()
+        );
         let huge = event("connected", u64::MAX, u64::MAX).order();
         assert!(huge.to_string().len() <= 38, "fits a DynamoDB number");
     }
@@ -147,13 +154,22 @@ mod tests {
         .unwrap();
         assert_eq!(e.event_type, PresenceEvent::Disconnected);
         assert_eq!(e.thing().unwrap().as_str(), "d-1");
-        let bad = LifecycleEvent { client_id: "a b".into(), ..e };
+        let bad = LifecycleEvent {
+            client_id: "a b".into(),
+            ..e
+        };
         assert!(bad.thing().unwrap_err().contains("a b"));
     }
 
     #[test]
     fn alerts_name_the_thing_and_duration() {
-        let alert = OfflineAlert::new("d-1", 1_000, 3_601_000, 3_600, Some("MQTT_KEEP_ALIVE_TIMEOUT".into()));
+        let alert = OfflineAlert::new(
+            "d-1",
+            1_000,
+            3_601_000,
+            3_600,
+            Some("MQTT_KEEP_ALIVE_TIMEOUT".into()),
+        );
         assert_eq!(alert.offline_for_s, 3_600);
         assert_eq!(alert.topic("shoal/alerts/"), "shoal/alerts/offline/d-1");
         assert!(offline_shard("d-1") < OFFLINE_SHARDS);

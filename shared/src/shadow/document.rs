@@ -319,7 +319,10 @@ mod tests {
     fn delta_of_object_against_scalar_is_the_whole_object() {
         let desired = map(json!({"cfg": {"a": 1}}));
         let reported = map(json!({"cfg": 3}));
-        assert_eq!(Value::Object(delta(&desired, &reported)), json!({"cfg": {"a": 1}}));
+        assert_eq!(
+            Value::Object(delta(&desired, &reported)),
+            json!({"cfg": {"a": 1}})
+        );
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub fn check_update(current: &ShadowState, update: &ShadowUpdate) -> Result<(), 
 
 /// The size AWS counts: the compact JSON of `desired` and `reported`.
 pub fn state_bytes(state: &ShadowState) -> usize {
-    let section = |m: &Option<StateMap>| m.as_ref().map_or(0, |m| json_len(&Value::Object(m.clone())));
+    let section = |m: &Option<StateMap>| {
+        m.as_ref()
+            .map_or(0, |m| json_len(&Value::Object(m.clone())))
+    };
     section(&state.desired) + section(&state.reported)
 }
 
@@ -104,7 +107,12 @@ mod tests {
     #[test]
     fn size_counts_the_merged_state_not_only_the_update() {
         let current = ShadowState {
-            reported: Some(json!({"blob": "x".repeat(6000)}).as_object().unwrap().clone()),
+            reported: Some(
+                json!({"blob": "x".repeat(6000)})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
             ..ShadowState::default()
         };
         let small = desired(json!({"blob": "y".repeat(3000)}));
@@ -121,7 +129,10 @@ mod tests {
     fn exactly_the_limit_passes() {
         // {"k":"…"} is 8 bytes of framing.
         let at_limit = desired(json!({"k": "z".repeat(MAX_STATE_BYTES - 8)}));
-        assert_eq!(state_bytes(&at_limit.applied_to(&ShadowState::default())), 8192);
+        assert_eq!(
+            state_bytes(&at_limit.applied_to(&ShadowState::default())),
+            8192
+        );
         assert!(check_update(&ShadowState::default(), &at_limit).is_ok());
         let over = desired(json!({"k": "z".repeat(MAX_STATE_BYTES - 7)}));
         assert!(check_update(&ShadowState::default(), &over).is_err());

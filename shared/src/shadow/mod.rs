@@ -29,9 +29,16 @@ impl ShadowRef {
         let levels: Vec<&str> = topic.split('/').collect();
         let (thing, name) = match levels.as_slice() {
             ["$aws", "things", thing, "shadow", "update", "documents"] => (*thing, None),
-            ["$aws", "things", thing, "shadow", "name", name, "update", "documents"] => {
-                (*thing, Some(*name))
-            }
+            [
+                "$aws",
+                "things",
+                thing,
+                "shadow",
+                "name",
+                name,
+                "update",
+                "documents",
+            ] => (*thing, Some(*name)),
             _ => return Err(format!("{topic:?} is not a shadow update/documents topic")),
         };
         Ok(Self {
@@ -61,10 +68,15 @@ mod tests {
 
     #[test]
     fn documents_topics_name_the_shadow() {
-        let classic = ShadowRef::from_documents_topic("$aws/things/d-1/shadow/update/documents").unwrap();
-        assert_eq!((classic.thing.as_str(), classic.label()), ("d-1", "classic"));
+        let classic =
+            ShadowRef::from_documents_topic("$aws/things/d-1/shadow/update/documents").unwrap();
+        assert_eq!(
+            (classic.thing.as_str(), classic.label()),
+            ("d-1", "classic")
+        );
         let named =
-            ShadowRef::from_documents_topic("$aws/things/d-1/shadow/name/ota/update/documents").unwrap();
+            ShadowRef::from_documents_topic("$aws/things/d-1/shadow/name/ota/update/documents")
+                .unwrap();
         assert_eq!(named.label(), "ota");
         for bad in [
             "$aws/things/d-1/shadow/update/delta",

@@ -77,7 +77,12 @@ mod tests {
     #[test]
     fn bad_reports_say_why() {
         let failed = doc(json!({"status": "failed", "version": "1.2.0"}));
-        assert!(changed_report(None, &failed).unwrap().unwrap_err().contains("reason"));
+        assert!(
+            changed_report(None, &failed)
+                .unwrap()
+                .unwrap_err()
+                .contains("reason")
+        );
         let unknown = doc(json!({"status": "exploded"}));
         assert!(changed_report(None, &unknown).unwrap().is_err());
     }

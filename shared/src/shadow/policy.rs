@@ -55,7 +55,11 @@ impl std::fmt::Display for ConflictPolicy {
             Self::Merge => f.write_str("merge"),
             Self::VectorClock(rule) => {
                 let rule = serde_json::to_value(rule).ok();
-                write!(f, "vclock:{}", rule.as_ref().and_then(Value::as_str).unwrap_or("?"))
+                write!(
+                    f,
+                    "vclock:{}",
+                    rule.as_ref().and_then(Value::as_str).unwrap_or("?")
+                )
             }
         }
     }
@@ -66,7 +70,9 @@ impl std::str::FromStr for ConflictPolicy {
     fn from_str(text: &str) -> Result<Self, String> {
         let rule = |name: &str| {
             serde_json::from_value::<ConcurrentRule>(Value::from(name)).map_err(|_| {
-                format!("unknown concurrent rule {name:?} (cloud-wins, device-wins, newest, max, min)")
+                format!(
+                    "unknown concurrent rule {name:?} (cloud-wins, device-wins, newest, max, min)"
+                )
             })
         };
         match text.split_once(':') {
@@ -226,7 +232,9 @@ pub mod vclock {
 
     /// Counters per writer (`cloud`, `device`, or any actor name).
     /// Zero counters are dropped, so equal clocks are equal values.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[derive(
+        Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    )]
     #[serde(from = "BTreeMap<String, u64>")]
     pub struct VectorClock(BTreeMap<String, u64>);
 
@@ -295,7 +303,9 @@ pub mod vclock {
         a.clock
             .cmp(&b.clock)
             .then_with(|| value_order(&a.write.value, &b.write.value))
-            .then_with(|| (a.write.timestamp, a.write.origin).cmp(&(b.write.timestamp, b.write.origin)))
+            .then_with(|| {
+                (a.write.timestamp, a.write.origin).cmp(&(b.write.timestamp, b.write.origin))
+            })
     }
 
     /// The writes no other write has seen: what two replicas know, together. One write per
@@ -393,19 +403,33 @@ mod tests {
 
     #[test]
     fn table_picks_the_longest_prefix_and_the_default() {
-        let table: PolicyTable = "*=merge; config=lww ;config.schedule=vclock:max".parse().unwrap();
+        let table: PolicyTable = "*=merge; config=lww ;config.schedule=vclock:max"
+            .parse()
+            .unwrap();
         assert_eq!(table.policy_for(&p("other")), ConflictPolicy::Merge);
-        assert_eq!(table.policy_for(&p("config.interval")), ConflictPolicy::LastWriterWins);
+        assert_eq!(
+            table.policy_for(&p("config.interval")),
+            ConflictPolicy::LastWriterWins
+        );
         assert_eq!(
             table.policy_for(&p("config.schedule.start")),
             ConflictPolicy::VectorClock(ConcurrentRule::Max)
         );
-        assert_eq!(PolicyTable::default().policy_for(&p("x")), ConflictPolicy::LastWriterWins);
+        assert_eq!(
+            PolicyTable::default().policy_for(&p("x")),
+            ConflictPolicy::LastWriterWins
+        );
     }
 
     #[test]
     fn table_errors_name_the_entry() {
-        for bad in ["config", "config=nope", "a..b=lww", "x=vclock:loudest", "a=lww;a=merge"] {
+        for bad in [
+            "config",
+            "config=nope",
+            "a..b=lww",
+            "x=vclock:loudest",
+            "a=lww;a=merge",
+        ] {
             let err = bad.parse::<PolicyTable>().unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }
@@ -419,7 +443,13 @@ mod tests {
 
     #[test]
     fn policy_text_round_trips() {
-        for text in ["lww", "merge", "vclock:cloud-wins", "vclock:newest", "vclock:min"] {
+        for text in [
+            "lww",
+            "merge",
+            "vclock:cloud-wins",
+            "vclock:newest",
+            "vclock:min",
+        ] {
             assert_eq!(text.parse::<ConflictPolicy>().unwrap().to_string(), text);
         }
     }
@@ -439,9 +469,15 @@ mod tests {
     #[test]
     fn merge_unions_and_the_cloud_wins_conflicts() {
         let cloud = json!({"a": 1, "n": {"x": 1}}).as_object().unwrap().clone();
-        let device = json!({"a": 2, "b": 3, "n": {"x": 1, "y": 2}}).as_object().unwrap().clone();
+        let device = json!({"a": 2, "b": 3, "n": {"x": 1, "y": 2}})
+            .as_object()
+            .unwrap()
+            .clone();
         let (merged, conflicts) = merge::merge(&cloud, &device);
-        assert_eq!(Value::Object(merged), json!({"a": 1, "b": 3, "n": {"x": 1, "y": 2}}));
+        assert_eq!(
+            Value::Object(merged),
+            json!({"a": 1, "b": 3, "n": {"x": 1, "y": 2}})
+        );
         assert_eq!(conflicts, vec![p("a")]);
     }
 
@@ -477,7 +513,12 @@ mod tests {
     /// States where each key has one shape (`a`, `b` leaves, `n` an object): an overlay of a
     /// leaf on an object replaces it, which no order of merging can make associative.
     fn state() -> impl Strategy<Value = serde_json::Map<String, Value>> {
-        let leaf = || prop_oneof![(0i64..3).prop_map(Value::from), "[xy]".prop_map(Value::from)];
+        let leaf = || {
+            prop_oneof![
+                (0i64..3).prop_map(Value::from),
+                "[xy]".prop_map(Value::from)
+            ]
+        };
         let leaves = prop::collection::btree_map("[ab]", leaf(), 0..3);
         let nested = prop::option::of(prop::collection::btree_map("[pq]", leaf(), 0..3));
         (leaves, nested).prop_map(|(leaves, nested)| {

@@ -46,7 +46,11 @@ impl SyncPlan {
             .and_then(Value::as_object)
             .is_some_and(|clocks| clocks.contains_key(&key));
         if has_clock {
-            set_path(&mut self.desired_patch, &[CLOCK_KEY.to_owned(), key], Value::Null);
+            set_path(
+                &mut self.desired_patch,
+                &[CLOCK_KEY.to_owned(), key],
+                Value::Null,
+            );
         }
     }
 }
@@ -72,7 +76,11 @@ fn stamped(doc: &ShadowDocument, section: Section, path: &[String], value: &Valu
 }
 
 /// Whether the device wrote `path` in the update that led from `previous` to `current`.
-fn device_wrote(previous: Option<&ShadowDocument>, current: &ShadowDocument, path: &[String]) -> bool {
+fn device_wrote(
+    previous: Option<&ShadowDocument>,
+    current: &ShadowDocument,
+    path: &[String],
+) -> bool {
     let Some(previous) = previous else {
         return true;
     };
@@ -117,7 +125,15 @@ pub fn plan(
         }
         let cloud = stamped(current, Section::Desired, &path, want);
         let device = stamped(current, Section::Reported, &path, have);
-        decide(&mut plan, desired, reported, &path, policies.policy_for(&path), cloud, device);
+        decide(
+            &mut plan,
+            desired,
+            reported,
+            &path,
+            policies.policy_for(&path),
+            cloud,
+            device,
+        );
     }
     plan
 }
@@ -136,13 +152,17 @@ fn decide(
             if lww::merge(&cloud, &device).origin == Origin::Device {
                 plan.clear(desired, path);
                 plan.superseded.push(path_text(path));
-                plan.conflicts.push(Conflict::new(path, policy, device, cloud));
+                plan.conflicts
+                    .push(Conflict::new(path, policy, device, cloud));
             } else {
-                plan.conflicts.push(Conflict::new(path, policy, cloud, device));
+                plan.conflicts
+                    .push(Conflict::new(path, policy, cloud, device));
             }
         }
         // The cloud wins: desired stays, and the device will apply it.
-        ConflictPolicy::Merge => plan.conflicts.push(Conflict::new(path, policy, cloud, device)),
+        ConflictPolicy::Merge => plan
+            .conflicts
+            .push(Conflict::new(path, policy, cloud, device)),
         ConflictPolicy::VectorClock(rule) => {
             let ours = Versioned {
                 write: cloud,
@@ -231,7 +251,11 @@ mod tests {
 
     #[test]
     fn reached_keys_are_cleared_pending_ones_kept() {
-        let previous = doc(json!({"desired": {"a": 1, "b": 2}, "reported": {"a": 0}}), json!({}), 3);
+        let previous = doc(
+            json!({"desired": {"a": 1, "b": 2}, "reported": {"a": 0}}),
+            json!({}),
+            3,
+        );
         let current = doc(
             json!({"desired": {"a": 1, "b": 2, "n": {"x": [1, 2]}}, "reported": {"a": 1.0, "n": {"x": [1, 2]}}}),
             json!({}),
@@ -239,7 +263,10 @@ mod tests {
         );
         let plan = plan(Some(&previous), &current, &PolicyTable::default());
         assert_eq!(plan.converged, ["a", "n.x"]);
-        assert_eq!(Value::Object(plan.desired_patch.clone()), json!({"a": null, "n": {"x": null}}));
+        assert_eq!(
+            Value::Object(plan.desired_patch.clone()),
+            json!({"a": null, "n": {"x": null}})
+        );
         let update = plan.update(4).unwrap();
         assert_eq!(update.version, Some(4));
         assert!(plan.conflicts.is_empty());
@@ -247,7 +274,11 @@ mod tests {
 
     #[test]
     fn lww_lets_the_later_write_win_per_leaf() {
-        let previous = doc(json!({"desired": {"t": 20, "u": 1}, "reported": {"t": 18, "u": 0}}), json!({}), 1);
+        let previous = doc(
+            json!({"desired": {"t": 20, "u": 1}, "reported": {"t": 18, "u": 0}}),
+            json!({}),
+            1,
+        );
         let current = doc(
             json!({"desired": {"t": 20, "u": 1}, "reported": {"t": 22, "u": 5}}),
             json!({
@@ -259,7 +290,10 @@ mod tests {
         let plan = plan(Some(&previous), &current, &PolicyTable::default());
         // t: the device's 22 (at 200) is newer than desired 20 (at 100): desired is cleared.
         // u: desired (at 300) is newer: it stays and the device will apply it.
-        assert_eq!(Value::Object(plan.desired_patch.clone()), json!({"t": null}));
+        assert_eq!(
+            Value::Object(plan.desired_patch.clone()),
+            json!({"t": null})
+        );
         assert_eq!(plan.superseded, ["t"]);
         assert_eq!(plan.conflicts.len(), 2);
         assert_eq!(plan.conflicts[0].lost.value, json!(20));
@@ -291,7 +325,10 @@ mod tests {
             3,
         );
         let p = plan(None, &seen, &policies("s=vclock:cloud-wins"));
-        assert_eq!(Value::Object(p.desired_patch.clone()), json!({"s": null, "_clock": {"s": null}}));
+        assert_eq!(
+            Value::Object(p.desired_patch.clone()),
+            json!({"s": null, "_clock": {"s": null}})
+        );
         assert!(p.conflicts.is_empty());
 
         // Concurrent writes: max picks 7 (the device) and records the cloud's 5 as lost.
@@ -318,19 +355,59 @@ mod tests {
     #[test]
     fn facts_are_picked_when_the_device_changed_them() {
         let p = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
-        let before = doc(json!({"reported": {"firmware": {"version": "1.0.0"}, "rssi": -70}}), json!({}), 1);
-        let fw_changed = doc(json!({"reported": {"firmware": {"version": "1.1.0"}, "rssi": -70}}), json!({}), 2);
-        let rssi_changed = doc(json!({"reported": {"firmware": {"version": "1.0.0"}, "rssi": -60}}), json!({}), 2);
-        let facts = reported_facts(Some(&before), &fw_changed, &p("firmware.version"), &p("config")).unwrap();
-        assert_eq!(facts, ReportedFacts { firmware: Some("1.1.0".into()), config: None });
-        assert_eq!(reported_facts(Some(&before), &rssi_changed, &p("firmware.version"), &p("config")), None);
+        let before = doc(
+            json!({"reported": {"firmware": {"version": "1.0.0"}, "rssi": -70}}),
+            json!({}),
+            1,
+        );
+        let fw_changed = doc(
+            json!({"reported": {"firmware": {"version": "1.1.0"}, "rssi": -70}}),
+            json!({}),
+            2,
+        );
+        let rssi_changed = doc(
+            json!({"reported": {"firmware": {"version": "1.0.0"}, "rssi": -60}}),
+            json!({}),
+            2,
+        );
+        let facts = reported_facts(
+            Some(&before),
+            &fw_changed,
+            &p("firmware.version"),
+            &p("config"),
+        )
+        .unwrap();
+        assert_eq!(
+            facts,
+            ReportedFacts {
+                firmware: Some("1.1.0".into()),
+                config: None
+            }
+        );
+        assert_eq!(
+            reported_facts(
+                Some(&before),
+                &rssi_changed,
+                &p("firmware.version"),
+                &p("config")
+            ),
+            None
+        );
         assert!(reported_facts(None, &before, &p("firmware.version"), &p("config")).is_some());
     }
 
     #[test]
     fn a_reported_value_the_device_did_not_just_write_is_not_a_conflict() {
-        let previous = doc(json!({"desired": {"t": 21}, "reported": {"t": 18}}), json!({}), 1);
-        let current = doc(json!({"desired": {"t": 25}, "reported": {"t": 18}}), json!({}), 2);
+        let previous = doc(
+            json!({"desired": {"t": 21}, "reported": {"t": 18}}),
+            json!({}),
+            1,
+        );
+        let current = doc(
+            json!({"desired": {"t": 25}, "reported": {"t": 18}}),
+            json!({}),
+            2,
+        );
         let plan = plan(Some(&previous), &current, &PolicyTable::default());
         assert_eq!(plan, SyncPlan::default());
     }
@@ -406,6 +483,9 @@ mod tests {
         let next = applied(&current, &first);
         // Even treating every reported leaf as new, the cloud's clock now dominates: no conflict.
         let again = plan(None, &next, &table);
-        assert!(again.desired_patch.is_empty() && again.conflicts.is_empty(), "{again:?}");
+        assert!(
+            again.desired_patch.is_empty() && again.conflicts.is_empty(),
+            "{again:?}"
+        );
     }
 }

@@ -1,0 +1,449 @@
+//! The device registry's DynamoDB edge (`SHOAL_DEVICE_TABLE`), shared by the shadow-sync
+//! functions (which write it) and the CLI (which creates it locally and reads it).
+//!
+//! Keys: `thing_name` (S) and `record` (S). The device's own item is `record = "device"`: presence
+//! (`online`, `last_seen`, `presence_order`, …), reported `firmware_version` and `config`, the OTA
+//! report (`ota_*`) and, per shadow, the last version recorded (`shadow_version_<shadow>`).
+//! Conflict items are `record = "conflict#<shadow>#<version>#<path>"`: the value that lost.
+//! The sparse index `offline` (`offline_shard`, `offline_since`) holds devices that went offline
+//! and have not been alerted on.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType,
+};
+use serde_json::Value;
+
+use crate::aws::{AwsError, AwsErrorKind, AwsResultExt, condition_held};
+use crate::config::TableName;
+use crate::presence::{LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, offline_shard};
+use crate::shadow::ShadowRef;
+use crate::shadow::ota::OtaReport;
+use crate::shadow::policy::Conflict;
+use crate::shadow::sync::ReportedFacts;
+
+pub const DEVICE_RECORD: &str = "device";
+pub const OFFLINE_INDEX: &str = "offline";
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// A JSON value as a DynamoDB attribute (objects as maps, arrays as lists).
+pub fn to_attribute(value: &Value) -> AttributeValue {
+    match value {
+        Value::Null => AttributeValue::Null(true),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Number(x) => n(x),
+        Value::String(text) => s(text.as_str()),
+        Value::Array(items) => AttributeValue::L(items.iter().map(to_attribute).collect()),
+        Value::Object(fields) => AttributeValue::M(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_attribute(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A DynamoDB attribute as JSON (numbers that are not JSON numbers become strings).
+pub fn from_attribute(value: &AttributeValue) -> Value {
+    match value {
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::N(x) => serde_json::from_str(x).unwrap_or_else(|_| Value::from(x.as_str())),
+        AttributeValue::S(text) => Value::from(text.as_str()),
+        AttributeValue::L(items) => Value::Array(items.iter().map(from_attribute).collect()),
+        AttributeValue::M(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), from_attribute(v)))
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+/// A device that went offline before a cutoff and has not been alerted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineDevice {
+    pub thing: String,
+    pub offline_since_ms: u64,
+    pub disconnect_reason: Option<String>,
+}
+
+fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
+    AwsError {
+        service: "dynamodb",
+        operation,
+        kind: AwsErrorKind::Other,
+        code: None,
+        message: e.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceTable {
+    client: aws_sdk_dynamodb::Client,
+    table: TableName,
+}
+
+impl DeviceTable {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: TableName) -> Self {
+        Self { client, table }
+    }
+
+    pub fn name(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Creates the table and its offline index unless it exists. On AWS the table comes from
+    /// infra/template.yaml; locally `shoal init-local` and the tests call this.
+    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+        let attr = |name: &str, kind: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(kind)
+                .build()
+                .map_err(|e| build_error("CreateTable", e))
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(|e| build_error("CreateTable", e))
+        };
+        let offline = GlobalSecondaryIndex::builder()
+            .index_name(OFFLINE_INDEX)
+            .key_schema(key("offline_shard", KeyType::Hash)?)
+            .key_schema(key("offline_since", KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .non_key_attributes("disconnect_reason")
+                    .build(),
+            )
+            .build()
+            .map_err(|e| build_error("CreateTable", e))?;
+        let created = self
+            .client
+            .create_table()
+            .table_name(self.table.as_str())
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("thing_name", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("record", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("offline_shard", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("offline_since", ScalarAttributeType::N)?)
+            .key_schema(key("thing_name", KeyType::Hash)?)
+            .key_schema(key("record", KeyType::Range)?)
+            .global_secondary_indexes(offline)
+            .send()
+            .await
+            .aws("dynamodb", "CreateTable");
+        match created {
+            Err(e) if e.is_code("ResourceInUseException") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn update(
+        &self,
+        thing: &str,
+        record: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("thing_name", s(thing))
+            .key("record", s(record))
+    }
+
+    /// Applies a lifecycle event unless the registry holds a later (or the same) one.
+    /// `Ok(false)`: stale or duplicate, nothing changed.
+    pub async fn record_presence(
+        &self,
+        thing: &str,
+        event: &LifecycleEvent,
+        now_ms: u64,
+    ) -> Result<bool, AwsError> {
+        let session = event.session_identifier.clone().unwrap_or_default();
+        let update = self
+            .update(thing, DEVICE_RECORD)
+            .condition_expression("attribute_not_exists(presence_order) OR presence_order < :order")
+            .expression_attribute_values(":order", n(event.order()))
+            .expression_attribute_values(":ts", n(event.timestamp))
+            .expression_attribute_values(":session", s(session))
+            .expression_attribute_values(":client", s(event.client_id.as_str()))
+            .expression_attribute_values(":now", n(now_ms));
+        let update = match event.event_type {
+            PresenceEvent::Connected => update
+                .update_expression(
+                    "SET online = :true, last_seen = :ts, connected_at = :ts, \
+                     presence_order = :order, session_id = :session, client_id = :client, \
+                     presence_updated_at = :now \
+                     REMOVE offline_shard, offline_since, disconnect_reason, offline_alerted_at",
+                )
+                .expression_attribute_values(":true", AttributeValue::Bool(true)),
+            PresenceEvent::Disconnected => update
+                .update_expression(
+                    "SET online = :false, last_seen = :ts, disconnected_at = :ts, \
+                     presence_order = :order, session_id = :session, client_id = :client, \
+                     presence_updated_at = :now, disconnect_reason = :reason, \
+                     offline_shard = :shard, offline_since = :ts \
+                     REMOVE offline_alerted_at",
+                )
+                .expression_attribute_values(":false", AttributeValue::Bool(false))
+                .expression_attribute_values(
+                    ":reason",
+                    s(event
+                        .disconnect_reason
+                        .clone()
+                        .unwrap_or_else(|| "UNKNOWN".into())),
+                )
+                .expression_attribute_values(":shard", s(offline_shard(thing).to_string())),
+        };
+        condition_held(update.send().await.aws("dynamodb", "UpdateItem"))
+    }
+
+    /// Records the reported firmware and config unless a later version of this shadow was
+    /// recorded already. `Ok(false)`: an older document, nothing changed.
+    pub async fn record_facts(
+        &self,
+        shadow: &ShadowRef,
+        version: u64,
+        facts: &ReportedFacts,
+        now_ms: u64,
+    ) -> Result<bool, AwsError> {
+        let mut set = vec!["#sv = :v", "facts_updated_at = :now"];
+        let mut update = self
+            .update(shadow.thing.as_str(), DEVICE_RECORD)
+            .condition_expression("attribute_not_exists(#sv) OR #sv < :v")
+            .expression_attribute_names("#sv", format!("shadow_version_{}", shadow.label()))
+            .expression_attribute_values(":v", n(version))
+            .expression_attribute_values(":now", n(now_ms));
+        if let Some(firmware) = &facts.firmware {
+            set.push("firmware_version = :fw");
+            update = update.expression_attribute_values(":fw", s(firmware.as_str()));
+        }
+        if let Some(config) = &facts.config {
+            set.push("reported_config = :cfg");
+            update = update.expression_attribute_values(":cfg", to_attribute(config));
+        }
+        let update = update.update_expression(format!("SET {}", set.join(", ")));
+        condition_held(update.send().await.aws("dynamodb", "UpdateItem"))
+    }
+
+    /// Hands a device's OTA report to the OTA flow: the `ota_*` attributes of its item, kept in
+    /// `ota` shadow version order. `Ok(false)`: an older report, nothing changed.
+    pub async fn record_ota(
+        &self,
+        thing: &str,
+        version: u64,
+        report: &OtaReport,
+        now_ms: u64,
+    ) -> Result<bool, AwsError> {
+        let status =
+            serde_json::to_value(report.status).map_err(|e| build_error("UpdateItem", e))?;
+        let mut set = vec![
+            "ota_status = :status",
+            "ota_shadow_version = :v",
+            "ota_updated_at = :now",
+        ];
+        let mut remove = Vec::new();
+        let mut update = self
+            .update(thing, DEVICE_RECORD)
+            .condition_expression(
+                "attribute_not_exists(ota_shadow_version) OR ota_shadow_version < :v",
+            )
+            .expression_attribute_values(":status", to_attribute(&status))
+            .expression_attribute_values(":v", n(version))
+            .expression_attribute_values(":now", n(now_ms));
+        for (attribute, assignment, placeholder, value) in [
+            (
+                "ota_target_version",
+                "ota_target_version = :target",
+                ":target",
+                &report.target_version,
+            ),
+            (
+                "ota_running_version",
+                "ota_running_version = :running",
+                ":running",
+                &report.running_version,
+            ),
+            (
+                "ota_reason",
+                "ota_reason = :reason",
+                ":reason",
+                &report.reason,
+            ),
+        ] {
+            match value {
+                Some(v) => {
+                    set.push(assignment);
+                    update = update.expression_attribute_values(placeholder, s(v.as_str()));
+                }
+                None => remove.push(attribute),
+            }
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        condition_held(
+            update
+                .update_expression(expression)
+                .send()
+                .await
+                .aws("dynamodb", "UpdateItem"),
+        )
+    }
+
+    /// Keeps every conflict's losing value, one item each; a replay rewrites the same items.
+    pub async fn record_conflicts(
+        &self,
+        shadow: &ShadowRef,
+        version: u64,
+        conflicts: &[Conflict],
+        now_ms: u64,
+    ) -> Result<(), AwsError> {
+        for conflict in conflicts {
+            let record = format!(
+                "conflict#{}#{version:020}#{}",
+                shadow.label(),
+                conflict.path
+            );
+            let detail = serde_json::to_value(conflict).map_err(|e| build_error("PutItem", e))?;
+            self.client
+                .put_item()
+                .table_name(self.table.as_str())
+                .item("thing_name", s(shadow.thing.as_str()))
+                .item("record", s(record))
+                .item("shadow", s(shadow.label()))
+                .item("shadow_version", n(version))
+                .item("conflict", to_attribute(&detail))
+                .item("recorded_at", n(now_ms))
+                .send()
+                .await
+                .aws("dynamodb", "PutItem")?;
+        }
+        Ok(())
+    }
+
+    /// Devices offline since before `cutoff_ms` and not alerted on yet, across every shard.
+    pub async fn offline_before(&self, cutoff_ms: u64) -> Result<Vec<OfflineDevice>, AwsError> {
+        let mut out = Vec::new();
+        for shard in 0..OFFLINE_SHARDS {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(self.table.as_str())
+                .index_name(OFFLINE_INDEX)
+                .key_condition_expression("offline_shard = :shard AND offline_since < :cutoff")
+                .expression_attribute_values(":shard", s(shard.to_string()))
+                .expression_attribute_values(":cutoff", n(cutoff_ms))
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(item) = pages.next().await {
+                let item = item.aws("dynamodb", "Query")?;
+                let text = |k: &str| match item.get(k) {
+                    Some(AttributeValue::S(v)) => Some(v.clone()),
+                    _ => None,
+                };
+                let since = match item.get("offline_since") {
+                    Some(AttributeValue::N(v)) => v.parse().ok(),
+                    _ => None,
+                };
+                if let (Some(thing), Some(offline_since_ms)) = (text("thing_name"), since) {
+                    out.push(OfflineDevice {
+                        thing,
+                        offline_since_ms,
+                        disconnect_reason: text("disconnect_reason"),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks the offline episode that began at `offline_since_ms` as alerted (it leaves the
+    /// index). `Ok(false)`: the device came back or went offline again meanwhile.
+    pub async fn mark_alerted(
+        &self,
+        thing: &str,
+        offline_since_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, AwsError> {
+        let update = self
+            .update(thing, DEVICE_RECORD)
+            .condition_expression("offline_since = :since")
+            .update_expression("SET offline_alerted_at = :now REMOVE offline_shard")
+            .expression_attribute_values(":since", n(offline_since_ms))
+            .expression_attribute_values(":now", n(now_ms));
+        condition_held(update.send().await.aws("dynamodb", "UpdateItem"))
+    }
+
+    /// An item as JSON (`record` is `device` or a conflict key), read consistently.
+    pub async fn get(&self, thing: &str, record: &str) -> Result<Option<Value>, AwsError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(self.table.as_str())
+            .key("thing_name", s(thing))
+            .key("record", s(record))
+            .consistent_read(true)
+            .send()
+            .await
+            .aws("dynamodb", "GetItem")?;
+        Ok(got.item.map(|item: Item| {
+            Value::Object(
+                item.iter()
+                    .map(|(k, v)| (k.clone(), from_attribute(v)))
+                    .collect(),
+            )
+        }))
+    }
+
+    /// Every conflict item of a thing, oldest version first.
+    pub async fn conflicts(&self, thing: &str) -> Result<Vec<Value>, AwsError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(self.table.as_str())
+            .key_condition_expression("thing_name = :t AND begins_with(#r, :p)")
+            .expression_attribute_names("#r", "record")
+            .expression_attribute_values(":t", s(thing))
+            .expression_attribute_values(":p", s("conflict#"))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut out = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.aws("dynamodb", "Query")?;
+            out.push(item.get("conflict").map(from_attribute).unwrap_or_default());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_attributes() {
+        let value = json!({"a": [1, 2.5, "x", true, null], "b": {"c": -3}});
+        assert_eq!(from_attribute(&to_attribute(&value)), value);
+    }
+}
