@@ -1,0 +1,31 @@
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use shadow_sync::edges::{IotAlerts, Registry};
+use shadow_sync::presence::{PresenceConfig, handle};
+use shoal_shared::aws::ClientFactory;
+use shoal_shared::clock::now_ms;
+use shoal_shared::config::{self, ProcessEnv, TableName, vars};
+use shoal_shared::device_table::DeviceTable;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shoal_shared::logging::init();
+    let config = PresenceConfig::from_source(&ProcessEnv)?;
+    let table: TableName = config::required(&ProcessEnv, vars::DEVICE_TABLE)?;
+    let factory = ClientFactory::from_env().await;
+    let registry = Registry(DeviceTable::new(factory.dynamodb(), table));
+    let alerts = IotAlerts(factory.iot_data());
+    let (config, registry, alerts) = (&config, &registry, &alerts);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let now = u64::try_from(now_ms()).unwrap_or_default();
+        let answer = handle(event.payload, config, registry, alerts, now)
+            .await
+            .map_err(|e| Diagnostic {
+                error_type: "RetryLater".into(),
+                error_message: e.to_string(),
+            })?;
+        tracing::info!(answer = %serde_json::to_string(&answer).unwrap_or_default(), "presence");
+        Ok::<_, Diagnostic>(answer)
+    }))
+    .await
+}

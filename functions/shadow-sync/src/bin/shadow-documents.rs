@@ -1,0 +1,45 @@
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use shadow_sync::documents::{SyncConfig, handle};
+use shadow_sync::edges::Registry;
+use shoal_shared::aws::ClientFactory;
+use shoal_shared::config::{self, ProcessEnv, TableName, vars};
+use shoal_shared::device_table::DeviceTable;
+use shoal_shared::shadow_store::IotShadowStore;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shoal_shared::logging::init();
+    let config = SyncConfig::from_source(&ProcessEnv)?;
+    let table: TableName = config::required(&ProcessEnv, vars::DEVICE_TABLE)?;
+    let factory = ClientFactory::from_env().await;
+    let store = IotShadowStore::new(factory.iot_data());
+    let registry = Registry(DeviceTable::new(factory.dynamodb(), table));
+    let (config, store, registry) = (&config, &store, &registry);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let summary = handle(event.payload, config, store, registry)
+            .await
+            .map_err(|e| Diagnostic {
+                error_type: "RetryLater".into(),
+                error_message: e.to_string(),
+            })?;
+        tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "documents");
+        let counts = [
+            ("Converged", summary.converged.len() as u64),
+            ("Superseded", summary.superseded.len() as u64),
+            ("Conflicts", summary.conflicts as u64),
+            ("ShadowWrites", u64::from(summary.written_version.is_some())),
+            ("Rejected", u64::from(summary.rejected.is_some())),
+        ];
+        println!(
+            "{}",
+            shoal_shared::metrics::emf_counts(
+                shoal_shared::clock::now_ms(),
+                &[("Function", "shadow-documents")],
+                &counts
+            )
+        );
+        Ok::<_, Diagnostic>(summary)
+    }))
+    .await
+}

@@ -1,0 +1,387 @@
+//! The `update/documents` trigger. The IoT rule adds the topic to the message:
+//! `SELECT *, topic() AS topic FROM '$aws/things/+/shadow/update/documents'` (and the named-shadow
+//! rule with `$aws/things/+/shadow/name/+/update/documents`).
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shoal_shared::aws::AwsError;
+use shoal_shared::config::{self, ConfigError, Source, vars};
+use shoal_shared::ids::ThingName;
+use shoal_shared::shadow::document::Path;
+use shoal_shared::shadow::ota::{OTA_SHADOW, OtaReport, changed_report};
+use shoal_shared::shadow::policy::Conflict;
+use shoal_shared::shadow::sync::{ReportedFacts, plan, reported_facts};
+use shoal_shared::shadow::{DocumentsMessage, PolicyTable, ShadowRef};
+use shoal_shared::shadow_store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
+use thiserror::Error;
+
+/// What the registry records from shadows.
+pub trait DeviceRecords: Sync {
+    /// `Ok(false)`: a later version of this shadow was recorded already.
+    fn record_facts(
+        &self,
+        shadow: &ShadowRef,
+        version: u64,
+        facts: &ReportedFacts,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    /// Hands the report to the OTA flow. `Ok(false)`: a later report was recorded already.
+    fn record_ota(
+        &self,
+        thing: &ThingName,
+        version: u64,
+        report: &OtaReport,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    fn record_conflicts(
+        &self,
+        shadow: &ShadowRef,
+        version: u64,
+        conflicts: &[Conflict],
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    pub policies: PolicyTable,
+    pub firmware_path: Path,
+    pub config_path: Path,
+    /// UpdateThingShadow attempts per message (re-read and re-plan after each 409).
+    pub max_attempts: u32,
+}
+
+/// A dot path from the environment: `firmware.version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DotPath(pub Path);
+
+impl std::str::FromStr for DotPath {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let path: Path = text.trim().split('.').map(str::to_owned).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(format!("{text:?} is not a dot-separated attribute path"));
+        }
+        Ok(Self(path))
+    }
+}
+
+impl SyncConfig {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        let path = |name, default: &str| -> Result<Path, ConfigError> {
+            Ok(config::optional::<DotPath>(source, name)?
+                .map_or_else(|| default.split('.').map(str::to_owned).collect(), |p| p.0))
+        };
+        Ok(Self {
+            policies: config::optional(source, vars::SHADOW_POLICIES)?.unwrap_or_default(),
+            firmware_path: path(vars::REPORTED_FIRMWARE_PATH, "firmware.version")?,
+            config_path: path(vars::REPORTED_CONFIG_PATH, "config")?,
+            max_attempts: 5,
+        })
+    }
+}
+
+/// The rule's event: the documents message plus the topic it came on.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DocumentsEvent {
+    pub topic: String,
+    #[serde(flatten)]
+    pub message: DocumentsMessage,
+}
+
+/// What one message led to (the function's answer and its log line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncSummary {
+    pub shadow: String,
+    pub version: u64,
+    pub converged: Vec<String>,
+    pub superseded: Vec<String>,
+    pub conflicts: usize,
+    /// The shadow version our update produced, if one was written.
+    pub written_version: Option<u64>,
+    pub attempts: u32,
+    pub facts: Option<&'static str>,
+    pub ota: Option<String>,
+    /// Why the message was refused (malformed, over a limit); nothing else happened then.
+    pub rejected: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum SyncError {
+    /// Worth a retry (Lambda retries asynchronous invocations); every step is idempotent.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Write(WriteError),
+}
+
+pub async fn handle(
+    event: Value,
+    config: &SyncConfig,
+    store: &impl ShadowStore,
+    records: &impl DeviceRecords,
+) -> Result<SyncSummary, SyncError> {
+    let parsed = serde_json::from_value::<DocumentsEvent>(event)
+        .map_err(|e| format!("not a shadow documents event: {e}"))
+        .and_then(|e| ShadowRef::from_documents_topic(&e.topic).map(|shadow| (shadow, e.message)));
+    let (shadow, message) = match parsed {
+        Ok(ok) => ok,
+        Err(reason) => {
+            tracing::error!(%reason, "rejected documents event");
+            return Ok(SyncSummary {
+                rejected: Some(reason),
+                ..SyncSummary::default()
+            });
+        }
+    };
+    let previous = message.previous.as_ref();
+    let current = &message.current;
+    let mut summary = SyncSummary {
+        shadow: shadow.to_string(),
+        version: current.version,
+        ..SyncSummary::default()
+    };
+
+    if shadow.label() == OTA_SHADOW {
+        summary.ota = match changed_report(previous, current) {
+            None => None,
+            Some(Err(reason)) => {
+                tracing::warn!(%shadow, %reason, "invalid OTA report");
+                Some(format!("invalid: {reason}"))
+            }
+            Some(Ok(report)) => {
+                let recorded = records
+                    .record_ota(&shadow.thing, current.version, &report)
+                    .await?;
+                Some(if recorded { "recorded" } else { "stale" }.to_owned())
+            }
+        };
+    } else if let Some(facts) = reported_facts(
+        previous,
+        current,
+        &config.firmware_path,
+        &config.config_path,
+    ) {
+        let recorded = records
+            .record_facts(&shadow, current.version, &facts)
+            .await?;
+        summary.facts = Some(if recorded { "recorded" } else { "stale" });
+    }
+
+    let first = plan(previous, current, &config.policies);
+    if !first.conflicts.is_empty() {
+        records
+            .record_conflicts(&shadow, current.version, &first.conflicts)
+            .await?;
+    }
+    summary.conflicts = first.conflicts.len();
+    summary.converged.clone_from(&first.converged);
+    summary.superseded.clone_from(&first.superseded);
+
+    let written = write_optimistic(
+        store,
+        &shadow,
+        Some(current.clone()),
+        config.max_attempts,
+        |doc| {
+            let doc = doc?;
+            let next = plan(previous, doc, &config.policies);
+            next.update(doc.version)
+        },
+    )
+    .await;
+    match written {
+        Ok(WriteOutcome::Written { version, attempts }) => {
+            summary.written_version = Some(version);
+            summary.attempts = attempts;
+        }
+        Ok(WriteOutcome::Unchanged { attempts }) => summary.attempts = attempts,
+        Err(WriteError::Limit { source, .. }) => {
+            summary.rejected = Some(source.to_string());
+        }
+        Err(e) => return Err(SyncError::Write(e)),
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shoal_shared::shadow::document::merge_patch;
+    use shoal_shared::shadow::{ShadowDocument, ShadowUpdate};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Fakes {
+        shadow: Mutex<Option<ShadowDocument>>,
+        /// Concurrent writers that bump the version before our next update lands.
+        racing: Mutex<Vec<Value>>,
+        facts: Mutex<Vec<(u64, ReportedFacts)>>,
+        ota: Mutex<Vec<(u64, OtaReport)>>,
+        conflicts: Mutex<Vec<Conflict>>,
+    }
+
+    impl ShadowStore for Fakes {
+        async fn get(&self, _: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+            Ok(self.shadow.lock().unwrap().clone())
+        }
+        async fn update(&self, _: &ShadowRef, u: &ShadowUpdate) -> Result<Option<u64>, AwsError> {
+            let mut guard = self.shadow.lock().unwrap();
+            let doc = guard.as_mut().unwrap();
+            if let Some(other) = self.racing.lock().unwrap().pop() {
+                merge_patch(
+                    doc.state.desired.get_or_insert_default(),
+                    other.as_object().unwrap(),
+                );
+                doc.version += 1;
+            }
+            if u.version != Some(doc.version) {
+                return Ok(None);
+            }
+            merge_patch(
+                doc.state.desired.get_or_insert_default(),
+                u.state.desired.as_ref().unwrap(),
+            );
+            doc.version += 1;
+            Ok(Some(doc.version))
+        }
+    }
+
+    impl DeviceRecords for Fakes {
+        async fn record_facts(
+            &self,
+            _: &ShadowRef,
+            v: u64,
+            f: &ReportedFacts,
+        ) -> Result<bool, AwsError> {
+            self.facts.lock().unwrap().push((v, f.clone()));
+            Ok(true)
+        }
+        async fn record_ota(&self, _: &ThingName, v: u64, r: &OtaReport) -> Result<bool, AwsError> {
+            self.ota.lock().unwrap().push((v, r.clone()));
+            Ok(true)
+        }
+        async fn record_conflicts(
+            &self,
+            _: &ShadowRef,
+            _: u64,
+            c: &[Conflict],
+        ) -> Result<(), AwsError> {
+            self.conflicts.lock().unwrap().extend_from_slice(c);
+            Ok(())
+        }
+    }
+
+    fn config() -> SyncConfig {
+        SyncConfig::from_source(&std::collections::BTreeMap::from([(
+            vars::SHADOW_POLICIES,
+            "mode=merge",
+        )]))
+        .unwrap()
+    }
+
+    fn event(topic: &str, previous: Value, current: Value) -> Value {
+        json!({"topic": topic, "previous": previous, "current": current, "timestamp": 1})
+    }
+
+    const CLASSIC: &str = "$aws/things/d-1/shadow/update/documents";
+
+    #[tokio::test]
+    async fn reached_desired_is_cleared_with_the_documents_version() {
+        let current = json!({"state": {"desired": {"interval": 30, "mode": "eco"},
+                             "reported": {"interval": 30, "mode": "off", "firmware": {"version": "1.0.0"}}},
+                             "version": 7});
+        let fakes = Fakes::default();
+        *fakes.shadow.lock().unwrap() = Some(serde_json::from_value(current.clone()).unwrap());
+        let summary = handle(
+            event(CLASSIC, json!(null), current),
+            &config(),
+            &fakes,
+            &fakes,
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.converged, ["interval"]);
+        assert_eq!(summary.written_version, Some(8));
+        assert_eq!(summary.conflicts, 1, "mode: merge keeps the cloud's eco");
+        let shadow = fakes.shadow.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            Value::Object(shadow.state.desired.unwrap()),
+            json!({"mode": "eco"})
+        );
+        assert_eq!(
+            fakes.facts.lock().unwrap()[0].1.firmware.as_deref(),
+            Some("1.0.0")
+        );
+        assert_eq!(fakes.conflicts.lock().unwrap()[0].lost.value, json!("off"));
+    }
+
+    #[tokio::test]
+    async fn a_racing_cloud_write_is_not_wiped_by_a_stale_clear() {
+        let current = json!({"state": {"desired": {"mode": "eco"}, "reported": {"mode": "eco"}}, "version": 3});
+        let fakes = Fakes::default();
+        *fakes.shadow.lock().unwrap() = Some(serde_json::from_value(current.clone()).unwrap());
+        // An operator sets mode=boost just before our clear lands.
+        fakes.racing.lock().unwrap().push(json!({"mode": "boost"}));
+        let summary = handle(
+            event(CLASSIC, json!(null), current),
+            &config(),
+            &fakes,
+            &fakes,
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.written_version, None, "{summary:?}");
+        assert_eq!(summary.attempts, 2);
+        let shadow = fakes.shadow.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            Value::Object(shadow.state.desired.unwrap()),
+            json!({"mode": "boost"})
+        );
+    }
+
+    #[tokio::test]
+    async fn ota_reports_go_to_the_ota_flow_and_bad_events_are_refused() {
+        let fakes = Fakes::default();
+        let current = json!({"state": {"reported": {"status": "failed", "version": "2.0.0",
+                             "running_version": "1.9.0", "reason": "verify: bad signature"}}, "version": 4});
+        *fakes.shadow.lock().unwrap() = Some(serde_json::from_value(current.clone()).unwrap());
+        let topic = "$aws/things/d-1/shadow/name/ota/update/documents";
+        let summary = handle(
+            event(topic, json!(null), current),
+            &config(),
+            &fakes,
+            &fakes,
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.ota.as_deref(), Some("recorded"));
+        assert_eq!(
+            fakes.ota.lock().unwrap()[0].1.running_version.as_deref(),
+            Some("1.9.0")
+        );
+
+        let bad = handle(json!({"topic": "x/y"}), &config(), &fakes, &fakes)
+            .await
+            .unwrap();
+        assert!(
+            bad.rejected
+                .unwrap()
+                .contains("not a shadow documents event")
+        );
+        let bad_topic = handle(
+            event("a/b", json!(null), json!({"state": {}, "version": 1})),
+            &config(),
+            &fakes,
+            &fakes,
+        )
+        .await
+        .unwrap();
+        assert!(
+            bad_topic
+                .rejected
+                .unwrap()
+                .contains("not a shadow update/documents topic")
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! The presence trigger: lifecycle events (`SELECT * FROM '$aws/events/presence/+/+'`) and the
+//! scheduled offline sweep (an EventBridge schedule), told apart by shape.
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde_json::Value;
+use shoal_shared::aws::AwsError;
+use shoal_shared::config::{self, ConfigError, Source, vars};
+use shoal_shared::device_table::OfflineDevice;
+use shoal_shared::ids::ThingName;
+use shoal_shared::presence::{LifecycleEvent, OfflineAlert};
+
+pub trait PresenceRecords: Sync {
+    /// `Ok(false)`: the registry holds a later or the same event; nothing changed.
+    fn record_presence(
+        &self,
+        thing: &ThingName,
+        event: &LifecycleEvent,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    fn offline_before(
+        &self,
+        cutoff_ms: u64,
+    ) -> impl Future<Output = Result<Vec<OfflineDevice>, AwsError>> + Send;
+    /// `Ok(false)`: the device came back (or went offline again) since the sweep read it.
+    fn mark_alerted(
+        &self,
+        thing: &str,
+        offline_since_ms: u64,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+}
+
+pub trait Alerts: Sync {
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceConfig {
+    pub offline_threshold_s: u64,
+    pub alerts_topic: String,
+}
+
+impl PresenceConfig {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            offline_threshold_s: config::optional(source, vars::OFFLINE_THRESHOLD_S)?
+                .unwrap_or(3600),
+            alerts_topic: config::optional(source, vars::ALERTS_TOPIC)?
+                .unwrap_or_else(|| "shoal/alerts".to_owned()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PresenceSummary {
+    pub thing: Option<String>,
+    pub event_type: Option<String>,
+    /// `applied`, `stale` (a later or duplicate event was already applied) or `rejected`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SweepSummary {
+    pub offline_past_threshold: usize,
+    pub alerted: usize,
+    /// Alerted, but the device came back before the alert was recorded (it may be alerted on
+    /// again if it goes offline again; never silently dropped).
+    pub returned_meanwhile: usize,
+    /// Publishing failed: left in the index for the next sweep.
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PresenceAnswer {
+    Event(PresenceSummary),
+    Sweep(SweepSummary),
+}
+
+fn is_schedule(event: &Value) -> bool {
+    event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+}
+
+pub async fn handle(
+    event: Value,
+    config: &PresenceConfig,
+    records: &impl PresenceRecords,
+    alerts: &impl Alerts,
+    now_ms: u64,
+) -> Result<PresenceAnswer, AwsError> {
+    if is_schedule(&event) {
+        return sweep(config, records, alerts, now_ms)
+            .await
+            .map(PresenceAnswer::Sweep);
+    }
+    let parsed = serde_json::from_value::<LifecycleEvent>(event)
+        .map_err(|e| format!("not a lifecycle event: {e}"))
+        .and_then(|e| e.thing().map(|thing| (thing, e)));
+    let (thing, event) = match parsed {
+        Ok(ok) => ok,
+        Err(reason) => {
+            tracing::error!(%reason, "rejected presence event");
+            return Ok(PresenceAnswer::Event(PresenceSummary {
+                outcome: "rejected",
+                reason: Some(reason),
+                ..PresenceSummary::default()
+            }));
+        }
+    };
+    let applied = records.record_presence(&thing, &event).await?;
+    Ok(PresenceAnswer::Event(PresenceSummary {
+        thing: Some(thing.to_string()),
+        event_type: serde_json::to_value(event.event_type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned)),
+        outcome: if applied { "applied" } else { "stale" },
+        reason: None,
+    }))
+}
+
+/// Publishes one alert per device offline longer than the threshold, then takes it out of the
+/// offline index. Publish first: a crash in between repeats an alert, it never loses one.
+pub async fn sweep(
+    config: &PresenceConfig,
+    records: &impl PresenceRecords,
+    alerts: &impl Alerts,
+    now_ms: u64,
+) -> Result<SweepSummary, AwsError> {
+    let cutoff = now_ms.saturating_sub(config.offline_threshold_s * 1000);
+    let offline = records.offline_before(cutoff).await?;
+    let mut summary = SweepSummary {
+        offline_past_threshold: offline.len(),
+        ..SweepSummary::default()
+    };
+    for device in offline {
+        let alert = OfflineAlert::new(
+            &device.thing,
+            device.offline_since_ms,
+            now_ms,
+            config.offline_threshold_s,
+            device.disconnect_reason.clone(),
+        );
+        let payload = serde_json::to_vec(&alert).expect("an alert is JSON");
+        if let Err(e) = alerts
+            .publish(&alert.topic(&config.alerts_topic), payload)
+            .await
+        {
+            tracing::warn!(thing = %device.thing, error = %e, "offline alert not published; next sweep retries");
+            summary.failed += 1;
+            continue;
+        }
+        if records
+            .mark_alerted(&device.thing, device.offline_since_ms)
+            .await?
+        {
+            summary.alerted += 1;
+        } else {
+            summary.returned_meanwhile += 1;
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shoal_shared::presence::PresenceEvent;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// The registry's conditional write, in memory: order per thing, offline since.
+    #[derive(Default)]
+    struct Registry {
+        things: Mutex<BTreeMap<String, (u128, bool, u64, bool)>>,
+        published: Mutex<Vec<(String, Value)>>,
+        fail_publish: bool,
+    }
+
+    impl PresenceRecords for Registry {
+        async fn record_presence(
+            &self,
+            thing: &ThingName,
+            e: &LifecycleEvent,
+        ) -> Result<bool, AwsError> {
+            let mut things = self.things.lock().unwrap();
+            let online = e.event_type == PresenceEvent::Connected;
+            match things.get(thing.as_str()) {
+                Some((order, ..)) if *order >= e.order() => Ok(false),
+                _ => {
+                    things.insert(thing.to_string(), (e.order(), online, e.timestamp, false));
+                    Ok(true)
+                }
+            }
+        }
+        async fn offline_before(&self, cutoff: u64) -> Result<Vec<OfflineDevice>, AwsError> {
+            Ok(self
+                .things
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, (_, online, since, alerted))| !online && !alerted && *since < cutoff)
+                .map(|(t, (_, _, since, _))| OfflineDevice {
+                    thing: t.clone(),
+                    offline_since_ms: *since,
+                    disconnect_reason: None,
+                })
+                .collect())
+        }
+        async fn mark_alerted(&self, thing: &str, since: u64) -> Result<bool, AwsError> {
+            let mut things = self.things.lock().unwrap();
+            let entry = things.get_mut(thing).unwrap();
+            let held = entry.2 == since && !entry.1;
+            entry.3 |= held;
+            Ok(held)
+        }
+    }
+
+    impl Alerts for Registry {
+        async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
+            if self.fail_publish {
+                return Err(AwsError {
+                    service: "iot-data",
+                    operation: "Publish",
+                    kind: shoal_shared::aws::AwsErrorKind::Unreachable,
+                    code: None,
+                    message: "down".into(),
+                });
+            }
+            let body = serde_json::from_slice(&payload).unwrap();
+            self.published
+                .lock()
+                .unwrap()
+                .push((topic.to_owned(), body));
+            Ok(())
+        }
+    }
+
+    fn lifecycle(kind: &str, ts: u64, version: u64) -> Value {
+        json!({"clientId": "d-1", "timestamp": ts, "eventType": kind, "sessionIdentifier": "s",
+               "principalIdentifier": "p", "versionNumber": version,
+               "disconnectReason": "MQTT_KEEP_ALIVE_TIMEOUT", "clientInitiatedDisconnect": false})
+    }
+
+    fn config() -> PresenceConfig {
+        PresenceConfig {
+            offline_threshold_s: 60,
+            alerts_topic: "shoal/alerts".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_order_and_duplicate_events_never_regress() {
+        let r = Registry::default();
+        let outcome = |a: PresenceAnswer| match a {
+            PresenceAnswer::Event(s) => s.outcome,
+            PresenceAnswer::Sweep(_) => unreachable!(),
+        };
+        let c = config();
+        assert_eq!(
+            outcome(
+                handle(lifecycle("disconnected", 2_000, 1), &c, &r, &r, 0)
+                    .await
+                    .unwrap()
+            ),
+            "applied"
+        );
+        // The connect of that same session arrives late, then the disconnect again.
+        assert_eq!(
+            outcome(
+                handle(lifecycle("connected", 1_000, 1), &c, &r, &r, 0)
+                    .await
+                    .unwrap()
+            ),
+            "stale"
+        );
+        assert_eq!(
+            outcome(
+                handle(lifecycle("disconnected", 2_000, 1), &c, &r, &r, 0)
+                    .await
+                    .unwrap()
+            ),
+            "stale"
+        );
+        assert!(!r.things.lock().unwrap()["d-1"].1, "still offline");
+        let bad = handle(json!({"clientId": "d-1"}), &c, &r, &r, 0)
+            .await
+            .unwrap();
+        assert_eq!(outcome(bad), "rejected");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_alerts_once_per_offline_episode() {
+        let r = Registry::default();
+        let c = config();
+        handle(lifecycle("disconnected", 1_000, 1), &c, &r, &r, 0)
+            .await
+            .unwrap();
+        let schedule = json!({"detail-type": "Scheduled Event", "source": "aws.events"});
+        // 30 s later: under the threshold.
+        let early = handle(schedule.clone(), &c, &r, &r, 31_000).await.unwrap();
+        assert_eq!(early, PresenceAnswer::Sweep(SweepSummary::default()));
+        let late = handle(schedule.clone(), &c, &r, &r, 62_000).await.unwrap();
+        assert_eq!(
+            late,
+            PresenceAnswer::Sweep(SweepSummary {
+                offline_past_threshold: 1,
+                alerted: 1,
+                ..SweepSummary::default()
+            })
+        );
+        let published = r.published.lock().unwrap().clone();
+        assert_eq!(published[0].0, "shoal/alerts/offline/d-1");
+        assert_eq!(published[0].1["offline_for_s"], 61);
+        let again = handle(schedule, &c, &r, &r, 120_000).await.unwrap();
+        assert_eq!(again, PresenceAnswer::Sweep(SweepSummary::default()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_is_counted_and_left_for_the_next_sweep() {
+        let r = Registry {
+            fail_publish: true,
+            ..Registry::default()
+        };
+        handle(lifecycle("disconnected", 1_000, 1), &config(), &r, &r, 0)
+            .await
+            .unwrap();
+        let s = sweep(&config(), &r, &r, 100_000).await.unwrap();
+        assert_eq!((s.offline_past_threshold, s.failed, s.alerted), (1, 1, 0));
+        assert!(
+            !r.things.lock().unwrap()["d-1"].3,
+            "not marked: the next sweep retries"
+        );
+    }
+}
