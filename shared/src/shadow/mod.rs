@@ -4,6 +4,7 @@
 //! ([`ota`]).
 
 pub mod document;
+pub mod intent;
 pub mod limits;
 pub mod ota;
 pub mod policy;

@@ -308,8 +308,9 @@ pub mod vclock {
             })
     }
 
-    /// The writes no other write has seen: what two replicas know, together. One write per
-    /// clock (equal clocks are the same write), in a canonical order.
+    /// The writes no other write has seen: what two replicas know, together, in a canonical
+    /// order. The same clock with the same value is one write (a replay); the same clock with
+    /// different values are two writers that started from the same state: concurrent, both kept.
     pub fn siblings(a: &[Versioned], b: &[Versioned]) -> Vec<Versioned> {
         let all: Vec<&Versioned> = a.iter().chain(b).collect();
         let mut out: Vec<Versioned> = all
@@ -321,12 +322,12 @@ pub mod vclock {
             .map(|v| (*v).clone())
             .collect();
         out.sort_by(canonical);
-        out.dedup_by(|x, y| x.clock == y.clock);
+        out.dedup_by(|x, y| x.clock == y.clock && x.write.value == y.write.value);
         out
     }
 
     /// The winner among `siblings` and the writes it beat. The winner carries the join of every
-    /// sibling's clock (it has now seen them all).
+    /// sibling's clock, advanced for `actor` (the resolution is a write that has seen them all).
     #[derive(Debug, Clone, PartialEq)]
     pub struct Resolved {
         pub winner: Versioned,
@@ -357,7 +358,7 @@ pub mod vclock {
     }
 
     /// `None` when there is nothing to resolve.
-    pub fn resolve(siblings: &[Versioned], rule: ConcurrentRule) -> Option<Resolved> {
+    pub fn resolve(siblings: &[Versioned], rule: ConcurrentRule, actor: &str) -> Option<Resolved> {
         let winner_at = (0..siblings.len())
             .max_by(|&i, &j| rule_order(rule, &siblings[i].write, &siblings[j].write))?;
         let clock = siblings
@@ -365,7 +366,11 @@ pub mod vclock {
             .fold(VectorClock::default(), |c, s| c.join(&s.clock));
         let mut losers = siblings.to_vec();
         let mut winner = losers.remove(winner_at);
-        winner.clock = clock;
+        winner.clock = if siblings.len() > 1 {
+            clock.incremented(actor)
+        } else {
+            clock
+        };
         Some(Resolved { winner, losers })
     }
 }
@@ -598,7 +603,7 @@ mod tests {
             rule in rule(),
         ) {
             let sibs = siblings(&a, &b);
-            let resolved = resolve(&sibs, rule).unwrap();
+            let resolved = resolve(&sibs, rule, "cloud").unwrap();
             prop_assert_eq!(resolved.losers.len() + 1, sibs.len());
             // Every write dominated by another is gone before the rule runs.
             for s in &sibs {
@@ -610,7 +615,7 @@ mod tests {
             // Order of the inputs does not matter.
             let mut reversed = sibs.clone();
             reversed.reverse();
-            prop_assert_eq!(resolve(&reversed, rule).unwrap().winner.write, resolved.winner.write);
+            prop_assert_eq!(resolve(&reversed, rule, "cloud").unwrap().winner.write, resolved.winner.write);
         }
     }
 }

@@ -173,7 +173,7 @@ fn decide(
                 clock: clock_of(Some(reported), path),
             };
             let sibs = siblings(&[ours], &[theirs]);
-            let Some(resolved) = resolve(&sibs, rule) else {
+            let Some(resolved) = resolve(&sibs, rule, CLOUD_ACTOR) else {
                 return;
             };
             if resolved.winner.write.origin == Origin::Device {
@@ -182,8 +182,7 @@ fn decide(
             } else if sibs.len() > 1 {
                 // The cloud won a concurrent write: its clock now dominates the device's, so the
                 // device (and a replay of this message) sees desired as the newer write.
-                let clock = resolved.winner.clock.incremented(CLOUD_ACTOR);
-                let clock = serde_json::to_value(clock).expect("a clock is JSON");
+                let clock = serde_json::to_value(&resolved.winner.clock).expect("a clock is JSON");
                 set_path(
                     &mut plan.desired_patch,
                     &[CLOCK_KEY.to_owned(), path_text(path)],
