@@ -4,12 +4,17 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_cli::decommission::ThingFate;
+use shoal_cli::group_config::{GroupRequest, IotFleet, Options, Status, Target, set_desired};
 use shoal_cli::manifest::ImportError;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::{BucketName, TableName, TimestreamName, TimestreamTarget, vars};
+use shoal_shared::device_table::DeviceTable;
+use shoal_shared::ids::ShadowName;
 use shoal_shared::ids::ThingName;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::Serial;
+use shoal_shared::shadow::{PolicyTable, ShadowUpdate, check_update};
+use shoal_shared::shadow_store::IotShadowStore;
 
 /// Operate a Shoal fleet backend.
 #[derive(Parser)]
@@ -39,13 +44,18 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Fleet configuration through device shadows.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Factory manifest operations.
     Manifest {
         #[command(subcommand)]
         command: ManifestCommand,
     },
     /// Create, if missing, the data resources infra/template.yaml creates on AWS (Timestream
-    /// database and table, archive bucket) on the configured endpoint.
+    /// database and table, archive bucket, manifest and device tables) on the configured endpoint.
     InitLocal {
         #[arg(long, env = vars::TIMESTREAM_DATABASE, default_value = "shoal_local")]
         database: TimestreamName,
@@ -55,6 +65,8 @@ enum Command {
         bucket: BucketName,
         #[arg(long, env = vars::MANIFEST_TABLE, default_value = "shoal-local-manifest")]
         manifest_table: TableName,
+        #[arg(long, env = vars::DEVICE_TABLE, default_value = "shoal-local-devices")]
+        device_table: TableName,
     },
 }
 
@@ -72,6 +84,41 @@ enum DeviceCommand {
         delete_thing: bool,
         #[arg(long, env = vars::MANIFEST_TABLE)]
         table: TableName,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Set desired state on every thing of a thing group (or with an attribute value), with
+    /// bounded concurrency, a progress bar and a per-device JSON-lines report; failures are
+    /// reported and skipped, and `--resume` continues an interrupted run from its report.
+    Set {
+        /// Thing group (child groups included).
+        #[arg(long, required_unless_present = "where_", conflicts_with = "where_")]
+        group: Option<String>,
+        /// Registry attribute filter, ATTR=VALUE.
+        #[arg(long = "where", value_name = "ATTR=VALUE")]
+        where_: Option<String>,
+        /// Named shadow (default: the classic shadow).
+        #[arg(long)]
+        shadow: Option<ShadowName>,
+        /// Conflict policies per attribute path, as the shadow-sync function reads them.
+        #[arg(long, env = vars::SHADOW_POLICIES, default_value = "*=lww")]
+        policies: PolicyTable,
+        /// Things updated at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// UpdateThingShadow attempts per thing (each 409 re-reads and re-applies the policy).
+        #[arg(long, default_value_t = 5)]
+        max_attempts: u32,
+        /// The per-device report (JSON lines; default config-set-<time>.jsonl).
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+        /// Continue the run recorded in --report: things already done are skipped.
+        #[arg(long, requires = "report")]
+        resume: bool,
+        /// The desired state, a JSON object: '{"sample_interval_s": 30}'.
+        desired: String,
     },
 }
 
@@ -176,11 +223,104 @@ async fn main() -> anyhow::Result<()> {
                 shoal_cli::manifest::reset(&factory, &table, &serial, &reason).await?
             );
         }
+        Command::Config {
+            command:
+                ConfigCommand::Set {
+                    group,
+                    where_,
+                    shadow,
+                    policies,
+                    concurrency,
+                    max_attempts,
+                    report,
+                    resume,
+                    desired,
+                },
+        } => {
+            let target = match (group, where_) {
+                (Some(group), _) => Target::Group(group),
+                (None, Some(filter)) => {
+                    let (attribute, value) =
+                        filter.split_once('=').context("--where takes ATTR=VALUE")?;
+                    Target::Where {
+                        attribute: attribute.to_owned(),
+                        value: value.to_owned(),
+                    }
+                }
+                (None, None) => anyhow::bail!("give --group or --where"),
+            };
+            let desired: serde_json::Value =
+                serde_json::from_str(&desired).context("the desired state is not JSON")?;
+            let serde_json::Value::Object(desired) = desired else {
+                anyhow::bail!("the desired state must be a JSON object");
+            };
+            // A state no shadow could take fails here, before any call.
+            check_update(
+                &Default::default(),
+                &ShadowUpdate::desired(desired.clone(), None),
+            )?;
+            let now_s = u64::try_from(shoal_shared::clock::now_ms() / 1000).unwrap_or_default();
+            let report = report.unwrap_or_else(|| format!("config-set-{now_s}.jsonl").into());
+            let request = GroupRequest {
+                target,
+                shadow,
+                desired,
+            };
+            let bar = ProgressBar::no_length().with_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} things {msg}")
+                    .expect("a valid template"),
+            );
+            let fleet = IotFleet(factory.iot());
+            let store = std::sync::Arc::new(IotShadowStore::new(factory.iot_data()));
+            let options = Options {
+                policies: &policies,
+                concurrency,
+                max_attempts,
+                resume,
+                decided_at_s: now_s,
+            };
+            let mut failed = 0;
+            let summary = set_desired(
+                &fleet,
+                store,
+                &request,
+                &report,
+                options,
+                |n, total, result| {
+                    bar.set_length(total as u64);
+                    bar.set_position(n as u64);
+                    if result.status == Status::Failed {
+                        failed += 1;
+                        bar.set_message(format!("{failed} failed"));
+                    }
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            println!(
+                "{} things for {}: {} written, {} unchanged, {} failed, {} done earlier; report {}",
+                summary.targeted,
+                request.target,
+                summary.written,
+                summary.unchanged,
+                summary.failed,
+                summary.already_done,
+                report.display()
+            );
+            if summary.failed > 0 {
+                anyhow::bail!(
+                    "{} things failed (see the report); run again with --resume --report {}",
+                    summary.failed,
+                    report.display()
+                );
+            }
+        }
         Command::InitLocal {
             database,
             table,
             bucket,
             manifest_table,
+            device_table,
         } => {
             let target = TimestreamTarget { database, table };
             shoal_cli::resources::init_local(&factory, &target, &bucket, &mut io::stdout()).await?;
@@ -188,6 +328,10 @@ async fn main() -> anyhow::Result<()> {
                 .ensure_exists()
                 .await?;
             println!("dynamodb    {manifest_table} ready");
+            DeviceTable::new(factory.dynamodb(), device_table.clone())
+                .ensure_exists()
+                .await?;
+            println!("dynamodb    {device_table} ready");
         }
     }
     Ok(())
