@@ -178,6 +178,8 @@ impl DeviceTable {
         let update = self
             .update(thing, DEVICE_RECORD)
             .condition_expression("attribute_not_exists(presence_order) OR presence_order < :order")
+            // ONLINE is a DynamoDB reserved word.
+            .expression_attribute_names("#online", "online")
             .expression_attribute_values(":order", n(event.order()))
             .expression_attribute_values(":ts", n(event.timestamp))
             .expression_attribute_values(":session", s(session))
@@ -186,7 +188,7 @@ impl DeviceTable {
         let update = match event.event_type {
             PresenceEvent::Connected => update
                 .update_expression(
-                    "SET online = :true, last_seen = :ts, connected_at = :ts, \
+                    "SET #online = :true, last_seen = :ts, connected_at = :ts, \
                      presence_order = :order, session_id = :session, client_id = :client, \
                      presence_updated_at = :now \
                      REMOVE offline_shard, offline_since, disconnect_reason, offline_alerted_at",
@@ -194,7 +196,7 @@ impl DeviceTable {
                 .expression_attribute_values(":true", AttributeValue::Bool(true)),
             PresenceEvent::Disconnected => update
                 .update_expression(
-                    "SET online = :false, last_seen = :ts, disconnected_at = :ts, \
+                    "SET #online = :false, last_seen = :ts, disconnected_at = :ts, \
                      presence_order = :order, session_id = :session, client_id = :client, \
                      presence_updated_at = :now, disconnect_reason = :reason, \
                      offline_shard = :shard, offline_since = :ts \

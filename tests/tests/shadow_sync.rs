@@ -1,0 +1,607 @@
+//! Shadow sync and presence against the local stack: the shadows, the device table and the
+//! alerts are real calls, read back.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use shadow_sync::documents::{SyncConfig, SyncSummary, handle};
+use shadow_sync::edges::{IotAlerts, Registry};
+use shadow_sync::presence::{self, PresenceAnswer, PresenceConfig, SweepSummary};
+use shoal_integration_tests::local::{self, unique_name};
+use shoal_shared::aws::{AwsError, AwsErrorKind, AwsResultExt, ClientFactory};
+use shoal_shared::config::vars;
+use shoal_shared::device_table::DeviceTable;
+use shoal_shared::ids::ThingName;
+use shoal_shared::shadow::intent::{DesiredIntent, plan_intent};
+use shoal_shared::shadow::{PolicyTable, ShadowDocument, ShadowRef, ShadowUpdate};
+use shoal_shared::shadow_store::{
+    IotShadowStore, ShadowStore, WriteError, WriteOutcome, write_optimistic,
+};
+
+async fn thing(factory: &ClientFactory, prefix: &str) -> ThingName {
+    let name = unique_name(prefix);
+    factory
+        .iot()
+        .create_thing()
+        .thing_name(&name)
+        .send()
+        .await
+        .aws("iot", "CreateThing")
+        .unwrap();
+    name.parse().unwrap()
+}
+
+async fn device_table(factory: &ClientFactory) -> DeviceTable {
+    let table = DeviceTable::new(factory.dynamodb(), unique_name("devices").parse().unwrap());
+    table.ensure_exists().await.unwrap();
+    table
+}
+
+fn shadow(thing: &ThingName, name: Option<&str>) -> ShadowRef {
+    ShadowRef {
+        thing: thing.clone(),
+        name: name.map(|n| n.parse().unwrap()),
+    }
+}
+
+/// An update as a device or an application sends it (no version).
+async fn send(store: &IotShadowStore, at: &ShadowRef, state: Value) {
+    let update = json!({"state": state}).to_string();
+    let client = local::factory().await.iot_data();
+    client
+        .update_thing_shadow()
+        .thing_name(at.thing.as_str())
+        .set_shadow_name(at.name.as_ref().map(|n| n.to_string()))
+        .payload(aws_smithy_types::Blob::new(update))
+        .send()
+        .await
+        .aws("iot-data", "UpdateThingShadow")
+        .unwrap();
+    let _ = store;
+}
+
+async fn read(store: &IotShadowStore, at: &ShadowRef) -> ShadowDocument {
+    store.get(at).await.unwrap().expect("the shadow exists")
+}
+
+/// The `update/documents` event the rule would deliver for the update between two reads.
+fn documents(at: &ShadowRef, previous: &ShadowDocument, current: &ShadowDocument) -> Value {
+    let topic = match &at.name {
+        None => format!("$aws/things/{}/shadow/update/documents", at.thing),
+        Some(n) => format!("$aws/things/{}/shadow/name/{n}/update/documents", at.thing),
+    };
+    json!({"topic": topic, "previous": previous, "current": current, "timestamp": current.timestamp})
+}
+
+fn sync_config(policies: &str) -> SyncConfig {
+    SyncConfig::from_source(&std::collections::BTreeMap::from([(
+        vars::SHADOW_POLICIES,
+        policies,
+    )]))
+    .unwrap()
+}
+
+async fn desired_change_then_report_clears_desired(named: Option<&str>) {
+    let factory = local::factory().await;
+    let store = IotShadowStore::new(factory.iot_data());
+    let table = device_table(&factory).await;
+    let registry = Registry(table.clone());
+    let thing = thing(&factory, "sync").await;
+    let at = shadow(&thing, named);
+
+    send(
+        &store,
+        &at,
+        json!({"desired": {"interval_s": 30, "mode": "eco"}}),
+    )
+    .await;
+    let before = read(&store, &at).await;
+    assert_eq!(before.delta()["interval_s"], 30);
+    // The device applies interval_s (not yet mode) and reports its firmware.
+    send(
+        &store,
+        &at,
+        json!({"reported": {"interval_s": 30, "firmware": {"version": "1.4.0"}}}),
+    )
+    .await;
+    let current = read(&store, &at).await;
+
+    let summary: SyncSummary = handle(
+        documents(&at, &before, &current),
+        &sync_config(""),
+        &store,
+        &registry,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.converged, ["interval_s"], "{summary:?}");
+    assert_eq!(summary.written_version, Some(current.version + 1));
+    assert_eq!(summary.facts, Some("recorded"));
+
+    let after = read(&store, &at).await;
+    assert_eq!(after.version, current.version + 1);
+    let desired = after.state.desired.clone().unwrap_or_default();
+    assert!(!desired.contains_key("interval_s"), "cleared: {desired:?}");
+    assert_eq!(desired["mode"], "eco", "pending desired stays");
+    assert_eq!(after.state.reported.as_ref().unwrap()["interval_s"], 30);
+
+    let item = table.get(thing.as_str(), "device").await.unwrap().unwrap();
+    assert_eq!(item["firmware_version"], "1.4.0");
+    assert_eq!(
+        item[&format!("shadow_version_{}", at.label())],
+        current.version
+    );
+
+    // The same message again (AWS may deliver twice): nothing more is written.
+    let replay = handle(
+        documents(&at, &before, &current),
+        &sync_config(""),
+        &store,
+        &registry,
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.written_version, None, "{replay:?}");
+    assert_eq!(replay.facts, Some("stale"));
+    assert_eq!(read(&store, &at).await.version, after.version);
+}
+
+#[tokio::test]
+async fn classic_shadow_desired_is_cleared_once_reported() {
+    desired_change_then_report_clears_desired(None).await;
+}
+
+#[tokio::test]
+async fn named_shadow_desired_is_cleared_once_reported() {
+    desired_change_then_report_clears_desired(Some("config")).await;
+}
+
+#[tokio::test]
+async fn a_stale_clear_never_wipes_a_newer_desired_value() {
+    let factory = local::factory().await;
+    let store = IotShadowStore::new(factory.iot_data());
+    let registry = Registry(device_table(&factory).await);
+    let thing = thing(&factory, "stale-clear").await;
+    let at = shadow(&thing, None);
+    send(&store, &at, json!({"desired": {"mode": "eco"}})).await;
+    let before = read(&store, &at).await;
+    send(&store, &at, json!({"reported": {"mode": "eco"}})).await;
+    let current = read(&store, &at).await;
+    // An operator sets boost before the documents message is handled.
+    send(&store, &at, json!({"desired": {"mode": "boost"}})).await;
+
+    let summary = handle(
+        documents(&at, &before, &current),
+        &sync_config(""),
+        &store,
+        &registry,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.attempts, 2,
+        "409, re-read, nothing left to clear: {summary:?}"
+    );
+    assert_eq!(summary.written_version, None);
+    let after = read(&store, &at).await;
+    assert_eq!(after.state.desired.as_ref().unwrap()["mode"], "boost");
+    assert_eq!(after.delta()["mode"], "boost");
+}
+
+/// Writer B lands first; writer A computed from the shadow before B and loses the version race
+/// (a real 409 from the endpoint), re-reads and applies the policy.
+async fn race(
+    policies: &str,
+    a_decided: i64,
+    a_value: Value,
+) -> (
+    ShadowDocument,
+    Result<WriteOutcome, WriteError>,
+    Vec<String>,
+) {
+    let factory = local::factory().await;
+    let store = IotShadowStore::new(factory.iot_data());
+    let thing = thing(&factory, "race").await;
+    let at = shadow(&thing, None);
+    send(
+        &store,
+        &at,
+        json!({"desired": {"setpoint": 20, "fan": "auto"}}),
+    )
+    .await;
+    let base = read(&store, &at).await;
+    let policies: PolicyTable = policies.parse().unwrap();
+    let now_s = shoal_shared::clock::now_ms() / 1000;
+    let b = DesiredIntent {
+        desired: json!({"setpoint": 22}).as_object().unwrap().clone(),
+        decided_at_s: u64::try_from(now_s).unwrap(),
+    };
+    let b_write = write_optimistic(&store, &at, Some(base.clone()), 3, |fresh| {
+        plan_intent(Some(&base), fresh, &b, &policies).update()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(b_write, WriteOutcome::Written { attempts: 1, .. }));
+
+    let a = DesiredIntent {
+        desired: json!({"setpoint": a_value, "light": "on"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        decided_at_s: u64::try_from(now_s + a_decided).unwrap(),
+    };
+    let mut kept = Vec::new();
+    let a_write = write_optimistic(&store, &at, Some(base.clone()), 3, |fresh| {
+        let plan = plan_intent(Some(&base), fresh, &a, &policies);
+        kept = plan.kept.iter().map(|(p, _)| p.clone()).collect();
+        plan.update()
+    })
+    .await;
+    (read(&store, &at).await, a_write, kept)
+}
+
+#[tokio::test]
+async fn racing_cloud_writers_are_resolved_per_policy() {
+    // lww: A decided before B: B's setpoint stays; A's other key applies.
+    let (doc, a, kept) = race("*=lww", -100, json!(18)).await;
+    assert!(
+        matches!(a, Ok(WriteOutcome::Written { attempts: 2, .. })),
+        "{a:?}"
+    );
+    let desired = doc.state.desired.unwrap();
+    assert_eq!(
+        (desired["setpoint"].clone(), desired["light"].clone()),
+        (json!(22), json!("on"))
+    );
+    assert_eq!(kept, ["setpoint"]);
+    // lww: A decided after B: A wins.
+    let (doc, _, _) = race("*=lww", 100, json!(18)).await;
+    assert_eq!(doc.state.desired.unwrap()["setpoint"], 18);
+    // merge: the committed cloud value wins whatever the times.
+    let (doc, _, kept) = race("*=merge", 100, json!(18)).await;
+    assert_eq!(doc.state.desired.unwrap()["setpoint"], 22);
+    assert_eq!(kept, ["setpoint"]);
+    // vclock:max: concurrent writes, the larger setpoint wins either way round.
+    let (doc, _, _) = race("*=vclock:max", -100, json!(25)).await;
+    let desired = doc.state.desired.unwrap();
+    assert_eq!(desired["setpoint"], 25);
+    assert!(desired["_clock"]["setpoint"]["cloud"].as_u64().unwrap() >= 1);
+    let (doc, _, kept) = race("*=vclock:max", 100, json!(18)).await;
+    assert_eq!(doc.state.desired.unwrap()["setpoint"], 22);
+    assert_eq!(kept, ["setpoint"]);
+}
+
+#[tokio::test]
+async fn device_and_cloud_conflicts_are_decided_and_the_loser_recorded() {
+    let factory = local::factory().await;
+    let store = IotShadowStore::new(factory.iot_data());
+    let table = device_table(&factory).await;
+    let registry = Registry(table.clone());
+    let thing = thing(&factory, "conflict").await;
+    let at = shadow(&thing, None);
+    send(
+        &store,
+        &at,
+        json!({"desired": {"schedule": {"start": 7, "_x": 1}, "mode": "eco",
+                                         "_clock": {"schedule.start": {"cloud": 2}}}}),
+    )
+    .await;
+    let before = read(&store, &at).await;
+    // The device changed both locally, concurrently with the cloud (its clock never saw cloud:2).
+    send(&store, &at, json!({"reported": {"schedule": {"start": 9}, "mode": "boost",
+                                          "_clock": {"schedule.start": {"cloud": 1, "device": 1}}}})).await;
+    let current = read(&store, &at).await;
+    let config = sync_config("*=lww;mode=merge;schedule=vclock:cloud-wins");
+    let summary = handle(
+        documents(&at, &before, &current),
+        &config,
+        &store,
+        &registry,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.conflicts, 2, "{summary:?}");
+    let after = read(&store, &at).await;
+    let desired = after.state.desired.unwrap();
+    assert_eq!(desired["mode"], "eco", "merge: the cloud wins");
+    assert_eq!(desired["schedule"]["start"], 7, "vclock cloud-wins");
+    assert_eq!(
+        desired["_clock"]["schedule.start"],
+        json!({"cloud": 3, "device": 1})
+    );
+    let mut lost: Vec<Value> = table
+        .conflicts(thing.as_str())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c["lost"]["value"].clone())
+        .collect();
+    lost.sort_by_key(Value::to_string);
+    assert_eq!(lost, [json!("boost"), json!(9)]);
+}
+
+#[tokio::test]
+async fn an_update_over_8_kb_is_refused_before_any_call() {
+    let factory = local::factory().await;
+    let store = IotShadowStore::new(factory.iot_data());
+    let thing = thing(&factory, "big").await;
+    let at = shadow(&thing, None);
+    send(&store, &at, json!({"reported": {"log": "x".repeat(6000)}})).await;
+    let version = read(&store, &at).await.version;
+    let update = ShadowUpdate::desired(
+        json!({"note": "y".repeat(3000)})
+            .as_object()
+            .unwrap()
+            .clone(),
+        None,
+    );
+    let err = write_optimistic(&store, &at, None, 3, |_| Some(update.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WriteError::Limit { .. }), "{err}");
+    assert!(err.to_string().contains("8192"), "{err}");
+    assert_eq!(read(&store, &at).await.version, version, "nothing was sent");
+}
+
+fn lifecycle(client: &str, kind: &str, ts: u64, version: u64) -> Value {
+    json!({"clientId": client, "timestamp": ts, "eventType": kind,
+           "sessionIdentifier": format!("session-{version}"), "principalIdentifier": "cert",
+           "ipAddress": "192.0.2.1", "versionNumber": version,
+           "clientInitiatedDisconnect": false, "disconnectReason": "MQTT_KEEP_ALIVE_TIMEOUT"})
+}
+
+#[tokio::test]
+async fn lifecycle_events_out_of_order_and_duplicated_never_regress_presence() {
+    let factory = local::factory().await;
+    let table = device_table(&factory).await;
+    let registry = Registry(table.clone());
+    let alerts = IotAlerts(factory.iot_data());
+    let config = PresenceConfig {
+        offline_threshold_s: 600,
+        alerts_topic: "shoal/alerts".into(),
+    };
+    let client = unique_name("presence");
+    let t = 1_800_000_000_000u64;
+    let delivered = [
+        (lifecycle(&client, "disconnected", t + 2_000, 1), "applied"),
+        (lifecycle(&client, "connected", t + 3_000, 2), "applied"),
+        (lifecycle(&client, "connected", t + 1_000, 1), "stale"), // late
+        (lifecycle(&client, "disconnected", t + 2_000, 1), "stale"), // duplicate, late
+        (lifecycle(&client, "connected", t + 3_000, 2), "stale"), // duplicate
+    ];
+    for (event, expected) in delivered {
+        let answer = presence::handle(event, &config, &registry, &alerts, t)
+            .await
+            .unwrap();
+        let PresenceAnswer::Event(summary) = answer else {
+            panic!("an event")
+        };
+        assert_eq!(summary.outcome, expected, "{summary:?}");
+    }
+    let item = table.get(&client, "device").await.unwrap().unwrap();
+    assert_eq!(item["online"], true);
+    assert_eq!(item["last_seen"], t + 3_000);
+    assert!(item.get("offline_since").is_none());
+
+    // Offline for good: the sweep alerts once, past the threshold only.
+    let gone = t + 10_000;
+    presence::handle(
+        lifecycle(&client, "disconnected", gone, 2),
+        &config,
+        &registry,
+        &alerts,
+        gone,
+    )
+    .await
+    .unwrap();
+    let schedule = json!({"detail-type": "Scheduled Event", "source": "aws.events"});
+    let early = presence::handle(
+        schedule.clone(),
+        &config,
+        &registry,
+        &alerts,
+        gone + 599_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(early, PresenceAnswer::Sweep(SweepSummary::default()));
+    let late = presence::handle(
+        schedule.clone(),
+        &config,
+        &registry,
+        &alerts,
+        gone + 601_000,
+    )
+    .await
+    .unwrap();
+    let PresenceAnswer::Sweep(late) = late else {
+        panic!("a sweep")
+    };
+    assert_eq!(
+        (late.offline_past_threshold, late.alerted),
+        (1, 1),
+        "{late:?}"
+    );
+    let item = table.get(&client, "device").await.unwrap().unwrap();
+    assert_eq!(item["online"], false);
+    assert_eq!(item["disconnect_reason"], "MQTT_KEEP_ALIVE_TIMEOUT");
+    assert!(item["offline_alerted_at"].as_u64().is_some());
+    let again = presence::handle(schedule, &config, &registry, &alerts, gone + 700_000)
+        .await
+        .unwrap();
+    assert_eq!(again, PresenceAnswer::Sweep(SweepSummary::default()));
+}
+
+/// A shadow store that fails the first update of some things, as an unreachable endpoint would.
+struct Flaky {
+    inner: IotShadowStore,
+    fail: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl ShadowStore for Flaky {
+    async fn get(&self, at: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+        self.inner.get(at).await
+    }
+    async fn update(&self, at: &ShadowRef, update: &ShadowUpdate) -> Result<Option<u64>, AwsError> {
+        if self.fail.lock().unwrap().remove(at.thing.as_str()) {
+            return Err(AwsError {
+                service: "iot-data",
+                operation: "UpdateThingShadow",
+                kind: AwsErrorKind::Unreachable,
+                code: None,
+                message: "injected".into(),
+            });
+        }
+        self.inner.update(at, update).await
+    }
+}
+
+#[tokio::test]
+async fn group_update_over_200_things_reports_failures_and_resumes() {
+    use shoal_cli::group_config::{
+        GroupRequest, IotFleet, Options, Status, Target, ThingResult, set_desired,
+    };
+    let factory = local::factory().await;
+    let iot = factory.iot();
+    let group = unique_name("building");
+    iot.create_thing_group()
+        .thing_group_name(&group)
+        .send()
+        .await
+        .aws("iot", "CreateThingGroup")
+        .unwrap();
+    let mut things = Vec::new();
+    for _ in 0..200 {
+        let t = thing(&factory, "bldg").await;
+        iot.add_thing_to_thing_group()
+            .thing_group_name(&group)
+            .thing_name(t.as_str())
+            .send()
+            .await
+            .aws("iot", "AddThingToThingGroup")
+            .unwrap();
+        things.push(t);
+    }
+    let store = IotShadowStore::new(factory.iot_data());
+    // Three devices report so much state that the new desired would not fit: refused locally.
+    for t in &things[..3] {
+        send(
+            &store,
+            &shadow(t, None),
+            json!({"reported": {"log": "x".repeat(8170)}}),
+        )
+        .await;
+    }
+    let injected: std::collections::BTreeSet<String> =
+        things[10..15].iter().map(|t| t.to_string()).collect();
+    let flaky = Arc::new(Flaky {
+        inner: store.clone(),
+        fail: std::sync::Mutex::new(injected.clone()),
+    });
+    let request = GroupRequest {
+        target: Target::Group(group.clone()),
+        shadow: None,
+        desired: json!({"hvac": {"setpoint": 21}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    let report = std::env::temp_dir().join(format!("{}.jsonl", unique_name("config-set")));
+    let policies = PolicyTable::default();
+    let options = |resume| Options {
+        policies: &policies,
+        concurrency: 16,
+        max_attempts: 3,
+        resume,
+        decided_at_s: 0,
+    };
+    let mut seen = 0;
+    let summary = set_desired(
+        &IotFleet(iot.clone()),
+        flaky,
+        &request,
+        &report,
+        options(false),
+        |n, total, _| {
+            assert!(n <= total);
+            seen += 1;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (summary.targeted, summary.written, summary.failed),
+        (200, 192, 8),
+        "{summary:?}"
+    );
+    assert_eq!(seen, 200);
+    let lines: Vec<ThingResult> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 200);
+    let failed: Vec<&ThingResult> = lines
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .collect();
+    assert!(failed.iter().all(|r| r.error.is_some()));
+    assert_eq!(
+        failed
+            .iter()
+            .filter(|r| r.error.as_ref().unwrap().contains("8192"))
+            .count(),
+        3
+    );
+    assert_eq!(
+        failed
+            .iter()
+            .filter(|r| injected.contains(&r.thing))
+            .count(),
+        5
+    );
+
+    // Resume: only the failed ones are tried again; the injected failures now pass.
+    let resumed = set_desired(
+        &IotFleet(iot.clone()),
+        Arc::new(store.clone()),
+        &request,
+        &report,
+        options(true),
+        |_, _, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (resumed.already_done, resumed.written, resumed.failed),
+        (192, 5, 3),
+        "{resumed:?}"
+    );
+    for t in &things[10..15] {
+        assert_eq!(
+            read(&store, &shadow(t, None)).await.state.desired.unwrap()["hvac"]["setpoint"],
+            21
+        );
+    }
+    // A different request cannot resume this report.
+    let other = GroupRequest {
+        desired: json!({"hvac": {"setpoint": 19}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..request
+    };
+    let err = set_desired(
+        &IotFleet(iot),
+        Arc::new(store),
+        &other,
+        &report,
+        options(true),
+        |_, _, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("another request"), "{err}");
+    std::fs::remove_file(report).ok();
+}
