@@ -5,7 +5,8 @@
 # are shifted to now first (events/README.md). Direct events must account for each reading
 # (received = accepted + quarantined + retried; the clean files fully accepted); SQS and Kinesis
 # batches must report no batch item failures; the pre-provisioning hook must allow exactly the
-# `-allowed` sample. tests/tests/events.rs checks the exact outcomes.
+# `-allowed` sample; shadow documents and presence samples must have their documented outcome.
+# tests/tests/events.rs checks the exact outcomes.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +19,7 @@ suffix=$(date +%s%N | tail -c 9)
 database="invoke_${suffix}"
 bucket="invoke-archive-${suffix}"
 manifest="invoke-manifest-${suffix}"
+devices="invoke-devices-${suffix}"
 watch_pids=()
 cleanup() {
   for pid in "${watch_pids[@]}"; do
@@ -30,7 +32,7 @@ trap cleanup EXIT
 # Resources the function writes to (never boto3 here: its Timestream client insists on endpoint
 # discovery and would call AWS's real host).
 cargo run --quiet -p shoal-cli -- init-local --database "$database" --table telemetry \
-  --bucket "$bucket" --manifest-table "$manifest"
+  --bucket "$bucket" --manifest-table "$manifest" --device-table "$devices"
 cargo run --quiet -p shoal-cli -- manifest import tests/fixtures/manifest.csv --table "$manifest"
 
 log="$work/watch.log"
@@ -42,6 +44,7 @@ SHOAL_ARCHIVE_BUCKET="$bucket"
 SHOAL_PACKED_SCHEMAS="th-v2=temp,hum"
 SHOAL_MANIFEST_TABLE="$manifest"
 SHOAL_TEMPLATE_MODELS="shoal-fleet=th-v2"
+SHOAL_DEVICE_TABLE="$devices"
 AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
 AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID"
 AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
@@ -65,6 +68,7 @@ watch() {
 }
 watch telemetry-router "$port"
 watch provisioning "$((port + 1))"
+watch shadow-sync "$((port + 2))"
 
 failures=0
 checked=0
@@ -135,6 +139,52 @@ print(f"ok   {name}: {response}")
 PY
   then checked=$((checked + 1)); else failures=$((failures + 1)); fi
 done
+
+# invoke BINARY PORT FILE CHECK: invokes, then runs the Python CHECK with `name` and `response`.
+invoke() {
+  local binary=$1 at=$2 file=$3 check=$4 response
+  if ! response=$(cargo lambda invoke "$binary" -A 127.0.0.1 -P "$at" --data-file "$file" 2>"$work/invoke.err"); then
+    echo "FAIL $file: invoke failed: $(cat "$work/invoke.err")" >&2
+    failures=$((failures + 1)); return
+  fi
+  if "$py" -c "import json, sys
+name, response = sys.argv[1], json.loads(sys.argv[2])
+$check
+print(f'ok   {name}: {response}')" "$file" "$response"; then
+    checked=$((checked + 1)); else failures=$((failures + 1)); fi
+}
+
+# Shadow documents: a fresh thing whose shadow reaches the sample's versions with the same
+# updates (boto3's IoT clients are fine here; only its Timestream client misbehaves).
+thing="invoke-thing-${suffix}"
+for event in events/shadow-documents-*.json; do
+  "$py" - "$event" "$work/$(basename "$event")" "$thing" <<'PY'
+import json, os, sys
+import boto3
+source, target, thing = sys.argv[1:4]
+event = json.load(open(source))
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+iot, data = boto3.client("iot", **kw), boto3.client("iot-data", **kw)
+named = "/shadow/name/" in event["topic"]
+if not named:
+    iot.create_thing(thingName=thing)
+    for section in ("desired", "reported"):
+        data.update_thing_shadow(thingName=thing, payload=json.dumps({"state": {section: event["current"]["state"][section]}}))
+event["topic"] = event["topic"].replace("shoal-sample-1", thing)
+json.dump(event, open(target, "w"))
+PY
+done
+invoke shadow-documents "$((port + 2))" "$work/shadow-documents-classic.json" \
+  'assert response["converged"] == ["sample_interval_s"] and response["written_version"] == 3 and response["facts"] == "recorded", response'
+invoke shadow-documents "$((port + 2))" "$work/shadow-documents-ota.json" \
+  'assert response["ota"] == "recorded" and response["written_version"] is None, response'
+
+# Presence: connect then disconnect apply; the sweep accounts for every device it found.
+invoke presence "$((port + 2))" events/presence-connected.json 'assert response["outcome"] == "applied", response'
+invoke presence "$((port + 2))" events/presence-disconnected.json 'assert response["outcome"] == "applied", response'
+invoke presence "$((port + 2))" events/presence-disconnected.json 'assert response["outcome"] == "stale", response'
+invoke presence "$((port + 2))" events/presence-offline-sweep.json \
+  'assert response["failed"] == 0 and response["offline_past_threshold"] == response["alerted"] + response["returned_meanwhile"], response'
 
 echo "lambda-invoke: $checked passed, $failures failed"
 [ "$failures" -eq 0 ] && [ "$checked" -gt 0 ]

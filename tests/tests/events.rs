@@ -241,3 +241,170 @@ async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
     }
     assert_eq!(seen, 4);
 }
+
+fn sample(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo_root().join("events").join(name)).unwrap())
+        .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
+}
+
+fn sample_names(prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("events"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(prefix) && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn shadow_documents_sample_events_have_their_documented_outcome() {
+    use aws_smithy_types::Blob;
+    use shadow_sync::documents::{SyncConfig, handle};
+    use shadow_sync::edges::Registry;
+    use shoal_shared::aws::AwsResultExt;
+    use shoal_shared::device_table::DeviceTable;
+    use shoal_shared::shadow::ShadowRef;
+    use shoal_shared::shadow_store::{IotShadowStore, ShadowStore};
+
+    assert_eq!(
+        sample_names("shadow-documents-"),
+        ["shadow-documents-classic.json", "shadow-documents-ota.json"]
+    );
+    let factory = local::factory().await;
+    let table = DeviceTable::new(
+        factory.dynamodb(),
+        unique_name("events-devices").parse().unwrap(),
+    );
+    table.ensure_exists().await.unwrap();
+    let registry = Registry(table.clone());
+    let store = IotShadowStore::new(factory.iot_data());
+    let config = SyncConfig::from_source(&std::collections::BTreeMap::<&str, &str>::new()).unwrap();
+    let data = factory.iot_data();
+
+    // classic: the thing's shadow reaches the message's versions with the same two updates.
+    let thing = unique_name("sample");
+    factory
+        .iot()
+        .create_thing()
+        .thing_name(&thing)
+        .send()
+        .await
+        .aws("iot", "CreateThing")
+        .unwrap();
+    let mut event = sample("shadow-documents-classic.json");
+    for section in ["desired", "reported"] {
+        let state = &event["current"]["state"][section];
+        data.update_thing_shadow()
+            .thing_name(&thing)
+            .payload(Blob::new(
+                serde_json::json!({"state": {section: state}}).to_string(),
+            ))
+            .send()
+            .await
+            .aws("iot-data", "UpdateThingShadow")
+            .unwrap();
+    }
+    event["topic"] = Value::from(format!("$aws/things/{thing}/shadow/update/documents"));
+    let summary = handle(event, &config, &store, &registry).await.unwrap();
+    assert_eq!(summary.converged, ["sample_interval_s"], "{summary:?}");
+    assert_eq!(summary.written_version, Some(3));
+    assert_eq!(summary.facts, Some("recorded"));
+    let at = ShadowRef {
+        thing: thing.parse().unwrap(),
+        name: None,
+    };
+    let shadow = store.get(&at).await.unwrap().unwrap();
+    assert_eq!(
+        Value::Object(shadow.state.desired.unwrap()),
+        serde_json::json!({"mode": "eco"})
+    );
+    let item = table.get(&thing, "device").await.unwrap().unwrap();
+    assert_eq!(item["firmware_version"], "1.4.0");
+    assert_eq!(
+        item["reported_config"],
+        serde_json::json!({"units": "metric"})
+    );
+
+    // ota: handed over, desired left alone.
+    let mut event = sample("shadow-documents-ota.json");
+    event["topic"] = Value::from(format!(
+        "$aws/things/{thing}/shadow/name/ota/update/documents"
+    ));
+    let summary = handle(event, &config, &store, &registry).await.unwrap();
+    assert_eq!(summary.ota.as_deref(), Some("recorded"), "{summary:?}");
+    assert_eq!(summary.written_version, None);
+    let item = table.get(&thing, "device").await.unwrap().unwrap();
+    assert_eq!(item["ota_status"], "failed");
+    assert_eq!(item["ota_target_version"], "1.5.0");
+    assert_eq!(item["ota_running_version"], "1.4.0");
+    assert_eq!(item["ota_reason"], "boot check failed; rolled back");
+    assert_eq!(item["ota_shadow_version"], 5);
+}
+
+#[tokio::test]
+async fn presence_sample_events_have_their_documented_outcome() {
+    use shadow_sync::edges::{IotAlerts, Registry};
+    use shadow_sync::presence::{PresenceAnswer, PresenceConfig, handle};
+    use shoal_shared::device_table::DeviceTable;
+
+    assert_eq!(
+        sample_names("presence-"),
+        [
+            "presence-connected.json",
+            "presence-disconnected.json",
+            "presence-offline-sweep.json"
+        ]
+    );
+    let factory = local::factory().await;
+    let table = DeviceTable::new(
+        factory.dynamodb(),
+        unique_name("events-presence").parse().unwrap(),
+    );
+    table.ensure_exists().await.unwrap();
+    let registry = Registry(table.clone());
+    let alerts = IotAlerts(factory.iot_data());
+    let config =
+        PresenceConfig::from_source(&std::collections::BTreeMap::<&str, &str>::new()).unwrap();
+    assert_eq!(config.offline_threshold_s, 3600);
+    let disconnected_at = 1_795_600_900_000u64;
+    let outcome = |answer: PresenceAnswer| serde_json::to_value(answer).unwrap();
+    let now = disconnected_at;
+    for (file, expected) in [
+        ("presence-connected.json", "applied"),
+        ("presence-disconnected.json", "applied"),
+        ("presence-disconnected.json", "stale"),
+    ] {
+        let answer = handle(sample(file), &config, &registry, &alerts, now)
+            .await
+            .unwrap();
+        assert_eq!(outcome(answer)["outcome"], expected, "{file}");
+    }
+    let item = table
+        .get("shoal-sample-1", "device")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item["online"], false);
+    assert_eq!(item["offline_since"], disconnected_at);
+    let sweep = sample("presence-offline-sweep.json");
+    let answer = handle(
+        sweep,
+        &config,
+        &registry,
+        &alerts,
+        disconnected_at + 3_601_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome(answer),
+        serde_json::json!({"offline_past_threshold": 1, "alerted": 1, "returned_meanwhile": 0, "failed": 0})
+    );
+    let item = table
+        .get("shoal-sample-1", "device")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(item["offline_alerted_at"].as_u64().is_some());
+}

@@ -141,6 +141,8 @@ pub async fn handle(
         ..SyncSummary::default()
     };
 
+    // The `ota` shadow's desired state belongs to the OTA flow: hand the report over, and leave
+    // its desired keys alone (the rollout clears or replaces them).
     if shadow.label() == OTA_SHADOW {
         summary.ota = match changed_report(previous, current) {
             None => None,
@@ -155,7 +157,9 @@ pub async fn handle(
                 Some(if recorded { "recorded" } else { "stale" }.to_owned())
             }
         };
-    } else if let Some(facts) = reported_facts(
+        return Ok(summary);
+    }
+    if let Some(facts) = reported_facts(
         previous,
         current,
         &config.firmware_path,
