@@ -13,7 +13,7 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-hook package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-hook bench-shadow package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
@@ -22,6 +22,7 @@ help:
 	@echo "make package     build every Lambda zip with cargo lambda (release) and print sizes"
 	@echo "make bench       telemetry decode/validate/record-build throughput (BENCHMARKS.md)"
 	@echo "make bench-hook  pre-provisioning hook latency against the local stack"
+	@echo "make bench-shadow CPU per shadow-documents message (plan, policies, limits; no I/O)"
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +75,10 @@ bench:
 # Hook latency against the local stack (started and stopped around it when needed).
 bench-hook: venv
 	@$(STACK) run cargo bench -p provisioning --bench hook_latency
+
+# CPU per shadow-documents message, I/O excluded (release build, no stack needed).
+bench-shadow:
+	cargo bench -p shadow-sync --bench documents_cpu
 
 fmt:
 	cargo fmt --all
