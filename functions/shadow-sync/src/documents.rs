@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use shoal_shared::aws::AwsError;
 use shoal_shared::config::{self, ConfigError, Source, vars};
@@ -80,13 +80,9 @@ impl SyncConfig {
     }
 }
 
-/// The rule's event: the documents message plus the topic it came on.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DocumentsEvent {
-    pub topic: String,
-    #[serde(flatten)]
-    pub message: DocumentsMessage,
-}
+/// The rule's event: the documents message with the topic it came on (`topic() AS topic`),
+/// read without `#[serde(flatten)]`, which would buffer the whole document first.
+pub type DocumentsEvent = DocumentsMessage;
 
 /// What one message led to (the function's answer and its log line).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -122,7 +118,13 @@ pub async fn handle(
 ) -> Result<SyncSummary, SyncError> {
     let parsed = serde_json::from_value::<DocumentsEvent>(event)
         .map_err(|e| format!("not a shadow documents event: {e}"))
-        .and_then(|e| ShadowRef::from_documents_topic(&e.topic).map(|shadow| (shadow, e.message)));
+        .and_then(|e| {
+            let topic = e
+                .topic
+                .as_deref()
+                .ok_or("the event has no topic (the rule's `topic() AS topic`)")?;
+            ShadowRef::from_documents_topic(topic).map(|shadow| (shadow, e))
+        });
     let (shadow, message) = match parsed {
         Ok(ok) => ok,
         Err(reason) => {

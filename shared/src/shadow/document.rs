@@ -115,6 +115,9 @@ fn newest_timestamp(node: &Value) -> Option<u64> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentsMessage {
+    /// Not AWS's: the topic, which Shoal's rules add with `topic() AS topic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     #[serde(default)]
     pub previous: Option<ShadowDocument>,
     pub current: ShadowDocument,
