@@ -154,6 +154,14 @@ pub fn condition_held<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> 
     }
 }
 
+/// A DynamoDB CreateTable's result where a table that already exists is fine (idempotent setup).
+pub fn created_unless_in_use<T>(result: Result<T, AwsError>) -> Result<(), AwsError> {
+    match result {
+        Err(e) if e.is_code("ResourceInUseException") => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
 /// Error codes AWS services use for throttling.
 const THROTTLING_CODES: &[&str] = &[
     "ThrottlingException",
@@ -207,6 +215,22 @@ impl AwsError {
             kind,
             code,
             message,
+        }
+    }
+
+    /// A failure on our side of a call (a request that could not be built, an answer that
+    /// could not be read): kind `Other`, no service code.
+    pub fn local(
+        service: &'static str,
+        operation: &'static str,
+        message: impl fmt::Display,
+    ) -> Self {
+        Self {
+            service,
+            operation,
+            kind: AwsErrorKind::Other,
+            code: None,
+            message: message.to_string(),
         }
     }
 

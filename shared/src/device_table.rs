@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::Value;
 
-use crate::aws::{AwsError, AwsErrorKind, AwsResultExt, condition_held};
+use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
 use crate::presence::{LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, offline_shard};
 use crate::shadow::ShadowRef;
@@ -80,13 +80,7 @@ pub struct OfflineDevice {
 }
 
 fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError {
-        service: "dynamodb",
-        operation,
-        kind: AwsErrorKind::Other,
-        code: None,
-        message: e.to_string(),
-    }
+    AwsError::local("dynamodb", operation, e)
 }
 
 #[derive(Debug, Clone)]
@@ -148,10 +142,7 @@ impl DeviceTable {
             .send()
             .await
             .aws("dynamodb", "CreateTable");
-        match created {
-            Err(e) if e.is_code("ResourceInUseException") => Ok(()),
-            other => other.map(|_| ()),
-        }
+        created_unless_in_use(created)
     }
 
     fn update(

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 
-use crate::aws::{AwsError, AwsErrorKind, AwsResultExt, condition_held};
+use crate::aws::{AwsError, AwsErrorKind, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
 use crate::ids::ThingName;
 use crate::provisioning::{DeviceStatus, ManifestEntry, Serial};
@@ -143,10 +143,7 @@ impl ManifestTable {
             .send()
             .await
             .aws("dynamodb", "CreateTable");
-        match created {
-            Err(e) if e.is_code("ResourceInUseException") => Ok(()),
-            other => other.map(|_| ()),
-        }
+        created_unless_in_use(created)
     }
 
     /// The serial's raw item, read consistently (a claim just made must be seen).
@@ -469,13 +466,7 @@ impl ManifestTable {
 }
 
 fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError {
-        service: "dynamodb",
-        operation,
-        kind: AwsErrorKind::Other,
-        code: None,
-        message: e.to_string(),
-    }
+    AwsError::local("dynamodb", operation, e)
 }
 
 #[cfg(test)]

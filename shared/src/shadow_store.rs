@@ -37,13 +37,11 @@ impl IotShadowStore {
 }
 
 fn malformed(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError {
-        service: "iot-data",
+    AwsError::local(
+        "iot-data",
         operation,
-        kind: crate::aws::AwsErrorKind::Other,
-        code: None,
-        message: format!("unreadable shadow document: {e}"),
-    }
+        format!("unreadable shadow document: {e}"),
+    )
 }
 
 impl ShadowStore for IotShadowStore {

@@ -81,13 +81,49 @@ fn sync_config(policies: &str) -> SyncConfig {
     .unwrap()
 }
 
-async fn desired_change_then_report_clears_desired(named: Option<&str>) {
+async fn run_documents(
+    store: &IotShadowStore,
+    registry: &Registry,
+    at: &ShadowRef,
+    before: &ShadowDocument,
+    current: &ShadowDocument,
+    config: &SyncConfig,
+) -> SyncSummary {
+    handle(documents(at, before, current), config, store, registry)
+        .await
+        .unwrap()
+}
+
+/// A fresh thing's shadow, the shadow store, and a fresh device table.
+struct Fixture {
+    store: IotShadowStore,
+    table: DeviceTable,
+    registry: Registry,
+    thing: ThingName,
+    at: ShadowRef,
+}
+
+async fn fixture(prefix: &str, named: Option<&str>) -> Fixture {
     let factory = local::factory().await;
-    let store = IotShadowStore::new(factory.iot_data());
     let table = device_table(&factory).await;
-    let registry = Registry(table.clone());
-    let thing = thing(&factory, "sync").await;
-    let at = shadow(&thing, named);
+    let thing = thing(&factory, prefix).await;
+    Fixture {
+        store: IotShadowStore::new(factory.iot_data()),
+        registry: Registry(table.clone()),
+        table,
+        at: shadow(&thing, named),
+        thing,
+    }
+}
+
+async fn desired_change_then_report_clears_desired(named: Option<&str>) {
+    let Fixture {
+        store,
+        table,
+        registry,
+        thing,
+        at,
+    } = fixture("sync", named).await;
 
     send(
         &store,
@@ -106,14 +142,8 @@ async fn desired_change_then_report_clears_desired(named: Option<&str>) {
     .await;
     let current = read(&store, &at).await;
 
-    let summary: SyncSummary = handle(
-        documents(&at, &before, &current),
-        &sync_config(""),
-        &store,
-        &registry,
-    )
-    .await
-    .unwrap();
+    let summary: SyncSummary =
+        run_documents(&store, &registry, &at, &before, &current, &sync_config("")).await;
     assert_eq!(summary.converged, ["interval_s"], "{summary:?}");
     assert_eq!(summary.written_version, Some(current.version + 1));
     assert_eq!(summary.facts, Some("recorded"));
@@ -133,14 +163,7 @@ async fn desired_change_then_report_clears_desired(named: Option<&str>) {
     );
 
     // The same message again (AWS may deliver twice): nothing more is written.
-    let replay = handle(
-        documents(&at, &before, &current),
-        &sync_config(""),
-        &store,
-        &registry,
-    )
-    .await
-    .unwrap();
+    let replay = run_documents(&store, &registry, &at, &before, &current, &sync_config("")).await;
     assert_eq!(replay.written_version, None, "{replay:?}");
     assert_eq!(replay.facts, Some("stale"));
     assert_eq!(read(&store, &at).await.version, after.version);
@@ -158,11 +181,12 @@ async fn named_shadow_desired_is_cleared_once_reported() {
 
 #[tokio::test]
 async fn a_stale_clear_never_wipes_a_newer_desired_value() {
-    let factory = local::factory().await;
-    let store = IotShadowStore::new(factory.iot_data());
-    let registry = Registry(device_table(&factory).await);
-    let thing = thing(&factory, "stale-clear").await;
-    let at = shadow(&thing, None);
+    let Fixture {
+        store,
+        registry,
+        at,
+        ..
+    } = fixture("stale-clear", None).await;
     send(&store, &at, json!({"desired": {"mode": "eco"}})).await;
     let before = read(&store, &at).await;
     send(&store, &at, json!({"reported": {"mode": "eco"}})).await;
@@ -170,14 +194,7 @@ async fn a_stale_clear_never_wipes_a_newer_desired_value() {
     // An operator sets boost before the documents message is handled.
     send(&store, &at, json!({"desired": {"mode": "boost"}})).await;
 
-    let summary = handle(
-        documents(&at, &before, &current),
-        &sync_config(""),
-        &store,
-        &registry,
-    )
-    .await
-    .unwrap();
+    let summary = run_documents(&store, &registry, &at, &before, &current, &sync_config("")).await;
     assert_eq!(
         summary.attempts, 2,
         "409, re-read, nothing left to clear: {summary:?}"
@@ -199,10 +216,7 @@ async fn race(
     Result<WriteOutcome, WriteError>,
     Vec<String>,
 ) {
-    let factory = local::factory().await;
-    let store = IotShadowStore::new(factory.iot_data());
-    let thing = thing(&factory, "race").await;
-    let at = shadow(&thing, None);
+    let Fixture { store, at, .. } = fixture("race", None).await;
     send(
         &store,
         &at,
@@ -273,12 +287,13 @@ async fn racing_cloud_writers_are_resolved_per_policy() {
 
 #[tokio::test]
 async fn device_and_cloud_conflicts_are_decided_and_the_loser_recorded() {
-    let factory = local::factory().await;
-    let store = IotShadowStore::new(factory.iot_data());
-    let table = device_table(&factory).await;
-    let registry = Registry(table.clone());
-    let thing = thing(&factory, "conflict").await;
-    let at = shadow(&thing, None);
+    let Fixture {
+        store,
+        table,
+        registry,
+        thing,
+        at,
+    } = fixture("conflict", None).await;
     send(
         &store,
         &at,
@@ -292,14 +307,7 @@ async fn device_and_cloud_conflicts_are_decided_and_the_loser_recorded() {
                                           "_clock": {"schedule.start": {"cloud": 1, "device": 1}}}})).await;
     let current = read(&store, &at).await;
     let config = sync_config("*=lww;mode=merge;schedule=vclock:cloud-wins");
-    let summary = handle(
-        documents(&at, &before, &current),
-        &config,
-        &store,
-        &registry,
-    )
-    .await
-    .unwrap();
+    let summary = run_documents(&store, &registry, &at, &before, &current, &config).await;
     assert_eq!(summary.conflicts, 2, "{summary:?}");
     let after = read(&store, &at).await;
     let desired = after.state.desired.unwrap();
@@ -322,10 +330,7 @@ async fn device_and_cloud_conflicts_are_decided_and_the_loser_recorded() {
 
 #[tokio::test]
 async fn an_update_over_8_kb_is_refused_before_any_call() {
-    let factory = local::factory().await;
-    let store = IotShadowStore::new(factory.iot_data());
-    let thing = thing(&factory, "big").await;
-    let at = shadow(&thing, None);
+    let Fixture { store, at, .. } = fixture("big", None).await;
     send(&store, &at, json!({"reported": {"log": "x".repeat(6000)}})).await;
     let version = read(&store, &at).await.version;
     let update = ShadowUpdate::desired(

@@ -292,21 +292,28 @@ mod tests {
 
     const CLASSIC: &str = "$aws/things/d-1/shadow/update/documents";
 
-    #[tokio::test]
-    async fn reached_desired_is_cleared_with_the_documents_version() {
-        let current = json!({"state": {"desired": {"interval": 30, "mode": "eco"},
-                             "reported": {"interval": 30, "mode": "off", "firmware": {"version": "1.0.0"}}},
-                             "version": 7});
+    /// Fakes whose shadow is `current`, and the summary of handling `current`'s message.
+    async fn run(topic: &str, current: Value, racing: Option<Value>) -> (Fakes, SyncSummary) {
         let fakes = Fakes::default();
         *fakes.shadow.lock().unwrap() = Some(serde_json::from_value(current.clone()).unwrap());
+        fakes.racing.lock().unwrap().extend(racing);
         let summary = handle(
-            event(CLASSIC, json!(null), current),
+            event(topic, json!(null), current),
             &config(),
             &fakes,
             &fakes,
         )
         .await
         .unwrap();
+        (fakes, summary)
+    }
+
+    #[tokio::test]
+    async fn reached_desired_is_cleared_with_the_documents_version() {
+        let current = json!({"state": {"desired": {"interval": 30, "mode": "eco"},
+                             "reported": {"interval": 30, "mode": "off", "firmware": {"version": "1.0.0"}}},
+                             "version": 7});
+        let (fakes, summary) = run(CLASSIC, current, None).await;
         assert_eq!(summary.converged, ["interval"]);
         assert_eq!(summary.written_version, Some(8));
         assert_eq!(summary.conflicts, 1, "mode: merge keeps the cloud's eco");
@@ -325,18 +332,8 @@ mod tests {
     #[tokio::test]
     async fn a_racing_cloud_write_is_not_wiped_by_a_stale_clear() {
         let current = json!({"state": {"desired": {"mode": "eco"}, "reported": {"mode": "eco"}}, "version": 3});
-        let fakes = Fakes::default();
-        *fakes.shadow.lock().unwrap() = Some(serde_json::from_value(current.clone()).unwrap());
         // An operator sets mode=boost just before our clear lands.
-        fakes.racing.lock().unwrap().push(json!({"mode": "boost"}));
-        let summary = handle(
-            event(CLASSIC, json!(null), current),
-            &config(),
-            &fakes,
-            &fakes,
-        )
-        .await
-        .unwrap();
+        let (fakes, summary) = run(CLASSIC, current, Some(json!({"mode": "boost"}))).await;
         assert_eq!(summary.written_version, None, "{summary:?}");
         assert_eq!(summary.attempts, 2);
         let shadow = fakes.shadow.lock().unwrap().clone().unwrap();
@@ -348,19 +345,10 @@ mod tests {
 
     #[tokio::test]
     async fn ota_reports_go_to_the_ota_flow_and_bad_events_are_refused() {
-        let fakes = Fakes::default();
         let current = json!({"state": {"reported": {"status": "failed", "version": "2.0.0",
                              "running_version": "1.9.0", "reason": "verify: bad signature"}}, "version": 4});
-        *fakes.shadow.lock().unwrap() = Some(serde_json::from_value(current.clone()).unwrap());
         let topic = "$aws/things/d-1/shadow/name/ota/update/documents";
-        let summary = handle(
-            event(topic, json!(null), current),
-            &config(),
-            &fakes,
-            &fakes,
-        )
-        .await
-        .unwrap();
+        let (fakes, summary) = run(topic, current, None).await;
         assert_eq!(summary.ota.as_deref(), Some("recorded"));
         assert_eq!(
             fakes.ota.lock().unwrap()[0].1.running_version.as_deref(),

@@ -5,7 +5,7 @@ use aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError;
 use aws_sdk_timestreamwrite::types::{
     Dimension, MeasureValue as SdkMeasureValue, MeasureValueType, Record, TimeUnit,
 };
-use shoal_shared::aws::{AwsError, AwsErrorKind, AwsResultExt};
+use shoal_shared::aws::{AwsError, AwsResultExt};
 use shoal_shared::config::{BucketName, TimestreamTarget};
 use shoal_shared::telemetry::archive::hour_partitions;
 use shoal_shared::telemetry::records::common_dimensions;
@@ -44,13 +44,7 @@ fn dimension(name: &str, value: &str) -> Result<Dimension, AwsError> {
 }
 
 fn build_error(message: String) -> AwsError {
-    AwsError {
-        service: "timestream-write",
-        operation: "WriteRecords",
-        kind: AwsErrorKind::Other,
-        code: None,
-        message,
-    }
+    AwsError::local("timestream-write", "WriteRecords", message)
 }
 
 /// The SDK request for `batch`: measure name, type and time unit always hoisted into the common

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
-use shoal_shared::aws::{AwsError, AwsErrorKind};
+use shoal_shared::aws::AwsError;
 use shoal_shared::telemetry::archive::{archive_key, to_parquet};
 use shoal_shared::telemetry::records::{APP_DIMENSION, write_ranges};
 use shoal_shared::telemetry::{
@@ -341,13 +341,7 @@ pub async fn route_batch(
                 let key = archive_key(rules.limits.now_ms, batch_id);
                 edges.archive.put(&key, parquet).await
             }
-            Err(e) => Err(AwsError {
-                service: "archive",
-                operation: "EncodeParquet",
-                kind: AwsErrorKind::Other,
-                code: None,
-                message: e.to_string(),
-            }),
+            Err(e) => Err(AwsError::local("archive", "EncodeParquet", e)),
         };
         if let Err(e) = stored {
             let contributed: Vec<usize> = tagged
