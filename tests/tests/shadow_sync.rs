@@ -610,3 +610,53 @@ async fn group_update_over_200_things_reports_failures_and_resumes() {
     assert!(err.to_string().contains("another request"), "{err}");
     std::fs::remove_file(report).ok();
 }
+
+/// Shoal's delta is the one the endpoint computes, case by case (nested objects, arrays compared
+/// whole, numbers by value, keys only on one side).
+#[tokio::test]
+async fn delta_matches_the_endpoints() {
+    let Fixture { store, at, .. } = fixture("delta", None).await;
+    let cases = [
+        (json!({"a": 1, "b": "x"}), json!({"a": 1, "b": "y"})),
+        (
+            json!({"n": {"x": 1, "y": {"z": [1, 2]}}}),
+            json!({"n": {"x": 1, "y": {"z": [1, 2, 3]}}}),
+        ),
+        (
+            json!({"list": [1, 2, 3], "t": 21}),
+            json!({"list": [1, 2, 3], "t": 21.0}),
+        ),
+        (json!({"obj": {"k": 1}}), json!({"obj": 5, "extra": true})),
+        (
+            json!({"only_desired": {"deep": {"er": null, "est": 1}}}),
+            json!({"other": 1}),
+        ),
+    ];
+    for (desired, reported) in cases {
+        // Replace the whole state: delete it, then write both sections.
+        let update = json!({"state": null}).to_string();
+        local::factory()
+            .await
+            .iot_data()
+            .update_thing_shadow()
+            .thing_name(at.thing.as_str())
+            .payload(aws_smithy_types::Blob::new(update))
+            .send()
+            .await
+            .aws("iot-data", "UpdateThingShadow")
+            .unwrap();
+        send(
+            &store,
+            &at,
+            json!({"desired": desired, "reported": reported}),
+        )
+        .await;
+        let doc = read(&store, &at).await;
+        let endpoint_delta = doc.state.delta.clone().unwrap_or_default();
+        assert_eq!(
+            doc.delta(),
+            endpoint_delta,
+            "desired {desired} reported {reported}"
+        );
+    }
+}
