@@ -13,7 +13,7 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-hook bench-shadow package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-hook bench-shadow bench-rollout package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench       telemetry decode/validate/record-build throughput (BENCHMARKS.md)"
 	@echo "make bench-hook  pre-provisioning hook latency against the local stack"
 	@echo "make bench-shadow CPU per shadow-documents message (plan, policies, limits; no I/O)"
+	@echo "make bench-rollout cohort evaluation throughput (things/s)"
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +80,9 @@ bench-hook: venv
 # CPU per shadow-documents message, I/O excluded (release build, no stack needed).
 bench-shadow:
 	cargo bench -p shadow-sync --bench documents_cpu
+
+bench-rollout:
+	cargo bench -p shoal-shared --no-default-features --bench rollout_cohorts
 
 fmt:
 	cargo fmt --all

@@ -72,6 +72,7 @@ pub mod manifest_table;
 pub mod metrics;
 pub mod presence;
 pub mod provisioning;
+pub mod rollout;
 pub mod shadow;
 #[cfg(feature = "aws")]
 pub mod shadow_store;

@@ -1,0 +1,10 @@
+//! Firmware rollouts: versions compared as semver with anti-rollback ([`version`]), signed
+//! images ([`image`]), deterministic cohorts and eligibility ([`cohort`]), and the phases an
+//! advancer moves through, pausing on failures ([`phases`]).
+
+pub mod cohort;
+pub mod image;
+pub mod phases;
+pub mod version;
+
+pub use version::FirmwareVersion;
