@@ -36,6 +36,10 @@ pub mod vars {
     pub const MODEL_DEFAULTS: &str = "SHOAL_MODEL_DEFAULTS";
     /// KMS key (id, ARN or alias) that signs firmware digests.
     pub const FIRMWARE_SIGNING_KEY: &str = "SHOAL_FIRMWARE_SIGNING_KEY";
+    /// DynamoDB firmware registry (keyed by model#hardware and version).
+    pub const FIRMWARE_TABLE: &str = "SHOAL_FIRMWARE_TABLE";
+    /// S3 bucket holding firmware images (private, encrypted).
+    pub const FIRMWARE_BUCKET: &str = "SHOAL_FIRMWARE_BUCKET";
     /// Conflict policy per shadow attribute path: `*=lww;config=merge;schedule=vclock:max`.
     pub const SHADOW_POLICIES: &str = "SHOAL_SHADOW_POLICIES";
     /// Where devices report their firmware version in the shadow (dot path, default

@@ -65,6 +65,8 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "aws")]
 pub mod device_table;
+#[cfg(feature = "aws")]
+pub mod firmware_table;
 pub mod ids;
 pub mod logging;
 #[cfg(feature = "aws")]

@@ -2,6 +2,7 @@
 //! arguments and wires the AWS clients.
 
 pub mod decommission;
+pub mod firmware;
 pub mod group_config;
 pub mod manifest;
 pub mod resources;

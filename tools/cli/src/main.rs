@@ -4,15 +4,21 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_cli::decommission::ThingFate;
+use shoal_cli::firmware::{PublishRequest, Publisher};
 use shoal_cli::group_config::{GroupRequest, IotFleet, Options, Status, Target, set_desired};
 use shoal_cli::manifest::ImportError;
 use shoal_shared::aws::ClientFactory;
-use shoal_shared::config::{BucketName, TableName, TimestreamName, TimestreamTarget, vars};
+use shoal_shared::config::{
+    BucketName, KmsKeyRef, TableName, TimestreamName, TimestreamTarget, vars,
+};
 use shoal_shared::device_table::DeviceTable;
+use shoal_shared::firmware_table::FirmwareTable;
 use shoal_shared::ids::ShadowName;
 use shoal_shared::ids::ThingName;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::Serial;
+use shoal_shared::rollout::FirmwareVersion;
+use shoal_shared::rollout::image::{DeviceModel, HardwareRevision};
 use shoal_shared::shadow::{PolicyTable, ShadowUpdate, check_update};
 use shoal_shared::shadow_store::IotShadowStore;
 
@@ -43,6 +49,11 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// The firmware registry.
+    Firmware {
+        #[command(subcommand)]
+        command: FirmwareCommand,
     },
     /// Fleet configuration through device shadows.
     Config {
@@ -84,6 +95,41 @@ enum DeviceCommand {
         delete_thing: bool,
         #[arg(long, env = vars::MANIFEST_TABLE)]
         table: TableName,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirmwareCommand {
+    /// Sign an image's SHA-256 with the KMS key, verify the signature with the key's public key,
+    /// upload it and record it. Refuses a version not greater than the model's current one
+    /// unless --allow-downgrade --reason is given.
+    Publish {
+        /// The image file.
+        file: std::path::PathBuf,
+        /// Device model the image is for (as in the manifest: th-v2).
+        #[arg(long)]
+        model: DeviceModel,
+        /// Hardware revision the image is built for.
+        #[arg(long)]
+        hardware: HardwareRevision,
+        /// Semantic version of the image (1.10.0 > 1.9.0).
+        #[arg(long)]
+        version: FirmwareVersion,
+        /// Devices below this version must take an intermediate image first.
+        #[arg(long)]
+        min_version: Option<FirmwareVersion>,
+        /// Publish a version that is not greater than the current one.
+        #[arg(long, requires = "reason")]
+        allow_downgrade: bool,
+        /// Why the downgrade (recorded with the image).
+        #[arg(long, requires = "allow_downgrade")]
+        reason: Option<String>,
+        #[arg(long, env = vars::FIRMWARE_TABLE)]
+        table: TableName,
+        #[arg(long, env = vars::FIRMWARE_BUCKET)]
+        bucket: BucketName,
+        #[arg(long, env = vars::FIRMWARE_SIGNING_KEY)]
+        key: KmsKeyRef,
     },
 }
 
@@ -222,6 +268,40 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 shoal_cli::manifest::reset(&factory, &table, &serial, &reason).await?
             );
+        }
+        Command::Firmware {
+            command:
+                FirmwareCommand::Publish {
+                    file,
+                    model,
+                    hardware,
+                    version,
+                    min_version,
+                    allow_downgrade: _,
+                    reason,
+                    table,
+                    bucket,
+                    key,
+                },
+        } => {
+            let image =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let table = FirmwareTable::new(factory.dynamodb(), table);
+            let publisher = Publisher {
+                factory: &factory,
+                table: &table,
+                bucket: &bucket,
+                key: &key,
+            };
+            let request = PublishRequest {
+                model,
+                hardware,
+                version,
+                min_version,
+                downgrade_reason: reason,
+            };
+            let record = publisher.publish(&image, &request).await?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
         }
         Command::Config {
             command:

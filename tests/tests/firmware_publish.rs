@@ -1,0 +1,226 @@
+//! `shoal firmware publish` against the local stack: the image is signed by KMS, the signature
+//! verifies with the key's public key (checked again here, independently), the object and the
+//! record are read back; older versions are refused unless downgraded with a reason; a key that
+//! cannot sign leaves nothing behind.
+
+use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+use base64::Engine as _;
+use shoal_cli::firmware::{PublishError, PublishRequest, Publisher};
+use shoal_integration_tests::local::{self, unique_name};
+use shoal_shared::aws::{AwsResultExt, ClientFactory};
+use shoal_shared::config::{BucketName, KmsKeyRef};
+use shoal_shared::firmware_table::FirmwareTable;
+use shoal_shared::rollout::image::{sha256, verify_signature};
+use shoal_shared::rollout::version::PublishRefusal;
+
+async fn key(factory: &ClientFactory, spec: KeySpec, usage: KeyUsageType) -> KmsKeyRef {
+    let created = factory
+        .kms()
+        .create_key()
+        .key_spec(spec)
+        .key_usage(usage)
+        .description("shoal firmware test")
+        .send()
+        .await
+        .aws("kms", "CreateKey")
+        .unwrap();
+    created.key_metadata().unwrap().key_id().parse().unwrap()
+}
+
+fn request(version: &str, downgrade: Option<&str>) -> PublishRequest {
+    PublishRequest {
+        model: "th-v2".parse().unwrap(),
+        hardware: "rev-b".parse().unwrap(),
+        version: version.parse().unwrap(),
+        min_version: Some("1.0.0".parse().unwrap()),
+        downgrade_reason: downgrade.map(str::to_owned),
+    }
+}
+
+async fn objects(factory: &ClientFactory, bucket: &BucketName) -> usize {
+    factory
+        .s3()
+        .list_objects_v2()
+        .bucket(bucket.as_str())
+        .send()
+        .await
+        .aws("s3", "ListObjectsV2")
+        .unwrap()
+        .key_count()
+        .unwrap_or_default() as usize
+}
+
+#[tokio::test]
+async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
+    let factory = local::factory().await;
+    let table = FirmwareTable::new(factory.dynamodb(), unique_name("firmware").parse().unwrap());
+    table.ensure_exists().await.unwrap();
+    let bucket: BucketName = unique_name("firmware-images").parse().unwrap();
+    factory
+        .s3()
+        .create_bucket()
+        .bucket(bucket.as_str())
+        .send()
+        .await
+        .aws("s3", "CreateBucket")
+        .unwrap();
+    let signing = key(&factory, KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
+    let publisher = Publisher {
+        factory: &factory,
+        table: &table,
+        bucket: &bucket,
+        key: &signing,
+    };
+
+    let image = b"\x7fELF shoal th-v2 firmware 1.9.0".repeat(500);
+    let record = publisher
+        .publish(&image, &request("1.9.0", None))
+        .await
+        .unwrap();
+    assert_eq!(record.size, image.len() as u64);
+    assert_eq!(
+        record.sha256,
+        shoal_shared::rollout::image::hex(&sha256(&image))
+    );
+
+    // The signature verifies with the key's public key, as a device would check it.
+    let public = factory
+        .kms()
+        .get_public_key()
+        .key_id(signing.as_str())
+        .send()
+        .await
+        .aws("kms", "GetPublicKey")
+        .unwrap()
+        .public_key
+        .unwrap()
+        .into_inner();
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(&record.signature)
+        .unwrap();
+    assert_eq!(
+        verify_signature(&public, &sha256(&image), &signature),
+        Ok(())
+    );
+    assert!(verify_signature(&public, &sha256(b"tampered"), &signature).is_err());
+
+    // The object is the image, byte for byte.
+    let object = factory
+        .s3()
+        .get_object()
+        .bucket(bucket.as_str())
+        .key(&record.s3_key)
+        .send()
+        .await
+        .aws("s3", "GetObject")
+        .unwrap();
+    assert_eq!(
+        object.body.collect().await.unwrap().into_bytes().as_ref(),
+        image.as_slice()
+    );
+
+    // 1.10.0 is newer than 1.9.0 (semver, not string order).
+    publisher
+        .publish(b"1.10.0 image", &request("1.10.0", None))
+        .await
+        .unwrap();
+    let model = "th-v2".parse().unwrap();
+    let hardware = "rev-b".parse().unwrap();
+    assert_eq!(
+        table
+            .current(&model, &hardware)
+            .await
+            .unwrap()
+            .unwrap()
+            .to_string(),
+        "1.10.0"
+    );
+
+    // Anti-rollback: 1.9.5 and 1.10.0 again are refused before anything is uploaded.
+    let before = objects(&factory, &bucket).await;
+    for version in ["1.9.5", "1.10.0"] {
+        let err = publisher
+            .publish(b"old", &request(version, None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::Refused(PublishRefusal::NotNewer { .. })),
+            "{err}"
+        );
+    }
+    assert_eq!(objects(&factory, &bucket).await, before);
+
+    // An explicit downgrade with a reason is published and says why.
+    let downgraded = publisher
+        .publish(
+            b"1.9.5 image",
+            &request("1.9.5", Some("1.10.0 drops Wi-Fi on rev-b")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        downgraded.downgrade_reason.as_deref(),
+        Some("1.10.0 drops Wi-Fi on rev-b")
+    );
+    // The same version twice is refused even as a downgrade: images are immutable.
+    let again = publisher
+        .publish(b"other bytes", &request("1.9.5", Some("again")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, PublishError::AlreadyPublished { .. }),
+        "{again}"
+    );
+    let versions: Vec<String> = table
+        .images(&model, &hardware)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.version.to_string())
+        .collect();
+    assert_eq!(versions, ["1.9.0", "1.9.5", "1.10.0"]);
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_sign_leaves_nothing_behind() {
+    let factory = local::factory().await;
+    let table = FirmwareTable::new(factory.dynamodb(), unique_name("firmware").parse().unwrap());
+    table.ensure_exists().await.unwrap();
+    let bucket: BucketName = unique_name("firmware-images").parse().unwrap();
+    factory
+        .s3()
+        .create_bucket()
+        .bucket(bucket.as_str())
+        .send()
+        .await
+        .aws("s3", "CreateBucket")
+        .unwrap();
+    let symmetric = key(
+        &factory,
+        KeySpec::SymmetricDefault,
+        KeyUsageType::EncryptDecrypt,
+    )
+    .await;
+    let publisher = Publisher {
+        factory: &factory,
+        table: &table,
+        bucket: &bucket,
+        key: &symmetric,
+    };
+    let err = publisher
+        .publish(b"image", &request("2.0.0", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::Aws(ref e) if e.operation == "Sign"),
+        "{err}"
+    );
+    assert_eq!(objects(&factory, &bucket).await, 0);
+    assert!(
+        table
+            .images(&"th-v2".parse().unwrap(), &"rev-b".parse().unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -1,0 +1,144 @@
+//! `shoal firmware publish`: anti-rollback check, SHA-256, KMS signature over the digest,
+//! verification with the key's public key, upload, then the registry record. Nothing is
+//! uploaded or recorded unless the signature verifies, and nothing is recorded unless the image
+//! is in S3.
+
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
+use base64::Engine as _;
+use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
+use shoal_shared::clock::now_ms;
+use shoal_shared::config::{BucketName, KmsKeyRef};
+use shoal_shared::firmware_table::FirmwareTable;
+use shoal_shared::rollout::FirmwareVersion;
+use shoal_shared::rollout::image::{
+    DeviceModel, FirmwareImage, HardwareRevision, SignatureError, hex, object_key, sha256,
+    verify_signature,
+};
+use shoal_shared::rollout::version::{PublishRefusal, check_publish};
+use thiserror::Error;
+
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub model: DeviceModel,
+    pub hardware: HardwareRevision,
+    pub version: FirmwareVersion,
+    pub min_version: Option<FirmwareVersion>,
+    /// `Some(reason)` with `--allow-downgrade`.
+    pub downgrade_reason: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Refused(#[from] PublishRefusal),
+    #[error("the image is empty")]
+    Empty,
+    #[error("signature check failed, nothing uploaded or recorded: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("{model} {hardware} {version} is already published (images are immutable)")]
+    AlreadyPublished {
+        model: DeviceModel,
+        hardware: HardwareRevision,
+        version: FirmwareVersion,
+    },
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+pub struct Publisher<'a> {
+    pub factory: &'a ClientFactory,
+    pub table: &'a FirmwareTable,
+    pub bucket: &'a BucketName,
+    pub key: &'a KmsKeyRef,
+}
+
+impl Publisher<'_> {
+    pub async fn publish(
+        &self,
+        image: &[u8],
+        request: &PublishRequest,
+    ) -> Result<FirmwareImage, PublishError> {
+        if image.is_empty() {
+            return Err(PublishError::Empty);
+        }
+        let current = self
+            .table
+            .current(&request.model, &request.hardware)
+            .await?;
+        check_publish(
+            current.as_ref(),
+            &request.version,
+            request.min_version.as_ref(),
+            request.downgrade_reason.as_deref(),
+        )?;
+
+        let digest = sha256(image);
+        let kms = self.factory.kms();
+        let signed = kms
+            .sign()
+            .key_id(self.key.as_str())
+            .message(Blob::new(digest))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+            .send()
+            .await
+            .aws("kms", "Sign")?;
+        let signature = signed
+            .signature
+            .map(Blob::into_inner)
+            .ok_or_else(|| AwsError::local("kms", "Sign", "no signature in the answer"))?;
+        let public = kms
+            .get_public_key()
+            .key_id(self.key.as_str())
+            .send()
+            .await
+            .aws("kms", "GetPublicKey")?
+            .public_key
+            .map(Blob::into_inner)
+            .ok_or_else(|| AwsError::local("kms", "GetPublicKey", "no public key in the answer"))?;
+        verify_signature(&public, &digest, &signature)?;
+
+        let digest_hex = hex(&digest);
+        let key = object_key(
+            &request.model,
+            &request.hardware,
+            &request.version,
+            &digest_hex,
+        );
+        self.factory
+            .s3()
+            .put_object()
+            .bucket(self.bucket.as_str())
+            .key(&key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(image.to_vec()))
+            .content_type("application/octet-stream")
+            .metadata("sha256", &digest_hex)
+            .metadata("version", request.version.to_string())
+            .send()
+            .await
+            .aws("s3", "PutObject")?;
+
+        let record = FirmwareImage {
+            model: request.model.clone(),
+            hardware: request.hardware.clone(),
+            version: request.version.clone(),
+            min_version: request.min_version.clone(),
+            size: image.len() as u64,
+            sha256: digest_hex,
+            signature: base64::engine::general_purpose::STANDARD.encode(&signature),
+            s3_key: key,
+            signing_key: self.key.to_string(),
+            created_at_ms: u64::try_from(now_ms()).unwrap_or_default(),
+            downgrade_reason: request.downgrade_reason.clone(),
+        };
+        if !self.table.insert(&record).await? {
+            return Err(PublishError::AlreadyPublished {
+                model: record.model,
+                hardware: record.hardware,
+                version: record.version,
+            });
+        }
+        Ok(record)
+    }
+}
