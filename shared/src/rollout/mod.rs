@@ -5,6 +5,7 @@
 pub mod cohort;
 pub mod image;
 pub mod phases;
+pub mod state;
 pub mod version;
 
 pub use version::FirmwareVersion;

@@ -1,0 +1,355 @@
+//! A rollout's state and the transitions operators and the advancer make, each one checked here
+//! and appended to the audit log by the store (under the rollout's revision, so two advancers
+//! racing can never both move it); and how a device's OTA report counts for a rollout.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::image::{DeviceModel, HardwareRevision};
+use super::phases::{PhaseCounts, RolloutPlan};
+use super::version::FirmwareVersion;
+use crate::shadow::ota::{OtaReport, OtaStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    Active,
+    Paused,
+    RolledBack,
+    Completed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub model: DeviceModel,
+    pub hardware: HardwareRevision,
+    pub version: FirmwareVersion,
+    /// What devices that took this version go back to on rollback (the last good version).
+    pub rollback_version: Option<FirmwareVersion>,
+    pub plan: RolloutPlan,
+    pub phase: usize,
+    pub phase_started_ms: u64,
+    pub status: RolloutStatus,
+    /// Why it is paused, rolled back or completed.
+    pub reason: Option<String>,
+    /// Bumped by every transition; the store writes only over the revision it read.
+    pub revision: u64,
+    /// Thundering-herd guard: devices newly targeted per minute, at most.
+    pub max_new_per_minute: u32,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Advance { to: usize },
+    Complete,
+    Pause { reason: String },
+    Resume,
+    Rollback { reason: String },
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub revision: u64,
+    pub at_ms: u64,
+    pub actor: String,
+    pub command: Command,
+    pub from_status: RolloutStatus,
+    pub to_status: RolloutStatus,
+    pub from_phase: usize,
+    pub to_phase: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TransitionError {
+    #[error("rollout {id} is {status:?}: {command} is not possible now")]
+    NotAllowed {
+        id: String,
+        status: RolloutStatus,
+        command: &'static str,
+    },
+    #[error("rollout {id} is in phase {phase}: it can only advance to {next}")]
+    SkipsAPhase {
+        id: String,
+        phase: usize,
+        next: usize,
+    },
+    #[error("rollout {id} has no version to roll back to")]
+    NoRollbackVersion { id: String },
+}
+
+impl Rollout {
+    /// The rollout after `command`, and the audit entry for it.
+    pub fn apply(
+        &self,
+        command: Command,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<(Rollout, Transition), TransitionError> {
+        use RolloutStatus::*;
+        let not_allowed = |name| TransitionError::NotAllowed {
+            id: self.id.clone(),
+            status: self.status,
+            command: name,
+        };
+        let mut next = self.clone();
+        match (&command, self.status) {
+            (Command::Advance { to }, Active) => {
+                if *to != self.phase + 1 || *to >= self.plan.phases.len() {
+                    return Err(TransitionError::SkipsAPhase {
+                        id: self.id.clone(),
+                        phase: self.phase,
+                        next: self.phase + 1,
+                    });
+                }
+                next.phase = *to;
+                next.phase_started_ms = now_ms;
+            }
+            (Command::Advance { .. }, _) => return Err(not_allowed("advance")),
+            (Command::Complete, Active) if self.phase + 1 == self.plan.phases.len() => {
+                next.status = Completed;
+                next.reason = Some("every phase passed".into());
+            }
+            (Command::Complete, _) => return Err(not_allowed("complete")),
+            (Command::Pause { reason }, Active) => {
+                next.status = Paused;
+                next.reason = Some(reason.clone());
+            }
+            (Command::Pause { .. }, _) => return Err(not_allowed("pause")),
+            (Command::Resume, Paused) => {
+                next.status = Active;
+                next.reason = None;
+                // The phase soaks again from the resume.
+                next.phase_started_ms = now_ms;
+            }
+            (Command::Resume, _) => return Err(not_allowed("resume")),
+            (Command::Rollback { reason }, Active | Paused) => {
+                if self.rollback_version.is_none() {
+                    return Err(TransitionError::NoRollbackVersion {
+                        id: self.id.clone(),
+                    });
+                }
+                next.status = RolledBack;
+                next.reason = Some(reason.clone());
+            }
+            (Command::Rollback { .. }, _) => return Err(not_allowed("roll back")),
+        }
+        next.revision = self.revision + 1;
+        let transition = Transition {
+            revision: next.revision,
+            at_ms: now_ms,
+            actor: actor.to_owned(),
+            command,
+            from_status: self.status,
+            to_status: next.status,
+            from_phase: self.phase,
+            to_phase: next.phase,
+        };
+        Ok((next, transition))
+    }
+}
+
+/// How one targeted device stands in a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceOutcome {
+    /// No report about this rollout's version yet (offline devices stay here until they return).
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+    /// Back on an older version — by itself or by a rollback. Never a success.
+    RolledBack,
+}
+
+/// Reconciles a device's last OTA report with the version it was asked to run: a report is only
+/// a success if the device actually runs `target`; running the version it had before (or any
+/// older one) after trying is a rollback, whatever the status says.
+pub fn classify(target: &FirmwareVersion, report: Option<&OtaReport>) -> DeviceOutcome {
+    let Some(report) = report else {
+        return DeviceOutcome::Pending;
+    };
+    let about_target = report
+        .target_version
+        .as_deref()
+        .and_then(|v| v.parse::<FirmwareVersion>().ok())
+        .is_some_and(|v| v == *target);
+    if !about_target {
+        return DeviceOutcome::Pending;
+    }
+    let running = report
+        .running_version
+        .as_deref()
+        .and_then(|v| v.parse::<FirmwareVersion>().ok());
+    match (report.status, running) {
+        (OtaStatus::Downloading | OtaStatus::Verifying | OtaStatus::Applying, _) => {
+            DeviceOutcome::InProgress
+        }
+        (OtaStatus::Success | OtaStatus::Failed, Some(r)) if r < *target => {
+            DeviceOutcome::RolledBack
+        }
+        (OtaStatus::Success, Some(_)) => DeviceOutcome::Succeeded,
+        // A success without the running version proves nothing: not counted as one.
+        (OtaStatus::Success, None) => DeviceOutcome::InProgress,
+        (OtaStatus::Failed, _) => DeviceOutcome::Failed,
+    }
+}
+
+/// The counts the advancer judges a phase by.
+pub fn count<'a>(outcomes: impl IntoIterator<Item = &'a DeviceOutcome>) -> PhaseCounts {
+    let mut counts = PhaseCounts::default();
+    for outcome in outcomes {
+        counts.targeted += 1;
+        match outcome {
+            DeviceOutcome::Succeeded => counts.succeeded += 1,
+            DeviceOutcome::Failed => counts.failed += 1,
+            DeviceOutcome::RolledBack => counts.rolled_back += 1,
+            DeviceOutcome::Pending | DeviceOutcome::InProgress => {}
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::phases::PlanSettings;
+    use super::*;
+
+    fn rollout() -> Rollout {
+        Rollout {
+            id: "r-1".into(),
+            model: "th-v2".parse().unwrap(),
+            hardware: "rev-b".parse().unwrap(),
+            version: "1.10.0".parse().unwrap(),
+            rollback_version: Some("1.9.0".parse().unwrap()),
+            plan: RolloutPlan::new(&PlanSettings::default()).unwrap(),
+            phase: 0,
+            phase_started_ms: 0,
+            status: RolloutStatus::Active,
+            reason: None,
+            revision: 1,
+            max_new_per_minute: 100,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn transitions_follow_the_lifecycle() {
+        let r = rollout();
+        let (r1, t) = r.apply(Command::Advance { to: 1 }, "advancer", 10).unwrap();
+        assert_eq!((r1.phase, r1.revision, r1.phase_started_ms), (1, 2, 10));
+        assert_eq!((t.from_phase, t.to_phase, t.revision), (0, 1, 2));
+        assert!(matches!(
+            r.apply(Command::Advance { to: 2 }, "advancer", 10),
+            Err(TransitionError::SkipsAPhase { .. })
+        ));
+        let (paused, _) = r1
+            .apply(
+                Command::Pause {
+                    reason: "5%".into(),
+                },
+                "advancer",
+                20,
+            )
+            .unwrap();
+        assert!(
+            paused
+                .apply(Command::Advance { to: 2 }, "advancer", 30)
+                .is_err()
+        );
+        let (resumed, _) = paused.apply(Command::Resume, "ops", 40).unwrap();
+        assert_eq!(
+            (resumed.status, resumed.phase_started_ms),
+            (RolloutStatus::Active, 40)
+        );
+        let (rolled, t) = resumed
+            .apply(
+                Command::Rollback {
+                    reason: "radio".into(),
+                },
+                "ops",
+                50,
+            )
+            .unwrap();
+        assert_eq!(t.to_status, RolloutStatus::RolledBack);
+        assert!(rolled.apply(Command::Resume, "ops", 60).is_err());
+        assert!(
+            r.apply(Command::Complete, "advancer", 1).is_err(),
+            "not in the last phase"
+        );
+        let last = Rollout {
+            phase: 3,
+            ..rollout()
+        };
+        assert_eq!(
+            last.apply(Command::Complete, "advancer", 1)
+                .unwrap()
+                .0
+                .status,
+            RolloutStatus::Completed
+        );
+        let no_way_back = Rollout {
+            rollback_version: None,
+            ..rollout()
+        };
+        assert!(matches!(
+            no_way_back.apply(Command::Rollback { reason: "x".into() }, "ops", 1),
+            Err(TransitionError::NoRollbackVersion { .. })
+        ));
+    }
+
+    fn report(status: OtaStatus, target: &str, running: Option<&str>) -> OtaReport {
+        OtaReport {
+            status,
+            target_version: Some(target.into()),
+            running_version: running.map(str::to_owned),
+            reason: (status == OtaStatus::Failed).then(|| "x".into()),
+        }
+    }
+
+    #[test]
+    fn a_device_that_fell_back_by_itself_is_rolled_back_never_a_success() {
+        let target: FirmwareVersion = "1.10.0".parse().unwrap();
+        use DeviceOutcome::{InProgress, Pending, RolledBack, Succeeded};
+        use OtaStatus::{Downloading, Success};
+        let failed = DeviceOutcome::Failed;
+        let cases = [
+            (None, Pending),
+            (
+                Some(report(Downloading, "1.10.0", Some("1.9.0"))),
+                InProgress,
+            ),
+            (Some(report(Success, "1.10.0", Some("1.10.0"))), Succeeded),
+            // Says success but runs the old image: it fell back by itself.
+            (Some(report(Success, "1.10.0", Some("1.9.0"))), RolledBack),
+            (
+                Some(report(OtaStatus::Failed, "1.10.0", Some("1.9.0"))),
+                RolledBack,
+            ),
+            (
+                Some(report(OtaStatus::Failed, "1.10.0", Some("1.10.0"))),
+                failed,
+            ),
+            (Some(report(OtaStatus::Failed, "1.10.0", None)), failed),
+            (Some(report(Success, "1.10.0", None)), InProgress),
+            // A report about another version is not about this rollout.
+            (Some(report(Success, "1.8.0", Some("1.8.0"))), Pending),
+        ];
+        for (r, expected) in cases {
+            assert_eq!(classify(&target, r.as_ref()), expected, "{r:?}");
+        }
+        let counts = count(&[Succeeded, failed, RolledBack, Pending, InProgress]);
+        assert_eq!(
+            counts,
+            PhaseCounts {
+                targeted: 5,
+                succeeded: 1,
+                failed: 1,
+                rolled_back: 1
+            }
+        );
+    }
+}
