@@ -75,6 +75,8 @@ pub mod metrics;
 pub mod presence;
 pub mod provisioning;
 pub mod rollout;
+#[cfg(feature = "aws")]
+pub mod rollout_table;
 pub mod shadow;
 #[cfg(feature = "aws")]
 pub mod shadow_store;

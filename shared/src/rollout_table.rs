@@ -1,0 +1,215 @@
+//! The rollout table's DynamoDB edge (`SHOAL_ROLLOUT_TABLE`): keys `rollout_id` and `record`.
+//! `record = "rollout"` holds the state (JSON) with its `revision` and `status` beside it;
+//! `record = "audit#<revision>"` one entry per transition. A transition is one transaction: the
+//! state is written only over the revision it was computed from, and the audit entry only if it
+//! is new, so two advancers racing move a rollout once and log it once.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
+    ScalarAttributeType, TransactWriteItem,
+};
+
+use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
+use crate::config::TableName;
+use crate::rollout::state::{Rollout, Transition};
+
+pub const ROLLOUT_RECORD: &str = "rollout";
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn json<T: serde::Serialize>(
+    operation: &'static str,
+    value: &T,
+) -> Result<AttributeValue, AwsError> {
+    serde_json::to_string(value)
+        .map(s)
+        .map_err(|e| AwsError::local("dynamodb", operation, e))
+}
+
+fn status_text(rollout: &Rollout) -> String {
+    serde_json::to_value(rollout.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn state_item(rollout: &Rollout) -> Result<Item, AwsError> {
+    Ok(Item::from([
+        ("rollout_id".into(), s(rollout.id.as_str())),
+        ("record".into(), s(ROLLOUT_RECORD)),
+        (
+            "revision".into(),
+            AttributeValue::N(rollout.revision.to_string()),
+        ),
+        ("status".into(), s(status_text(rollout))),
+        ("state".into(), json("PutItem", rollout)?),
+    ]))
+}
+
+fn audit_item(rollout_id: &str, transition: &Transition) -> Result<Item, AwsError> {
+    Ok(Item::from([
+        ("rollout_id".into(), s(rollout_id)),
+        (
+            "record".into(),
+            s(format!("audit#{:010}", transition.revision)),
+        ),
+        ("transition".into(), json("TransactWriteItems", transition)?),
+    ]))
+}
+
+fn build(operation: &'static str) -> impl Fn(aws_sdk_dynamodb::error::BuildError) -> AwsError {
+    move |e| AwsError::local("dynamodb", operation, e)
+}
+
+#[derive(Debug, Clone)]
+pub struct RolloutTable {
+    client: aws_sdk_dynamodb::Client,
+    table: TableName,
+}
+
+impl RolloutTable {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: TableName) -> Self {
+        Self { client, table }
+    }
+
+    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build("CreateTable"))
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(build("CreateTable"))
+        };
+        let created = self
+            .client
+            .create_table()
+            .table_name(self.table.as_str())
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("rollout_id")?)
+            .attribute_definitions(attr("record")?)
+            .key_schema(key("rollout_id", KeyType::Hash)?)
+            .key_schema(key("record", KeyType::Range)?)
+            .send()
+            .await
+            .aws("dynamodb", "CreateTable");
+        created_unless_in_use(created)
+    }
+
+    /// Records a new rollout. `Ok(false)`: the id is taken.
+    pub async fn create(&self, rollout: &Rollout) -> Result<bool, AwsError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(self.table.as_str())
+            .set_item(Some(state_item(rollout)?))
+            .condition_expression("attribute_not_exists(rollout_id)")
+            .send()
+            .await
+            .aws("dynamodb", "PutItem");
+        condition_held(put)
+    }
+
+    /// The rollout, read consistently.
+    pub async fn get(&self, id: &str) -> Result<Option<Rollout>, AwsError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(self.table.as_str())
+            .key("rollout_id", s(id))
+            .key("record", s(ROLLOUT_RECORD))
+            .consistent_read(true)
+            .send()
+            .await
+            .aws("dynamodb", "GetItem")?;
+        got.item
+            .as_ref()
+            .and_then(|item| item.get("state"))
+            .map(|state| match state {
+                AttributeValue::S(text) => serde_json::from_str(text).map_err(|e| {
+                    AwsError::local("dynamodb", "GetItem", format!("rollout {id}: {e}"))
+                }),
+                _ => Err(AwsError::local(
+                    "dynamodb",
+                    "GetItem",
+                    format!("rollout {id}: no state"),
+                )),
+            })
+            .transpose()
+    }
+
+    /// Writes `next` over `previous` (same id) and appends `transition`, atomically.
+    /// `Ok(false)`: the rollout moved since `previous` was read; nothing was written.
+    pub async fn transition(
+        &self,
+        previous: &Rollout,
+        next: &Rollout,
+        transition: &Transition,
+    ) -> Result<bool, AwsError> {
+        let state = Put::builder()
+            .table_name(self.table.as_str())
+            .set_item(Some(state_item(next)?))
+            .condition_expression("revision = :read")
+            .expression_attribute_values(":read", AttributeValue::N(previous.revision.to_string()))
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        let audit = Put::builder()
+            .table_name(self.table.as_str())
+            .set_item(Some(audit_item(&previous.id, transition)?))
+            .condition_expression("attribute_not_exists(rollout_id)")
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(state).build())
+            .transact_items(TransactWriteItem::builder().put(audit).build())
+            .send()
+            .await
+            .aws("dynamodb", "TransactWriteItems");
+        match written {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_code("TransactionCanceledException") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The audit log, oldest first.
+    pub async fn audit(&self, id: &str) -> Result<Vec<Transition>, AwsError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(self.table.as_str())
+            .key_condition_expression("rollout_id = :id AND begins_with(#r, :audit)")
+            .expression_attribute_names("#r", "record")
+            .expression_attribute_values(":id", s(id))
+            .expression_attribute_values(":audit", s("audit#"))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut out = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.aws("dynamodb", "Query")?;
+            if let Some(AttributeValue::S(text)) = item.get("transition") {
+                out.push(
+                    serde_json::from_str(text)
+                        .map_err(|e| AwsError::local("dynamodb", "Query", e))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
