@@ -11,8 +11,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, ScalarAttributeType,
+    AttributeValue, GlobalSecondaryIndex, KeyType, Projection, ProjectionType, ScalarAttributeType,
 };
 use serde_json::Value;
 
@@ -101,20 +100,7 @@ impl DeviceTable {
     /// Creates the table and its offline index unless it exists. On AWS the table comes from
     /// infra/template.yaml; locally `shoal init-local` and the tests call this.
     pub async fn ensure_exists(&self) -> Result<(), AwsError> {
-        let attr = |name: &str, kind: ScalarAttributeType| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(kind)
-                .build()
-                .map_err(|e| build_error("CreateTable", e))
-        };
-        let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .map_err(|e| build_error("CreateTable", e))
-        };
+        use crate::dynamo::{attribute, key};
         let offline = GlobalSecondaryIndex::builder()
             .index_name(OFFLINE_INDEX)
             .key_schema(key("offline_shard", KeyType::Hash)?)
@@ -127,21 +113,18 @@ impl DeviceTable {
             )
             .build()
             .map_err(|e| build_error("CreateTable", e))?;
-        let created = self
-            .client
-            .create_table()
-            .table_name(self.table.as_str())
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr("thing_name", ScalarAttributeType::S)?)
-            .attribute_definitions(attr("record", ScalarAttributeType::S)?)
-            .attribute_definitions(attr("offline_shard", ScalarAttributeType::S)?)
-            .attribute_definitions(attr("offline_since", ScalarAttributeType::N)?)
-            .key_schema(key("thing_name", KeyType::Hash)?)
-            .key_schema(key("record", KeyType::Range)?)
-            .global_secondary_indexes(offline)
-            .send()
-            .await
-            .aws("dynamodb", "CreateTable");
+        let created = crate::dynamo::create_table(
+            &self.client,
+            self.table.as_str(),
+            "thing_name",
+            Some("record"),
+        )?
+        .attribute_definitions(attribute("offline_shard", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("offline_since", ScalarAttributeType::N)?)
+        .global_secondary_indexes(offline)
+        .send()
+        .await
+        .aws("dynamodb", "CreateTable");
         created_unless_in_use(created)
     }
 
@@ -408,23 +391,17 @@ impl DeviceTable {
 
     /// Every conflict item of a thing, oldest version first.
     pub async fn conflicts(&self, thing: &str) -> Result<Vec<Value>, AwsError> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(self.table.as_str())
-            .key_condition_expression("thing_name = :t AND begins_with(#r, :p)")
-            .expression_attribute_names("#r", "record")
-            .expression_attribute_values(":t", s(thing))
-            .expression_attribute_values(":p", s("conflict#"))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send();
-        let mut out = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.aws("dynamodb", "Query")?;
-            out.push(item.get("conflict").map(from_attribute).unwrap_or_default());
-        }
+        let items = crate::dynamo::query_prefix(
+            &self.client,
+            self.table.as_str(),
+            ("thing_name", thing),
+            ("record", "conflict#"),
+        )
+        .await?;
+        let out = items
+            .iter()
+            .map(|item| item.get("conflict").map(from_attribute).unwrap_or_default())
+            .collect();
         Ok(out)
     }
 }

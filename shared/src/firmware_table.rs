@@ -5,10 +5,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
@@ -91,34 +88,15 @@ impl FirmwareTable {
 
     /// Creates the table unless it exists (locally; on AWS it comes from the template).
     pub async fn ensure_exists(&self) -> Result<(), AwsError> {
-        let error =
-            |e: aws_sdk_dynamodb::error::BuildError| AwsError::local("dynamodb", "CreateTable", e);
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(error)
-        };
-        let key = |name: &str, kind| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .map_err(error)
-        };
-        let created = self
-            .client
-            .create_table()
-            .table_name(self.table.as_str())
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr("model_hardware")?)
-            .attribute_definitions(attr("version")?)
-            .key_schema(key("model_hardware", KeyType::Hash)?)
-            .key_schema(key("version", KeyType::Range)?)
-            .send()
-            .await
-            .aws("dynamodb", "CreateTable");
+        let created = crate::dynamo::create_table(
+            &self.client,
+            self.table.as_str(),
+            "model_hardware",
+            Some("version"),
+        )?
+        .send()
+        .await
+        .aws("dynamodb", "CreateTable");
         created_unless_in_use(created)
     }
 

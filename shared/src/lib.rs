@@ -66,6 +66,8 @@ pub mod config;
 #[cfg(feature = "aws")]
 pub mod device_table;
 #[cfg(feature = "aws")]
+pub mod dynamo;
+#[cfg(feature = "aws")]
 pub mod firmware_table;
 pub mod ids;
 pub mod logging;

@@ -6,10 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::aws::{AwsError, AwsErrorKind, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
@@ -121,28 +118,11 @@ impl ManifestTable {
     /// Creates the table (on-demand, keyed by serial) unless it exists. On AWS the table comes
     /// from infra/template.yaml; locally `shoal init-local` and the tests call this.
     pub async fn ensure_exists(&self) -> Result<(), AwsError> {
-        let created = self
-            .client
-            .create_table()
-            .table_name(self.table.as_str())
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("serial")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .map_err(|e| build_error("CreateTable", e))?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("serial")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .map_err(|e| build_error("CreateTable", e))?,
-            )
-            .send()
-            .await
-            .aws("dynamodb", "CreateTable");
+        let created =
+            crate::dynamo::create_table(&self.client, self.table.as_str(), "serial", None)?
+                .send()
+                .await
+                .aws("dynamodb", "CreateTable");
         created_unless_in_use(created)
     }
 

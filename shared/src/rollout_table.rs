@@ -6,10 +6,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
-    ScalarAttributeType, TransactWriteItem,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
 use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
@@ -79,32 +76,15 @@ impl RolloutTable {
     }
 
     pub async fn ensure_exists(&self) -> Result<(), AwsError> {
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(build("CreateTable"))
-        };
-        let key = |name: &str, kind| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .map_err(build("CreateTable"))
-        };
-        let created = self
-            .client
-            .create_table()
-            .table_name(self.table.as_str())
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr("rollout_id")?)
-            .attribute_definitions(attr("record")?)
-            .key_schema(key("rollout_id", KeyType::Hash)?)
-            .key_schema(key("record", KeyType::Range)?)
-            .send()
-            .await
-            .aws("dynamodb", "CreateTable");
+        let created = crate::dynamo::create_table(
+            &self.client,
+            self.table.as_str(),
+            "rollout_id",
+            Some("record"),
+        )?
+        .send()
+        .await
+        .aws("dynamodb", "CreateTable");
         created_unless_in_use(created)
     }
 
@@ -188,21 +168,15 @@ impl RolloutTable {
 
     /// The audit log, oldest first.
     pub async fn audit(&self, id: &str) -> Result<Vec<Transition>, AwsError> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(self.table.as_str())
-            .key_condition_expression("rollout_id = :id AND begins_with(#r, :audit)")
-            .expression_attribute_names("#r", "record")
-            .expression_attribute_values(":id", s(id))
-            .expression_attribute_values(":audit", s("audit#"))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send();
+        let items = crate::dynamo::query_prefix(
+            &self.client,
+            self.table.as_str(),
+            ("rollout_id", id),
+            ("record", "audit#"),
+        )
+        .await?;
         let mut out = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.aws("dynamodb", "Query")?;
+        for item in items {
             if let Some(AttributeValue::S(text)) = item.get("transition") {
                 out.push(
                     serde_json::from_str(text)

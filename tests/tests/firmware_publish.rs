@@ -50,8 +50,11 @@ async fn objects(factory: &ClientFactory, bucket: &BucketName) -> usize {
         .unwrap_or_default() as usize
 }
 
-#[tokio::test]
-async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
+/// A fresh firmware table, bucket and KMS key of `spec`.
+async fn setup(
+    spec: KeySpec,
+    usage: KeyUsageType,
+) -> (ClientFactory, FirmwareTable, BucketName, KmsKeyRef) {
     let factory = local::factory().await;
     let table = FirmwareTable::new(factory.dynamodb(), unique_name("firmware").parse().unwrap());
     table.ensure_exists().await.unwrap();
@@ -64,7 +67,14 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
         .await
         .aws("s3", "CreateBucket")
         .unwrap();
-    let signing = key(&factory, KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
+    let signing = key(&factory, spec, usage).await;
+    (factory, table, bucket, signing)
+}
+
+#[tokio::test]
+async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
+    let (factory, table, bucket, signing) =
+        setup(KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
     let publisher = Publisher {
         factory: &factory,
         table: &table,
@@ -183,24 +193,8 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
 
 #[tokio::test]
 async fn a_key_that_cannot_sign_leaves_nothing_behind() {
-    let factory = local::factory().await;
-    let table = FirmwareTable::new(factory.dynamodb(), unique_name("firmware").parse().unwrap());
-    table.ensure_exists().await.unwrap();
-    let bucket: BucketName = unique_name("firmware-images").parse().unwrap();
-    factory
-        .s3()
-        .create_bucket()
-        .bucket(bucket.as_str())
-        .send()
-        .await
-        .aws("s3", "CreateBucket")
-        .unwrap();
-    let symmetric = key(
-        &factory,
-        KeySpec::SymmetricDefault,
-        KeyUsageType::EncryptDecrypt,
-    )
-    .await;
+    let (factory, table, bucket, symmetric) =
+        setup(KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt).await;
     let publisher = Publisher {
         factory: &factory,
         table: &table,
