@@ -82,6 +82,37 @@ pub fn eligibility(target: &Target<'_>, device: &Device<'_>) -> Result<(), Ineli
     Ok(())
 }
 
+/// A device of a rollout's population, as the advancer sees it on one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate<'a> {
+    pub thing: &'a str,
+    pub point: f64,
+    pub targeted: bool,
+}
+
+/// How many devices one advancer run may newly target: `max_per_minute` for each whole minute
+/// since the previous run (at least one minute's worth, at most `max_minutes`' worth, so a long
+/// gap never releases a stampede).
+pub fn herd_budget(max_per_minute: u32, since_last_run_ms: u64, max_minutes: u64) -> usize {
+    let minutes = (since_last_run_ms / 60_000).clamp(1, max_minutes.max(1));
+    usize::try_from(u64::from(max_per_minute) * minutes).unwrap_or(usize::MAX)
+}
+
+/// The devices to target now: inside `percent`, not targeted yet, lowest cohort point first (so
+/// the canary's devices always go before the staged ones), at most `budget`.
+pub fn next_targets<'a>(candidates: &[Candidate<'a>], percent: f64, budget: usize) -> Vec<&'a str> {
+    let mut open: Vec<&Candidate<'a>> = candidates
+        .iter()
+        .filter(|c| !c.targeted && in_cohort(c.point, percent))
+        .collect();
+    open.sort_by(|a, b| {
+        a.point
+            .total_cmp(&b.point)
+            .then_with(|| a.thing.cmp(b.thing))
+    });
+    open.into_iter().take(budget).map(|c| c.thing).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +161,55 @@ mod tests {
         let (a, b) = (first("rollout-a"), first("rollout-b"));
         let shared = a.iter().filter(|t| b.contains(t)).count();
         assert!(shared < a.len() / 5, "{shared} of {} shared", a.len());
+    }
+
+    #[test]
+    fn targets_respect_the_cohort_the_budget_and_the_order() {
+        let names: Vec<String> = (0..2_000).map(|i| format!("d-{i}")).collect();
+        let mut candidates: Vec<Candidate> = names
+            .iter()
+            .map(|t| Candidate {
+                thing: t,
+                point: cohort_point("r", t),
+                targeted: false,
+            })
+            .collect();
+        let inside_10: usize = candidates
+            .iter()
+            .filter(|c| in_cohort(c.point, 10.0))
+            .count();
+        // Budget smaller than the cohort: the lowest points first, never outside 10%.
+        let first = next_targets(&candidates, 10.0, 50);
+        assert_eq!(first.len(), 50);
+        let max_point = first
+            .iter()
+            .map(|t| cohort_point("r", t))
+            .fold(0.0, f64::max);
+        let skipped_lower = candidates
+            .iter()
+            .filter(|c| c.point < max_point && !first.contains(&c.thing))
+            .count();
+        assert_eq!(skipped_lower, 0);
+        for c in candidates.iter_mut() {
+            c.targeted |= first.contains(&c.thing);
+        }
+        let rest = next_targets(&candidates, 10.0, usize::MAX);
+        assert_eq!(rest.len(), inside_10 - 50);
+        assert!(rest.iter().all(|t| !first.contains(t)));
+        assert!(rest.iter().all(|t| in_cohort(cohort_point("r", t), 10.0)));
+        assert_eq!(
+            next_targets(&candidates, 10.0, 7),
+            next_targets(&candidates, 10.0, 7),
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn the_herd_budget_grows_with_time_and_is_capped() {
+        assert_eq!(herd_budget(100, 0, 10), 100);
+        assert_eq!(herd_budget(100, 5 * 60_000 + 59_000, 10), 500);
+        assert_eq!(herd_budget(100, 24 * 3_600_000, 10), 1_000);
+        assert_eq!(herd_budget(0, 60_000, 10), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::Serial;
 use shoal_shared::rollout::FirmwareVersion;
 use shoal_shared::rollout::image::{DeviceModel, HardwareRevision};
+use shoal_shared::rollout_table::RolloutTable;
 use shoal_shared::shadow::{PolicyTable, ShadowUpdate, check_update};
 use shoal_shared::shadow_store::IotShadowStore;
 
@@ -66,7 +67,8 @@ enum Command {
         command: ManifestCommand,
     },
     /// Create, if missing, the data resources infra/template.yaml creates on AWS (Timestream
-    /// database and table, archive bucket, manifest and device tables) on the configured endpoint.
+    /// database and table, archive and firmware buckets, manifest, device, firmware and rollout
+    /// tables, the firmware signing key) on the configured endpoint.
     InitLocal {
         #[arg(long, env = vars::TIMESTREAM_DATABASE, default_value = "shoal_local")]
         database: TimestreamName,
@@ -78,6 +80,15 @@ enum Command {
         manifest_table: TableName,
         #[arg(long, env = vars::DEVICE_TABLE, default_value = "shoal-local-devices")]
         device_table: TableName,
+        #[arg(long, env = vars::FIRMWARE_TABLE, default_value = "shoal-local-firmware")]
+        firmware_table: TableName,
+        #[arg(long, env = vars::FIRMWARE_BUCKET, default_value = "shoal-local-firmware")]
+        firmware_bucket: BucketName,
+        #[arg(long, default_value = "shoal-local-rollouts")]
+        rollout_table: TableName,
+        /// Alias of the firmware signing key (created with the key when missing).
+        #[arg(long, default_value = "alias/shoal-local-firmware-signing")]
+        signing_key_alias: String,
     },
 }
 
@@ -401,6 +412,10 @@ async fn main() -> anyhow::Result<()> {
             bucket,
             manifest_table,
             device_table,
+            firmware_table,
+            firmware_bucket,
+            rollout_table,
+            signing_key_alias,
         } => {
             let target = TimestreamTarget { database, table };
             shoal_cli::resources::init_local(&factory, &target, &bucket, &mut io::stdout()).await?;
@@ -412,6 +427,20 @@ async fn main() -> anyhow::Result<()> {
                 .ensure_exists()
                 .await?;
             println!("dynamodb    {device_table} ready");
+            FirmwareTable::new(factory.dynamodb(), firmware_table.clone())
+                .ensure_exists()
+                .await?;
+            println!("dynamodb    {firmware_table} ready");
+            RolloutTable::new(factory.dynamodb(), rollout_table.clone())
+                .ensure_exists()
+                .await?;
+            println!("dynamodb    {rollout_table} ready");
+            shoal_cli::resources::ensure_bucket(&factory.s3(), &firmware_bucket).await?;
+            println!("s3          {firmware_bucket} ready");
+            let alias =
+                shoal_cli::resources::ensure_signing_key(&factory.kms(), &signing_key_alias)
+                    .await?;
+            println!("kms         {alias} ready (SHOAL_FIRMWARE_SIGNING_KEY)");
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! `shoal init-local`: the data resources infra/template.yaml creates on AWS (Timestream database
-//! and table, archive bucket), created on a local endpoint so functions and tools can run there.
+//! and table, archive and firmware buckets, DynamoDB tables, the firmware signing key), created on
+//! a local endpoint so functions and tools can run there.
 //! Every step is idempotent: what exists is left alone.
 
 use std::io::Write;
@@ -68,4 +69,41 @@ pub async fn init_local(
     ensure_bucket(&factory.s3(), bucket).await?;
     writeln!(out, "s3          {bucket} ready")?;
     Ok(())
+}
+
+/// The KMS signing key behind `alias` (ECC_NIST_P256, SIGN_VERIFY), created with the alias
+/// unless the alias exists. Returns the alias.
+pub async fn ensure_signing_key(client: &aws_sdk_kms::Client, alias: &str) -> Result<String> {
+    use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+    match client
+        .describe_key()
+        .key_id(alias)
+        .send()
+        .await
+        .aws("kms", "DescribeKey")
+    {
+        Ok(_) => return Ok(alias.to_owned()),
+        Err(e) if e.is_code("NotFoundException") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let key = client
+        .create_key()
+        .key_spec(KeySpec::EccNistP256)
+        .key_usage(KeyUsageType::SignVerify)
+        .description("Shoal firmware signing key (local)")
+        .send()
+        .await
+        .aws("kms", "CreateKey")?;
+    let key_id = key
+        .key_metadata()
+        .map(|m| m.key_id().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("CreateKey answered without key metadata"))?;
+    client
+        .create_alias()
+        .alias_name(alias)
+        .target_key_id(key_id)
+        .send()
+        .await
+        .aws("kms", "CreateAlias")?;
+    Ok(alias.to_owned())
 }
