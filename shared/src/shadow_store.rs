@@ -139,11 +139,9 @@ pub async fn write_optimistic<S: ShadowStore>(
             return Ok(WriteOutcome::Unchanged { attempts: attempt });
         };
         update.version = current.as_ref().map(|doc| doc.version);
-        let state = current
-            .as_ref()
-            .map(|d| d.state.clone())
-            .unwrap_or_default();
-        check_update(&state, &update).map_err(|source| WriteError::Limit {
+        let no_shadow = crate::shadow::document::ShadowState::default();
+        let state = current.as_ref().map_or(&no_shadow, |d| &d.state);
+        check_update(state, &update).map_err(|source| WriteError::Limit {
             shadow: shadow.to_string(),
             source,
         })?;

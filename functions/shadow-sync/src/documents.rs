@@ -180,9 +180,12 @@ pub async fn handle(
             .await?;
     }
     summary.conflicts = first.conflicts.len();
-    summary.converged.clone_from(&first.converged);
-    summary.superseded.clone_from(&first.superseded);
+    let first_update = first.update(current.version);
+    summary.converged = first.converged;
+    summary.superseded = first.superseded;
 
+    // The first attempt writes the plan made above; after a 409 the fresh shadow is planned anew.
+    let mut first_update = Some(first_update);
     let written = write_optimistic(
         store,
         &shadow,
@@ -190,8 +193,10 @@ pub async fn handle(
         config.max_attempts,
         |doc| {
             let doc = doc?;
-            let next = plan(previous, doc, &config.policies);
-            next.update(doc.version)
+            match first_update.take() {
+                Some(update) => update,
+                None => plan(previous, doc, &config.policies).update(doc.version),
+            }
         },
     )
     .await;
