@@ -1,7 +1,7 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use shadow_sync::edges::{IotAlerts, Registry};
-use shadow_sync::presence::{PresenceConfig, handle};
+use shadow_sync::presence::{PresenceAnswer, PresenceConfig, handle};
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, ProcessEnv, TableName, vars};
@@ -25,6 +25,23 @@ async fn main() -> Result<(), Error> {
                 error_message: e.to_string(),
             })?;
         tracing::info!(answer = %serde_json::to_string(&answer).unwrap_or_default(), "presence");
+        let counts = match &answer {
+            PresenceAnswer::Event(e) => vec![
+                ("Applied", u64::from(e.outcome == "applied")),
+                ("Stale", u64::from(e.outcome == "stale")),
+                ("Rejected", u64::from(e.outcome == "rejected")),
+            ],
+            PresenceAnswer::Sweep(s) => vec![
+                ("OfflinePastThreshold", s.offline_past_threshold as u64),
+                ("Alerted", s.alerted as u64),
+                ("ReturnedMeanwhile", s.returned_meanwhile as u64),
+                ("AlertsFailed", s.failed as u64),
+            ],
+        };
+        println!(
+            "{}",
+            shoal_shared::metrics::emf_counts(now_ms(), &[("Function", "presence")], &counts)
+        );
         Ok::<_, Diagnostic>(answer)
     }))
     .await
