@@ -3,6 +3,7 @@
 //! advancer moves through, pausing on failures ([`phases`]).
 
 pub mod cohort;
+pub mod delivery;
 pub mod image;
 pub mod phases;
 pub mod state;

@@ -1,0 +1,110 @@
+//! What a rollout writes to a device's `ota` named shadow (`desired`): the image to install and
+//! where to fetch it. The URL is an S3 presigned GET valid at most an hour; the advancer rewrites
+//! it before it expires for devices that have not finished.
+
+use serde::{Deserialize, Serialize};
+
+use super::image::FirmwareImage;
+use super::version::FirmwareVersion;
+use crate::shadow::document::{ShadowUpdate, StateMap};
+
+/// AWS caps presigned URLs Shoal hands to devices at one hour (issue 7; IoT Jobs' placeholders
+/// allow 60–3600 s).
+pub const MAX_URL_TTL_S: u64 = 3600;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtaDesired {
+    pub rollout: String,
+    pub version: FirmwareVersion,
+    pub url: String,
+    /// Epoch milliseconds after which `url` no longer works.
+    pub url_expires_ms: u64,
+    pub sha256: String,
+    /// Base64 DER ECDSA P-256 signature over the SHA-256 (see `image`).
+    pub signature: String,
+    pub size: u64,
+}
+
+impl OtaDesired {
+    pub fn new(rollout: &str, image: &FirmwareImage, url: String, url_expires_ms: u64) -> Self {
+        Self {
+            rollout: rollout.to_owned(),
+            version: image.version.clone(),
+            url,
+            url_expires_ms,
+            sha256: image.sha256.clone(),
+            signature: image.signature.clone(),
+            size: image.size,
+        }
+    }
+
+    /// Whether the URL must be rewritten now: it expires within `margin_ms`.
+    pub fn needs_new_url(&self, now_ms: u64, margin_ms: u64) -> bool {
+        self.url_expires_ms <= now_ms.saturating_add(margin_ms)
+    }
+
+    /// The `ota` shadow update that asks the device for this image.
+    pub fn update(&self) -> ShadowUpdate {
+        let desired: StateMap = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => unreachable!("OtaDesired serialises to an object"),
+        };
+        ShadowUpdate::desired(desired, None)
+    }
+}
+
+/// A presigned URL's lifetime: the requested one, never more than [`MAX_URL_TTL_S`] nor less
+/// than a minute.
+pub fn url_ttl_s(requested_s: u64) -> u64 {
+    requested_s.clamp(60, MAX_URL_TTL_S)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::check_update;
+    use crate::shadow::document::ShadowState;
+
+    fn image() -> FirmwareImage {
+        FirmwareImage {
+            model: "th-v2".parse().unwrap(),
+            hardware: "rev-b".parse().unwrap(),
+            version: "1.10.0".parse().unwrap(),
+            min_version: None,
+            size: 524_288,
+            sha256: "ab".repeat(32),
+            signature: "M".repeat(96),
+            s3_key: "firmware/th-v2/rev-b/1.10.0/x.bin".into(),
+            signing_key: "alias/k".into(),
+            created_at_ms: 0,
+            downgrade_reason: None,
+        }
+    }
+
+    #[test]
+    fn the_desired_document_fits_a_shadow_with_a_long_presigned_url() {
+        // Presigned URLs with a session token run to ~1.5 KB.
+        let url = format!(
+            "https://bucket.s3.amazonaws.com/firmware/x.bin?{}",
+            "q".repeat(1500)
+        );
+        let desired = OtaDesired::new("r-1", &image(), url, 3_600_000);
+        let update = desired.update();
+        assert!(check_update(&ShadowState::default(), &update).is_ok());
+        let state = update.state.desired.unwrap();
+        assert_eq!(state["version"], "1.10.0");
+        assert_eq!(state["rollout"], "r-1");
+        assert_eq!(state["size"], 524_288);
+    }
+
+    #[test]
+    fn urls_are_refreshed_before_they_expire_and_live_at_most_an_hour() {
+        let desired = OtaDesired::new("r-1", &image(), "u".into(), 3_600_000);
+        assert!(!desired.needs_new_url(0, 600_000));
+        assert!(desired.needs_new_url(3_000_000, 600_000));
+        assert!(desired.needs_new_url(3_600_000, 0));
+        assert_eq!(url_ttl_s(7200), 3600);
+        assert_eq!(url_ttl_s(10), 60);
+        assert_eq!(url_ttl_s(900), 900);
+    }
+}
