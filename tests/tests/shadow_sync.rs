@@ -12,6 +12,7 @@ use shoal_shared::aws::{AwsError, AwsErrorKind, AwsResultExt, ClientFactory};
 use shoal_shared::config::vars;
 use shoal_shared::device_table::DeviceTable;
 use shoal_shared::ids::ThingName;
+use shoal_shared::shadow::document::UpdateState;
 use shoal_shared::shadow::intent::{DesiredIntent, plan_intent};
 use shoal_shared::shadow::{PolicyTable, ShadowDocument, ShadowRef, ShadowUpdate};
 use shoal_shared::shadow_store::{
@@ -46,18 +47,20 @@ fn shadow(thing: &ThingName, name: Option<&str>) -> ShadowRef {
 
 /// An update as a device or an application sends it (no version).
 async fn send(store: &IotShadowStore, at: &ShadowRef, state: Value) {
-    let update = json!({"state": state}).to_string();
-    let client = local::factory().await.iot_data();
-    client
-        .update_thing_shadow()
-        .thing_name(at.thing.as_str())
-        .set_shadow_name(at.name.as_ref().map(|n| n.to_string()))
-        .payload(aws_smithy_types::Blob::new(update))
-        .send()
+    let section = |name: &str| state.get(name).and_then(Value::as_object).cloned();
+    let update = ShadowUpdate {
+        state: UpdateState {
+            desired: section("desired"),
+            reported: section("reported"),
+        },
+        client_token: None,
+        version: None,
+    };
+    store
+        .update(at, &update)
         .await
-        .aws("iot-data", "UpdateThingShadow")
-        .unwrap();
-    let _ = store;
+        .unwrap()
+        .expect("an unversioned update is accepted");
 }
 
 async fn read(store: &IotShadowStore, at: &ShadowRef) -> ShadowDocument {
