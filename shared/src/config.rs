@@ -51,6 +51,12 @@ pub mod vars {
     pub const OFFLINE_THRESHOLD_S: &str = "SHOAL_OFFLINE_THRESHOLD_S";
     /// MQTT topic prefix of alerts (default `shoal/alerts`): `<prefix>/offline/<thing>`.
     pub const ALERTS_TOPIC: &str = "SHOAL_ALERTS_TOPIC";
+    /// DynamoDB table of rollouts: state, audit log, per-device requests.
+    pub const ROLLOUT_TABLE: &str = "SHOAL_ROLLOUT_TABLE";
+    /// Lifetime of a firmware download URL, in seconds (default and maximum 3600).
+    pub const URL_TTL_S: &str = "SHOAL_URL_TTL_S";
+    /// A URL expiring within this many seconds is replaced (default 600).
+    pub const URL_REFRESH_MARGIN_S: &str = "SHOAL_URL_REFRESH_MARGIN_S";
 }
 
 /// A configuration problem, always naming the variable.

@@ -18,6 +18,8 @@ use serde_json::Value;
 use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
 use crate::presence::{LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, offline_shard};
+use crate::rollout::FirmwareVersion;
+use crate::rollout::advance::FleetDevice;
 use crate::shadow::ShadowRef;
 use crate::shadow::ota::OtaReport;
 use crate::shadow::policy::Conflict;
@@ -68,6 +70,41 @@ pub fn from_attribute(value: &AttributeValue) -> Value {
         ),
         _ => Value::Null,
     }
+}
+
+fn fleet_device(item: &Item) -> Option<FleetDevice> {
+    let text = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.as_str()),
+        _ => None,
+    };
+    let number = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse::<u64>().ok(),
+        _ => None,
+    };
+    let version = |name: &str| text(name).and_then(|v| v.parse::<FirmwareVersion>().ok());
+    let report = item.get("ota_status").and_then(|status| {
+        serde_json::from_value(serde_json::json!({
+            "status": from_attribute(status),
+            "version": text("ota_target_version"),
+            "running_version": text("ota_running_version"),
+            "reason": text("ota_reason"),
+        }))
+        .ok()
+    });
+    let ota_is_later = number("ota_updated_at") >= number("facts_updated_at");
+    let running = match (version("firmware_version"), version("ota_running_version")) {
+        (Some(_), Some(ota)) if ota_is_later => Some(ota),
+        (reported, ota) => reported.or(ota),
+    };
+    Some(FleetDevice {
+        thing: text("thing_name")?.to_owned(),
+        online: match item.get("online") {
+            Some(AttributeValue::Bool(b)) => Some(*b),
+            _ => None,
+        },
+        running,
+        report,
+    })
 }
 
 /// A device that went offline before a cutoff and has not been alerted on.
@@ -281,6 +318,38 @@ impl DeviceTable {
                 .await
                 .aws("dynamodb", "UpdateItem"),
         )
+    }
+
+    /// What the registry knows of each of `things` for a rollout: presence, running version
+    /// (the later of the reported firmware and the OTA report's running version) and the last
+    /// OTA report. A thing without an item is unknown on every count.
+    pub async fn fleet(&self, things: &[String]) -> Result<Vec<FleetDevice>, AwsError> {
+        let keys = things
+            .iter()
+            .map(|t| {
+                Item::from([
+                    ("thing_name".into(), s(t.as_str())),
+                    ("record".into(), s(DEVICE_RECORD)),
+                ])
+            })
+            .collect();
+        let items = crate::dynamo::batch_get(&self.client, self.table.as_str(), keys).await?;
+        let mut known: HashMap<String, FleetDevice> = items
+            .iter()
+            .filter_map(fleet_device)
+            .map(|d| (d.thing.clone(), d))
+            .collect();
+        Ok(things
+            .iter()
+            .map(|t| {
+                known.remove(t).unwrap_or_else(|| FleetDevice {
+                    thing: t.clone(),
+                    online: None,
+                    running: None,
+                    report: None,
+                })
+            })
+            .collect())
     }
 
     /// Keeps every conflict's losing value, one item each; a replay rewrites the same items.

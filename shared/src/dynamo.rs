@@ -1,5 +1,6 @@
 //! What Shoal's DynamoDB edges share: creating an on-demand table for local setup, and reading
-//! every item of a partition whose sort key starts with a prefix.
+//! every item of a partition whose sort key starts with a prefix, and batch calls that retry
+//! unprocessed items.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 
-use crate::aws::{AwsError, AwsResultExt};
+use crate::aws::{AwsError, AwsErrorKind, AwsResultExt};
 
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -80,4 +81,88 @@ pub async fn query_prefix(
         items.push(item.aws("dynamodb", "Query")?);
     }
     Ok(items)
+}
+
+/// DynamoDB's limit per BatchGetItem call.
+pub const MAX_BATCH_GET: usize = 100;
+/// Rounds of retrying unprocessed items (with doubling backoff from 50 ms) before giving up.
+const UNPROCESSED_ROUNDS: u32 = 8;
+
+/// The items with `keys` that exist (any order), read consistently, in calls of
+/// [`MAX_BATCH_GET`], unprocessed keys retried.
+pub async fn batch_get(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<Item>,
+) -> Result<Vec<Item>, AwsError> {
+    let mut found = Vec::with_capacity(keys.len());
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        let mut pending: Vec<Item> = keys.by_ref().take(MAX_BATCH_GET).collect();
+        // A loop rather than `until_processed`: its closure would make this future !Send.
+        for round in 0..UNPROCESSED_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            backoff(round).await;
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| AwsError::local("dynamodb", "BatchGetItem", e))?;
+            let got = client
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .aws("dynamodb", "BatchGetItem")?;
+            if let Some(items) = got.responses().and_then(|r| r.get(table)) {
+                found.extend(items.iter().cloned());
+            }
+            if let Some(left) = got.unprocessed_keys().and_then(|u| u.get(table)) {
+                pending = left.keys().to_vec();
+            }
+        }
+        if !pending.is_empty() {
+            return Err(unprocessed("BatchGetItem", pending.len()));
+        }
+    }
+    Ok(found)
+}
+
+/// Calls `call` with `pending` until nothing is left unprocessed, backing off between rounds;
+/// gives up after [`UNPROCESSED_ROUNDS`].
+pub(crate) async fn until_processed<T>(
+    operation: &'static str,
+    mut pending: Vec<T>,
+    mut call: impl AsyncFnMut(Vec<T>) -> Result<Vec<T>, AwsError>,
+) -> Result<(), AwsError> {
+    for round in 0..UNPROCESSED_ROUNDS {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        backoff(round).await;
+        pending = call(pending).await?;
+    }
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(unprocessed(operation, pending.len()))
+    }
+}
+
+async fn backoff(round: u32) {
+    if round > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(50 << round.min(6))).await;
+    }
+}
+
+fn unprocessed(operation: &'static str, left: usize) -> AwsError {
+    AwsError {
+        service: "dynamodb",
+        operation,
+        kind: AwsErrorKind::Throttled,
+        code: Some("UnprocessedItems".into()),
+        message: format!("{left} items still unprocessed after {UNPROCESSED_ROUNDS} rounds"),
+    }
 }

@@ -60,6 +60,8 @@ macro_rules! validated_string {
 }
 
 #[cfg(feature = "aws")]
+pub mod alerts;
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod clock;
 pub mod config;
@@ -69,6 +71,8 @@ pub mod device_table;
 pub mod dynamo;
 #[cfg(feature = "aws")]
 pub mod firmware_table;
+#[cfg(feature = "aws")]
+pub mod fleet;
 pub mod ids;
 pub mod logging;
 #[cfg(feature = "aws")]

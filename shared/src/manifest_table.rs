@@ -217,9 +217,6 @@ pub struct AuditRecord<'a> {
 
 /// DynamoDB's limits per batch call.
 pub const MAX_BATCH_WRITE: usize = 25;
-pub const MAX_BATCH_GET: usize = 100;
-/// Rounds of retrying unprocessed items (with doubling backoff from 50 ms) before giving up.
-const UNPROCESSED_ROUNDS: u32 = 8;
 
 impl ManifestTable {
     /// Which of `serials` are already in the table, with their status.
@@ -228,40 +225,15 @@ impl ManifestTable {
         serials: &[Serial],
     ) -> Result<Vec<(Serial, DeviceStatus)>, AwsError> {
         let mut found = Vec::new();
-        for chunk in serials.chunks(MAX_BATCH_GET) {
+        for chunk in serials.chunks(crate::dynamo::MAX_BATCH_GET) {
             let keys: Vec<Item> = chunk
                 .iter()
                 .map(|serial| Item::from([("serial".to_owned(), s(serial.as_str()))]))
                 .collect();
-            until_processed("BatchGetItem", keys, async |keys| {
-                let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| build_error("BatchGetItem", e))?;
-                let got = self
-                    .client
-                    .batch_get_item()
-                    .request_items(self.table.as_str(), request)
-                    .send()
-                    .await
-                    .aws("dynamodb", "BatchGetItem")?;
-                let items = got
-                    .responses()
-                    .and_then(|r| r.get(self.table.as_str()))
-                    .into_iter()
-                    .flatten();
-                for item in items {
-                    let entry = from_item(item).map_err(|m| build_error("BatchGetItem", m))?;
-                    found.push((entry.serial, entry.status));
-                }
-                Ok(got
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(self.table.as_str()))
-                    .map(|k| k.keys().to_vec())
-                    .unwrap_or_default())
-            })
-            .await?;
+            for item in crate::dynamo::batch_get(&self.client, self.table.as_str(), keys).await? {
+                let entry = from_item(&item).map_err(|m| build_error("BatchGetItem", m))?;
+                found.push((entry.serial, entry.status));
+            }
         }
         Ok(found)
     }
@@ -285,7 +257,7 @@ impl ManifestTable {
                         .map_err(|e| build_error("BatchWriteItem", e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            until_processed("BatchWriteItem", requests, async |requests| {
+            crate::dynamo::until_processed("BatchWriteItem", requests, async |requests| {
                 let sent = requests.len();
                 let written = self
                     .client
@@ -305,43 +277,6 @@ impl ManifestTable {
             .await?;
         }
         Ok(())
-    }
-}
-
-/// Calls `call` with `pending` until nothing is left unprocessed, backing off between rounds;
-/// gives up after [`UNPROCESSED_ROUNDS`].
-async fn until_processed<T>(
-    operation: &'static str,
-    mut pending: Vec<T>,
-    mut call: impl AsyncFnMut(Vec<T>) -> Result<Vec<T>, AwsError>,
-) -> Result<(), AwsError> {
-    for round in 0..UNPROCESSED_ROUNDS {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        backoff(round).await;
-        pending = call(pending).await?;
-    }
-    if pending.is_empty() {
-        Ok(())
-    } else {
-        Err(unprocessed(operation, pending.len()))
-    }
-}
-
-async fn backoff(round: u32) {
-    if round > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(50 << round.min(6))).await;
-    }
-}
-
-fn unprocessed(operation: &'static str, left: usize) -> AwsError {
-    AwsError {
-        service: "dynamodb",
-        operation,
-        kind: AwsErrorKind::Throttled,
-        code: Some("UnprocessedItems".into()),
-        message: format!("{left} items still unprocessed after {UNPROCESSED_ROUNDS} rounds"),
     }
 }
 

@@ -3,16 +3,21 @@
 //! `record = "audit#<revision>"` one entry per transition. A transition is one transaction: the
 //! state is written only over the revision it was computed from, and the audit entry only if it
 //! is new, so two advancers racing move a rollout once and log it once.
+//! `record = "device#<thing>"` holds what the rollout asked of one device ([`DeviceRecord`]).
+//! Partition `#rollouts` lists every rollout id (one item each), for the advancer to visit.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
-use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
+use crate::aws::{AwsError, AwsResultExt, created_unless_in_use};
 use crate::config::TableName;
+use crate::rollout::advance::DeviceRecord;
 use crate::rollout::state::{Rollout, Transition};
 
 pub const ROLLOUT_RECORD: &str = "rollout";
+const INDEX_PARTITION: &str = "#rollouts";
+const DEVICE_PREFIX: &str = "device#";
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -88,18 +93,81 @@ impl RolloutTable {
         created_unless_in_use(created)
     }
 
-    /// Records a new rollout. `Ok(false)`: the id is taken.
+    /// Records a new rollout and lists it for the advancer. `Ok(false)`: the id is taken.
     pub async fn create(&self, rollout: &Rollout) -> Result<bool, AwsError> {
-        let put = self
-            .client
-            .put_item()
+        let state = Put::builder()
             .table_name(self.table.as_str())
             .set_item(Some(state_item(rollout)?))
             .condition_expression("attribute_not_exists(rollout_id)")
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        let listed = Put::builder()
+            .table_name(self.table.as_str())
+            .item("rollout_id", s(INDEX_PARTITION))
+            .item("record", s(rollout.id.as_str()))
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        self.transact(vec![state, listed]).await
+    }
+
+    /// Every rollout id, in id order.
+    pub async fn ids(&self) -> Result<Vec<String>, AwsError> {
+        let items = crate::dynamo::query_prefix(
+            &self.client,
+            self.table.as_str(),
+            ("rollout_id", INDEX_PARTITION),
+            ("record", ""),
+        )
+        .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| match item.get("record") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Records (or rewrites) what the rollout asked of one device.
+    pub async fn put_device(
+        &self,
+        rollout_id: &str,
+        record: &DeviceRecord,
+    ) -> Result<(), AwsError> {
+        self.client
+            .put_item()
+            .table_name(self.table.as_str())
+            .item("rollout_id", s(rollout_id))
+            .item("record", s(format!("{DEVICE_PREFIX}{}", record.thing)))
+            .item("device", json("PutItem", record)?)
             .send()
             .await
-            .aws("dynamodb", "PutItem");
-        condition_held(put)
+            .aws("dynamodb", "PutItem")?;
+        Ok(())
+    }
+
+    /// Every device the rollout targeted.
+    pub async fn devices(&self, rollout_id: &str) -> Result<Vec<DeviceRecord>, AwsError> {
+        let items = crate::dynamo::query_prefix(
+            &self.client,
+            self.table.as_str(),
+            ("rollout_id", rollout_id),
+            ("record", DEVICE_PREFIX),
+        )
+        .await?;
+        items
+            .iter()
+            .map(|item| match item.get("device") {
+                Some(AttributeValue::S(text)) => serde_json::from_str(text).map_err(|e| {
+                    AwsError::local("dynamodb", "Query", format!("{rollout_id}: {e}"))
+                }),
+                _ => Err(AwsError::local(
+                    "dynamodb",
+                    "Query",
+                    format!("{rollout_id}: a device record without its device"),
+                )),
+            })
+            .collect()
     }
 
     /// The rollout, read consistently.
@@ -151,11 +219,19 @@ impl RolloutTable {
             .condition_expression("attribute_not_exists(rollout_id)")
             .build()
             .map_err(build("TransactWriteItems"))?;
+        self.transact(vec![state, audit]).await
+    }
+
+    /// Both puts or neither. `Ok(false)`: a condition failed.
+    async fn transact(&self, puts: Vec<Put>) -> Result<bool, AwsError> {
+        let items = puts
+            .into_iter()
+            .map(|put| TransactWriteItem::builder().put(put).build())
+            .collect();
         let written = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(state).build())
-            .transact_items(TransactWriteItem::builder().put(audit).build())
+            .set_transact_items(Some(items))
             .send()
             .await
             .aws("dynamodb", "TransactWriteItems");

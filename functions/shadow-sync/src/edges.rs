@@ -1,7 +1,6 @@
 //! The AWS side of the shadow-sync traits: the DynamoDB device table and IoT data Publish.
 
-use aws_smithy_types::Blob;
-use shoal_shared::aws::{AwsError, AwsResultExt};
+use shoal_shared::aws::AwsError;
 use shoal_shared::clock::now_ms;
 use shoal_shared::device_table::{DeviceTable, OfflineDevice};
 use shoal_shared::ids::ThingName;
@@ -12,7 +11,9 @@ use shoal_shared::shadow::policy::Conflict;
 use shoal_shared::shadow::sync::ReportedFacts;
 
 use crate::documents::DeviceRecords;
-use crate::presence::{Alerts, PresenceRecords};
+pub use shoal_shared::alerts::IotAlerts;
+
+use crate::presence::PresenceRecords;
 
 fn now() -> u64 {
     u64::try_from(now_ms()).unwrap_or_default()
@@ -69,22 +70,5 @@ impl PresenceRecords for Registry {
 
     async fn mark_alerted(&self, thing: &str, offline_since_ms: u64) -> Result<bool, AwsError> {
         self.0.mark_alerted(thing, offline_since_ms, now()).await
-    }
-}
-
-/// Alerts published with IoT data Publish (QoS 1) to the alerts topic.
-pub struct IotAlerts(pub aws_sdk_iotdataplane::Client);
-
-impl Alerts for IotAlerts {
-    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
-        self.0
-            .publish()
-            .topic(topic)
-            .qos(1)
-            .payload(Blob::new(payload))
-            .send()
-            .await
-            .aws("iot-data", "Publish")?;
-        Ok(())
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
+pub use shoal_shared::alerts::Alerts;
 use shoal_shared::aws::AwsError;
 use shoal_shared::config::{self, ConfigError, Source, vars};
 use shoal_shared::device_table::OfflineDevice;
@@ -28,14 +29,6 @@ pub trait PresenceRecords: Sync {
         thing: &str,
         offline_since_ms: u64,
     ) -> impl Future<Output = Result<bool, AwsError>> + Send;
-}
-
-pub trait Alerts: Sync {
-    fn publish(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -90,14 +90,6 @@ pub struct Candidate<'a> {
     pub targeted: bool,
 }
 
-/// How many devices one advancer run may newly target: `max_per_minute` for each whole minute
-/// since the previous run (at least one minute's worth, at most `max_minutes`' worth, so a long
-/// gap never releases a stampede).
-pub fn herd_budget(max_per_minute: u32, since_last_run_ms: u64, max_minutes: u64) -> usize {
-    let minutes = (since_last_run_ms / 60_000).clamp(1, max_minutes.max(1));
-    usize::try_from(u64::from(max_per_minute) * minutes).unwrap_or(usize::MAX)
-}
-
 /// The devices to target now: inside `percent`, not targeted yet, lowest cohort point first (so
 /// the canary's devices always go before the staged ones), at most `budget`.
 pub fn next_targets<'a>(candidates: &[Candidate<'a>], percent: f64, budget: usize) -> Vec<&'a str> {
@@ -202,14 +194,6 @@ mod tests {
             next_targets(&candidates, 10.0, 7),
             "deterministic"
         );
-    }
-
-    #[test]
-    fn the_herd_budget_grows_with_time_and_is_capped() {
-        assert_eq!(herd_budget(100, 0, 10), 100);
-        assert_eq!(herd_budget(100, 5 * 60_000 + 59_000, 10), 500);
-        assert_eq!(herd_budget(100, 24 * 3_600_000, 10), 1_000);
-        assert_eq!(herd_budget(0, 60_000, 10), 0);
     }
 
     #[test]

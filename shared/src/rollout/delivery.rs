@@ -53,6 +53,25 @@ impl OtaDesired {
     }
 }
 
+/// The `ota` shadow update that withdraws a request the device never started (every desired
+/// field set to null, which deletes it).
+pub fn cancel() -> ShadowUpdate {
+    let fields = [
+        "rollout",
+        "version",
+        "url",
+        "url_expires_ms",
+        "sha256",
+        "signature",
+        "size",
+    ];
+    let desired: StateMap = fields
+        .into_iter()
+        .map(|f| (f.to_owned(), serde_json::Value::Null))
+        .collect();
+    ShadowUpdate::desired(desired, None)
+}
+
 /// A presigned URL's lifetime: the requested one, never more than [`MAX_URL_TTL_S`] nor less
 /// than a minute.
 pub fn url_ttl_s(requested_s: u64) -> u64 {
@@ -106,5 +125,17 @@ mod tests {
         assert_eq!(url_ttl_s(7200), 3600);
         assert_eq!(url_ttl_s(10), 60);
         assert_eq!(url_ttl_s(900), 900);
+    }
+
+    #[test]
+    fn a_cancel_deletes_every_field_the_request_set() {
+        let desired = OtaDesired::new("r-1", &image(), "u".into(), 1);
+        let asked = desired.update().state.desired.unwrap();
+        let cancelled = cancel().state.desired.unwrap();
+        assert_eq!(
+            asked.keys().collect::<Vec<_>>(),
+            cancelled.keys().collect::<Vec<_>>()
+        );
+        assert!(cancelled.values().all(serde_json::Value::is_null));
     }
 }

@@ -2,6 +2,7 @@
 //! images ([`image`]), deterministic cohorts and eligibility ([`cohort`]), and the phases an
 //! advancer moves through, pausing on failures ([`phases`]).
 
+pub mod advance;
 pub mod cohort;
 pub mod delivery;
 pub mod image;

@@ -1,0 +1,79 @@
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
+use ota_scheduler::edges::{Devices, Registry};
+use ota_scheduler::{AdvancerConfig, Edges, handle};
+use serde_json::Value;
+use shoal_shared::alerts::IotAlerts;
+use shoal_shared::aws::ClientFactory;
+use shoal_shared::clock::now_ms;
+use shoal_shared::config::{self, ProcessEnv, TableName, vars};
+use shoal_shared::device_table::DeviceTable;
+use shoal_shared::firmware_table::FirmwareTable;
+use shoal_shared::rollout_table::RolloutTable;
+use shoal_shared::shadow_store::IotShadowStore;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    shoal_shared::logging::init();
+    let config = AdvancerConfig::from_source(&ProcessEnv)?;
+    let table = |name| config::required::<TableName>(&ProcessEnv, name);
+    let factory = ClientFactory::from_env().await;
+    let rollouts = RolloutTable::new(factory.dynamodb(), table(vars::ROLLOUT_TABLE)?);
+    let registry = Registry {
+        iot: factory.iot(),
+        devices: DeviceTable::new(factory.dynamodb(), table(vars::DEVICE_TABLE)?),
+        firmware: FirmwareTable::new(factory.dynamodb(), table(vars::FIRMWARE_TABLE)?),
+    };
+    let delivery = Devices {
+        s3: factory.s3(),
+        bucket: config::required(&ProcessEnv, vars::FIRMWARE_BUCKET)?,
+        shadows: IotShadowStore::new(factory.iot_data()),
+    };
+    let alerts = IotAlerts(factory.iot_data());
+    let edges = Edges {
+        rollouts: &rollouts,
+        fleet: &registry,
+        delivery: &delivery,
+        alerts: &alerts,
+    };
+    let (config, edges) = (&config, &edges);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let now = u64::try_from(now_ms()).unwrap_or_default();
+        let summary = handle(&event.payload, edges, config, now)
+            .await
+            .map_err(|e| Diagnostic {
+                error_type: "RetryLater".into(),
+                error_message: e.to_string(),
+            })?;
+        for run in &summary.rollouts {
+            tracing::info!(run = %serde_json::to_string(run).unwrap_or_default(), "rollout");
+            let counts = [
+                ("Targeted", run.targeted),
+                ("Refreshed", run.refreshed),
+                ("Restored", run.restored),
+                ("Cancelled", run.cancelled),
+                ("DeliveryFailures", run.delivery_failures),
+                ("Errors", u64::from(run.error.is_some())),
+            ];
+            println!(
+                "{}",
+                shoal_shared::metrics::emf_counts(
+                    now_ms(),
+                    &[
+                        ("Function", "ota-advancer"),
+                        ("Rollout", run.rollout.as_str())
+                    ],
+                    &counts
+                )
+            );
+        }
+        if summary.errors() > 0 {
+            // The schedule runs again in a minute; the error makes the failure visible.
+            return Err(Diagnostic {
+                error_type: "RolloutFailed".into(),
+                error_message: serde_json::to_string(&summary).unwrap_or_default(),
+            });
+        }
+        Ok::<_, Diagnostic>(summary)
+    }))
+    .await
+}

@@ -1,0 +1,404 @@
+//! The OTA advancer, run by an EventBridge schedule (every minute): for each rollout, read its
+//! state, its device requests and the fleet; let the phase rules decide (advance, complete,
+//! pause with an alert, or wait); then target the next devices through the `ota` named shadow,
+//! refresh URLs about to expire, and — once rolled back — send devices back to the last good
+//! version. Two runs racing move a rollout once (revision-guarded transitions); a device request
+//! is idempotent (same rollout, same image).
+//!
+//! The AWS calls sit behind the small traits below; `edges` implements them.
+
+pub mod edges;
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde_json::Value;
+use shoal_shared::alerts::Alerts;
+use shoal_shared::aws::AwsError;
+use shoal_shared::config::{self, ConfigError, Source, vars};
+use shoal_shared::rollout::FirmwareVersion;
+use shoal_shared::rollout::advance::{
+    DeviceRecord, FleetDevice, RollbackCounts, RollbackStep, RunPlan, plan_run,
+};
+use shoal_shared::rollout::delivery::{OtaDesired, cancel, url_ttl_s};
+use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
+use shoal_shared::rollout::phases::{Decision, PhaseCounts, decide};
+use shoal_shared::rollout::state::{Command, Rollout, RolloutStatus, Transition};
+use shoal_shared::shadow::ShadowUpdate;
+
+/// The rollout table.
+pub trait Rollouts: Sync {
+    fn ids(&self) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Rollout>, AwsError>> + Send;
+    /// `Ok(false)`: the rollout moved since `previous` was read.
+    fn transition(
+        &self,
+        previous: &Rollout,
+        next: &Rollout,
+        transition: &Transition,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    fn devices(&self, id: &str)
+    -> impl Future<Output = Result<Vec<DeviceRecord>, AwsError>> + Send;
+    fn put_device(
+        &self,
+        id: &str,
+        record: &DeviceRecord,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// The registry: the fleet of a model and hardware revision, and its firmware images.
+pub trait Fleet: Sync {
+    fn devices(
+        &self,
+        model: &DeviceModel,
+        hardware: &HardwareRevision,
+    ) -> impl Future<Output = Result<Vec<FleetDevice>, AwsError>> + Send;
+    fn images(
+        &self,
+        model: &DeviceModel,
+        hardware: &HardwareRevision,
+    ) -> impl Future<Output = Result<Vec<FirmwareImage>, AwsError>> + Send;
+}
+
+/// The way to a device: download URLs and its `ota` shadow.
+pub trait Delivery: Sync {
+    fn presign(
+        &self,
+        s3_key: &str,
+        ttl_s: u64,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+    fn write(
+        &self,
+        thing: &str,
+        update: &ShadowUpdate,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvancerConfig {
+    pub url_ttl_s: u64,
+    pub url_refresh_margin_s: u64,
+    pub alerts_topic: String,
+}
+
+impl AdvancerConfig {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            url_ttl_s: url_ttl_s(config::optional(source, vars::URL_TTL_S)?.unwrap_or(3600)),
+            url_refresh_margin_s: config::optional(source, vars::URL_REFRESH_MARGIN_S)?
+                .unwrap_or(600),
+            alerts_topic: config::optional(source, vars::ALERTS_TOPIC)?
+                .unwrap_or_else(|| "shoal/alerts".to_owned()),
+        })
+    }
+}
+
+/// What one run did to one rollout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RolloutRun {
+    pub rollout: String,
+    pub status: Option<RolloutStatus>,
+    pub phase: Option<String>,
+    /// The phase decision, for an active rollout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// Another run moved the rollout first; this one stopped.
+    pub raced: bool,
+    pub counts: PhaseCounts,
+    pub failure_rate: f64,
+    pub rollback: RollbackCounts,
+    pub targeted: u64,
+    pub refreshed: u64,
+    pub restored: u64,
+    pub cancelled: u64,
+    /// Device writes that failed: retried by the next run.
+    pub delivery_failures: u64,
+    pub alert_failed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub rollouts: Vec<RolloutRun>,
+}
+
+impl RunSummary {
+    pub fn errors(&self) -> usize {
+        self.rollouts.iter().filter(|r| r.error.is_some()).count()
+    }
+}
+
+pub struct Edges<'a, R, F, D, A> {
+    pub rollouts: &'a R,
+    pub fleet: &'a F,
+    pub delivery: &'a D,
+    pub alerts: &'a A,
+}
+
+/// The scheduled run: `{"rollout": "<id>"}` in the event advances that one rollout, anything
+/// else (the EventBridge scheduled event) every rollout. One rollout's failure is reported and
+/// does not stop the others.
+pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
+    event: &Value,
+    edges: &Edges<'_, R, F, D, A>,
+    config: &AdvancerConfig,
+    now_ms: u64,
+) -> Result<RunSummary, AwsError> {
+    let ids = match event.get("rollout").and_then(Value::as_str) {
+        Some(id) => vec![id.to_owned()],
+        None => edges.rollouts.ids().await?,
+    };
+    let mut summary = RunSummary::default();
+    for id in ids {
+        let run = match advance(&id, edges, config, now_ms).await {
+            Ok(run) => run,
+            Err(e) => RolloutRun {
+                rollout: id.clone(),
+                error: Some(e.to_string()),
+                ..RolloutRun::default()
+            },
+        };
+        summary.rollouts.push(run);
+    }
+    Ok(summary)
+}
+
+fn image_of<'a>(
+    images: &'a [FirmwareImage],
+    rollout: &Rollout,
+    version: &FirmwareVersion,
+) -> Result<&'a FirmwareImage, AwsError> {
+    images
+        .iter()
+        .find(|i| &i.version == version)
+        .ok_or_else(|| {
+            AwsError::local(
+                "dynamodb",
+                "Query",
+                format!(
+                    "rollout {}: no {} {} image {version} in the firmware registry",
+                    rollout.id, rollout.model, rollout.hardware
+                ),
+            )
+        })
+}
+
+fn command_for(decision: &Decision) -> Option<Command> {
+    match decision {
+        Decision::Wait { .. } => None,
+        Decision::Advance { to } => Some(Command::Advance { to: *to }),
+        Decision::Complete => Some(Command::Complete),
+        Decision::Pause { reason } => Some(Command::Pause {
+            reason: reason.clone(),
+        }),
+    }
+}
+
+/// One rollout's run.
+pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
+    id: &str,
+    edges: &Edges<'_, R, F, D, A>,
+    config: &AdvancerConfig,
+    now_ms: u64,
+) -> Result<RolloutRun, AwsError> {
+    let mut rollout = edges.rollouts.get(id).await?.ok_or_else(|| {
+        AwsError::local(
+            "dynamodb",
+            "GetItem",
+            format!("rollout {id} does not exist"),
+        )
+    })?;
+    let images = edges
+        .fleet
+        .images(&rollout.model, &rollout.hardware)
+        .await?;
+    let image = image_of(&images, &rollout, &rollout.version)?;
+    let records = edges.rollouts.devices(id).await?;
+    let fleet = edges
+        .fleet
+        .devices(&rollout.model, &rollout.hardware)
+        .await?;
+    let margin_ms = config.url_refresh_margin_s * 1000;
+    let plan_for = |r: &Rollout| {
+        plan_run(
+            r,
+            image.min_version.as_ref(),
+            &fleet,
+            &records,
+            now_ms,
+            margin_ms,
+        )
+    };
+    let mut plan = plan_for(&rollout);
+    let mut run = RolloutRun {
+        rollout: id.to_owned(),
+        ..RolloutRun::default()
+    };
+
+    if rollout.status == RolloutStatus::Active {
+        let decision = decide(
+            &rollout.plan,
+            rollout.phase,
+            rollout.phase_started_ms,
+            &plan.counts,
+            now_ms,
+        );
+        if let Some(command) = command_for(&decision) {
+            let (next, transition) = rollout
+                .apply(command, "advancer", now_ms)
+                .map_err(|e| AwsError::local("dynamodb", "TransactWriteItems", e))?;
+            if !edges
+                .rollouts
+                .transition(&rollout, &next, &transition)
+                .await?
+            {
+                run.raced = true;
+                run.decision = Some(decision);
+                return Ok(finish(run, &rollout, &plan));
+            }
+            rollout = next;
+            if let Decision::Pause { reason } = &decision {
+                run.alert_failed = alert(edges.alerts, config, &rollout, &plan, reason)
+                    .await
+                    .is_err();
+            }
+            plan = plan_for(&rollout);
+        }
+        run.decision = Some(decision);
+    }
+
+    let by_thing: std::collections::HashMap<&str, &DeviceRecord> =
+        records.iter().map(|r| (r.thing.as_str(), r)).collect();
+    let ttl_s = config.url_ttl_s;
+    let send = async |thing: &str, image: &FirmwareImage| -> Result<u64, AwsError> {
+        let url = edges.delivery.presign(&image.s3_key, ttl_s).await?;
+        let expires = now_ms + ttl_s * 1000;
+        let desired = OtaDesired::new(&rollout.id, image, url, expires);
+        edges.delivery.write(thing, &desired.update()).await?;
+        Ok(expires)
+    };
+    for target in &plan.targets {
+        let delivered = async {
+            let expires = send(&target.thing, image).await?;
+            let record = DeviceRecord {
+                thing: target.thing.clone(),
+                point: target.point,
+                from_version: target.from_version.clone(),
+                targeted_at_ms: now_ms,
+                desired_version: Some(rollout.version.clone()),
+                url_expires_ms: expires,
+            };
+            edges.rollouts.put_device(id, &record).await
+        };
+        tally(
+            &mut run.targeted,
+            &mut run.delivery_failures,
+            delivered.await,
+            &target.thing,
+        );
+    }
+    for (thing, version) in &plan.refresh {
+        let refreshed = async {
+            let image = image_of(&images, &rollout, version)?;
+            let expires = send(thing, image).await?;
+            let record = DeviceRecord {
+                url_expires_ms: expires,
+                ..(*by_thing[thing.as_str()]).clone()
+            };
+            edges.rollouts.put_device(id, &record).await
+        };
+        tally(
+            &mut run.refreshed,
+            &mut run.delivery_failures,
+            refreshed.await,
+            thing,
+        );
+    }
+    for (thing, step) in &plan.rollback_steps {
+        let stepped = async {
+            let record = by_thing[thing.as_str()];
+            let record = match step {
+                RollbackStep::Restore => {
+                    let good = rollout.rollback_version.as_ref().ok_or_else(|| {
+                        AwsError::local("dynamodb", "GetItem", "no rollback version")
+                    })?;
+                    let expires = send(thing, image_of(&images, &rollout, good)?).await?;
+                    DeviceRecord {
+                        desired_version: Some(good.clone()),
+                        url_expires_ms: expires,
+                        ..record.clone()
+                    }
+                }
+                RollbackStep::Cancel => {
+                    edges.delivery.write(thing, &cancel()).await?;
+                    DeviceRecord {
+                        desired_version: None,
+                        url_expires_ms: 0,
+                        ..record.clone()
+                    }
+                }
+            };
+            edges.rollouts.put_device(id, &record).await
+        };
+        let counter = match step {
+            RollbackStep::Restore => &mut run.restored,
+            RollbackStep::Cancel => &mut run.cancelled,
+        };
+        tally(counter, &mut run.delivery_failures, stepped.await, thing);
+    }
+    Ok(finish(run, &rollout, &plan))
+}
+
+fn tally(done: &mut u64, failed: &mut u64, result: Result<(), AwsError>, thing: &str) {
+    match result {
+        Ok(()) => *done += 1,
+        Err(e) => {
+            *failed += 1;
+            tracing::warn!(%thing, error = %e, "device write failed; the next run retries it");
+        }
+    }
+}
+
+fn finish(mut run: RolloutRun, rollout: &Rollout, plan: &RunPlan) -> RolloutRun {
+    run.status = Some(rollout.status);
+    run.phase = rollout
+        .plan
+        .phases
+        .get(rollout.phase)
+        .map(|p| p.name.clone());
+    run.counts = plan.counts;
+    run.failure_rate = plan.counts.failure_rate();
+    run.rollback = plan.rollback;
+    run
+}
+
+/// The auto-pause alert, on `<alerts topic>/ota/<rollout>`.
+async fn alert(
+    alerts: &impl Alerts,
+    config: &AdvancerConfig,
+    rollout: &Rollout,
+    plan: &RunPlan,
+    reason: &str,
+) -> Result<(), AwsError> {
+    let payload = serde_json::json!({
+        "alert": "ota_rollout_paused",
+        "rollout": rollout.id,
+        "model": rollout.model,
+        "hardware": rollout.hardware,
+        "version": rollout.version,
+        "phase": rollout.plan.phases.get(rollout.phase).map(|p| &p.name),
+        "reason": reason,
+        "counts": plan.counts,
+        "failure_rate": plan.counts.failure_rate(),
+        "next": "shoal rollout resume|rollback",
+    });
+    let topic = format!("{}/ota/{}", config.alerts_topic, rollout.id);
+    let published = alerts
+        .publish(&topic, payload.to_string().into_bytes())
+        .await;
+    if let Err(e) = &published {
+        tracing::error!(rollout = %rollout.id, error = %e, "pause alert not published");
+    }
+    published
+}
