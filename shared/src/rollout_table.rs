@@ -4,7 +4,7 @@
 //! state is written only over the revision it was computed from, and the audit entry only if it
 //! is new, so two advancers racing move a rollout once and log it once.
 //! `record = "device#<thing>"` holds what the rollout asked of one device ([`DeviceRecord`]).
-//! Partition `#rollouts` lists every rollout id (one item each), for the advancer to visit.
+//! Partition `#rollouts` lists every rollout (`id#<id>`, one item each), for the advancer.
 
 use std::collections::HashMap;
 
@@ -17,6 +17,7 @@ use crate::rollout::state::{Rollout, Transition};
 
 pub const ROLLOUT_RECORD: &str = "rollout";
 const INDEX_PARTITION: &str = "#rollouts";
+const INDEX_PREFIX: &str = "id#";
 const DEVICE_PREFIX: &str = "device#";
 
 type Item = HashMap<String, AttributeValue>;
@@ -104,7 +105,7 @@ impl RolloutTable {
         let listed = Put::builder()
             .table_name(self.table.as_str())
             .item("rollout_id", s(INDEX_PARTITION))
-            .item("record", s(rollout.id.as_str()))
+            .item("record", s(format!("{INDEX_PREFIX}{}", rollout.id)))
             .build()
             .map_err(build("TransactWriteItems"))?;
         self.transact(vec![state, listed]).await
@@ -116,13 +117,15 @@ impl RolloutTable {
             &self.client,
             self.table.as_str(),
             ("rollout_id", INDEX_PARTITION),
-            ("record", ""),
+            ("record", INDEX_PREFIX),
         )
         .await?;
         Ok(items
             .iter()
             .filter_map(|item| match item.get("record") {
-                Some(AttributeValue::S(id)) => Some(id.clone()),
+                Some(AttributeValue::S(record)) => {
+                    record.strip_prefix(INDEX_PREFIX).map(str::to_owned)
+                }
                 _ => None,
             })
             .collect())

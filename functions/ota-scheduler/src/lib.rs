@@ -18,11 +18,11 @@ use shoal_shared::aws::AwsError;
 use shoal_shared::config::{self, ConfigError, Source, vars};
 use shoal_shared::rollout::FirmwareVersion;
 use shoal_shared::rollout::advance::{
-    DeviceRecord, FleetDevice, RollbackCounts, RollbackStep, RunPlan, plan_run,
+    DeviceRecord, FleetDevice, RollbackCounts, RollbackStep, RunPlan, judge, plan_run,
 };
 use shoal_shared::rollout::delivery::{OtaDesired, cancel, url_ttl_s};
 use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
-use shoal_shared::rollout::phases::{Decision, PhaseCounts, decide};
+use shoal_shared::rollout::phases::{Decision, PhaseCounts};
 use shoal_shared::rollout::state::{Command, Rollout, RolloutStatus, Transition};
 use shoal_shared::shadow::ShadowUpdate;
 
@@ -237,13 +237,7 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
     };
 
     if rollout.status == RolloutStatus::Active {
-        let decision = decide(
-            &rollout.plan,
-            rollout.phase,
-            rollout.phase_started_ms,
-            &plan.counts,
-            now_ms,
-        );
+        let decision = judge(&rollout, &plan, now_ms);
         if let Some(command) = command_for(&decision) {
             let (next, transition) = rollout
                 .apply(command, "advancer", now_ms)

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::cohort::{
     Candidate, Device, Ineligible, Target, cohort_point, eligibility, next_targets,
 };
-use super::phases::PhaseCounts;
+use super::phases::{Decision, PhaseCounts, decide};
 use super::state::{DeviceOutcome, Rollout, RolloutStatus, classify, count};
 use super::version::FirmwareVersion;
 use crate::shadow::ota::OtaReport;
@@ -96,6 +96,26 @@ pub struct RunPlan {
     /// Targeted devices whose URL expires within the margin (thing, version asked for).
     pub refresh: Vec<(String, FirmwareVersion)>,
     pub rollback_steps: Vec<(String, RollbackStep)>,
+}
+
+/// The phase decision for an active rollout: [`decide`]'s, except that a phase does not pass
+/// while devices of its cohort that are online and eligible are still to be targeted (the herd
+/// budget spreads them over several runs). Pausing never waits.
+pub fn judge(rollout: &Rollout, plan: &RunPlan, now_ms: u64) -> Decision {
+    let decision = decide(
+        &rollout.plan,
+        rollout.phase,
+        rollout.phase_started_ms,
+        &plan.counts,
+        now_ms,
+    );
+    let untargeted = plan.targets.len() as u64 + plan.population.held_by_budget;
+    match decision {
+        Decision::Advance { .. } | Decision::Complete if untargeted > 0 => Decision::Wait {
+            reason: format!("{untargeted} devices of this phase are still to be targeted"),
+        },
+        other => other,
+    }
 }
 
 /// Devices newly targeted per minute, as a sliding window over the records: the budget left
@@ -402,6 +422,39 @@ mod tests {
                 .targets
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_phase_passes_only_once_its_cohort_is_targeted() {
+        let devices = fleet(2_000);
+        let mut r = rollout(RolloutStatus::Active, 1, 10);
+        r.phase_started_ms = 0;
+        let plan = plan_run(&r, None, &devices, &[], 10 * 3_600_000, 0);
+        assert_eq!(plan.targets.len(), 10);
+        let waiting = judge(&r, &plan, 10 * 3_600_000);
+        assert!(matches!(waiting, Decision::Wait { .. }), "{waiting:?}");
+        let done = RunPlan {
+            counts: PhaseCounts {
+                targeted: 10,
+                succeeded: 10,
+                ..PhaseCounts::default()
+            },
+            ..RunPlan::default()
+        };
+        assert_eq!(
+            judge(&r, &done, 10 * 3_600_000),
+            Decision::Advance { to: 2 }
+        );
+        let failing = RunPlan {
+            counts: PhaseCounts {
+                targeted: 20,
+                failed: 10,
+                succeeded: 10,
+                ..PhaseCounts::default()
+            },
+            ..plan
+        };
+        assert!(matches!(judge(&r, &failing, 0), Decision::Pause { .. }));
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub mod firmware;
 pub mod group_config;
 pub mod manifest;
 pub mod resources;
+pub mod rollout;
 pub mod smoke;

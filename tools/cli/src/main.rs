@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: FirmwareCommand,
     },
+    /// Firmware rollouts: canary → staged → general, pause, resume, roll back.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Fleet configuration through device shadows.
     Config {
         #[command(subcommand)]
@@ -105,6 +110,88 @@ enum DeviceCommand {
         #[arg(long)]
         delete_thing: bool,
         #[arg(long, env = vars::MANIFEST_TABLE)]
+        table: TableName,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Start rolling a published image out: canary first, then each staged percentage, then
+    /// everyone, each phase soaking and judged by its failure rate before the next.
+    Start {
+        #[arg(long)]
+        model: DeviceModel,
+        #[arg(long)]
+        hardware: HardwareRevision,
+        /// The published version to roll out.
+        #[arg(long)]
+        version: FirmwareVersion,
+        /// Last good version devices go back to on rollback (default: the greatest published
+        /// version below --version).
+        #[arg(long)]
+        rollback_to: Option<FirmwareVersion>,
+        /// Rollout id (default: <model>-<hardware>-<version>-<unix seconds>).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value_t = 1.0)]
+        canary_percent: f64,
+        /// Staged percentages, increasing: 10,50.
+        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        staged: Vec<f64>,
+        /// Soak time of each phase, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        soak_s: u64,
+        /// Failed + rolled back over reported, in percent, above which the canary pauses.
+        #[arg(long, default_value_t = 5.0)]
+        canary_max_failure_percent: f64,
+        /// The same for the staged and general phases.
+        #[arg(long, default_value_t = 2.0)]
+        staged_max_failure_percent: f64,
+        /// Reports needed before a phase can pass.
+        #[arg(long, default_value_t = 10)]
+        min_reports: u64,
+        /// Thundering-herd guard: devices newly targeted per minute, at most.
+        #[arg(long, default_value_t = 100)]
+        max_new_per_minute: u32,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+        #[arg(long, env = vars::FIRMWARE_TABLE)]
+        firmware_table: TableName,
+    },
+    /// Phase, counts per status, failure rate, population and audit log of a rollout.
+    Status {
+        id: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+        #[arg(long, env = vars::FIRMWARE_TABLE)]
+        firmware_table: TableName,
+        #[arg(long, env = vars::DEVICE_TABLE)]
+        device_table: TableName,
+    },
+    /// Stop targeting new devices (in-flight ones finish).
+    Pause {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+    },
+    /// Continue a paused rollout; the current phase's soak starts again.
+    Resume {
+        id: String,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+    },
+    /// Send every device that took the image back to the last good version, and withdraw the
+    /// request from the ones that did not start.
+    Rollback {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
         table: TableName,
     },
 }
@@ -314,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
             let record = publisher.publish(&image, &request).await?;
             println!("{}", serde_json::to_string_pretty(&record)?);
         }
+        Command::Rollout { command } => rollout(&factory, command).await?,
         Command::Config {
             command:
                 ConfigCommand::Set {
@@ -441,6 +529,98 @@ async fn main() -> anyhow::Result<()> {
                 shoal_cli::resources::ensure_signing_key(&factory.kms(), &signing_key_alias)
                     .await?;
             println!("kms         {alias} ready (SHOAL_FIRMWARE_SIGNING_KEY)");
+        }
+    }
+    Ok(())
+}
+
+fn now() -> u64 {
+    u64::try_from(shoal_shared::clock::now_ms()).unwrap_or_default()
+}
+
+async fn rollout(factory: &ClientFactory, command: RolloutCommand) -> anyhow::Result<()> {
+    use shoal_cli::rollout as r;
+    use shoal_shared::rollout::phases::PlanSettings;
+    use shoal_shared::rollout::state::Command as Op;
+    let actor = format!(
+        "operator:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let operate = async |table: TableName, id: String, op: Op| -> anyhow::Result<()> {
+        let table = RolloutTable::new(factory.dynamodb(), table);
+        let (next, _) = r::operate(&table, &id, op, &actor, now()).await?;
+        println!(
+            "rollout {id} is {:?} (revision {})",
+            next.status, next.revision
+        );
+        Ok(())
+    };
+    match command {
+        RolloutCommand::Start {
+            model,
+            hardware,
+            version,
+            rollback_to,
+            id,
+            canary_percent,
+            staged,
+            soak_s,
+            canary_max_failure_percent,
+            staged_max_failure_percent,
+            min_reports,
+            max_new_per_minute,
+            table,
+            firmware_table,
+        } => {
+            let request = r::StartRequest {
+                id,
+                model,
+                hardware,
+                version,
+                rollback_to,
+                settings: PlanSettings {
+                    canary_percent,
+                    staged_percents: staged,
+                    soak_ms: soak_s * 1000,
+                    canary_max_failure_rate: canary_max_failure_percent / 100.0,
+                    staged_max_failure_rate: staged_max_failure_percent / 100.0,
+                    min_reports,
+                },
+                max_new_per_minute,
+            };
+            let rollouts = RolloutTable::new(factory.dynamodb(), table);
+            let firmware = FirmwareTable::new(factory.dynamodb(), firmware_table);
+            let started = r::start(&rollouts, &firmware, request, now()).await?;
+            println!("{}", serde_json::to_string_pretty(&started)?);
+        }
+        RolloutCommand::Status {
+            id,
+            json,
+            table,
+            firmware_table,
+            device_table,
+        } => {
+            let report = r::status(
+                &RolloutTable::new(factory.dynamodb(), table),
+                &FirmwareTable::new(factory.dynamodb(), firmware_table),
+                &DeviceTable::new(factory.dynamodb(), device_table),
+                &factory.iot(),
+                &id,
+                now(),
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", r::render(&report));
+            }
+        }
+        RolloutCommand::Pause { id, reason, table } => {
+            operate(table, id, Op::Pause { reason }).await?
+        }
+        RolloutCommand::Resume { id, table } => operate(table, id, Op::Resume).await?,
+        RolloutCommand::Rollback { id, reason, table } => {
+            operate(table, id, Op::Rollback { reason }).await?
         }
     }
     Ok(())

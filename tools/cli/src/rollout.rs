@@ -1,0 +1,243 @@
+//! `shoal rollout start|status|pause|resume|rollback`: the operator's side of a rollout. The
+//! advancer (functions/ota-scheduler) does the device work on its schedule; these commands
+//! create the rollout and move it through the same revision-guarded, audited transitions.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use shoal_shared::device_table::DeviceTable;
+use shoal_shared::firmware_table::FirmwareTable;
+use shoal_shared::rollout::FirmwareVersion;
+use shoal_shared::rollout::advance::{Population, RollbackCounts, plan_run};
+use shoal_shared::rollout::image::{DeviceModel, HardwareRevision};
+use shoal_shared::rollout::phases::{PhaseCounts, PlanSettings, RolloutPlan};
+use shoal_shared::rollout::state::{Command, DeviceOutcome, Rollout, RolloutStatus, Transition};
+use shoal_shared::rollout_table::RolloutTable;
+
+pub struct StartRequest {
+    pub id: Option<String>,
+    pub model: DeviceModel,
+    pub hardware: HardwareRevision,
+    pub version: FirmwareVersion,
+    /// The last good version; default: the greatest published version below `version`.
+    pub rollback_to: Option<FirmwareVersion>,
+    pub settings: PlanSettings,
+    pub max_new_per_minute: u32,
+}
+
+/// Records a new active rollout at its first phase. Refused when the image is not published,
+/// when the rollback version has no image, or while another rollout of the same model and
+/// hardware is active or paused.
+pub async fn start(
+    rollouts: &RolloutTable,
+    firmware: &FirmwareTable,
+    request: StartRequest,
+    now_ms: u64,
+) -> anyhow::Result<Rollout> {
+    let images = firmware.images(&request.model, &request.hardware).await?;
+    let published = |v: &FirmwareVersion| images.iter().any(|i| &i.version == v);
+    if !published(&request.version) {
+        bail!(
+            "{} {} {} is not in the firmware registry: publish it first (shoal firmware publish)",
+            request.model,
+            request.hardware,
+            request.version
+        );
+    }
+    let rollback_version = match request.rollback_to {
+        Some(v) if published(&v) && v < request.version => Some(v),
+        Some(v) => bail!(
+            "rollback version {v} must be a published image below {}",
+            request.version
+        ),
+        None => images
+            .iter()
+            .map(|i| &i.version)
+            .filter(|v| **v < request.version)
+            .max()
+            .cloned(),
+    };
+    for id in rollouts.ids().await? {
+        let Some(other) = rollouts.get(&id).await? else {
+            continue;
+        };
+        let live = matches!(other.status, RolloutStatus::Active | RolloutStatus::Paused);
+        if live && other.model == request.model && other.hardware == request.hardware {
+            bail!(
+                "rollout {id} of {} {} is {:?}: complete or roll it back first",
+                other.model,
+                other.hardware,
+                other.status
+            );
+        }
+    }
+    if request.max_new_per_minute == 0 {
+        bail!("--max-new-per-minute must be at least 1");
+    }
+    let plan = RolloutPlan::new(&request.settings).map_err(anyhow::Error::msg)?;
+    let id = request.id.unwrap_or_else(|| {
+        format!(
+            "{}-{}-{}-{}",
+            request.model,
+            request.hardware,
+            request.version,
+            now_ms / 1000
+        )
+    });
+    let rollout = Rollout {
+        id: id.clone(),
+        model: request.model,
+        hardware: request.hardware,
+        version: request.version,
+        rollback_version,
+        plan,
+        phase: 0,
+        phase_started_ms: now_ms,
+        status: RolloutStatus::Active,
+        reason: None,
+        revision: 1,
+        max_new_per_minute: request.max_new_per_minute,
+        created_ms: now_ms,
+    };
+    if !rollouts.create(&rollout).await? {
+        bail!("a rollout named {id} exists already");
+    }
+    Ok(rollout)
+}
+
+/// Applies an operator command (pause, resume, rollback) over the rollout as read; if an
+/// advancer moved it meanwhile, reads it again and retries once.
+pub async fn operate(
+    rollouts: &RolloutTable,
+    id: &str,
+    command: Command,
+    actor: &str,
+    now_ms: u64,
+) -> anyhow::Result<(Rollout, Transition)> {
+    for _ in 0..2 {
+        let current = rollouts
+            .get(id)
+            .await?
+            .with_context(|| format!("no rollout {id}"))?;
+        let (next, transition) = current.apply(command.clone(), actor, now_ms)?;
+        if rollouts.transition(&current, &next, &transition).await? {
+            return Ok((next, transition));
+        }
+    }
+    bail!("rollout {id} kept moving under this command; run it again")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatusReport {
+    pub rollout: Rollout,
+    pub phase: String,
+    pub percent: f64,
+    pub counts: PhaseCounts,
+    pub failure_rate: f64,
+    pub outcomes: BTreeMap<DeviceOutcome, u64>,
+    pub rollback: RollbackCounts,
+    pub population: Population,
+    /// Devices the next advancer run would target (budget permitting).
+    pub next_targets: usize,
+    pub audit: Vec<Transition>,
+}
+
+/// The rollout with its counts, computed from the registry as the advancer computes them.
+pub async fn status(
+    rollouts: &RolloutTable,
+    firmware: &FirmwareTable,
+    devices: &DeviceTable,
+    iot: &aws_sdk_iot::Client,
+    id: &str,
+    now_ms: u64,
+) -> anyhow::Result<RolloutStatusReport> {
+    let rollout = rollouts
+        .get(id)
+        .await?
+        .with_context(|| format!("no rollout {id}"))?;
+    let images = firmware.images(&rollout.model, &rollout.hardware).await?;
+    let min_version = images
+        .iter()
+        .find(|i| i.version == rollout.version)
+        .and_then(|i| i.min_version.clone());
+    let records = rollouts.devices(id).await?;
+    let things = shoal_shared::fleet::things_of(iot, &rollout.model, &rollout.hardware).await?;
+    let fleet = devices.fleet(&things).await?;
+    let plan = plan_run(&rollout, min_version.as_ref(), &fleet, &records, now_ms, 0);
+    let phase = rollout.plan.phases.get(rollout.phase);
+    Ok(RolloutStatusReport {
+        phase: phase.map_or_else(String::new, |p| p.name.clone()),
+        percent: phase.map_or(100.0, |p| p.percent),
+        counts: plan.counts,
+        failure_rate: plan.counts.failure_rate(),
+        outcomes: plan.outcomes,
+        rollback: plan.rollback,
+        population: plan.population,
+        next_targets: plan.targets.len(),
+        audit: rollouts.audit(id).await?,
+        rollout,
+    })
+}
+
+/// The report as an operator reads it.
+pub fn render(report: &RolloutStatusReport) -> String {
+    let r = &report.rollout;
+    let mut out = format!(
+        "rollout {} — {} {} → {} (rollback to {})\n\
+         status {:?}{}\n\
+         phase {} ({}% of eligible devices), max {} new devices/minute\n\
+         targeted {} · succeeded {} · failed {} · rolled back {} · failure rate {:.1}%\n",
+        r.id,
+        r.model,
+        r.hardware,
+        r.version,
+        r.rollback_version
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), ToString::to_string),
+        r.status,
+        r.reason
+            .as_ref()
+            .map_or_else(String::new, |why| format!(": {why}")),
+        report.phase,
+        report.percent,
+        r.max_new_per_minute,
+        report.counts.targeted,
+        report.counts.succeeded,
+        report.counts.failed,
+        report.counts.rolled_back,
+        report.failure_rate * 100.0,
+    );
+    let outcomes: Vec<String> = report
+        .outcomes
+        .iter()
+        .map(|(o, n)| format!("{o:?} {n}"))
+        .collect();
+    out.push_str(&format!("by status: {}\n", outcomes.join(" · ")));
+    let p = &report.population;
+    out.push_str(&format!(
+        "fleet {} · eligible {} · offline, waiting {} · held by the herd budget {} · next run targets {}\n",
+        p.fleet, p.eligible, p.offline_waiting, p.held_by_budget, report.next_targets
+    ));
+    if r.status == RolloutStatus::RolledBack {
+        let b = &report.rollback;
+        out.push_str(&format!(
+            "rollback: restored {} · awaiting {} · cancelled before starting {}\n",
+            b.restored, b.awaiting, b.cancelled
+        ));
+    }
+    for t in &report.audit {
+        out.push_str(&format!(
+            "  #{} {} by {}: {:?} {:?}→{:?} phase {}→{}\n",
+            t.revision,
+            t.at_ms,
+            t.actor,
+            t.command,
+            t.from_status,
+            t.to_status,
+            t.from_phase,
+            t.to_phase
+        ));
+    }
+    out
+}
