@@ -20,6 +20,9 @@ database="invoke_${suffix}"
 bucket="invoke-archive-${suffix}"
 manifest="invoke-manifest-${suffix}"
 devices="invoke-devices-${suffix}"
+firmware="invoke-firmware-${suffix}"
+rollouts="invoke-rollouts-${suffix}"
+model="invoke-m-${suffix}"
 watch_pids=()
 cleanup() {
   for pid in "${watch_pids[@]}"; do
@@ -32,7 +35,8 @@ trap cleanup EXIT
 # Resources the function writes to (never boto3 here: its Timestream client insists on endpoint
 # discovery and would call AWS's real host).
 cargo run --quiet -p shoal-cli -- init-local --database "$database" --table telemetry \
-  --bucket "$bucket" --manifest-table "$manifest" --device-table "$devices"
+  --bucket "$bucket" --manifest-table "$manifest" --device-table "$devices" \
+  --firmware-table "$firmware" --firmware-bucket "$firmware" --rollout-table "$rollouts"
 cargo run --quiet -p shoal-cli -- manifest import tests/fixtures/manifest.csv --table "$manifest"
 
 log="$work/watch.log"
@@ -45,6 +49,9 @@ SHOAL_PACKED_SCHEMAS="th-v2=temp,hum"
 SHOAL_MANIFEST_TABLE="$manifest"
 SHOAL_TEMPLATE_MODELS="shoal-fleet=th-v2"
 SHOAL_DEVICE_TABLE="$devices"
+SHOAL_FIRMWARE_TABLE="$firmware"
+SHOAL_FIRMWARE_BUCKET="$firmware"
+SHOAL_ROLLOUT_TABLE="$rollouts"
 AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
 AWS_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID"
 AWS_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY"
@@ -69,6 +76,7 @@ watch() {
 watch telemetry-router "$port"
 watch provisioning "$((port + 1))"
 watch shadow-sync "$((port + 2))"
+watch ota-scheduler "$((port + 3))"
 
 failures=0
 checked=0
@@ -185,6 +193,32 @@ invoke presence "$((port + 2))" events/presence-disconnected.json 'assert respon
 invoke presence "$((port + 2))" events/presence-disconnected.json 'assert response["outcome"] == "stale", response'
 invoke presence "$((port + 2))" events/presence-offline-sweep.json \
   'assert response["failed"] == 0 and response["offline_past_threshold"] == response["alerted"] + response["returned_meanwhile"], response'
+
+# OTA: two signed images, three things of this run's model (registry attributes, device table
+# presence and firmware), a rollout whose canary takes nearly everyone; the scheduled run targets.
+for version in 1.9.0 1.10.0; do
+  printf 'shoal invoke image %s\n' "$version" >"$work/fw-$version.bin"
+  cargo run --quiet -p shoal-cli -- firmware publish "$work/fw-$version.bin" --model "$model" \
+    --hardware rev-b --version "$version" --table "$firmware" --bucket "$firmware" \
+    --key alias/shoal-local-firmware-signing >/dev/null
+done
+"$py" - "$model" "$devices" <<'PY'
+import os, sys
+import boto3
+model, devices = sys.argv[1:3]
+kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+iot, ddb = boto3.client("iot", **kw), boto3.client("dynamodb", **kw)
+for i in range(3):
+    thing = f"{model}-{i}"
+    iot.create_thing(thingName=thing, attributePayload={"attributes": {"model": model, "hardware": "rev-b"}})
+    ddb.put_item(TableName=devices, Item={"thing_name": {"S": thing}, "record": {"S": "device"},
+                 "online": {"BOOL": True}, "firmware_version": {"S": "1.9.0"}})
+PY
+cargo run --quiet -p shoal-cli -- rollout start --model "$model" --hardware rev-b --version 1.10.0 \
+  --canary-percent 99.9 --staged 99.95 --id "invoke-${suffix}" \
+  --table "$rollouts" --firmware-table "$firmware" >/dev/null
+invoke ota-advancer "$((port + 3))" events/ota-advancer-schedule.json \
+  'runs = response["rollouts"]; assert len(runs) == 1 and runs[0].get("error") is None and runs[0]["targeted"] >= 1 and runs[0]["delivery_failures"] == 0, response'
 
 echo "lambda-invoke: $checked passed, $failures failed"
 [ "$failures" -eq 0 ] && [ "$checked" -gt 0 ]

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use ota_scheduler::edges::{Devices, Registry};
-use ota_scheduler::{AdvancerConfig, Edges, RolloutRun, advance};
+use ota_scheduler::{AdvancerConfig, Edges, RolloutRun, advance, handle};
 use serde_json::Value;
 use shoal_cli::firmware::{PublishRequest, Publisher};
 use shoal_cli::rollout::{StartRequest, operate, start, status};
@@ -194,12 +194,7 @@ impl Stack {
     }
 
     async fn run(&self, id: &str, now: u64) -> RolloutRun {
-        let config = AdvancerConfig {
-            url_ttl_s: 3600,
-            url_refresh_margin_s: 600,
-            alerts_topic: "shoal/alerts".into(),
-        };
-        let run = advance(id, &self.edges(), &config, now).await.unwrap();
+        let run = advance(id, &self.edges(), &config(), now).await.unwrap();
         assert_eq!(run.delivery_failures, 0, "{run:?}");
         run
     }
@@ -273,6 +268,14 @@ async fn device_reports(
             .await
             .unwrap()
     );
+}
+
+fn config() -> AdvancerConfig {
+    AdvancerConfig {
+        url_ttl_s: 3600,
+        url_refresh_margin_s: 600,
+        alerts_topic: "shoal/alerts".into(),
+    }
 }
 
 fn settings(canary: f64, staged: &[f64], min_reports: u64) -> PlanSettings {
@@ -368,12 +371,7 @@ async fn a_rollout_over_1000_things_advances_through_every_phase() {
 
     // Two advancers racing at the end of the soak: one advances, the other stops.
     now += 6 * MINUTE;
-    let edges = stack.edges();
-    let config = AdvancerConfig {
-        url_ttl_s: 3600,
-        url_refresh_margin_s: 600,
-        alerts_topic: "shoal/alerts".into(),
-    };
+    let (edges, config) = (stack.edges(), config());
     let (a, b) = tokio::join!(
         advance(&id, &edges, &config, now),
         advance(&id, &edges, &config, now)
@@ -496,7 +494,23 @@ async fn failures_pause_the_rollout_and_a_rollback_reconciles_every_device() {
     let stack = Stack::new().await;
     stack.register("ota-pause", 300).await;
     let id = start_rollout(&stack, "pause", settings(10.0, &[20.0, 50.0], 10), 1_000).await;
-    stack.run(&id, MINUTE).await;
+    // The first run as the schedule starts it (events/ota-advancer-schedule.json): every rollout
+    // of the table, here the one.
+    let schedule: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            shoal_integration_tests::repo_root().join("events/ota-advancer-schedule.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let summary = handle(&schedule, &stack.edges(), &config(), MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(summary.rollouts.len(), 1);
+    assert_eq!(
+        (summary.errors(), summary.rollouts[0].rollout.as_str()),
+        (0, "pause")
+    );
     let canary = stack.records(&id).await;
     assert!(canary.len() >= 15, "{}", canary.len());
 

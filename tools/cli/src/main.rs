@@ -89,7 +89,7 @@ enum Command {
         firmware_table: TableName,
         #[arg(long, env = vars::FIRMWARE_BUCKET, default_value = "shoal-local-firmware")]
         firmware_bucket: BucketName,
-        #[arg(long, default_value = "shoal-local-rollouts")]
+        #[arg(long, env = vars::ROLLOUT_TABLE, default_value = "shoal-local-rollouts")]
         rollout_table: TableName,
         /// Alias of the firmware signing key (created with the key when missing).
         #[arg(long, default_value = "alias/shoal-local-firmware-signing")]
