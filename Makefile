@@ -13,7 +13,7 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-hook bench-shadow bench-rollout package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-hook bench-shadow bench-rollout bench-advancer package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-hook  pre-provisioning hook latency against the local stack"
 	@echo "make bench-shadow CPU per shadow-documents message (plan, policies, limits; no I/O)"
 	@echo "make bench-rollout cohort evaluation throughput (things/s)"
+	@echo "make bench-advancer OTA advancer run time over 100,000 devices (I/O in memory)"
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +84,9 @@ bench-shadow:
 
 bench-rollout:
 	cargo bench -p shoal-shared --no-default-features --bench rollout_cohorts
+
+bench-advancer:
+	cargo bench -p ota-scheduler --bench advancer
 
 fmt:
 	cargo fmt --all

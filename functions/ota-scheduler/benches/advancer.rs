@@ -1,0 +1,223 @@
+//! The advancer's run time over 100,000 registered devices, I/O replaced by in-memory edges that
+//! count their calls: a rollout in its staged-50% phase with 40,000 devices already targeted
+//! (most reported), 1,000 new targets allowed this minute. `make bench-advancer` (BENCHMARKS.md).
+//! The AWS calls such a run makes are counted and listed beside the time: on AWS their latency,
+//! not this CPU time, dominates.
+
+use std::hint::black_box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use ota_scheduler::{AdvancerConfig, Delivery, Edges, Fleet, Rollouts, advance};
+use shoal_shared::alerts::Alerts;
+use shoal_shared::aws::AwsError;
+use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
+use shoal_shared::rollout::cohort::cohort_point;
+use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
+use shoal_shared::rollout::phases::{PlanSettings, RolloutPlan};
+use shoal_shared::rollout::state::{Rollout, RolloutStatus, Transition};
+use shoal_shared::shadow::ShadowUpdate;
+use shoal_shared::shadow::ota::{OtaReport, OtaStatus};
+
+const FLEET: usize = 100_000;
+const TARGETED: usize = 40_000;
+const NOW: u64 = 10 * 3_600_000;
+
+struct Memory {
+    rollout: Rollout,
+    records: Vec<DeviceRecord>,
+    fleet: Vec<FleetDevice>,
+    images: Vec<FirmwareImage>,
+    writes: AtomicU64,
+    puts: Mutex<u64>,
+}
+
+impl Rollouts for Memory {
+    async fn ids(&self) -> Result<Vec<String>, AwsError> {
+        Ok(vec![self.rollout.id.clone()])
+    }
+    async fn get(&self, _: &str) -> Result<Option<Rollout>, AwsError> {
+        Ok(Some(self.rollout.clone()))
+    }
+    async fn transition(&self, _: &Rollout, _: &Rollout, _: &Transition) -> Result<bool, AwsError> {
+        Ok(true)
+    }
+    async fn devices(&self, _: &str) -> Result<Vec<DeviceRecord>, AwsError> {
+        Ok(self.records.clone())
+    }
+    async fn put_device(&self, _: &str, record: &DeviceRecord) -> Result<(), AwsError> {
+        black_box(record);
+        *self.puts.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+impl Fleet for Memory {
+    async fn devices(
+        &self,
+        _: &DeviceModel,
+        _: &HardwareRevision,
+    ) -> Result<Vec<FleetDevice>, AwsError> {
+        Ok(self.fleet.clone())
+    }
+    async fn images(
+        &self,
+        _: &DeviceModel,
+        _: &HardwareRevision,
+    ) -> Result<Vec<FirmwareImage>, AwsError> {
+        Ok(self.images.clone())
+    }
+}
+
+impl Delivery for Memory {
+    async fn presign(&self, key: &str, ttl_s: u64) -> Result<String, AwsError> {
+        Ok(format!(
+            "https://bucket.s3.amazonaws.com/{key}?X-Amz-Expires={ttl_s}"
+        ))
+    }
+    async fn write(&self, _: &str, update: &ShadowUpdate) -> Result<(), AwsError> {
+        // The body the data plane would receive.
+        black_box(serde_json::to_vec(update).map_err(|e| AwsError::local("iot-data", "x", e))?);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Alerts for Memory {
+    async fn publish(&self, _: &str, _: Vec<u8>) -> Result<(), AwsError> {
+        Ok(())
+    }
+}
+
+fn image(version: &str) -> FirmwareImage {
+    FirmwareImage {
+        model: "th-v2".parse().unwrap(),
+        hardware: "rev-b".parse().unwrap(),
+        version: version.parse().unwrap(),
+        min_version: Some("1.0.0".parse().unwrap()),
+        size: 1 << 20,
+        sha256: "ab".repeat(32),
+        signature: "M".repeat(96),
+        s3_key: format!("firmware/th-v2/rev-b/{version}/x.bin"),
+        signing_key: "alias/k".into(),
+        created_at_ms: 0,
+        downgrade_reason: None,
+    }
+}
+
+fn memory() -> Memory {
+    let rollout = Rollout {
+        id: "bench".into(),
+        model: "th-v2".parse().unwrap(),
+        hardware: "rev-b".parse().unwrap(),
+        version: "1.10.0".parse().unwrap(),
+        rollback_version: Some("1.9.0".parse().unwrap()),
+        plan: RolloutPlan::new(&PlanSettings::default()).unwrap(),
+        phase: 2,
+        phase_started_ms: 0,
+        status: RolloutStatus::Active,
+        reason: None,
+        revision: 4,
+        max_new_per_minute: 1_000,
+        created_ms: 0,
+    };
+    let fleet: Vec<FleetDevice> = (0..FLEET)
+        .map(|i| {
+            let thing = format!("th-v2-{i:07}");
+            FleetDevice {
+                online: Some(i % 20 != 0),
+                running: Some("1.9.0".parse().unwrap()),
+                report: None,
+                thing,
+            }
+        })
+        .collect();
+    // The devices already targeted are the lowest cohort points, as the advancer picks them.
+    let mut by_point: Vec<(f64, usize)> = fleet
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (cohort_point("bench", &d.thing), i))
+        .collect();
+    by_point.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut fleet = fleet;
+    let mut records = Vec::with_capacity(TARGETED);
+    for (n, (point, i)) in by_point.into_iter().take(TARGETED).enumerate() {
+        let device = &mut fleet[i];
+        device.report = Some(OtaReport {
+            status: if n % 10 == 0 {
+                OtaStatus::Downloading
+            } else {
+                OtaStatus::Success
+            },
+            target_version: Some("1.10.0".into()),
+            running_version: Some(if n % 10 == 0 { "1.9.0" } else { "1.10.0" }.into()),
+            reason: None,
+        });
+        records.push(DeviceRecord {
+            thing: device.thing.clone(),
+            point,
+            from_version: Some("1.9.0".parse().unwrap()),
+            targeted_at_ms: 0,
+            desired_version: Some("1.10.0".parse().unwrap()),
+            // The ones still downloading hold URLs that expire within the refresh margin.
+            url_expires_ms: if n % 10 == 0 {
+                NOW + 300_000
+            } else {
+                NOW + 3_000_000
+            },
+        });
+    }
+    Memory {
+        rollout,
+        records,
+        fleet,
+        images: vec![image("1.9.0"), image("1.10.0")],
+        writes: AtomicU64::new(0),
+        puts: Mutex::new(0),
+    }
+}
+
+fn main() {
+    let edges_state = memory();
+    let edges = Edges {
+        rollouts: &edges_state,
+        fleet: &edges_state,
+        delivery: &edges_state,
+        alerts: &edges_state,
+    };
+    let config = AdvancerConfig {
+        url_ttl_s: 3600,
+        url_refresh_margin_s: 600,
+        alerts_topic: "shoal/alerts".into(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..15 {
+        let start = Instant::now();
+        let run = runtime
+            .block_on(advance("bench", &edges, &config, NOW))
+            .unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        last = Some(run);
+    }
+    times.sort_by(f64::total_cmp);
+    let run = last.unwrap();
+    let runs = times.len() as u64;
+    let writes = edges_state.writes.load(Ordering::Relaxed) / runs;
+    let puts = *edges_state.puts.lock().unwrap() / runs;
+    println!(
+        "advancer run over {FLEET} registered devices ({TARGETED} already targeted): median {:.1} ms \
+         (min {:.1}, max {:.1}); per run: {} newly targeted, {} URLs refreshed, {writes} shadow writes, \
+         {puts} device records; decision {:?}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        run.targeted,
+        run.refreshed,
+        run.decision,
+    );
+}
