@@ -6,26 +6,11 @@
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use base64::Engine as _;
 use shoal_cli::firmware::{PublishError, PublishRequest, Publisher};
-use shoal_integration_tests::local::{self, unique_name};
+use shoal_integration_tests::firmware::registry;
 use shoal_shared::aws::{AwsResultExt, ClientFactory};
-use shoal_shared::config::{BucketName, KmsKeyRef};
-use shoal_shared::firmware_table::FirmwareTable;
+use shoal_shared::config::BucketName;
 use shoal_shared::rollout::image::{sha256, verify_signature};
 use shoal_shared::rollout::version::PublishRefusal;
-
-async fn key(factory: &ClientFactory, spec: KeySpec, usage: KeyUsageType) -> KmsKeyRef {
-    let created = factory
-        .kms()
-        .create_key()
-        .key_spec(spec)
-        .key_usage(usage)
-        .description("shoal firmware test")
-        .send()
-        .await
-        .aws("kms", "CreateKey")
-        .unwrap();
-    created.key_metadata().unwrap().key_id().parse().unwrap()
-}
 
 fn request(version: &str, downgrade: Option<&str>) -> PublishRequest {
     PublishRequest {
@@ -50,31 +35,10 @@ async fn objects(factory: &ClientFactory, bucket: &BucketName) -> usize {
         .unwrap_or_default() as usize
 }
 
-/// A fresh firmware table, bucket and KMS key of `spec`.
-async fn setup(
-    spec: KeySpec,
-    usage: KeyUsageType,
-) -> (ClientFactory, FirmwareTable, BucketName, KmsKeyRef) {
-    let factory = local::factory().await;
-    let table = FirmwareTable::new(factory.dynamodb(), unique_name("firmware").parse().unwrap());
-    table.ensure_exists().await.unwrap();
-    let bucket: BucketName = unique_name("firmware-images").parse().unwrap();
-    factory
-        .s3()
-        .create_bucket()
-        .bucket(bucket.as_str())
-        .send()
-        .await
-        .aws("s3", "CreateBucket")
-        .unwrap();
-    let signing = key(&factory, spec, usage).await;
-    (factory, table, bucket, signing)
-}
-
 #[tokio::test]
 async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
     let (factory, table, bucket, signing) =
-        setup(KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
+        registry(KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
     let publisher = Publisher {
         factory: &factory,
         table: &table,
@@ -194,7 +158,7 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
 #[tokio::test]
 async fn a_key_that_cannot_sign_leaves_nothing_behind() {
     let (factory, table, bucket, symmetric) =
-        setup(KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt).await;
+        registry(KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt).await;
     let publisher = Publisher {
         factory: &factory,
         table: &table,

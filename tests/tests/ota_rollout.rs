@@ -18,10 +18,10 @@ use ota_scheduler::{AdvancerConfig, Edges, RolloutRun, advance, handle};
 use serde_json::Value;
 use shoal_cli::firmware::{PublishRequest, Publisher};
 use shoal_cli::rollout::{StartRequest, operate, start, status};
+use shoal_integration_tests::firmware::registry;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::alerts::Alerts;
 use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
-use shoal_shared::config::{BucketName, KmsKeyRef};
 use shoal_shared::device_table::DeviceTable;
 use shoal_shared::firmware_table::FirmwareTable;
 use shoal_shared::ids::{ShadowName, ThingName};
@@ -68,37 +68,13 @@ impl Stack {
     /// Fresh tables, bucket and signing key; versions 1.9.0 and 1.10.0 published for a model
     /// no other test uses (ListThings sees the whole registry).
     async fn new() -> Self {
-        let factory = local::factory().await;
+        let (factory, firmware, bucket, key) =
+            registry(KeySpec::EccNistP256, KeyUsageType::SignVerify).await;
         let dynamo = factory.dynamodb();
         let rollouts = RolloutTable::new(dynamo.clone(), unique_name("rollouts").parse().unwrap());
-        let firmware = FirmwareTable::new(dynamo.clone(), unique_name("fw").parse().unwrap());
         let devices = DeviceTable::new(dynamo.clone(), unique_name("devices").parse().unwrap());
         rollouts.ensure_exists().await.unwrap();
-        firmware.ensure_exists().await.unwrap();
         devices.ensure_exists().await.unwrap();
-        let bucket: BucketName = unique_name("fw-images").parse().unwrap();
-        factory
-            .s3()
-            .create_bucket()
-            .bucket(bucket.as_str())
-            .send()
-            .await
-            .aws("s3", "CreateBucket")
-            .unwrap();
-        let key: KmsKeyRef = factory
-            .kms()
-            .create_key()
-            .key_spec(KeySpec::EccNistP256)
-            .key_usage(KeyUsageType::SignVerify)
-            .send()
-            .await
-            .aws("kms", "CreateKey")
-            .unwrap()
-            .key_metadata()
-            .unwrap()
-            .key_id()
-            .parse()
-            .unwrap();
         let model = unique_name("m");
         let publisher = Publisher {
             factory: &factory,

@@ -114,18 +114,28 @@ enum DeviceCommand {
     },
 }
 
+/// The image a command is about.
+#[derive(clap::Args)]
+struct ImageArgs {
+    /// Device model (as in the manifest and the things' `model` attribute: th-v2).
+    #[arg(long)]
+    model: DeviceModel,
+    /// Hardware revision (the things' `hardware` attribute: rev-b).
+    #[arg(long)]
+    hardware: HardwareRevision,
+    /// Semantic version (1.10.0 > 1.9.0).
+    #[arg(long)]
+    version: FirmwareVersion,
+}
+
 #[derive(Subcommand)]
 enum RolloutCommand {
     /// Start rolling a published image out: canary first, then each staged percentage, then
     /// everyone, each phase soaking and judged by its failure rate before the next.
     Start {
-        #[arg(long)]
-        model: DeviceModel,
-        #[arg(long)]
-        hardware: HardwareRevision,
-        /// The published version to roll out.
-        #[arg(long)]
-        version: FirmwareVersion,
+        /// The published image to roll out.
+        #[command(flatten)]
+        image: ImageArgs,
         /// Last good version devices go back to on rollback (default: the greatest published
         /// version below --version).
         #[arg(long)]
@@ -133,6 +143,7 @@ enum RolloutCommand {
         /// Rollout id (default: <model>-<hardware>-<version>-<unix seconds>).
         #[arg(long)]
         id: Option<String>,
+        /// Share of the eligible devices in the canary, in percent.
         #[arg(long, default_value_t = 1.0)]
         canary_percent: f64,
         /// Staged percentages, increasing: 10,50.
@@ -204,15 +215,8 @@ enum FirmwareCommand {
     Publish {
         /// The image file.
         file: std::path::PathBuf,
-        /// Device model the image is for (as in the manifest: th-v2).
-        #[arg(long)]
-        model: DeviceModel,
-        /// Hardware revision the image is built for.
-        #[arg(long)]
-        hardware: HardwareRevision,
-        /// Semantic version of the image (1.10.0 > 1.9.0).
-        #[arg(long)]
-        version: FirmwareVersion,
+        #[command(flatten)]
+        image: ImageArgs,
         /// Devices below this version must take an intermediate image first.
         #[arg(long)]
         min_version: Option<FirmwareVersion>,
@@ -371,9 +375,12 @@ async fn main() -> anyhow::Result<()> {
             command:
                 FirmwareCommand::Publish {
                     file,
-                    model,
-                    hardware,
-                    version,
+                    image:
+                        ImageArgs {
+                            model,
+                            hardware,
+                            version,
+                        },
                     min_version,
                     allow_downgrade: _,
                     reason,
@@ -557,9 +564,12 @@ async fn rollout(factory: &ClientFactory, command: RolloutCommand) -> anyhow::Re
     };
     match command {
         RolloutCommand::Start {
-            model,
-            hardware,
-            version,
+            image:
+                ImageArgs {
+                    model,
+                    hardware,
+                    version,
+                },
             rollback_to,
             id,
             canary_percent,

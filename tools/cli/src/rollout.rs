@@ -241,3 +241,73 @@ pub fn render(report: &RolloutStatusReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rendered_status_shows_phase_counts_rate_reconciliation_and_audit() {
+        let plan = RolloutPlan::new(&PlanSettings::default()).unwrap();
+        let rollout = Rollout {
+            id: "r-7".into(),
+            model: "th-v2".parse().unwrap(),
+            hardware: "rev-b".parse().unwrap(),
+            version: "1.10.0".parse().unwrap(),
+            rollback_version: Some("1.9.0".parse().unwrap()),
+            plan,
+            phase: 1,
+            phase_started_ms: 0,
+            status: RolloutStatus::RolledBack,
+            reason: Some("boot loops".into()),
+            revision: 4,
+            max_new_per_minute: 100,
+            created_ms: 0,
+        };
+        let (_, transition) = Rollout {
+            status: RolloutStatus::Active,
+            ..rollout.clone()
+        }
+        .apply(
+            Command::Rollback {
+                reason: "boot loops".into(),
+            },
+            "operator:ana",
+            9,
+        )
+        .unwrap();
+        let report = RolloutStatusReport {
+            phase: "staged-1".into(),
+            percent: 10.0,
+            counts: PhaseCounts {
+                targeted: 40,
+                succeeded: 30,
+                failed: 2,
+                rolled_back: 3,
+            },
+            failure_rate: 5.0 / 35.0,
+            outcomes: BTreeMap::from([(DeviceOutcome::Pending, 5), (DeviceOutcome::Succeeded, 30)]),
+            rollback: RollbackCounts {
+                restored: 3,
+                awaiting: 32,
+                cancelled: 5,
+            },
+            population: Population::default(),
+            next_targets: 0,
+            audit: vec![transition],
+            rollout,
+        };
+        let text = render(&report);
+        for expected in [
+            "rollout r-7 — th-v2 rev-b → 1.10.0 (rollback to 1.9.0)",
+            "status RolledBack: boot loops",
+            "phase staged-1 (10% of eligible devices)",
+            "targeted 40 · succeeded 30 · failed 2 · rolled back 3 · failure rate 14.3%",
+            "by status: Pending 5 · Succeeded 30",
+            "rollback: restored 3 · awaiting 32 · cancelled before starting 5",
+            "#5 9 by operator:ana",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
+        }
+    }
+}
