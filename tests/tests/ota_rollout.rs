@@ -28,6 +28,7 @@ use shoal_shared::ids::{ShadowName, ThingName};
 use shoal_shared::presence::{LifecycleEvent, PresenceEvent};
 use shoal_shared::rollout::advance::DeviceRecord;
 use shoal_shared::rollout::cohort::Ineligible;
+use shoal_shared::rollout::delivery::OtaDesired;
 use shoal_shared::rollout::phases::{Decision, PlanSettings};
 use shoal_shared::rollout::state::{Command, DeviceOutcome, RolloutStatus};
 use shoal_shared::rollout_table::RolloutTable;
@@ -610,5 +611,86 @@ async fn failures_pause_the_rollout_and_a_rollback_reconciles_every_device() {
     assert_eq!(
         (again.restored, again.cancelled, again.refreshed),
         (0, 0, 0)
+    );
+}
+
+/// A newer rollout's request (another rollout id, a greater version) written to a device's
+/// `ota` shadow, as that rollout's advancer would.
+async fn newer_rollout_asks(stack: &Stack, thing: &str) {
+    let mut image = stack
+        .firmware
+        .images(&stack.model.parse().unwrap(), &"rev-b".parse().unwrap())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    image.version = "2.0.0".parse().unwrap();
+    let update = OtaDesired::new(
+        "newer",
+        &image,
+        "https://example.invalid/x".into(),
+        u64::MAX,
+    )
+    .update();
+    let shadow = ShadowRef {
+        thing: ThingName::parse(thing).unwrap(),
+        name: Some(ShadowName::parse("ota").unwrap()),
+    };
+    stack
+        .delivery
+        .shadows
+        .update(&shadow, &update)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_older_rollout_never_undoes_a_newer_ones_request() {
+    let stack = Stack::new().await;
+    let things = stack.register("ota-newer", 30).await;
+    let id = start_rollout(&stack, "older", settings(99.0, &[99.5], 1), 1_000).await;
+    let (taken, later) = (&things[0], &things[1]);
+    newer_rollout_asks(&stack, taken).await;
+
+    let run = stack.run(&id, MINUTE).await;
+    assert_eq!(run.superseded, 1, "{run:?}");
+    let records = stack.records(&id).await;
+    assert!(records.iter().all(|r| &r.thing != taken), "not recorded");
+    assert!(records.iter().any(|r| &r.thing == later));
+    assert_eq!(stack.ota_desired(taken).await.unwrap()["version"], "2.0.0");
+
+    // The newer rollout reaches a device this one targeted; then this one is rolled back: its
+    // withdrawal leaves the newer request alone and the record stops asking anything.
+    newer_rollout_asks(&stack, later).await;
+    operate(
+        &stack.rollouts,
+        &id,
+        Command::Rollback {
+            reason: "superseded test".into(),
+        },
+        "operator:test",
+        2 * MINUTE,
+    )
+    .await
+    .unwrap();
+    let rolled = stack.run(&id, 3 * MINUTE).await;
+    assert_eq!(rolled.superseded, 1, "{rolled:?}");
+    assert_eq!(rolled.cancelled as usize, records.len() - 1);
+    let desired = stack.ota_desired(later).await.unwrap();
+    assert_eq!(
+        (&desired["version"], &desired["rollout"]),
+        (&"2.0.0".into(), &"newer".into())
+    );
+    let record = stack
+        .records(&id)
+        .await
+        .into_iter()
+        .find(|r| &r.thing == later)
+        .unwrap();
+    assert_eq!(record.desired_version, None);
+    assert_eq!(
+        stack.run(&id, 4 * MINUTE).await.superseded,
+        0,
+        "nothing asked again"
     );
 }

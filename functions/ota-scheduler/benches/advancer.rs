@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use ota_scheduler::{AdvancerConfig, Delivery, Edges, Fleet, Rollouts, advance};
+use ota_scheduler::{AdvancerConfig, Delivery, Edges, Fleet, OtaRequest, Rollouts, advance};
 use shoal_shared::alerts::Alerts;
 use shoal_shared::aws::AwsError;
 use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
@@ -17,7 +17,6 @@ use shoal_shared::rollout::cohort::cohort_point;
 use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_shared::rollout::phases::{PlanSettings, RolloutPlan};
 use shoal_shared::rollout::state::{Rollout, RolloutStatus, Transition};
-use shoal_shared::shadow::ShadowUpdate;
 use shoal_shared::shadow::ota::{OtaReport, OtaStatus};
 
 const FLEET: usize = 100_000;
@@ -76,11 +75,12 @@ impl Delivery for Memory {
             "https://bucket.s3.amazonaws.com/{key}?X-Amz-Expires={ttl_s}"
         ))
     }
-    async fn write(&self, _: &str, update: &ShadowUpdate) -> Result<(), AwsError> {
+    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, AwsError> {
         // The body the data plane would receive.
-        black_box(serde_json::to_vec(update).map_err(|e| AwsError::local("iot-data", "x", e))?);
+        let body = serde_json::to_vec(&request.update);
+        black_box(body.map_err(|e| AwsError::local("iot-data", "x", e))?);
         self.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -12,11 +12,11 @@ use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
 use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_shared::rollout::state::{Rollout, Transition};
 use shoal_shared::rollout_table::RolloutTable;
+use shoal_shared::shadow::ShadowRef;
 use shoal_shared::shadow::ota::OTA_SHADOW;
-use shoal_shared::shadow::{ShadowRef, ShadowUpdate};
-use shoal_shared::shadow_store::{IotShadowStore, WriteError, write_optimistic};
+use shoal_shared::shadow_store::{IotShadowStore, WriteError, WriteOutcome, write_optimistic};
 
-use crate::{Delivery, Fleet, Rollouts};
+use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
 
 impl Rollouts for RolloutTable {
     async fn ids(&self) -> Result<Vec<String>, AwsError> {
@@ -91,21 +91,22 @@ impl Delivery for Devices {
         Ok(request.uri().to_owned())
     }
 
-    async fn write(&self, thing: &str, update: &ShadowUpdate) -> Result<(), AwsError> {
+    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, AwsError> {
         let local = |e: String| AwsError::local("iot-data", "UpdateThingShadow", e);
         let invalid = |e: shoal_shared::ids::IdError| local(e.to_string());
         let shadow = ShadowRef {
-            thing: ThingName::parse(thing).map_err(invalid)?,
+            thing: ThingName::parse(request.thing).map_err(invalid)?,
             name: Some(ShadowName::parse(OTA_SHADOW).map_err(invalid)?),
         };
-        write_optimistic(&self.shadows, &shadow, None, SHADOW_ATTEMPTS, |_| {
-            Some(update.clone())
+        let written = write_optimistic(&self.shadows, &shadow, None, SHADOW_ATTEMPTS, |doc| {
+            let asked = doc.and_then(|d| d.state.desired.as_ref());
+            may_replace(asked, request.rollout, request.version).then(|| request.update.clone())
         })
         .await
-        .map(|_| ())
         .map_err(|e| match e {
             WriteError::Aws { source, .. } => source,
             other => local(other.to_string()),
-        })
+        })?;
+        Ok(matches!(written, WriteOutcome::Written { .. }))
     }
 }

@@ -21,6 +21,7 @@ use shoal_shared::rollout::FirmwareVersion;
 use shoal_shared::rollout::advance::{
     DeviceRecord, FleetDevice, NewTarget, RollbackCounts, RollbackStep, RunPlan, judge, plan_run,
 };
+pub use shoal_shared::rollout::delivery::may_replace;
 use shoal_shared::rollout::delivery::{OtaDesired, cancel, url_ttl_s};
 use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_shared::rollout::phases::{Decision, PhaseCounts};
@@ -68,11 +69,22 @@ pub trait Delivery: Sync {
         s3_key: &str,
         ttl_s: u64,
     ) -> impl Future<Output = Result<String, AwsError>> + Send;
+    /// `Ok(false)`: the shadow holds a newer rollout's request ([`may_replace`]); nothing was
+    /// written.
     fn write(
         &self,
-        thing: &str,
-        update: &ShadowUpdate,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+        request: &OtaRequest<'_>,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+}
+
+/// What the advancer asks of one device's `ota` shadow.
+#[derive(Debug, Clone)]
+pub struct OtaRequest<'a> {
+    pub thing: &'a str,
+    pub rollout: &'a str,
+    /// `None`: the request is withdrawn.
+    pub version: Option<&'a FirmwareVersion>,
+    pub update: ShadowUpdate,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +124,8 @@ pub struct RolloutRun {
     pub refreshed: u64,
     pub restored: u64,
     pub cancelled: u64,
+    /// Devices a newer rollout's request holds: left to it.
+    pub superseded: u64,
     /// Device writes that failed: retried by the next run.
     pub delivery_failures: u64,
     pub alert_failed: bool,
@@ -266,23 +280,44 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
     let by_thing: std::collections::HashMap<&str, &DeviceRecord> =
         records.iter().map(|r| (r.thing.as_str(), r)).collect();
     let ttl_s = config.url_ttl_s;
-    // The device request for `image`, then what was asked, recorded.
-    let send = async |record: DeviceRecord, image: &FirmwareImage| -> Result<(), AwsError> {
-        let url = edges.delivery.presign(&image.s3_key, ttl_s).await?;
-        let expires = now_ms + ttl_s * 1000;
-        let desired = OtaDesired::new(&rollout.id, image, url, expires);
-        edges
+    // The device request (`image`, or its withdrawal), then what this rollout now asks of the
+    // device, recorded. `Ok(false)`: a newer rollout holds the device; the record says this one
+    // asks nothing (a new target is not recorded at all).
+    let request = async |record: DeviceRecord,
+                         image: Option<&FirmwareImage>,
+                         new_target: bool|
+           -> Result<bool, AwsError> {
+        let (update, expires) = match image {
+            Some(image) => {
+                let url = edges.delivery.presign(&image.s3_key, ttl_s).await?;
+                let expires = now_ms + ttl_s * 1000;
+                let desired = OtaDesired::new(&rollout.id, image, url, expires);
+                (desired.update(), expires)
+            }
+            None => (cancel(), 0),
+        };
+        let version = image.map(|i| &i.version);
+        let written = edges
             .delivery
-            .write(&record.thing, &desired.update())
+            .write(&OtaRequest {
+                thing: &record.thing,
+                rollout: &rollout.id,
+                version,
+                update,
+            })
             .await?;
+        if !written && new_target {
+            return Ok(false);
+        }
         let record = DeviceRecord {
-            desired_version: Some(image.version.clone()),
-            url_expires_ms: expires,
+            desired_version: version.filter(|_| written).cloned(),
+            url_expires_ms: if written { expires } else { 0 },
             ..record
         };
-        edges.rollouts.put_device(id, &record).await
+        edges.rollouts.put_device(id, &record).await?;
+        Ok(written)
     };
-    let (send, by_thing, images, rollout) = (&send, &by_thing, &images, &rollout);
+    let (request, by_thing, images, rollout) = (&request, &by_thing, &images, &rollout);
     let jobs = plan
         .targets
         .iter()
@@ -305,35 +340,28 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
                         desired_version: None,
                         url_expires_ms: 0,
                     };
-                    send(record, image).await
+                    request(record, Some(image), true).await
                 }
                 Job::Refresh(thing, version) => match image_of(images, rollout, version) {
-                    Ok(image) => send(by_thing[thing].clone(), image).await,
+                    Ok(image) => request(by_thing[thing].clone(), Some(image), false).await,
                     Err(e) => Err(e),
                 },
-                Job::Rollback(thing, RollbackStep::Restore) => {
-                    let good = rollout.rollback_version.as_ref();
-                    match good.map(|good| image_of(images, rollout, good)) {
-                        Some(Ok(image)) => send(by_thing[thing].clone(), image).await,
+                Job::Rollback(thing, step) => {
+                    let good = match step {
+                        RollbackStep::Restore => rollout
+                            .rollback_version
+                            .as_ref()
+                            .map(|good| image_of(images, rollout, good).map(Some)),
+                        RollbackStep::Cancel => Some(Ok(None)),
+                    };
+                    match good {
+                        Some(Ok(image)) => request(by_thing[thing].clone(), image, false).await,
                         Some(Err(e)) => Err(e),
                         None => Err(AwsError::local(
                             "dynamodb",
                             "GetItem",
                             "no rollback version",
                         )),
-                    }
-                }
-                Job::Rollback(thing, RollbackStep::Cancel) => {
-                    match edges.delivery.write(thing, &cancel()).await {
-                        Ok(()) => {
-                            let record = DeviceRecord {
-                                desired_version: None,
-                                url_expires_ms: 0,
-                                ..by_thing[thing].clone()
-                            };
-                            edges.rollouts.put_device(id, &record).await
-                        }
-                        Err(e) => Err(e),
                     }
                 }
             };
@@ -347,7 +375,14 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             Job::Rollback(thing, RollbackStep::Restore) => (&mut run.restored, thing),
             Job::Rollback(thing, RollbackStep::Cancel) => (&mut run.cancelled, thing),
         };
-        tally(counter, &mut run.delivery_failures, result, thing);
+        match result {
+            Ok(true) => *counter += 1,
+            Ok(false) => run.superseded += 1,
+            Err(e) => {
+                run.delivery_failures += 1;
+                tracing::warn!(%thing, error = %e, "device write failed; the next run retries it");
+            }
+        }
     }
     Ok(finish(run, rollout, &plan))
 }
@@ -362,16 +397,6 @@ enum Job<'p> {
     Target(&'p NewTarget),
     Refresh(&'p str, &'p FirmwareVersion),
     Rollback(&'p str, RollbackStep),
-}
-
-fn tally(done: &mut u64, failed: &mut u64, result: Result<(), AwsError>, thing: &str) {
-    match result {
-        Ok(()) => *done += 1,
-        Err(e) => {
-            *failed += 1;
-            tracing::warn!(%thing, error = %e, "device write failed; the next run retries it");
-        }
-    }
 }
 
 fn finish(mut run: RolloutRun, rollout: &Rollout, plan: &RunPlan) -> RolloutRun {

@@ -72,6 +72,35 @@ pub fn cancel() -> ShadowUpdate {
     ShadowUpdate::desired(desired, None)
 }
 
+/// Whether a request of `rollout` for `version` (`None`: its withdrawal) may replace what the
+/// `ota` shadow's desired state asks now. Another rollout's request is replaced only by a newer
+/// version, and never withdrawn: an older rollout still reaching stragglers, or a rollback,
+/// never undoes a newer rollout on the same device.
+pub fn may_replace(
+    current: Option<&StateMap>,
+    rollout: &str,
+    version: Option<&FirmwareVersion>,
+) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    match current.get("rollout").and_then(serde_json::Value::as_str) {
+        None => true,
+        Some(theirs) if theirs == rollout => true,
+        Some(_) => {
+            let their_version = current
+                .get("version")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|v| v.parse::<FirmwareVersion>().ok());
+            match (version, their_version) {
+                (Some(ours), Some(theirs)) => *ours > theirs,
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+        }
+    }
+}
+
 /// A presigned URL's lifetime: the requested one, never more than [`MAX_URL_TTL_S`] nor less
 /// than a minute.
 pub fn url_ttl_s(requested_s: u64) -> u64 {
@@ -125,6 +154,38 @@ mod tests {
         assert_eq!(url_ttl_s(7200), 3600);
         assert_eq!(url_ttl_s(10), 60);
         assert_eq!(url_ttl_s(900), 900);
+    }
+
+    #[test]
+    fn a_request_never_replaces_a_newer_rollouts() {
+        let v = |t: &str| t.parse::<FirmwareVersion>().unwrap();
+        let asked = |rollout: &str, version: &str| {
+            let mut image = image();
+            image.version = v(version);
+            OtaDesired::new(rollout, &image, "u".into(), 1)
+                .update()
+                .state
+                .desired
+                .unwrap()
+        };
+        let newer = asked("r-2", "1.11.0");
+        assert!(may_replace(None, "r-1", Some(&v("1.10.0"))));
+        assert!(may_replace(Some(&StateMap::new()), "r-1", None));
+        assert!(!may_replace(Some(&newer), "r-1", Some(&v("1.10.0"))));
+        assert!(
+            !may_replace(Some(&newer), "r-1", None),
+            "no withdrawing another's"
+        );
+        assert!(
+            may_replace(Some(&newer), "r-2", Some(&v("1.9.0"))),
+            "its own rollback"
+        );
+        assert!(may_replace(Some(&newer), "r-2", None));
+        assert!(may_replace(
+            Some(&asked("r-1", "1.10.0")),
+            "r-2",
+            Some(&v("1.11.0"))
+        ));
     }
 
     #[test]
