@@ -4,91 +4,22 @@
 //! The AWS calls such a run makes are counted and listed beside the time: on AWS their latency,
 //! not this CPU time, dominates.
 
-use std::hint::black_box;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use ota_scheduler::{AdvancerConfig, Delivery, Edges, Fleet, OtaRequest, Rollouts, advance};
-use shoal_shared::alerts::Alerts;
-use shoal_shared::aws::AwsError;
+use ota_scheduler::memory::Memory;
+use ota_scheduler::{AdvancerConfig, Edges, advance};
 use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
 use shoal_shared::rollout::cohort::cohort_point;
-use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
+use shoal_shared::rollout::image::FirmwareImage;
 use shoal_shared::rollout::phases::{PlanSettings, RolloutPlan};
-use shoal_shared::rollout::state::{Rollout, RolloutStatus, Transition};
+use shoal_shared::rollout::state::{Rollout, RolloutStatus};
 use shoal_shared::shadow::ota::{OtaReport, OtaStatus};
 
 const FLEET: usize = 100_000;
 const TARGETED: usize = 40_000;
 const NOW: u64 = 10 * 3_600_000;
-
-struct Memory {
-    rollout: Rollout,
-    records: Vec<DeviceRecord>,
-    fleet: Vec<FleetDevice>,
-    images: Vec<FirmwareImage>,
-    writes: AtomicU64,
-    puts: Mutex<u64>,
-}
-
-impl Rollouts for Memory {
-    async fn ids(&self) -> Result<Vec<String>, AwsError> {
-        Ok(vec![self.rollout.id.clone()])
-    }
-    async fn get(&self, _: &str) -> Result<Option<Rollout>, AwsError> {
-        Ok(Some(self.rollout.clone()))
-    }
-    async fn transition(&self, _: &Rollout, _: &Rollout, _: &Transition) -> Result<bool, AwsError> {
-        Ok(true)
-    }
-    async fn devices(&self, _: &str) -> Result<Vec<DeviceRecord>, AwsError> {
-        Ok(self.records.clone())
-    }
-    async fn put_device(&self, _: &str, record: &DeviceRecord) -> Result<(), AwsError> {
-        black_box(record);
-        *self.puts.lock().unwrap() += 1;
-        Ok(())
-    }
-}
-
-impl Fleet for Memory {
-    async fn devices(
-        &self,
-        _: &DeviceModel,
-        _: &HardwareRevision,
-    ) -> Result<Vec<FleetDevice>, AwsError> {
-        Ok(self.fleet.clone())
-    }
-    async fn images(
-        &self,
-        _: &DeviceModel,
-        _: &HardwareRevision,
-    ) -> Result<Vec<FirmwareImage>, AwsError> {
-        Ok(self.images.clone())
-    }
-}
-
-impl Delivery for Memory {
-    async fn presign(&self, key: &str, ttl_s: u64) -> Result<String, AwsError> {
-        Ok(format!(
-            "https://bucket.s3.amazonaws.com/{key}?X-Amz-Expires={ttl_s}"
-        ))
-    }
-    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, AwsError> {
-        // The body the data plane would receive.
-        let body = serde_json::to_vec(&request.update);
-        black_box(body.map_err(|e| AwsError::local("iot-data", "x", e))?);
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
-    }
-}
-
-impl Alerts for Memory {
-    async fn publish(&self, _: &str, _: Vec<u8>) -> Result<(), AwsError> {
-        Ok(())
-    }
-}
 
 fn image(version: &str) -> FirmwareImage {
     FirmwareImage {
@@ -168,24 +99,18 @@ fn memory() -> Memory {
             },
         });
     }
+    let records: BTreeMap<String, DeviceRecord> =
+        records.into_iter().map(|r| (r.thing.clone(), r)).collect();
     Memory {
-        rollout,
-        records,
+        rollouts: Mutex::new(BTreeMap::from([(rollout.id.clone(), rollout)])),
+        records: Mutex::new(HashMap::from([("bench".to_owned(), records)])),
         fleet,
         images: vec![image("1.9.0"), image("1.10.0")],
-        writes: AtomicU64::new(0),
-        puts: Mutex::new(0),
+        ..Memory::default()
     }
 }
 
 fn main() {
-    let edges_state = memory();
-    let edges = Edges {
-        rollouts: &edges_state,
-        fleet: &edges_state,
-        delivery: &edges_state,
-        alerts: &edges_state,
-    };
     let config = AdvancerConfig {
         url_ttl_s: 3600,
         url_refresh_margin_s: 600,
@@ -197,22 +122,28 @@ fn main() {
     let mut times = Vec::new();
     let mut last = None;
     for _ in 0..15 {
+        // A fresh state per run: a run records its targets and refreshed URLs.
+        let state = memory();
+        let edges = Edges {
+            rollouts: &state,
+            fleet: &state,
+            delivery: &state,
+            alerts: &state,
+        };
         let start = Instant::now();
         let run = runtime
             .block_on(advance("bench", &edges, &config, NOW))
             .unwrap();
         times.push(start.elapsed().as_secs_f64() * 1000.0);
-        last = Some(run);
+        let writes = *state.writes.lock().unwrap();
+        last = Some((run, writes));
     }
     times.sort_by(f64::total_cmp);
-    let run = last.unwrap();
-    let runs = times.len() as u64;
-    let writes = edges_state.writes.load(Ordering::Relaxed) / runs;
-    let puts = *edges_state.puts.lock().unwrap() / runs;
+    let (run, writes) = last.unwrap();
     println!(
         "advancer run over {FLEET} registered devices ({TARGETED} already targeted): median {:.1} ms \
-         (min {:.1}, max {:.1}); per run: {} newly targeted, {} URLs refreshed, {writes} shadow writes, \
-         {puts} device records; decision {:?}",
+         (min {:.1}, max {:.1}); per run: {} newly targeted, {} URLs refreshed, {writes} shadow writes; \
+         decision {:?}",
         times[times.len() / 2],
         times[0],
         times[times.len() - 1],

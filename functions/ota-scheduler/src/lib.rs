@@ -8,6 +8,7 @@
 //! The AWS calls sit behind the small traits below; `edges` implements them.
 
 pub mod edges;
+pub mod memory;
 
 use std::future::Future;
 
@@ -440,4 +441,191 @@ async fn alert(
         tracing::error!(rollout = %rollout.id, error = %e, "pause alert not published");
     }
     published
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use shoal_shared::rollout::phases::{PlanSettings, RolloutPlan};
+    use shoal_shared::shadow::ota::{OtaReport, OtaStatus};
+
+    use super::*;
+    use crate::memory::Memory;
+
+    fn rollout(id: &str, version: &str) -> Rollout {
+        let settings = PlanSettings {
+            canary_percent: 50.0,
+            staged_percents: vec![],
+            soak_ms: 0,
+            min_reports: 2,
+            ..PlanSettings::default()
+        };
+        Rollout {
+            id: id.into(),
+            model: "th-v2".parse().unwrap(),
+            hardware: "rev-b".parse().unwrap(),
+            version: version.parse().unwrap(),
+            rollback_version: Some("1.9.0".parse().unwrap()),
+            plan: RolloutPlan::new(&settings).unwrap(),
+            phase: 0,
+            phase_started_ms: 0,
+            status: RolloutStatus::Active,
+            reason: None,
+            revision: 1,
+            max_new_per_minute: 1_000,
+            created_ms: 0,
+        }
+    }
+
+    fn image(version: &str) -> FirmwareImage {
+        FirmwareImage {
+            model: "th-v2".parse().unwrap(),
+            hardware: "rev-b".parse().unwrap(),
+            version: version.parse().unwrap(),
+            min_version: None,
+            size: 10,
+            sha256: "ab".repeat(32),
+            signature: "sig".into(),
+            s3_key: format!("firmware/{version}.bin"),
+            signing_key: "alias/k".into(),
+            created_at_ms: 0,
+            downgrade_reason: None,
+        }
+    }
+
+    fn memory(rollouts: &[Rollout], devices: usize) -> Memory {
+        Memory {
+            rollouts: Mutex::new(
+                rollouts
+                    .iter()
+                    .map(|r| (r.id.clone(), r.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            fleet: (0..devices)
+                .map(|i| FleetDevice {
+                    thing: format!("d-{i:03}"),
+                    online: Some(true),
+                    running: Some("1.9.0".parse().unwrap()),
+                    report: None,
+                })
+                .collect(),
+            images: vec![image("1.9.0"), image("1.10.0")],
+            ..Memory::default()
+        }
+    }
+
+    fn config() -> AdvancerConfig {
+        AdvancerConfig::from_source(&BTreeMap::<&str, &str>::new()).unwrap()
+    }
+
+    fn edges(m: &Memory) -> Edges<'_, Memory, Memory, Memory, Memory> {
+        Edges {
+            rollouts: m,
+            fleet: m,
+            delivery: m,
+            alerts: m,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_failing_rollout_is_reported_and_the_others_still_run() {
+        // "broken" asks for an image the registry does not have.
+        let m = memory(&[rollout("broken", "3.0.0"), rollout("good", "1.10.0")], 40);
+        let summary = handle(&Value::Null, &edges(&m), &config(), 1)
+            .await
+            .unwrap();
+        assert_eq!(summary.errors(), 1);
+        let broken = &summary.rollouts[0];
+        assert!(
+            broken
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("no th-v2 rev-b image 3.0.0")
+        );
+        assert!(summary.rollouts[1].targeted > 0);
+        assert!(m.records_of("broken").is_empty());
+
+        let one = serde_json::json!({"rollout": "good"});
+        let summary = handle(&one, &edges(&m), &config(), 2).await.unwrap();
+        assert_eq!(summary.rollouts.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_device_write_is_counted_unrecorded_and_retried() {
+        let mut m = memory(&[rollout("r", "1.10.0")], 40);
+        m.unreachable = m.fleet.iter().map(|d| d.thing.clone()).take(40).collect();
+        let first = advance("r", &edges(&m), &config(), 1).await.unwrap();
+        assert!(first.delivery_failures > 0);
+        assert_eq!(first.targeted, 0);
+        assert!(
+            m.records_of("r").is_empty(),
+            "nothing recorded for a failed write"
+        );
+        m.unreachable.clear();
+        let second = advance("r", &edges(&m), &config(), 120_000).await.unwrap();
+        assert_eq!(second.targeted, first.delivery_failures);
+        assert_eq!(m.records_of("r").len() as u64, second.targeted);
+        let desired = m.shadows.lock().unwrap()[&m.records_of("r")[0].thing].clone();
+        assert_eq!(desired["version"], "1.10.0");
+    }
+
+    #[tokio::test]
+    async fn a_pause_is_alerted_and_an_unpublished_alert_is_flagged() {
+        let mut m = memory(&[rollout("r", "1.10.0")], 40);
+        advance("r", &edges(&m), &config(), 1).await.unwrap();
+        let targeted: Vec<String> = m.records_of("r").into_iter().map(|r| r.thing).collect();
+        for device in m.fleet.iter_mut().filter(|d| targeted.contains(&d.thing)) {
+            device.report = Some(OtaReport {
+                status: OtaStatus::Failed,
+                target_version: Some("1.10.0".into()),
+                running_version: Some("1.10.0".into()),
+                reason: Some("crc".into()),
+            });
+        }
+        m.alerts_down = true;
+        let paused = advance("r", &edges(&m), &config(), 2).await.unwrap();
+        assert_eq!(paused.status, Some(RolloutStatus::Paused));
+        assert!(
+            paused.alert_failed,
+            "the pause stands; the failed alert is visible"
+        );
+        assert_eq!(m.audit.lock().unwrap().len(), 1);
+
+        m.alerts_down = false;
+        m.rollouts.lock().unwrap().get_mut("r").unwrap().status = RolloutStatus::Active;
+        let again = advance("r", &edges(&m), &config(), 3).await.unwrap();
+        assert!(!again.alert_failed);
+        let alerts = m.alerts.lock().unwrap();
+        assert_eq!(alerts[0].0, "shoal/alerts/ota/r");
+        let alert: Value = serde_json::from_slice(&alerts[0].1).unwrap();
+        assert_eq!(alert["counts"]["failed"], targeted.len());
+    }
+
+    #[tokio::test]
+    async fn an_advancer_that_loses_the_race_stops_without_writing() {
+        let mut m = memory(&[rollout("r", "1.10.0")], 40);
+        advance("r", &edges(&m), &config(), 1).await.unwrap();
+        let targeted = m.records_of("r").len();
+        for device in m.fleet.iter_mut() {
+            device.report = Some(OtaReport {
+                status: OtaStatus::Success,
+                target_version: Some("1.10.0".into()),
+                running_version: Some("1.10.0".into()),
+                reason: None,
+            });
+        }
+        m.always_raced = true;
+        let run = advance("r", &edges(&m), &config(), 2).await.unwrap();
+        assert!(run.raced);
+        assert_eq!(run.decision, Some(Decision::Advance { to: 1 }));
+        assert_eq!((run.targeted, m.records_of("r").len()), (0, targeted));
+        assert!(m.audit.lock().unwrap().is_empty());
+        m.always_raced = false;
+        let run = advance("r", &edges(&m), &config(), 3).await.unwrap();
+        assert_eq!(run.phase.as_deref(), Some("general"));
+        assert!(run.targeted > 0);
+    }
 }

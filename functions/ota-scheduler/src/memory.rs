@@ -1,0 +1,150 @@
+//! In-memory edges for the advancer's unit tests and its benchmark: rollouts with revision
+//! checks, device records, a fleet, images, `ota` shadows (with the same replace rule as the
+//! AWS edge) and alerts, with failures to inject.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use shoal_shared::alerts::Alerts;
+use shoal_shared::aws::{AwsError, AwsErrorKind};
+use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
+use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
+use shoal_shared::rollout::state::{Rollout, Transition};
+use shoal_shared::shadow::document::{StateMap, merge_patch};
+
+use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
+
+pub fn down(operation: &'static str) -> AwsError {
+    AwsError {
+        service: "memory",
+        operation,
+        kind: AwsErrorKind::Unreachable,
+        code: None,
+        message: "connection refused".into(),
+    }
+}
+
+#[derive(Default)]
+pub struct Memory {
+    pub rollouts: Mutex<BTreeMap<String, Rollout>>,
+    pub audit: Mutex<Vec<Transition>>,
+    /// Per rollout, per thing.
+    pub records: Mutex<HashMap<String, BTreeMap<String, DeviceRecord>>>,
+    pub fleet: Vec<FleetDevice>,
+    pub images: Vec<FirmwareImage>,
+    /// Each thing's `ota` desired state.
+    pub shadows: Mutex<HashMap<String, StateMap>>,
+    pub alerts: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Shadow writes to these things fail.
+    pub unreachable: HashSet<String>,
+    pub alerts_down: bool,
+    /// Every transition loses the race (another advancer wrote first).
+    pub always_raced: bool,
+    /// Shadow writes that reached a shadow.
+    pub writes: Mutex<u64>,
+}
+
+impl Memory {
+    pub fn records_of(&self, rollout: &str) -> Vec<DeviceRecord> {
+        self.records
+            .lock()
+            .unwrap()
+            .get(rollout)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Rollouts for Memory {
+    async fn ids(&self) -> Result<Vec<String>, AwsError> {
+        Ok(self.rollouts.lock().unwrap().keys().cloned().collect())
+    }
+    async fn get(&self, id: &str) -> Result<Option<Rollout>, AwsError> {
+        Ok(self.rollouts.lock().unwrap().get(id).cloned())
+    }
+    async fn transition(
+        &self,
+        previous: &Rollout,
+        next: &Rollout,
+        transition: &Transition,
+    ) -> Result<bool, AwsError> {
+        let mut rollouts = self.rollouts.lock().unwrap();
+        let stored = rollouts
+            .get_mut(&previous.id)
+            .ok_or_else(|| down("Transact"))?;
+        if self.always_raced || stored.revision != previous.revision {
+            return Ok(false);
+        }
+        *stored = next.clone();
+        self.audit.lock().unwrap().push(transition.clone());
+        Ok(true)
+    }
+    async fn devices(&self, id: &str) -> Result<Vec<DeviceRecord>, AwsError> {
+        Ok(self.records_of(id))
+    }
+    async fn put_device(&self, id: &str, record: &DeviceRecord) -> Result<(), AwsError> {
+        self.records
+            .lock()
+            .unwrap()
+            .entry(id.to_owned())
+            .or_default()
+            .insert(record.thing.clone(), record.clone());
+        Ok(())
+    }
+}
+
+impl Fleet for Memory {
+    async fn devices(
+        &self,
+        _: &DeviceModel,
+        _: &HardwareRevision,
+    ) -> Result<Vec<FleetDevice>, AwsError> {
+        Ok(self.fleet.clone())
+    }
+    async fn images(
+        &self,
+        _: &DeviceModel,
+        _: &HardwareRevision,
+    ) -> Result<Vec<FirmwareImage>, AwsError> {
+        Ok(self.images.clone())
+    }
+}
+
+impl Delivery for Memory {
+    async fn presign(&self, s3_key: &str, ttl_s: u64) -> Result<String, AwsError> {
+        Ok(format!(
+            "https://bucket.s3.amazonaws.com/{s3_key}?X-Amz-Expires={ttl_s}"
+        ))
+    }
+    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, AwsError> {
+        if self.unreachable.contains(request.thing) {
+            return Err(down("UpdateThingShadow"));
+        }
+        // The body the data plane would receive.
+        serde_json::to_vec(&request.update)
+            .map_err(|e| AwsError::local("memory", "UpdateThingShadow", e))?;
+        let mut shadows = self.shadows.lock().unwrap();
+        let desired = shadows.entry(request.thing.to_owned()).or_default();
+        if !may_replace(Some(desired), request.rollout, request.version) {
+            return Ok(false);
+        }
+        if let Some(patch) = &request.update.state.desired {
+            merge_patch(desired, patch);
+        }
+        *self.writes.lock().unwrap() += 1;
+        Ok(true)
+    }
+}
+
+impl Alerts for Memory {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
+        if self.alerts_down {
+            return Err(down("Publish"));
+        }
+        self.alerts
+            .lock()
+            .unwrap()
+            .push((topic.to_owned(), payload));
+        Ok(())
+    }
+}
