@@ -125,6 +125,8 @@ pub struct RolloutRun {
     pub refreshed: u64,
     pub restored: u64,
     pub cancelled: u64,
+    /// Device writes left for the next run ([`MAX_DEVICE_WRITES_PER_RUN`]).
+    pub deferred: u64,
     /// Devices a newer rollout's request holds: left to it.
     pub superseded: u64,
     /// Device writes that failed: retried by the next run.
@@ -319,16 +321,16 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
         Ok(written)
     };
     let (request, by_thing, images, rollout) = (&request, &by_thing, &images, &rollout);
+    // Most urgent first: devices leaving a bad image, then devices mid-download, then new ones.
     let jobs = plan
-        .targets
+        .rollback_steps
         .iter()
-        .map(Job::Target)
+        .map(|(t, s)| Job::Rollback(t, *s))
         .chain(plan.refresh.iter().map(|(t, v)| Job::Refresh(t, v)))
-        .chain(
-            plan.rollback_steps
-                .iter()
-                .map(|(t, s)| Job::Rollback(t, *s)),
-        );
+        .chain(plan.targets.iter().map(Job::Target));
+    let planned = plan.rollback_steps.len() + plan.refresh.len() + plan.targets.len();
+    run.deferred = planned.saturating_sub(MAX_DEVICE_WRITES_PER_RUN) as u64;
+    let jobs = jobs.take(MAX_DEVICE_WRITES_PER_RUN);
     let mut done = futures::stream::iter(jobs)
         .map(|job| async move {
             let result = match &job {
@@ -392,6 +394,10 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
 /// well inside IoT's per-account shadow rate, and it keeps 1,000 targets a minute far inside the
 /// Lambda timeout.
 const DEVICE_WRITES_IN_FLIGHT: usize = 16;
+
+/// Device writes of one run at most (≈ 15,000 calls, well inside the timeout); the rest wait for
+/// the next run, most urgent first.
+pub const MAX_DEVICE_WRITES_PER_RUN: usize = 5_000;
 
 /// One device write of a run.
 enum Job<'p> {
@@ -627,5 +633,22 @@ mod tests {
         let run = advance("r", &edges(&m), &config(), 3).await.unwrap();
         assert_eq!(run.phase.as_deref(), Some("general"));
         assert!(run.targeted > 0);
+    }
+
+    #[tokio::test]
+    async fn a_run_writes_at_most_its_cap_and_the_next_run_goes_on() {
+        let mut general = rollout("r", "1.10.0");
+        general.phase = 1;
+        general.max_new_per_minute = 100_000;
+        let n = MAX_DEVICE_WRITES_PER_RUN + 700;
+        let m = memory(&[general], n);
+        let first = advance("r", &edges(&m), &config(), 1).await.unwrap();
+        assert_eq!(
+            (first.targeted, first.deferred),
+            (MAX_DEVICE_WRITES_PER_RUN as u64, 700)
+        );
+        let second = advance("r", &edges(&m), &config(), 61_000).await.unwrap();
+        assert_eq!((second.targeted, second.deferred), (700, 0));
+        assert_eq!(m.records_of("r").len(), n);
     }
 }

@@ -148,6 +148,24 @@ pub fn outcomes<'a>(
         .collect()
 }
 
+/// Whether the record asks for `version` with a URL about to expire, of a device that is not
+/// known to be offline: a device that is away gets its fresh URL within a run of coming back,
+/// and a dead one costs no writes.
+fn needs_url(
+    record: &DeviceRecord,
+    version: &FirmwareVersion,
+    fleet: &HashMap<&str, &FleetDevice>,
+    now_ms: u64,
+    margin_ms: u64,
+) -> bool {
+    let reachable = fleet
+        .get(record.thing.as_str())
+        .is_some_and(|d| d.online != Some(false));
+    reachable
+        && record.desired_version.as_ref() == Some(version)
+        && record.url_expires_ms <= now_ms.saturating_add(margin_ms)
+}
+
 fn running_of(device: Option<&FleetDevice>) -> Option<&FirmwareVersion> {
     device.and_then(|d| d.running.as_ref())
 }
@@ -193,8 +211,7 @@ pub fn plan_run(
                 let unfinished =
                     matches!(outcome, DeviceOutcome::Pending | DeviceOutcome::InProgress);
                 if unfinished
-                    && record.desired_version.as_ref() == Some(&rollout.version)
-                    && record.url_expires_ms <= now_ms.saturating_add(url_margin_ms)
+                    && needs_url(record, &rollout.version, &by_thing, now_ms, url_margin_ms)
                 {
                     plan.refresh
                         .push((record.thing.clone(), rollout.version.clone()));
@@ -319,9 +336,7 @@ fn plan_rollback(
             plan.rollback.restored += 1;
         } else {
             plan.rollback.awaiting += 1;
-            if record.desired_version.as_ref() == Some(good)
-                && record.url_expires_ms <= now_ms.saturating_add(url_margin_ms)
-            {
+            if needs_url(record, good, by_thing, now_ms, url_margin_ms) {
                 plan.refresh.push((record.thing.clone(), good.clone()));
             }
         }
@@ -480,6 +495,11 @@ mod tests {
                 .all(|t| t.thing != "d-00001" && t.thing != "d-00002")
         );
         assert_eq!(plan.refresh, vec![("d-00002".to_owned(), v("1.10.0"))]);
+        devices[2].online = Some(false);
+        let away = plan_run(&r, None, &devices, &records, 900, 200);
+        assert!(away.refresh.is_empty(), "no URL for a device that is away");
+        let gone = plan_run(&r, None, &devices[..2], &records, 900, 200);
+        assert!(gone.refresh.is_empty(), "nor for one no longer registered");
     }
 
     #[test]

@@ -51,6 +51,8 @@ async fn main() -> Result<(), Error> {
                 ("Refreshed", run.refreshed),
                 ("Restored", run.restored),
                 ("Cancelled", run.cancelled),
+                ("Superseded", run.superseded),
+                ("Deferred", run.deferred),
                 ("DeliveryFailures", run.delivery_failures),
                 ("Errors", u64::from(run.error.is_some())),
             ];
