@@ -57,6 +57,9 @@ pub mod vars {
     pub const URL_TTL_S: &str = "SHOAL_URL_TTL_S";
     /// A URL expiring within this many seconds is replaced (default 600).
     pub const URL_REFRESH_MARGIN_S: &str = "SHOAL_URL_REFRESH_MARGIN_S";
+    /// Set (non-empty): rollouts are also delivered as AWS IoT jobs, and this is the role IoT
+    /// Jobs assumes to presign the image URL.
+    pub const OTA_JOBS_ROLE_ARN: &str = "SHOAL_OTA_JOBS_ROLE_ARN";
 }
 
 /// A configuration problem, always naming the variable.

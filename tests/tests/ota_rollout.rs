@@ -107,6 +107,7 @@ impl Stack {
             s3: factory.s3(),
             bucket: bucket.as_str().to_owned(),
             shadows: IotShadowStore::new(factory.iot_data()),
+            jobs: None,
         };
         Self {
             factory,
@@ -252,6 +253,7 @@ fn config() -> AdvancerConfig {
         url_ttl_s: 3600,
         url_refresh_margin_s: 600,
         alerts_topic: "shoal/alerts".into(),
+        jobs_role_arn: None,
     }
 }
 
@@ -693,4 +695,105 @@ async fn an_older_rollout_never_undoes_a_newer_ones_request() {
         0,
         "nothing asked again"
     );
+}
+
+#[tokio::test]
+async fn with_jobs_configured_a_rollout_is_also_a_continuous_job_cancelled_on_rollback() {
+    use aws_sdk_iot::types::{JobStatus, TargetSelection};
+    use ota_scheduler::edges::JobsChannel;
+    use shoal_shared::rollout::delivery::job_name;
+
+    let stack = Stack::new().await;
+    stack.register("ota-jobs", 30).await;
+    let id = start_rollout(&stack, "jobs", settings(99.0, &[99.5], 1), 1_000).await;
+    let role = "arn:aws:iam::123456789012:role/shoal-jobs-presign";
+    let iot = stack.factory.iot();
+    let delivery = Devices {
+        s3: stack.factory.s3(),
+        bucket: stack.delivery.bucket.clone(),
+        shadows: IotShadowStore::new(stack.factory.iot_data()),
+        jobs: Some(JobsChannel {
+            iot: iot.clone(),
+            presign_role_arn: role.into(),
+            region: "eu-west-1".into(),
+            url_ttl_s: 3600,
+        }),
+    };
+    let edges = Edges {
+        delivery: &delivery,
+        ..stack.edges()
+    };
+    let run = advance(&id, &edges, &config(), MINUTE).await.unwrap();
+    assert!(run.targeted > 20, "{run:?}");
+
+    // One continuous job over the rollout's thing group, which holds exactly the targets.
+    let name = job_name(&id);
+    let job = iot.describe_job().job_id(&name).send().await.unwrap();
+    let job = job.job().unwrap();
+    assert_eq!(job.target_selection(), Some(&TargetSelection::Continuous));
+    assert!(
+        job.targets()[0].ends_with(&format!("thinggroup/{name}")),
+        "{:?}",
+        job.targets()
+    );
+    let presign = job.presigned_url_config().unwrap();
+    assert_eq!(
+        (presign.role_arn(), presign.expires_in_sec()),
+        (Some(role), Some(3600))
+    );
+    let document = iot.get_job_document().job_id(&name).send().await.unwrap();
+    let document: Value = serde_json::from_str(document.document().unwrap()).unwrap();
+    let image = stack
+        .firmware
+        .images(&stack.model.parse().unwrap(), &"rev-b".parse().unwrap())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        document["url"],
+        format!(
+            "${{aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/{}/{}}}",
+            delivery.bucket, image.s3_key
+        )
+    );
+    assert_eq!(
+        (&document["version"], &document["sha256"]),
+        (&NEW.into(), &image.sha256.clone().into())
+    );
+    let members = iot
+        .list_things_in_thing_group()
+        .thing_group_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let mut members: Vec<String> = members.things().to_vec();
+    members.sort();
+    let mut targeted: Vec<String> = stack
+        .records(&id)
+        .await
+        .into_iter()
+        .map(|r| r.thing)
+        .collect();
+    targeted.sort();
+    assert_eq!(members, targeted);
+
+    // Rollback cancels the job, with the operator's reason.
+    operate(
+        &stack.rollouts,
+        &id,
+        Command::Rollback {
+            reason: "jobs rollback test".into(),
+        },
+        "operator:test",
+        2 * MINUTE,
+    )
+    .await
+    .unwrap();
+    let rolled = advance(&id, &edges, &config(), 3 * MINUTE).await.unwrap();
+    assert_eq!(rolled.delivery_failures, 0);
+    let job = iot.describe_job().job_id(&name).send().await.unwrap();
+    let job = job.job().unwrap();
+    assert_eq!(job.status(), Some(&JobStatus::Canceled));
+    assert_eq!(job.comment(), Some("jobs rollback test"));
 }

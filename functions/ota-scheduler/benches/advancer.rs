@@ -115,6 +115,7 @@ fn main() {
         url_ttl_s: 3600,
         url_refresh_margin_s: 600,
         alerts_topic: "shoal/alerts".into(),
+        jobs_role_arn: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

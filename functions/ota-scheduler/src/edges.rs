@@ -3,12 +3,17 @@
 
 use std::time::Duration;
 
+use aws_sdk_iot::types::{
+    AbortAction, AbortConfig, AbortCriteria, JobExecutionFailureType, PresignedUrlConfig,
+    TargetSelection,
+};
 use aws_sdk_s3::presigning::PresigningConfig;
 use shoal_shared::aws::{AwsError, AwsResultExt};
 use shoal_shared::device_table::DeviceTable;
 use shoal_shared::firmware_table::FirmwareTable;
 use shoal_shared::ids::{ShadowName, ThingName};
 use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
+use shoal_shared::rollout::delivery::{job_document, job_name};
 use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_shared::rollout::state::{Rollout, Transition};
 use shoal_shared::rollout_table::RolloutTable;
@@ -66,11 +71,108 @@ impl Fleet for Registry {
     }
 }
 
-/// S3 presigned GETs of the firmware bucket and `ota` shadow writes.
+/// S3 presigned GETs of the firmware bucket and `ota` shadow writes; with `jobs`, also an AWS
+/// IoT job per rollout.
 pub struct Devices {
     pub s3: aws_sdk_s3::Client,
     pub bucket: String,
     pub shadows: IotShadowStore,
+    pub jobs: Option<JobsChannel>,
+}
+
+/// The optional IoT Jobs channel: a static thing group per rollout (`job_name`), a continuous
+/// job over it whose document carries the presigned-URL placeholder, and an abort config at the
+/// canary's failure threshold as a second brake.
+pub struct JobsChannel {
+    pub iot: aws_sdk_iot::Client,
+    /// The role IoT Jobs assumes to presign the image URL (s3:GetObject on the images).
+    pub presign_role_arn: String,
+    pub region: String,
+    pub url_ttl_s: u64,
+}
+
+impl JobsChannel {
+    async fn open(
+        &self,
+        bucket: &str,
+        rollout: &Rollout,
+        image: &FirmwareImage,
+    ) -> Result<(), AwsError> {
+        let name = job_name(&rollout.id);
+        let described = self
+            .iot
+            .describe_job()
+            .job_id(&name)
+            .send()
+            .await
+            .aws("iot", "DescribeJob");
+        match described {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_code("ResourceNotFoundException") => {}
+            Err(e) => return Err(e),
+        }
+        let created = self
+            .iot
+            .create_thing_group()
+            .thing_group_name(&name)
+            .send()
+            .await
+            .aws("iot", "CreateThingGroup");
+        let group_arn = match created {
+            Ok(group) => group.thing_group_arn,
+            Err(e) if e.is_code("ResourceAlreadyExistsException") => {
+                self.iot
+                    .describe_thing_group()
+                    .thing_group_name(&name)
+                    .send()
+                    .await
+                    .aws("iot", "DescribeThingGroup")?
+                    .thing_group_arn
+            }
+            Err(e) => return Err(e),
+        }
+        .ok_or_else(|| AwsError::local("iot", "CreateThingGroup", "no thing group ARN"))?;
+        let brake = rollout.plan.phases.first();
+        let criteria = AbortCriteria::builder()
+            .failure_type(JobExecutionFailureType::Failed)
+            .action(AbortAction::Cancel)
+            .threshold_percentage(brake.map_or(5.0, |p| p.max_failure_rate * 100.0))
+            .min_number_of_executed_things(brake.map_or(1, |p| {
+                i32::try_from(p.min_reports.max(1)).unwrap_or(i32::MAX)
+            }))
+            .build()
+            .map_err(|e| AwsError::local("iot", "CreateJob", e))?;
+        let abort = AbortConfig::builder()
+            .criteria_list(criteria)
+            .build()
+            .map_err(|e| AwsError::local("iot", "CreateJob", e))?;
+        let presign = PresignedUrlConfig::builder()
+            .role_arn(&self.presign_role_arn)
+            .expires_in_sec(i64::try_from(self.url_ttl_s).unwrap_or(3600))
+            .build();
+        let created = self
+            .iot
+            .create_job()
+            .job_id(&name)
+            .targets(group_arn)
+            .target_selection(TargetSelection::Continuous)
+            .document(job_document(&rollout.id, image, bucket, &self.region))
+            .description(format!(
+                "Shoal rollout {}: {} {} → {}",
+                rollout.id, rollout.model, rollout.hardware, rollout.version
+            ))
+            .presigned_url_config(presign)
+            .abort_config(abort)
+            .send()
+            .await
+            .aws("iot", "CreateJob");
+        match created {
+            Ok(_) => Ok(()),
+            // Another run created it first.
+            Err(e) if e.is_code("ResourceAlreadyExistsException") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Attempts of a shadow write that loses the version race to the device's own report.
@@ -108,5 +210,48 @@ impl Delivery for Devices {
             other => local(other.to_string()),
         })?;
         Ok(matches!(written, WriteOutcome::Written { .. }))
+    }
+
+    async fn open_job(&self, rollout: &Rollout, image: &FirmwareImage) -> Result<(), AwsError> {
+        match &self.jobs {
+            Some(jobs) => jobs.open(&self.bucket, rollout, image).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn join_job(&self, rollout: &str, thing: &str) -> Result<(), AwsError> {
+        let Some(jobs) = &self.jobs else {
+            return Ok(());
+        };
+        jobs.iot
+            .add_thing_to_thing_group()
+            .thing_group_name(job_name(rollout))
+            .thing_name(thing)
+            .send()
+            .await
+            .aws("iot", "AddThingToThingGroup")?;
+        Ok(())
+    }
+
+    async fn cancel_job(&self, rollout: &str, reason: &str) -> Result<(), AwsError> {
+        let Some(jobs) = &self.jobs else {
+            return Ok(());
+        };
+        let comment: String = reason.chars().take(2028).collect();
+        let cancelled = jobs
+            .iot
+            .cancel_job()
+            .job_id(job_name(rollout))
+            .comment(comment)
+            .send()
+            .await
+            .aws("iot", "CancelJob");
+        match cancelled {
+            Ok(_) => Ok(()),
+            // Never opened (no device was targeted), or already cancelled or completed.
+            Err(e) if e.is_code("ResourceNotFoundException") => Ok(()),
+            Err(e) if e.is_code("InvalidStateTransitionException") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -76,6 +76,34 @@ pub trait Delivery: Sync {
         &self,
         request: &OtaRequest<'_>,
     ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    // The optional AWS IoT Jobs channel (none by default): one continuous job per rollout over
+    // a static thing group that targeted devices join.
+
+    /// Makes sure the rollout's job (and its thing group) exists.
+    fn open_job(
+        &self,
+        _rollout: &Rollout,
+        _image: &FirmwareImage,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send {
+        async { Ok(()) }
+    }
+    /// Adds a targeted device to the rollout's job.
+    fn join_job(
+        &self,
+        _rollout: &str,
+        _thing: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send {
+        async { Ok(()) }
+    }
+    /// Cancels the rollout's job (rollback): devices that have not started it never will.
+    fn cancel_job(
+        &self,
+        _rollout: &str,
+        _reason: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// What the advancer asks of one device's `ota` shadow.
@@ -93,6 +121,8 @@ pub struct AdvancerConfig {
     pub url_ttl_s: u64,
     pub url_refresh_margin_s: u64,
     pub alerts_topic: String,
+    /// The IoT Jobs channel's presigning role; `None`: shadow delivery only.
+    pub jobs_role_arn: Option<String>,
 }
 
 impl AdvancerConfig {
@@ -103,6 +133,8 @@ impl AdvancerConfig {
                 .unwrap_or(600),
             alerts_topic: config::optional(source, vars::ALERTS_TOPIC)?
                 .unwrap_or_else(|| "shoal/alerts".to_owned()),
+            jobs_role_arn: config::optional::<String>(source, vars::OTA_JOBS_ROLE_ARN)?
+                .filter(|arn| !arn.is_empty()),
         })
     }
 }
@@ -312,6 +344,9 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
         if !written && new_target {
             return Ok(false);
         }
+        if written && new_target {
+            edges.delivery.join_job(&rollout.id, &record.thing).await?;
+        }
         let record = DeviceRecord {
             desired_version: version.filter(|_| written).cloned(),
             url_expires_ms: if written { expires } else { 0 },
@@ -321,6 +356,13 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
         Ok(written)
     };
     let (request, by_thing, images, rollout) = (&request, &by_thing, &images, &rollout);
+    if !plan.targets.is_empty() {
+        edges.delivery.open_job(rollout, image).await?;
+    }
+    if !plan.rollback_steps.is_empty() {
+        let reason = rollout.reason.as_deref().unwrap_or("rolled back");
+        edges.delivery.cancel_job(&rollout.id, reason).await?;
+    }
     // Most urgent first: devices leaving a bad image, then devices mid-download, then new ones.
     let jobs = plan
         .rollback_steps

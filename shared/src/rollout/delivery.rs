@@ -101,6 +101,48 @@ pub fn may_replace(
     }
 }
 
+/// The AWS IoT Jobs name of a rollout, used for its job and its static thing group: `ota-` and
+/// the id's allowed characters (at most 40), then a hash of the whole id, so that two ids that
+/// differ only in cut or replaced characters never share a job (job ids: `[a-zA-Z0-9_-]{1,64}`).
+pub fn job_name(rollout: &str) -> String {
+    let kept: String = rollout
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let mut h: u32 = 0x811c_9dc5;
+    for b in rollout.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("ota-{kept}-{h:08x}")
+}
+
+/// The job document of the optional AWS IoT Jobs channel: the same request as the `ota`
+/// shadow's, the URL as AWS's presigned-URL placeholder, which IoT Jobs replaces with an S3
+/// presigned GET (lifetime from the job's `presignedUrlConfig`) each time a device fetches it.
+pub fn job_document(rollout: &str, image: &FirmwareImage, bucket: &str, region: &str) -> String {
+    serde_json::json!({
+        "operation": "shoal-ota",
+        "rollout": rollout,
+        "version": image.version,
+        "url": format!(
+            "${{aws:iot:s3-presigned-url:https://s3.{region}.amazonaws.com/{bucket}/{}}}",
+            image.s3_key
+        ),
+        "sha256": image.sha256,
+        "signature": image.signature,
+        "size": image.size,
+    })
+    .to_string()
+}
+
 /// A presigned URL's lifetime: the requested one, never more than [`MAX_URL_TTL_S`] nor less
 /// than a minute.
 pub fn url_ttl_s(requested_s: u64) -> u64 {
@@ -186,6 +228,31 @@ mod tests {
             "r-2",
             Some(&v("1.11.0"))
         ));
+    }
+
+    #[test]
+    fn job_names_are_valid_and_distinct_and_documents_carry_the_placeholder() {
+        let valid = |n: &str| {
+            n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        let long = "th-v2-rev-b-1.10.0-1795600000".repeat(4);
+        for id in ["r-1", "th-v2-rev-b-1.10.0-1795600000", long.as_str(), "a.b"] {
+            assert!(valid(&job_name(id)), "{}", job_name(id));
+        }
+        assert_ne!(job_name("a.b"), job_name("a_b"));
+        assert_ne!(job_name(&long), job_name(&format!("{long}x")));
+        let doc: serde_json::Value =
+            serde_json::from_str(&job_document("r-1", &image(), "fw", "eu-west-1")).unwrap();
+        assert_eq!(
+            doc["url"],
+            "${aws:iot:s3-presigned-url:https://s3.eu-west-1.amazonaws.com/fw/firmware/th-v2/rev-b/1.10.0/x.bin}"
+        );
+        assert_eq!(
+            (doc["version"].as_str(), doc["size"].as_u64()),
+            (Some("1.10.0"), Some(524_288))
+        );
     }
 
     #[test]

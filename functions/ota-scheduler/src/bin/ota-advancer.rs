@@ -1,5 +1,5 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use ota_scheduler::edges::{Devices, Registry};
+use ota_scheduler::edges::{Devices, JobsChannel, Registry};
 use ota_scheduler::{AdvancerConfig, Edges, handle};
 use serde_json::Value;
 use shoal_shared::alerts::IotAlerts;
@@ -27,6 +27,15 @@ async fn main() -> Result<(), Error> {
         s3: factory.s3(),
         bucket: config::required(&ProcessEnv, vars::FIRMWARE_BUCKET)?,
         shadows: IotShadowStore::new(factory.iot_data()),
+        jobs: config.jobs_role_arn.clone().map(|role| JobsChannel {
+            iot: factory.iot(),
+            presign_role_arn: role,
+            region: factory
+                .sdk_config()
+                .region()
+                .map_or_else(|| "us-east-1".to_owned(), ToString::to_string),
+            url_ttl_s: config.url_ttl_s,
+        }),
     };
     let alerts = IotAlerts(factory.iot_data());
     let edges = Edges {
