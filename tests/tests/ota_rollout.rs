@@ -29,6 +29,7 @@ use shoal_shared::presence::{LifecycleEvent, PresenceEvent};
 use shoal_shared::rollout::advance::DeviceRecord;
 use shoal_shared::rollout::cohort::Ineligible;
 use shoal_shared::rollout::delivery::OtaDesired;
+use shoal_shared::rollout::image::FirmwareImage;
 use shoal_shared::rollout::phases::{Decision, PlanSettings};
 use shoal_shared::rollout::state::{Command, DeviceOutcome, RolloutStatus};
 use shoal_shared::rollout_table::RolloutTable;
@@ -175,6 +176,17 @@ impl Stack {
         let run = advance(id, &self.edges(), &config(), now).await.unwrap();
         assert_eq!(run.delivery_failures, 0, "{run:?}");
         run
+    }
+
+    /// The greatest published image of the model (1.10.0).
+    async fn newest_image(&self) -> FirmwareImage {
+        let (model, hardware) = (self.model.parse().unwrap(), "rev-b".parse().unwrap());
+        self.firmware
+            .images(&model, &hardware)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
     }
 
     async fn records(&self, id: &str) -> Vec<DeviceRecord> {
@@ -619,13 +631,7 @@ async fn failures_pause_the_rollout_and_a_rollback_reconciles_every_device() {
 /// A newer rollout's request (another rollout id, a greater version) written to a device's
 /// `ota` shadow, as that rollout's advancer would.
 async fn newer_rollout_asks(stack: &Stack, thing: &str) {
-    let mut image = stack
-        .firmware
-        .images(&stack.model.parse().unwrap(), &"rev-b".parse().unwrap())
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let mut image = stack.newest_image().await;
     image.version = "2.0.0".parse().unwrap();
     let update = OtaDesired::new(
         "newer",
@@ -705,7 +711,9 @@ async fn with_jobs_configured_a_rollout_is_also_a_continuous_job_cancelled_on_ro
 
     let stack = Stack::new().await;
     stack.register("ota-jobs", 30).await;
-    let id = start_rollout(&stack, "jobs", settings(99.0, &[99.5], 1), 1_000).await;
+    // Jobs and thing groups are account-wide: a fresh id per run.
+    let id = unique_name("jobs");
+    let id = start_rollout(&stack, &id, settings(99.0, &[99.5], 1), 1_000).await;
     let role = "arn:aws:iam::123456789012:role/shoal-jobs-presign";
     let iot = stack.factory.iot();
     let delivery = Devices {
@@ -743,13 +751,7 @@ async fn with_jobs_configured_a_rollout_is_also_a_continuous_job_cancelled_on_ro
     );
     let document = iot.get_job_document().job_id(&name).send().await.unwrap();
     let document: Value = serde_json::from_str(document.document().unwrap()).unwrap();
-    let image = stack
-        .firmware
-        .images(&stack.model.parse().unwrap(), &"rev-b".parse().unwrap())
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let image = stack.newest_image().await;
     assert_eq!(
         document["url"],
         format!(
