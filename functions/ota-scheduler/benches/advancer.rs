@@ -90,6 +90,13 @@ fn memory() -> Memory {
             point,
             from_version: Some("1.9.0".parse().unwrap()),
             targeted_at_ms: 0,
+            phase: if n < 1_000 {
+                0
+            } else if n < 10_000 {
+                1
+            } else {
+                2
+            },
             desired_version: Some("1.10.0".parse().unwrap()),
             // The ones still downloading hold URLs that expire within the refresh margin.
             url_expires_ms: if n % 10 == 0 {

@@ -150,8 +150,11 @@ pub struct RolloutRun {
     pub decision: Option<Decision>,
     /// Another run moved the rollout first; this one stopped.
     pub raced: bool,
+    /// Every device the rollout targeted.
     pub counts: PhaseCounts,
     pub failure_rate: f64,
+    /// The devices targeted during the current phase (what it is judged on).
+    pub phase_counts: PhaseCounts,
     pub rollback: RollbackCounts,
     pub targeted: u64,
     pub refreshed: u64,
@@ -384,6 +387,7 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
                         targeted_at_ms: now_ms,
                         desired_version: None,
                         url_expires_ms: 0,
+                        phase: rollout.phase,
                     };
                     request(record, Some(image), true).await
                 }
@@ -457,6 +461,11 @@ fn finish(mut run: RolloutRun, rollout: &Rollout, plan: &RunPlan) -> RolloutRun 
         .map(|p| p.name.clone());
     run.counts = plan.counts;
     run.failure_rate = plan.counts.failure_rate();
+    run.phase_counts = plan
+        .by_phase
+        .get(&rollout.phase)
+        .copied()
+        .unwrap_or_default();
     run.rollback = plan.rollback;
     run
 }
@@ -478,6 +487,7 @@ async fn alert(
         "phase": rollout.plan.phases.get(rollout.phase).map(|p| &p.name),
         "reason": reason,
         "counts": plan.counts,
+        "phase_counts": plan.by_phase.get(&rollout.phase),
         "failure_rate": plan.counts.failure_rate(),
         "next": "shoal rollout resume|rollback",
     });

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::cohort::{
     Candidate, Device, Ineligible, Target, cohort_point, eligibility, next_targets,
 };
-use super::phases::{Decision, PhaseCounts, decide};
+use super::phases::{Decision, PhaseCounts, breach, decide};
 use super::state::{DeviceOutcome, Rollout, RolloutStatus, classify, count};
 use super::version::FirmwareVersion;
 use crate::shadow::ota::OtaReport;
@@ -41,6 +41,9 @@ pub struct DeviceRecord {
     /// cancelled by a rollback before the device started.
     pub desired_version: Option<FirmwareVersion>,
     pub url_expires_ms: u64,
+    /// The phase during which it was targeted.
+    #[serde(default)]
+    pub phase: usize,
 }
 
 /// A device to target in this run.
@@ -88,7 +91,10 @@ pub struct Population {
 /// Everything one run decided for one rollout, before any write.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunPlan {
+    /// Every device the rollout targeted (what `shoal rollout status` shows).
     pub counts: PhaseCounts,
+    /// Per phase, the devices targeted during it: what each phase is judged on.
+    pub by_phase: BTreeMap<usize, PhaseCounts>,
     pub outcomes: BTreeMap<DeviceOutcome, u64>,
     pub rollback: RollbackCounts,
     pub population: Population,
@@ -98,15 +104,32 @@ pub struct RunPlan {
     pub rollback_steps: Vec<(String, RollbackStep)>,
 }
 
-/// The phase decision for an active rollout: [`decide`]'s, except that a phase does not pass
-/// while devices of its cohort that are online and eligible are still to be targeted (the herd
-/// budget spreads them over several runs). Pausing never waits.
+/// The phase decision for an active rollout: [`decide`] on the devices targeted during the
+/// current phase, except that a phase does not pass while devices of its cohort that are online
+/// and eligible are still to be targeted (the herd budget spreads them over several runs), and
+/// that late failures among an earlier phase's devices pause the rollout too, by that phase's
+/// threshold. Pausing never waits.
 pub fn judge(rollout: &Rollout, plan: &RunPlan, now_ms: u64) -> Decision {
+    for (phase, counts) in plan.by_phase.range(..rollout.phase) {
+        if let Some(reason) = rollout
+            .plan
+            .phases
+            .get(*phase)
+            .and_then(|p| breach(p, counts))
+        {
+            return Decision::Pause { reason };
+        }
+    }
+    let current = plan
+        .by_phase
+        .get(&rollout.phase)
+        .copied()
+        .unwrap_or_default();
     let decision = decide(
         &rollout.plan,
         rollout.phase,
         rollout.phase_started_ms,
-        &plan.counts,
+        &current,
         now_ms,
     );
     let untargeted = plan.targets.len() as u64 + plan.population.held_by_budget;
@@ -190,6 +213,10 @@ pub fn plan_run(
         counts: count(outcomes.iter().map(|(_, o)| o)),
         ..RunPlan::default()
     };
+    for (record, outcome) in &outcomes {
+        let counts = plan.by_phase.entry(record.phase).or_default();
+        *counts = counts.plus(*outcome);
+    }
     for (_, outcome) in &outcomes {
         *plan.outcomes.entry(*outcome).or_default() += 1;
     }
@@ -390,6 +417,7 @@ mod tests {
             targeted_at_ms: at,
             desired_version: desired.map(v),
             url_expires_ms: expires,
+            phase: 1,
         }
     }
 
@@ -449,11 +477,14 @@ mod tests {
         let waiting = judge(&r, &plan, 10 * 3_600_000);
         assert!(matches!(waiting, Decision::Wait { .. }), "{waiting:?}");
         let done = RunPlan {
-            counts: PhaseCounts {
-                targeted: 10,
-                succeeded: 10,
-                ..PhaseCounts::default()
-            },
+            by_phase: BTreeMap::from([(
+                1,
+                PhaseCounts {
+                    targeted: 10,
+                    succeeded: 10,
+                    ..PhaseCounts::default()
+                },
+            )]),
             ..RunPlan::default()
         };
         assert_eq!(
@@ -461,15 +492,51 @@ mod tests {
             Decision::Advance { to: 2 }
         );
         let failing = RunPlan {
-            counts: PhaseCounts {
-                targeted: 20,
-                failed: 10,
-                succeeded: 10,
-                ..PhaseCounts::default()
-            },
+            by_phase: BTreeMap::from([(
+                1,
+                PhaseCounts {
+                    targeted: 20,
+                    failed: 10,
+                    succeeded: 10,
+                    ..PhaseCounts::default()
+                },
+            )]),
             ..plan
         };
         assert!(matches!(judge(&r, &failing, 0), Decision::Pause { .. }));
+        // Each phase by its own devices and threshold: the canary's 4% failures pass its 5%
+        // and do not count against staged's 2%; late canary failures past 5% still pause.
+        let phases = |canary_failed| RunPlan {
+            by_phase: BTreeMap::from([
+                (
+                    0,
+                    PhaseCounts {
+                        targeted: 100,
+                        succeeded: 100 - canary_failed,
+                        failed: canary_failed,
+                        rolled_back: 0,
+                    },
+                ),
+                (
+                    1,
+                    PhaseCounts {
+                        targeted: 100,
+                        succeeded: 100,
+                        ..PhaseCounts::default()
+                    },
+                ),
+            ]),
+            ..RunPlan::default()
+        };
+        assert_eq!(
+            judge(&r, &phases(4), 10 * 3_600_000),
+            Decision::Advance { to: 2 }
+        );
+        let late = judge(&r, &phases(6), 10 * 3_600_000);
+        assert!(
+            matches!(&late, Decision::Pause { reason } if reason.starts_with("canary")),
+            "{late:?}"
+        );
     }
 
     #[test]

@@ -110,6 +110,20 @@ pub struct PhaseCounts {
 }
 
 impl PhaseCounts {
+    /// These counts with one more device of `outcome`.
+    pub fn plus(self, outcome: super::state::DeviceOutcome) -> Self {
+        super::state::count(std::iter::once(&outcome)).sum(self)
+    }
+
+    fn sum(self, other: Self) -> Self {
+        Self {
+            targeted: self.targeted + other.targeted,
+            succeeded: self.succeeded + other.succeeded,
+            failed: self.failed + other.failed,
+            rolled_back: self.rolled_back + other.rolled_back,
+        }
+    }
+
     pub fn reported(&self) -> u64 {
         self.succeeded + self.failed + self.rolled_back
     }
@@ -131,6 +145,23 @@ pub enum Decision {
     Pause { reason: String },
 }
 
+/// Why `counts`, the outcomes of the devices targeted during `phase`, break its failure-rate
+/// threshold (judged once it has any of its minimum reports... at least one), if they do.
+pub fn breach(phase: &Phase, counts: &PhaseCounts) -> Option<String> {
+    let rate = counts.failure_rate();
+    (counts.reported() >= phase.min_reports.max(1) && rate > phase.max_failure_rate).then(|| {
+        format!(
+            "{} failure rate {:.1}% ({} failed, {} rolled back of {} reported) is above {:.1}%",
+            phase.name,
+            rate * 100.0,
+            counts.failed,
+            counts.rolled_back,
+            counts.reported(),
+            phase.max_failure_rate * 100.0
+        )
+    })
+}
+
 pub fn decide(
     plan: &RolloutPlan,
     phase: usize,
@@ -141,19 +172,8 @@ pub fn decide(
     let Some(current) = plan.phases.get(phase) else {
         return Decision::Complete;
     };
-    let rate = counts.failure_rate();
-    if counts.reported() >= current.min_reports.max(1) && rate > current.max_failure_rate {
-        return Decision::Pause {
-            reason: format!(
-                "{} failure rate {:.1}% ({} failed, {} rolled back of {} reported) is above {:.1}%",
-                current.name,
-                rate * 100.0,
-                counts.failed,
-                counts.rolled_back,
-                counts.reported(),
-                current.max_failure_rate * 100.0
-            ),
-        };
+    if let Some(reason) = breach(current, counts) {
+        return Decision::Pause { reason };
     }
     let soaked_at = phase_started_ms.saturating_add(current.soak_ms);
     if now_ms < soaked_at {

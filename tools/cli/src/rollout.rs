@@ -135,6 +135,8 @@ pub struct RolloutStatusReport {
     pub percent: f64,
     pub counts: PhaseCounts,
     pub failure_rate: f64,
+    /// The devices targeted during the current phase, which it is judged on.
+    pub phase_counts: PhaseCounts,
     pub outcomes: BTreeMap<DeviceOutcome, u64>,
     pub rollback: RollbackCounts,
     pub population: Population,
@@ -171,6 +173,11 @@ pub async fn status(
         percent: phase.map_or(100.0, |p| p.percent),
         counts: plan.counts,
         failure_rate: plan.counts.failure_rate(),
+        phase_counts: plan
+            .by_phase
+            .get(&rollout.phase)
+            .copied()
+            .unwrap_or_default(),
         outcomes: plan.outcomes,
         rollback: plan.rollback,
         population: plan.population,
@@ -208,6 +215,15 @@ pub fn render(report: &RolloutStatusReport) -> String {
         report.counts.rolled_back,
         report.failure_rate * 100.0,
     );
+    let p = &report.phase_counts;
+    out.push_str(&format!(
+        "this phase: targeted {} · succeeded {} · failed {} · rolled back {} · failure rate {:.1}%\n",
+        p.targeted,
+        p.succeeded,
+        p.failed,
+        p.rolled_back,
+        p.failure_rate() * 100.0
+    ));
     let outcomes: Vec<String> = report
         .outcomes
         .iter()
@@ -286,6 +302,12 @@ mod tests {
                 rolled_back: 3,
             },
             failure_rate: 5.0 / 35.0,
+            phase_counts: PhaseCounts {
+                targeted: 30,
+                succeeded: 25,
+                failed: 2,
+                rolled_back: 3,
+            },
             outcomes: BTreeMap::from([(DeviceOutcome::Pending, 5), (DeviceOutcome::Succeeded, 30)]),
             rollback: RollbackCounts {
                 restored: 3,
@@ -303,6 +325,7 @@ mod tests {
             "status RolledBack: boot loops",
             "phase staged-1 (10% of eligible devices)",
             "targeted 40 · succeeded 30 · failed 2 · rolled back 3 · failure rate 14.3%",
+            "this phase: targeted 30 · succeeded 25 · failed 2 · rolled back 3 · failure rate 16.7%",
             "by status: Pending 5 · Succeeded 30",
             "rollback: restored 3 · awaiting 32 · cancelled before starting 5",
             "#5 9 by operator:ana",
