@@ -200,7 +200,7 @@ pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
 ) -> Result<RunSummary, AwsError> {
     let ids = match event.get("rollout").and_then(Value::as_str) {
         Some(id) => vec![id.to_owned()],
-        None => edges.rollouts.ids().await?,
+        None => current_rollouts(edges.rollouts).await?,
     };
     let mut summary = RunSummary::default();
     for id in ids {
@@ -215,6 +215,26 @@ pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
         summary.rollouts.push(run);
     }
     Ok(summary)
+}
+
+/// The rollouts worth a run: per model and hardware revision, the newest one only. An older one
+/// is finished (`start` refuses a rollout while another is active or paused) and the newer one
+/// now reaches its stragglers, so the table's history costs one read each, not a fleet scan.
+async fn current_rollouts(rollouts: &impl Rollouts) -> Result<Vec<String>, AwsError> {
+    let mut newest: std::collections::BTreeMap<(String, String), (u64, String)> =
+        std::collections::BTreeMap::new();
+    for id in rollouts.ids().await? {
+        let Some(r) = rollouts.get(&id).await? else {
+            continue;
+        };
+        let key = (r.model.as_str().to_owned(), r.hardware.as_str().to_owned());
+        let candidate = (r.created_ms, id);
+        let slot = newest.entry(key).or_insert_with(|| candidate.clone());
+        if candidate > *slot {
+            *slot = candidate;
+        }
+    }
+    Ok(newest.into_values().map(|(_, id)| id).collect())
 }
 
 fn image_of<'a>(
@@ -589,21 +609,20 @@ mod tests {
 
     #[tokio::test]
     async fn one_failing_rollout_is_reported_and_the_others_still_run() {
-        // "broken" asks for an image the registry does not have.
-        let m = memory(&[rollout("broken", "3.0.0"), rollout("good", "1.10.0")], 40);
+        // "broken" (another hardware revision) asks for an image the registry does not have.
+        let broken = Rollout {
+            hardware: "rev-c".parse().unwrap(),
+            ..rollout("broken", "3.0.0")
+        };
+        let m = memory(&[broken, rollout("good", "1.10.0")], 40);
         let summary = handle(&Value::Null, &edges(&m), &config(), 1)
             .await
             .unwrap();
         assert_eq!(summary.errors(), 1);
-        let broken = &summary.rollouts[0];
-        assert!(
-            broken
-                .error
-                .as_deref()
-                .unwrap()
-                .contains("no th-v2 rev-b image 3.0.0")
-        );
-        assert!(summary.rollouts[1].targeted > 0);
+        let run = |id: &str| summary.rollouts.iter().find(|r| r.rollout == id).unwrap();
+        let error = run("broken").error.as_deref().unwrap();
+        assert!(error.contains("no th-v2 rev-c image 3.0.0"), "{error}");
+        assert!(run("good").targeted > 0);
         assert!(m.records_of("broken").is_empty());
 
         let one = serde_json::json!({"rollout": "good"});
@@ -702,5 +721,36 @@ mod tests {
         let second = advance("r", &edges(&m), &config(), 61_000).await.unwrap();
         assert_eq!((second.targeted, second.deferred), (700, 0));
         assert_eq!(m.records_of("r").len(), n);
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_rollout_of_a_model_and_hardware_is_run() {
+        let old = Rollout {
+            status: RolloutStatus::Completed,
+            ..rollout("old", "1.9.0")
+        };
+        let new = Rollout {
+            created_ms: 10,
+            ..rollout("new", "1.10.0")
+        };
+        let other = Rollout {
+            hardware: "rev-c".parse().unwrap(),
+            status: RolloutStatus::Completed,
+            ..rollout("other", "1.10.0")
+        };
+        let m = memory(&[old, new, other], 10);
+        let summary = handle(&Value::Null, &edges(&m), &config(), 1)
+            .await
+            .unwrap();
+        let ran: Vec<&str> = summary
+            .rollouts
+            .iter()
+            .map(|r| r.rollout.as_str())
+            .collect();
+        assert_eq!(ran, ["new", "other"]);
+        // Asked for by name, an old rollout still runs (the operator's call).
+        let one = serde_json::json!({"rollout": "old"});
+        let summary = handle(&one, &edges(&m), &config(), 2).await.unwrap();
+        assert_eq!(summary.rollouts[0].rollout, "old");
     }
 }
