@@ -230,7 +230,7 @@ pub fn plan_run(
                 rollout,
                 min_version,
                 fleet,
-                &recorded,
+                (&by_thing, &recorded),
                 records,
                 now_ms,
             );
@@ -267,7 +267,7 @@ fn plan_targeting(
     rollout: &Rollout,
     min_version: Option<&FirmwareVersion>,
     fleet: &[FleetDevice],
-    recorded: &HashMap<&str, &DeviceRecord>,
+    (by_thing, recorded): (&HashMap<&str, &FleetDevice>, &HashMap<&str, &DeviceRecord>),
     records: &[DeviceRecord],
     now_ms: u64,
 ) {
@@ -318,8 +318,6 @@ fn plan_targeting(
         .count();
     let chosen = next_targets(&candidates, percent, budget);
     plan.population.held_by_budget = (in_cohort - chosen.len()) as u64;
-    let by_thing: HashMap<&str, &FleetDevice> =
-        fleet.iter().map(|d| (d.thing.as_str(), d)).collect();
     plan.targets = chosen
         .into_iter()
         .map(|thing| NewTarget {
