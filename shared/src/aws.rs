@@ -154,12 +154,18 @@ pub fn condition_held<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> 
     }
 }
 
-/// A DynamoDB CreateTable's result where a table that already exists is fine (idempotent setup).
-pub fn created_unless_in_use<T>(result: Result<T, AwsError>) -> Result<(), AwsError> {
+/// The result of a call whose errors with one of `codes` mean the state it wanted holds already
+/// (an idempotent create, cancel or delete): those count as done.
+pub fn done_or_already<T>(result: Result<T, AwsError>, codes: &[&str]) -> Result<(), AwsError> {
     match result {
-        Err(e) if e.is_code("ResourceInUseException") => Ok(()),
+        Err(e) if codes.iter().any(|code| e.is_code(code)) => Ok(()),
         other => other.map(|_| ()),
     }
+}
+
+/// A DynamoDB CreateTable's result where a table that already exists is fine (idempotent setup).
+pub fn created_unless_in_use<T>(result: Result<T, AwsError>) -> Result<(), AwsError> {
+    done_or_already(result, &["ResourceInUseException"])
 }
 
 /// Error codes AWS services use for throttling.

@@ -8,7 +8,7 @@ use aws_sdk_iot::types::{
     TargetSelection,
 };
 use aws_sdk_s3::presigning::PresigningConfig;
-use shoal_shared::aws::{AwsError, AwsResultExt};
+use shoal_shared::aws::{AwsError, AwsResultExt, done_or_already};
 use shoal_shared::device_table::DeviceTable;
 use shoal_shared::firmware_table::FirmwareTable;
 use shoal_shared::ids::{ShadowName, ThingName};
@@ -166,12 +166,8 @@ impl JobsChannel {
             .send()
             .await
             .aws("iot", "CreateJob");
-        match created {
-            Ok(_) => Ok(()),
-            // Another run created it first.
-            Err(e) if e.is_code("ResourceAlreadyExistsException") => Ok(()),
-            Err(e) => Err(e),
-        }
+        // Already there: another run created it first.
+        done_or_already(created, &["ResourceAlreadyExistsException"])
     }
 }
 
@@ -246,12 +242,13 @@ impl Delivery for Devices {
             .send()
             .await
             .aws("iot", "CancelJob");
-        match cancelled {
-            Ok(_) => Ok(()),
-            // Never opened (no device was targeted), or already cancelled or completed.
-            Err(e) if e.is_code("ResourceNotFoundException") => Ok(()),
-            Err(e) if e.is_code("InvalidStateTransitionException") => Ok(()),
-            Err(e) => Err(e),
-        }
+        // Never opened (no device was targeted), or already cancelled or completed.
+        done_or_already(
+            cancelled,
+            &[
+                "ResourceNotFoundException",
+                "InvalidStateTransitionException",
+            ],
+        )
     }
 }

@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use shoal_shared::aws::{AwsResultExt, ClientFactory};
+use shoal_shared::aws::{AwsResultExt, ClientFactory, done_or_already};
 use shoal_shared::config::{BucketName, TimestreamTarget};
 
 /// Creates the database and table unless they exist.
@@ -20,11 +20,7 @@ pub async fn ensure_timestream_table(
         .send()
         .await
         .aws("timestream-write", "CreateDatabase");
-    match created {
-        Ok(_) => {}
-        Err(e) if e.is_code("ConflictException") => {}
-        Err(e) => return Err(e.into()),
-    }
+    done_or_already(created, &["ConflictException"])?;
     let created = client
         .create_table()
         .database_name(target.database.as_str())
@@ -32,26 +28,18 @@ pub async fn ensure_timestream_table(
         .send()
         .await
         .aws("timestream-write", "CreateTable");
-    match created {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_code("ConflictException") => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(done_or_already(created, &["ConflictException"])?)
 }
 
 /// Creates the bucket unless this account already owns it.
 pub async fn ensure_bucket(client: &aws_sdk_s3::Client, bucket: &BucketName) -> Result<()> {
-    match client
+    let created = client
         .create_bucket()
         .bucket(bucket.as_str())
         .send()
         .await
-        .aws("s3", "CreateBucket")
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_code("BucketAlreadyOwnedByYou") => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .aws("s3", "CreateBucket");
+    Ok(done_or_already(created, &["BucketAlreadyOwnedByYou"])?)
 }
 
 pub async fn init_local(
