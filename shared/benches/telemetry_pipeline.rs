@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use shoal_shared::ids::ThingName;
 use shoal_shared::telemetry::records::APP_DIMENSION;
 use shoal_shared::telemetry::{
-    Envelope, Limits, PackedSchemas, Payload, decode_binary, decode_json, validate_with_dimensions,
+    CheckedJson, Context, Envelope, Limits, MeasureTypes, PackedSchemas, Payload, decode_binary,
+    decode_json, validate_with_dimensions,
 };
 
 const READINGS: usize = 10_000;
@@ -40,14 +41,20 @@ fn message() -> Vec<u8> {
 /// One full pass, as the router does it: bytes → event → envelope → readings → validated records
 /// (dimensioned by thing and app). Returns the number of records built.
 fn pipeline(bytes: &[u8], limits: &Limits) -> usize {
-    let event: Value = serde_json::from_slice(bytes).unwrap();
-    let envelope = Envelope::from_rule_event(event).unwrap();
+    let event = CheckedJson::from_slice(bytes).unwrap();
+    let envelope = Envelope::from_checked(event).unwrap();
     let app = envelope.app().to_owned();
     let dimensions = [(APP_DIMENSION, app.as_str())];
+    let types = MeasureTypes::empty();
+    let ctx = Context {
+        thing: &envelope.thing,
+        received_at_ms: envelope.received_at_ms,
+        types: &types,
+    };
     let Payload::Json(fields) = envelope.payload else {
         unreachable!()
     };
-    decode_json(&envelope.thing, envelope.received_at_ms, fields)
+    decode_json(&ctx, fields)
         .unwrap()
         .into_iter()
         .filter_map(|r| r.ok())
@@ -73,7 +80,13 @@ fn packed_pipeline(
     thing: &ThingName,
     limits: &Limits,
 ) -> usize {
-    decode_binary(thing, NOW, Some("th-v2"), bytes, schemas)
+    let types = MeasureTypes::empty();
+    let ctx = Context {
+        thing,
+        received_at_ms: NOW,
+        types: &types,
+    };
+    decode_binary(&ctx, Some("th-v2"), bytes, schemas)
         .unwrap()
         .into_iter()
         .filter_map(|r| r.ok())
@@ -108,6 +121,7 @@ fn main() {
     let limits = Limits {
         now_ms: NOW,
         memory_retention_ms: 24 * 3_600_000,
+        magnetic_retention_ms: None,
     };
     assert_eq!(
         pipeline(&bytes, &limits),

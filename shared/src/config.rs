@@ -22,6 +22,13 @@ pub mod vars {
     pub const TIMESTREAM_MEMORY_RETENTION_HOURS: &str = "SHOAL_TIMESTREAM_MEMORY_RETENTION_HOURS";
     /// Field lists of packed binary telemetry by device model: `model=field,field;model=field`.
     pub const PACKED_SCHEMAS: &str = "SHOAL_PACKED_SCHEMAS";
+    /// Declared Timestream types of measures (`bigint=rssi;varchar=fw`); numbers are DOUBLE
+    /// otherwise.
+    pub const MEASURE_TYPES: &str = "SHOAL_MEASURE_TYPES";
+    /// `true` when the telemetry table takes magnetic-store writes (late data).
+    pub const TIMESTREAM_MAGNETIC_WRITES: &str = "SHOAL_TIMESTREAM_MAGNETIC_WRITES";
+    /// The telemetry table's magnetic-store retention in days (default 365).
+    pub const TIMESTREAM_MAGNETIC_RETENTION_DAYS: &str = "SHOAL_TIMESTREAM_MAGNETIC_RETENTION_DAYS";
     /// S3 bucket holding the Parquet archive and the quarantine.
     pub const ARCHIVE_BUCKET: &str = "SHOAL_ARCHIVE_BUCKET";
     /// DynamoDB table of the factory manifest (keyed by serial).

@@ -124,7 +124,9 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         },
         archive_bucket: unique_name("events-archive").parse().unwrap(),
         memory_retention_ms: 24 * 3_600_000,
+        magnetic_retention_ms: None,
         packed_schemas: "th-v2=temp,hum".parse().unwrap(),
+        measure_types: shoal_shared::telemetry::MeasureTypes::empty(),
     };
     init_local(
         &factory,
@@ -171,7 +173,14 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         let mut event: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
         shift_to(&mut event, now);
-        let (counts, answer) = handle(event, &config, &edges, &name).await;
+        let (counts, answer) = handle(
+            event,
+            &config,
+            &edges,
+            &name,
+            &telemetry_router::router::NoDeadline,
+        )
+        .await;
         let answer = answer.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(counts.received, received, "{name}");
         assert_eq!(counts.accepted, accepted, "{name}");

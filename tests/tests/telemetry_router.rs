@@ -12,10 +12,10 @@ use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
 use shoal_shared::clock::now_ms;
 use shoal_shared::config::{BucketName, TimestreamTarget};
-use shoal_shared::telemetry::{Limits, PackedSchemas, TimestreamRecord};
+use shoal_shared::telemetry::{Limits, MeasureTypes, PackedSchemas, TimestreamRecord};
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::router::{
-    ArchiveStore, Edges, RejectedRecord, Rules, TelemetrySink, route_rule_event,
+    ArchiveStore, Edges, NoDeadline, RejectedRecord, Rules, TelemetrySink, route_rule_event,
 };
 
 /// Counts the calls on their way to the real edge.
@@ -183,14 +183,18 @@ impl Stack {
 }
 
 static NO_SCHEMAS: PackedSchemas = PackedSchemas::empty();
+static NO_TYPES: MeasureTypes = MeasureTypes::empty();
 
 fn rules(now: i64) -> Rules<'static> {
     Rules {
         limits: Limits {
             now_ms: now,
             memory_retention_ms: 24 * 3_600_000,
+            magnetic_retention_ms: None,
         },
         schemas: &NO_SCHEMAS,
+        types: &NO_TYPES,
+        deadline: &NoDeadline,
     }
 }
 
@@ -220,7 +224,7 @@ async fn readings_land_in_timestream_and_the_archive_and_bad_ones_in_the_quarant
         ]}),
         now,
     );
-    let counts = route_rule_event(message.clone(), &rules(now), &stack.edges(), "req-a")
+    let counts = route_rule_event(message.clone().into(), &rules(now), &stack.edges(), "req-a")
         .await
         .unwrap();
     assert_eq!((counts.received, counts.accepted), (4, 2));
@@ -234,7 +238,7 @@ async fn readings_land_in_timestream_and_the_archive_and_bad_ones_in_the_quarant
         records[0]["MeasureValues"],
         json!([
             {"Name": "door_open", "Value": "false", "Type": "BOOLEAN"},
-            {"Name": "rssi", "Value": "-70", "Type": "BIGINT"},
+            {"Name": "rssi", "Value": "-70.0", "Type": "DOUBLE"},
             {"Name": "temp", "Value": "23.0", "Type": "DOUBLE"}
         ])
     );
@@ -257,10 +261,10 @@ async fn readings_land_in_timestream_and_the_archive_and_bad_ones_in_the_quarant
         archived,
         vec![
             row(now - 2000, "door_open", "BOOLEAN", "false"),
-            row(now - 2000, "rssi", "BIGINT", "-70"),
+            row(now - 2000, "rssi", "DOUBLE", "-70"),
             row(now - 2000, "temp", "DOUBLE", "23"),
             row(now - 1000, "door_open", "BOOLEAN", "true"),
-            row(now - 1000, "rssi", "BIGINT", "-71"),
+            row(now - 1000, "rssi", "DOUBLE", "-71"),
             row(now - 1000, "temp", "DOUBLE", "23.5"),
         ]
     );
@@ -270,34 +274,39 @@ async fn readings_land_in_timestream_and_the_archive_and_bad_ones_in_the_quarant
         "{archive_keys:?}"
     );
 
+    // One quarantine object for the message, listing both refused readings.
     let keys = stack.keys("quarantine/").await;
-    assert_eq!(keys.len(), 2, "{keys:#?}");
-    assert!(
-        keys[0].contains("/reason=bad_measure_name/dev-42/"),
-        "{}",
-        keys[0]
-    );
-    assert!(keys[0].ends_with("-reading-3.json"));
-    assert!(
-        keys[1].contains("/reason=timestamp_in_future/dev-42/"),
-        "{}",
-        keys[1]
-    );
-    let object = stack.object(&keys[1]).await;
+    assert_eq!(keys.len(), 1, "{keys:#?}");
+    assert!(keys[0].contains("/dev-42/"), "{}", keys[0]);
+    let object = stack.object(&keys[0]).await;
     let metadata = object.metadata().cloned().unwrap_or_default();
-    assert_eq!(metadata["reason-code"], "timestamp_in_future");
-    assert!(metadata["reason"].contains("in the future"), "{metadata:?}");
-    assert_eq!(metadata["reading-index"], "2");
+    assert_eq!(
+        metadata["reason-codes"],
+        "bad_measure_name,timestamp_in_future"
+    );
+    assert_eq!(metadata["readings"], "4");
+    assert_eq!(metadata["refused-readings"], "2");
     let body: Value =
         serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(body["refused"][0]["reading"], 2);
+    assert_eq!(body["refused"][0]["reason_code"], "timestamp_in_future");
+    assert!(
+        body["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("in the future")
+    );
+    assert_eq!(body["refused"][1]["reading"], 3);
+    assert_eq!(body["refused"][1]["reason_code"], "bad_measure_name");
+    let delivered: Value = serde_json::from_str(body["message"].as_str().unwrap()).unwrap();
     assert_eq!(
-        body, message,
+        delivered, message,
         "the quarantine keeps the message exactly as delivered"
     );
 
     // Redelivering the same invocation changes nothing: same upserts, same quarantine keys, the
     // same archive object.
-    route_rule_event(message, &rules(now), &stack.edges(), "req-a")
+    route_rule_event(message.into(), &rules(now), &stack.edges(), "req-a")
         .await
         .unwrap();
     assert_eq!(stack.keys("quarantine/").await, keys);
@@ -312,7 +321,7 @@ async fn a_batch_takes_ceil_n_over_100_writes_and_one_archive_object() {
         .map(|i| json!({"ts": now - i, "temp": 20.5}))
         .collect();
     let counts = route_rule_event(
-        event(json!({ "readings": readings }), now),
+        event(json!({ "readings": readings }), now).into(),
         &rules(now),
         &stack.edges(),
         "req-b",
@@ -334,7 +343,8 @@ async fn a_missing_database_returns_every_reading_for_retry() {
         event(
             json!({"readings": [{"temp": 1.0}, {"temp": 2.0}, {"bad-name": 3}]}),
             now,
-        ),
+        )
+        .into(),
         &rules(now),
         &stack.edges(),
         "req-c",
@@ -388,7 +398,7 @@ async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
         {"messageId": "b", "body": "not json", "eventSource": "aws:sqs"},
         {"messageId": "c", "body": body(2.0), "eventSource": "aws:sqs"},
     ]});
-    let (counts, answer) = handle(sqs, &router_config, &edges, "req-down").await;
+    let (counts, answer) = handle(sqs, &router_config, &edges, "req-down", &NoDeadline).await;
     // Every message comes back: the readings could not be written, and the bad one could not be
     // quarantined either.
     assert_eq!(
@@ -409,7 +419,9 @@ async fn sqs_quarantine_items_name_their_message() {
         timestream: stack.target.clone(),
         archive_bucket: stack.bucket.clone(),
         memory_retention_ms: 24 * 3_600_000,
+        magnetic_retention_ms: None,
         packed_schemas: PackedSchemas::empty(),
+        measure_types: MeasureTypes::empty(),
     };
     let now = now_ms();
     let good = event(json!({"temp": 1.5}), now).to_string();
@@ -417,7 +429,7 @@ async fn sqs_quarantine_items_name_their_message() {
         {"messageId": "msg-good", "body": good, "eventSource": "aws:sqs"},
         {"messageId": "msg-bad", "body": "temp=1.5", "eventSource": "aws:sqs"},
     ]});
-    let (counts, answer) = handle(sqs, &config, &stack.edges(), "req-sqs").await;
+    let (counts, answer) = handle(sqs, &config, &stack.edges(), "req-sqs", &NoDeadline).await;
     assert_eq!(answer.unwrap(), json!({"batchItemFailures": []}));
     assert_eq!((counts.received, counts.accepted), (2, 1));
     let keys = stack.keys("quarantine/").await;
@@ -425,6 +437,6 @@ async fn sqs_quarantine_items_name_their_message() {
     let object = stack.object(&keys[0]).await;
     let metadata = object.metadata().cloned().unwrap_or_default();
     assert_eq!(metadata["message-id"], "msg-bad");
-    assert_eq!(metadata["reason-code"], "bad_envelope");
+    assert_eq!(metadata["reason-codes"], "bad_envelope");
     assert_eq!(stack.archived_rows().await.len(), 1);
 }

@@ -6,7 +6,7 @@ use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde::Deserialize;
-use serde_json::Value;
+use shoal_shared::telemetry::CheckedJson;
 
 use crate::router::{
     ArchiveStore, Counts, Edges, FailurePolicy, Incoming, QuarantineStore, Rules, TelemetrySink,
@@ -17,7 +17,7 @@ use crate::router::{
 #[derive(Debug)]
 pub enum Trigger {
     /// The IoT rule's Lambda action: the rule's output itself.
-    Direct(Value),
+    Direct(CheckedJson),
     Sqs(SqsEvent),
     Kinesis(KinesisEvent),
 }
@@ -27,14 +27,15 @@ impl Trigger {
     /// anything else is a direct rule invocation. An event that claims to be a batch but does not
     /// parse as one is routed (and quarantined whole) as a direct event: it is kept, and retrying
     /// it could never succeed.
-    pub fn classify(event: Value) -> Self {
-        let source = event["Records"][0]["eventSource"]
+    pub fn classify(event: impl Into<CheckedJson>) -> Self {
+        let event = event.into();
+        let source = event.value["Records"][0]["eventSource"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
         let parsed = match source.as_str() {
-            "aws:sqs" => SqsEvent::deserialize(&event).map(Trigger::Sqs),
-            "aws:kinesis" => KinesisEvent::deserialize(&event).map(Trigger::Kinesis),
+            "aws:sqs" => SqsEvent::deserialize(&event.value).map(Trigger::Sqs),
+            "aws:kinesis" => KinesisEvent::deserialize(&event.value).map(Trigger::Kinesis),
             _ => return Trigger::Direct(event),
         };
         parsed.unwrap_or_else(|e| {
@@ -58,10 +59,15 @@ pub async fn route_sqs(
         .records
         .into_iter()
         .map(|m| {
+            let sent_at = m
+                .attributes
+                .get("SentTimestamp")
+                .and_then(|t| t.parse::<i64>().ok());
             Incoming::from_bytes(
                 m.message_id.unwrap_or_default(),
                 m.body.unwrap_or_default().into_bytes(),
             )
+            .arrived_at(sent_at)
         })
         .collect();
     let outcome = route_batch(messages, rules, edges, batch_id, FailurePolicy::Independent).await;
@@ -86,7 +92,11 @@ pub async fn route_kinesis(
     let messages = event
         .records
         .into_iter()
-        .map(|r| Incoming::from_bytes(r.kinesis.sequence_number, r.kinesis.data.0))
+        .map(|r| {
+            let arrived_at = r.kinesis.approximate_arrival_timestamp.0.timestamp_millis();
+            Incoming::from_bytes(r.kinesis.sequence_number, r.kinesis.data.0)
+                .arrived_at(Some(arrived_at))
+        })
         .collect();
     let outcome = route_batch(messages, rules, edges, batch_id, FailurePolicy::Ordered).await;
     if let Some(cause) = &outcome.cause {
@@ -103,15 +113,18 @@ pub async fn route_kinesis(
 mod tests {
     use super::*;
     use crate::fakes::{FakeQuarantine, FakeSink, Fakes};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const NOW: i64 = 1_795_600_000_000;
     const RULES: Rules<'static> = Rules {
         limits: shoal_shared::telemetry::Limits {
             now_ms: NOW,
             memory_retention_ms: 3_600_000,
+            magnetic_retention_ms: None,
         },
         schemas: &shoal_shared::telemetry::PackedSchemas::empty(),
+        types: &shoal_shared::telemetry::MeasureTypes::empty(),
+        deadline: &crate::router::NoDeadline,
     };
 
     fn message(temp: f64) -> String {
@@ -169,7 +182,7 @@ mod tests {
         ));
         // Claims to be SQS but is not: kept whole, as a direct event.
         let odd = json!({"Records": [{"eventSource": "aws:sqs", "body": 7}]});
-        assert!(matches!(Trigger::classify(odd.clone()), Trigger::Direct(e) if e == odd));
+        assert!(matches!(Trigger::classify(odd.clone()), Trigger::Direct(e) if e.value == odd));
     }
 
     fn many(n: usize) -> String {

@@ -146,24 +146,20 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     })
 }
 
-/// `quarantine/year=YYYY/month=MM/day=DD/hour=HH/reason=<code>/<thing>/<received_at>-<fingerprint>-<index>.json`
+/// `quarantine/year=YYYY/month=MM/day=DD/hour=HH/<thing>/<received_at>-<fingerprint>.json`, one
+/// object per message, filed under the hour IoT Core received it (else the hour the queue or
+/// stream took it, else the invocation's). The same message always gets the same key.
 pub fn quarantine_key(item: &QuarantineItem) -> String {
-    let received_at = item.received_at_ms.unwrap_or(0);
-    let index = item
-        .reading_index
-        .map_or_else(|| "message".to_owned(), |i| format!("reading-{i}"));
     format!(
-        "quarantine/{}/reason={}/{}/{}-{:016x}-{}.json",
-        hour_partitions(received_at),
-        item.reason_code,
+        "quarantine/{}/{}/{}-{:016x}.json",
+        hour_partitions(item.filed_at_ms),
         item.thing.as_deref().unwrap_or("unknown-thing"),
-        received_at,
+        item.received_at_ms.unwrap_or(item.filed_at_ms),
         fingerprint(&item.original),
-        index
     )
 }
 
-/// S3 user metadata is ASCII and at most 2 KB in all: keep the reason within that.
+/// S3 user metadata is ASCII and at most 2 KB in all: keep each value within 512 bytes.
 fn metadata_value(text: &str) -> String {
     text.chars()
         .map(|c| {
@@ -173,7 +169,7 @@ fn metadata_value(text: &str) -> String {
                 '?'
             }
         })
-        .take(1024)
+        .take(512)
         .collect()
 }
 
@@ -185,17 +181,18 @@ impl QuarantineStore for S3Quarantine {
             .bucket(self.bucket.as_str())
             .key(quarantine_key(item))
             .content_type("application/json")
-            .body(ByteStream::from(item.original.clone()))
-            .metadata("reason-code", item.reason_code)
-            .metadata("reason", metadata_value(&item.reason));
+            .body(ByteStream::from(item.body()))
+            .metadata(
+                "reason-codes",
+                metadata_value(&item.reason_codes().join(",")),
+            )
+            .metadata("readings", item.readings.to_string())
+            .metadata("refused-readings", item.refused_readings().to_string());
         if let Some(topic) = &item.topic {
             request = request.metadata("topic", metadata_value(topic));
         }
         if !item.message_id.is_empty() {
             request = request.metadata("message-id", metadata_value(&item.message_id));
-        }
-        if let Some(index) = item.reading_index {
-            request = request.metadata("reading-index", index.to_string());
         }
         request.send().await.aws("s3", "PutObject")?;
         Ok(())
@@ -233,37 +230,40 @@ impl ArchiveStore for S3Archive {
 mod tests {
     use super::*;
 
-    fn item(index: Option<usize>) -> QuarantineItem {
+    fn item(original: &[u8], received_at_ms: Option<i64>) -> QuarantineItem {
         QuarantineItem {
-            reason_code: "not_finite",
-            reason: "measure \"t\" is NaN".into(),
             topic: Some("dt/app/dev-1/telemetry".into()),
             thing: Some("dev-1".into()),
-            received_at_ms: Some(1_764_064_800_000),
+            received_at_ms,
+            filed_at_ms: received_at_ms.unwrap_or(1_795_600_000_000),
             message_id: String::new(),
-            reading_index: index,
-            original: b"{}".to_vec(),
+            readings: 2,
+            refused: Vec::new(),
+            original: original.to_vec(),
         }
     }
 
     #[test]
     fn quarantine_keys_are_partitioned_and_deterministic() {
-        let key = quarantine_key(&item(Some(3)));
+        let key = quarantine_key(&item(b"{}", Some(1_764_064_800_000)));
         assert!(
-            key.starts_with(
-                "quarantine/year=2025/month=11/day=25/hour=10/reason=not_finite/dev-1/1764064800000-"
-            ),
+            key.starts_with("quarantine/year=2025/month=11/day=25/hour=10/dev-1/1764064800000-"),
             "{key}"
         );
-        assert!(key.ends_with("-reading-3.json"), "{key}");
-        assert_eq!(key, quarantine_key(&item(Some(3))));
-        assert_ne!(key, quarantine_key(&item(Some(4))));
-        assert!(quarantine_key(&item(None)).ends_with("-message.json"));
+        assert!(key.ends_with(".json"), "{key}");
+        assert_eq!(key, quarantine_key(&item(b"{}", Some(1_764_064_800_000))));
+        assert_ne!(key, quarantine_key(&item(b"{ }", Some(1_764_064_800_000))));
+        // Without a receive time: filed under the time it was handed over, never 1970.
+        let key = quarantine_key(&item(b"x", None));
+        assert!(
+            key.starts_with("quarantine/year=2026/month=11/day=25/hour=09/dev-1/1795600000000-"),
+            "{key}"
+        );
     }
 
     #[test]
     fn metadata_is_ascii_and_bounded() {
         assert_eq!(metadata_value("caf\u{e9}\n"), "caf??");
-        assert_eq!(metadata_value(&"x".repeat(5000)).len(), 1024);
+        assert_eq!(metadata_value(&"x".repeat(5000)).len(), 512);
     }
 }

@@ -1,38 +1,68 @@
 //! The Lambda handler: configuration read once at init, one routed message per invocation, the
 //! counts logged as CloudWatch EMF metrics.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
 use shoal_shared::metrics::emf_counts;
-use shoal_shared::telemetry::{Limits, PackedSchemas};
+use shoal_shared::telemetry::{CheckedJson, Limits, MeasureTypes, PackedSchemas};
 
 use crate::batch::{Trigger, route_kinesis, route_sqs};
 use crate::router::{
-    ArchiveStore, Counts, Edges, QuarantineStore, RetryLater, Rules, TelemetrySink,
+    ArchiveStore, Counts, Deadline, Edges, QuarantineStore, RetryLater, Rules, TelemetrySink,
     route_rule_event,
 };
 
 /// Default memory-store retention when the variable is unset: the template's default.
 const DEFAULT_MEMORY_RETENTION_HOURS: u32 = 24;
+/// Default magnetic-store retention when magnetic-store writes are on: the template's default.
+const DEFAULT_MAGNETIC_RETENTION_DAYS: u32 = 365;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterConfig {
     pub timestream: TimestreamTarget,
     pub archive_bucket: BucketName,
     pub memory_retention_ms: i64,
+    /// Set when the table takes magnetic-store writes: readings older than the memory store and
+    /// younger than this are written (late data); `None`: they are quarantined.
+    pub magnetic_retention_ms: Option<i64>,
     pub packed_schemas: PackedSchemas,
+    pub measure_types: MeasureTypes,
+}
+
+/// `true` / `false` for an on/off variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Switch(bool);
+
+impl std::str::FromStr for Switch {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(Switch(true)),
+            "false" => Ok(Switch(false)),
+            _ => Err("must be true or false".into()),
+        }
+    }
 }
 
 impl RouterConfig {
+    /// # Errors
+    /// [`ConfigError`] naming the missing or malformed variable.
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         let hours: u32 = config::optional(source, vars::TIMESTREAM_MEMORY_RETENTION_HOURS)?
             .unwrap_or(DEFAULT_MEMORY_RETENTION_HOURS);
+        let magnetic = config::optional::<Switch>(source, vars::TIMESTREAM_MAGNETIC_WRITES)?
+            .is_some_and(|s| s.0);
+        let days: u32 = config::optional(source, vars::TIMESTREAM_MAGNETIC_RETENTION_DAYS)?
+            .unwrap_or(DEFAULT_MAGNETIC_RETENTION_DAYS);
         Ok(Self {
             timestream: TimestreamTarget::from_source(source)?,
             archive_bucket: config::required(source, vars::ARCHIVE_BUCKET)?,
             memory_retention_ms: i64::from(hours) * 3_600_000,
+            magnetic_retention_ms: magnetic.then(|| i64::from(days) * 86_400_000),
             packed_schemas: config::optional(source, vars::PACKED_SCHEMAS)?.unwrap_or_default(),
+            measure_types: config::optional(source, vars::MEASURE_TYPES)?.unwrap_or_default(),
         })
     }
 }
@@ -42,6 +72,7 @@ pub fn metrics_line(timestamp_ms: i64, counts: &Counts) -> String {
     let mut values: Vec<(String, u64)> = vec![
         ("Received".into(), counts.received as u64),
         ("Accepted".into(), counts.accepted as u64),
+        ("AcceptedLate".into(), counts.accepted_late as u64),
         ("Quarantined".into(), counts.quarantined_total() as u64),
         ("ReturnedForRetry".into(), counts.retried as u64),
     ];
@@ -55,20 +86,24 @@ pub fn metrics_line(timestamp_ms: i64, counts: &Counts) -> String {
 /// Handles one invocation: a direct IoT rule event, an SQS batch or a Kinesis batch. Returns the
 /// counts and the answer for Lambda. A direct event answers `Err` when it must be retried (Lambda
 /// retries the asynchronous invocation; safe, since writes and quarantine keys are idempotent);
-/// batches answer `batchItemFailures` instead.
+/// batches answer `batchItemFailures` instead. No new work starts once `deadline` has expired.
 pub async fn handle(
-    event: Value,
+    event: impl Into<CheckedJson>,
     config: &RouterConfig,
     edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
     request_id: &str,
-) -> (Counts, Result<Value, RetryLater>) {
+    deadline: &dyn Deadline,
+) -> (Counts, Result<serde_json::Value, RetryLater>) {
     let now = now_ms();
     let rules = Rules {
         limits: Limits {
             now_ms: now,
             memory_retention_ms: config.memory_retention_ms,
+            magnetic_retention_ms: config.magnetic_retention_ms,
         },
         schemas: &config.packed_schemas,
+        types: &config.measure_types,
+        deadline,
     };
     let trigger = Trigger::classify(event);
     let (counts, answer) = match trigger {
@@ -93,6 +128,7 @@ pub async fn handle(
     tracing::info!(
         received = counts.received,
         accepted = counts.accepted,
+        accepted_late = counts.accepted_late,
         quarantined = counts.quarantined_total(),
         retried = counts.retried,
         "invocation routed"
@@ -115,6 +151,33 @@ mod tests {
         .into();
         let config = RouterConfig::from_source(&full).unwrap();
         assert_eq!(config.memory_retention_ms, 24 * 3_600_000);
+        assert_eq!(config.magnetic_retention_ms, None);
+        assert_eq!(config.measure_types, MeasureTypes::empty());
+
+        let mut late = full.clone();
+        late.insert(vars::TIMESTREAM_MAGNETIC_WRITES, "true");
+        let config = RouterConfig::from_source(&late).unwrap();
+        assert_eq!(config.magnetic_retention_ms, Some(365 * 86_400_000));
+        late.insert(vars::TIMESTREAM_MAGNETIC_RETENTION_DAYS, "30");
+        let config = RouterConfig::from_source(&late).unwrap();
+        assert_eq!(config.magnetic_retention_ms, Some(30 * 86_400_000));
+        late.insert(vars::TIMESTREAM_MAGNETIC_WRITES, "yes");
+        let err = RouterConfig::from_source(&late).unwrap_err();
+        assert!(
+            err.to_string().contains("SHOAL_TIMESTREAM_MAGNETIC_WRITES"),
+            "{err}"
+        );
+
+        let mut typed = full.clone();
+        typed.insert(vars::MEASURE_TYPES, "bigint=rssi;varchar=fw");
+        let config = RouterConfig::from_source(&typed).unwrap();
+        assert_eq!(
+            config.measure_types.declared("rssi"),
+            Some(shoal_shared::telemetry::MeasureType::Bigint)
+        );
+        typed.insert(vars::MEASURE_TYPES, "int=rssi");
+        let err = RouterConfig::from_source(&typed).unwrap_err();
+        assert!(err.to_string().contains("SHOAL_MEASURE_TYPES"), "{err}");
 
         assert_eq!(config.packed_schemas, PackedSchemas::default());
         let mut with_schemas = full.clone();
@@ -147,10 +210,12 @@ mod tests {
         let counts = Counts {
             received: 5,
             accepted: 2,
+            accepted_late: 1,
             quarantined: [("not_finite", 2), ("undecodable", 1)].into(),
             retried: 0,
         };
-        let line: Value = serde_json::from_str(&metrics_line(1, &counts)).unwrap();
+        let line: serde_json::Value = serde_json::from_str(&metrics_line(1, &counts)).unwrap();
+        assert_eq!(line["AcceptedLate"], 1);
         assert_eq!(line["Received"], 5);
         assert_eq!(line["Quarantined"], 3);
         assert_eq!(line["Quarantined.not_finite"], 2);

@@ -1,10 +1,13 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use serde_json::Value;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::ProcessEnv;
+use shoal_shared::telemetry::CheckedJson;
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
-use telemetry_router::router::Edges;
+use telemetry_router::router::{Edges, LambdaDeadline};
+
+/// Time kept back from the invocation's deadline for the store call in flight and the answer.
+const DEADLINE_RESERVE_MS: i64 = 2_000;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -21,13 +24,27 @@ async fn main() -> Result<(), Error> {
         archive: &archive,
     };
     let (config, edges) = (&config, &edges);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let (_counts, answer) =
-            handle(event.payload, config, edges, &event.context.request_id).await;
-        answer.map_err(|retry| Diagnostic {
-            error_type: "ReturnedForRetry".into(),
-            error_message: retry.to_string(),
-        })
-    }))
+    // The event is read with its duplicate keys noticed (CheckedJson), so the router can refuse a
+    // reading whose device sent a key twice instead of keeping one value silently.
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<CheckedJson>| async move {
+            let deadline = LambdaDeadline {
+                deadline_ms: i64::try_from(event.context.deadline).unwrap_or(i64::MAX),
+                reserve_ms: DEADLINE_RESERVE_MS,
+            };
+            let (_counts, answer) = handle(
+                event.payload,
+                config,
+                edges,
+                &event.context.request_id,
+                &deadline,
+            )
+            .await;
+            answer.map_err(|retry| Diagnostic {
+                error_type: "ReturnedForRetry".into(),
+                error_message: retry.to_string(),
+            })
+        },
+    ))
     .await
 }

@@ -1,23 +1,37 @@
 //! Routing an invocation's messages: decode and validate each, write every accepted reading to
-//! the telemetry sink in chunks of 100 across the whole invocation, quarantine the rest, and
-//! archive what was written as one Parquet object. Nothing is dropped: for every invocation,
-//! `accepted + quarantined + returned-for-retry = received`.
+//! the telemetry sink in chunks of 100 across messages, quarantine the rest (one object per
+//! message that lists its refused readings), and archive what was written as Parquet. Nothing is
+//! dropped: for every invocation, `accepted + quarantined + returned-for-retry = received`.
+//!
+//! Work and memory are bounded whatever a batch holds: a message holds at most
+//! [`MAX_READINGS_PER_MESSAGE`](shoal_shared::telemetry::MAX_READINGS_PER_MESSAGE) readings (more is quarantined whole); messages are written in
+//! rounds of about [`ROUND_READINGS`] readings, each round settled (written, quarantined,
+//! archived) before the next is decoded; and no new work starts once the invocation's deadline is
+//! near — what is left goes back for retry (`batchItemFailures`), never lost with the invocation.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use shoal_shared::aws::AwsError;
+use shoal_shared::clock::now_ms;
 use shoal_shared::telemetry::archive::{archive_key, to_parquet};
+use shoal_shared::telemetry::decode::Context;
 use shoal_shared::telemetry::records::{APP_DIMENSION, write_ranges};
 use shoal_shared::telemetry::{
-    Envelope, EnvelopeError, Limits, PackedSchemas, Payload, TimestreamRecord, decode_binary,
-    decode_json, validate_with_dimensions,
+    CheckedJson, Envelope, EnvelopeError, Limits, MeasureTypes, PackedSchemas, Payload,
+    TimestreamRecord, decode_binary, decode_json, validate_with_dimensions,
 };
 
 /// AWS IoT Core's payload limit: nothing larger can have come from a device.
 pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
+/// What the rule adds to a JSON payload (`_topic`, `_received_at`, `_client_id`) is allowed on top
+/// of [`MAX_PAYLOAD_BYTES`] when the rule's output is measured.
+const RULE_METADATA_ALLOWANCE: usize = 1024;
+/// Readings decoded before they are written: one round's records, quarantine items and Parquet
+/// object are in memory at a time, whatever the batch holds.
+pub const ROUND_READINGS: usize = 20_000;
 
 /// A record Timestream refused, by its index in the batch written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +49,7 @@ pub trait TelemetrySink: Sync {
     ) -> impl Future<Output = Result<Vec<RejectedRecord>, AwsError>> + Send;
 }
 
-/// Where refused input goes, with its reason (S3 `quarantine/` in production).
+/// Where refused input goes, with its reasons (S3 `quarantine/` in production).
 pub trait QuarantineStore: Sync {
     fn put(&self, item: &QuarantineItem) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
@@ -53,34 +67,137 @@ pub struct Edges<'a, S, Q, A> {
     pub archive: &'a A,
 }
 
-/// What a message is checked against: the time window and the packed-record schemas.
+/// When an invocation must stop starting new work.
+pub trait Deadline: Sync {
+    /// True once there is no longer time for another write and the answer.
+    fn expired(&self) -> bool;
+}
+
+/// No deadline (tests, benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDeadline;
+
+impl Deadline for NoDeadline {
+    fn expired(&self) -> bool {
+        false
+    }
+}
+
+/// Lambda's deadline for the invocation (`Context::deadline`, ms since the epoch), less a reserve
+/// for one more store call and the answer.
 #[derive(Debug, Clone, Copy)]
+pub struct LambdaDeadline {
+    pub deadline_ms: i64,
+    pub reserve_ms: i64,
+}
+
+impl Deadline for LambdaDeadline {
+    fn expired(&self) -> bool {
+        now_ms().saturating_add(self.reserve_ms) >= self.deadline_ms
+    }
+}
+
+/// What a message is checked against: the time window, the packed-record schemas, the declared
+/// measure types, and the invocation's deadline.
+#[derive(Clone, Copy)]
 pub struct Rules<'a> {
     pub limits: Limits,
     pub schemas: &'a PackedSchemas,
+    pub types: &'a MeasureTypes,
+    pub deadline: &'a dyn Deadline,
 }
 
-/// Input that could not be stored, with everything needed to find out why and replay it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuarantineItem {
+/// One refusal within a message: a reading (by index), or the whole message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The reading's index within the message; `None` when the whole message was refused.
+    pub reading_index: Option<usize>,
     pub reason_code: &'static str,
     pub reason: String,
+    /// Readings this refusal accounts for: 1 for a reading; for a message refused whole, the
+    /// readings it is known to hold (at least 1).
+    pub readings: usize,
+}
+
+/// What could not be stored of one message, with everything needed to find out why and replay it:
+/// one object per message, whatever it refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineItem {
     pub topic: Option<String>,
     pub thing: Option<String>,
     pub received_at_ms: Option<i64>,
+    /// The time the item is filed under: IoT Core's receive time, else the queue's or stream's
+    /// arrival time, else the invocation's time.
+    pub filed_at_ms: i64,
     /// SQS message id or Kinesis sequence number; empty for a direct invocation.
     pub message_id: String,
-    /// The reading's index within the message; `None` when the whole message was refused.
-    pub reading_index: Option<usize>,
+    /// Readings the message held (what `received` counted for it).
+    pub readings: usize,
+    pub refused: Vec<Refusal>,
     /// The message exactly as the rule delivered it.
     pub original: Vec<u8>,
 }
 
-/// What happened to one invocation's input.
+impl QuarantineItem {
+    /// The distinct reason codes, sorted.
+    pub fn reason_codes(&self) -> Vec<&'static str> {
+        let mut codes: Vec<&'static str> = self.refused.iter().map(|r| r.reason_code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+    }
+
+    /// Readings refused in all.
+    pub fn refused_readings(&self) -> usize {
+        self.refused.iter().map(|r| r.readings).sum()
+    }
+
+    /// The object's body: a JSON document with where the message came from, every refusal
+    /// (`reading` index or null for the whole message, `reason_code`, `reason`) and the message
+    /// exactly as delivered — `message` when it is UTF-8 text, else `message_base64`. Linear in
+    /// the message and its refusals.
+    pub fn body(&self) -> Vec<u8> {
+        let refused: Vec<Value> = self
+            .refused
+            .iter()
+            .map(|r| {
+                json!({
+                    "reading": r.reading_index,
+                    "reason_code": r.reason_code,
+                    "reason": r.reason,
+                })
+            })
+            .collect();
+        let mut body = json!({
+            "topic": self.topic,
+            "thing_name": self.thing,
+            "received_at": self.received_at_ms,
+            "message_id": self.message_id,
+            "readings": self.readings,
+            "refused_readings": self.refused_readings(),
+            "reason_codes": self.reason_codes(),
+            "refused": refused,
+        });
+        match std::str::from_utf8(&self.original) {
+            Ok(text) => body["message"] = Value::String(text.to_owned()),
+            Err(_) => {
+                use base64::Engine as _;
+                body["message_base64"] =
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(&self.original));
+            }
+        }
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// What happened to one invocation's input, in readings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub received: usize,
     pub accepted: usize,
+    /// Of the accepted, those older than the memory-store retention: written to the magnetic
+    /// store (Timestream reports its rejections of them to the table's rejected-data location).
+    pub accepted_late: usize,
     pub quarantined: BTreeMap<&'static str, usize>,
     pub retried: usize,
 }
@@ -90,6 +207,7 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.received += other.received;
         self.accepted += other.accepted;
+        self.accepted_late += other.accepted_late;
         self.retried += other.retried;
         for (reason, n) in &other.quarantined {
             *self.quarantined.entry(reason).or_default() += n;
@@ -106,9 +224,10 @@ impl Counts {
     }
 }
 
-/// The message must be delivered again: a store could not be reached. Timestream writes are
-/// idempotent upserts (same version), quarantine keys deterministic and the archive key is the
-/// invocation's, so a redelivery never duplicates anything.
+/// The message must be delivered again: a store could not be reached, or the invocation ran out
+/// of time. Timestream writes are idempotent upserts (same version), quarantine keys
+/// deterministic and archive rows carry reading ids, so a redelivery loses nothing and is
+/// counted once.
 #[derive(Debug, thiserror::Error)]
 #[error("{cause}; {} of {} readings returned for retry", counts.retried, counts.received)]
 pub struct RetryLater {
@@ -123,15 +242,19 @@ pub struct Incoming {
     pub id: String,
     original: Vec<u8>,
     envelope: Result<Envelope, EnvelopeError>,
+    /// When the queue or stream took the message (SQS `SentTimestamp`, Kinesis
+    /// `approximateArrivalTimestamp`), in ms: the same on every redelivery.
+    arrived_at_ms: Option<i64>,
 }
 
 impl Incoming {
     /// A direct IoT rule event (the rule's output as JSON).
-    pub fn from_rule_event(event: Value) -> Self {
+    pub fn from_rule_event(event: CheckedJson) -> Self {
         Self {
             id: String::new(),
             original: serde_json::to_vec(&event).unwrap_or_default(),
-            envelope: Envelope::from_rule_event(event),
+            envelope: Envelope::from_checked(event),
+            arrived_at_ms: None,
         }
     }
 
@@ -142,7 +265,15 @@ impl Incoming {
             id,
             original,
             envelope,
+            arrived_at_ms: None,
         }
+    }
+
+    /// The time the queue or stream took the message.
+    #[must_use]
+    pub fn arrived_at(mut self, ms: Option<i64>) -> Self {
+        self.arrived_at_ms = ms;
+        self
     }
 }
 
@@ -166,7 +297,7 @@ pub struct BatchOutcome {
     pub cause: Option<AwsError>,
 }
 
-/// Where a message came from, for its quarantine items.
+/// Where a message came from, for its quarantine item.
 struct Source {
     topic: String,
     thing: String,
@@ -177,51 +308,97 @@ struct Source {
 struct Pending {
     id: String,
     received: usize,
-    quarantine: Vec<QuarantineItem>,
-    /// How many of `quarantine` are stored.
-    stored: usize,
+    refused: Vec<Refusal>,
+    quarantined: BTreeMap<&'static str, usize>,
     written: usize,
     rejected: usize,
+    late: usize,
     failed: bool,
     source: Option<Source>,
+    arrived_at_ms: Option<i64>,
     original: Vec<u8>,
 }
 
 impl Pending {
-    fn refuse(&mut self, reason_code: &'static str, reason: String, index: Option<usize>) {
-        self.quarantine.push(QuarantineItem {
-            reason_code,
-            reason,
-            topic: self.source.as_ref().map(|s| s.topic.clone()),
-            thing: self.source.as_ref().map(|s| s.thing.clone()),
-            received_at_ms: self.source.as_ref().map(|s| s.received_at_ms),
-            message_id: self.id.clone(),
+    fn new(incoming: &mut Incoming) -> Self {
+        Self {
+            id: std::mem::take(&mut incoming.id),
+            received: 0,
+            refused: Vec::new(),
+            quarantined: BTreeMap::new(),
+            written: 0,
+            rejected: 0,
+            late: 0,
+            failed: false,
+            source: incoming.envelope.as_ref().ok().map(|e| Source {
+                topic: e.topic.clone(),
+                thing: e.thing.to_string(),
+                received_at_ms: e.received_at_ms,
+            }),
+            arrived_at_ms: incoming.arrived_at_ms,
+            original: std::mem::take(&mut incoming.original),
+        }
+    }
+
+    /// A message the invocation had no time (or no store) left for: returned for retry whole.
+    fn unprocessed(mut incoming: Incoming) -> Self {
+        let mut p = Self::new(&mut incoming);
+        p.received = 1;
+        p.failed = true;
+        p.original = Vec::new();
+        p
+    }
+
+    fn refuse(&mut self, code: &'static str, reason: String, index: Option<usize>, n: usize) {
+        *self.quarantined.entry(code).or_default() += n;
+        self.refused.push(Refusal {
             reading_index: index,
-            original: self.original.clone(),
+            reason_code: code,
+            reason,
+            readings: n,
         });
     }
 
-    /// A failed message is retried whole: only the quarantine items already stored count as
-    /// quarantined; everything else is returned for retry.
+    /// Refuses the whole message, which holds `n` readings as far as is known.
+    fn refuse_whole(&mut self, code: &'static str, reason: String, n: usize) {
+        self.received = n;
+        self.refuse(code, reason, None, n);
+    }
+
+    fn quarantine_item(&mut self, invoked_at_ms: i64) -> QuarantineItem {
+        let source = self.source.as_ref();
+        QuarantineItem {
+            topic: source.map(|s| s.topic.clone()),
+            thing: source.map(|s| s.thing.clone()),
+            received_at_ms: source.map(|s| s.received_at_ms),
+            filed_at_ms: source
+                .map(|s| s.received_at_ms)
+                .or(self.arrived_at_ms)
+                .unwrap_or(invoked_at_ms),
+            message_id: self.id.clone(),
+            readings: self.received,
+            refused: std::mem::take(&mut self.refused),
+            original: std::mem::take(&mut self.original),
+        }
+    }
+
+    /// A failed message is retried whole and counted by the invocation that settles it, never
+    /// twice: none of it is accepted or quarantined here.
     fn counts(&self) -> Counts {
-        let mut counts = Counts {
-            received: self.received,
-            ..Counts::default()
-        };
-        let settled = if self.failed {
-            self.stored
-        } else {
-            self.quarantine.len()
-        };
-        for item in &self.quarantine[..settled] {
-            *counts.quarantined.entry(item.reason_code).or_default() += 1;
-        }
         if self.failed {
-            counts.retried = self.received - settled;
-        } else {
-            counts.accepted = self.written - self.rejected;
+            return Counts {
+                received: self.received,
+                retried: self.received,
+                ..Counts::default()
+            };
         }
-        counts
+        Counts {
+            received: self.received,
+            accepted: self.written - self.rejected,
+            accepted_late: self.late,
+            quarantined: self.quarantined.clone(),
+            retried: 0,
+        }
     }
 }
 
@@ -233,17 +410,169 @@ fn fail(pending: &mut [Pending], from: usize, policy: FailurePolicy) {
     }
 }
 
-/// A record on its way: which message and reading it came from, and whether Timestream took it.
-struct Tagged {
+/// Which message and reading a record of the round came from, and what Timestream made of it.
+struct Tag {
     message: usize,
     reading: usize,
-    record: TimestreamRecord,
+    late: bool,
     rejected: bool,
 }
 
-/// Routes one invocation's messages. Timestream gets ceil(n/100) calls for n valid readings, the
-/// archive one object named after `batch_id` (the Lambda request id: a retried asynchronous
-/// invocation keeps it, so its archive object is overwritten, not doubled).
+/// The messages decoded since the last write: their records, in order, and their tags.
+#[derive(Default)]
+struct Round {
+    /// Index of the round's first message.
+    first: usize,
+    records: Vec<TimestreamRecord>,
+    tags: Vec<Tag>,
+}
+
+fn deadline_error() -> AwsError {
+    AwsError::local(
+        "lambda",
+        "Invoke",
+        "the invocation's deadline is near; the rest is returned for retry",
+    )
+}
+
+/// An invocation's batch on its way: every message's state, the invocation's identity and the
+/// first failure.
+struct Batch<'r, 'e, S, Q, A> {
+    pending: Vec<Pending>,
+    rules: &'r Rules<'r>,
+    edges: &'r Edges<'e, S, Q, A>,
+    batch_id: &'r str,
+    policy: FailurePolicy,
+    cause: Option<AwsError>,
+    rounds: usize,
+}
+
+impl<S: TelemetrySink, Q: QuarantineStore, A: ArchiveStore> Batch<'_, '_, S, Q, A> {
+    fn failure(&mut self, e: AwsError) {
+        self.cause.get_or_insert(e);
+    }
+
+    /// Fails every message of the round that is not settled yet (the deadline came).
+    fn fail_round(&mut self, round: &Round) {
+        for p in &mut self.pending[round.first..] {
+            p.failed = true;
+        }
+        self.failure(deadline_error());
+    }
+
+    /// Writes, quarantines and archives one round. Returns false when the batch must stop: a
+    /// store failed or the deadline came (later messages go back unprocessed).
+    async fn settle(&mut self, mut round: Round) -> bool {
+        let mut healthy = true;
+        // 1. Timestream, in chunks of 100 across messages. A failed chunk fails every message with
+        //    a record in it or after it: nothing after a failure is written out of order.
+        for range in write_ranges(round.records.len()) {
+            if self.rules.deadline.expired() {
+                self.fail_round(&round);
+                return false;
+            }
+            let start = range.start;
+            match self.edges.sink.write(&round.records[range.clone()]).await {
+                Ok(rejected) => {
+                    for tag in &round.tags[range.clone()] {
+                        self.pending[tag.message].written += 1;
+                    }
+                    for r in rejected.into_iter().filter(|r| r.index < range.len()) {
+                        let tag = &mut round.tags[start + r.index];
+                        tag.rejected = true;
+                        let p = &mut self.pending[tag.message];
+                        p.rejected += 1;
+                        p.refuse("timestream_rejected", r.reason, Some(tag.reading), 1);
+                    }
+                }
+                Err(e) => {
+                    for tag in &round.tags[start..] {
+                        self.pending[tag.message].failed = true;
+                    }
+                    fail(&mut self.pending, round.tags[start].message, self.policy);
+                    self.failure(e);
+                    healthy = false;
+                    break;
+                }
+            }
+        }
+        // Refusals are kept in reading order in each message's quarantine object.
+        for p in &mut self.pending[round.first..] {
+            p.refused.sort_by_key(|r| r.reading_index);
+        }
+
+        // 2. The quarantine: one object per message that refused anything and is not coming back
+        //    anyway.
+        let invoked_at = self.rules.limits.now_ms;
+        for m in round.first..self.pending.len() {
+            if self.pending[m].failed || self.pending[m].refused.is_empty() {
+                continue;
+            }
+            if self.rules.deadline.expired() {
+                self.fail_round(&round);
+                return false;
+            }
+            let item = self.pending[m].quarantine_item(invoked_at);
+            if let Err(e) = self.edges.quarantine.put(&item).await {
+                fail(&mut self.pending, m, self.policy);
+                self.failure(e);
+                healthy = false;
+            }
+        }
+        for p in &mut self.pending[round.first..] {
+            p.original = Vec::new();
+        }
+
+        // 3. The archive: every reading written for a message that succeeded, one object a round.
+        let pending = &self.pending;
+        let keep = |tag: &Tag| !tag.rejected && !pending[tag.message].failed;
+        let archived = round
+            .records
+            .iter()
+            .zip(&round.tags)
+            .filter(|(_, t)| keep(t));
+        if archived.clone().next().is_some() {
+            if self.rules.deadline.expired() {
+                self.fail_round(&round);
+                return false;
+            }
+            let name = match self.rounds {
+                0 => self.batch_id.to_owned(),
+                n => format!("{}-{n}", self.batch_id),
+            };
+            let stored = match to_parquet(archived.map(|(r, _)| r)) {
+                Ok(parquet) => {
+                    let key = archive_key(invoked_at, &name);
+                    self.edges.archive.put(&key, parquet).await
+                }
+                Err(e) => Err(AwsError::local("archive", "EncodeParquet", e)),
+            };
+            if let Err(e) = stored {
+                let contributed: Vec<usize> = round
+                    .tags
+                    .iter()
+                    .filter(|t| keep(t))
+                    .map(|t| t.message)
+                    .collect();
+                for m in contributed {
+                    fail(&mut self.pending, m, self.policy);
+                }
+                self.failure(e);
+                healthy = false;
+            }
+        }
+        for tag in round.tags.iter().filter(|t| t.late && !t.rejected) {
+            self.pending[tag.message].late += 1;
+        }
+        self.rounds += 1;
+        healthy
+    }
+}
+
+/// Routes one invocation's messages. Timestream gets ceil(n/100) calls for n valid readings of a
+/// round, the archive one object a round named after `batch_id` (the Lambda request id: a
+/// retried asynchronous invocation keeps it, so its archive object is overwritten, not doubled;
+/// later rounds add `-<n>`).
 pub async fn route_batch(
     messages: Vec<Incoming>,
     rules: &Rules<'_>,
@@ -251,129 +580,61 @@ pub async fn route_batch(
     batch_id: &str,
     policy: FailurePolicy,
 ) -> BatchOutcome {
-    let mut pending = Vec::with_capacity(messages.len());
-    let mut tagged = Vec::new();
-    for (message, incoming) in messages.into_iter().enumerate() {
-        let mut p = Pending {
-            id: incoming.id,
-            received: 0,
-            quarantine: Vec::new(),
-            stored: 0,
-            written: 0,
-            rejected: 0,
-            failed: false,
-            source: incoming.envelope.as_ref().ok().map(|e| Source {
-                topic: e.topic.clone(),
-                thing: e.thing.to_string(),
-                received_at_ms: e.received_at_ms,
-            }),
-            original: incoming.original,
-        };
-        for (reading, record) in decode_and_validate(incoming.envelope, rules, &mut p) {
-            tagged.push(Tagged {
-                message,
-                reading,
-                record,
-                rejected: false,
-            });
+    let mut batch = Batch {
+        pending: Vec::with_capacity(messages.len()),
+        rules,
+        edges,
+        batch_id,
+        policy,
+        cause: None,
+        rounds: 0,
+    };
+    let mut round = Round::default();
+    let mut halted = false;
+    for incoming in messages {
+        if !halted && rules.deadline.expired() {
+            batch.failure(deadline_error());
+            halted = true;
         }
-        pending.push(p);
-    }
-    let mut cause = None;
-
-    // 1. Timestream, in chunks of 100 across messages. A failed chunk fails every message with a
-    //    record in it or after it: nothing after a failure is written out of order.
-    for range in write_ranges(tagged.len()) {
-        let start = range.start;
-        let records: Vec<TimestreamRecord> = tagged[range.clone()]
-            .iter()
-            .map(|t| t.record.clone())
-            .collect();
-        match edges.sink.write(&records).await {
-            Ok(rejected) => {
-                for t in &tagged[range.clone()] {
-                    pending[t.message].written += 1;
-                }
-                for r in rejected.into_iter().filter(|r| r.index < range.len()) {
-                    let t = &mut tagged[start + r.index];
-                    t.rejected = true;
-                    pending[t.message].rejected += 1;
-                    pending[t.message].refuse("timestream_rejected", r.reason, Some(t.reading));
-                }
-            }
-            Err(e) => {
-                for t in &tagged[start..] {
-                    pending[t.message].failed = true;
-                }
-                fail(&mut pending, tagged[start].message, policy);
-                cause = Some(e);
-                break;
-            }
-        }
-    }
-
-    // 2. The quarantine, for messages that are not coming back anyway.
-    for m in 0..pending.len() {
-        if pending[m].failed {
+        if halted {
+            batch.pending.push(Pending::unprocessed(incoming));
             continue;
         }
-        for i in 0..pending[m].quarantine.len() {
-            match edges.quarantine.put(&pending[m].quarantine[i]).await {
-                Ok(()) => pending[m].stored += 1,
-                Err(e) => {
-                    fail(&mut pending, m, policy);
-                    cause = Some(e);
-                    break;
-                }
-            }
+        decode_and_validate(incoming, rules, &mut batch.pending, &mut round);
+        if round.records.len() >= ROUND_READINGS {
+            let next = Round {
+                first: batch.pending.len(),
+                ..Round::default()
+            };
+            halted = !batch.settle(std::mem::replace(&mut round, next)).await;
         }
     }
-
-    // 3. The archive: one object with every reading written for a message that succeeded.
-    let archived: Vec<TimestreamRecord> = tagged
-        .iter()
-        .filter(|t| !t.rejected && !pending[t.message].failed)
-        .map(|t| t.record.clone())
-        .collect();
-    if !archived.is_empty() {
-        let stored = match to_parquet(&archived) {
-            Ok(parquet) => {
-                let key = archive_key(rules.limits.now_ms, batch_id);
-                edges.archive.put(&key, parquet).await
-            }
-            Err(e) => Err(AwsError::local("archive", "EncodeParquet", e)),
-        };
-        if let Err(e) = stored {
-            let contributed: Vec<usize> = tagged
-                .iter()
-                .filter(|t| !t.rejected && !pending[t.message].failed)
-                .map(|t| t.message)
-                .collect();
-            for m in contributed {
-                fail(&mut pending, m, policy);
-            }
-            cause = Some(e);
-        }
+    if !halted {
+        batch.settle(round).await;
     }
 
     let mut counts = Counts::default();
-    for p in &pending {
+    for p in &batch.pending {
         counts.add(&p.counts());
     }
     BatchOutcome {
         counts,
-        failed: pending
+        failed: batch
+            .pending
             .iter()
             .filter(|p| p.failed)
             .map(|p| p.id.clone())
             .collect(),
-        cause,
+        cause: batch.cause,
     }
 }
 
 /// Routes one direct IoT rule event; `Err` asks Lambda to deliver it again.
+///
+/// # Errors
+/// [`RetryLater`] when a store could not be reached or the deadline came.
 pub async fn route_rule_event(
-    event: Value,
+    event: CheckedJson,
     rules: &Rules<'_>,
     edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
     batch_id: &str,
@@ -395,67 +656,88 @@ pub async fn route_rule_event(
     }
 }
 
-/// Records to write, each with its reading's index in the message; everything else is refused
-/// into `pending`.
+/// Decodes and checks one message: its records join the round, its refusals its own entry.
 fn decode_and_validate(
-    envelope: Result<Envelope, EnvelopeError>,
+    mut incoming: Incoming,
     rules: &Rules<'_>,
-    pending: &mut Pending,
-) -> Vec<(usize, TimestreamRecord)> {
-    let envelope = match envelope {
+    pending: &mut Vec<Pending>,
+    round: &mut Round,
+) {
+    let message = pending.len();
+    let mut p = Pending::new(&mut incoming);
+    let envelope = match incoming.envelope {
         Ok(e) => e,
         Err(e) => {
-            pending.received = 1;
-            pending.refuse("bad_envelope", e.to_string(), None);
-            return Vec::new();
+            p.refuse_whole("bad_envelope", e.to_string(), 1);
+            pending.push(p);
+            return;
         }
     };
-    if pending.original.len() > MAX_PAYLOAD_BYTES {
-        pending.received = 1;
-        let reason = format!(
-            "message is {} bytes; AWS IoT Core allows {MAX_PAYLOAD_BYTES}",
-            pending.original.len()
-        );
-        pending.refuse("payload_too_large", reason, None);
-        return Vec::new();
+    let payload_bytes = match &envelope.payload {
+        Payload::Binary(bytes) => bytes.len(),
+        Payload::Json(_) => p.original.len().saturating_sub(RULE_METADATA_ALLOWANCE),
+    };
+    if payload_bytes > MAX_PAYLOAD_BYTES {
+        let reason =
+            format!("payload is {payload_bytes} bytes; AWS IoT Core allows {MAX_PAYLOAD_BYTES}");
+        p.refuse_whole("payload_too_large", reason, 1);
+        pending.push(p);
+        return;
+    }
+    if let Some(key) = &envelope.duplicate_key {
+        let e = shoal_shared::telemetry::DecodeError::DuplicateKey(key.clone());
+        p.refuse_whole(e.code(), e.to_string(), 1);
+        pending.push(p);
+        return;
     }
     let app = envelope.app().to_owned();
-    let decoded = match envelope.payload {
-        Payload::Json(fields) => decode_json(&envelope.thing, envelope.received_at_ms, fields),
-        Payload::Binary(ref bytes) => decode_binary(
-            &envelope.thing,
-            envelope.received_at_ms,
-            envelope.topic_model(),
-            bytes,
-            rules.schemas,
-        ),
+    let model = envelope.topic_model().map(str::to_owned);
+    let Envelope {
+        thing,
+        received_at_ms,
+        payload,
+        ..
+    } = envelope;
+    let ctx = Context {
+        thing: &thing,
+        received_at_ms,
+        types: rules.types,
+    };
+    let decoded = match payload {
+        Payload::Json(fields) => decode_json(&ctx, fields),
+        Payload::Binary(bytes) => decode_binary(&ctx, model.as_deref(), &bytes, rules.schemas),
     };
     let readings = match decoded {
         Ok(readings) => readings,
         Err(e) => {
-            pending.received = 1;
-            pending.refuse(e.code(), e.to_string(), None);
-            return Vec::new();
+            p.refuse_whole(e.code(), e.to_string(), e.readings_held());
+            pending.push(p);
+            return;
         }
     };
-    pending.received = readings.len();
+    p.received = readings.len();
     let dimensions = [(APP_DIMENSION, app.as_str())];
-    let mut records = Vec::with_capacity(readings.len());
     for (index, reading) in readings.into_iter().enumerate() {
         match reading {
-            Err(e) => pending.refuse(e.code(), e.to_string(), Some(index)),
+            Err(e) => p.refuse(e.code(), e.to_string(), Some(index), 1),
             Ok(reading) => match validate_with_dimensions(reading, &rules.limits, &dimensions) {
                 Err(rejection) => {
-                    pending.refuse(rejection.code(), rejection.to_string(), Some(index))
+                    p.refuse(rejection.code(), rejection.to_string(), Some(index), 1);
                 }
                 Ok(mut record) => {
-                    record.version = envelope.received_at_ms;
-                    records.push((index, record));
+                    record.version = received_at_ms;
+                    round.tags.push(Tag {
+                        message,
+                        reading: index,
+                        late: rules.limits.is_late(record.time_ms),
+                        rejected: false,
+                    });
+                    round.records.push(record);
                 }
             },
         }
     }
-    records
+    pending.push(p);
 }
 
 #[cfg(test)]
@@ -470,8 +752,11 @@ mod tests {
         limits: Limits {
             now_ms: NOW,
             memory_retention_ms: 24 * 3_600_000,
+            magnetic_retention_ms: None,
         },
         schemas: &PackedSchemas::empty(),
+        types: &MeasureTypes::empty(),
+        deadline: &NoDeadline,
     };
 
     fn event(payload: Value) -> Value {
@@ -488,12 +773,22 @@ mod tests {
         q: &FakeQuarantine,
         archive: &FakeArchive,
     ) -> Result<Counts, RetryLater> {
+        route_rules(event, &RULES, sink, q, archive).await
+    }
+
+    async fn route_rules(
+        event: Value,
+        rules: &Rules<'_>,
+        sink: &FakeSink,
+        q: &FakeQuarantine,
+        archive: &FakeArchive,
+    ) -> Result<Counts, RetryLater> {
         let edges = Edges {
             sink,
             quarantine: q,
             archive,
         };
-        route_rule_event(event, &RULES, &edges, "req-1").await
+        route_rule_event(event.into(), rules, &edges, "req-1").await
     }
 
     async fn route(
@@ -570,24 +865,42 @@ mod tests {
                 ("undecodable", 1)
             ])
         );
+        // One quarantine object for the message, listing its refused readings in order.
         let items = q.items.lock().unwrap();
-        let by_index: BTreeMap<_, _> = items
+        assert_eq!(items.len(), 1);
+        let by_index: Vec<_> = items[0]
+            .refused
             .iter()
-            .map(|i| (i.reading_index.unwrap(), i.reason_code))
+            .map(|r| (r.reading_index.unwrap(), r.reason_code))
             .collect();
         assert_eq!(
             by_index,
-            BTreeMap::from([
+            vec![
                 (0, "timestamp_in_future"),
                 (2, "bad_measure_name"),
                 (3, "timestream_rejected"),
                 (4, "undecodable")
-            ])
+            ]
         );
-        assert!(items.iter().all(|i| i.thing.as_deref() == Some("dev-1")));
-        // The original message, exactly as delivered, travels with every item.
+        assert_eq!(items[0].thing.as_deref(), Some("dev-1"));
+        assert_eq!(items[0].readings, 5);
+        // The original message, exactly as delivered, travels with the item.
         let original: Value = serde_json::from_slice(&items[0].original).unwrap();
         assert_eq!(original["readings"].as_array().unwrap().len(), 5);
+        let body: Value = serde_json::from_slice(&items[0].body()).unwrap();
+        assert_eq!(body["refused_readings"], 4);
+        assert_eq!(
+            body["reason_codes"],
+            json!([
+                "bad_measure_name",
+                "timestamp_in_future",
+                "timestream_rejected",
+                "undecodable"
+            ])
+        );
+        assert_eq!(body["refused"][1]["reading"], 2);
+        let message: Value = serde_json::from_str(body["message"].as_str().unwrap()).unwrap();
+        assert_eq!(message, original);
     }
 
     #[tokio::test]
@@ -597,8 +910,10 @@ mod tests {
         assert_eq!(counts.received, 1);
         assert_eq!(counts.quarantined, BTreeMap::from([("bad_envelope", 1)]));
         let items = q.items.lock().unwrap();
-        assert_eq!(items[0].reading_index, None);
+        assert_eq!(items[0].refused[0].reading_index, None);
         assert_eq!(items[0].original, br#"{"temp":1.0}"#);
+        // No receive time: filed under the invocation's time, not 1970.
+        assert_eq!(items[0].filed_at_ms, NOW);
     }
 
     #[tokio::test]
@@ -617,7 +932,7 @@ mod tests {
     async fn oversized_messages_are_quarantined() {
         let (sink, q) = (FakeSink::default(), FakeQuarantine::default());
         let counts = route(
-            event(json!({"note": "x".repeat(MAX_PAYLOAD_BYTES)})),
+            event(json!({"note": "x".repeat(MAX_PAYLOAD_BYTES + 2048)})),
             &sink,
             &q,
         )
@@ -657,10 +972,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_quarantine_returns_the_unstored_items_for_retry() {
+    async fn a_failing_quarantine_returns_the_message_for_retry() {
         let sink = FakeSink::default();
         let q = FakeQuarantine {
-            fail_after: Some(1),
+            fail_after: Some(0),
             ..FakeQuarantine::default()
         };
         let retry = route(
@@ -670,12 +985,10 @@ mod tests {
         )
         .await
         .unwrap_err();
+        // Counted once, by the invocation that settles it: all of it is returned here.
         assert_eq!(retry.counts.accepted, 0);
-        assert_eq!(
-            retry.counts.quarantined,
-            BTreeMap::from([("bad_measure_name", 1)])
-        );
-        assert_eq!(retry.counts.retried, 2);
+        assert_eq!(retry.counts.quarantined_total(), 0);
+        assert_eq!(retry.counts.retried, 3);
     }
 
     #[tokio::test]
@@ -730,7 +1043,7 @@ mod tests {
                 retry.counts.quarantined_total(),
                 retry.counts.retried
             ),
-            (0, 1, 1)
+            (0, 0, 2)
         );
         // Nothing to archive, nothing to fail.
         let counts = route_with(
@@ -805,7 +1118,8 @@ mod tests {
             prop_assert!(counts.received >= 1);
             prop_assert!(counts.balanced(), "{:?}", counts);
             // Quarantined means stored; accepted means written and not refused.
-            prop_assert_eq!(q.items.lock().unwrap().len(), counts.quarantined_total());
+            let stored: usize = q.items.lock().unwrap().iter().map(QuarantineItem::refused_readings).sum();
+            prop_assert!(stored >= counts.quarantined_total());
             let written: usize = sink.calls.lock().unwrap().iter().map(Vec::len).sum();
             let refused = counts.quarantined.get("timestream_rejected").copied().unwrap_or(0);
             prop_assert!(counts.accepted <= written);

@@ -15,6 +15,12 @@
 //! | `value_boolean` | BOOLEAN, optional | set when the type is BOOLEAN |
 //! | `value_varchar` | BYTE_ARRAY (STRING), optional | set when the type is VARCHAR |
 //! | `received_at` | INT64 TIMESTAMP(MILLIS, UTC), required | when IoT Core received the message (the record's Timestream version) |
+//! | `reading_id` | BYTE_ARRAY (STRING), required | [`reading_id`]: the same for every delivery of one reading |
+//!
+//! A redelivered message (MQTT QoS 1 resend, SQS redelivery, Kinesis retry) is archived again —
+//! IoT Core gives it a new receive time, Timestream upserts it — so a reader counts each reading
+//! once by `reading_id` and measure, keeping the row with the latest `received_at` (the
+//! `telemetry_latest` view in infra/template.yaml), exactly the value Timestream keeps.
 //!
 //! Objects live at `telemetry/year=YYYY/month=MM/day=DD/hour=HH/<batch-id>.parquet`, partitioned by
 //! the hour the batch was archived (UTC), Snappy-compressed.
@@ -43,7 +49,29 @@ pub const SCHEMA: &str = "message telemetry {
   OPTIONAL BOOLEAN value_boolean;
   OPTIONAL BYTE_ARRAY value_varchar (STRING);
   REQUIRED INT64 received_at (TIMESTAMP(MILLIS,true));
+  REQUIRED BYTE_ARRAY reading_id (STRING);
 }";
+
+/// A reading's identity, as Timestream's: the device, the application and the time (a record is
+/// identified by its dimensions, measure name and time; a second write of the same is an upsert).
+/// 32 hex digits: the first 128 bits of SHA-256 over `thing \0 app \0 time_ms`.
+pub fn reading_id(thing: &str, app: &str, time_ms: i64) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let mut hasher = Sha256::new();
+    hasher.update(thing.as_bytes());
+    hasher.update([0]);
+    hasher.update(app.as_bytes());
+    hasher.update([0]);
+    hasher.update(time_ms.to_be_bytes());
+    let digest = hasher.finalize();
+    let mut id = String::with_capacity(32);
+    for byte in &digest[..16] {
+        // Writing into a String cannot fail.
+        let _ = write!(id, "{byte:02x}");
+    }
+    id
+}
 
 #[derive(Debug, Error)]
 #[error("cannot write the Parquet archive: {0}")]
@@ -84,6 +112,7 @@ struct Columns {
     boolean: (Vec<bool>, Vec<i16>),
     varchar: (Vec<ByteArray>, Vec<i16>),
     received_at: Vec<i64>,
+    reading_id: Vec<ByteArray>,
 }
 
 fn push_optional<T>(column: &mut (Vec<T>, Vec<i16>), value: Option<T>) {
@@ -106,6 +135,7 @@ impl Columns {
                 .map_or("", |(_, value)| value.as_str())
         };
         let (thing, app) = (dimension(THING_DIMENSION), dimension(APP_DIMENSION));
+        let id = ByteArray::from(reading_id(thing, app, record.time_ms).into_bytes());
         for (name, value) in &record.measures {
             self.thing.push(ByteArray::from(thing));
             self.app.push(ByteArray::from(app));
@@ -123,12 +153,18 @@ impl Columns {
             push_optional(&mut self.boolean, t);
             push_optional(&mut self.varchar, v);
             self.received_at.push(record.version);
+            self.reading_id.push(id.clone());
         }
     }
 }
 
 /// One Parquet file holding `records` (one row group).
-pub fn to_parquet(records: &[TimestreamRecord]) -> Result<Vec<u8>, ArchiveError> {
+///
+/// # Errors
+/// [`ArchiveError`] when the Parquet writer fails.
+pub fn to_parquet<'a>(
+    records: impl IntoIterator<Item = &'a TimestreamRecord>,
+) -> Result<Vec<u8>, ArchiveError> {
     let mut columns = Columns::default();
     for record in records {
         columns.push(record);
@@ -164,6 +200,7 @@ pub fn to_parquet(records: &[TimestreamRecord]) -> Result<Vec<u8>, ArchiveError>
     write_column!(BoolType, &columns.boolean.0, Some(&columns.boolean.1));
     write_column!(ByteArrayType, &columns.varchar.0, Some(&columns.varchar.1));
     write_column!(Int64Type, &columns.received_at, None);
+    write_column!(ByteArrayType, &columns.reading_id, None);
     group.close()?;
     Ok(writer.into_inner()?)
 }
@@ -239,6 +276,26 @@ mod tests {
         assert_eq!(get(3, "value_varchar"), Field::Str("1.2.0".into()));
         assert_eq!(get(3, "value_double"), Field::Null);
         assert_eq!(get(3, "received_at"), Field::TimestampMillis(2005));
+        // One id per reading, shared by its measures' rows.
+        assert_eq!(get(0, "reading_id"), get(1, "reading_id"));
+        assert_ne!(get(1, "reading_id"), get(2, "reading_id"));
+        assert_eq!(
+            get(0, "reading_id"),
+            Field::Str(reading_id("dev-1", "farm", 1000))
+        );
+    }
+
+    #[test]
+    fn reading_ids_follow_timestream_s_identity() {
+        let id = reading_id("dev-1", "farm", 1000);
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(id, reading_id("dev-1", "farm", 1000));
+        assert_ne!(id, reading_id("dev-1", "farm", 1001));
+        assert_ne!(id, reading_id("dev-2", "farm", 1000));
+        assert_ne!(id, reading_id("dev-1", "farms", 1000));
+        // The separator keeps "ab"+"c" apart from "a"+"bc".
+        assert_ne!(reading_id("ab", "c", 1), reading_id("a", "bc", 1));
     }
 
     #[test]

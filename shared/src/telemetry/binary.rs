@@ -2,16 +2,19 @@
 //!
 //! | First bytes | Format |
 //! | --- | --- |
-//! | `1f 8b` | gzip: decompressed, then detected again |
-//! | `78 01`, `78 5e`, `78 9c`, `78 da` (zlib header) | zlib: decompressed, then detected again |
+//! | `1f 8b` | gzip, one member or several back to back: decompressed, then detected again |
+//! | `78 01`, `78 5e`, `78 9c`, `78 da` (zlib header) | zlib, one stream or several back to back: decompressed, then detected again |
 //! | `{` (after whitespace) | JSON, as on the JSON topic |
-//! | `a0`–`bf` (CBOR map) | CBOR map, read like the JSON shapes (ints stay BIGINT, floats DOUBLE) |
+//! | `a0`–`bf` (CBOR map) | a CBOR map or a CBOR sequence of maps (RFC 8742), read like the JSON shapes |
 //! | anything else | packed records of the topic's device model |
 //!
 //! Packed records: a big-endian u64 timestamp in milliseconds, then one big-endian f32 per field
 //! of the model (`SHOAL_PACKED_SCHEMAS`, e.g. `th-v2=temp,hum;gps-v1=lat,lon,alt`). A payload may
 //! hold several records back to back. Current timestamps start with `00`, so a packed payload is
 //! never mistaken for the self-describing formats.
+//!
+//! Every byte of a payload is either decoded or the reason the payload is refused: trailing
+//! bytes after the last stream, item or record are never skipped.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,9 +23,9 @@ use std::str::FromStr;
 
 use serde_json::{Map, Number, Value};
 
-use super::decode::{DecodeError, Decoded, decode_json};
-use super::reading::{MeasureName, MeasureValue, Reading};
-use crate::ids::ThingName;
+use super::decode::{Context, DecodeError, Decoded, check_reading_count, decode_json};
+use super::json::CheckedJson;
+use super::reading::{MeasureName, Reading};
 
 /// Largest decompressed payload accepted: a 128 KB message must not inflate into a memory bomb.
 pub const MAX_DECOMPRESSED_BYTES: usize = 1024 * 1024;
@@ -77,77 +80,123 @@ fn is_zlib(bytes: &[u8]) -> bool {
     matches!(bytes, [0x78, second, ..] if (0x7800_u16 | u16::from(*second)).is_multiple_of(31))
 }
 
-fn inflate(reader: impl Read) -> Result<Vec<u8>, DecodeError> {
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// Inflates every stream of a compressed payload: gzip members back to back (RFC 1952 §2.2: a
+/// gzip file is a series of members, as appending writers produce) or zlib streams back to back,
+/// at most [`MAX_DECOMPRESSED_BYTES`] in all. Anything after the last stream that is not another
+/// stream of the same kind refuses the payload: no byte is ignored.
+fn inflate(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let gzip = is_gzip(bytes);
+    let kind = if gzip { "gzip member" } else { "zlib stream" };
     let mut out = Vec::new();
-    reader
-        .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Malformed(format!("decompression failed: {e}")))?;
-    if out.len() > MAX_DECOMPRESSED_BYTES {
-        return Err(DecodeError::Malformed(format!(
-            "payload decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes"
-        )));
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if !(if gzip { is_gzip(rest) } else { is_zlib(rest) }) {
+            return Err(DecodeError::Malformed(format!(
+                "{} bytes after the last {kind} are not another {kind}",
+                rest.len()
+            )));
+        }
+        let budget = (MAX_DECOMPRESSED_BYTES + 1 - out.len()) as u64;
+        // The bufread decoders consume exactly the stream from `rest`, leaving what follows.
+        let read = if gzip {
+            let mut decoder = flate2::bufread::GzDecoder::new(rest);
+            let read = (&mut decoder).take(budget).read_to_end(&mut out);
+            rest = decoder.into_inner();
+            read
+        } else {
+            let mut decoder = flate2::bufread::ZlibDecoder::new(rest);
+            let read = (&mut decoder).take(budget).read_to_end(&mut out);
+            rest = decoder.into_inner();
+            read
+        };
+        read.map_err(|e| DecodeError::Malformed(format!("decompression failed: {e}")))?;
+        if out.len() > MAX_DECOMPRESSED_BYTES {
+            return Err(DecodeError::Malformed(format!(
+                "payload decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes"
+            )));
+        }
     }
     Ok(out)
 }
 
-/// Decodes a binary payload of `thing`. `model` (the topic's last level) selects the packed
-/// schema; the self-describing formats ignore it.
+/// Decodes a binary payload. `model` (the topic's last level) selects the packed schema; the
+/// self-describing formats ignore it.
+///
+/// # Errors
+/// A [`DecodeError`] when the payload as a whole cannot be read (its code is the quarantine
+/// reason); refusals of single readings are inside the `Ok` list.
 pub fn decode_binary(
-    thing: &ThingName,
-    received_at_ms: i64,
+    ctx: &Context<'_>,
     model: Option<&str>,
     bytes: &[u8],
     schemas: &PackedSchemas,
 ) -> Result<Decoded, DecodeError> {
-    decode_layer(thing, received_at_ms, model, bytes, schemas, 0)
-}
-
-fn decode_layer(
-    thing: &ThingName,
-    received_at_ms: i64,
-    model: Option<&str>,
-    bytes: &[u8],
-    schemas: &PackedSchemas,
-    compressed_layers: u8,
-) -> Result<Decoded, DecodeError> {
-    let decompressed = match bytes {
-        [0x1f, 0x8b, ..] => Some(inflate(flate2::read::GzDecoder::new(bytes))?),
-        _ if is_zlib(bytes) => Some(inflate(flate2::read::ZlibDecoder::new(bytes))?),
-        _ => None,
-    };
-    if let Some(inner) = decompressed {
-        if compressed_layers > 0 {
+    if is_gzip(bytes) || is_zlib(bytes) {
+        let inner = inflate(bytes)?;
+        if is_gzip(&inner) || is_zlib(&inner) {
             return Err(DecodeError::Malformed("payload is compressed twice".into()));
         }
-        return decode_layer(thing, received_at_ms, model, &inner, schemas, 1);
+        return decode_uncompressed(ctx, model, &inner, schemas);
     }
+    decode_uncompressed(ctx, model, bytes, schemas)
+}
+
+fn decode_uncompressed(
+    ctx: &Context<'_>,
+    model: Option<&str>,
+    bytes: &[u8],
+    schemas: &PackedSchemas,
+) -> Result<Decoded, DecodeError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => match serde_json::from_slice(bytes) {
-            Ok(Value::Object(fields)) => decode_json(thing, received_at_ms, fields),
+        Some(b'{') => match CheckedJson::from_slice(bytes) {
+            Ok(CheckedJson {
+                duplicate_key: Some(key),
+                ..
+            }) => Err(DecodeError::DuplicateKey(key)),
+            Ok(CheckedJson {
+                value: Value::Object(fields),
+                ..
+            }) => decode_json(ctx, fields),
             Ok(_) => Err(DecodeError::NotAnObject),
             Err(e) => Err(DecodeError::Malformed(format!("invalid JSON: {e}"))),
         },
-        Some(0xa0..=0xbf) => decode_cbor(thing, received_at_ms, bytes),
-        _ => decode_packed(thing, model, bytes, schemas),
+        Some(0xa0..=0xbf) => decode_cbor(ctx, bytes),
+        _ => decode_packed(ctx, model, bytes, schemas),
     }
 }
 
-fn decode_cbor(
-    thing: &ThingName,
-    received_at_ms: i64,
-    bytes: &[u8],
-) -> Result<Decoded, DecodeError> {
-    let value: ciborium::Value = ciborium::from_reader(bytes)
-        .map_err(|e| DecodeError::Malformed(format!("invalid CBOR: {e}")))?;
-    match cbor_to_json(value, "")? {
-        Value::Object(fields) => decode_json(thing, received_at_ms, fields),
-        _ => Err(DecodeError::NotAnObject),
+/// A CBOR map, or a CBOR sequence of maps (RFC 8742: items back to back), each read like a JSON
+/// payload; their readings follow each other. A byte that does not belong to a whole item refuses
+/// the payload.
+fn decode_cbor(ctx: &Context<'_>, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    let mut rest = bytes;
+    let mut readings = Vec::new();
+    let mut item = 0;
+    while !rest.is_empty() {
+        // `&mut &[u8]` advances past exactly the item read.
+        let value: ciborium::Value = ciborium::from_reader(&mut rest).map_err(|e| {
+            DecodeError::Malformed(if item == 0 {
+                format!("invalid CBOR: {e}")
+            } else {
+                format!("invalid CBOR after item {item} (a CBOR sequence holds whole items): {e}")
+            })
+        })?;
+        match cbor_to_json(value, "")? {
+            Value::Object(fields) => readings.extend(decode_json(ctx, fields)?),
+            _ => return Err(DecodeError::NotAnObject),
+        }
+        check_reading_count(readings.len())?;
+        item += 1;
     }
+    Ok(readings)
 }
 
-/// CBOR → the JSON shapes. Integers stay integers and floats stay floats; a non-finite float is
-/// refused with its path, since JSON (and Timestream) cannot hold it.
+/// CBOR → the JSON shapes. A non-finite float is refused with its path, since JSON (and
+/// Timestream) cannot hold it; so is a map key given twice.
 fn cbor_to_json(value: ciborium::Value, path: &str) -> Result<Value, DecodeError> {
     use ciborium::Value as C;
     Ok(match value {
@@ -155,10 +204,18 @@ fn cbor_to_json(value: ciborium::Value, path: &str) -> Result<Value, DecodeError
         C::Bool(b) => Value::Bool(b),
         C::Integer(i) => {
             let wide = i128::from(i);
-            let narrow = i64::try_from(wide).map_err(|_| {
-                DecodeError::BadNumber(path.to_owned(), format!("{wide} exceeds BIGINT's range"))
-            })?;
-            Value::from(narrow)
+            match i64::try_from(wide) {
+                Ok(narrow) => Value::from(narrow),
+                Err(_) => match u64::try_from(wide) {
+                    Ok(unsigned) => Value::from(unsigned),
+                    Err(_) => {
+                        return Err(DecodeError::BadNumber(
+                            path.to_owned(),
+                            format!("{wide} is outside the 64-bit range"),
+                        ));
+                    }
+                },
+            }
         }
         C::Float(f) => Value::Number(
             Number::from_f64(f).ok_or_else(|| DecodeError::NotFinite(path.to_owned()))?,
@@ -183,7 +240,10 @@ fn cbor_to_json(value: ciborium::Value, path: &str) -> Result<Value, DecodeError
                 } else {
                     format!("{path}_{key}")
                 };
-                map.insert(key, cbor_to_json(v, &child)?);
+                let value = cbor_to_json(v, &child)?;
+                if map.insert(key, value).is_some() {
+                    return Err(DecodeError::DuplicateKey(child));
+                }
             }
             Value::Object(map)
         }
@@ -202,7 +262,7 @@ fn cbor_to_json(value: ciborium::Value, path: &str) -> Result<Value, DecodeError
 }
 
 fn decode_packed(
-    thing: &ThingName,
+    ctx: &Context<'_>,
     model: Option<&str>,
     bytes: &[u8],
     schemas: &PackedSchemas,
@@ -217,10 +277,13 @@ fn decode_packed(
     let record_len = 8 + 4 * fields.len();
     if bytes.is_empty() || !bytes.len().is_multiple_of(record_len) {
         return Err(DecodeError::Malformed(format!(
-            "{} bytes is not a whole number of {record_len}-byte {model} records",
-            bytes.len()
+            "{} bytes is not a whole number of {record_len}-byte {model} records ({} whole, {} bytes left over)",
+            bytes.len(),
+            bytes.len() / record_len,
+            bytes.len() % record_len
         )));
     }
+    check_reading_count(bytes.len() / record_len)?;
     Ok(bytes
         .chunks_exact(record_len)
         .map(|record| {
@@ -232,11 +295,11 @@ fn decode_packed(
                 .zip(values.chunks_exact(4))
                 .map(|(name, raw)| {
                     let value = f32::from_be_bytes(raw.try_into().expect("4 bytes"));
-                    (name.clone(), MeasureValue::Double(f64::from(value)))
+                    Ok((name.clone(), ctx.types.float(&name.0, f64::from(value))?))
                 })
-                .collect();
+                .collect::<Result<_, DecodeError>>()?;
             Ok(Reading {
-                thing: thing.clone(),
+                thing: ctx.thing.clone(),
                 time_ms,
                 measures,
             })
@@ -247,6 +310,9 @@ fn decode_packed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ThingName;
+    use crate::telemetry::reading::MeasureValue;
+    use crate::telemetry::schema::MeasureTypes;
     use flate2::Compression;
     use std::io::Write;
 
@@ -268,8 +334,22 @@ mod tests {
         out
     }
 
+    fn decode_typed(
+        model: Option<&str>,
+        bytes: &[u8],
+        types: &MeasureTypes,
+    ) -> Result<Decoded, DecodeError> {
+        let thing = thing();
+        let ctx = Context {
+            thing: &thing,
+            received_at_ms: NOW,
+            types,
+        };
+        decode_binary(&ctx, model, bytes, &schemas())
+    }
+
     fn decode(model: Option<&str>, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        decode_binary(&thing(), NOW, model, bytes, &schemas())
+        decode_typed(model, bytes, &MeasureTypes::empty())
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -347,12 +427,140 @@ mod tests {
             assert_eq!(out.len(), 2);
             assert_eq!(
                 out[1].as_ref().unwrap().measures[0].1,
-                MeasureValue::Bigint(21)
+                MeasureValue::Double(21.0)
             );
         }
         let packed = packed(NOW as u64, &[1.0, 2.0]);
         assert_eq!(decode(Some("th-v2"), &gzip(&packed)).unwrap().len(), 1);
         assert_eq!(decode(Some("th-v2"), &zlib(&packed)).unwrap().len(), 1);
+    }
+
+    fn two_th_v2_records(first: u64) -> Vec<u8> {
+        let mut bytes = packed(first, &[21.5, 40.0]);
+        bytes.extend(packed(first + 1000, &[21.75, 41.0]));
+        bytes
+    }
+
+    #[test]
+    fn every_gzip_member_and_zlib_stream_is_decoded() {
+        // Two gzip members back to back, two packed records each: four readings, in order.
+        let mut members = gzip(&two_th_v2_records(NOW as u64));
+        members.extend(gzip(&two_th_v2_records(NOW as u64 + 2000)));
+        let out = decode(Some("th-v2"), &members).unwrap();
+        let times: Vec<i64> = out.iter().map(|r| r.as_ref().unwrap().time_ms).collect();
+        assert_eq!(times, vec![NOW, NOW + 1000, NOW + 2000, NOW + 3000]);
+        // A member may split a record: what counts is the decompressed whole.
+        let whole = two_th_v2_records(NOW as u64);
+        let mut split = gzip(&whole[..10]);
+        split.extend(gzip(&whole[10..]));
+        assert_eq!(decode(Some("th-v2"), &split).unwrap().len(), 2);
+        let mut streams = zlib(br#"{"readings":[{"temp":1.5}]"#);
+        streams.extend(zlib(b"}"));
+        assert_eq!(decode(None, &streams).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bytes_after_the_last_decoded_unit_refuse_the_payload() {
+        let record = two_th_v2_records(NOW as u64);
+        let mut cases: Vec<(&str, Option<&str>, Vec<u8>)> = Vec::new();
+        let mut gz = gzip(&record);
+        gz.extend_from_slice(b"junk");
+        cases.push(("gzip + junk", Some("th-v2"), gz));
+        let mut gz_zlib = gzip(&record);
+        gz_zlib.extend(zlib(&record));
+        cases.push(("gzip + zlib", Some("th-v2"), gz_zlib));
+        let mut z = zlib(&record);
+        z.push(0);
+        cases.push(("zlib + 1 byte", Some("th-v2"), z));
+        let mut partial = record.clone();
+        partial.extend_from_slice(&record[..9]);
+        cases.push(("a partial record", Some("th-v2"), partial));
+        cases.push((
+            "two JSON documents",
+            None,
+            br#"{"t":1.0}{"t":2.0}"#.to_vec(),
+        ));
+        let mut cbor_junk = cbor(&ciborium::Value::Map(vec![(
+            ciborium::Value::Text("t".into()),
+            ciborium::Value::Float(1.0),
+        )]));
+        cbor_junk.push(0xff);
+        cases.push(("CBOR + a stray byte", None, cbor_junk));
+        let mut truncated = gzip(&record);
+        truncated.truncate(truncated.len() - 3);
+        cases.push(("a truncated gzip member", Some("th-v2"), truncated));
+        for (what, model, bytes) in cases {
+            let err = decode(model, &bytes).unwrap_err();
+            assert_eq!(err.code(), "undecodable", "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_cbor_sequence_is_every_item_s_readings() {
+        use ciborium::Value as C;
+        let item = |t: f64| C::Map(vec![(C::Text("temp".into()), C::Float(t))]);
+        let mut bytes = cbor(&item(1.5));
+        bytes.extend(cbor(&item(2.5)));
+        bytes.extend(cbor(&C::Map(vec![(
+            C::Text("readings".into()),
+            C::Array(vec![item(3.5), item(4.5)]),
+        )])));
+        let out = decode(None, &bytes).unwrap();
+        let temps: Vec<MeasureValue> = out
+            .iter()
+            .map(|r| r.as_ref().unwrap().measures[0].1.clone())
+            .collect();
+        assert_eq!(
+            temps,
+            [1.5, 2.5, 3.5, 4.5].map(MeasureValue::Double).to_vec()
+        );
+        // A non-map item refuses the whole sequence.
+        let mut bad = cbor(&item(1.5));
+        bad.extend(cbor(&C::Integer(7.into())));
+        assert_eq!(decode(None, &bad), Err(DecodeError::NotAnObject));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_json_and_cbor() {
+        use ciborium::Value as C;
+        assert_eq!(
+            decode(None, br#"{"temp": 21.5, "temp": 99}"#),
+            Err(DecodeError::DuplicateKey("temp".into()))
+        );
+        let doc = C::Map(vec![(
+            C::Text("env".into()),
+            C::Map(vec![
+                (C::Text("co2".into()), C::Integer(1.into())),
+                (C::Text("co2".into()), C::Integer(2.into())),
+            ]),
+        )]);
+        assert_eq!(
+            decode(None, &cbor(&doc)),
+            Err(DecodeError::DuplicateKey("env_co2".into()))
+        );
+    }
+
+    #[test]
+    fn packed_payloads_over_the_reading_cap_are_refused_whole() {
+        let bytes: Vec<u8> = (0..=crate::telemetry::decode::MAX_READINGS_PER_MESSAGE as u64)
+            .flat_map(|i| packed(NOW as u64 + i, &[1.0, 2.0]))
+            .collect();
+        assert_eq!(
+            decode(Some("th-v2"), &gzip(&bytes)),
+            Err(DecodeError::TooManyReadings(10_001))
+        );
+    }
+
+    #[test]
+    fn packed_fields_follow_the_declared_types() {
+        let types: MeasureTypes = "bigint=hum".parse().unwrap();
+        let out = decode_typed(Some("th-v2"), &packed(NOW as u64, &[21.5, 40.0]), &types).unwrap();
+        assert_eq!(
+            out[0].as_ref().unwrap().measures[1].1,
+            MeasureValue::Bigint(40)
+        );
+        let out = decode_typed(Some("th-v2"), &packed(NOW as u64, &[21.5, 40.5]), &types).unwrap();
+        assert_eq!(out[0].as_ref().unwrap_err().code(), "type_mismatch");
     }
 
     #[test]
@@ -369,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn cbor_keeps_integers_and_floats_apart() {
+    fn cbor_numbers_are_typed_by_name() {
         use ciborium::Value as C;
         let doc = C::Map(vec![
             (C::Text("ts".into()), C::Integer(NOW.into())),
@@ -391,9 +599,9 @@ mod tests {
                 .map(|(_, v)| v.clone())
         };
         assert_eq!(find("temp"), Some(MeasureValue::Double(23.0)));
-        assert_eq!(find("count"), Some(MeasureValue::Bigint(23)));
+        assert_eq!(find("count"), Some(MeasureValue::Double(23.0)));
         assert_eq!(find("ok"), Some(MeasureValue::Boolean(true)));
-        assert_eq!(find("env_co2"), Some(MeasureValue::Bigint(600)));
+        assert_eq!(find("env_co2"), Some(MeasureValue::Double(600.0)));
     }
 
     #[test]

@@ -3,33 +3,45 @@
 //! JSON shapes, detected by their keys:
 //! - single reading: `{"ts": <ms>, "temp": 21.5, "hum": 40}`; `ts` is optional (IoT Core's receive
 //!   time is used) and every other key is a measure;
-//! - batch: `{"readings": [{"ts": …, …}, …]}`, each element a single reading;
+//! - batch: `{"readings": [{"ts": …, …}, …]}`, each element a single reading, nothing beside
+//!   `readings`;
 //! - interval series: `{"ts": <ms of the first>, "interval": <s>, "values": [{"temp": 21.0}, …]}`
-//!   (or scalar `values` with `"measure": "temp"`); reading i is at `ts + i × interval`; without
-//!   `ts` the last value is at the receive time;
+//!   (or scalar `values` with `"measure": "temp"`); reading i is at `ts + i × interval` (rounded to
+//!   the millisecond; the interval is at least 1 ms); without `ts` the last value is at the
+//!   receive time;
 //! - edge aggregate: any object of `count`, `mean`, `min`, `max`, `std` (a reading's top level or a
 //!   measure's value, e.g. `{"temp": {"count": 60, "mean": 21.3, "min": 20.9, "max": 21.8,
 //!   "std": 0.2}}`); it must be consistent: count ≥ 1, min ≤ mean ≤ max, std ≥ 0.
 //!
 //! Nested objects flatten into `parent_child` measure names up to [`MAX_NESTING`] levels, the
-//! payload's own depth; arrays are not measures and refuse the reading.
+//! payload's own depth; arrays are not measures and refuse the reading. A measure's type comes
+//! from its name ([`MeasureTypes`]), never from how the number was spelled. Nothing in a payload
+//! is ignored: a key that belongs to no shape refuses what it sits in, with the reason.
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use thiserror::Error;
 
 use super::reading::{MeasureName, MeasureValue, Reading};
+use super::schema::MeasureTypes;
 use crate::ids::ThingName;
 
 /// Deepest object nesting accepted inside one reading (a reading is level 1).
 pub const MAX_NESTING: usize = 4;
+/// Most readings one message may hold: more is refused whole (`too_many_readings`) before any
+/// reading is built, so a small compressed message cannot become hundreds of thousands of
+/// readings and sink its batch's invocation.
+pub const MAX_READINGS_PER_MESSAGE: usize = 10_000;
+/// Shortest interval of an interval series, in seconds: Timestream keeps time to the
+/// millisecond, so a shorter interval would put two readings at the same instant.
+pub const MIN_INTERVAL_S: f64 = 0.001;
 
 /// Why a payload, or one reading in it, could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
     #[error("payload is not a JSON object")]
     NotAnObject,
-    #[error("\"readings\" must be a non-empty array of objects")]
-    BadBatch,
+    #[error("\"readings\" must be a non-empty array of objects{0}")]
+    BadBatch(String),
     #[error("interval series: {0}")]
     BadSeries(String),
     #[error("aggregate {0:?} is inconsistent: {1}")]
@@ -50,6 +62,12 @@ pub enum DecodeError {
     BadNumber(String, String),
     #[error("nesting deeper than {MAX_NESTING} levels at {0:?}")]
     TooDeep(String),
+    #[error("measure {0:?}: {1}")]
+    TypeMismatch(String, String),
+    #[error("key {0:?} appears twice in one object; which value is meant is unknowable")]
+    DuplicateKey(String),
+    #[error("message holds {0} readings; at most {MAX_READINGS_PER_MESSAGE} are accepted")]
+    TooManyReadings(usize),
 }
 
 impl DecodeError {
@@ -60,7 +78,19 @@ impl DecodeError {
             DecodeError::NotFinite(_) => "not_finite",
             DecodeError::UnknownSchema(_) => "unknown_binary_schema",
             DecodeError::InconsistentAggregate(..) => "inconsistent_aggregate",
+            DecodeError::TypeMismatch(..) => "type_mismatch",
+            DecodeError::DuplicateKey(_) => "duplicate_key",
+            DecodeError::TooManyReadings(_) => "too_many_readings",
             _ => "undecodable",
+        }
+    }
+
+    /// Readings a payload refused whole with this error is known to hold (at least 1): what the
+    /// router counts as received and quarantined for it.
+    pub fn readings_held(&self) -> usize {
+        match self {
+            DecodeError::TooManyReadings(n) => (*n).max(1),
+            _ => 1,
         }
     }
 }
@@ -69,41 +99,68 @@ impl DecodeError {
 /// reading never hides the good ones beside it.
 pub type Decoded = Vec<Result<Reading, DecodeError>>;
 
-/// Decodes a JSON payload of `thing`; `received_at_ms` stands in for a missing `ts`.
-/// Takes the payload by value: names and strings move into the readings instead of being copied.
+/// What every reading of one message shares: its device, the time IoT Core received it (for
+/// readings without `ts`) and the declared measure types.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub thing: &'a ThingName,
+    pub received_at_ms: i64,
+    pub types: &'a MeasureTypes,
+}
+
+/// Refuses a payload that would hold more than [`MAX_READINGS_PER_MESSAGE`] readings.
+///
+/// # Errors
+/// [`DecodeError::TooManyReadings`] with the count.
+pub fn check_reading_count(count: usize) -> Result<(), DecodeError> {
+    if count > MAX_READINGS_PER_MESSAGE {
+        return Err(DecodeError::TooManyReadings(count));
+    }
+    Ok(())
+}
+
+/// Decodes a JSON payload. Takes the payload by value: names and strings move into the readings
+/// instead of being copied.
+///
+/// # Errors
+/// A [`DecodeError`] when the payload as a whole has no valid shape; refusals of single readings
+/// are inside the `Ok` list.
 pub fn decode_json(
-    thing: &ThingName,
-    received_at_ms: i64,
+    ctx: &Context<'_>,
     mut payload: Map<String, Value>,
 ) -> Result<Decoded, DecodeError> {
     match payload.remove("readings") {
-        Some(Value::Array(items)) if !items.is_empty() => Ok(items
-            .into_iter()
-            .map(|item| match item {
-                Value::Object(fields) => reading(thing, received_at_ms, fields),
-                _ => Err(DecodeError::BadBatch),
-            })
-            .collect()),
-        Some(_) => Err(DecodeError::BadBatch),
-        None if payload.contains_key("values") && payload.contains_key("interval") => {
-            series(thing, received_at_ms, payload)
+        Some(Value::Array(items)) if !items.is_empty() => {
+            if let Some(extra) = payload.keys().next() {
+                return Err(DecodeError::BadBatch(format!(
+                    "; unexpected key {extra:?} beside it"
+                )));
+            }
+            check_reading_count(items.len())?;
+            Ok(items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(fields) => reading(ctx, ctx.received_at_ms, fields),
+                    _ => Err(DecodeError::BadBatch(String::new())),
+                })
+                .collect())
         }
-        None => Ok(vec![reading(thing, received_at_ms, payload)]),
+        Some(_) => Err(DecodeError::BadBatch(String::new())),
+        None if payload.contains_key("values") && payload.contains_key("interval") => {
+            series(ctx, payload)
+        }
+        None => Ok(vec![reading(ctx, ctx.received_at_ms, payload)]),
     }
 }
 
-fn series(
-    thing: &ThingName,
-    received_at_ms: i64,
-    mut payload: Map<String, Value>,
-) -> Result<Decoded, DecodeError> {
+fn series(ctx: &Context<'_>, mut payload: Map<String, Value>) -> Result<Decoded, DecodeError> {
     let bad = |why: &str| DecodeError::BadSeries(why.to_owned());
     let interval_ms = match payload.remove("interval") {
         Some(Value::Number(n)) => n
             .as_f64()
-            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-            .map(|s| (s * 1000.0).round() as i64)
-            .ok_or_else(|| bad("\"interval\" must be seconds in (0, 86400]"))?,
+            .filter(|s| s.is_finite() && *s >= MIN_INTERVAL_S && *s <= 86_400.0)
+            .map(|s| s * 1000.0)
+            .ok_or_else(|| bad("\"interval\" must be seconds in [0.001, 86400]"))?,
         _ => return Err(bad("\"interval\" must be a number of seconds")),
     };
     let Some(Value::Array(values)) = payload.remove("values") else {
@@ -112,14 +169,16 @@ fn series(
     if values.is_empty() {
         return Err(bad("\"values\" must be a non-empty array"));
     }
+    check_reading_count(values.len())?;
     let measure = match payload.remove("measure") {
         Some(Value::String(m)) => Some(m),
         None => None,
         Some(_) => return Err(bad("\"measure\" must be a string")),
     };
-    let last = i64::try_from(values.len() - 1).unwrap_or(i64::MAX);
+    // values.len() ≤ MAX_READINGS_PER_MESSAGE and interval ≤ 1 day: offsets fit easily.
+    let offset = |i: usize| (i as f64 * interval_ms).round() as i64;
     let first_ms = match payload.remove("ts") {
-        None => received_at_ms.saturating_sub(last.saturating_mul(interval_ms)),
+        None => ctx.received_at_ms.saturating_sub(offset(values.len() - 1)),
         Some(Value::Number(n)) => n.as_i64().ok_or(DecodeError::BadTimestamp)?,
         Some(_) => return Err(DecodeError::BadTimestamp),
     };
@@ -130,7 +189,7 @@ fn series(
         .into_iter()
         .enumerate()
         .map(|(i, value)| {
-            let time_ms = first_ms.saturating_add((i as i64).saturating_mul(interval_ms));
+            let time_ms = first_ms.saturating_add(offset(i));
             let fields = match (value, &measure) {
                 (Value::Object(fields), None) => fields,
                 (scalar, Some(name)) if !scalar.is_object() => {
@@ -142,9 +201,12 @@ fn series(
                     ));
                 }
             };
-            let mut r = reading(thing, time_ms, fields)?;
-            r.time_ms = time_ms;
-            Ok(r)
+            if fields.contains_key("ts") {
+                return Err(bad(
+                    "a value carries its own \"ts\"; a series' times come from ts and interval",
+                ));
+            }
+            reading(ctx, time_ms, fields)
         })
         .collect())
 }
@@ -158,8 +220,9 @@ fn check_aggregate(path: &str, fields: &Map<String, Value>) -> Result<(), Decode
         return Ok(());
     }
     let bad = |why: String| DecodeError::InconsistentAggregate(path.to_owned(), why);
-    match fields["count"].as_u64() {
-        Some(n) if n >= 1 => {}
+    // `60.0` is as good a count as `60` (SQL 2016-03-23 may have rewritten either).
+    match fields["count"].as_f64() {
+        Some(n) if n >= 1.0 && n.fract() == 0.0 => {}
         _ => return Err(bad("count must be an integer ≥ 1".into())),
     }
     let stat = |k: &str| fields.get(k).and_then(Value::as_f64);
@@ -179,38 +242,40 @@ fn check_aggregate(path: &str, fields: &Map<String, Value>) -> Result<(), Decode
     Ok(())
 }
 
+/// One reading; `default_ms` stands in for a missing `ts`.
 fn reading(
-    thing: &ThingName,
-    received_at_ms: i64,
+    ctx: &Context<'_>,
+    default_ms: i64,
     mut fields: Map<String, Value>,
 ) -> Result<Reading, DecodeError> {
     let time_ms = match fields.remove("ts") {
-        None => received_at_ms,
+        None => default_ms,
         Some(Value::Number(n)) => n.as_i64().ok_or(DecodeError::BadTimestamp)?,
         Some(_) => return Err(DecodeError::BadTimestamp),
     };
     check_aggregate("", &fields)?;
     let mut measures = Vec::with_capacity(fields.len());
     for (name, value) in fields {
-        flatten(name, value, 1, &mut measures)?;
+        flatten(ctx.types, name, value, 1, &mut measures)?;
     }
     Ok(Reading {
-        thing: thing.clone(),
+        thing: ctx.thing.clone(),
         time_ms,
         measures,
     })
 }
 
 fn flatten(
+    types: &MeasureTypes,
     name: String,
     value: Value,
     depth: usize,
     out: &mut Vec<(MeasureName, MeasureValue)>,
 ) -> Result<(), DecodeError> {
     let measure = match value {
-        Value::Number(n) => number(&name, &n)?,
-        Value::Bool(b) => MeasureValue::Boolean(b),
-        Value::String(s) => MeasureValue::Varchar(s),
+        Value::Number(n) => types.number(&name, &n)?,
+        Value::Bool(b) => types.boolean(&name, b)?,
+        Value::String(s) => types.text(&name, s)?,
         Value::Null => return Err(DecodeError::NullMeasure(name)),
         Value::Array(_) => return Err(DecodeError::ArrayMeasure(name)),
         Value::Object(children) => {
@@ -219,29 +284,13 @@ fn flatten(
             }
             check_aggregate(&name, &children)?;
             for (child, v) in children {
-                flatten(format!("{name}_{child}"), v, depth + 1, out)?;
+                flatten(types, format!("{name}_{child}"), v, depth + 1, out)?;
             }
             return Ok(());
         }
     };
     out.push((MeasureName(name), measure));
     Ok(())
-}
-
-/// serde_json keeps `23.0` as a float and `23` as an integer: that spelling picks the type.
-fn number(name: &str, n: &Number) -> Result<MeasureValue, DecodeError> {
-    if let Some(i) = n.as_i64() {
-        Ok(MeasureValue::Bigint(i))
-    } else if n.is_u64() {
-        Err(DecodeError::BadNumber(
-            name.to_owned(),
-            format!("{n} exceeds BIGINT's range"),
-        ))
-    } else {
-        n.as_f64()
-            .map(MeasureValue::Double)
-            .ok_or_else(|| DecodeError::BadNumber(name.to_owned(), n.to_string()))
-    }
 }
 
 #[cfg(test)]
@@ -253,11 +302,21 @@ mod tests {
         ThingName::parse("dev-1").unwrap()
     }
 
-    fn decode(v: Value) -> Result<Decoded, DecodeError> {
+    fn decode_typed(v: Value, types: &MeasureTypes) -> Result<Decoded, DecodeError> {
+        let thing = thing();
+        let ctx = Context {
+            thing: &thing,
+            received_at_ms: 999,
+            types,
+        };
         match v {
-            Value::Object(fields) => decode_json(&thing(), 999, fields),
+            Value::Object(fields) => decode_json(&ctx, fields),
             _ => panic!("test payloads are objects"),
         }
+    }
+
+    fn decode(v: Value) -> Result<Decoded, DecodeError> {
+        decode_typed(v, &MeasureTypes::empty())
     }
 
     fn measures(r: &Reading) -> Vec<(&str, &MeasureValue)> {
@@ -265,20 +324,30 @@ mod tests {
     }
 
     #[test]
-    fn single_reading_keeps_json_types() {
-        let out = decode(json!({"ts": 1000, "temp": 23.0, "count": 23, "ok": true, "fw": "1.2.0"}))
+    fn numbers_are_double_unless_declared_however_spelled() {
+        let out = decode(json!({"ts": 1000, "temp": 23, "count": 23, "ok": true, "fw": "1.2.0"}))
             .unwrap();
         let r = out[0].as_ref().unwrap();
         assert_eq!(r.time_ms, 1000);
         assert_eq!(
             measures(r),
             vec![
-                ("count", &MeasureValue::Bigint(23)),
+                ("count", &MeasureValue::Double(23.0)),
                 ("fw", &MeasureValue::Varchar("1.2.0".into())),
                 ("ok", &MeasureValue::Boolean(true)),
                 ("temp", &MeasureValue::Double(23.0)),
             ]
         );
+        // 21.5 then 22.0 (which SQL 2016-03-23 turns into 22): the same type both times.
+        let types: MeasureTypes = "bigint=rssi".parse().unwrap();
+        for (temp, rssi) in [(json!(21.5), json!(-70)), (json!(22), json!(-71.0))] {
+            let out = decode_typed(json!({"temp": temp, "rssi": rssi}), &types).unwrap();
+            let r = out[0].as_ref().unwrap();
+            assert_eq!(r.measures[0].1.type_name(), "BIGINT");
+            assert_eq!(r.measures[1].1.type_name(), "DOUBLE");
+        }
+        let out = decode_typed(json!({"rssi": 7.5}), &types).unwrap();
+        assert_eq!(out[0].as_ref().unwrap_err().code(), "type_mismatch");
     }
 
     #[test]
@@ -300,13 +369,45 @@ mod tests {
         assert!(out[0].is_ok());
         assert_eq!(out[1], Err(DecodeError::BadTimestamp));
         assert_eq!(out[2], Err(DecodeError::ArrayMeasure("temp".into())));
-        assert_eq!(out[3], Err(DecodeError::BadBatch));
+        assert_eq!(out[3], Err(DecodeError::BadBatch(String::new())));
     }
 
     #[test]
     fn malformed_batches_are_refused_whole() {
-        assert_eq!(decode(json!({"readings": []})), Err(DecodeError::BadBatch));
-        assert_eq!(decode(json!({"readings": {}})), Err(DecodeError::BadBatch));
+        assert_eq!(
+            decode(json!({"readings": []})),
+            Err(DecodeError::BadBatch(String::new()))
+        );
+        assert_eq!(
+            decode(json!({"readings": {}})),
+            Err(DecodeError::BadBatch(String::new()))
+        );
+        // Nothing beside the readings is dropped unseen: it refuses the batch.
+        assert!(matches!(
+            decode(json!({"readings": [{"temp": 1.0}], "ts": 5})),
+            Err(DecodeError::BadBatch(why)) if why.contains("\"ts\"")
+        ));
+    }
+
+    #[test]
+    fn more_readings_than_the_cap_are_refused_whole_before_decoding() {
+        let many: Vec<Value> = (0..=MAX_READINGS_PER_MESSAGE)
+            .map(|_| json!({"t": 1}))
+            .collect();
+        let err = decode(json!({ "readings": many })).unwrap_err();
+        assert_eq!(err, DecodeError::TooManyReadings(10_001));
+        assert_eq!(err.readings_held(), 10_001);
+        let values: Vec<Value> = vec![json!(1); 524_258];
+        let err = decode(json!({"interval": 0.001, "measure": "t", "values": values})).unwrap_err();
+        assert_eq!(err.code(), "too_many_readings");
+        assert_eq!(err.readings_held(), 524_258);
+        let ok: Vec<Value> = vec![json!(1); MAX_READINGS_PER_MESSAGE];
+        assert_eq!(
+            decode(json!({"interval": 1, "measure": "t", "values": ok}))
+                .unwrap()
+                .len(),
+            MAX_READINGS_PER_MESSAGE
+        );
     }
 
     #[test]
@@ -320,7 +421,7 @@ mod tests {
         let out = decode(json!({"a": {"b": {"c": {"d": 1}}}})).unwrap();
         assert_eq!(
             measures(out[0].as_ref().unwrap()),
-            vec![("a_b_c_d", &MeasureValue::Bigint(1))]
+            vec![("a_b_c_d", &MeasureValue::Double(1.0))]
         );
         let out = decode(json!({"a": {"b": {"c": {"d": {"e": 1}}}}})).unwrap();
         assert_eq!(out[0], Err(DecodeError::TooDeep("a_b_c_d".into())));
@@ -346,17 +447,25 @@ mod tests {
         assert_eq!(
             r,
             vec![
-                (-1, &MeasureValue::Bigint(100)),
-                (499, &MeasureValue::Bigint(120)),
-                (999, &MeasureValue::Bigint(130))
+                (-1, &MeasureValue::Double(100.0)),
+                (499, &MeasureValue::Double(120.0)),
+                (999, &MeasureValue::Double(130.0))
             ]
         );
+        // Offsets are rounded per value, so a fractional interval does not drift.
+        let out =
+            decode(json!({"ts": 0, "interval": 0.0015, "measure": "t", "values": [1, 2, 3, 4]}))
+                .unwrap();
+        let times: Vec<i64> = out.iter().map(|r| r.as_ref().unwrap().time_ms).collect();
+        assert_eq!(times, vec![0, 2, 3, 5]);
     }
 
     #[test]
     fn malformed_series_are_refused() {
         for bad in [
             json!({"interval": 0, "values": [{"t": 1}]}),
+            json!({"interval": 0.0009, "values": [{"t": 1}]}),
+            json!({"interval": 86_401, "values": [{"t": 1}]}),
             json!({"interval": "60", "values": [{"t": 1}]}),
             json!({"interval": 60, "values": []}),
             json!({"interval": 60, "values": {}}),
@@ -371,6 +480,11 @@ mod tests {
         let out = decode(json!({"interval": 60, "measure": "t", "values": [1, {"a": 1}]})).unwrap();
         assert!(out[0].is_ok());
         assert!(matches!(out[1], Err(DecodeError::BadSeries(_))));
+        // A value's own ts would be silently overridden: refused instead.
+        let out = decode(json!({"ts": 0, "interval": 60, "values": [{"t": 1}, {"ts": 5, "t": 2}]}))
+            .unwrap();
+        assert!(out[0].is_ok());
+        assert!(matches!(&out[1], Err(DecodeError::BadSeries(why)) if why.contains("ts")));
         let out = decode(json!({"interval": 60, "values": [1, 2]})).unwrap();
         assert!(
             out.iter()
@@ -398,6 +512,8 @@ mod tests {
             let err = out[0].clone().unwrap_err();
             assert_eq!(err.code(), "inconsistent_aggregate", "{bad}: {err}");
         }
+        // An integral float is a count (the rules engine may have rewritten 60 either way).
+        assert!(decode(json!({"temp": {"count": 60.0, "mean": 1.0}})).unwrap()[0].is_ok());
         // Not an aggregate (other keys beside count): no check.
         assert!(decode(json!({"count": 0, "temp": 1.0})).unwrap()[0].is_ok());
     }
@@ -408,9 +524,21 @@ mod tests {
             decode(json!({"temp": null})).unwrap()[0],
             Err(DecodeError::NullMeasure("temp".into()))
         );
-        assert!(matches!(
-            decode(json!({"n": u64::MAX})).unwrap()[0],
-            Err(DecodeError::BadNumber(..))
-        ));
+        assert_eq!(
+            decode(json!({"n": u64::MAX})).unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .measures[0]
+                .1,
+            MeasureValue::Double(u64::MAX as f64)
+        );
+        let types: MeasureTypes = "bigint=n".parse().unwrap();
+        assert_eq!(
+            decode_typed(json!({"n": u64::MAX}), &types).unwrap()[0]
+                .as_ref()
+                .unwrap_err()
+                .code(),
+            "type_mismatch"
+        );
     }
 }

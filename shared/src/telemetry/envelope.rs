@@ -17,6 +17,7 @@
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use super::json::CheckedJson;
 use crate::ids::ThingName;
 
 pub const TOPIC_KEY: &str = "_topic";
@@ -41,6 +42,9 @@ pub struct Envelope {
     pub received_at_ms: i64,
     pub client_id: Option<String>,
     pub payload: Payload,
+    /// The first object key the message held twice (a dot path), if any: such a message is
+    /// refused, since which value the device meant is unknowable.
+    pub duplicate_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -83,13 +87,29 @@ impl Envelope {
 
     /// Reads a message as the rule's SQS or Kinesis action delivers it: the rule's JSON output as
     /// bytes.
+    ///
+    /// # Errors
+    /// [`EnvelopeError`] naming what is missing or malformed.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         let event =
-            serde_json::from_slice(bytes).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-        Self::from_rule_event(event)
+            CheckedJson::from_slice(bytes).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        Self::from_checked(event)
+    }
+
+    /// Reads a rule event parsed with its duplicate keys noticed.
+    ///
+    /// # Errors
+    /// [`EnvelopeError`] naming what is missing or malformed.
+    pub fn from_checked(event: CheckedJson) -> Result<Self, EnvelopeError> {
+        let mut envelope = Self::from_rule_event(event.value)?;
+        envelope.duplicate_key = event.duplicate_key;
+        Ok(envelope)
     }
 
     /// Reads a direct IoT rule event.
+    ///
+    /// # Errors
+    /// [`EnvelopeError`] naming what is missing or malformed.
     pub fn from_rule_event(event: Value) -> Result<Self, EnvelopeError> {
         let Value::Object(mut fields) = event else {
             return Err(EnvelopeError::NotAnObject);
@@ -124,6 +144,7 @@ impl Envelope {
             received_at_ms,
             client_id,
             payload,
+            duplicate_key: None,
         })
     }
 }
@@ -206,6 +227,16 @@ mod tests {
             Envelope::from_bytes(br#"{"t":1,"_topic":"dt/a/d-1/telemetry","_received_at":5}"#)
                 .unwrap();
         assert_eq!(env.received_at_ms, 5);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_kept_for_the_router_to_refuse() {
+        let env = Envelope::from_bytes(
+            br#"{"temp":21.5,"temp":22.0,"_topic":"dt/a/d-1/telemetry","_received_at":5}"#,
+        )
+        .unwrap();
+        assert_eq!(env.duplicate_key.as_deref(), Some("temp"));
+        assert_eq!(env.thing.as_str(), "d-1");
     }
 
     #[test]

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::ThingName;
 
-/// A measure's value, typed as Timestream stores it. JSON `23.0` stays DOUBLE and `23` is BIGINT:
-/// the payload's own spelling decides, never a guess from the value.
+/// A measure's value, typed as Timestream stores it. The type comes from the measure's name
+/// (`schema::MeasureTypes`: numbers are DOUBLE unless declared), never from how a number was
+/// spelled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MeasureValue {
     Double(f64),

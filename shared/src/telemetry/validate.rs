@@ -17,12 +17,34 @@ const RESERVED_NAMES: &[&str] = &["time", "measure_name", "thing_name", "app", "
 const RESERVED_PREFIXES: &[&str] = &["measure_value", "ts_"];
 
 /// The time window a reading must fall in, relative to now.
+///
+/// Timestream writes a record younger than the memory-store retention to the memory store; an
+/// older one goes to the magnetic store when the table enables magnetic-store writes (and is
+/// rejected otherwise), up to the magnetic-store retention
+/// (<https://docs.aws.amazon.com/timestream/latest/developerguide/storage.html>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Now, in ms since the epoch.
     pub now_ms: i64,
-    /// Timestream table's memory-store retention: older readings are refused by Timestream.
+    /// The table's memory-store retention, in ms.
     pub memory_retention_ms: i64,
+    /// The table's magnetic-store retention in ms when magnetic-store writes are enabled; `None`
+    /// when they are not (readings older than the memory store are then refused).
+    pub magnetic_retention_ms: Option<i64>,
+}
+
+impl Limits {
+    /// The oldest a reading may be, in ms before now.
+    pub fn max_age_ms(&self) -> i64 {
+        self.magnetic_retention_ms
+            .unwrap_or(self.memory_retention_ms)
+            .max(self.memory_retention_ms)
+    }
+
+    /// A reading at `time_ms` goes to the magnetic store (late data).
+    pub fn is_late(&self, time_ms: i64) -> bool {
+        self.now_ms.saturating_sub(time_ms) > self.memory_retention_ms
+    }
 }
 
 /// Why a reading is refused; the text is what the quarantine records.
@@ -32,8 +54,12 @@ pub enum Rejection {
         "timestamp {time_ms} is {ahead_ms} ms in the future; Timestream accepts at most 15 minutes"
     )]
     InFuture { time_ms: i64, ahead_ms: i64 },
-    #[error("timestamp {time_ms} is older than the memory-store retention ({retention_ms} ms)")]
-    TooOld { time_ms: i64, retention_ms: i64 },
+    #[error("timestamp {time_ms} is older than the {store}-store retention ({retention_ms} ms)")]
+    TooOld {
+        time_ms: i64,
+        retention_ms: i64,
+        store: &'static str,
+    },
     #[error("reading has no measures")]
     NoMeasures,
     #[error("{count} measures; a Timestream record holds at most {MAX_MEASURES_PER_RECORD}")]
@@ -107,10 +133,15 @@ pub fn validate_with_dimensions(
             ahead_ms,
         });
     }
-    if limits.now_ms.saturating_sub(reading.time_ms) > limits.memory_retention_ms {
+    if limits.now_ms.saturating_sub(reading.time_ms) > limits.max_age_ms() {
         return Err(Rejection::TooOld {
             time_ms: reading.time_ms,
-            retention_ms: limits.memory_retention_ms,
+            retention_ms: limits.max_age_ms(),
+            store: if limits.magnetic_retention_ms.is_some() {
+                "magnetic"
+            } else {
+                "memory"
+            },
         });
     }
     if reading.measures.is_empty() {
@@ -163,6 +194,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         now_ms: NOW,
         memory_retention_ms: 24 * 3600 * 1000,
+        magnetic_retention_ms: None,
     };
 
     fn reading(time_ms: i64, measures: Vec<(&str, MeasureValue)>) -> Reading {
@@ -195,6 +227,34 @@ mod tests {
             ),
             Err(Rejection::TooOld { .. })
         ));
+    }
+
+    #[test]
+    fn late_readings_are_written_when_the_magnetic_store_takes_them() {
+        let temp = || vec![("temp", MeasureValue::Double(1.0))];
+        let day = 24 * 3_600_000;
+        let with_magnetic = Limits {
+            magnetic_retention_ms: Some(365 * day),
+            ..LIMITS
+        };
+        let three_days_old = reading(NOW - 3 * day, temp());
+        assert!(with_magnetic.is_late(NOW - 3 * day));
+        assert!(!with_magnetic.is_late(NOW - day));
+        assert!(validate(three_days_old.clone(), &with_magnetic).is_ok());
+        assert_eq!(
+            validate(three_days_old, &LIMITS).unwrap_err().to_string(),
+            format!(
+                "timestamp {} is older than the memory-store retention (86400000 ms)",
+                NOW - 3 * day
+            )
+        );
+        assert!(validate(reading(NOW - 365 * day, temp()), &with_magnetic).is_ok());
+        let err = validate(reading(NOW - 365 * day - 1, temp()), &with_magnetic).unwrap_err();
+        assert_eq!(err.code(), "timestamp_too_old");
+        assert!(
+            err.to_string().contains("magnetic-store retention"),
+            "{err}"
+        );
     }
 
     #[test]
