@@ -440,3 +440,247 @@ async fn sqs_quarantine_items_name_their_message() {
     assert_eq!(metadata["reason-codes"], "bad_envelope");
     assert_eq!(stack.archived_rows().await.len(), 1);
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn packed(time: i64, temp: f32, hum: f32) -> Vec<u8> {
+    let mut out = (time as u64).to_be_bytes().to_vec();
+    out.extend_from_slice(&temp.to_be_bytes());
+    out.extend_from_slice(&hum.to_be_bytes());
+    out
+}
+
+impl Stack {
+    /// (reading_id, measure, received_at) of every archived row.
+    async fn archived_ids(&self) -> Vec<(String, String, i64)> {
+        let mut rows = Vec::new();
+        for key in self.keys("telemetry/").await {
+            let bytes = self
+                .object(&key)
+                .await
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            let reader = SerializedFileReader::new(bytes).unwrap();
+            for row in reader.get_row_iter(None).unwrap() {
+                let columns = row.unwrap().into_columns();
+                let get = |name: &str| columns.iter().find(|(n, _)| n == name).unwrap().1.clone();
+                let (Field::Str(id), Field::Str(measure), Field::TimestampMillis(at)) =
+                    (get("reading_id"), get("measure_name"), get("received_at"))
+                else {
+                    panic!("unexpected row {columns:?}")
+                };
+                rows.push((id, measure, at));
+            }
+        }
+        rows.sort();
+        rows
+    }
+}
+
+/// Issue 11, case 1 against the local stack: a payload of two gzip members (two packed th-v2
+/// records each) lands whole: four records in Timestream, four readings in the archive.
+#[tokio::test]
+async fn every_gzip_member_lands_in_timestream_and_the_archive() {
+    use base64::Engine as _;
+    let stack = Stack::new(true).await;
+    let now = now_ms();
+    let mut payload = gzip(
+        &[
+            packed(now - 4000, 21.5, 40.0),
+            packed(now - 3000, 21.75, 41.0),
+        ]
+        .concat(),
+    );
+    payload.extend(gzip(
+        &[
+            packed(now - 2000, 22.0, 42.0),
+            packed(now - 1000, 22.25, 43.0),
+        ]
+        .concat(),
+    ));
+    let schemas: PackedSchemas = "th-v2=temp,hum".parse().unwrap();
+    let rules = Rules {
+        schemas: &schemas,
+        ..rules(now)
+    };
+    let message = json!({
+        "_payload": base64::engine::general_purpose::STANDARD.encode(&payload),
+        "_topic": "dt/greenhouse/dev-7/telemetry/th-v2",
+        "_received_at": now,
+        "_client_id": "dev-7",
+    });
+    let counts = route_rule_event(message.into(), &rules, &stack.edges(), "req-gz")
+        .await
+        .unwrap();
+    assert_eq!((counts.received, counts.accepted), (4, 4));
+    let records = stored_records(&stack.target);
+    let times: Vec<String> = records
+        .iter()
+        .map(|r| r["Time"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        times,
+        [4000, 3000, 2000, 1000]
+            .map(|ago| (now - ago).to_string())
+            .to_vec()
+    );
+    assert_eq!(
+        stack.archived_rows().await.len(),
+        8,
+        "4 readings × 2 measures"
+    );
+}
+
+/// Issue 11, cases 2 and 3 against the local stack: `21.5` then `22.0` (delivered as `22`) are
+/// both DOUBLE in Timestream and in the archive's `value_double`; the same message delivered
+/// twice (QoS 1 resend: a new receive time, another invocation) is two archive rows per measure
+/// with one reading id, and counting by reading id counts it once.
+#[tokio::test]
+async fn types_stay_stable_and_a_redelivered_reading_counts_once() {
+    let stack = Stack::new(true).await;
+    let now = now_ms();
+    for (i, temp) in [json!(21.5), json!(22)].into_iter().enumerate() {
+        let message = event(json!({"ts": now - 10_000 + i as i64, "temp": temp}), now);
+        route_rule_event(
+            message.into(),
+            &rules(now),
+            &stack.edges(),
+            &format!("req-t{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    let records = stored_records(&stack.target);
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["MeasureValues"][0]["Type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["DOUBLE", "DOUBLE"]);
+    let archived = stack.archived_rows().await;
+    let doubles: Vec<(&str, &str)> = archived
+        .iter()
+        .map(|r| (r.4.as_str(), r.5.as_str()))
+        .collect();
+    assert_eq!(doubles, vec![("DOUBLE", "21.5"), ("DOUBLE", "22")]);
+
+    // The same reading delivered again, received 30 s later by another invocation.
+    let again = event(json!({"ts": now - 10_000, "temp": 21.5}), now + 30_000);
+    route_rule_event(again.into(), &rules(now + 30_000), &stack.edges(), "req-t2")
+        .await
+        .unwrap();
+    let rows = stack.archived_ids().await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let mut readings: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(id, m, _)| (id.as_str(), m.as_str()))
+        .collect();
+    readings.dedup();
+    assert_eq!(readings.len(), 2, "two readings, whatever the deliveries");
+    // Both deliveries of the first reading share its id; the view keeps the later one.
+    assert_eq!(
+        shoal_shared::telemetry::archive::reading_id("dev-42", "farm", now - 10_000),
+        rows.iter()
+            .find(|(_, _, at)| *at == now + 30_000)
+            .unwrap()
+            .0
+    );
+}
+
+/// Issue 11, case 4 against the local stack: with magnetic-store writes on, a reading buffered
+/// offline for three days is written; one older than the magnetic retention is quarantined.
+#[tokio::test]
+async fn late_readings_are_written_to_the_magnetic_store() {
+    let stack = Stack::new(true).await;
+    let now = now_ms();
+    let day = 86_400_000;
+    let rules = Rules {
+        limits: Limits {
+            magnetic_retention_ms: Some(30 * day),
+            ..rules(now).limits
+        },
+        ..rules(now)
+    };
+    let message = event(
+        json!({"readings": [
+            {"ts": now - 3 * day, "temp": 19.5},
+            {"ts": now - 31 * day, "temp": 18.5},
+        ]}),
+        now,
+    );
+    let counts = route_rule_event(message.into(), &rules, &stack.edges(), "req-late")
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts.received, counts.accepted, counts.accepted_late),
+        (2, 1, 1)
+    );
+    assert_eq!(counts.quarantined.get("timestamp_too_old"), Some(&1));
+    let records = stored_records(&stack.target);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["Time"], (now - 3 * day).to_string());
+    assert_eq!(stack.archived_rows().await.len(), 1);
+    assert_eq!(stack.keys("quarantine/").await.len(), 1);
+}
+
+/// Issue 11, cases 5b and 6 against the local stack: 8,192 refused readings are one quarantine
+/// object listing each; a bad envelope from SQS is filed under the hour SQS took it.
+#[tokio::test]
+async fn refusals_are_one_object_per_message_filed_by_a_real_time() {
+    use telemetry_router::handler::{RouterConfig, handle};
+    let stack = Stack::new(true).await;
+    let now = now_ms();
+    let values = vec![json!(1); 8192];
+    let ahead = event(
+        json!({"ts": now + 10 * 86_400_000, "interval": 1, "measure": "t", "values": values}),
+        now,
+    );
+    let counts = route_rule_event(ahead.into(), &rules(now), &stack.edges(), "req-q")
+        .await
+        .unwrap();
+    assert_eq!(counts.quarantined.get("timestamp_in_future"), Some(&8192));
+    let keys = stack.keys("quarantine/").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let body: Value = serde_json::from_slice(
+        &stack
+            .object(&keys[0])
+            .await
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes(),
+    )
+    .unwrap();
+    assert_eq!(body["refused"].as_array().unwrap().len(), 8192);
+    assert_eq!(body["refused"][8191]["reading"], 8191);
+
+    let config = RouterConfig {
+        timestream: stack.target.clone(),
+        archive_bucket: stack.bucket.clone(),
+        memory_retention_ms: 24 * 3_600_000,
+        magnetic_retention_ms: None,
+        packed_schemas: PackedSchemas::empty(),
+        measure_types: MeasureTypes::empty(),
+    };
+    // 2026-11-25T09:46:40.123Z
+    let sqs = json!({"Records": [{
+        "messageId": "msg-bad", "body": "temp=1.5", "eventSource": "aws:sqs",
+        "attributes": {"SentTimestamp": "1795600000123"}
+    }]});
+    let (counts, answer) = handle(sqs, &config, &stack.edges(), "req-sqs-bad", &NoDeadline).await;
+    assert_eq!(answer.unwrap(), json!({"batchItemFailures": []}));
+    assert_eq!(counts.quarantined.get("bad_envelope"), Some(&1));
+    let keys = stack
+        .keys("quarantine/year=2026/month=11/day=25/hour=09/")
+        .await;
+    assert_eq!(keys.len(), 1, "{:?}", stack.keys("quarantine/").await);
+    assert!(stack.keys("quarantine/year=1970").await.is_empty());
+}

@@ -310,6 +310,35 @@ mod tests {
         assert!(counts.balanced());
     }
 
+    /// Issue 11, case 6: a message without a receive time is filed under the hour the queue took
+    /// it (the same on every redelivery), never under 1970.
+    #[tokio::test]
+    async fn a_bad_envelope_is_filed_under_the_queue_s_time() {
+        let mut event = sqs(&["not json"]);
+        event["Records"][0]["attributes"] = json!({"SentTimestamp": "1795600000123"});
+        let Trigger::Sqs(event) = Trigger::classify(event) else {
+            panic!("sqs")
+        };
+        let fakes = Fakes::default();
+        let (counts, _) = route_sqs(event, &RULES, &fakes.edges(), "req-12").await;
+        assert_eq!(counts.quarantined.get("bad_envelope"), Some(&1));
+        {
+            let items = fakes.quarantine.items.lock().unwrap();
+            assert_eq!(items[0].filed_at_ms, 1_795_600_000_123);
+            assert_eq!(items[0].received_at_ms, None);
+        }
+        // Kinesis: the record's approximate arrival time.
+        let Trigger::Kinesis(event) = Trigger::classify(kinesis(&[b"not json"])) else {
+            panic!("kinesis")
+        };
+        let fakes = Fakes::default();
+        route_kinesis(event, &RULES, &fakes.edges(), "req-13").await;
+        assert_eq!(
+            fakes.quarantine.items.lock().unwrap()[0].filed_at_ms,
+            1_795_600_000_123
+        );
+    }
+
     #[tokio::test]
     async fn a_clean_batch_reports_no_failures() {
         let Trigger::Kinesis(event) = Trigger::classify(kinesis(&[message(1.0).as_bytes()])) else {

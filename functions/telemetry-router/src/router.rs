@@ -593,7 +593,8 @@ pub async fn route_batch(
     let mut halted = false;
     for incoming in messages {
         if !halted && rules.deadline.expired() {
-            batch.failure(deadline_error());
+            // The round decoded so far will not be written in time: it goes back whole.
+            batch.fail_round(&round);
             halted = true;
         }
         if halted {
@@ -746,6 +747,7 @@ mod tests {
     use crate::fakes::{FakeArchive, FakeQuarantine, FakeSink};
     use proptest::prelude::*;
     use serde_json::json;
+    use shoal_shared::telemetry::MeasureValue;
 
     const NOW: i64 = 1_764_064_800_000;
     const RULES: Rules<'static> = Rules {
@@ -1055,6 +1057,471 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(counts.quarantined_total(), 1);
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn zlib(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn packed(time: i64, values: &[f32]) -> Vec<u8> {
+        let mut out = (time as u64).to_be_bytes().to_vec();
+        for v in values {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    fn binary_event(topic: &str, bytes: &[u8]) -> Value {
+        use base64::Engine as _;
+        json!({
+            "_payload": base64::engine::general_purpose::STANDARD.encode(bytes),
+            "_topic": topic,
+            "_received_at": NOW,
+            "_client_id": "dev-7",
+        })
+    }
+
+    static TH_V2: std::sync::LazyLock<PackedSchemas> =
+        std::sync::LazyLock::new(|| "th-v2=temp,hum".parse().unwrap());
+
+    fn packed_rules() -> Rules<'static> {
+        Rules {
+            schemas: &TH_V2,
+            ..RULES
+        }
+    }
+
+    /// Issue 11, case 1: two gzip members, two packed th-v2 records each. Every reading is
+    /// counted and stored, in order.
+    #[tokio::test]
+    async fn every_gzip_member_of_a_payload_is_stored() {
+        let mut first = packed(NOW - 4000, &[21.5, 40.0]);
+        first.extend(packed(NOW - 3000, &[21.75, 41.0]));
+        let mut second = packed(NOW - 2000, &[22.0, 42.0]);
+        second.extend(packed(NOW - 1000, &[22.25, 43.0]));
+        let mut payload = gzip(&first);
+        payload.extend(gzip(&second));
+        let fakes = crate::fakes::Fakes::default();
+        let edges = fakes.edges();
+        let counts = route_rule_event(
+            binary_event("dt/greenhouse/dev-7/telemetry/th-v2", &payload).into(),
+            &packed_rules(),
+            &edges,
+            "req-gz",
+        )
+        .await
+        .unwrap();
+        assert_eq!((counts.received, counts.accepted), (4, 4));
+        {
+            let calls = fakes.sink.calls.lock().unwrap();
+            let times: Vec<i64> = calls[0].iter().map(|r| r.time_ms).collect();
+            assert_eq!(times, vec![NOW - 4000, NOW - 3000, NOW - 2000, NOW - 1000]);
+            assert_eq!(
+                calls[0][3].measures,
+                vec![
+                    ("temp".to_owned(), MeasureValue::Double(22.25)),
+                    ("hum".to_owned(), MeasureValue::Double(43.0))
+                ]
+            );
+        }
+        // A stray byte after the last member: the whole message is quarantined, with the reason.
+        payload.push(0);
+        let q = FakeQuarantine::default();
+        let counts = route_rules(
+            binary_event("dt/greenhouse/dev-7/telemetry/th-v2", &payload),
+            &packed_rules(),
+            &FakeSink::default(),
+            &q,
+            &FakeArchive::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(counts.quarantined, BTreeMap::from([("undecodable", 1)]));
+        let items = q.items.lock().unwrap();
+        assert!(
+            items[0].refused[0]
+                .reason
+                .contains("1 bytes after the last gzip member"),
+            "{:?}",
+            items[0].refused
+        );
+    }
+
+    /// Issue 11, case 2: `21.5` then `22.0` (which SQL 2016-03-23 delivers as `22`): one type.
+    #[tokio::test]
+    async fn a_measure_keeps_its_type_however_the_number_is_spelled() {
+        let fakes = crate::fakes::Fakes::default();
+        let edges = fakes.edges();
+        for temp in [json!(21.5), json!(22)] {
+            route_rule_event(event(json!({"temp": temp})).into(), &RULES, &edges, "req-t")
+                .await
+                .unwrap();
+        }
+        let calls = fakes.sink.calls.lock().unwrap();
+        let types: Vec<&str> = calls
+            .iter()
+            .map(|c| c[0].measures[0].1.type_name())
+            .collect();
+        assert_eq!(types, vec!["DOUBLE", "DOUBLE"]);
+        assert_eq!(calls[1][0].measures[0].1, MeasureValue::Double(22.0));
+    }
+
+    /// Issue 11, case 4: late data goes to the magnetic store when the table takes it.
+    #[tokio::test]
+    async fn late_readings_are_written_when_magnetic_writes_are_on() {
+        let day = 86_400_000;
+        let rules = Rules {
+            limits: Limits {
+                magnetic_retention_ms: Some(365 * day),
+                ..RULES.limits
+            },
+            ..RULES
+        };
+        let (sink, q) = (FakeSink::default(), FakeQuarantine::default());
+        let counts = route_rules(
+            event(json!({"readings": [
+                {"ts": NOW - 3 * day, "temp": 1.5},
+                {"ts": NOW - 1000, "temp": 2.5},
+                {"ts": NOW - 366 * day, "temp": 3.5},
+            ]})),
+            &rules,
+            &sink,
+            &q,
+            &FakeArchive::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (counts.received, counts.accepted, counts.accepted_late),
+            (3, 2, 1)
+        );
+        assert_eq!(
+            counts.quarantined,
+            BTreeMap::from([("timestamp_too_old", 1)])
+        );
+        // Without magnetic-store writes, the 3-day-old reading is quarantined too.
+        let counts = route(
+            event(json!({"readings": [{"ts": NOW - 3 * day, "temp": 1.5}]})),
+            &FakeSink::default(),
+            &FakeQuarantine::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            counts.quarantined,
+            BTreeMap::from([("timestamp_too_old", 1)])
+        );
+    }
+
+    /// Issue 11, case 5a: 1.5 KB of gzip inflating to an interval series of 524,258 readings is
+    /// refused whole, before any reading is built, and counted as what it held.
+    #[tokio::test]
+    async fn a_small_message_holding_half_a_million_readings_is_quarantined_whole() {
+        let mut series = br#"{"interval":0.001,"measure":"t","values":["#.to_vec();
+        let mut values = 1;
+        while series.len() < 1024 * 1024 - 8 {
+            series.extend_from_slice(b"1,");
+            values += 1;
+        }
+        series.extend_from_slice(b"1]}");
+        let body = gzip(&series);
+        assert!(body.len() < 2048, "{} bytes", body.len());
+        let (sink, q, archive) = (
+            FakeSink::default(),
+            FakeQuarantine::default(),
+            FakeArchive::default(),
+        );
+        let counts = route_rules(
+            binary_event("dt/greenhouse/dev-7/telemetry/bin", &body),
+            &RULES,
+            &sink,
+            &q,
+            &archive,
+        )
+        .await
+        .unwrap();
+        assert_eq!(counts.received, values);
+        assert_eq!(
+            counts.quarantined,
+            BTreeMap::from([("too_many_readings", values)])
+        );
+        assert!(counts.balanced());
+        assert!(sink.calls.lock().unwrap().is_empty());
+        let items = q.items.lock().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].readings, values);
+    }
+
+    /// Issue 11, case 5b: 8,192 refused readings make one quarantine object whose size grows
+    /// with the message, not with the square of it.
+    #[tokio::test]
+    async fn many_refused_readings_make_one_quarantine_object() {
+        // 16 KB: an interval series of 8,192 values stamped ten days ahead.
+        let values = vec![json!(1); 8192];
+        let ahead = NOW + 10 * 86_400_000;
+        let message = event(json!({"ts": ahead, "interval": 1, "measure": "t", "values": values}));
+        assert!(serde_json::to_vec(&message).unwrap().len() < 17 * 1024);
+        let q = FakeQuarantine::default();
+        let counts = route(message, &FakeSink::default(), &q).await.unwrap();
+        assert_eq!(
+            counts.quarantined,
+            BTreeMap::from([("timestamp_in_future", 8192)])
+        );
+        let items = q.items.lock().unwrap();
+        assert_eq!(items.len(), 1);
+        let body = items[0].body();
+        let per_refusal = (body.len() - items[0].original.len()) / 8192;
+        assert!(per_refusal < 200, "{per_refusal} bytes per refusal");
+    }
+
+    #[tokio::test]
+    async fn duplicate_keys_refuse_the_message_with_the_key_named() {
+        let q = FakeQuarantine::default();
+        let edges = Edges {
+            sink: &FakeSink::default(),
+            quarantine: &q,
+            archive: &FakeArchive::default(),
+        };
+        let raw = br#"{"temp": 21.5, "temp": 99.0, "_topic": "dt/farm/dev-1/telemetry", "_received_at": 1764064800000}"#;
+        let outcome = route_batch(
+            vec![Incoming::from_bytes("m1".into(), raw.to_vec())],
+            &RULES,
+            &edges,
+            "req-d",
+            FailurePolicy::Independent,
+        )
+        .await;
+        assert_eq!(
+            outcome.counts.quarantined,
+            BTreeMap::from([("duplicate_key", 1)])
+        );
+        let items = q.items.lock().unwrap();
+        assert!(
+            items[0].refused[0].reason.contains("\"temp\""),
+            "{:?}",
+            items[0]
+        );
+        assert_eq!(items[0].original, raw);
+    }
+
+    /// Expires after `after` checks: stands for an invocation running out of time.
+    struct ExpiresAfter {
+        after: usize,
+        checks: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Deadline for ExpiresAfter {
+        fn expired(&self) -> bool {
+            self.checks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                >= self.after
+        }
+    }
+
+    fn messages(n: usize) -> Vec<Incoming> {
+        (0..n)
+            .map(|i| {
+                let body = event(json!({"ts": NOW - i as i64, "temp": 1.5}));
+                Incoming::from_bytes(format!("m{i}"), serde_json::to_vec(&body).unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn messages_not_reached_before_the_deadline_go_back_for_retry() {
+        for policy in [FailurePolicy::Independent, FailurePolicy::Ordered] {
+            // Three messages are decoded, then time runs out: the round they are in is never
+            // written, and nothing after it is started.
+            let deadline = ExpiresAfter {
+                after: 3,
+                checks: 0.into(),
+            };
+            let rules = Rules {
+                deadline: &deadline,
+                ..RULES
+            };
+            let fakes = crate::fakes::Fakes::default();
+            let outcome =
+                route_batch(messages(5), &rules, &fakes.edges(), "req-late", policy).await;
+            assert_eq!(
+                outcome.failed,
+                vec!["m0", "m1", "m2", "m3", "m4"],
+                "{policy:?}"
+            );
+            assert_eq!((outcome.counts.received, outcome.counts.retried), (5, 5));
+            assert_eq!(outcome.cause.unwrap().operation, "Invoke");
+        }
+        // With time for everything, nothing goes back.
+        let fakes = crate::fakes::Fakes::default();
+        let outcome = route_batch(
+            messages(5),
+            &RULES,
+            &fakes.edges(),
+            "req-ok",
+            FailurePolicy::Independent,
+        )
+        .await;
+        assert!(outcome.failed.is_empty());
+        assert_eq!(outcome.counts.accepted, 5);
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_is_settled_in_rounds_with_bounded_memory() {
+        // 5 messages of 10,000 readings (interval series, 40 KB each): rounds of 20,000, one
+        // archive object each.
+        let incoming: Vec<Incoming> = (0..5)
+            .map(|m| {
+                let values = vec![json!(1.5); 10_000];
+                let first = NOW - 100_000 + m * 10_000;
+                let body = event(
+                    json!({"ts": first, "interval": 0.001, "measure": "temp", "values": values}),
+                );
+                Incoming::from_bytes(format!("m{m}"), serde_json::to_vec(&body).unwrap())
+            })
+            .collect();
+        let fakes = crate::fakes::Fakes::default();
+        let outcome = route_batch(
+            incoming,
+            &RULES,
+            &fakes.edges(),
+            "req-big",
+            FailurePolicy::Ordered,
+        )
+        .await;
+        assert_eq!(outcome.counts.accepted, 50_000);
+        let keys: Vec<String> = fakes
+            .archive
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            keys,
+            vec!["req-big.parquet", "req-big-1.parquet", "req-big-2.parquet"]
+        );
+        assert_eq!(fakes.sink.calls.lock().unwrap().len(), 500);
+    }
+
+    /// How one format carries a list of readings; `true` marks a reading the router must refuse.
+    #[derive(Debug, Clone, Copy)]
+    enum Format {
+        JsonBatch,
+        JsonSeries,
+        CborSequence,
+        Packed,
+        GzipMembers(usize),
+        ZlibJson,
+    }
+
+    fn encode(format: Format, readings: &[(i64, f32, bool)]) -> (Value, usize) {
+        let json_reading = |(t, v, bad): &(i64, f32, bool)| {
+            if *bad {
+                json!({"ts": NOW - t, "bad name": v})
+            } else {
+                json!({"ts": NOW - t, "temp": v})
+            }
+        };
+        let batch = || {
+            serde_json::to_vec(
+                &json!({"readings": readings.iter().map(json_reading).collect::<Vec<_>>()}),
+            )
+            .unwrap()
+        };
+        let packed_bytes = || {
+            readings
+                .iter()
+                .flat_map(|(t, v, bad)| packed(NOW - t, &[*v, if *bad { f32::NAN } else { 1.0 }]))
+                .collect::<Vec<u8>>()
+        };
+        let topic = "dt/farm/dev-1/telemetry/th-v2";
+        let event_of = |bytes: &[u8]| binary_event(topic, bytes);
+        let e = match format {
+            Format::JsonBatch => {
+                event(json!({"readings": readings.iter().map(json_reading).collect::<Vec<_>>()}))
+            }
+            Format::JsonSeries => event(json!({
+                "ts": NOW - 60_000,
+                "interval": 1,
+                "measure": "temp",
+                "values": readings.iter().map(|(_, v, bad)| if *bad { Value::Null } else { json!(v) }).collect::<Vec<_>>(),
+            })),
+            Format::CborSequence => {
+                let mut out = Vec::new();
+                for (t, v, bad) in readings {
+                    use ciborium::Value as C;
+                    let name = if *bad { "bad name" } else { "temp" };
+                    let item = C::Map(vec![
+                        (C::Text("ts".into()), C::Integer((NOW - t).into())),
+                        (C::Text(name.into()), C::Float(f64::from(*v))),
+                    ]);
+                    ciborium::into_writer(&item, &mut out).unwrap();
+                }
+                event_of(&out)
+            }
+            Format::Packed => event_of(&packed_bytes()),
+            Format::GzipMembers(split) => {
+                let bytes = packed_bytes();
+                let at = split.min(bytes.len());
+                let mut out = gzip(&bytes[..at]);
+                out.extend(gzip(&bytes[at..]));
+                event_of(&out)
+            }
+            Format::ZlibJson => event_of(&zlib(&batch())),
+        };
+        (e, readings.iter().filter(|r| r.2).count())
+    }
+
+    fn any_format() -> impl Strategy<Value = Format> {
+        prop_oneof![
+            Just(Format::JsonBatch),
+            Just(Format::JsonSeries),
+            Just(Format::CborSequence),
+            Just(Format::Packed),
+            (0usize..400).prop_map(Format::GzipMembers),
+            Just(Format::ZlibJson),
+        ]
+    }
+
+    proptest! {
+        /// For every format: the readings a payload holds = accepted + quarantined (+ returned
+        /// for retry), per message, whatever the stores do.
+        #[test]
+        fn every_reading_of_every_format_is_counted_once(
+            format in any_format(),
+            readings in prop::collection::vec((0i64..50_000, -100f32..100f32, prop::bool::weighted(0.2)), 1..25),
+            fail_call in prop::option::of(0usize..2),
+            quarantine_down in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (e, bad) = encode(format, &readings);
+            let sink = FakeSink { fail_call, ..FakeSink::default() };
+            let q = FakeQuarantine { fail_after: quarantine_down.then_some(0), ..FakeQuarantine::default() };
+            let counts = match rt.block_on(route_rules(e, &packed_rules(), &sink, &q, &FakeArchive::default())) {
+                Ok(counts) => {
+                    prop_assert_eq!(counts.accepted, readings.len() - bad);
+                    prop_assert_eq!(counts.quarantined_total(), bad);
+                    counts
+                }
+                Err(retry) => {
+                    prop_assert_eq!(retry.counts.retried, readings.len());
+                    retry.counts
+                }
+            };
+            prop_assert_eq!(counts.received, readings.len(), "{:?}", format);
+            prop_assert!(counts.balanced());
+        }
     }
 
     fn arbitrary_json() -> impl Strategy<Value = Value> {
