@@ -13,7 +13,7 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-hook bench-shadow bench-rollout bench-advancer package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
@@ -21,6 +21,7 @@ help:
 	@echo "make stack-up    start moto on 127.0.0.1:4566 (stack-down stops it)"
 	@echo "make package     build every Lambda zip with cargo lambda (release) and print sizes"
 	@echo "make bench       telemetry decode/validate/record-build throughput (BENCHMARKS.md)"
+	@echo "make bench-router the router's whole path without I/O: SQS batch -> SDK records + Parquet"
 	@echo "make bench-hook  pre-provisioning hook latency against the local stack"
 	@echo "make bench-shadow CPU per shadow-documents message (plan, policies, limits; no I/O)"
 	@echo "make bench-rollout cohort evaluation throughput (things/s)"
@@ -73,6 +74,10 @@ lambda-invoke: venv
 
 bench:
 	cargo bench -p shoal-shared --no-default-features --bench telemetry_pipeline
+
+# The router's whole path without I/O (SQS event -> WriteRecords inputs + Parquet; refusal path).
+bench-router:
+	cargo bench -p telemetry-router --bench router_path
 
 # Hook latency against the local stack (started and stopped around it when needed).
 bench-hook: venv

@@ -31,6 +31,18 @@ impl ClientFactory {
         Self { sdk }
     }
 
+    /// Clients made from the returned factory give up an operation — every attempt and retry
+    /// backoff of one call — after `timeout`, so a caller with a deadline keeps its reserve.
+    #[must_use]
+    pub fn with_operation_timeout(self, timeout: std::time::Duration) -> Self {
+        let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
+            .operation_timeout(timeout)
+            .build();
+        Self {
+            sdk: self.sdk.to_builder().timeout_config(timeouts).build(),
+        }
+    }
+
     pub fn sdk_config(&self) -> &SdkConfig {
         &self.sdk
     }

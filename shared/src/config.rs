@@ -25,6 +25,8 @@ pub mod vars {
     /// Declared Timestream types of measures (`bigint=rssi;varchar=fw`); numbers are DOUBLE
     /// otherwise.
     pub const MEASURE_TYPES: &str = "SHOAL_MEASURE_TYPES";
+    /// How telemetry reaches the router: `direct`, `sqs` or `kinesis`.
+    pub const TELEMETRY_DELIVERY: &str = "SHOAL_TELEMETRY_DELIVERY";
     /// `true` when the telemetry table takes magnetic-store writes (late data).
     pub const TIMESTREAM_MAGNETIC_WRITES: &str = "SHOAL_TIMESTREAM_MAGNETIC_WRITES";
     /// The telemetry table's magnetic-store retention in days (default 365).

@@ -108,6 +108,7 @@ fn expected(file: &str) -> Option<(usize, usize, Vec<&'static str>)> {
         "telemetry-router-sqs-batch.json" => (4, 3, vec!["bad_envelope"]),
         "telemetry-router-binary-packed.json" => (2, 1, vec!["not_finite"]),
         "telemetry-router-binary-gzip-json.json" => (2, 2, vec![]),
+        "telemetry-router-binary-gzip-members.json" => (4, 4, vec![]),
         "telemetry-router-binary-cbor.json" => (1, 1, vec![]),
         "telemetry-router-kinesis-batch.json" => (3, 3, vec![]),
         _ => return None,
@@ -127,6 +128,7 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         magnetic_retention_ms: None,
         packed_schemas: "th-v2=temp,hum".parse().unwrap(),
         measure_types: shoal_shared::telemetry::MeasureTypes::empty(),
+        delivery: None,
     };
     init_local(
         &factory,

@@ -422,6 +422,7 @@ async fn sqs_quarantine_items_name_their_message() {
         magnetic_retention_ms: None,
         packed_schemas: PackedSchemas::empty(),
         measure_types: MeasureTypes::empty(),
+        delivery: None,
     };
     let now = now_ms();
     let good = event(json!({"temp": 1.5}), now).to_string();
@@ -669,6 +670,7 @@ async fn refusals_are_one_object_per_message_filed_by_a_real_time() {
         magnetic_retention_ms: None,
         packed_schemas: PackedSchemas::empty(),
         measure_types: MeasureTypes::empty(),
+        delivery: None,
     };
     // 2026-11-25T09:46:40.123Z
     let sqs = json!({"Records": [{
@@ -683,4 +685,99 @@ async fn refusals_are_one_object_per_message_filed_by_a_real_time() {
         .await;
     assert_eq!(keys.len(), 1, "{:?}", stack.keys("quarantine/").await);
     assert!(stack.keys("quarantine/year=1970").await.is_empty());
+}
+
+/// Issue 11, case 3, end to end: the template's Athena view `telemetry_latest`, run by DuckDB over
+/// the real archive objects (Athena is not emulated; this SQL is the same in both), counts a
+/// redelivered reading once, with the value of its latest delivery — what Timestream keeps.
+#[tokio::test]
+async fn the_template_s_latest_view_counts_each_reading_once_over_the_real_archive() {
+    let stack = Stack::new(true).await;
+    let now = now_ms();
+    let readings = |late_temp: f64| {
+        json!({"readings": [
+            {"ts": now - 3000, "temp": 20.5, "hum": 40},
+            {"ts": now - 2000, "temp": 21.5, "hum": 41},
+            {"ts": now - 1000, "temp": late_temp, "hum": 42},
+        ]})
+    };
+    // First delivery, then a resend received 30 s later (a correction on the last reading).
+    route_rule_event(
+        event(readings(22.5), now).into(),
+        &rules(now),
+        &stack.edges(),
+        "req-v1",
+    )
+    .await
+    .unwrap();
+    route_rule_event(
+        event(readings(23.5), now + 30_000).into(),
+        &rules(now + 30_000),
+        &stack.edges(),
+        "req-v2",
+    )
+    .await
+    .unwrap();
+    let keys = stack.keys("telemetry/").await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+
+    let dir = std::env::temp_dir().join(unique_name("archive-view"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        let bytes = stack
+            .object(key)
+            .await
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        std::fs::write(dir.join(format!("{i}.parquet")), bytes).unwrap();
+    }
+    let root = shoal_integration_tests::repo_root();
+    let template: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(root.join("infra/template.yaml")).unwrap())
+            .unwrap();
+    let view = template["Resources"]["ArchiveLatestViewQuery"]["Properties"]["QueryString"]
+        .as_str()
+        .expect("the view's saved query")
+        .to_owned();
+    let script = r#"
+import duckdb, json, sys
+con = duckdb.connect()
+con.execute(f"CREATE VIEW telemetry AS SELECT * FROM read_parquet('{sys.argv[1]}/*.parquet')")
+con.execute(sys.argv[2])
+rows = con.execute(
+    "SELECT reading_id, measure_name, value_double, count(*) OVER () FROM telemetry_latest "
+    "ORDER BY reading_id, measure_name").fetchall()
+total = con.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+print(json.dumps({"rows": rows, "archived": total}))
+"#;
+    let python = root.join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .args(["-c", script, dir.to_str().unwrap(), &view])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make venv`)", python.display()));
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["archived"], 12,
+        "two deliveries of 3 readings × 2 measures"
+    );
+    let rows = result["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "each reading and measure once: {rows:?}");
+    let id = shoal_shared::telemetry::archive::reading_id("dev-42", "farm", now - 1000);
+    let corrected = rows
+        .iter()
+        .find(|r| r[0] == id.as_str() && r[1] == "temp")
+        .unwrap();
+    assert_eq!(
+        corrected[2], 23.5,
+        "the latest delivery wins, as in Timestream"
+    );
 }

@@ -7,6 +7,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde::Deserialize;
 use shoal_shared::telemetry::CheckedJson;
+use shoal_shared::telemetry::envelope::TOPIC_KEY;
 
 use crate::router::{
     ArchiveStore, Counts, Edges, FailurePolicy, Incoming, QuarantineStore, Rules, TelemetrySink,
@@ -22,20 +23,56 @@ pub enum Trigger {
     Kinesis(KinesisEvent),
 }
 
+/// How the template hands telemetry to the router (`SHOAL_TELEMETRY_DELIVERY`, the
+/// `TelemetryDelivery` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Direct,
+    Sqs,
+    Kinesis,
+}
+
+impl std::str::FromStr for Delivery {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "direct" => Ok(Delivery::Direct),
+            "sqs" => Ok(Delivery::Sqs),
+            "kinesis" => Ok(Delivery::Kinesis),
+            _ => Err("must be direct, sqs or kinesis".into()),
+        }
+    }
+}
+
 impl Trigger {
-    /// SQS and Kinesis events are `{"Records": [{"eventSource": "aws:sqs" | "aws:kinesis", …}]}`;
-    /// anything else is a direct rule invocation. An event that claims to be a batch but does not
-    /// parse as one is routed (and quarantined whole) as a direct event: it is kept, and retrying
-    /// it could never succeed.
+    /// [`Self::classify_for`] when the delivery mode is not known.
     pub fn classify(event: impl Into<CheckedJson>) -> Self {
+        Self::classify_for(event, None)
+    }
+
+    /// SQS and Kinesis events are `{"Records": [{"eventSource": "aws:sqs" | "aws:kinesis", …}]}`;
+    /// anything else is a direct rule invocation. A device's own payload can look like a batch
+    /// (`{"Records": […]}` on its telemetry topic), so an event the rule made — it carries
+    /// `_topic` — is always direct, and with the delivery mode known only that mode's shape is a
+    /// batch. An event that claims to be a batch but does not parse as one is routed (and
+    /// quarantined whole) as a direct event: it is kept, and retrying it could never succeed.
+    pub fn classify_for(event: impl Into<CheckedJson>, delivery: Option<Delivery>) -> Self {
         let event = event.into();
+        if delivery == Some(Delivery::Direct) || event.value.get(TOPIC_KEY).is_some() {
+            return Trigger::Direct(event);
+        }
         let source = event.value["Records"][0]["eventSource"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let parsed = match source.as_str() {
-            "aws:sqs" => SqsEvent::deserialize(&event.value).map(Trigger::Sqs),
-            "aws:kinesis" => KinesisEvent::deserialize(&event.value).map(Trigger::Kinesis),
+        let parsed = match (source.as_str(), delivery) {
+            ("aws:sqs", None | Some(Delivery::Sqs)) => {
+                SqsEvent::deserialize(&event.value).map(Trigger::Sqs)
+            }
+            ("aws:kinesis", None | Some(Delivery::Kinesis)) => {
+                KinesisEvent::deserialize(&event.value).map(Trigger::Kinesis)
+            }
             _ => return Trigger::Direct(event),
         };
         parsed.unwrap_or_else(|e| {
@@ -179,6 +216,23 @@ mod tests {
         assert!(matches!(
             Trigger::classify(json!({"Records": []})),
             Trigger::Direct(_)
+        ));
+        // A device's payload shaped like a batch, as the rule delivers it: direct, always.
+        let posing = json!({"Records": [{"eventSource": "aws:sqs", "messageId": "x", "body": "{}"}],
+            "_topic": "dt/farm/dev-1/telemetry", "_received_at": 1});
+        assert!(matches!(Trigger::classify(posing), Trigger::Direct(_)));
+        // With the delivery mode known, only that mode's shape is a batch.
+        assert!(matches!(
+            Trigger::classify_for(sqs(&["{}"]), Some(Delivery::Direct)),
+            Trigger::Direct(_)
+        ));
+        assert!(matches!(
+            Trigger::classify_for(sqs(&["{}"]), Some(Delivery::Kinesis)),
+            Trigger::Direct(_)
+        ));
+        assert!(matches!(
+            Trigger::classify_for(sqs(&["{}"]), Some(Delivery::Sqs)),
+            Trigger::Sqs(_)
         ));
         // Claims to be SQS but is not: kept whole, as a direct event.
         let odd = json!({"Records": [{"eventSource": "aws:sqs", "body": 7}]});

@@ -20,12 +20,17 @@ pub fn down(operation: &'static str) -> AwsError {
 }
 
 /// Records every successful call; refuses records whose `temp` is 666; fails the attempt
-/// numbered `fail_call` (counting from 0), and only that one.
+/// numbered `fail_call` (counting from 0), and only that one; answers a request holding a
+/// measure equal to `invalid` with a `ValidationException` (as Timestream does for a request it
+/// finds invalid as a whole); with `index_off_by` set, names refused records that many places
+/// further on.
 #[derive(Default)]
 pub struct FakeSink {
     pub calls: Mutex<Vec<Vec<TimestreamRecord>>>,
     pub fail_call: Option<usize>,
     pub attempts: Mutex<usize>,
+    pub invalid: Option<f64>,
+    pub index_off_by: usize,
 }
 
 impl TelemetrySink for FakeSink {
@@ -37,6 +42,21 @@ impl TelemetrySink for FakeSink {
         if self.fail_call == Some(*attempts - 1) {
             return Err(down("WriteRecords"));
         }
+        if let Some(bad) = self.invalid
+            && batch.iter().any(|r| {
+                r.measures
+                    .iter()
+                    .any(|(_, v)| *v == shoal_shared::telemetry::MeasureValue::Double(bad))
+            })
+        {
+            return Err(AwsError {
+                service: "fake",
+                operation: "WriteRecords",
+                kind: AwsErrorKind::Service,
+                code: Some("ValidationException".into()),
+                message: "1 validation error detected".into(),
+            });
+        }
         calls.push(batch.to_vec());
         Ok(batch
             .iter()
@@ -47,7 +67,7 @@ impl TelemetrySink for FakeSink {
                     .any(|(_, v)| *v == shoal_shared::telemetry::MeasureValue::Double(666.0))
             })
             .map(|(index, _)| RejectedRecord {
-                index,
+                index: index + self.index_off_by,
                 reason: "Measure value out of range".into(),
             })
             .collect())

@@ -7,7 +7,7 @@ use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarg
 use shoal_shared::metrics::emf_counts;
 use shoal_shared::telemetry::{CheckedJson, Limits, MeasureTypes, PackedSchemas};
 
-use crate::batch::{Trigger, route_kinesis, route_sqs};
+use crate::batch::{Delivery, Trigger, route_kinesis, route_sqs};
 use crate::router::{
     ArchiveStore, Counts, Deadline, Edges, QuarantineStore, RetryLater, Rules, TelemetrySink,
     route_rule_event,
@@ -28,6 +28,8 @@ pub struct RouterConfig {
     pub magnetic_retention_ms: Option<i64>,
     pub packed_schemas: PackedSchemas,
     pub measure_types: MeasureTypes,
+    /// How the template delivers telemetry, when it says (`SHOAL_TELEMETRY_DELIVERY`).
+    pub delivery: Option<Delivery>,
 }
 
 /// `true` / `false` for an on/off variable.
@@ -63,6 +65,7 @@ impl RouterConfig {
             magnetic_retention_ms: magnetic.then(|| i64::from(days) * 86_400_000),
             packed_schemas: config::optional(source, vars::PACKED_SCHEMAS)?.unwrap_or_default(),
             measure_types: config::optional(source, vars::MEASURE_TYPES)?.unwrap_or_default(),
+            delivery: config::optional(source, vars::TELEMETRY_DELIVERY)?,
         })
     }
 }
@@ -105,7 +108,7 @@ pub async fn handle(
         types: &config.measure_types,
         deadline,
     };
-    let trigger = Trigger::classify(event);
+    let trigger = Trigger::classify_for(event, config.delivery);
     let (counts, answer) = match trigger {
         Trigger::Direct(event) => match route_rule_event(event, &rules, edges, request_id).await {
             Ok(counts) => {

@@ -1,3 +1,7 @@
+// The router's future nests deeply (handler → route → settle → write_checked → the SDK call);
+// its layout needs more than the default query depth.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::ProcessEnv;
@@ -7,13 +11,17 @@ use telemetry_router::handler::{RouterConfig, handle};
 use telemetry_router::router::{Edges, LambdaDeadline};
 
 /// Time kept back from the invocation's deadline for the store call in flight and the answer.
-const DEADLINE_RESERVE_MS: i64 = 2_000;
+const DEADLINE_RESERVE_MS: i64 = 3_000;
+/// The longest one store call (with its retries) may take: inside the reserve.
+const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_500);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shoal_shared::logging::init();
     let config = RouterConfig::from_source(&ProcessEnv)?;
-    let factory = ClientFactory::from_env().await;
+    let factory = ClientFactory::from_env()
+        .await
+        .with_operation_timeout(OPERATION_TIMEOUT);
     let sink = TimestreamSink::new(factory.timestream_write().await?, config.timestream.clone());
     let s3 = factory.s3();
     let quarantine = S3Quarantine::new(s3.clone(), config.archive_bucket.clone());

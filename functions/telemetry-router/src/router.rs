@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use shoal_shared::aws::AwsError;
 use shoal_shared::clock::now_ms;
 use shoal_shared::telemetry::archive::{archive_key, to_parquet};
-use shoal_shared::telemetry::decode::Context;
+use shoal_shared::telemetry::decode::{Context, readings_in};
 use shoal_shared::telemetry::records::{APP_DIMENSION, write_ranges};
 use shoal_shared::telemetry::{
     CheckedJson, Envelope, EnvelopeError, Limits, MeasureTypes, PackedSchemas, Payload,
@@ -32,6 +32,9 @@ const RULE_METADATA_ALLOWANCE: usize = 1024;
 /// Readings decoded before they are written: one round's records, quarantine items and Parquet
 /// object are in memory at a time, whatever the batch holds.
 pub const ROUND_READINGS: usize = 20_000;
+/// Measures (archive rows) decoded before they are written: readings of many measures end a
+/// round sooner.
+pub const ROUND_MEASURES: usize = 100_000;
 
 /// A record Timestream refused, by its index in the batch written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,13 +238,15 @@ pub struct RetryLater {
     pub cause: AwsError,
 }
 
-/// One message of an invocation, as delivered.
+/// One message of an invocation, as delivered. It is parsed only when its turn comes, so a
+/// batch's messages are never all parsed at once.
 #[derive(Debug)]
 pub struct Incoming {
     /// SQS message id or Kinesis sequence number; empty for a direct invocation.
     pub id: String,
     original: Vec<u8>,
-    envelope: Result<Envelope, EnvelopeError>,
+    /// A direct event arrives parsed.
+    parsed: Option<CheckedJson>,
     /// When the queue or stream took the message (SQS `SentTimestamp`, Kinesis
     /// `approximateArrivalTimestamp`), in ms: the same on every redelivery.
     arrived_at_ms: Option<i64>,
@@ -253,19 +258,25 @@ impl Incoming {
         Self {
             id: String::new(),
             original: serde_json::to_vec(&event).unwrap_or_default(),
-            envelope: Envelope::from_checked(event),
+            parsed: Some(event),
             arrived_at_ms: None,
         }
     }
 
     /// A message as SQS or Kinesis deliver it: the rule's output as bytes, which may be anything.
     pub fn from_bytes(id: String, original: Vec<u8>) -> Self {
-        let envelope = Envelope::from_bytes(&original);
         Self {
             id,
             original,
-            envelope,
+            parsed: None,
             arrived_at_ms: None,
+        }
+    }
+
+    fn envelope(&mut self) -> Result<Envelope, EnvelopeError> {
+        match self.parsed.take() {
+            Some(event) => Envelope::from_checked(event),
+            None => Envelope::from_bytes(&self.original),
         }
     }
 
@@ -330,11 +341,7 @@ impl Pending {
             rejected: 0,
             late: 0,
             failed: false,
-            source: incoming.envelope.as_ref().ok().map(|e| Source {
-                topic: e.topic.clone(),
-                thing: e.thing.to_string(),
-                received_at_ms: e.received_at_ms,
-            }),
+            source: None,
             arrived_at_ms: incoming.arrived_at_ms,
             original: std::mem::take(&mut incoming.original),
         }
@@ -425,6 +432,64 @@ struct Round {
     first: usize,
     records: Vec<TimestreamRecord>,
     tags: Vec<Tag>,
+    measures: usize,
+}
+
+impl Round {
+    fn full(&self) -> bool {
+        self.records.len() >= ROUND_READINGS || self.measures >= ROUND_MEASURES
+    }
+}
+
+/// Writes `records` (at most 100) and checks the answer. Timestream answers a request it finds
+/// invalid as a whole (`ValidationException`) without saying which record: the batch is then
+/// halved until the offending records stand alone and are refused by themselves, so one bad
+/// record never fails its neighbours. `RejectedRecords` indexes are checked: one outside the
+/// batch makes the answer unusable (an error, so the messages are retried).
+async fn write_checked(
+    sink: &impl TelemetrySink,
+    records: &[TimestreamRecord],
+) -> Result<Vec<RejectedRecord>, AwsError> {
+    let mut rejected = BTreeMap::new();
+    // Ranges still to write, the next one last.
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+    todo.push(0..records.len());
+    while let Some(range) = todo.pop() {
+        match sink.write(&records[range.clone()]).await {
+            Ok(refused) => {
+                for r in refused {
+                    if r.index >= range.len() {
+                        return Err(AwsError::local(
+                            "timestream-write",
+                            "WriteRecords",
+                            format!(
+                                "RejectedRecords names record {} of a request of {}",
+                                r.index,
+                                range.len()
+                            ),
+                        ));
+                    }
+                    rejected.entry(range.start + r.index).or_insert(r.reason);
+                }
+            }
+            Err(e) if e.is_code("ValidationException") && range.len() > 1 => {
+                let middle = range.start + range.len() / 2;
+                todo.push(middle..range.end);
+                todo.push(range.start..middle);
+            }
+            Err(e) if e.is_code("ValidationException") => {
+                rejected.insert(
+                    range.start,
+                    format!("Timestream refused the record: {}", e.message),
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rejected
+        .into_iter()
+        .map(|(index, reason)| RejectedRecord { index, reason })
+        .collect())
 }
 
 fn deadline_error() -> AwsError {
@@ -472,12 +537,12 @@ impl<S: TelemetrySink, Q: QuarantineStore, A: ArchiveStore> Batch<'_, '_, S, Q, 
                 return false;
             }
             let start = range.start;
-            match self.edges.sink.write(&round.records[range.clone()]).await {
+            match write_checked(self.edges.sink, &round.records[range.clone()]).await {
                 Ok(rejected) => {
                     for tag in &round.tags[range.clone()] {
                         self.pending[tag.message].written += 1;
                     }
-                    for r in rejected.into_iter().filter(|r| r.index < range.len()) {
+                    for r in rejected {
                         let tag = &mut round.tags[start + r.index];
                         tag.rejected = true;
                         let p = &mut self.pending[tag.message];
@@ -602,7 +667,7 @@ pub async fn route_batch(
             continue;
         }
         decode_and_validate(incoming, rules, &mut batch.pending, &mut round);
-        if round.records.len() >= ROUND_READINGS {
+        if round.full() {
             let next = Round {
                 first: batch.pending.len(),
                 ..Round::default()
@@ -665,14 +730,25 @@ fn decode_and_validate(
     round: &mut Round,
 ) {
     let message = pending.len();
+    let envelope = incoming.envelope();
     let mut p = Pending::new(&mut incoming);
-    let envelope = match incoming.envelope {
+    let envelope = match envelope {
         Ok(e) => e,
         Err(e) => {
             p.refuse_whole("bad_envelope", e.to_string(), 1);
             pending.push(p);
             return;
         }
+    };
+    p.source = Some(Source {
+        topic: envelope.topic.clone(),
+        thing: envelope.thing.to_string(),
+        received_at_ms: envelope.received_at_ms,
+    });
+    // A JSON payload refused whole counts the readings its shape says it holds.
+    let held = match &envelope.payload {
+        Payload::Json(fields) => readings_in(fields),
+        Payload::Binary(_) => 1,
     };
     let payload_bytes = match &envelope.payload {
         Payload::Binary(bytes) => bytes.len(),
@@ -687,7 +763,7 @@ fn decode_and_validate(
     }
     if let Some(key) = &envelope.duplicate_key {
         let e = shoal_shared::telemetry::DecodeError::DuplicateKey(key.clone());
-        p.refuse_whole(e.code(), e.to_string(), 1);
+        p.refuse_whole(e.code(), e.to_string(), held);
         pending.push(p);
         return;
     }
@@ -711,7 +787,7 @@ fn decode_and_validate(
     let readings = match decoded {
         Ok(readings) => readings,
         Err(e) => {
-            p.refuse_whole(e.code(), e.to_string(), e.readings_held());
+            p.refuse_whole(e.code(), e.to_string(), e.readings_held().max(held));
             pending.push(p);
             return;
         }
@@ -727,6 +803,7 @@ fn decode_and_validate(
                 }
                 Ok(mut record) => {
                     record.version = received_at_ms;
+                    round.measures += record.measures.len();
                     round.tags.push(Tag {
                         message,
                         reading: index,
@@ -921,8 +998,7 @@ mod tests {
     #[tokio::test]
     async fn binary_payloads_without_a_schema_are_quarantined() {
         let (sink, q) = (FakeSink::default(), FakeQuarantine::default());
-        let mut e = event(json!({}));
-        e["_payload"] = json!("AAEC");
+        let e = binary_event("dt/farm/dev-1/telemetry/bin", &[0, 1, 2]);
         let counts = route(e, &sink, &q).await.unwrap();
         assert_eq!(
             counts.quarantined,
@@ -1154,6 +1230,56 @@ mod tests {
                 .contains("1 bytes after the last gzip member"),
             "{:?}",
             items[0].refused
+        );
+    }
+
+    /// A request Timestream finds invalid as a whole is halved until the bad record stands
+    /// alone: it alone is refused, its neighbours are written.
+    #[tokio::test]
+    async fn an_invalid_record_never_fails_its_neighbours() {
+        let sink = FakeSink {
+            invalid: Some(777.0),
+            ..FakeSink::default()
+        };
+        let q = FakeQuarantine::default();
+        let readings: Vec<Value> = (0..7)
+            .map(|i| json!({"ts": NOW - i, "temp": if i == 4 { 777.0 } else { 1.5 }}))
+            .collect();
+        let counts = route(event(json!({ "readings": readings })), &sink, &q)
+            .await
+            .unwrap();
+        assert_eq!(counts.accepted, 6);
+        assert_eq!(
+            counts.quarantined,
+            BTreeMap::from([("timestream_rejected", 1)])
+        );
+        let items = q.items.lock().unwrap();
+        assert_eq!(items[0].refused[0].reading_index, Some(4));
+        assert!(items[0].refused[0].reason.contains("validation error"));
+        let written: usize = sink.calls.lock().unwrap().iter().map(Vec::len).sum();
+        assert_eq!(written, 6);
+    }
+
+    /// A `RejectedRecords` answer naming a record outside the request cannot be trusted: the
+    /// message goes back for retry rather than be counted on a guess.
+    #[tokio::test]
+    async fn rejected_record_indexes_outside_the_request_mean_retry() {
+        let sink = FakeSink {
+            index_off_by: 5,
+            ..FakeSink::default()
+        };
+        let retry = route(
+            event(json!({"readings": [{"temp": 1.5}, {"temp": 666.0}]})),
+            &sink,
+            &FakeQuarantine::default(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((retry.counts.accepted, retry.counts.retried), (0, 2));
+        assert!(
+            retry.cause.message.contains("RejectedRecords"),
+            "{}",
+            retry.cause
         );
     }
 

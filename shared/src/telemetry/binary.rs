@@ -24,7 +24,7 @@ use std::str::FromStr;
 use serde_json::{Map, Number, Value};
 
 use super::decode::{Context, DecodeError, Decoded, check_reading_count, decode_json};
-use super::json::CheckedJson;
+use super::json::{CheckedJson, MAX_CONTAINERS};
 use super::reading::{MeasureName, Reading};
 
 /// Largest decompressed payload accepted: a 128 KB message must not inflate into a memory bomb.
@@ -165,6 +165,8 @@ fn decode_uncompressed(
             Err(e) => Err(DecodeError::Malformed(format!("invalid JSON: {e}"))),
         },
         Some(0xa0..=0xbf) => decode_cbor(ctx, bytes),
+        // The self-described CBOR tag 55799 (RFC 8949 §3.4.6) announces CBOR.
+        Some(0xd9) if bytes.starts_with(&[0xd9, 0xd9, 0xf7]) => decode_cbor(ctx, bytes),
         _ => decode_packed(ctx, model, bytes, schemas),
     }
 }
@@ -176,6 +178,7 @@ fn decode_cbor(ctx: &Context<'_>, bytes: &[u8]) -> Result<Decoded, DecodeError> 
     let mut rest = bytes;
     let mut readings = Vec::new();
     let mut item = 0;
+    let mut budget = MAX_CONTAINERS;
     while !rest.is_empty() {
         // `&mut &[u8]` advances past exactly the item read.
         let value: ciborium::Value = ciborium::from_reader(&mut rest).map_err(|e| {
@@ -185,7 +188,7 @@ fn decode_cbor(ctx: &Context<'_>, bytes: &[u8]) -> Result<Decoded, DecodeError> 
                 format!("invalid CBOR after item {item} (a CBOR sequence holds whole items): {e}")
             })
         })?;
-        match cbor_to_json(value, "")? {
+        match cbor_to_json(value, "", &mut budget)? {
             Value::Object(fields) => readings.extend(decode_json(ctx, fields)?),
             _ => return Err(DecodeError::NotAnObject),
         }
@@ -196,9 +199,21 @@ fn decode_cbor(ctx: &Context<'_>, bytes: &[u8]) -> Result<Decoded, DecodeError> 
 }
 
 /// CBOR → the JSON shapes. A non-finite float is refused with its path, since JSON (and
-/// Timestream) cannot hold it; so is a map key given twice.
-fn cbor_to_json(value: ciborium::Value, path: &str) -> Result<Value, DecodeError> {
+/// Timestream) cannot hold it; so is a map key given twice. Maps and arrays count against
+/// `budget` (as JSON's do: [`MAX_CONTAINERS`]).
+fn cbor_to_json(
+    value: ciborium::Value,
+    path: &str,
+    budget: &mut usize,
+) -> Result<Value, DecodeError> {
     use ciborium::Value as C;
+    if matches!(value, C::Array(_) | C::Map(_)) {
+        *budget = budget.checked_sub(1).ok_or_else(|| {
+            DecodeError::Malformed(format!(
+                "more than {MAX_CONTAINERS} maps and arrays in one payload"
+            ))
+        })?;
+    }
     Ok(match value {
         C::Null => Value::Null,
         C::Bool(b) => Value::Bool(b),
@@ -224,7 +239,7 @@ fn cbor_to_json(value: ciborium::Value, path: &str) -> Result<Value, DecodeError
         C::Array(items) => Value::Array(
             items
                 .into_iter()
-                .map(|v| cbor_to_json(v, path))
+                .map(|v| cbor_to_json(v, path, budget))
                 .collect::<Result<_, _>>()?,
         ),
         C::Map(entries) => {
@@ -240,14 +255,14 @@ fn cbor_to_json(value: ciborium::Value, path: &str) -> Result<Value, DecodeError
                 } else {
                     format!("{path}_{key}")
                 };
-                let value = cbor_to_json(v, &child)?;
+                let value = cbor_to_json(v, &child, budget)?;
                 if map.insert(key, value).is_some() {
                     return Err(DecodeError::DuplicateKey(child));
                 }
             }
             Value::Object(map)
         }
-        C::Tag(_, inner) => cbor_to_json(*inner, path)?,
+        C::Tag(_, inner) => cbor_to_json(*inner, path, budget)?,
         C::Bytes(_) => {
             return Err(DecodeError::Malformed(format!(
                 "CBOR byte string at {path:?}; measures are numbers, booleans or text"
@@ -518,6 +533,24 @@ mod tests {
         let mut bad = cbor(&item(1.5));
         bad.extend(cbor(&C::Integer(7.into())));
         assert_eq!(decode(None, &bad), Err(DecodeError::NotAnObject));
+    }
+
+    #[test]
+    fn cbor_maps_are_budgeted_and_self_described_cbor_is_cbor() {
+        use ciborium::Value as C;
+        let tiny = C::Map(vec![(
+            C::Text(String::new()),
+            C::Map(vec![(C::Text(String::new()), C::Integer(1.into()))]),
+        )]);
+        let doc = C::Map(vec![(
+            C::Text("readings".into()),
+            C::Array(vec![tiny; MAX_CONTAINERS]),
+        )]);
+        let err = decode(None, &gzip(&cbor(&doc))).unwrap_err();
+        assert!(err.to_string().contains("maps and arrays"), "{err}");
+        let mut described = vec![0xd9, 0xd9, 0xf7];
+        described.extend(cbor(&C::Map(vec![(C::Text("temp".into()), C::Float(1.5))])));
+        assert_eq!(decode(None, &described).unwrap().len(), 1);
     }
 
     #[test]

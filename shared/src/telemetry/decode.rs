@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use super::reading::{MeasureName, MeasureValue, Reading};
 use super::schema::MeasureTypes;
+use super::validate::{MAX_MEASURE_NAME, MAX_MEASURES_PER_RECORD};
 use crate::ids::ThingName;
 
 /// Deepest object nesting accepted inside one reading (a reading is level 1).
@@ -68,6 +69,12 @@ pub enum DecodeError {
     DuplicateKey(String),
     #[error("message holds {0} readings; at most {MAX_READINGS_PER_MESSAGE} are accepted")]
     TooManyReadings(usize),
+    #[error("measure name {0:?}… is longer than {MAX_MEASURE_NAME} characters")]
+    NameTooLong(String),
+    #[error("a reading has more than {MAX_MEASURES_PER_RECORD} measures")]
+    TooManyMeasures,
+    #[error("measure {0:?} is an empty object; it holds no measure")]
+    EmptyObject(String),
 }
 
 impl DecodeError {
@@ -81,6 +88,8 @@ impl DecodeError {
             DecodeError::TypeMismatch(..) => "type_mismatch",
             DecodeError::DuplicateKey(_) => "duplicate_key",
             DecodeError::TooManyReadings(_) => "too_many_readings",
+            DecodeError::NameTooLong(_) => "bad_measure_name",
+            DecodeError::TooManyMeasures => "too_many_measures",
             _ => "undecodable",
         }
     }
@@ -106,6 +115,30 @@ pub struct Context<'a> {
     pub thing: &'a ThingName,
     pub received_at_ms: i64,
     pub types: &'a MeasureTypes,
+}
+
+/// Readings a JSON payload holds as far as its shape says (the `readings` or `values` array's
+/// length, else 1), for counting a payload refused whole.
+pub fn readings_in(payload: &Map<String, Value>) -> usize {
+    match (payload.get("readings"), payload.get("values")) {
+        (Some(Value::Array(items)), _) | (None, Some(Value::Array(items))) => items.len().max(1),
+        _ => 1,
+    }
+}
+
+/// A `ts`: integer milliseconds since the epoch; an integral float (`1795600000000.0`, as CBOR
+/// or a JSON writer may spell it) is the same instant.
+fn timestamp(value: &Value) -> Result<i64, DecodeError> {
+    let Value::Number(n) = value else {
+        return Err(DecodeError::BadTimestamp);
+    };
+    if let Some(ms) = n.as_i64() {
+        return Ok(ms);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err(DecodeError::BadTimestamp),
+    }
 }
 
 /// Refuses a payload that would hold more than [`MAX_READINGS_PER_MESSAGE`] readings.
@@ -179,8 +212,7 @@ fn series(ctx: &Context<'_>, mut payload: Map<String, Value>) -> Result<Decoded,
     let offset = |i: usize| (i as f64 * interval_ms).round() as i64;
     let first_ms = match payload.remove("ts") {
         None => ctx.received_at_ms.saturating_sub(offset(values.len() - 1)),
-        Some(Value::Number(n)) => n.as_i64().ok_or(DecodeError::BadTimestamp)?,
-        Some(_) => return Err(DecodeError::BadTimestamp),
+        Some(ts) => timestamp(&ts)?,
     };
     if let Some(extra) = payload.keys().next() {
         return Err(DecodeError::BadSeries(format!("unexpected key {extra:?}")));
@@ -250,8 +282,7 @@ fn reading(
 ) -> Result<Reading, DecodeError> {
     let time_ms = match fields.remove("ts") {
         None => default_ms,
-        Some(Value::Number(n)) => n.as_i64().ok_or(DecodeError::BadTimestamp)?,
-        Some(_) => return Err(DecodeError::BadTimestamp),
+        Some(ts) => timestamp(&ts)?,
     };
     check_aggregate("", &fields)?;
     let mut measures = Vec::with_capacity(fields.len());
@@ -272,6 +303,15 @@ fn flatten(
     depth: usize,
     out: &mut Vec<(MeasureName, MeasureValue)>,
 ) -> Result<(), DecodeError> {
+    // Bounded while flattening, not after: a nested name only grows, and a reading past the
+    // measure limit is refused anyway, so neither may cost more than the limits allow.
+    if name.len() > MAX_MEASURE_NAME {
+        let head: String = name.chars().take(MAX_MEASURE_NAME).collect();
+        return Err(DecodeError::NameTooLong(head));
+    }
+    if out.len() >= MAX_MEASURES_PER_RECORD {
+        return Err(DecodeError::TooManyMeasures);
+    }
     let measure = match value {
         Value::Number(n) => types.number(&name, &n)?,
         Value::Bool(b) => types.boolean(&name, b)?,
@@ -281,6 +321,9 @@ fn flatten(
         Value::Object(children) => {
             if depth >= MAX_NESTING {
                 return Err(DecodeError::TooDeep(name));
+            }
+            if children.is_empty() {
+                return Err(DecodeError::EmptyObject(name));
             }
             check_aggregate(&name, &children)?;
             for (child, v) in children {
@@ -408,6 +451,36 @@ mod tests {
                 .len(),
             MAX_READINGS_PER_MESSAGE
         );
+    }
+
+    #[test]
+    fn names_and_measure_counts_are_bounded_while_flattening() {
+        let long = "k".repeat(60_000);
+        let children: Map<String, Value> =
+            (0..8000).map(|i| (format!("a{i:04}"), json!(1))).collect();
+        let out = decode(json!({ long: Value::Object(children.clone()) })).unwrap();
+        assert_eq!(out[0].as_ref().unwrap_err().code(), "bad_measure_name");
+        let out = decode(json!({ "env": Value::Object(children) })).unwrap();
+        assert_eq!(out[0], Err(DecodeError::TooManyMeasures));
+        let out = decode(json!({"temp": 21.5, "env": {}})).unwrap();
+        assert_eq!(out[0], Err(DecodeError::EmptyObject("env".into())));
+    }
+
+    #[test]
+    fn an_integral_float_ts_is_the_same_instant() {
+        let out = decode(json!({"ts": 1_795_600_000_000.0_f64, "temp": 1.5})).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().time_ms, 1_795_600_000_000);
+        let out = decode(json!({"ts": 1_795_600_000_000.5_f64, "temp": 1.5})).unwrap();
+        assert_eq!(out[0], Err(DecodeError::BadTimestamp));
+        assert_eq!(
+            readings_in(json!({"readings": [1, 2, 3]}).as_object().unwrap()),
+            3
+        );
+        assert_eq!(
+            readings_in(json!({"values": [1, 2]}).as_object().unwrap()),
+            2
+        );
+        assert_eq!(readings_in(json!({"temp": 1}).as_object().unwrap()), 1);
     }
 
     #[test]

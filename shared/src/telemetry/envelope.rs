@@ -61,6 +61,10 @@ pub enum EnvelopeError {
     BadThing(String),
     #[error("{PAYLOAD_KEY} is not valid base64: {0}")]
     BadBase64(String),
+    #[error(
+        "a binary message (dt/<app>/<thing>/telemetry/<model>) holds only {PAYLOAD_KEY}; it also has {0:?}"
+    )]
+    BesideBinary(String),
 }
 
 /// The thing name from `dt/<app>/<thing>/telemetry[/<format>]`.
@@ -127,16 +131,21 @@ impl Envelope {
             _ => None,
         };
         let thing = thing_from_topic(&topic)?;
-        let payload = match fields.remove(PAYLOAD_KEY) {
-            Some(Value::String(encoded)) => {
-                Payload::Binary(base64_decode(&encoded).map_err(EnvelopeError::BadBase64)?)
+        // The topic says which rule delivered it: `dt/+/+/telemetry/+` selects the bytes as
+        // `_payload` and nothing else; on `dt/+/+/telemetry` every key is the device's own (a
+        // device key named `_payload` there is a measure name, refused as such, never bytes).
+        let binary = topic.split('/').nth(4).is_some();
+        let payload = if binary {
+            let encoded = match fields.remove(PAYLOAD_KEY) {
+                Some(Value::String(encoded)) => encoded,
+                _ => return Err(EnvelopeError::MissingField(PAYLOAD_KEY)),
+            };
+            if let Some(extra) = fields.keys().next() {
+                return Err(EnvelopeError::BesideBinary(extra.clone()));
             }
-            Some(other) => {
-                // Not the binary shape: keep it as the device's own field.
-                fields.insert(PAYLOAD_KEY.to_owned(), other);
-                Payload::Json(fields)
-            }
-            None => Payload::Json(fields),
+            Payload::Binary(base64_decode(&encoded).map_err(EnvelopeError::BadBase64)?)
+        } else {
+            Payload::Json(fields)
         };
         Ok(Self {
             topic,
@@ -196,6 +205,34 @@ mod tests {
     }
 
     #[test]
+    fn the_topic_decides_between_json_and_binary() {
+        // On the JSON topic a `_payload` key is the device's own field, never bytes.
+        let env = Envelope::from_rule_event(json!({
+            "temp": 21.5, "_payload": "eyJ0ZW1wIjo5OX0=",
+            "_topic": "dt/farm/dev-1/telemetry", "_received_at": 1
+        }))
+        .unwrap();
+        let Payload::Json(fields) = env.payload else {
+            panic!("json")
+        };
+        assert_eq!(fields.len(), 2);
+        // On the binary topic nothing may stand beside the bytes.
+        assert_eq!(
+            Envelope::from_rule_event(json!({
+                "temp": 21.5, "_payload": "AAEC",
+                "_topic": "dt/farm/dev-1/telemetry/th-v2", "_received_at": 1
+            })),
+            Err(EnvelopeError::BesideBinary("temp".into()))
+        );
+        assert_eq!(
+            Envelope::from_rule_event(json!({
+                "temp": 21.5, "_topic": "dt/farm/dev-1/telemetry/th-v2", "_received_at": 1
+            })),
+            Err(EnvelopeError::MissingField("_payload"))
+        );
+    }
+
+    #[test]
     fn bad_events_say_what_is_wrong() {
         assert_eq!(
             Envelope::from_rule_event(json!([1])),
@@ -211,7 +248,7 @@ mod tests {
         );
         assert!(matches!(
             Envelope::from_rule_event(
-                json!({"_topic": "dt/a/b/telemetry", "_received_at": 1, "_payload": "!!"})
+                json!({"_topic": "dt/a/b/telemetry/m", "_received_at": 1, "_payload": "!!"})
             ),
             Err(EnvelopeError::BadBase64(_))
         ));

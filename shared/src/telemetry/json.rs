@@ -49,32 +49,81 @@ impl CheckedJson {
     }
 }
 
+/// Most objects and arrays one document may hold. Each costs an allocation of several hundred
+/// bytes once parsed, so a 1 MiB payload of tiny nested objects (`{"":{"":1}}` × 100,000) would
+/// otherwise take over 100 MB; a 10,000-reading batch with a nested object per reading needs
+/// about 20,000.
+pub const MAX_CONTAINERS: usize = 40_000;
+
+/// The first duplicate found, its path collected on the way back up: segments from the
+/// duplicate's level upward, and the depth of the object that held it (the root is 0); the
+/// container at depth `j` above it adds its segment when `depth - j` segments are there.
+struct Duplicate {
+    segments: Vec<String>,
+    depth: usize,
+}
+
+#[derive(Default)]
+struct State {
+    duplicate: Option<Duplicate>,
+    containers: usize,
+}
+
 impl<'de> Deserialize<'de> for CheckedJson {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let found = RefCell::new(None);
+        let state = RefCell::new(State::default());
         let value = Seed {
-            found: &found,
-            path: "",
+            state: &state,
+            depth: 0,
         }
         .deserialize(deserializer)?;
+        let duplicate_key = state.into_inner().duplicate.map(|d| {
+            let mut segments = d.segments;
+            segments.reverse();
+            segments.join(".")
+        });
         Ok(Self {
             value,
-            duplicate_key: found.into_inner(),
+            duplicate_key,
         })
     }
 }
 
 struct Seed<'a> {
-    found: &'a RefCell<Option<String>>,
-    path: &'a str,
+    state: &'a RefCell<State>,
+    depth: usize,
 }
 
 impl Seed<'_> {
-    fn child(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
+    fn child(&self) -> Seed<'_> {
+        Seed {
+            state: self.state,
+            depth: self.depth + 1,
+        }
+    }
+
+    /// Counts a container against [`MAX_CONTAINERS`].
+    fn container<E: de::Error>(&self) -> Result<(), E> {
+        let mut state = self.state.borrow_mut();
+        state.containers += 1;
+        if state.containers > MAX_CONTAINERS {
+            return Err(E::custom(format_args!(
+                "more than {MAX_CONTAINERS} objects and arrays in one payload"
+            )));
+        }
+        Ok(())
+    }
+
+    /// After a child returned: when the duplicate was found below it and its path has reached
+    /// this level, this level adds its own segment (built only then: no path is copied while
+    /// parsing, so long keys cost nothing extra).
+    fn on_the_way_up(&self, segment: impl FnOnce() -> String) {
+        let mut state = self.state.borrow_mut();
+        if let Some(d) = &mut state.duplicate
+            && d.depth > self.depth
+            && d.segments.len() == d.depth - self.depth
+        {
+            d.segments.push(segment());
         }
     }
 }
@@ -133,38 +182,34 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.container()?;
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        loop {
-            // Paths are only built while no duplicate is known, and only for containers' children.
-            let path = if self.found.borrow().is_none() {
-                self.child(&items.len().to_string())
-            } else {
-                String::new()
-            };
-            let seed = Seed {
-                found: self.found,
-                path: &path,
-            };
-            match seq.next_element_seed(seed)? {
-                Some(item) => items.push(item),
-                None => break,
-            }
+        while let Some(item) = seq.next_element_seed(self.child())? {
+            let index = items.len();
+            self.on_the_way_up(|| index.to_string());
+            items.push(item);
         }
         Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.container()?;
         let mut fields = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = self.child(&key);
-            let value = map.next_value_seed(Seed {
-                found: self.found,
-                path: &path,
-            })?;
-            if fields.insert(key, value).is_some() {
-                let mut found = self.found.borrow_mut();
-                if found.is_none() {
-                    *found = Some(path);
+            let value = map.next_value_seed(self.child())?;
+            self.on_the_way_up(|| key.clone());
+            match fields.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                serde_json::map::Entry::Occupied(slot) => {
+                    let mut state = self.state.borrow_mut();
+                    if state.duplicate.is_none() {
+                        state.duplicate = Some(Duplicate {
+                            segments: vec![slot.key().clone()],
+                            depth: self.depth,
+                        });
+                    }
                 }
             }
         }
@@ -196,6 +241,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(nested.duplicate_key.as_deref(), Some("readings.1.env.co2"));
+    }
+
+    #[test]
+    fn a_duplicate_s_path_is_built_once_however_long_the_keys() {
+        // A 64 KB key and a long array before the duplicate: no path is copied per element.
+        let long = "k".repeat(65_536);
+        let zeros = vec!["0"; 30_000].join(",");
+        let text = format!(r#"{{"{long}": [{zeros}], "x": [{{"a": 1, "a": 2}}]}}"#);
+        let checked = CheckedJson::from_slice(text.as_bytes()).unwrap();
+        assert_eq!(checked.duplicate_key.as_deref(), Some("x.0.a"));
+        let later = CheckedJson::from_slice(
+            br#"{"a": [1, {"b": 1}], "c": {"d": 1, "d": 2}, "e": {"f": 1, "f": 1}}"#,
+        )
+        .unwrap();
+        assert_eq!(later.duplicate_key.as_deref(), Some("c.d"));
+    }
+
+    #[test]
+    fn objects_and_arrays_are_budgeted() {
+        let many = format!("[{}]", vec![r#"{"":{"":1}}"#; MAX_CONTAINERS / 2].join(","));
+        let err = CheckedJson::from_slice(many.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("objects and arrays"), "{err}");
+        let fits = format!("[{}]", vec![r#"{"":1}"#; MAX_CONTAINERS - 1].join(","));
+        assert!(CheckedJson::from_slice(fits.as_bytes()).is_ok());
     }
 
     #[test]

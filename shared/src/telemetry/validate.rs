@@ -72,6 +72,8 @@ pub enum Rejection {
     DuplicateMeasure { name: String },
     #[error("record is {bytes} bytes; Timestream allows {MAX_RECORD_BYTES}")]
     RecordTooLarge { bytes: usize },
+    #[error("measure {name:?} is an empty string; Timestream stores no empty value")]
+    EmptyValue { name: String },
 }
 
 impl Rejection {
@@ -86,6 +88,7 @@ impl Rejection {
             Rejection::BadMeasureName { .. } => "bad_measure_name",
             Rejection::DuplicateMeasure { .. } => "duplicate_measure",
             Rejection::RecordTooLarge { .. } => "record_too_large",
+            Rejection::EmptyValue { .. } => "empty_value",
         }
     }
 }
@@ -167,13 +170,21 @@ pub fn validate_with_dimensions(
                 name: name.0.clone(),
             });
         }
-        if let MeasureValue::Double(v) = value
-            && !v.is_finite()
-        {
-            return Err(Rejection::NotFinite {
-                name: name.0.clone(),
-                value: *v,
-            });
+        match value {
+            MeasureValue::Double(v) if !v.is_finite() => {
+                return Err(Rejection::NotFinite {
+                    name: name.0.clone(),
+                    value: *v,
+                });
+            }
+            // Timestream's MeasureValue.Value is at least one character: an empty one fails the
+            // whole WriteRecords call, not just this record.
+            MeasureValue::Varchar(v) if v.is_empty() => {
+                return Err(Rejection::EmptyValue {
+                    name: name.0.clone(),
+                });
+            }
+            _ => {}
         }
     }
     let record = TimestreamRecord::from_reading(reading, extra);
@@ -309,6 +320,8 @@ mod tests {
             validate(dup, &LIMITS).unwrap_err().code(),
             "duplicate_measure"
         );
+        let empty = reading(NOW, vec![("fw", MeasureValue::Varchar(String::new()))]);
+        assert_eq!(validate(empty, &LIMITS).unwrap_err().code(), "empty_value");
         let big = reading(NOW, vec![("note", MeasureValue::Varchar("x".repeat(2100)))]);
         assert_eq!(
             validate(big, &LIMITS).unwrap_err().code(),

@@ -1,0 +1,228 @@
+//! The router's whole path without I/O, on one core: an SQS event of 100 messages × 10 readings
+//! (as Lambda hands it over, bytes) → event parsed with duplicate keys noticed → envelopes →
+//! readings → validated records → the SDK's WriteRecords inputs (`edges::to_sdk`, 10 calls) and
+//! the Parquet archive object. Then the refusal path: one message with 250 and with 2,000 refused
+//! readings → its one quarantine object's body.
+//!
+//! `cargo bench -p telemetry-router --bench router_path` (release profile, as the Lambda zip).
+//! Prints medians; no assertions: BENCHMARKS.md records the numbers.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shoal_shared::aws::AwsError;
+use shoal_shared::telemetry::{CheckedJson, Limits, MeasureTypes, PackedSchemas, TimestreamRecord};
+use telemetry_router::batch::{Trigger, route_sqs};
+use telemetry_router::edges::to_sdk;
+use telemetry_router::router::{
+    ArchiveStore, Edges, NoDeadline, QuarantineItem, QuarantineStore, RejectedRecord, Rules,
+    TelemetrySink, route_rule_event,
+};
+
+const NOW: i64 = 1_795_600_000_000;
+const MESSAGES: usize = 100;
+const PER_MESSAGE: usize = 10;
+const RUNS: usize = 31;
+
+/// Builds the SDK request of every batch (what the real sink sends), then drops it.
+#[derive(Default)]
+struct SdkSink {
+    records: AtomicUsize,
+}
+
+impl TelemetrySink for SdkSink {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
+        let (common, records) = to_sdk(batch)?;
+        self.records.fetch_add(records.len(), Ordering::Relaxed);
+        black_box((common, records));
+        Ok(Vec::new())
+    }
+}
+
+/// Builds each object's body (what the real quarantine uploads), then drops it.
+#[derive(Default)]
+struct BodyQuarantine {
+    bytes: AtomicUsize,
+}
+
+impl QuarantineStore for BodyQuarantine {
+    async fn put(&self, item: &QuarantineItem) -> Result<(), AwsError> {
+        self.bytes.fetch_add(item.body().len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct SizeArchive {
+    bytes: AtomicUsize,
+}
+
+impl ArchiveStore for SizeArchive {
+    async fn put(&self, _key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+        self.bytes.fetch_add(parquet.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn sqs_event() -> Vec<u8> {
+    let records: Vec<Value> = (0..MESSAGES)
+        .map(|m| {
+            let readings: Vec<Value> = (0..PER_MESSAGE)
+                .map(|i| {
+                    json!({
+                        "ts": NOW - (m * PER_MESSAGE + i) as i64 * 100,
+                        "temp": 20.0 + (i % 100) as f64 / 10.0,
+                        "hum": 40 + (i % 20) as i64,
+                        "door_open": i % 2 == 0,
+                    })
+                })
+                .collect();
+            let body = json!({
+                "readings": readings,
+                "_topic": format!("dt/bench/dev-{}/telemetry", m % 10),
+                "_received_at": NOW,
+                "_client_id": format!("dev-{}", m % 10),
+            });
+            json!({
+                "messageId": format!("m{m}"),
+                "receiptHandle": "rh",
+                "body": body.to_string(),
+                "attributes": {"SentTimestamp": NOW.to_string()},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:shoal-telemetry",
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "Records": records })).unwrap()
+}
+
+fn median(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    times.sort();
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let schemas = PackedSchemas::empty();
+    let types = MeasureTypes::empty();
+    let rules = Rules {
+        limits: Limits {
+            now_ms: NOW,
+            memory_retention_ms: 24 * 3_600_000,
+            magnetic_retention_ms: Some(365 * 86_400_000),
+        },
+        schemas: &schemas,
+        types: &types,
+        deadline: &NoDeadline,
+    };
+
+    // 1. The full path of an SQS batch.
+    let bytes = sqs_event();
+    let readings = MESSAGES * PER_MESSAGE;
+    let run = || {
+        let (sink, quarantine, archive) = (
+            SdkSink::default(),
+            BodyQuarantine::default(),
+            SizeArchive::default(),
+        );
+        let edges = Edges {
+            sink: &sink,
+            quarantine: &quarantine,
+            archive: &archive,
+        };
+        let event: CheckedJson = serde_json::from_slice(black_box(&bytes)).unwrap();
+        let Trigger::Sqs(event) = Trigger::classify(event) else {
+            panic!("an SQS event")
+        };
+        let (counts, _) = rt.block_on(route_sqs(event, &rules, &edges, "bench"));
+        assert_eq!(counts.accepted, readings);
+        assert_eq!(sink.records.load(Ordering::Relaxed), readings);
+        archive.bytes.load(Ordering::Relaxed)
+    };
+    let parquet_bytes = run();
+    let times: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            black_box(run());
+            start.elapsed()
+        })
+        .collect();
+    let (mid, min, max) = median(times);
+    println!(
+        "router_path/sqs: {MESSAGES} messages x {PER_MESSAGE} readings ({} KiB event, {} KiB Parquet) \
+         median {:.2} ms (min {:.2}, max {:.2}) over {RUNS} runs = {:.0} readings/s",
+        bytes.len() / 1024,
+        parquet_bytes / 1024,
+        ms(mid),
+        ms(min),
+        ms(max),
+        readings as f64 / mid.as_secs_f64()
+    );
+
+    // Where the time goes: the parse alone, and decode + validate without the edges' work.
+    let parse: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            black_box(serde_json::from_slice::<CheckedJson>(black_box(&bytes)).unwrap());
+            start.elapsed()
+        })
+        .collect();
+    println!(
+        "router_path/sqs_event_parse_only: median {:.2} ms",
+        ms(median(parse).0)
+    );
+
+    // 2. The refusal path: one message whose readings are all refused (stamped a day ahead).
+    let mut refusal = Vec::new();
+    for n in [250usize, 2000] {
+        let values = vec![json!(1.5); n];
+        let event = json!({
+            "ts": NOW + 86_400_000, "interval": 1, "measure": "t", "values": values,
+            "_topic": "dt/bench/dev-1/telemetry", "_received_at": NOW,
+        });
+        let times: Vec<Duration> = (0..RUNS)
+            .map(|_| {
+                let (sink, quarantine, archive) = (
+                    SdkSink::default(),
+                    BodyQuarantine::default(),
+                    SizeArchive::default(),
+                );
+                let edges = Edges {
+                    sink: &sink,
+                    quarantine: &quarantine,
+                    archive: &archive,
+                };
+                let event = CheckedJson::from(event.clone());
+                let start = Instant::now();
+                let counts = rt
+                    .block_on(route_rule_event(event, &rules, &edges, "bench"))
+                    .unwrap();
+                let elapsed = start.elapsed();
+                assert_eq!(counts.quarantined_total(), n);
+                black_box(quarantine.bytes.load(Ordering::Relaxed));
+                elapsed
+            })
+            .collect();
+        let (mid, _, _) = median(times);
+        println!(
+            "router_path/refused_{n}: one message, {n} refused readings, one quarantine object: median {:.3} ms",
+            ms(mid)
+        );
+        refusal.push(mid);
+    }
+    println!(
+        "router_path/refusal_scaling: 8x the refused readings cost {:.1}x the time",
+        refusal[1].as_secs_f64() / refusal[0].as_secs_f64()
+    );
+}
