@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shoal_shared::aws::AwsError;
-use shoal_shared::telemetry::{CheckedJson, Limits, MeasureTypes, PackedSchemas, TimestreamRecord};
+use shoal_shared::telemetry::archive::to_parquet;
+use shoal_shared::telemetry::records::APP_DIMENSION;
+use shoal_shared::telemetry::{
+    CheckedJson, Context, Envelope, Limits, MeasureTypes, PackedSchemas, Payload, TimestreamRecord,
+    decode_json, validate_with_dimensions,
+};
 use telemetry_router::batch::{Trigger, route_sqs};
 use telemetry_router::edges::to_sdk;
 use telemetry_router::router::{
@@ -182,6 +187,67 @@ fn main() {
         "router_path/sqs_event_parse_only: median {:.2} ms",
         ms(median(parse).0)
     );
+
+    // The stages one by one, on the same batch: bodies → envelopes → readings → records; the
+    // SDK requests; the Parquet object.
+    let event: CheckedJson = serde_json::from_slice(&bytes).unwrap();
+    let bodies: Vec<String> = event.value["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["body"].as_str().unwrap().to_owned())
+        .collect();
+    let decode_all = || {
+        let mut records = Vec::with_capacity(readings);
+        for body in &bodies {
+            let envelope = Envelope::from_bytes(body.as_bytes()).unwrap();
+            let app = envelope.app().to_owned();
+            let ctx = Context {
+                thing: &envelope.thing,
+                received_at_ms: envelope.received_at_ms,
+                types: &types,
+            };
+            let Payload::Json(fields) = envelope.payload.clone() else {
+                unreachable!()
+            };
+            for reading in decode_json(&ctx, fields).unwrap() {
+                records.push(
+                    validate_with_dimensions(
+                        reading.unwrap(),
+                        &rules.limits,
+                        &[(APP_DIMENSION, &app)],
+                    )
+                    .unwrap(),
+                );
+            }
+        }
+        records
+    };
+    let stage = |label: &str, f: &dyn Fn()| {
+        let times: Vec<Duration> = (0..RUNS)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect();
+        println!(
+            "router_path/stage_{label}: median {:.2} ms",
+            ms(median(times).0)
+        );
+    };
+    stage("bodies_to_records", &|| {
+        black_box(decode_all());
+    });
+    let records = decode_all();
+    stage("sdk_requests", &|| {
+        for chunk in records.chunks(100) {
+            black_box(to_sdk(chunk).unwrap());
+        }
+    });
+    stage("parquet", &|| {
+        black_box(to_parquet(&records).unwrap());
+    });
 
     // 2. The refusal path: one message whose readings are all refused (stamped a day ahead).
     let mut refusal = Vec::new();

@@ -35,6 +35,8 @@ pub const ROUND_READINGS: usize = 20_000;
 /// Measures (archive rows) decoded before they are written: readings of many measures end a
 /// round sooner.
 pub const ROUND_MEASURES: usize = 100_000;
+/// Bytes of delivered messages held for the quarantine before they are written.
+pub const ROUND_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// A record Timestream refused, by its index in the batch written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,11 +435,18 @@ struct Round {
     records: Vec<TimestreamRecord>,
     tags: Vec<Tag>,
     measures: usize,
+    /// Refusals waiting for the quarantine, and the delivered bytes kept for them.
+    refusals: usize,
+    message_bytes: usize,
 }
 
 impl Round {
+    /// Whether the round holds as much as one round may: readings written or refused, measures,
+    /// or delivered bytes.
     fn full(&self) -> bool {
-        self.records.len() >= ROUND_READINGS || self.measures >= ROUND_MEASURES
+        self.records.len() + self.refusals >= ROUND_READINGS
+            || self.measures >= ROUND_MEASURES
+            || self.message_bytes >= ROUND_MESSAGE_BYTES
     }
 }
 
@@ -449,12 +458,20 @@ impl Round {
 async fn write_checked(
     sink: &impl TelemetrySink,
     records: &[TimestreamRecord],
+    deadline: &dyn Deadline,
 ) -> Result<Vec<RejectedRecord>, AwsError> {
     let mut rejected = BTreeMap::new();
+    let mut invalid = 0;
+    let mut validation = None;
     // Ranges still to write, the next one last.
     let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
     todo.push(0..records.len());
+    let mut first = true;
     while let Some(range) = todo.pop() {
+        // The first call was cleared by the caller; every halving call is checked again.
+        if !std::mem::take(&mut first) && deadline.expired() {
+            return Err(deadline_error());
+        }
         match sink.write(&records[range.clone()]).await {
             Ok(refused) => {
                 for r in refused {
@@ -478,13 +495,23 @@ async fn write_checked(
                 todo.push(range.start..middle);
             }
             Err(e) if e.is_code("ValidationException") => {
+                invalid += 1;
                 rejected.insert(
                     range.start,
                     format!("Timestream refused the record: {}", e.message),
                 );
+                validation = Some(e);
             }
             Err(e) => return Err(e),
         }
+    }
+    // Every record refused alone: the request, not the records, is what Timestream refuses
+    // (a table or configuration problem) — retry rather than quarantine good readings.
+    if records.len() > 1
+        && invalid == records.len()
+        && let Some(e) = validation
+    {
+        return Err(e);
     }
     Ok(rejected
         .into_iter()
@@ -537,7 +564,13 @@ impl<S: TelemetrySink, Q: QuarantineStore, A: ArchiveStore> Batch<'_, '_, S, Q, 
                 return false;
             }
             let start = range.start;
-            match write_checked(self.edges.sink, &round.records[range.clone()]).await {
+            let written = write_checked(
+                self.edges.sink,
+                &round.records[range.clone()],
+                self.rules.deadline,
+            )
+            .await;
+            match written {
                 Ok(rejected) => {
                     for tag in &round.tags[range.clone()] {
                         self.pending[tag.message].written += 1;
@@ -667,6 +700,10 @@ pub async fn route_batch(
             continue;
         }
         decode_and_validate(incoming, rules, &mut batch.pending, &mut round);
+        if let Some(p) = batch.pending.last() {
+            round.refusals += p.refused.len();
+            round.message_bytes += p.original.len();
+        }
         if round.full() {
             let next = Round {
                 first: batch.pending.len(),
@@ -757,7 +794,7 @@ fn decode_and_validate(
     if payload_bytes > MAX_PAYLOAD_BYTES {
         let reason =
             format!("payload is {payload_bytes} bytes; AWS IoT Core allows {MAX_PAYLOAD_BYTES}");
-        p.refuse_whole("payload_too_large", reason, 1);
+        p.refuse_whole("payload_too_large", reason, held);
         pending.push(p);
         return;
     }
@@ -1260,6 +1297,53 @@ mod tests {
         assert_eq!(written, 6);
     }
 
+    /// A direct event over the container budget reaches the router (the Lambda event itself is
+    /// read unbounded) and is quarantined with the reason, not lost with the invocation.
+    #[tokio::test]
+    async fn a_direct_event_over_the_container_budget_is_quarantined() {
+        let arrays = vec!["[]"; shoal_shared::telemetry::json::MAX_CONTAINERS + 10].join(",");
+        let text = format!(
+            r#"{{"x": [{arrays}], "_topic": "dt/farm/dev-1/telemetry", "_received_at": {NOW}}}"#
+        );
+        let event: CheckedJson = serde_json::from_str(&text).unwrap();
+        let q = FakeQuarantine::default();
+        let edges = Edges {
+            sink: &FakeSink::default(),
+            quarantine: &q,
+            archive: &FakeArchive::default(),
+        };
+        let counts = route_rule_event(event, &RULES, &edges, "req-c")
+            .await
+            .unwrap();
+        assert_eq!(counts.quarantined, BTreeMap::from([("bad_envelope", 1)]));
+        assert!(
+            q.items.lock().unwrap()[0].refused[0]
+                .reason
+                .contains("objects and arrays")
+        );
+    }
+
+    /// Every record of a request refused alone means the request is what Timestream refuses:
+    /// the messages go back for retry instead of quarantining good readings.
+    #[tokio::test]
+    async fn a_validation_error_on_every_record_is_retried_not_quarantined() {
+        let sink = FakeSink {
+            invalid: Some(777.0),
+            ..FakeSink::default()
+        };
+        let retry = route(
+            event(
+                json!({"readings": [{"ts": NOW - 1, "temp": 777.0}, {"ts": NOW, "temp": 777.0}]}),
+            ),
+            &sink,
+            &FakeQuarantine::default(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(retry.counts.retried, 2);
+        assert!(retry.cause.is_code("ValidationException"));
+    }
+
     /// A `RejectedRecords` answer naming a record outside the request cannot be trusted: the
     /// message goes back for retry rather than be counted on a guess.
     #[tokio::test]
@@ -1538,6 +1622,42 @@ mod tests {
             vec!["req-big.parquet", "req-big-1.parquet", "req-big-2.parquet"]
         );
         assert_eq!(fakes.sink.calls.lock().unwrap().len(), 500);
+    }
+
+    #[tokio::test]
+    async fn refused_readings_fill_rounds_too() {
+        // 5 messages of 10,000 readings, all stamped in the future: nothing is written, and still
+        // the quarantine objects go out round by round (20,000 refusals a round).
+        let incoming: Vec<Incoming> = (0..5)
+            .map(|m| {
+                let values = vec![json!(1.5); 10_000];
+                let body = event(
+                    json!({"ts": NOW + 86_400_000, "interval": 1, "measure": "temp", "values": values}),
+                );
+                Incoming::from_bytes(format!("m{m}"), serde_json::to_vec(&body).unwrap())
+            })
+            .collect();
+        let q = FakeQuarantine::default();
+        let edges = Edges {
+            sink: &FakeSink::default(),
+            quarantine: &q,
+            archive: &FakeArchive::default(),
+        };
+        // Checks: one per message, one per quarantine put. Messages 0–1 fill round 1 (checks
+        // 0–3 with its two puts), 2–3 round 2 (4–7); the deadline comes at message 4's.
+        let deadline = ExpiresAfter {
+            after: 8,
+            checks: 0.into(),
+        };
+        let rules = Rules {
+            deadline: &deadline,
+            ..RULES
+        };
+        let outcome = route_batch(incoming, &rules, &edges, "req-r", FailurePolicy::Ordered).await;
+        assert_eq!(q.items.lock().unwrap().len(), 4, "{:?}", outcome.failed);
+        assert_eq!(outcome.failed, vec!["m4"]);
+        assert_eq!(outcome.counts.quarantined_total(), 40_000);
+        assert!(outcome.counts.balanced());
     }
 
     /// How one format carries a list of readings; `true` marks a reading the router must refuse.

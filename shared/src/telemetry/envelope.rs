@@ -17,7 +17,7 @@
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::json::CheckedJson;
+use super::json::{CheckedJson, MAX_CONTAINERS};
 use crate::ids::ThingName;
 
 pub const TOPIC_KEY: &str = "_topic";
@@ -65,6 +65,8 @@ pub enum EnvelopeError {
         "a binary message (dt/<app>/<thing>/telemetry/<model>) holds only {PAYLOAD_KEY}; it also has {0:?}"
     )]
     BesideBinary(String),
+    #[error("message holds {0} objects and arrays; at most {MAX_CONTAINERS} are read")]
+    TooManyContainers(usize),
 }
 
 /// The thing name from `dt/<app>/<thing>/telemetry[/<format>]`.
@@ -105,6 +107,9 @@ impl Envelope {
     /// # Errors
     /// [`EnvelopeError`] naming what is missing or malformed.
     pub fn from_checked(event: CheckedJson) -> Result<Self, EnvelopeError> {
+        if event.containers > MAX_CONTAINERS {
+            return Err(EnvelopeError::TooManyContainers(event.containers));
+        }
         let mut envelope = Self::from_rule_event(event.value)?;
         envelope.duplicate_key = event.duplicate_key;
         Ok(envelope)

@@ -20,6 +20,8 @@ use serde_json::{Map, Number, Value};
 pub struct CheckedJson {
     pub value: Value,
     pub duplicate_key: Option<String>,
+    /// Objects and arrays the document held (0 when made from a `Value`).
+    pub containers: usize,
 }
 
 impl From<Value> for CheckedJson {
@@ -28,6 +30,7 @@ impl From<Value> for CheckedJson {
         Self {
             value,
             duplicate_key: None,
+            containers: 0,
         }
     }
 }
@@ -40,12 +43,40 @@ impl Serialize for CheckedJson {
 
 impl CheckedJson {
     /// Parses `bytes` as one JSON document (trailing non-whitespace is an error, as with
-    /// `serde_json::from_slice`).
+    /// `serde_json::from_slice`), refusing more than [`MAX_CONTAINERS`] objects and arrays as
+    /// soon as the count is passed.
     ///
     /// # Errors
-    /// serde_json's error for text that is not one JSON document.
+    /// serde_json's error for text that is not one JSON document or holds too many containers.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let checked = Self::read(&mut deserializer, MAX_CONTAINERS)?;
+        deserializer.end()?;
+        Ok(checked)
+    }
+
+    /// Reads one value, failing once more than `limit` containers were read.
+    fn read<'de, D: Deserializer<'de>>(deserializer: D, limit: usize) -> Result<Self, D::Error> {
+        let state = RefCell::new(State {
+            limit,
+            ..State::default()
+        });
+        let value = Seed {
+            state: &state,
+            depth: 0,
+        }
+        .deserialize(deserializer)?;
+        let state = state.into_inner();
+        let duplicate_key = state.duplicate.map(|d| {
+            let mut segments = d.segments;
+            segments.reverse();
+            segments.join(".")
+        });
+        Ok(Self {
+            value,
+            duplicate_key,
+            containers: state.containers,
+        })
     }
 }
 
@@ -67,25 +98,16 @@ struct Duplicate {
 struct State {
     duplicate: Option<Duplicate>,
     containers: usize,
+    limit: usize,
 }
 
+/// As a whole Lambda event (a direct rule invocation carries the device's payload inside it),
+/// the document is read without the container limit — the event is bounded by IoT Core's 128 KB
+/// — and the count is kept in [`CheckedJson::containers`] for the router to refuse the message
+/// with a reason instead of failing the invocation.
 impl<'de> Deserialize<'de> for CheckedJson {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let state = RefCell::new(State::default());
-        let value = Seed {
-            state: &state,
-            depth: 0,
-        }
-        .deserialize(deserializer)?;
-        let duplicate_key = state.into_inner().duplicate.map(|d| {
-            let mut segments = d.segments;
-            segments.reverse();
-            segments.join(".")
-        });
-        Ok(Self {
-            value,
-            duplicate_key,
-        })
+        Self::read(deserializer, usize::MAX)
     }
 }
 
@@ -106,7 +128,7 @@ impl Seed<'_> {
     fn container<E: de::Error>(&self) -> Result<(), E> {
         let mut state = self.state.borrow_mut();
         state.containers += 1;
-        if state.containers > MAX_CONTAINERS {
+        if state.containers > state.limit {
             return Err(E::custom(format_args!(
                 "more than {MAX_CONTAINERS} objects and arrays in one payload"
             )));
@@ -263,6 +285,9 @@ mod tests {
         let many = format!("[{}]", vec![r#"{"":{"":1}}"#; MAX_CONTAINERS / 2].join(","));
         let err = CheckedJson::from_slice(many.as_bytes()).unwrap_err();
         assert!(err.to_string().contains("objects and arrays"), "{err}");
+        // As a whole Lambda event it is read, and counted, for the router to refuse.
+        let event: CheckedJson = serde_json::from_str(&many).unwrap();
+        assert_eq!(event.containers, MAX_CONTAINERS + 1);
         let fits = format!("[{}]", vec![r#"{"":1}"#; MAX_CONTAINERS - 1].join(","));
         assert!(CheckedJson::from_slice(fits.as_bytes()).is_ok());
     }
