@@ -245,6 +245,15 @@ fn main() {
             black_box(to_sdk(chunk).unwrap());
         }
     });
+    stage("reading_ids", &|| {
+        for r in &records {
+            black_box(shoal_shared::telemetry::archive::reading_id(
+                &r.dimensions[0].1,
+                &r.dimensions[1].1,
+                r.time_ms,
+            ));
+        }
+    });
     stage("parquet", &|| {
         black_box(to_parquet(&records).unwrap());
     });

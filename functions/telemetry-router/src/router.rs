@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::Serialize;
-use serde_json::{Value, json};
 use shoal_shared::aws::AwsError;
 use shoal_shared::clock::now_ms;
 use shoal_shared::telemetry::archive::{archive_key, to_parquet};
@@ -112,16 +111,36 @@ pub struct Rules<'a> {
     pub deadline: &'a dyn Deadline,
 }
 
-/// One refusal within a message: a reading (by index), or the whole message.
+/// One refusal within a message: a reading (by index), or the whole message. Serialized as the
+/// quarantine body's `{"reading", "reason_code", "reason"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     /// The reading's index within the message; `None` when the whole message was refused.
+    #[serde(rename = "reading")]
     pub reading_index: Option<usize>,
     pub reason_code: &'static str,
     pub reason: String,
     /// Readings this refusal accounts for: 1 for a reading; for a message refused whole, the
     /// readings it is known to hold (at least 1).
+    #[serde(skip)]
     pub readings: usize,
+}
+
+/// The quarantine object's body, serialized straight from the item (no intermediate JSON tree).
+#[derive(Serialize)]
+struct QuarantineBody<'a> {
+    topic: Option<&'a str>,
+    thing_name: Option<&'a str>,
+    received_at: Option<i64>,
+    message_id: &'a str,
+    readings: usize,
+    refused_readings: usize,
+    reason_codes: Vec<&'static str>,
+    refused: &'a [Refusal],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_base64: Option<String>,
 }
 
 /// What could not be stored of one message, with everything needed to find out why and replay it:
@@ -162,35 +181,23 @@ impl QuarantineItem {
     /// exactly as delivered — `message` when it is UTF-8 text, else `message_base64`. Linear in
     /// the message and its refusals.
     pub fn body(&self) -> Vec<u8> {
-        let refused: Vec<Value> = self
-            .refused
-            .iter()
-            .map(|r| {
-                json!({
-                    "reading": r.reading_index,
-                    "reason_code": r.reason_code,
-                    "reason": r.reason,
-                })
-            })
-            .collect();
-        let mut body = json!({
-            "topic": self.topic,
-            "thing_name": self.thing,
-            "received_at": self.received_at_ms,
-            "message_id": self.message_id,
-            "readings": self.readings,
-            "refused_readings": self.refused_readings(),
-            "reason_codes": self.reason_codes(),
-            "refused": refused,
-        });
-        match std::str::from_utf8(&self.original) {
-            Ok(text) => body["message"] = Value::String(text.to_owned()),
-            Err(_) => {
+        let text = std::str::from_utf8(&self.original).ok();
+        let body = QuarantineBody {
+            topic: self.topic.as_deref(),
+            thing_name: self.thing.as_deref(),
+            received_at: self.received_at_ms,
+            message_id: &self.message_id,
+            readings: self.readings,
+            refused_readings: self.refused_readings(),
+            reason_codes: self.reason_codes(),
+            refused: &self.refused,
+            message: text,
+            message_base64: text.is_none().then(|| {
                 use base64::Engine as _;
-                body["message_base64"] =
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(&self.original));
-            }
-        }
+                base64::engine::general_purpose::STANDARD.encode(&self.original)
+            }),
+        };
+        // Serializing plain structs and strings into a Vec cannot fail.
         serde_json::to_vec(&body).unwrap_or_default()
     }
 }
@@ -860,7 +867,7 @@ mod tests {
     use super::*;
     use crate::fakes::{FakeArchive, FakeQuarantine, FakeSink};
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use shoal_shared::telemetry::MeasureValue;
 
     const NOW: i64 = 1_764_064_800_000;

@@ -113,6 +113,20 @@ struct Columns {
     varchar: (Vec<ByteArray>, Vec<i16>),
     received_at: Vec<i64>,
     reading_id: Vec<ByteArray>,
+    /// Values repeated row after row share one buffer (a `ByteArray` clone is a reference
+    /// count): the last thing and app, every measure name and type seen.
+    last_thing: Option<ByteArray>,
+    last_app: Option<ByteArray>,
+    names: std::collections::HashMap<String, ByteArray>,
+    kinds: [Option<ByteArray>; 4],
+}
+
+/// `cached` when it holds `text`, else a new buffer that becomes the cached one.
+fn shared(cached: &mut Option<ByteArray>, text: &str) -> ByteArray {
+    match cached {
+        Some(bytes) if bytes.data() == text.as_bytes() => bytes.clone(),
+        _ => cached.insert(ByteArray::from(text)).clone(),
+    }
 }
 
 fn push_optional<T>(column: &mut (Vec<T>, Vec<i16>), value: Option<T>) {
@@ -136,12 +150,29 @@ impl Columns {
         };
         let (thing, app) = (dimension(THING_DIMENSION), dimension(APP_DIMENSION));
         let id = ByteArray::from(reading_id(thing, app, record.time_ms).into_bytes());
+        let thing = shared(&mut self.last_thing, thing);
+        let app = shared(&mut self.last_app, app);
         for (name, value) in &record.measures {
-            self.thing.push(ByteArray::from(thing));
-            self.app.push(ByteArray::from(app));
+            self.thing.push(thing.clone());
+            self.app.push(app.clone());
             self.time.push(record.time_ms);
-            self.name.push(ByteArray::from(name.as_str()));
-            self.kind.push(ByteArray::from(value.type_name()));
+            let name = match self.names.get(name.as_str()) {
+                Some(cached) => cached.clone(),
+                None => {
+                    let fresh = ByteArray::from(name.as_str());
+                    self.names.insert(name.clone(), fresh.clone());
+                    fresh
+                }
+            };
+            self.name.push(name);
+            let slot = match value {
+                MeasureValue::Double(_) => 0,
+                MeasureValue::Bigint(_) => 1,
+                MeasureValue::Boolean(_) => 2,
+                MeasureValue::Varchar(_) => 3,
+            };
+            let kind = self.kinds[slot].get_or_insert_with(|| ByteArray::from(value.type_name()));
+            self.kind.push(kind.clone());
             let (d, b, t, v) = match value {
                 MeasureValue::Double(x) => (Some(*x), None, None, None),
                 MeasureValue::Bigint(x) => (None, Some(*x), None, None),
@@ -173,6 +204,8 @@ pub fn to_parquet<'a>(
     let properties = Arc::new(
         WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            // Column-chunk statistics are what Athena prunes by; page-level ones only cost.
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
             .set_created_by("shoal telemetry-router".into())
             .build(),
     );
