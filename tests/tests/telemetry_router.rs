@@ -128,8 +128,8 @@ impl Stack {
             .unwrap()
     }
 
-    /// The archive's rows as (thing, app, time, measure, type, value as text, received_at).
-    async fn archived_rows(&self) -> Vec<(String, String, i64, String, String, String, i64)> {
+    /// Every archived row, as (column, value) pairs, from every archive object.
+    async fn archived_columns(&self) -> Vec<Vec<(String, Field)>> {
         let mut rows = Vec::new();
         for key in self.keys("telemetry/").await {
             let bytes = self
@@ -142,7 +142,17 @@ impl Stack {
                 .into_bytes();
             let reader = SerializedFileReader::new(bytes).unwrap();
             for row in reader.get_row_iter(None).unwrap() {
-                let columns = row.unwrap().into_columns();
+                rows.push(row.unwrap().into_columns());
+            }
+        }
+        rows
+    }
+
+    /// The archive's rows as (thing, app, time, measure, type, value as text, received_at).
+    async fn archived_rows(&self) -> Vec<(String, String, i64, String, String, String, i64)> {
+        let mut rows = Vec::new();
+        for columns in self.archived_columns().await {
+            {
                 let get = |name: &str| columns.iter().find(|(n, _)| n == name).unwrap().1.clone();
                 let text = |f: Field| match f {
                     Field::Str(s) => s,
@@ -460,18 +470,8 @@ impl Stack {
     /// (reading_id, measure, received_at) of every archived row.
     async fn archived_ids(&self) -> Vec<(String, String, i64)> {
         let mut rows = Vec::new();
-        for key in self.keys("telemetry/").await {
-            let bytes = self
-                .object(&key)
-                .await
-                .body
-                .collect()
-                .await
-                .unwrap()
-                .into_bytes();
-            let reader = SerializedFileReader::new(bytes).unwrap();
-            for row in reader.get_row_iter(None).unwrap() {
-                let columns = row.unwrap().into_columns();
+        for columns in self.archived_columns().await {
+            {
                 let get = |name: &str| columns.iter().find(|(n, _)| n == name).unwrap().1.clone();
                 let (Field::Str(id), Field::Str(measure), Field::TimestampMillis(at)) =
                     (get("reading_id"), get("measure_name"), get("received_at"))

@@ -71,6 +71,24 @@ impl ArchiveStore for SizeArchive {
     }
 }
 
+/// The three edges, fresh for each run.
+#[derive(Default)]
+struct Fixture {
+    sink: SdkSink,
+    quarantine: BodyQuarantine,
+    archive: SizeArchive,
+}
+
+impl Fixture {
+    fn edges(&self) -> Edges<'_, SdkSink, BodyQuarantine, SizeArchive> {
+        Edges {
+            sink: &self.sink,
+            quarantine: &self.quarantine,
+            archive: &self.archive,
+        }
+    }
+}
+
 fn sqs_event() -> Vec<u8> {
     let records: Vec<Value> = (0..MESSAGES)
         .map(|m| {
@@ -136,16 +154,8 @@ fn main() {
     let bytes = sqs_event();
     let readings = MESSAGES * PER_MESSAGE;
     let run = || {
-        let (sink, quarantine, archive) = (
-            SdkSink::default(),
-            BodyQuarantine::default(),
-            SizeArchive::default(),
-        );
-        let edges = Edges {
-            sink: &sink,
-            quarantine: &quarantine,
-            archive: &archive,
-        };
+        let fixture = Fixture::default();
+        let (sink, archive, edges) = (&fixture.sink, &fixture.archive, fixture.edges());
         let event: CheckedJson = serde_json::from_slice(black_box(&bytes)).unwrap();
         let Trigger::Sqs(event) = Trigger::classify(event) else {
             panic!("an SQS event")
@@ -268,16 +278,8 @@ fn main() {
         });
         let times: Vec<Duration> = (0..RUNS)
             .map(|_| {
-                let (sink, quarantine, archive) = (
-                    SdkSink::default(),
-                    BodyQuarantine::default(),
-                    SizeArchive::default(),
-                );
-                let edges = Edges {
-                    sink: &sink,
-                    quarantine: &quarantine,
-                    archive: &archive,
-                };
+                let fixture = Fixture::default();
+                let (quarantine, edges) = (&fixture.quarantine, fixture.edges());
                 let event = CheckedJson::from(event.clone());
                 let start = Instant::now();
                 let counts = rt

@@ -10,7 +10,8 @@ use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
 use telemetry_router::router::{Edges, LambdaDeadline};
 
-/// Time kept back from the invocation's deadline for the store call in flight and the answer.
+/// Time kept back from the invocation's deadline for the store call in flight and the answer (at
+/// most a quarter of the invocation's time: `LambdaDeadline::starting_now`).
 const DEADLINE_RESERVE_MS: i64 = 3_000;
 /// The longest one store call (with its retries) may take: inside the reserve.
 const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_500);
@@ -36,10 +37,10 @@ async fn main() -> Result<(), Error> {
     // reading whose device sent a key twice instead of keeping one value silently.
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<CheckedJson>| async move {
-            let deadline = LambdaDeadline {
-                deadline_ms: i64::try_from(event.context.deadline).unwrap_or(i64::MAX),
-                reserve_ms: DEADLINE_RESERVE_MS,
-            };
+            let deadline = LambdaDeadline::starting_now(
+                i64::try_from(event.context.deadline).unwrap_or(i64::MAX),
+                DEADLINE_RESERVE_MS,
+            );
             let (_counts, answer) = handle(
                 event.payload,
                 config,

@@ -95,6 +95,27 @@ pub struct LambdaDeadline {
     pub reserve_ms: i64,
 }
 
+impl LambdaDeadline {
+    /// The deadline of an invocation starting now, keeping back `max_reserve_ms` — or a quarter
+    /// of the time the invocation has, when that is less (a function configured with a short
+    /// timeout still gets to work). A deadline already past at the start cannot be Lambda's own
+    /// (Lambda stops a function at its deadline; an emulator that compiled the function first
+    /// may hand a stale one): it is ignored rather than returning every message unprocessed.
+    pub fn starting_now(deadline_ms: i64, max_reserve_ms: i64) -> Self {
+        let remaining = deadline_ms.saturating_sub(now_ms());
+        if remaining <= 0 {
+            return Self {
+                deadline_ms: i64::MAX,
+                reserve_ms: 0,
+            };
+        }
+        Self {
+            deadline_ms,
+            reserve_ms: max_reserve_ms.min(remaining / 4),
+        }
+    }
+}
+
 impl Deadline for LambdaDeadline {
     fn expired(&self) -> bool {
         now_ms().saturating_add(self.reserve_ms) >= self.deadline_ms
@@ -1349,6 +1370,25 @@ mod tests {
         .unwrap_err();
         assert_eq!(retry.counts.retried, 2);
         assert!(retry.cause.is_code("ValidationException"));
+    }
+
+    #[test]
+    fn the_deadline_reserve_fits_the_time_the_invocation_has() {
+        let now = now_ms();
+        let long = LambdaDeadline::starting_now(now + 30_000, 3_000);
+        assert_eq!(long.reserve_ms, 3_000);
+        assert!(!long.expired());
+        // A 3 s timeout (Lambda's default) keeps back 750 ms, not all of it.
+        let short = LambdaDeadline::starting_now(now + 3_000, 3_000);
+        assert!((700..=750).contains(&short.reserve_ms), "{short:?}");
+        assert!(!short.expired());
+        // Already past at the start: not Lambda's own deadline; work goes on.
+        assert!(!LambdaDeadline::starting_now(now - 60_000, 3_000).expired());
+        let near = LambdaDeadline {
+            deadline_ms: now + 1_000,
+            reserve_ms: 3_000,
+        };
+        assert!(near.expired());
     }
 
     /// A `RejectedRecords` answer naming a record outside the request cannot be trusted: the
