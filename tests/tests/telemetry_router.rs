@@ -88,6 +88,19 @@ impl Stack {
         }
     }
 
+    /// The router's configuration for this stack's table and bucket, defaults otherwise.
+    fn router_config(&self) -> telemetry_router::handler::RouterConfig {
+        telemetry_router::handler::RouterConfig {
+            timestream: self.target.clone(),
+            archive_bucket: self.bucket.clone(),
+            memory_retention_ms: 24 * 3_600_000,
+            magnetic_retention_ms: None,
+            packed_schemas: PackedSchemas::empty(),
+            measure_types: MeasureTypes::empty(),
+            delivery: None,
+        }
+    }
+
     fn edges(&self) -> Edges<'_, Counted<TimestreamSink>, S3Quarantine, Counted<S3Archive>> {
         Edges {
             sink: &self.sink,
@@ -423,17 +436,9 @@ async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
 
 #[tokio::test]
 async fn sqs_quarantine_items_name_their_message() {
-    use telemetry_router::handler::{RouterConfig, handle};
+    use telemetry_router::handler::handle;
     let stack = Stack::new(true).await;
-    let config = RouterConfig {
-        timestream: stack.target.clone(),
-        archive_bucket: stack.bucket.clone(),
-        memory_retention_ms: 24 * 3_600_000,
-        magnetic_retention_ms: None,
-        packed_schemas: PackedSchemas::empty(),
-        measure_types: MeasureTypes::empty(),
-        delivery: None,
-    };
+    let config = stack.router_config();
     let now = now_ms();
     let good = event(json!({"temp": 1.5}), now).to_string();
     let sqs = json!({"Records": [
@@ -635,7 +640,7 @@ async fn late_readings_are_written_to_the_magnetic_store() {
 /// object listing each; a bad envelope from SQS is filed under the hour SQS took it.
 #[tokio::test]
 async fn refusals_are_one_object_per_message_filed_by_a_real_time() {
-    use telemetry_router::handler::{RouterConfig, handle};
+    use telemetry_router::handler::handle;
     let stack = Stack::new(true).await;
     let now = now_ms();
     let values = vec![json!(1); 8192];
@@ -663,15 +668,7 @@ async fn refusals_are_one_object_per_message_filed_by_a_real_time() {
     assert_eq!(body["refused"].as_array().unwrap().len(), 8192);
     assert_eq!(body["refused"][8191]["reading"], 8191);
 
-    let config = RouterConfig {
-        timestream: stack.target.clone(),
-        archive_bucket: stack.bucket.clone(),
-        memory_retention_ms: 24 * 3_600_000,
-        magnetic_retention_ms: None,
-        packed_schemas: PackedSchemas::empty(),
-        measure_types: MeasureTypes::empty(),
-        delivery: None,
-    };
+    let config = stack.router_config();
     // 2026-11-25T09:46:40.123Z
     let sqs = json!({"Records": [{
         "messageId": "msg-bad", "body": "temp=1.5", "eventSource": "aws:sqs",
