@@ -218,8 +218,14 @@ impl QuarantineItem {
                 base64::engine::general_purpose::STANDARD.encode(&self.original)
             }),
         };
+        // Room for the message (escaped text grows a little) and ~100 bytes a refusal: the body
+        // is written once, not regrown.
+        let mut out = Vec::with_capacity(
+            self.original.len() + self.original.len() / 8 + 100 * self.refused.len() + 512,
+        );
         // Serializing plain structs and strings into a Vec cannot fail.
-        serde_json::to_vec(&body).unwrap_or_default()
+        let _ = serde_json::to_writer(&mut out, &body);
+        out
     }
 }
 

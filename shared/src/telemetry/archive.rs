@@ -29,9 +29,10 @@ use std::sync::Arc;
 
 use parquet::basic::Compression;
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 
 use super::reading::MeasureValue;
@@ -56,8 +57,16 @@ pub const SCHEMA: &str = "message telemetry {
 /// identified by its dimensions, measure name and time; a second write of the same is an upsert).
 /// 32 hex digits: the first 128 bits of SHA-256 over `thing \0 app \0 time_ms`.
 pub fn reading_id(thing: &str, app: &str, time_ms: i64) -> String {
+    let id = reading_id_bytes(thing, app, time_ms);
+    // The bytes are ASCII hex digits.
+    String::from_utf8(id.to_vec()).unwrap_or_default()
+}
+
+/// [`reading_id`] as its 32 ASCII bytes, without formatting machinery: the archive computes one
+/// per reading.
+fn reading_id_bytes(thing: &str, app: &str, time_ms: i64) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    use std::fmt::Write as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hasher = Sha256::new();
     hasher.update(thing.as_bytes());
     hasher.update([0]);
@@ -65,10 +74,10 @@ pub fn reading_id(thing: &str, app: &str, time_ms: i64) -> String {
     hasher.update([0]);
     hasher.update(time_ms.to_be_bytes());
     let digest = hasher.finalize();
-    let mut id = String::with_capacity(32);
-    for byte in &digest[..16] {
-        // Writing into a String cannot fail.
-        let _ = write!(id, "{byte:02x}");
+    let mut id = [0u8; 32];
+    for (pair, byte) in id.chunks_exact_mut(2).zip(&digest[..16]) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
     id
 }
@@ -118,6 +127,7 @@ struct Columns {
     last_thing: Option<ByteArray>,
     last_app: Option<ByteArray>,
     names: std::collections::HashMap<String, ByteArray>,
+    recent_names: Vec<ByteArray>,
     kinds: [Option<ByteArray>; 4],
 }
 
@@ -140,6 +150,50 @@ fn push_optional<T>(column: &mut (Vec<T>, Vec<i16>), value: Option<T>) {
 }
 
 impl Columns {
+    /// Columns with room for `rows` rows: no column grows while it is filled.
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            thing: Vec::with_capacity(rows),
+            app: Vec::with_capacity(rows),
+            time: Vec::with_capacity(rows),
+            name: Vec::with_capacity(rows),
+            kind: Vec::with_capacity(rows),
+            double: (Vec::with_capacity(rows), Vec::with_capacity(rows)),
+            bigint: (Vec::new(), Vec::with_capacity(rows)),
+            boolean: (Vec::new(), Vec::with_capacity(rows)),
+            varchar: (Vec::new(), Vec::with_capacity(rows)),
+            received_at: Vec::with_capacity(rows),
+            reading_id: Vec::with_capacity(rows),
+            ..Self::default()
+        }
+    }
+
+    /// The shared buffer of a measure name: readings of one device model name their measures in
+    /// the same order, so the previous reading's name at the same position usually is the one;
+    /// else the table of every name seen.
+    fn name_bytes(&mut self, position: usize, name: &str) -> ByteArray {
+        if let Some(recent) = self.recent_names.get(position)
+            && recent.data() == name.as_bytes()
+        {
+            return recent.clone();
+        }
+        let bytes = match self.names.get(name) {
+            Some(cached) => cached.clone(),
+            None => {
+                let fresh = ByteArray::from(name);
+                self.names.insert(name.to_owned(), fresh.clone());
+                fresh
+            }
+        };
+        let known = self.recent_names.len();
+        match self.recent_names.get_mut(position) {
+            Some(slot) => *slot = bytes.clone(),
+            None if position == known => self.recent_names.push(bytes.clone()),
+            None => {}
+        }
+        bytes
+    }
+
     fn push(&mut self, record: &TimestreamRecord) {
         let dimension = |wanted: &str| {
             record
@@ -149,21 +203,14 @@ impl Columns {
                 .map_or("", |(_, value)| value.as_str())
         };
         let (thing, app) = (dimension(THING_DIMENSION), dimension(APP_DIMENSION));
-        let id = ByteArray::from(reading_id(thing, app, record.time_ms).into_bytes());
+        let id = ByteArray::from(reading_id_bytes(thing, app, record.time_ms).to_vec());
         let thing = shared(&mut self.last_thing, thing);
         let app = shared(&mut self.last_app, app);
-        for (name, value) in &record.measures {
+        for (position, (name, value)) in record.measures.iter().enumerate() {
             self.thing.push(thing.clone());
             self.app.push(app.clone());
             self.time.push(record.time_ms);
-            let name = match self.names.get(name.as_str()) {
-                Some(cached) => cached.clone(),
-                None => {
-                    let fresh = ByteArray::from(name.as_str());
-                    self.names.insert(name.clone(), fresh.clone());
-                    fresh
-                }
-            };
+            let name = self.name_bytes(position, name);
             self.name.push(name);
             let slot = match value {
                 MeasureValue::Double(_) => 0,
@@ -196,7 +243,8 @@ impl Columns {
 pub fn to_parquet<'a>(
     records: impl IntoIterator<Item = &'a TimestreamRecord>,
 ) -> Result<Vec<u8>, ArchiveError> {
-    let mut columns = Columns::default();
+    let records: Vec<&TimestreamRecord> = records.into_iter().collect();
+    let mut columns = Columns::with_capacity(records.iter().map(|r| r.measures.len()).sum());
     for record in records {
         columns.push(record);
     }
@@ -205,8 +253,20 @@ pub fn to_parquet<'a>(
         WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             // Column-chunk statistics are what Athena prunes by; page-level ones only cost.
-            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+            .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_created_by("shoal telemetry-router".into())
+            // Values that rarely repeat are written plain: a dictionary of them costs a hash per
+            // row and saves nothing (the repeated ones, names, types, things, compress to a
+            // few bytes).
+            .set_column_dictionary_enabled(ColumnPath::from("time"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("value_double"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("reading_id"), false)
+            // Nobody prunes by these: their min/max would be a comparison per row for nothing.
+            .set_column_statistics_enabled(ColumnPath::from("reading_id"), EnabledStatistics::None)
+            .set_column_statistics_enabled(
+                ColumnPath::from("measure_type"),
+                EnabledStatistics::None,
+            )
             .build(),
     );
     let mut writer = SerializedFileWriter::new(Vec::new(), schema, properties)?;
@@ -323,7 +383,9 @@ mod tests {
         let id = reading_id("dev-1", "farm", 1000);
         assert_eq!(id.len(), 32);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(id, reading_id("dev-1", "farm", 1000));
+        // SHA-256("dev-1\0farm\0" ‖ 1000 as 8 big-endian bytes), first 16 bytes, lowercase hex
+        // (Python: hashlib.sha256(b"dev-1\0farm\0" + struct.pack(">q", 1000)).hexdigest()[:32]).
+        assert_eq!(id, "5a4bd84d4fc146b0808a5b014eeecf00");
         assert_ne!(id, reading_id("dev-1", "farm", 1001));
         assert_ne!(id, reading_id("dev-2", "farm", 1000));
         assert_ne!(id, reading_id("dev-1", "farms", 1000));

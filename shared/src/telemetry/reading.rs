@@ -38,6 +38,11 @@ impl MeasureValue {
                 Ok(())
             }
         }
+        if let MeasureValue::Double(v) = self
+            && let Some(text) = ryu::Buffer::new().format_plain(*v)
+        {
+            return text.len();
+        }
         let mut count = Count(0);
         // Writing into Count cannot fail.
         let _ = match self {
@@ -53,16 +58,60 @@ impl MeasureValue {
         }
     }
 
+    /// An upper bound of [`Self::timestream_string_len`] found without formatting: exact for
+    /// everything but doubles, whose text (no exponent, shortest round-trip digits: at most 17
+    /// significant ones) is at most 26 bytes while 1e-5 ≤ |v| < 1e17; outside that range the
+    /// exact length is computed.
+    pub fn timestream_string_len_bound(&self) -> usize {
+        match self {
+            MeasureValue::Double(v) if *v == 0.0 || (1e-5..1e17).contains(&v.abs()) => 26,
+            MeasureValue::Bigint(v) => {
+                usize::from(*v < 0) + v.unsigned_abs().checked_ilog10().unwrap_or(0) as usize + 1
+            }
+            MeasureValue::Boolean(v) => 4 + usize::from(!v),
+            MeasureValue::Varchar(v) => v.len(),
+            MeasureValue::Double(_) => self.timestream_string_len(),
+        }
+    }
+
     /// The value as Timestream's string encoding. Doubles keep a decimal point or exponent so the
     /// text reads back as a double.
     pub fn to_timestream_string(&self) -> String {
         match self {
-            MeasureValue::Double(v) if v.is_finite() && v.fract() == 0.0 => format!("{v}.0"),
-            MeasureValue::Double(v) => v.to_string(),
+            MeasureValue::Double(v) => match ryu::Buffer::new().format_plain(*v) {
+                Some(text) => text.to_owned(),
+                None => display_double(*v),
+            },
             MeasureValue::Bigint(v) => v.to_string(),
             MeasureValue::Boolean(v) => v.to_string(),
             MeasureValue::Varchar(v) => v.clone(),
         }
+    }
+}
+
+/// Display's digits (shortest round trip, never an exponent) with ".0" after an integral value.
+fn display_double(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 {
+        format!("{v}.0")
+    } else {
+        v.to_string()
+    }
+}
+
+/// `ryu` formatting of a finite double when it has no exponent: then it is exactly
+/// [`display_double`]'s text (the same shortest round-trip digits, the same ".0"), at a fraction
+/// of the cost. ryu writes an exponent below 1e-5 and from 1e16 on; those take the slow path.
+trait PlainFloat {
+    fn format_plain(&mut self, v: f64) -> Option<&str>;
+}
+
+impl PlainFloat for ryu::Buffer {
+    fn format_plain(&mut self, v: f64) -> Option<&str> {
+        if !v.is_finite() {
+            return None;
+        }
+        let text = self.format_finite(v);
+        (!text.contains('e')).then_some(text)
     }
 }
 
@@ -101,6 +150,21 @@ mod tests {
             "100000000000000000000.0"
         );
         assert_eq!(MeasureValue::Bigint(23).to_timestream_string(), "23");
+        // Around ryu's switch to an exponent: still Display's plain digits.
+        assert_eq!(
+            MeasureValue::Double(1e16).to_timestream_string(),
+            "10000000000000000.0"
+        );
+        assert_eq!(
+            MeasureValue::Double(9_999_999_999_999_998.0).to_timestream_string(),
+            "9999999999999998.0"
+        );
+        assert_eq!(MeasureValue::Double(1e-5).to_timestream_string(), "0.00001");
+        assert_eq!(
+            MeasureValue::Double(1e-7).to_timestream_string(),
+            "0.0000001"
+        );
+        assert_eq!(MeasureValue::Double(21.5).to_timestream_string(), "21.5");
     }
 
     fn any_measure() -> impl Strategy<Value = MeasureValue> {
@@ -116,6 +180,21 @@ mod tests {
         #[test]
         fn string_len_matches_the_string(v in any_measure()) {
             prop_assert_eq!(v.timestream_string_len(), v.to_timestream_string().len());
+        }
+
+        #[test]
+        fn the_bound_is_never_below_the_length(v in any_measure(), scale in -30i32..30) {
+            let v = match v {
+                MeasureValue::Double(x) => MeasureValue::Double(x * 10f64.powi(scale)),
+                other => other,
+            };
+            prop_assert!(v.timestream_string_len_bound() >= v.timestream_string_len());
+        }
+
+        #[test]
+        fn the_fast_text_is_display_s_text(v in any::<f64>(), scale in -30i32..30) {
+            let v = v * 10f64.powi(scale);
+            prop_assert_eq!(MeasureValue::Double(v).to_timestream_string(), display_double(v));
         }
 
         #[test]

@@ -60,6 +60,19 @@ impl TimestreamRecord {
             .sum();
         dimensions + self.measure_name.len() + measures + 16
     }
+
+    /// An upper bound of [`Self::size_bytes`] found without formatting doubles
+    /// ([`MeasureValue::timestream_string_len_bound`]): the size check formats a record's values
+    /// only when the bound passes the limit.
+    pub fn size_bytes_bound(&self) -> usize {
+        let dimensions: usize = self.dimensions.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let measures: usize = self
+            .measures
+            .iter()
+            .map(|(n, v)| n.len() + v.timestream_string_len_bound() + v.type_name().len())
+            .sum();
+        dimensions + self.measure_name.len() + measures + 16
+    }
 }
 
 /// The WriteRecords calls for `n` records, as index ranges: chunks of at most 100, so n records

@@ -188,9 +188,11 @@ pub fn validate_with_dimensions(
         }
     }
     let record = TimestreamRecord::from_reading(reading, extra);
-    let bytes = record.size_bytes();
-    if bytes > MAX_RECORD_BYTES {
-        return Err(Rejection::RecordTooLarge { bytes });
+    if record.size_bytes_bound() > MAX_RECORD_BYTES {
+        let bytes = record.size_bytes();
+        if bytes > MAX_RECORD_BYTES {
+            return Err(Rejection::RecordTooLarge { bytes });
+        }
     }
     Ok(record)
 }
