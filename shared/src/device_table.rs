@@ -2,7 +2,7 @@
 //! functions (which write it) and the CLI (which creates it locally and reads it).
 //!
 //! Keys: `thing_name` (S) and `record` (S). The device's own item is `record = "device"`: presence
-//! (`online`, `last_seen`, `presence_order`, …), reported `firmware_version` and `config`, the OTA
+//! (`online`, `last_seen`, `connection_order`, …), reported `firmware_version` and `config`, the OTA
 //! report (`ota_*`) and, per shadow, the last version recorded (`shadow_version_<shadow>`).
 //! Conflict items are `record = "conflict#<shadow>#<version>#<path>"`: the value that lost.
 //! The sparse index `offline` (`offline_shard`, `offline_since`) holds devices that went offline
@@ -188,7 +188,11 @@ impl DeviceTable {
         let session = event.session_identifier.clone().unwrap_or_default();
         let update = self
             .update(thing, DEVICE_RECORD)
-            .condition_expression("attribute_not_exists(presence_order) OR presence_order < :order")
+            // `connection_order` (connection-major, see `presence`) replaced `presence_order`
+            // (time-major): the two never compare, and the old one goes with the first event.
+            .condition_expression(
+                "attribute_not_exists(connection_order) OR connection_order < :order",
+            )
             // ONLINE is a DynamoDB reserved word.
             .expression_attribute_names("#online", "online")
             .expression_attribute_values(":order", n(event.order()))
@@ -200,18 +204,19 @@ impl DeviceTable {
             PresenceEvent::Connected => update
                 .update_expression(
                     "SET #online = :true, last_seen = :ts, connected_at = :ts, \
-                     presence_order = :order, session_id = :session, client_id = :client, \
+                     connection_order = :order, session_id = :session, client_id = :client, \
                      presence_updated_at = :now \
-                     REMOVE offline_shard, offline_since, disconnect_reason, offline_alerted_at",
+                     REMOVE offline_shard, offline_since, disconnect_reason, offline_alerted_at, \
+                     presence_order",
                 )
                 .expression_attribute_values(":true", AttributeValue::Bool(true)),
             PresenceEvent::Disconnected => update
                 .update_expression(
                     "SET #online = :false, last_seen = :ts, disconnected_at = :ts, \
-                     presence_order = :order, session_id = :session, client_id = :client, \
+                     connection_order = :order, session_id = :session, client_id = :client, \
                      presence_updated_at = :now, disconnect_reason = :reason, \
                      offline_shard = :shard, offline_since = :ts \
-                     REMOVE offline_alerted_at",
+                     REMOVE offline_alerted_at, presence_order",
                 )
                 .expression_attribute_values(":false", AttributeValue::Bool(false))
                 .expression_attribute_values(

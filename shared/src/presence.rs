@@ -1,9 +1,15 @@
 //! Presence from AWS IoT lifecycle events (`$aws/events/presence/connected|disconnected/<clientId>`).
 //!
-//! AWS documents that these events can arrive out of order and more than once. Each event gets
-//! an [`order`](LifecycleEvent::order) — its timestamp, then its `versionNumber`, then
-//! disconnected after connected — and the registry only takes an event whose order is greater
-//! than the one it holds (a conditional write), so late and duplicate events never regress it.
+//! AWS documents that these events can arrive out of order and more than once, that their
+//! timestamps are approximate, and that `versionNumber` — one number per connection of a client
+//! id, increasing with each new connection, shared by that connection's `connected` and
+//! `disconnected` — is how a subscriber orders them
+//! (<https://docs.aws.amazon.com/iot/latest/developerguide/life-cycle-events.html>). Each event
+//! gets an [`order`](LifecycleEvent::order): its connection (`versionNumber`), then disconnected
+//! after connected, then its timestamp (only duplicates tie on both). The registry only takes an
+//! event whose order is greater than the one it holds (a conditional write): an event of an older
+//! connection than the one recorded never changes presence, whatever its timestamp — a session
+//! taken over by a reconnect (`DUPLICATE_CLIENTID`) cannot mark the new session offline.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +36,8 @@ pub struct LifecycleEvent {
     pub principal_identifier: Option<String>,
     #[serde(default)]
     pub ip_address: Option<String>,
-    #[serde(default)]
+    /// The connection's number: required, since it is the only reliable order between a client's
+    /// connections.
     pub version_number: u64,
     #[serde(default)]
     pub client_initiated_disconnect: Option<bool>,
@@ -41,8 +48,9 @@ pub struct LifecycleEvent {
     pub thing_name: Option<String>,
 }
 
-/// `versionNumber` saturates here so that the order fits one DynamoDB number (38 digits).
-const VERSION_CAP: u128 = 100_000_000_000;
+/// Timestamps are clamped below this (ms, the year 5138) so the order fits one DynamoDB number:
+/// u64::MAX × 2 × 10^14 has 34 digits, DynamoDB keeps 38.
+const TIMESTAMP_SPAN: u128 = 100_000_000_000_000;
 
 impl LifecycleEvent {
     /// The thing this event is about: `thingName` when AWS sends it, else the client id (Shoal's
@@ -53,15 +61,15 @@ impl LifecycleEvent {
             .map_err(|e| format!("client {:?} names no thing: {e}", self.client_id))
     }
 
-    /// Total order of events of one thing: timestamp, then versionNumber, then disconnected
-    /// after connected (one session's two events can share both).
+    /// Total order of one client's events: connection (`versionNumber`), then disconnected after
+    /// connected, then timestamp.
     pub fn order(&self) -> u128 {
         let rank = match self.event_type {
             PresenceEvent::Connected => 0,
             PresenceEvent::Disconnected => 1,
         };
-        let version = u128::from(self.version_number).min(VERSION_CAP - 1);
-        (u128::from(self.timestamp) * VERSION_CAP + version) * 2 + rank
+        let timestamp = u128::from(self.timestamp).min(TIMESTAMP_SPAN - 1);
+        (u128::from(self.version_number) * 2 + rank) * TIMESTAMP_SPAN + timestamp
     }
 }
 
@@ -131,16 +139,28 @@ mod tests {
     }
 
     #[test]
-    fn order_is_time_then_version_then_disconnect_last() {
-        assert!(event("connected", 2, 0).order() > event("disconnected", 1, 9).order());
-        assert!(event("connected", 1, 2).order() > event("disconnected", 1, 1).order());
-        assert!(event("disconnected", 1, 1).order() > event("connected", 1, 1).order());
+    fn order_is_connection_then_disconnect_last_then_time() {
+        // A later connection wins whatever the timestamps say (they are approximate).
+        assert!(event("connected", 1, 42).order() > event("disconnected", 9_000, 41).order());
+        // Within one connection, its disconnect follows its connect.
+        assert!(event("disconnected", 1, 7).order() > event("connected", 5, 7).order());
+        assert!(event("connected", 2, 7).order() > event("connected", 1, 7).order());
         assert_eq!(
             event("connected", 1, 1).order(),
             event("connected", 1, 1).order()
         );
-        let huge = event("connected", u64::MAX, u64::MAX).order();
+        let huge = event("disconnected", u64::MAX, u64::MAX).order();
         assert!(huge.to_string().len() <= 38, "fits a DynamoDB number");
+        assert!(huge > event("connected", u64::MAX, u64::MAX).order());
+    }
+
+    #[test]
+    fn the_version_number_is_required() {
+        let err = serde_json::from_value::<LifecycleEvent>(json!({
+            "clientId": "d-1", "timestamp": 1, "eventType": "connected"
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("versionNumber"), "{err}");
     }
 
     #[test]

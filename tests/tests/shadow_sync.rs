@@ -358,6 +358,45 @@ fn lifecycle(client: &str, kind: &str, ts: u64, version: u64) -> Value {
            "clientInitiatedDisconnect": false, "disconnectReason": "MQTT_KEEP_ALIVE_TIMEOUT"})
 }
 
+/// AWS's session takeover: the same client id connects again, and the old session's
+/// `DUPLICATE_CLIENTID` disconnect arrives stamped after the new session's connect. The device
+/// item's conditional write keeps the newer connection.
+#[tokio::test]
+async fn a_taken_over_session_never_marks_the_new_one_offline() {
+    let factory = local::factory().await;
+    let table = device_table(&factory).await;
+    let registry = Registry(table.clone());
+    let alerts = IotAlerts(factory.iot_data());
+    let config = PresenceConfig {
+        offline_threshold_s: 600,
+        alerts_topic: "shoal/alerts".into(),
+    };
+    let client = unique_name("takeover");
+    let t0 = 1_800_000_000_000u64;
+    let mut old_session_ends = lifecycle(&client, "disconnected", t0 + 600_250, 41);
+    old_session_ends["disconnectReason"] = json!("DUPLICATE_CLIENTID");
+    let delivered = [
+        (lifecycle(&client, "connected", t0, 41), "applied"),
+        (lifecycle(&client, "connected", t0 + 600_000, 42), "applied"),
+        (old_session_ends, "stale"),
+    ];
+    for (event, expected) in delivered {
+        let PresenceAnswer::Event(summary) =
+            presence::handle(event, &config, &registry, &alerts, t0 + 600_300)
+                .await
+                .unwrap()
+        else {
+            panic!("an event")
+        };
+        assert_eq!(summary.outcome, expected, "{summary:?}");
+    }
+    let item = table.get(&client, "device").await.unwrap().unwrap();
+    assert_eq!(item["online"], true);
+    assert_eq!(item["session_id"], "session-42");
+    assert!(item.get("offline_since").is_none());
+    assert!(item.get("disconnect_reason").is_none());
+}
+
 #[tokio::test]
 async fn lifecycle_events_out_of_order_and_duplicated_never_regress_presence() {
     let factory = local::factory().await;

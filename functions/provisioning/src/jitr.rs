@@ -21,6 +21,8 @@ use shoal_shared::ids::ThingName;
 use shoal_shared::provisioning::{
     DeviceStatus, ManifestEntry, Serial, serial_from_certificate_pem,
 };
+use shoal_shared::shadow::check_update;
+use shoal_shared::shadow::document::{ShadowState, ShadowUpdate, UpdateState};
 
 use crate::hook::Manifest;
 
@@ -96,10 +98,25 @@ pub struct ModelDefaults(pub BTreeMap<String, Map<String, Value>>);
 
 impl std::str::FromStr for ModelDefaults {
     type Err = String;
+    /// Parses and checks every model's defaults against the Device Shadow limits (nesting depth,
+    /// 8 KB of state) as a first shadow update, so a bad value fails when the configuration loads,
+    /// not at every device's registration.
     fn from_str(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text)
-            .map(Self)
-            .map_err(|e| format!("not a JSON object of model -> object: {e}"))
+        let defaults: BTreeMap<String, Map<String, Value>> = serde_json::from_str(text)
+            .map_err(|e| format!("not a JSON object of model -> object: {e}"))?;
+        for (model, desired) in &defaults {
+            let first = ShadowUpdate {
+                state: UpdateState {
+                    desired: Some(desired.clone()),
+                    reported: None,
+                },
+                client_token: None,
+                version: None,
+            };
+            check_update(&ShadowState::default(), &first)
+                .map_err(|e| format!("the defaults of model {model:?} cannot be a shadow: {e}"))?;
+        }
+        Ok(Self(defaults))
     }
 }
 
@@ -280,5 +297,29 @@ mod tests {
         let d: ModelDefaults = r#"{"th-v2": {"sample_interval_s": 60}}"#.parse().unwrap();
         assert_eq!(d.0["th-v2"]["sample_interval_s"], 60);
         assert!("[1]".parse::<ModelDefaults>().is_err());
+    }
+
+    #[test]
+    fn model_defaults_past_the_shadow_limits_fail_at_load() {
+        // Seven levels inside `desired`: AWS IoT allows six.
+        let deep = r#"{"th-v2": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}}"#;
+        let err = deep.parse::<ModelDefaults>().unwrap_err();
+        assert!(
+            err.contains("th-v2") && err.contains("nests 7 levels"),
+            "{err}"
+        );
+        let large = format!(r#"{{"th-v2": {{"note": "{}"}}}}"#, "x".repeat(9_000));
+        let err = large.parse::<ModelDefaults>().unwrap_err();
+        assert!(err.contains("8192"), "{err}");
+        let source = BTreeMap::from([
+            (vars::DEVICE_POLICY, "shoal-device"),
+            (vars::MANIFEST_TABLE, "shoal-manifest"),
+            (vars::MODEL_DEFAULTS, deep),
+        ]);
+        let err = JitrConfig::from_source(&source).unwrap_err();
+        assert!(err.to_string().contains(vars::MODEL_DEFAULTS), "{err}");
+        // Six levels are fine.
+        let six = r#"{"th-v2": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}"#;
+        assert!(six.parse::<ModelDefaults>().is_ok());
     }
 }

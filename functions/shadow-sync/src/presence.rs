@@ -331,4 +331,99 @@ mod tests {
             "not marked: the next sweep retries"
         );
     }
+
+    fn event_of(kind: &str, ts: u64, version: u64, reason: &str) -> Value {
+        json!({"clientId": "d-1", "timestamp": ts, "eventType": kind,
+               "sessionIdentifier": format!("session-{version}"), "principalIdentifier": "p",
+               "versionNumber": version, "disconnectReason": reason,
+               "clientInitiatedDisconnect": false})
+    }
+
+    #[tokio::test]
+    async fn a_taken_over_session_never_marks_the_new_one_offline() {
+        let r = Registry::default();
+        let c = config();
+        let t0 = 1_800_000_000_000u64;
+        let delivered = [
+            (event_of("connected", t0, 41, ""), "applied"),
+            (event_of("connected", t0 + 600_000, 42, ""), "applied"),
+            // Session A's end, stamped after B's start: it belongs to the older connection.
+            (
+                event_of("disconnected", t0 + 600_250, 41, "DUPLICATE_CLIENTID"),
+                "stale",
+            ),
+        ];
+        for (event, expected) in delivered {
+            let PresenceAnswer::Event(summary) = handle(event, &c, &r, &r, t0).await.unwrap()
+            else {
+                panic!("an event")
+            };
+            assert_eq!(summary.outcome, expected, "{summary:?}");
+        }
+        assert!(r.things.lock().unwrap()["d-1"].1, "online on session B");
+        let schedule = json!({"detail-type": "Scheduled Event", "source": "aws.events"});
+        let swept = handle(schedule, &c, &r, &r, t0 + 3_600_000).await.unwrap();
+        assert_eq!(swept, PresenceAnswer::Sweep(SweepSummary::default()));
+        assert!(r.published.lock().unwrap().is_empty(), "no offline alert");
+    }
+
+    /// One connection of the client: its number, when it connected, and when (if) it ended.
+    fn connections() -> impl Strategy<Value = Vec<(u64, u64, Option<u64>)>> {
+        prop::collection::vec(
+            (1u64..5, 0u64..600_000, prop::option::of(1u64..600_000)),
+            1..6,
+        )
+        .prop_map(|steps| {
+            let (mut version, mut at) = (0u64, 1_800_000_000_000u64);
+            steps
+                .into_iter()
+                .map(|(gap, wait, lasted)| {
+                    version += gap;
+                    at += wait;
+                    let connected = at;
+                    let ended = lasted.map(|l| connected + l);
+                    at = ended.unwrap_or(connected) + 1;
+                    (version, connected, ended)
+                })
+                .collect()
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the delivery order, duplication and clock error (±2 minutes) of a client's
+        /// lifecycle events, the registry ends in the state of its newest connection.
+        #[test]
+        fn presence_follows_the_newest_connection(
+            connections in connections(),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
+            jitter in prop::collection::vec(-120_000i64..120_000, 12),
+        ) {
+            let mut events = Vec::new();
+            for (i, (version, connected, ended)) in connections.iter().enumerate() {
+                let skew = |k: usize, t: u64| t.saturating_add_signed(jitter[(2 * i + k) % jitter.len()]);
+                events.push(event_of("connected", skew(0, *connected), *version, ""));
+                if let Some(ended) = ended {
+                    events.push(event_of("disconnected", skew(1, *ended), *version, "CONNECTION_LOST"));
+                }
+            }
+            // Every event at least once, then duplicates, in a shuffled order.
+            let mut delivery: Vec<Value> = events.clone();
+            delivery.extend(order.iter().map(|ix| ix.get(&events).clone()));
+            let n = delivery.len();
+            for (k, ix) in order.iter().enumerate() {
+                delivery.swap(k % n, ix.index(n));
+            }
+            let r = Registry::default();
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for event in delivery {
+                rt.block_on(handle(event, &config(), &r, &r, 0)).unwrap();
+            }
+            let newest = connections.last().unwrap();
+            let things = r.things.lock().unwrap();
+            let online = things["d-1"].1;
+            prop_assert_eq!(online, newest.2.is_none(), "newest connection: {:?}", newest);
+        }
+    }
 }

@@ -261,7 +261,11 @@ pub mod vclock {
 
         pub fn incremented(&self, actor: &str) -> Self {
             let mut next = self.clone();
-            *next.0.entry(actor.to_owned()).or_default() += 1;
+            // A device writes its own counters: one at u64::MAX stays there instead of
+            // overflowing (its later writes then no longer dominate; a real device never gets
+            // near 2^64 writes).
+            let counter = next.0.entry(actor.to_owned()).or_default();
+            *counter = counter.saturating_add(1);
             next
         }
 
@@ -404,6 +408,18 @@ mod tests {
 
     fn p(s: &str) -> Path {
         s.split('.').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_device_written_counter_at_the_maximum_saturates() {
+        // A device may write any counter, the cloud's own included.
+        let clock: VectorClock =
+            serde_json::from_value(json!({"cloud": u64::MAX, "dev-1": 3})).unwrap();
+        let next = clock.incremented("cloud");
+        assert_eq!(next.get("cloud"), u64::MAX);
+        assert_eq!(next.get("dev-1"), 3);
+        assert_eq!(next.compare(&clock), Causality::Equal);
+        assert_eq!(clock.incremented("dev-1").compare(&clock), Causality::After);
     }
 
     #[test]
