@@ -15,6 +15,13 @@ use thiserror::Error;
 
 use crate::ids::ThingName;
 
+/// Every connection made with the fleet's claim certificate uses a client id starting with this
+/// (e.g. `claim.<serial>.<boot>`); the claim policy allows no other. `.` is in neither the serial
+/// nor the thing-name alphabet, so a claim connection can never take a device's client id (AWS
+/// would disconnect the device: a fleet-wide denial of service from one leaked firmware image),
+/// and presence never mistakes one for a device.
+pub const CLAIM_CLIENT_ID_PREFIX: &str = "claim.";
+
 /// The device parameter of the provisioning template that carries the serial.
 pub const SERIAL_PARAMETER: &str = "SerialNumber";
 /// The override that names the thing.

@@ -154,7 +154,13 @@ fn a_claim_certificate_reaches_only_the_provisioning_topics() {
         &document,
         &claim,
         &[
-            ("iot:Connect", "client", "factory-claim-7", true),
+            ("iot:Connect", "client", "claim.SN-0007.1", true),
+            // Never a device's client id, whatever it looks like.
+            ("iot:Connect", "client", "factory-claim-7", false),
+            ("iot:Connect", "client", "dev-1", false),
+            ("iot:Connect", "client", "SN-0007", false),
+            ("iot:Connect", "client", "claim", false),
+            ("iot:Connect", "client", "claimdev-1", false),
             (
                 "iot:Publish",
                 "topic",

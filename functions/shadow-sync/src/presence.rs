@@ -11,6 +11,7 @@ use shoal_shared::config::{self, ConfigError, Source, vars};
 use shoal_shared::device_table::OfflineDevice;
 use shoal_shared::ids::ThingName;
 use shoal_shared::presence::{LifecycleEvent, OfflineAlert};
+use shoal_shared::provisioning::CLAIM_CLIENT_ID_PREFIX;
 
 pub trait PresenceRecords: Sync {
     /// `Ok(false)`: the registry holds a later or the same event; nothing changed.
@@ -52,7 +53,8 @@ impl PresenceConfig {
 pub struct PresenceSummary {
     pub thing: Option<String>,
     pub event_type: Option<String>,
-    /// `applied`, `stale` (a later or duplicate event was already applied) or `rejected`.
+    /// `applied`, `stale` (a later or duplicate event was already applied), `ignored` (a claim
+    /// connection's event: no device) or `rejected`.
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -91,6 +93,22 @@ pub async fn handle(
         return sweep(config, records, alerts, now_ms)
             .await
             .map(PresenceAnswer::Sweep);
+    }
+    // A claim connection (provisioning by claim) is no device: counted, never recorded.
+    if let Some(client) = event.get("clientId").and_then(Value::as_str)
+        && client.starts_with(CLAIM_CLIENT_ID_PREFIX)
+    {
+        return Ok(PresenceAnswer::Event(PresenceSummary {
+            outcome: "ignored",
+            reason: Some(format!(
+                "client {client:?} is a claim connection (prefix {CLAIM_CLIENT_ID_PREFIX:?}), not a device"
+            )),
+            event_type: event
+                .get("eventType")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            ..PresenceSummary::default()
+        }));
     }
     let parsed = serde_json::from_value::<LifecycleEvent>(event)
         .map_err(|e| format!("not a lifecycle event: {e}"))
@@ -337,6 +355,21 @@ mod tests {
                "sessionIdentifier": format!("session-{version}"), "principalIdentifier": "p",
                "versionNumber": version, "disconnectReason": reason,
                "clientInitiatedDisconnect": false})
+    }
+
+    #[tokio::test]
+    async fn claim_connections_are_ignored_and_never_recorded() {
+        let r = Registry::default();
+        let mut event = event_of("connected", 1_000, 1, "");
+        event["clientId"] = json!("claim.SN-0001.1");
+        let PresenceAnswer::Event(summary) = handle(event, &config(), &r, &r, 0).await.unwrap()
+        else {
+            panic!("an event")
+        };
+        assert_eq!(summary.outcome, "ignored");
+        assert_eq!(summary.event_type.as_deref(), Some("connected"));
+        assert!(summary.reason.unwrap().contains("claim connection"));
+        assert!(r.things.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

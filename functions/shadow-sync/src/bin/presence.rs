@@ -30,6 +30,7 @@ async fn main() -> Result<(), Error> {
                 ("Applied", u64::from(e.outcome == "applied")),
                 ("Stale", u64::from(e.outcome == "stale")),
                 ("Rejected", u64::from(e.outcome == "rejected")),
+                ("Ignored", u64::from(e.outcome == "ignored")),
             ],
             PresenceAnswer::Sweep(s) => vec![
                 ("OfflinePastThreshold", s.offline_past_threshold as u64),
