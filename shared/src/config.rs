@@ -25,6 +25,7 @@ pub mod vars {
     /// Declared Timestream types of measures (`bigint=rssi;varchar=fw`); numbers are DOUBLE
     /// otherwise.
     pub const MEASURE_TYPES: &str = "SHOAL_MEASURE_TYPES";
+    pub const TELEMETRY_APPS: &str = "SHOAL_TELEMETRY_APPS";
     /// How telemetry reaches the router: `direct`, `sqs` or `kinesis`.
     pub const TELEMETRY_DELIVERY: &str = "SHOAL_TELEMETRY_DELIVERY";
     /// `true` when the telemetry table takes magnetic-store writes (late data).

@@ -129,6 +129,8 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         packed_schemas: "th-v2=temp,hum".parse().unwrap(),
         measure_types: shoal_shared::telemetry::MeasureTypes::empty(),
         delivery: None,
+        // The template's default TelemetryApps.
+        telemetry_apps: "farm,greenhouse".parse().unwrap(),
     };
     init_local(
         &factory,

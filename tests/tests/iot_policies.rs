@@ -11,7 +11,10 @@ fn policy(name: &str) -> Value {
     template["Resources"][name]["Properties"]["PolicyDocument"].clone()
 }
 
-const PARAMETERS: &[(&str, &str)] = &[("ProvisioningTemplateName", "shoal-fleet")];
+const PARAMETERS: &[(&str, &str)] = &[
+    ("ProvisioningTemplateName", "shoal-fleet"),
+    ("TelemetryApps", "farm,greenhouse"),
+];
 
 fn check(document: &Value, connection: &Connection<'_>, cases: &[(&str, &str, &str, bool)]) {
     let mut wrong = Vec::new();
@@ -129,6 +132,34 @@ fn a_device_reaches_only_its_own_topics() {
                 false,
             ),
             ("iot:Receive", "topic", "dt/farm/dev-2/telemetry", false),
+            // Multi-level matches: `*` would span levels, so every level before the thing is
+            // pinned to the stack's apps.
+            (
+                "iot:Publish",
+                "topic",
+                "dt/farm/dev-2/telemetry/dev-1/telemetry",
+                false,
+            ),
+            ("iot:Publish", "topic", "dt/dev-2/dev-1/telemetry", false),
+            (
+                "iot:Publish",
+                "topic",
+                "dt/greenhouse/dev-1/telemetry",
+                true,
+            ),
+            // An app outside TelemetryApps: no new dimension value from a device.
+            ("iot:Publish", "topic", "dt/new-app/dev-1/telemetry", false),
+            ("iot:Subscribe", "topicfilter", "cmd/+/+/dev-1/#", false),
+            ("iot:Subscribe", "topicfilter", "cmd/+/dev-1/#", false),
+            ("iot:Subscribe", "topicfilter", "cmd/farm/dev-1/#", true),
+            (
+                "iot:Subscribe",
+                "topicfilter",
+                "cmd/farm/dev-2/dev-1/reboot",
+                false,
+            ),
+            ("iot:Receive", "topic", "cmd/farm/dev-2/dev-1/x", false),
+            ("iot:Receive", "topic", "cmd/new-app/dev-1/reboot", false),
         ],
     );
     // A certificate not attached to the thing cannot connect as it.

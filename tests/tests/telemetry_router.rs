@@ -98,6 +98,7 @@ impl Stack {
             packed_schemas: PackedSchemas::empty(),
             measure_types: MeasureTypes::empty(),
             delivery: None,
+            telemetry_apps: shoal_shared::telemetry::TelemetryApps::ANY,
         }
     }
 
@@ -217,6 +218,7 @@ fn rules(now: i64) -> Rules<'static> {
         },
         schemas: &NO_SCHEMAS,
         types: &NO_TYPES,
+        apps: &shoal_shared::telemetry::TelemetryApps::ANY,
         deadline: &NoDeadline,
     }
 }

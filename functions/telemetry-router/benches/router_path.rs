@@ -147,6 +147,7 @@ fn main() {
         },
         schemas: &schemas,
         types: &types,
+        apps: &shoal_shared::telemetry::TelemetryApps::ANY,
         deadline: &NoDeadline,
     };
 

@@ -161,6 +161,7 @@ mod tests {
         },
         schemas: &shoal_shared::telemetry::PackedSchemas::empty(),
         types: &shoal_shared::telemetry::MeasureTypes::empty(),
+        apps: &shoal_shared::telemetry::TelemetryApps::ANY,
         deadline: &crate::router::NoDeadline,
     };
 

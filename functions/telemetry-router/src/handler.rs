@@ -5,7 +5,7 @@ use serde_json::json;
 use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
 use shoal_shared::metrics::emf_counts;
-use shoal_shared::telemetry::{CheckedJson, Limits, MeasureTypes, PackedSchemas};
+use shoal_shared::telemetry::{CheckedJson, Limits, MeasureTypes, PackedSchemas, TelemetryApps};
 
 use crate::batch::{Delivery, Trigger, route_kinesis, route_sqs};
 use crate::router::{
@@ -30,6 +30,8 @@ pub struct RouterConfig {
     pub measure_types: MeasureTypes,
     /// How the template delivers telemetry, when it says (`SHOAL_TELEMETRY_DELIVERY`).
     pub delivery: Option<Delivery>,
+    /// The `<app>` levels accepted (`SHOAL_TELEMETRY_APPS`); unset: any.
+    pub telemetry_apps: TelemetryApps,
 }
 
 /// `true` / `false` for an on/off variable.
@@ -66,6 +68,7 @@ impl RouterConfig {
             packed_schemas: config::optional(source, vars::PACKED_SCHEMAS)?.unwrap_or_default(),
             measure_types: config::optional(source, vars::MEASURE_TYPES)?.unwrap_or_default(),
             delivery: config::optional(source, vars::TELEMETRY_DELIVERY)?,
+            telemetry_apps: config::optional(source, vars::TELEMETRY_APPS)?.unwrap_or_default(),
         })
     }
 }
@@ -106,6 +109,7 @@ pub async fn handle(
         },
         schemas: &config.packed_schemas,
         types: &config.measure_types,
+        apps: &config.telemetry_apps,
         deadline,
     };
     let trigger = Trigger::classify_for(event, config.delivery);

@@ -20,7 +20,7 @@ use shoal_shared::telemetry::decode::{Context, readings_in};
 use shoal_shared::telemetry::records::{APP_DIMENSION, write_ranges};
 use shoal_shared::telemetry::{
     CheckedJson, Envelope, EnvelopeError, Limits, MeasureTypes, PackedSchemas, Payload,
-    TimestreamRecord, decode_binary, decode_json, validate_with_dimensions,
+    TelemetryApps, TimestreamRecord, decode_binary, decode_json, validate_with_dimensions,
 };
 
 /// AWS IoT Core's payload limit: nothing larger can have come from a device.
@@ -129,6 +129,8 @@ pub struct Rules<'a> {
     pub limits: Limits,
     pub schemas: &'a PackedSchemas,
     pub types: &'a MeasureTypes,
+    /// The `<app>` levels accepted; another is refused whole (`unknown_app`).
+    pub apps: &'a TelemetryApps,
     pub deadline: &'a dyn Deadline,
 }
 
@@ -838,6 +840,15 @@ fn decode_and_validate(
         pending.push(p);
         return;
     }
+    if !rules.apps.allows(envelope.app()) {
+        let reason = format!(
+            "app {:?} is not one of this stack's telemetry apps (TelemetryApps)",
+            envelope.app()
+        );
+        p.refuse_whole("unknown_app", reason, held);
+        pending.push(p);
+        return;
+    }
     let app = envelope.app().to_owned();
     let model = envelope.topic_model().map(str::to_owned);
     let Envelope {
@@ -906,6 +917,7 @@ mod tests {
         },
         schemas: &PackedSchemas::empty(),
         types: &MeasureTypes::empty(),
+        apps: &TelemetryApps::ANY,
         deadline: &NoDeadline,
     };
 
@@ -1064,6 +1076,43 @@ mod tests {
         assert_eq!(items[0].original, br#"{"temp":1.0}"#);
         // No receive time: filed under the invocation's time, not 1970.
         assert_eq!(items[0].filed_at_ms, NOW);
+    }
+
+    #[tokio::test]
+    async fn an_app_outside_the_closed_set_is_refused_whole() {
+        let apps: TelemetryApps = "farm".parse().unwrap();
+        let rules = Rules {
+            apps: &apps,
+            ..RULES
+        };
+        let (sink, q, archive) = (
+            FakeSink::default(),
+            FakeQuarantine::default(),
+            FakeArchive::default(),
+        );
+        let mut invented = json!({"readings": [{"ts": NOW - 1000, "temp": 1.0}, {"temp": 2.0}]});
+        invented["_topic"] = json!("dt/new-app-7/dev-1/telemetry");
+        invented["_received_at"] = json!(NOW);
+        let counts = route_rules(invented, &rules, &sink, &q, &archive)
+            .await
+            .unwrap();
+        assert_eq!((counts.received, counts.accepted), (2, 0));
+        assert_eq!(counts.quarantined, BTreeMap::from([("unknown_app", 2)]));
+        assert!(
+            q.items.lock().unwrap()[0].refused[0]
+                .reason
+                .contains("new-app-7")
+        );
+        let known = route_rules(
+            event(json!({"ts": NOW - 1000, "temp": 1.0})),
+            &rules,
+            &sink,
+            &q,
+            &archive,
+        )
+        .await
+        .unwrap();
+        assert_eq!(known.accepted, 1);
     }
 
     #[tokio::test]
@@ -1610,6 +1659,7 @@ mod tests {
                 checks: 0.into(),
             };
             let rules = Rules {
+                apps: &TelemetryApps::ANY,
                 deadline: &deadline,
                 ..RULES
             };
@@ -1703,6 +1753,7 @@ mod tests {
             checks: 0.into(),
         };
         let rules = Rules {
+            apps: &TelemetryApps::ANY,
             deadline: &deadline,
             ..RULES
         };

@@ -163,6 +163,45 @@ impl Envelope {
     }
 }
 
+/// The closed set of `<app>` levels a stack accepts (`SHOAL_TELEMETRY_APPS`, template parameter
+/// `TelemetryApps`): each becomes a value of Timestream's `app` dimension, so devices must not be
+/// able to invent new ones. The device policy allows publishing under these only; the router
+/// refuses any other (`unknown_app`). [`TelemetryApps::ANY`] (unset) accepts every app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryApps(Option<std::collections::BTreeSet<String>>);
+
+impl TelemetryApps {
+    /// Every app accepted (no closed set configured).
+    pub const ANY: TelemetryApps = TelemetryApps(None);
+
+    /// Whether `app` is in the set.
+    pub fn allows(&self, app: &str) -> bool {
+        self.0.as_ref().is_none_or(|apps| apps.contains(app))
+    }
+}
+
+impl std::str::FromStr for TelemetryApps {
+    type Err = String;
+
+    /// `app,app,…`: each one MQTT topic level of `[A-Za-z0-9_-]` (no wildcard, no `/`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut apps = std::collections::BTreeSet::new();
+        for app in text.split(',').map(str::trim) {
+            if app.is_empty()
+                || !app
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            {
+                return Err(format!(
+                    "app {app:?} must be 1 or more of letters, digits, '_' and '-'"
+                ));
+            }
+            apps.insert(app.to_owned());
+        }
+        Ok(Self(Some(apps)))
+    }
+}
+
 /// Standard base64 (RFC 4648, with padding), as the rules engine's `encode(*, 'base64')` writes it.
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
     use base64::Engine as _;
@@ -175,6 +214,17 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn telemetry_apps_are_a_closed_set_of_topic_levels() {
+        let apps: TelemetryApps = "farm, greenhouse".parse().unwrap();
+        assert!(apps.allows("farm") && apps.allows("greenhouse"));
+        assert!(!apps.allows("Farm") && !apps.allows("farm/dev-2") && !apps.allows(""));
+        assert!(TelemetryApps::ANY.allows("anything"));
+        for bad in ["", "farm,", "a/b", "+", "#", "farm,gr een"] {
+            assert!(bad.parse::<TelemetryApps>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn json_event_keeps_device_fields_and_strips_metadata() {

@@ -18,7 +18,7 @@ pub mod validate;
 
 pub use binary::{PackedSchemas, decode_binary};
 pub use decode::{Context, DecodeError, MAX_READINGS_PER_MESSAGE, decode_json};
-pub use envelope::{Envelope, EnvelopeError, Payload};
+pub use envelope::{Envelope, EnvelopeError, Payload, TelemetryApps};
 pub use json::CheckedJson;
 pub use reading::{MeasureName, MeasureValue, Reading};
 pub use records::{MAX_RECORD_BYTES, MAX_RECORDS_PER_WRITE, TimestreamRecord};
