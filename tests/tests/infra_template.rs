@@ -126,3 +126,76 @@ fn the_provisioning_template_body_declares_every_hook_override() {
         "shoal-device-policy"
     );
 }
+
+fn template() -> serde_norway::Value {
+    let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
+    serde_norway::from_str(&text).unwrap()
+}
+
+fn strings(value: &serde_norway::Value) -> Vec<String> {
+    match value {
+        serde_norway::Value::Sequence(items) => items.iter().flat_map(strings).collect(),
+        serde_norway::Value::String(s) => vec![s.clone()],
+        other => vec![format!("{other:?}")],
+    }
+}
+
+#[test]
+fn the_provisioning_role_is_scoped_to_what_the_template_needs() {
+    let role = &template()["Resources"]["ProvisioningRole"]["Properties"];
+    assert!(
+        role.get("ManagedPolicyArns").is_none(),
+        "no managed policy (AWSIoTThingsRegistration grants 30 actions on *)"
+    );
+    let policies = role["Policies"].as_sequence().unwrap();
+    for policy in policies {
+        for statement in policy["PolicyDocument"]["Statement"].as_sequence().unwrap() {
+            for action in strings(&statement["Action"]) {
+                assert!(!action.contains('*'), "no action wildcard: {action}");
+                assert!(
+                    !["iot:CreatePolicy", "iot:DeletePolicy", "iot:RegisterCertificate"]
+                        .contains(&action.as_str()),
+                    "{action} is not the template's"
+                );
+            }
+            let resource = format!("{:?}", statement["Resource"]);
+            assert!(
+                resource.contains(":thing/")
+                    || resource.contains(":thinggroup/")
+                    || resource.contains(":cert/")
+                    || resource.contains(":policy/${DevicePolicy}"),
+                "resource scoped to a type: {resource}"
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_publisher_role_can_sign_firmware() {
+    use shoal_integration_tests::iot_policy::matches;
+    let resources = &template()["Resources"];
+    let key_policy = &resources["FirmwareSigningKey"]["Properties"]["KeyPolicy"];
+    let mut signers = Vec::new();
+    for statement in key_policy["Statement"].as_sequence().unwrap() {
+        assert_eq!(statement["Effect"], "Allow");
+        if strings(&statement["Action"])
+            .iter()
+            .any(|a| matches(a, "kms:Sign"))
+        {
+            signers.push(format!("{:?}", statement["Principal"]["AWS"]));
+        }
+    }
+    assert_eq!(signers.len(), 1, "one signer: {signers:?}");
+    assert!(
+        signers[0].contains("FirmwarePublisherRole"),
+        "the signer is the publisher role: {signers:?}"
+    );
+    // The account still administers the key (through IAM), without signing.
+    let admin = &key_policy["Statement"][0];
+    assert!(format!("{:?}", admin["Principal"]["AWS"]).contains(":root"));
+    assert!(
+        strings(&admin["Action"])
+            .iter()
+            .any(|a| matches(a, "kms:ScheduleKeyDeletion"))
+    );
+}
