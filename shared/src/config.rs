@@ -40,6 +40,7 @@ pub mod vars {
     pub const DEVICE_TABLE: &str = "SHOAL_DEVICE_TABLE";
     /// Device models each provisioning template may provision: `template=model,model;…`.
     pub const TEMPLATE_MODELS: &str = "SHOAL_TEMPLATE_MODELS";
+    pub const CLAIM_LEASE_S: &str = "SHOAL_CLAIM_LEASE_S";
     /// The IoT policy attached to every device certificate (JITR).
     pub const DEVICE_POLICY: &str = "SHOAL_DEVICE_POLICY";
     /// Initial shadow `desired` per device model, a JSON object: `{"th-v2": {...}}`.

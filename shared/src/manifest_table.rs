@@ -205,6 +205,63 @@ impl ManifestTable {
     }
 }
 
+impl ManifestTable {
+    /// Gives a serial claimed by `old_certificate` to `new_certificate` (as `thing`), only if it
+    /// is still provisioned to `old_certificate` and its entry has not changed since
+    /// `unchanged_since_ms` (a lapsed claim), appending a `claim_taken_over` audit record in the
+    /// same write. `Ok(false)`: the condition failed.
+    ///
+    /// # Errors
+    /// [`AwsError`] when DynamoDB cannot be reached or refuses the request.
+    pub async fn take_over(
+        &self,
+        serial: &Serial,
+        old_certificate: &str,
+        new_certificate: &str,
+        thing: &ThingName,
+        unchanged_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let record = AttributeValue::M(HashMap::from([
+            ("at".to_owned(), n(now_ms)),
+            ("action".to_owned(), s("claim_taken_over")),
+            (
+                "reason".to_owned(),
+                s(format!(
+                    "certificate {old_certificate} never became ACTIVE within the claim lease"
+                )
+                .as_str()),
+            ),
+            ("certificate_id".to_owned(), s(new_certificate)),
+        ]));
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET certificate_id = :new, thing_name = :thing, updated_at = :now, \
+                 audit = list_append(if_not_exists(audit, :empty), :record)",
+            )
+            .condition_expression(
+                "#status = :provisioned AND certificate_id = :old AND updated_at <= :since",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
+            .expression_attribute_values(":old", s(old_certificate))
+            .expression_attribute_values(":new", s(new_certificate))
+            .expression_attribute_values(":thing", s(thing.as_str()))
+            .expression_attribute_values(":since", n(unchanged_since_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":record", AttributeValue::L(vec![record]))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem");
+        condition_held(updated)
+    }
+}
+
 /// One line of a manifest entry's audit trail.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditRecord<'a> {

@@ -208,7 +208,8 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
 
 #[tokio::test]
 async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
-    use provisioning::hook::{DEFAULT_DEADLINE, handle};
+    use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate, handle};
+    use provisioning::registry::IotCertificates;
     use shoal_shared::manifest_table::ManifestTable;
     use shoal_shared::provisioning::{HookRequest, TemplateModels};
 
@@ -223,6 +224,13 @@ async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
         .await
         .unwrap();
     let models: TemplateModels = "shoal-fleet=th-v2".parse().unwrap();
+    let certificates = IotCertificates::new(factory.iot());
+    let gate = Gate {
+        manifest: &table,
+        certificates: &certificates,
+        models: &models,
+        claim_lease: DEFAULT_CLAIM_LEASE,
+    };
 
     let mut seen = 0;
     for entry in std::fs::read_dir(repo_root().join("events")).unwrap() {
@@ -236,7 +244,7 @@ async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
         };
         let request: HookRequest =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let answer = handle(&request, &table, &models, DEFAULT_DEADLINE).await;
+        let answer = handle(&request, &gate, DEFAULT_DEADLINE).await;
         match case {
             "allowed" => {
                 assert!(answer.allow_provisioning, "{name}");

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use provisioning::hook::{DEFAULT_DEADLINE, handle};
+use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate};
+use provisioning::registry::IotCertificates;
 use serde_json::json;
 use shoal_integration_tests::local::{self, unique_name};
+use shoal_shared::aws::AwsResultExt;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::{
     DeviceStatus, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels,
@@ -52,6 +54,103 @@ fn request(serial: &str, certificate_id: &str) -> HookRequest {
 
 fn models() -> TemplateModels {
     "shoal-fleet=th-v2".parse().unwrap()
+}
+
+/// The hook as deployed: this manifest, the local IoT registry's certificates, the default lease.
+async fn handle(
+    request: &HookRequest,
+    table: &ManifestTable,
+    models: &TemplateModels,
+    deadline: Duration,
+) -> HookResponse {
+    handle_with_lease(request, table, models, DEFAULT_CLAIM_LEASE, deadline).await
+}
+
+async fn handle_with_lease(
+    request: &HookRequest,
+    table: &ManifestTable,
+    models: &TemplateModels,
+    claim_lease: Duration,
+    deadline: Duration,
+) -> HookResponse {
+    let certificates = IotCertificates::new(local::factory().await.iot());
+    let gate = Gate {
+        manifest: table,
+        certificates: &certificates,
+        models,
+        claim_lease,
+    };
+    provisioning::hook::handle(request, &gate, deadline).await
+}
+
+/// A certificate in the local IoT registry, ACTIVE or not; its id.
+async fn certificate(active: bool) -> String {
+    let created = local::factory()
+        .await
+        .iot()
+        .create_keys_and_certificate()
+        .set_as_active(active)
+        .send()
+        .await
+        .aws("iot", "CreateKeysAndCertificate")
+        .unwrap();
+    created.certificate_id().unwrap().to_owned()
+}
+
+/// Case: the hook allowed certificate A, but A's RegisterThing failed (A never became ACTIVE).
+/// After the claim lease, the device's retry with a new certificate B takes the serial over,
+/// audited; a claim whose certificate is ACTIVE is never taken over.
+#[tokio::test]
+async fn a_lapsed_claim_is_taken_over_and_an_active_claim_holds() {
+    let table = manifest(&[
+        ("SN-0101", "th-v2", DeviceStatus::Pending),
+        ("SN-0102", "th-v2", DeviceStatus::Pending),
+    ])
+    .await;
+    let lease = Duration::from_millis(300);
+    let (a, b) = (certificate(false).await, certificate(false).await);
+    let call = |serial: &'static str, cert: String| {
+        let table = &table;
+        async move {
+            handle_with_lease(
+                &request(serial, &cert),
+                table,
+                &models(),
+                lease,
+                DEFAULT_DEADLINE,
+            )
+            .await
+        }
+    };
+    assert!(call("SN-0101", a.clone()).await.allow_provisioning);
+    assert!(
+        !call("SN-0101", b.clone()).await.allow_provisioning,
+        "within the lease the claim holds"
+    );
+    tokio::time::sleep(lease + Duration::from_millis(50)).await;
+    let taken = call("SN-0101", b.clone()).await;
+    assert!(taken.allow_provisioning, "{taken:?}");
+    assert_eq!(taken.parameter_overrides["ThingName"], "SN-0101");
+    let serial = Serial::parse("SN-0101").unwrap();
+    let entry = table.get(&serial).await.unwrap().unwrap();
+    assert_eq!(entry.certificate_id.as_deref(), Some(b.as_str()));
+    let audit = table.audit(&serial).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|(action, reason)| action == "claim_taken_over" && reason.contains(&a)),
+        "{audit:?}"
+    );
+
+    // An ACTIVE certificate keeps its serial, lease or not.
+    let active = certificate(true).await;
+    assert!(call("SN-0102", active).await.allow_provisioning);
+    tokio::time::sleep(lease + Duration::from_millis(50)).await;
+    assert!(
+        !call("SN-0102", certificate(false).await)
+            .await
+            .allow_provisioning
+    );
 }
 
 #[tokio::test]

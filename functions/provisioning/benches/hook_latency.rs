@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use provisioning::hook::{DEFAULT_DEADLINE, handle};
+use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate, handle};
+use provisioning::registry::IotCertificates;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::{
@@ -59,6 +60,13 @@ async fn main() {
         .collect();
     table.write_all(&entries, |_| {}).await.unwrap();
     let models: TemplateModels = "shoal-fleet=th-v2".parse().unwrap();
+    let certificates = IotCertificates::new(factory.iot());
+    let gate = Gate {
+        manifest: &table,
+        certificates: &certificates,
+        models: &models,
+        claim_lease: DEFAULT_CLAIM_LEASE,
+    };
 
     let mut times = Vec::with_capacity(CALLS);
     let mut allowed = 0;
@@ -70,7 +78,7 @@ async fn main() {
         };
         let req = request(&serial, &format!("cert-{i}"));
         let start = Instant::now();
-        let answer = handle(&req, &table, &models, DEFAULT_DEADLINE).await;
+        let answer = handle(&req, &gate, DEFAULT_DEADLINE).await;
         times.push(start.elapsed());
         allowed += usize::from(answer.allow_provisioning);
     }

@@ -15,7 +15,7 @@ use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
 use shoal_shared::ids::ThingName;
 use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
 use shoal_shared::provisioning::{
-    Denial, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels, decide,
+    Denial, DeviceStatus, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels, decide,
     requested_serial,
 };
 
@@ -36,6 +36,19 @@ pub trait Manifest: Sync {
         serial: &Serial,
         certificate_id: &str,
         thing: &ThingName,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+
+    /// Moves a serial claimed by `old_certificate` to `new_certificate`, only if it is still
+    /// provisioned to `old_certificate` and unchanged since `unchanged_since_ms` or earlier, with
+    /// an audit record; `Ok(false)` when the condition failed.
+    fn take_over(
+        &self,
+        serial: &Serial,
+        old_certificate: &str,
+        new_certificate: &str,
+        thing: &ThingName,
+        unchanged_since_ms: i64,
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, AwsError>> + Send;
 
@@ -64,6 +77,27 @@ impl Manifest for ManifestTable {
         ManifestTable::claim(self, serial, certificate_id, thing, now_ms).await
     }
 
+    async fn take_over(
+        &self,
+        serial: &Serial,
+        old_certificate: &str,
+        new_certificate: &str,
+        thing: &ThingName,
+        unchanged_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        ManifestTable::take_over(
+            self,
+            serial,
+            old_certificate,
+            new_certificate,
+            thing,
+            unchanged_since_ms,
+            now_ms,
+        )
+        .await
+    }
+
     async fn record_refusal(
         &self,
         serial: &Serial,
@@ -81,19 +115,47 @@ impl Manifest for ManifestTable {
     }
 }
 
+/// The certificate registry as the hook needs it.
+pub trait Certificates: Sync {
+    /// The certificate's status (`ACTIVE`, `INACTIVE`, `PENDING_ACTIVATION`, `REVOKED`, …);
+    /// `None` when the registry has no such certificate.
+    fn status(
+        &self,
+        certificate_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+}
+
+/// How long a claim holds a serial for a certificate that has not become ACTIVE, by default.
+/// Fleet provisioning activates the certificate within seconds of the hook's answer; a claim
+/// older than this whose certificate is not ACTIVE belongs to a RegisterThing that failed (or a
+/// hook answer that came too late for AWS), and a new certificate may take the serial over.
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookConfig {
     pub manifest_table: TableName,
     pub template_models: TemplateModels,
+    /// `SHOAL_CLAIM_LEASE_S` (default [`DEFAULT_CLAIM_LEASE`]).
+    pub claim_lease: Duration,
 }
 
 impl HookConfig {
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        let lease_s: Option<u64> = config::optional(source, vars::CLAIM_LEASE_S)?;
         Ok(Self {
             manifest_table: config::required(source, vars::MANIFEST_TABLE)?,
             template_models: config::required(source, vars::TEMPLATE_MODELS)?,
+            claim_lease: lease_s.map_or(DEFAULT_CLAIM_LEASE, Duration::from_secs),
         })
     }
+}
+
+/// What the hook decides with, besides the request.
+pub struct Gate<'a, M, C> {
+    pub manifest: &'a M,
+    pub certificates: &'a C,
+    pub models: &'a TemplateModels,
+    pub claim_lease: Duration,
 }
 
 fn internal(e: AwsError) -> Denial {
@@ -102,13 +164,20 @@ fn internal(e: AwsError) -> Denial {
 
 async fn decide_and_claim(
     request: &HookRequest,
-    manifest: &impl Manifest,
-    models: &TemplateModels,
+    gate: &Gate<'_, impl Manifest, impl Certificates>,
 ) -> Result<HookResponse, Denial> {
+    let (manifest, models) = (gate.manifest, gate.models);
     let serial = requested_serial(request)?;
     let entry = manifest.get(&serial).await.map_err(internal)?;
-    let overrides = decide(request, entry.as_ref(), models)?;
     let thing = serial.thing_name();
+    let overrides = match decide(request, entry.as_ref(), models) {
+        Err(Denial::OtherCertificate { serial, existing }) => {
+            // `OtherCertificate` is only ever decided on an entry.
+            let entry = entry.ok_or_else(|| Denial::Internal("entry vanished".into()))?;
+            return take_over_lapsed_claim(request, gate, entry, serial, existing).await;
+        }
+        decided => decided?,
+    };
     let claimed = manifest
         .claim(&serial, &request.certificate_id, &thing, now_ms())
         .await
@@ -128,14 +197,77 @@ async fn decide_and_claim(
     })
 }
 
+/// A claim is a lease: the serial's certificate `existing` never became ACTIVE and the entry has
+/// not changed for the lease time, so the requesting certificate takes the serial over
+/// (conditionally, audited). Otherwise the serial stays `existing`'s.
+async fn take_over_lapsed_claim(
+    request: &HookRequest,
+    gate: &Gate<'_, impl Manifest, impl Certificates>,
+    entry: ManifestEntry,
+    serial: Serial,
+    existing: String,
+) -> Result<HookResponse, Denial> {
+    let now = now_ms();
+    let lease_ms = i64::try_from(gate.claim_lease.as_millis()).unwrap_or(i64::MAX);
+    let held = Denial::OtherCertificate {
+        serial: serial.clone(),
+        existing: existing.clone(),
+    };
+    if now.saturating_sub(entry.updated_at_ms) < lease_ms {
+        return Err(held);
+    }
+    let status = gate
+        .certificates
+        .status(&existing)
+        .await
+        .map_err(internal)?;
+    if status.as_deref() == Some("ACTIVE") {
+        return Err(held);
+    }
+    // Everything else must allow it as for a pending serial (model, template).
+    let pending = ManifestEntry {
+        status: DeviceStatus::Pending,
+        certificate_id: None,
+        ..entry
+    };
+    let overrides = decide(request, Some(&pending), gate.models)?;
+    let taken = gate
+        .manifest
+        .take_over(
+            &serial,
+            &existing,
+            &request.certificate_id,
+            &serial.thing_name(),
+            now - lease_ms,
+            now,
+        )
+        .await
+        .map_err(internal)?;
+    if !taken {
+        return Err(Denial::Internal(format!(
+            "serial {serial} changed while its lapsed claim was being taken over"
+        )));
+    }
+    tracing::warn!(
+        %serial,
+        previous_certificate = %existing,
+        previous_status = status.as_deref().unwrap_or("absent"),
+        certificate_id = %request.certificate_id,
+        "lapsed claim taken over"
+    );
+    Ok(HookResponse {
+        allow_provisioning: true,
+        parameter_overrides: overrides,
+    })
+}
+
 /// Answers one hook request within `deadline`; every failure is a logged denial.
 pub async fn handle(
     request: &HookRequest,
-    manifest: &impl Manifest,
-    models: &TemplateModels,
+    gate: &Gate<'_, impl Manifest, impl Certificates>,
     deadline: Duration,
 ) -> HookResponse {
-    let decided = tokio::time::timeout(deadline, decide_and_claim(request, manifest, models))
+    let decided = tokio::time::timeout(deadline, decide_and_claim(request, gate))
         .await
         .unwrap_or_else(|_| {
             Err(Denial::Internal(format!(
@@ -184,6 +316,9 @@ mod tests {
     #[derive(Default)]
     struct Memory {
         entries: Mutex<BTreeMap<String, ManifestEntry>>,
+        /// Certificate statuses in the registry (absent: no such certificate).
+        statuses: Mutex<BTreeMap<String, String>>,
+        audit: Mutex<Vec<String>>,
         down: bool,
         slow: bool,
     }
@@ -232,6 +367,34 @@ mod tests {
             Ok(ok)
         }
 
+        async fn take_over(
+            &self,
+            serial: &Serial,
+            old: &str,
+            new: &str,
+            thing: &ThingName,
+            unchanged_since_ms: i64,
+            now_ms: i64,
+        ) -> Result<bool, AwsError> {
+            let mut entries = self.entries.lock().unwrap();
+            let Some(e) = entries.get_mut(serial.as_str()) else {
+                return Ok(false);
+            };
+            let ok = e.status == DeviceStatus::Provisioned
+                && e.certificate_id.as_deref() == Some(old)
+                && e.updated_at_ms <= unchanged_since_ms;
+            if ok {
+                e.certificate_id = Some(new.into());
+                e.thing_name = Some(thing.clone());
+                e.updated_at_ms = now_ms;
+                self.audit
+                    .lock()
+                    .unwrap()
+                    .push(format!("claim_taken_over {old} -> {new}"));
+            }
+            Ok(ok)
+        }
+
         async fn record_refusal(
             &self,
             _serial: &Serial,
@@ -274,23 +437,106 @@ mod tests {
         }
     }
 
-    fn models() -> TemplateModels {
-        "shoal-fleet=th-v2".parse().unwrap()
+    static MODELS: std::sync::LazyLock<TemplateModels> =
+        std::sync::LazyLock::new(|| "shoal-fleet=th-v2".parse().unwrap());
+
+    fn gate(m: &Memory) -> Gate<'_, Memory, Memory> {
+        Gate {
+            manifest: m,
+            certificates: m,
+            models: &MODELS,
+            claim_lease: DEFAULT_CLAIM_LEASE,
+        }
+    }
+
+    impl Certificates for Memory {
+        async fn status(&self, certificate_id: &str) -> Result<Option<String>, AwsError> {
+            Ok(self.statuses.lock().unwrap().get(certificate_id).cloned())
+        }
     }
 
     #[tokio::test]
     async fn allows_claims_and_answers_the_same_certificate_the_same_way() {
         let m = memory("SN-1");
-        let first = handle(&request("SN-1", "c1"), &m, &models(), DEFAULT_DEADLINE).await;
+        let first = handle(&request("SN-1", "c1"), &gate(&m), DEFAULT_DEADLINE).await;
         assert!(first.allow_provisioning);
         assert_eq!(first.parameter_overrides["ThingName"], "SN-1");
         let stored = m.entries.lock().unwrap()["SN-1"].clone();
         assert_eq!(stored.status, DeviceStatus::Provisioned);
         assert_eq!(stored.certificate_id.as_deref(), Some("c1"));
-        let again = handle(&request("SN-1", "c1"), &m, &models(), DEFAULT_DEADLINE).await;
+        let again = handle(&request("SN-1", "c1"), &gate(&m), DEFAULT_DEADLINE).await;
         assert_eq!(again, first);
-        let other = handle(&request("SN-1", "c2"), &m, &models(), DEFAULT_DEADLINE).await;
+        let other = handle(&request("SN-1", "c2"), &gate(&m), DEFAULT_DEADLINE).await;
         assert!(!other.allow_provisioning);
+    }
+
+    /// A claim whose certificate never became ACTIVE lapses after the lease: a new certificate
+    /// takes the serial over (audited); an ACTIVE one, or a claim within its lease, holds.
+    #[tokio::test]
+    async fn a_lapsed_claim_is_taken_over_and_an_active_one_holds() {
+        let m = memory("SN-1");
+        assert!(
+            handle(&request("SN-1", "c1"), &gate(&m), DEFAULT_DEADLINE)
+                .await
+                .allow_provisioning
+        );
+        // c1's RegisterThing failed: c1 is in the registry but never ACTIVE.
+        m.statuses
+            .lock()
+            .unwrap()
+            .insert("c1".into(), "INACTIVE".into());
+        let within = handle(&request("SN-1", "c2"), &gate(&m), DEFAULT_DEADLINE).await;
+        assert!(
+            !within.allow_provisioning,
+            "within the lease the claim holds"
+        );
+        let lease_ms = DEFAULT_CLAIM_LEASE.as_millis() as i64;
+        m.entries
+            .lock()
+            .unwrap()
+            .get_mut("SN-1")
+            .unwrap()
+            .updated_at_ms = now_ms() - lease_ms - 1;
+        let after = handle(&request("SN-1", "c2"), &gate(&m), DEFAULT_DEADLINE).await;
+        assert!(after.allow_provisioning, "a lapsed claim is taken over");
+        assert_eq!(after.parameter_overrides["ThingName"], "SN-1");
+        let stored = m.entries.lock().unwrap()["SN-1"].clone();
+        assert_eq!(stored.certificate_id.as_deref(), Some("c2"));
+        assert_eq!(*m.audit.lock().unwrap(), ["claim_taken_over c1 -> c2"]);
+        // c2 became ACTIVE: past the lease, nobody takes it.
+        m.statuses
+            .lock()
+            .unwrap()
+            .insert("c2".into(), "ACTIVE".into());
+        m.entries
+            .lock()
+            .unwrap()
+            .get_mut("SN-1")
+            .unwrap()
+            .updated_at_ms = now_ms() - lease_ms - 1;
+        let c3 = handle(&request("SN-1", "c3"), &gate(&m), DEFAULT_DEADLINE).await;
+        assert!(
+            !c3.allow_provisioning,
+            "an ACTIVE certificate keeps its serial"
+        );
+        // A certificate that never reached the registry lapses too.
+        let m = memory("SN-2");
+        assert!(
+            handle(&request("SN-2", "c1"), &gate(&m), DEFAULT_DEADLINE)
+                .await
+                .allow_provisioning
+        );
+        m.entries
+            .lock()
+            .unwrap()
+            .get_mut("SN-2")
+            .unwrap()
+            .updated_at_ms = now_ms() - lease_ms - 1;
+        assert!(
+            handle(&request("SN-2", "c9"), &gate(&m), DEFAULT_DEADLINE)
+                .await
+                .allow_provisioning
+        );
     }
 
     #[tokio::test]
@@ -300,7 +546,7 @@ mod tests {
             ..memory("SN-1")
         };
         assert!(
-            !handle(&request("SN-1", "c1"), &m, &models(), DEFAULT_DEADLINE)
+            !handle(&request("SN-1", "c1"), &gate(&m), DEFAULT_DEADLINE)
                 .await
                 .allow_provisioning
         );
@@ -309,13 +555,7 @@ mod tests {
             ..memory("SN-1")
         };
         let started = std::time::Instant::now();
-        let answer = handle(
-            &request("SN-1", "c1"),
-            &m,
-            &models(),
-            Duration::from_millis(50),
-        )
-        .await;
+        let answer = handle(&request("SN-1", "c1"), &gate(&m), Duration::from_millis(50)).await;
         assert!(!answer.allow_provisioning);
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -326,7 +566,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_serials_are_denied_and_nothing_is_written() {
         let m = memory("SN-1");
-        let answer = handle(&request("SN-9", "c1"), &m, &models(), DEFAULT_DEADLINE).await;
+        let answer = handle(&request("SN-9", "c1"), &gate(&m), DEFAULT_DEADLINE).await;
         assert_eq!(answer, HookResponse::deny());
         assert_eq!(m.entries.lock().unwrap().len(), 1);
     }

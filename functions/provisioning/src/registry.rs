@@ -150,3 +150,37 @@ impl Registry for IotRegistry {
         Ok(())
     }
 }
+
+/// The hook's view of the certificate registry: a certificate's status.
+pub struct IotCertificates {
+    iot: aws_sdk_iot::Client,
+}
+
+impl IotCertificates {
+    pub fn new(iot: aws_sdk_iot::Client) -> Self {
+        Self { iot }
+    }
+}
+
+impl crate::hook::Certificates for IotCertificates {
+    async fn status(&self, certificate_id: &str) -> Result<Option<String>, AwsError> {
+        let described = self
+            .iot
+            .describe_certificate()
+            .certificate_id(certificate_id)
+            .send()
+            .await
+            .aws("iot", "DescribeCertificate");
+        match described {
+            Ok(d) => Ok(Some(
+                d.certificate_description()
+                    .and_then(|c| c.status())
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            )),
+            // The certificate never made it into the registry.
+            Err(e) if e.is_code("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

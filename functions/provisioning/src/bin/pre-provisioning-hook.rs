@@ -1,5 +1,6 @@
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use provisioning::hook::{DEFAULT_DEADLINE, HookConfig, handle};
+use provisioning::hook::{DEFAULT_DEADLINE, Gate, HookConfig, handle};
+use provisioning::registry::IotCertificates;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::ProcessEnv;
 use shoal_shared::manifest_table::ManifestTable;
@@ -11,18 +12,17 @@ async fn main() -> Result<(), Error> {
     let config = HookConfig::from_source(&ProcessEnv)?;
     let factory = ClientFactory::from_env().await;
     let manifest = ManifestTable::new(factory.dynamodb(), config.manifest_table.clone());
-    let (config, manifest) = (&config, &manifest);
+    let certificates = IotCertificates::new(factory.iot());
+    let gate = Gate {
+        manifest: &manifest,
+        certificates: &certificates,
+        models: &config.template_models,
+        claim_lease: config.claim_lease,
+    };
+    let gate = &gate;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<HookRequest>| async move {
-            Ok::<HookResponse, Error>(
-                handle(
-                    &event.payload,
-                    manifest,
-                    &config.template_models,
-                    DEFAULT_DEADLINE,
-                )
-                .await,
-            )
+            Ok::<HookResponse, Error>(handle(&event.payload, gate, DEFAULT_DEADLINE).await)
         },
     ))
     .await
