@@ -17,7 +17,9 @@ use serde_json::Value;
 
 use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
-use crate::presence::{LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, offline_shard};
+use crate::presence::{
+    LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, REORDER_WINDOW_MS, offline_shard,
+};
 use crate::rollout::FirmwareVersion;
 use crate::rollout::advance::FleetDevice;
 use crate::shadow::ShadowRef;
@@ -188,10 +190,23 @@ impl DeviceTable {
         let session = event.session_identifier.clone().unwrap_or_default();
         let update = self
             .update(thing, DEVICE_RECORD)
-            // `connection_order` (connection-major, see `presence`) replaced `presence_order`
-            // (time-major): the two never compare, and the old one goes with the first event.
+            // `presence::supersedes`: more than the window newer than `last_seen` wins, that much
+            // older loses, within it the connection order decides. An item written before
+            // `connection_order` existed (it had the time-major `presence_order`, removed here) is
+            // ordered by time alone until then.
             .condition_expression(
-                "attribute_not_exists(connection_order) OR connection_order < :order",
+                "(attribute_not_exists(connection_order) \
+                   AND (attribute_not_exists(last_seen) OR last_seen <= :ts)) \
+                 OR last_seen < :newer_than \
+                 OR (last_seen <= :older_than AND connection_order < :order)",
+            )
+            .expression_attribute_values(
+                ":newer_than",
+                n(event.timestamp.saturating_sub(REORDER_WINDOW_MS)),
+            )
+            .expression_attribute_values(
+                ":older_than",
+                n(event.timestamp.saturating_add(REORDER_WINDOW_MS)),
             )
             // ONLINE is a DynamoDB reserved word.
             .expression_attribute_names("#online", "online")

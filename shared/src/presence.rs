@@ -3,13 +3,15 @@
 //! AWS documents that these events can arrive out of order and more than once, that their
 //! timestamps are approximate, and that `versionNumber` — one number per connection of a client
 //! id, increasing with each new connection, shared by that connection's `connected` and
-//! `disconnected` — is how a subscriber orders them
-//! (<https://docs.aws.amazon.com/iot/latest/developerguide/life-cycle-events.html>). Each event
-//! gets an [`order`](LifecycleEvent::order): its connection (`versionNumber`), then disconnected
-//! after connected, then its timestamp (only duplicates tie on both). The registry only takes an
-//! event whose order is greater than the one it holds (a conditional write): an event of an older
-//! connection than the one recorded never changes presence, whatever its timestamp — a session
-//! taken over by a reconnect (`DUPLICATE_CLIENTID`) cannot mark the new session offline.
+//! `disconnected` — is how a subscriber orders them; it is reset to 0 once a client has been
+//! disconnected for about an hour
+//! (<https://docs.aws.amazon.com/iot/latest/developerguide/life-cycle-events.html>). So an event
+//! [`supersedes`] the recorded one when it is more than [`REORDER_WINDOW_MS`] newer (a reset
+//! version may be lower), never when it is that much older, and within the window by its
+//! [`order`](LifecycleEvent::order): connection (`versionNumber`), then disconnected after
+//! connected, then timestamp. An event of an older connection than the one recorded therefore
+//! never changes presence when the two are close in time — a session taken over by a reconnect
+//! (`DUPLICATE_CLIENTID`, stamped after the new connect) cannot mark the new session offline.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,26 @@ pub struct LifecycleEvent {
 /// u64::MAX × 2 × 10^14 has 34 digits, DynamoDB keeps 38.
 const TIMESTAMP_SPAN: u128 = 100_000_000_000_000;
 
+/// Within this many ms of each other, two events of a client are ordered by connection
+/// (`versionNumber`), not by their approximate timestamps; further apart, the timestamp decides.
+/// Well above the timestamps' error (seconds to a couple of minutes), well below the hour of
+/// disconnection after which AWS resets `versionNumber` (no reset can fall inside it).
+pub const REORDER_WINDOW_MS: u64 = 15 * 60 * 1000;
+
+/// Whether `event` replaces the recorded event, given the recorded one's timestamp and
+/// [`order`](LifecycleEvent::order) (`None`: nothing recorded). The device table's conditional
+/// write states the same rule (`DeviceTable::record_presence`).
+pub fn supersedes(event: &LifecycleEvent, recorded: Option<(u64, u128)>) -> bool {
+    let Some((recorded_ts, recorded_order)) = recorded else {
+        return true;
+    };
+    if recorded_ts < event.timestamp.saturating_sub(REORDER_WINDOW_MS) {
+        return true;
+    }
+    recorded_ts <= event.timestamp.saturating_add(REORDER_WINDOW_MS)
+        && recorded_order < event.order()
+}
+
 impl LifecycleEvent {
     /// The thing this event is about: `thingName` when AWS sends it, else the client id (Shoal's
     /// devices connect with their thing name as client id).
@@ -61,8 +83,8 @@ impl LifecycleEvent {
             .map_err(|e| format!("client {:?} names no thing: {e}", self.client_id))
     }
 
-    /// Total order of one client's events: connection (`versionNumber`), then disconnected after
-    /// connected, then timestamp.
+    /// Order of one client's events close in time: connection (`versionNumber`), then
+    /// disconnected after connected, then timestamp (see [`supersedes`]).
     pub fn order(&self) -> u128 {
         let rank = match self.event_type {
             PresenceEvent::Connected => 0,
@@ -152,6 +174,37 @@ mod tests {
         let huge = event("disconnected", u64::MAX, u64::MAX).order();
         assert!(huge.to_string().len() <= 38, "fits a DynamoDB number");
         assert!(huge > event("connected", u64::MAX, u64::MAX).order());
+    }
+
+    #[test]
+    fn far_apart_the_time_decides_close_together_the_connection() {
+        let recorded = |e: &LifecycleEvent| Some((e.timestamp, e.order()));
+        let t = 1_800_000_000_000;
+        // AWS reset the version after an hour offline: the new connection is newer.
+        let gone = event("disconnected", t, 7);
+        assert!(supersedes(
+            &event("connected", t + 2 * 3_600_000, 0),
+            recorded(&gone)
+        ));
+        // …and the old connection's late events never come back over it.
+        let back = event("connected", t + 2 * 3_600_000, 0);
+        assert!(!supersedes(&event("disconnected", t, 7), recorded(&back)));
+        assert!(!supersedes(
+            &event("connected", t - 60_000, 7),
+            recorded(&back)
+        ));
+        // Close together: the connection decides whatever the timestamps say.
+        let b = event("connected", t + 600_000, 42);
+        assert!(!supersedes(
+            &event("disconnected", t + 600_250, 41),
+            recorded(&b)
+        ));
+        assert!(supersedes(
+            &event("disconnected", t + 599_000, 42),
+            recorded(&b)
+        ));
+        assert!(supersedes(&b, None));
+        assert!(!supersedes(&b, recorded(&b)), "a duplicate changes nothing");
     }
 
     #[test]

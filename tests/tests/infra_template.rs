@@ -190,6 +190,15 @@ fn only_the_publisher_role_can_sign_firmware() {
         }
     }
     assert_eq!(signers.len(), 1, "one signer: {signers:?}");
+    // Nobody may create grants (a grant could hand out kms:Sign).
+    for statement in key_policy["Statement"].as_sequence().unwrap() {
+        assert!(
+            !strings(&statement["Action"])
+                .iter()
+                .any(|a| matches(a, "kms:CreateGrant")),
+            "{statement:?}"
+        );
+    }
     assert!(
         signers[0].contains("FirmwarePublisherRole"),
         "the signer is the publisher role: {signers:?}"

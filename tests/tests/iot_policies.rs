@@ -140,17 +140,39 @@ fn a_device_reaches_only_its_own_topics() {
                 "dt/farm/dev-2/telemetry/dev-1/telemetry",
                 false,
             ),
-            ("iot:Publish", "topic", "dt/dev-2/dev-1/telemetry", false),
+            // dev-1's own topic under an app named "dev-2" (quarantined as unknown_app).
+            ("iot:Publish", "topic", "dt/dev-2/dev-1/telemetry", true),
             (
                 "iot:Publish",
                 "topic",
                 "dt/greenhouse/dev-1/telemetry",
                 true,
             ),
-            // An app outside TelemetryApps: no new dimension value from a device.
-            ("iot:Publish", "topic", "dt/new-app/dev-1/telemetry", false),
+            // Another app is the device's own topic too; the router quarantines an app outside
+            // TelemetryApps (`unknown_app`).
+            ("iot:Publish", "topic", "dt/new-app/dev-1/telemetry", true),
+            // A topic that smuggles an ARN's tail into a level reaches nobody else's.
+            (
+                "iot:Publish",
+                "topic",
+                "cmd/farm/dev-2/reboot:topic/dt/farm/dev-1/telemetry",
+                false,
+            ),
+            (
+                "iot:Publish",
+                "topic",
+                "dt/x:topic/dt/farm/dev-1/telemetry",
+                false,
+            ),
+            (
+                "iot:Publish",
+                "topic",
+                "dt/farm/dev-2/telemetry/dev-1/telemetry/x",
+                false,
+            ),
             ("iot:Subscribe", "topicfilter", "cmd/+/+/dev-1/#", false),
-            ("iot:Subscribe", "topicfilter", "cmd/+/dev-1/#", false),
+            // Its own commands under every app.
+            ("iot:Subscribe", "topicfilter", "cmd/+/dev-1/#", true),
             ("iot:Subscribe", "topicfilter", "cmd/farm/dev-1/#", true),
             (
                 "iot:Subscribe",
@@ -159,7 +181,8 @@ fn a_device_reaches_only_its_own_topics() {
                 false,
             ),
             ("iot:Receive", "topic", "cmd/farm/dev-2/dev-1/x", false),
-            ("iot:Receive", "topic", "cmd/new-app/dev-1/reboot", false),
+            ("iot:Receive", "topic", "cmd/new-app/dev-1/reboot", true),
+            ("iot:Subscribe", "topicfilter", "cmd/farm/+/dev-1/#", false),
         ],
     );
     // A certificate not attached to the thing cannot connect as it.

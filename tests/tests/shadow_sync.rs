@@ -395,6 +395,29 @@ async fn a_taken_over_session_never_marks_the_new_one_offline() {
     assert_eq!(item["session_id"], "session-42");
     assert!(item.get("offline_since").is_none());
     assert!(item.get("disconnect_reason").is_none());
+
+    // Two hours offline: AWS resets versionNumber to 0, and the new connection still wins; the
+    // old connection's duplicate disconnect, delivered late, does not.
+    let gone = t0 + 700_000;
+    let back = gone + 7_200_000;
+    let later = [
+        (lifecycle(&client, "disconnected", gone, 42), "applied"),
+        (lifecycle(&client, "connected", back, 0), "applied"),
+        (lifecycle(&client, "disconnected", gone, 42), "stale"),
+    ];
+    for (event, expected) in later {
+        let PresenceAnswer::Event(summary) =
+            presence::handle(event, &config, &registry, &alerts, back)
+                .await
+                .unwrap()
+        else {
+            panic!("an event")
+        };
+        assert_eq!(summary.outcome, expected, "{summary:?}");
+    }
+    let item = table.get(&client, "device").await.unwrap().unwrap();
+    assert_eq!(item["online"], true);
+    assert_eq!(item["last_seen"], back);
 }
 
 #[tokio::test]

@@ -186,7 +186,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    /// The registry's conditional write, in memory: order per thing, offline since.
+    /// The registry's conditional write, in memory (`presence::supersedes`, the rule the device
+    /// table's condition states): order, online, last event time, alerted per thing.
     #[derive(Default)]
     struct Registry {
         things: Mutex<BTreeMap<String, (u128, bool, u64, bool)>>,
@@ -202,13 +203,14 @@ mod tests {
         ) -> Result<bool, AwsError> {
             let mut things = self.things.lock().unwrap();
             let online = e.event_type == PresenceEvent::Connected;
-            match things.get(thing.as_str()) {
-                Some((order, ..)) if *order >= e.order() => Ok(false),
-                _ => {
-                    things.insert(thing.to_string(), (e.order(), online, e.timestamp, false));
-                    Ok(true)
-                }
+            let recorded = things
+                .get(thing.as_str())
+                .map(|(order, _, ts, _)| (*ts, *order));
+            if !shoal_shared::presence::supersedes(e, recorded) {
+                return Ok(false);
             }
+            things.insert(thing.to_string(), (e.order(), online, e.timestamp, false));
+            Ok(true)
         }
         async fn offline_before(&self, cutoff: u64) -> Result<Vec<OfflineDevice>, AwsError> {
             Ok(self
@@ -400,18 +402,24 @@ mod tests {
         assert!(r.published.lock().unwrap().is_empty(), "no offline alert");
     }
 
-    /// One connection of the client: its number, when it connected, and when (if) it ended.
+    /// The client's connections in time order: its number, when it connected, and when (if) it
+    /// ended. After a short gap AWS gives the next connection a greater number; after more than
+    /// an hour offline it resets the number to 0.
     fn connections() -> impl Strategy<Value = Vec<(u64, u64, Option<u64>)>> {
-        prop::collection::vec(
-            (1u64..5, 0u64..600_000, prop::option::of(1u64..600_000)),
-            1..6,
-        )
-        .prop_map(|steps| {
+        let step = (
+            1u64..5,
+            prop_oneof![0u64..600_000, 7_200_000u64..20_000_000],
+            prop::option::of(1u64..400_000_000),
+        );
+        prop::collection::vec(step, 1..6).prop_map(|steps| {
             let (mut version, mut at) = (0u64, 1_800_000_000_000u64);
             steps
                 .into_iter()
-                .map(|(gap, wait, lasted)| {
-                    version += gap;
+                .enumerate()
+                .map(|(i, (gap, wait, lasted))| {
+                    if i > 0 {
+                        version = if wait >= 3_600_000 { 0 } else { version + gap };
+                    }
                     at += wait;
                     let connected = at;
                     let ended = lasted.map(|l| connected + l);
@@ -426,7 +434,8 @@ mod tests {
 
     proptest! {
         /// Whatever the delivery order, duplication and clock error (±2 minutes) of a client's
-        /// lifecycle events, the registry ends in the state of its newest connection.
+        /// lifecycle events, and however AWS numbered its connections (resets included), the
+        /// registry ends in the state of its newest connection.
         #[test]
         fn presence_follows_the_newest_connection(
             connections in connections(),
