@@ -204,6 +204,12 @@ mod tests {
             recorded(&b)
         ));
         assert!(supersedes(&b, None));
+        // At exactly the window's edge the connection still decides; one ms past it, the time.
+        let edge = event("connected", t + REORDER_WINDOW_MS, 3);
+        assert!(!supersedes(&edge, recorded(&event("connected", t, 4))));
+        let past = event("connected", t + REORDER_WINDOW_MS + 1, 3);
+        assert!(supersedes(&past, recorded(&event("connected", t, 4))));
+        assert!(!supersedes(&event("connected", t, 4), recorded(&past)));
         assert!(!supersedes(&b, recorded(&b)), "a duplicate changes nothing");
     }
 

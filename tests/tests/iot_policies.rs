@@ -132,8 +132,8 @@ fn a_device_reaches_only_its_own_topics() {
                 false,
             ),
             ("iot:Receive", "topic", "dt/farm/dev-2/telemetry", false),
-            // Multi-level matches: `*` would span levels, so every level before the thing is
-            // pinned to the stack's apps.
+            // Multi-level matches: `*` would span levels, so a Deny refuses more than one level
+            // between `dt/` or `cmd/` and the thing.
             (
                 "iot:Publish",
                 "topic",

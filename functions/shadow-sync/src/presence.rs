@@ -402,54 +402,87 @@ mod tests {
         assert!(r.published.lock().unwrap().is_empty(), "no offline alert");
     }
 
-    /// The client's connections in time order: its number, when it connected, and when (if) it
-    /// ended. After a short gap AWS gives the next connection a greater number; after more than
-    /// an hour offline it resets the number to 0.
-    fn connections() -> impl Strategy<Value = Vec<(u64, u64, Option<u64>)>> {
-        let step = (
-            1u64..5,
-            prop_oneof![0u64..600_000, 7_200_000u64..20_000_000],
+    /// How the client's next connection began.
+    #[derive(Debug, Clone)]
+    enum Next {
+        /// It connected again while still connected (wait in ms): AWS disconnects the old session
+        /// with `DUPLICATE_CLIENTID`, stamped just after the new connect.
+        Takeover(u64),
+        /// Back after a short time offline: a greater `versionNumber`.
+        Short(u64),
+        /// Back after 20 minutes to hours offline: AWS resets `versionNumber` to 0 after about an
+        /// hour, or the number simply grows.
+        Long(u64, bool),
+    }
+
+    /// A client's lifecycle events as AWS emits them (kind, time, versionNumber) and whether its
+    /// newest connection is still up.
+    fn history() -> impl Strategy<Value = (Vec<(&'static str, u64, u64)>, bool)> {
+        let next = prop_oneof![
+            (0u64..600_000).prop_map(Next::Takeover),
+            (0u64..600_000).prop_map(Next::Short),
+            (1_200_000u64..20_000_000, any::<bool>()).prop_map(|(w, reset)| Next::Long(w, reset)),
+        ];
+        (
+            prop::collection::vec((1u64..5, next, 1u64..400_000_000), 0..5),
             prop::option::of(1u64..400_000_000),
-        );
-        prop::collection::vec(step, 1..6).prop_map(|steps| {
-            let (mut version, mut at) = (0u64, 1_800_000_000_000u64);
-            steps
-                .into_iter()
-                .enumerate()
-                .map(|(i, (gap, wait, lasted))| {
-                    if i > 0 {
-                        version = if wait >= 3_600_000 { 0 } else { version + gap };
+        )
+            .prop_map(|(steps, last_lasted)| {
+                let (mut version, mut connected) = (7u64, 1_800_000_000_000u64);
+                let mut events = vec![("connected", connected, version)];
+                for (gap, next, lasted) in steps {
+                    let (at, number) = match next {
+                        Next::Takeover(wait) => {
+                            let at = connected + wait + 1;
+                            events.push(("disconnected", at + 250, version));
+                            (at, version + gap)
+                        }
+                        Next::Short(wait) => {
+                            events.push(("disconnected", connected + lasted, version));
+                            (connected + lasted + wait, version + gap)
+                        }
+                        Next::Long(wait, reset) => {
+                            events.push(("disconnected", connected + lasted, version));
+                            (
+                                connected + lasted + wait,
+                                if reset { 0 } else { version + gap },
+                            )
+                        }
+                    };
+                    (connected, version) = (at, number);
+                    events.push(("connected", connected, version));
+                }
+                let online = match last_lasted {
+                    Some(lasted) => {
+                        events.push(("disconnected", connected + lasted, version));
+                        false
                     }
-                    at += wait;
-                    let connected = at;
-                    let ended = lasted.map(|l| connected + l);
-                    at = ended.unwrap_or(connected) + 1;
-                    (version, connected, ended)
-                })
-                .collect()
-        })
+                    None => true,
+                };
+                (events, online)
+            })
     }
 
     use proptest::prelude::*;
 
     proptest! {
         /// Whatever the delivery order, duplication and clock error (±2 minutes) of a client's
-        /// lifecycle events, and however AWS numbered its connections (resets included), the
+        /// lifecycle events — takeovers, short and long absences, versionNumber resets — the
         /// registry ends in the state of its newest connection.
         #[test]
         fn presence_follows_the_newest_connection(
-            connections in connections(),
+            (history, online) in history(),
             order in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
             jitter in prop::collection::vec(-120_000i64..120_000, 12),
         ) {
-            let mut events = Vec::new();
-            for (i, (version, connected, ended)) in connections.iter().enumerate() {
-                let skew = |k: usize, t: u64| t.saturating_add_signed(jitter[(2 * i + k) % jitter.len()]);
-                events.push(event_of("connected", skew(0, *connected), *version, ""));
-                if let Some(ended) = ended {
-                    events.push(event_of("disconnected", skew(1, *ended), *version, "CONNECTION_LOST"));
-                }
-            }
+            let events: Vec<Value> = history
+                .iter()
+                .enumerate()
+                .map(|(k, (kind, at, version))| {
+                    let at = at.saturating_add_signed(jitter[k % jitter.len()]);
+                    event_of(kind, at, *version, "CONNECTION_LOST")
+                })
+                .collect();
             // Every event at least once, then duplicates, in a shuffled order.
             let mut delivery: Vec<Value> = events.clone();
             delivery.extend(order.iter().map(|ix| ix.get(&events).clone()));
@@ -462,10 +495,8 @@ mod tests {
             for event in delivery {
                 rt.block_on(handle(event, &config(), &r, &r, 0)).unwrap();
             }
-            let newest = connections.last().unwrap();
             let things = r.things.lock().unwrap();
-            let online = things["d-1"].1;
-            prop_assert_eq!(online, newest.2.is_none(), "newest connection: {:?}", newest);
+            prop_assert_eq!(things["d-1"].1, online, "history: {:?}", history);
         }
     }
 }
