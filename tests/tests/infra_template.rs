@@ -212,3 +212,37 @@ fn only_the_publisher_role_can_sign_firmware() {
             .any(|a| matches(a, "kms:ScheduleKeyDeletion"))
     );
 }
+
+#[test]
+fn asynchronously_invoked_functions_keep_their_failed_events_and_the_hook_its_concurrency() {
+    let resources = &template()["Resources"];
+    for function in [
+        "TelemetryRouterFunction",
+        "JitrFunction",
+        "ShadowDocumentsFunction",
+        "PresenceFunction",
+    ] {
+        let config = &resources[function]["Properties"]["EventInvokeConfig"];
+        let on_failure = &config["DestinationConfig"]["OnFailure"];
+        assert_eq!(
+            on_failure["Type"], "SQS",
+            "{function} has an on-failure queue"
+        );
+        let queue = format!("{:?}", on_failure["Destination"]);
+        let queue = if queue.contains("AsyncFailuresQueue") {
+            "AsyncFailuresQueue"
+        } else {
+            "TelemetryDeadLetterQueue"
+        };
+        assert!(
+            format!("{:?}", resources[function]["Properties"]["Policies"])
+                .contains(&format!("{queue}.Arn")),
+            "{function} may send to {queue}"
+        );
+    }
+    let hook = &resources["PreProvisioningHookFunction"]["Properties"];
+    assert!(
+        format!("{:?}", hook["ReservedConcurrentExecutions"]).contains("HookReservedConcurrency"),
+        "the hook has reserved concurrency"
+    );
+}
