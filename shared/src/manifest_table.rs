@@ -228,7 +228,7 @@ impl ManifestTable {
             (
                 "reason".to_owned(),
                 s(format!(
-                    "certificate {old_certificate} never became ACTIVE within the claim lease"
+                    "certificate {old_certificate} was still not activated when the claim lease ran out"
                 )
                 .as_str()),
             ),

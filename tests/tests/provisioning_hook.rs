@@ -108,7 +108,10 @@ async fn a_lapsed_claim_is_taken_over_and_an_active_claim_holds() {
     ])
     .await;
     let lease = Duration::from_millis(300);
-    let (a, b) = (certificate(false).await, certificate(false).await);
+    // A's RegisterThing never ran: AWS deleted the unused certificate (moto creates no
+    // PENDING_ACTIVATION certificate; that status is covered by the hook's unit tests).
+    let a = format!("{:064x}", rand_id());
+    let b = certificate(false).await;
     let call = |serial: &'static str, cert: String| {
         let table = &table;
         async move {
@@ -142,7 +145,8 @@ async fn a_lapsed_claim_is_taken_over_and_an_active_claim_holds() {
         "{audit:?}"
     );
 
-    // An ACTIVE certificate keeps its serial, lease or not.
+    // An ACTIVE certificate keeps its serial, lease or not; so does one an operator set
+    // INACTIVE (B, now SN-0101's, is INACTIVE in moto).
     let active = certificate(true).await;
     assert!(call("SN-0102", active).await.allow_provisioning);
     tokio::time::sleep(lease + Duration::from_millis(50)).await;
@@ -151,6 +155,21 @@ async fn a_lapsed_claim_is_taken_over_and_an_active_claim_holds() {
             .await
             .allow_provisioning
     );
+    assert!(
+        !call("SN-0101", certificate(false).await)
+            .await
+            .allow_provisioning
+    );
+}
+
+/// A certificate id no registry holds (64 hex digits, as AWS's).
+fn rand_id() -> u128 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        ^ 0x5eed_0000_0000_0000
 }
 
 #[tokio::test]

@@ -197,9 +197,10 @@ async fn decide_and_claim(
     })
 }
 
-/// A claim is a lease: the serial's certificate `existing` never became ACTIVE and the entry has
-/// not changed for the lease time, so the requesting certificate takes the serial over
-/// (conditionally, audited). Otherwise the serial stays `existing`'s.
+/// A claim is a lease: the serial's certificate `existing` is still PENDING_ACTIVATION (or gone
+/// from the registry) and the entry has not changed for the lease time, so the requesting
+/// certificate takes the serial over (conditionally, audited). Otherwise the serial stays
+/// `existing`'s.
 async fn take_over_lapsed_claim(
     request: &HookRequest,
     gate: &Gate<'_, impl Manifest, impl Certificates>,
@@ -221,7 +222,11 @@ async fn take_over_lapsed_claim(
         .status(&existing)
         .await
         .map_err(internal)?;
-    if status.as_deref() == Some("ACTIVE") {
+    // A certificate fleet provisioning created stays PENDING_ACTIVATION until RegisterThing
+    // activates it, and AWS deletes it an hour after its ownership token expires unused
+    // (<https://docs.aws.amazon.com/iot/latest/developerguide/fleet-provision-api.html>). Any
+    // other status was set on purpose (ACTIVE, or INACTIVE/REVOKED by an operator): it holds.
+    if !matches!(status.as_deref(), None | Some("PENDING_ACTIVATION")) {
         return Err(held);
     }
     // Everything else must allow it as for a pending serial (model, template).
@@ -480,11 +485,11 @@ mod tests {
                 .await
                 .allow_provisioning
         );
-        // c1's RegisterThing failed: c1 is in the registry but never ACTIVE.
+        // c1's RegisterThing failed: c1 is in the registry, still PENDING_ACTIVATION.
         m.statuses
             .lock()
             .unwrap()
-            .insert("c1".into(), "INACTIVE".into());
+            .insert("c1".into(), "PENDING_ACTIVATION".into());
         let within = handle(&request("SN-1", "c2"), &gate(&m), DEFAULT_DEADLINE).await;
         assert!(
             !within.allow_provisioning,
@@ -519,6 +524,15 @@ mod tests {
             !c3.allow_provisioning,
             "an ACTIVE certificate keeps its serial"
         );
+        // Deactivated or revoked by an operator: on purpose, so it holds too.
+        for status in ["INACTIVE", "REVOKED"] {
+            m.statuses
+                .lock()
+                .unwrap()
+                .insert("c2".into(), status.into());
+            let c4 = handle(&request("SN-1", "c4"), &gate(&m), DEFAULT_DEADLINE).await;
+            assert!(!c4.allow_provisioning, "{status} holds");
+        }
         // A certificate that never reached the registry lapses too.
         let m = memory("SN-2");
         assert!(

@@ -165,8 +165,8 @@ impl Envelope {
 
 /// The closed set of `<app>` levels a stack accepts (`SHOAL_TELEMETRY_APPS`, template parameter
 /// `TelemetryApps`): each becomes a value of Timestream's `app` dimension, so devices must not be
-/// able to invent new ones. The device policy allows publishing under these only; the router
-/// refuses any other (`unknown_app`). [`TelemetryApps::ANY`] (unset) accepts every app.
+/// able to invent new ones: the router refuses any other (`unknown_app`).
+/// [`TelemetryApps::ANY`] (unset) accepts every app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TelemetryApps(Option<std::collections::BTreeSet<String>>);
 
