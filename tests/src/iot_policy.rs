@@ -4,9 +4,7 @@
 //! statements, action lists, resource ARNs with `*` (any run of characters, `/` included) and `?`
 //! (one character), the `${iot:Connection.Thing.ThingName}` policy variable and `Bool` conditions
 //! on `iot:Connection.Thing.IsAttached`. An explicit Deny wins; no matching Allow denies. The
-//! template's `!Sub` strings are resolved for a fixed partition, region, account and template, and
-//! the `!Split`/`!Join`/`!Ref` of a list parameter (given as `a,b`) that build one resource per
-//! list item.
+//! template's `!Sub` strings are resolved for a fixed partition, region, account and template.
 
 use serde_norway::Value;
 
@@ -62,58 +60,6 @@ pub fn resolve(value: &Value, parameters: &[(&str, &str)]) -> Result<String, Str
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// The strings `value` stands for: a literal string or `!Sub` is one; `!Ref` of a parameter is its
-/// comma-separated items; `!Join [sep, items]` is one; `!Split [sep, value]` is its parts; a
-/// sequence is its items' strings in order.
-pub fn resolve_all(value: &Value, parameters: &[(&str, &str)]) -> Result<Vec<String>, String> {
-    let tagged_args =
-        |tagged: &serde_norway::value::TaggedValue| -> Result<(String, Value), String> {
-            match &tagged.value {
-                Value::Sequence(args) if args.len() == 2 => Ok((
-                    args[0]
-                        .as_str()
-                        .ok_or_else(|| format!("!{} takes a literal separator", tagged.tag))?
-                        .to_owned(),
-                    args[1].clone(),
-                )),
-                other => Err(format!(
-                    "!{} takes [separator, value], not {other:?}",
-                    tagged.tag
-                )),
-            }
-        };
-    match value {
-        Value::Sequence(items) => {
-            let mut out = Vec::new();
-            for item in items {
-                out.extend(resolve_all(item, parameters)?);
-            }
-            Ok(out)
-        }
-        Value::Tagged(tagged) if tagged.tag == "Ref" => {
-            let name = tagged.value.as_str().ok_or("!Ref takes a name")?;
-            let text = parameters
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| *v)
-                .ok_or_else(|| format!("no value for !Ref {name}"))?;
-            Ok(text.split(',').map(str::to_owned).collect())
-        }
-        Value::Tagged(tagged) if tagged.tag == "Join" => {
-            let (separator, items) = tagged_args(tagged)?;
-            Ok(vec![resolve_all(&items, parameters)?.join(&separator)])
-        }
-        Value::Tagged(tagged) if tagged.tag == "Split" => {
-            let (separator, text) = tagged_args(tagged)?;
-            let text = resolve_all(&text, parameters)?.concat();
-            Ok(text.split(separator.as_str()).map(str::to_owned).collect())
-        }
-        // A plain string is literal (CloudFormation substitutes only inside `!Sub`).
-        Value::String(text) => Ok(vec![text.clone()]),
-        single => Ok(vec![resolve(single, parameters)?]),
-    }
 }
 
 /// IoT policy resource matching: `*` any characters, `?` exactly one.
@@ -193,8 +139,9 @@ pub fn allows(
             continue;
         }
         let mut applies = false;
-        for pattern in resolve_all(&statement["Resource"], parameters)? {
-            let pattern = pattern.replace("${iot:Connection.Thing.ThingName}", connection.thing);
+        for pattern in list(&statement["Resource"]) {
+            let pattern = resolve(pattern, parameters)?
+                .replace("${iot:Connection.Thing.ThingName}", connection.thing);
             applies |= matches(&pattern, resource);
         }
         if applies {

@@ -11,10 +11,7 @@ fn policy(name: &str) -> Value {
     template["Resources"][name]["Properties"]["PolicyDocument"].clone()
 }
 
-const PARAMETERS: &[(&str, &str)] = &[
-    ("ProvisioningTemplateName", "shoal-fleet"),
-    ("TelemetryApps", "farm,greenhouse"),
-];
+const PARAMETERS: &[(&str, &str)] = &[("ProvisioningTemplateName", "shoal-fleet")];
 
 fn check(document: &Value, connection: &Connection<'_>, cases: &[(&str, &str, &str, bool)]) {
     let mut wrong = Vec::new();

@@ -358,6 +358,25 @@ fn lifecycle(client: &str, kind: &str, ts: u64, version: u64) -> Value {
            "clientInitiatedDisconnect": false, "disconnectReason": "MQTT_KEEP_ALIVE_TIMEOUT"})
 }
 
+/// Delivers `events` in order at `now_ms`, asserting each one's outcome.
+async fn expect_outcomes(
+    events: impl IntoIterator<Item = (Value, &'static str)>,
+    config: &PresenceConfig,
+    registry: &Registry,
+    alerts: &IotAlerts,
+    now_ms: u64,
+) {
+    for (event, expected) in events {
+        let answer = presence::handle(event, config, registry, alerts, now_ms)
+            .await
+            .unwrap();
+        let PresenceAnswer::Event(summary) = answer else {
+            panic!("an event")
+        };
+        assert_eq!(summary.outcome, expected, "{summary:?}");
+    }
+}
+
 /// AWS's session takeover: the same client id connects again, and the old session's
 /// `DUPLICATE_CLIENTID` disconnect arrives stamped after the new session's connect. The device
 /// item's conditional write keeps the newer connection.
@@ -380,16 +399,7 @@ async fn a_taken_over_session_never_marks_the_new_one_offline() {
         (lifecycle(&client, "connected", t0 + 600_000, 42), "applied"),
         (old_session_ends, "stale"),
     ];
-    for (event, expected) in delivered {
-        let PresenceAnswer::Event(summary) =
-            presence::handle(event, &config, &registry, &alerts, t0 + 600_300)
-                .await
-                .unwrap()
-        else {
-            panic!("an event")
-        };
-        assert_eq!(summary.outcome, expected, "{summary:?}");
-    }
+    expect_outcomes(delivered, &config, &registry, &alerts, t0 + 600_300).await;
     let item = table.get(&client, "device").await.unwrap().unwrap();
     assert_eq!(item["online"], true);
     assert_eq!(item["session_id"], "session-42");
@@ -405,16 +415,7 @@ async fn a_taken_over_session_never_marks_the_new_one_offline() {
         (lifecycle(&client, "connected", back, 0), "applied"),
         (lifecycle(&client, "disconnected", gone, 42), "stale"),
     ];
-    for (event, expected) in later {
-        let PresenceAnswer::Event(summary) =
-            presence::handle(event, &config, &registry, &alerts, back)
-                .await
-                .unwrap()
-        else {
-            panic!("an event")
-        };
-        assert_eq!(summary.outcome, expected, "{summary:?}");
-    }
+    expect_outcomes(later, &config, &registry, &alerts, back).await;
     let item = table.get(&client, "device").await.unwrap().unwrap();
     assert_eq!(item["online"], true);
     assert_eq!(item["last_seen"], back);
@@ -439,15 +440,7 @@ async fn lifecycle_events_out_of_order_and_duplicated_never_regress_presence() {
         (lifecycle(&client, "disconnected", t + 2_000, 1), "stale"), // duplicate, late
         (lifecycle(&client, "connected", t + 3_000, 2), "stale"), // duplicate
     ];
-    for (event, expected) in delivered {
-        let answer = presence::handle(event, &config, &registry, &alerts, t)
-            .await
-            .unwrap();
-        let PresenceAnswer::Event(summary) = answer else {
-            panic!("an event")
-        };
-        assert_eq!(summary.outcome, expected, "{summary:?}");
-    }
+    expect_outcomes(delivered, &config, &registry, &alerts, t).await;
     let item = table.get(&client, "device").await.unwrap().unwrap();
     assert_eq!(item["online"], true);
     assert_eq!(item["last_seen"], t + 3_000);

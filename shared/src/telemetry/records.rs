@@ -52,24 +52,23 @@ impl TimestreamRecord {
     /// time and version (8 bytes each). An overestimate refuses a record a few bytes early rather
     /// than letting Timestream reject it.
     pub fn size_bytes(&self) -> usize {
-        let dimensions: usize = self.dimensions.iter().map(|(n, v)| n.len() + v.len()).sum();
-        let measures: usize = self
-            .measures
-            .iter()
-            .map(|(n, v)| n.len() + v.timestream_string_len() + v.type_name().len())
-            .sum();
-        dimensions + self.measure_name.len() + measures + 16
+        self.size_with(MeasureValue::timestream_string_len)
     }
 
     /// An upper bound of [`Self::size_bytes`] found without formatting doubles
     /// ([`MeasureValue::timestream_string_len_bound`]): the size check formats a record's values
     /// only when the bound passes the limit.
     pub fn size_bytes_bound(&self) -> usize {
+        self.size_with(MeasureValue::timestream_string_len_bound)
+    }
+
+    /// The record's size with each value's text counted by `value_len`.
+    fn size_with(&self, value_len: impl Fn(&MeasureValue) -> usize) -> usize {
         let dimensions: usize = self.dimensions.iter().map(|(n, v)| n.len() + v.len()).sum();
         let measures: usize = self
             .measures
             .iter()
-            .map(|(n, v)| n.len() + v.timestream_string_len_bound() + v.type_name().len())
+            .map(|(n, v)| n.len() + value_len(v) + v.type_name().len())
             .sum();
         dimensions + self.measure_name.len() + measures + 16
     }
