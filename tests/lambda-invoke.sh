@@ -187,8 +187,12 @@ invoke shadow-documents "$((port + 2))" "$work/shadow-documents-classic.json" \
 invoke shadow-documents "$((port + 2))" "$work/shadow-documents-ota.json" \
   'assert response["ota"] == "recorded" and response["written_version"] is None, response'
 
-# Presence: connect then disconnect apply; the sweep accounts for every device it found.
+# Presence (SN-EVT-0001's certificate was recorded by the hook's `-allowed` sample above): connect
+# then disconnect apply, another certificate's connect is ignored; the sweep accounts for every
+# device it found.
 invoke presence "$((port + 2))" events/presence-connected.json 'assert response["outcome"] == "applied", response'
+invoke presence "$((port + 2))" events/presence-connected-foreign-principal.json \
+  'assert response["outcome"] == "ignored" and response["ignored_because"] == "foreign_principal", response'
 invoke presence "$((port + 2))" events/presence-disconnected.json 'assert response["outcome"] == "applied", response'
 invoke presence "$((port + 2))" events/presence-disconnected.json 'assert response["outcome"] == "stale", response'
 invoke presence "$((port + 2))" events/presence-offline-sweep.json \

@@ -1,8 +1,10 @@
-//! The device registry's DynamoDB edge (`SHOAL_DEVICE_TABLE`), shared by the shadow-sync
-//! functions (which write it) and the CLI (which creates it locally and reads it).
+//! The device registry's DynamoDB edge (`SHOAL_DEVICE_TABLE`), shared by the provisioning
+//! functions (which record each device's certificate), the shadow-sync functions (which write
+//! presence and reported facts) and the CLI (which creates it locally and reads it).
 //!
 //! Keys: `thing_name` (S) and `record` (S). The device's own item is `record = "device"`: presence
-//! (`online`, `last_seen`, `connection_order`, …), reported `firmware_version` and `config`, the OTA
+//! (`online`, `last_seen`, `connection_order`, …), the certificate it was provisioned with
+//! (`certificate_id`), reported `firmware_version` and `config`, the OTA
 //! report (`ota_*`) and, per shadow, the last version recorded (`shadow_version_<shadow>`).
 //! Conflict items are `record = "conflict#<shadow>#<version>#<path>"`: the value that lost.
 //! The sparse index `offline` (`offline_shard`, `offline_since`) holds devices that went offline
@@ -18,7 +20,7 @@ use serde_json::Value;
 use crate::aws::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
 use crate::config::TableName;
 use crate::presence::{
-    LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, REORDER_WINDOW_MS, offline_shard,
+    LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, REORDER_WINDOW_MS, Recorded, offline_shard,
 };
 use crate::rollout::FirmwareVersion;
 use crate::rollout::advance::FleetDevice;
@@ -179,27 +181,89 @@ impl DeviceTable {
             .key("record", s(record))
     }
 
-    /// Applies a lifecycle event unless the registry holds a later (or the same) one.
-    /// `Ok(false)`: stale or duplicate, nothing changed.
+    /// Records the certificate `thing` was provisioned with (`certificate_id`): the only
+    /// principal whose lifecycle events [`record_presence`](Self::record_presence) applies. The
+    /// pre-provisioning hook and JITR call it once they have claimed the serial, before the
+    /// certificate can connect; a later claim (a lapsed claim taken over, a reset serial
+    /// provisioned again) replaces it.
+    ///
+    /// # Errors
+    /// The write failed (the caller denies or retries: no device may connect unrecorded).
+    pub async fn record_certificate(
+        &self,
+        thing: &str,
+        certificate_id: &str,
+        now_ms: u64,
+    ) -> Result<(), AwsError> {
+        self.update(thing, DEVICE_RECORD)
+            .update_expression("SET certificate_id = :cert, certificate_recorded_at = :now")
+            .expression_attribute_values(":cert", s(certificate_id))
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem")
+            .map(|_| ())
+    }
+
+    /// Records `certificate_id` for a thing that has none recorded (provisioned before Shoal
+    /// recorded certificates; the caller checked the manifest's claim). `Ok(false)`: one is
+    /// recorded already, nothing changed.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn adopt_certificate(
+        &self,
+        thing: &str,
+        certificate_id: &str,
+        now_ms: u64,
+    ) -> Result<bool, AwsError> {
+        condition_held(
+            self.update(thing, DEVICE_RECORD)
+                .condition_expression("attribute_not_exists(certificate_id)")
+                .update_expression("SET certificate_id = :cert, certificate_recorded_at = :now")
+                .expression_attribute_values(":cert", s(certificate_id))
+                .expression_attribute_values(":now", n(now_ms))
+                .send()
+                .await
+                .aws("dynamodb", "UpdateItem"),
+        )
+    }
+
+    /// Applies a lifecycle event if its principal is the certificate recorded for the thing at
+    /// provisioning ([`record_certificate`](Self::record_certificate)) and the registry holds no
+    /// later (or the same) event. One conditional `UpdateItem`, compared in DynamoDB; on a failed
+    /// condition the item as it was (`ReturnValuesOnConditionCheckFailure`) tells a foreign
+    /// principal from a stale event. No other call per event.
+    ///
+    /// # Errors
+    /// The write failed for any other reason (throttling): the caller retries the event.
     pub async fn record_presence(
         &self,
         thing: &str,
         event: &LifecycleEvent,
         now_ms: u64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<Recorded, AwsError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+        let Some(principal) = event.principal_identifier.as_deref() else {
+            return Ok(Recorded::ForeignPrincipal);
+        };
         let session = event.session_identifier.clone().unwrap_or_default();
         let update = self
             .update(thing, DEVICE_RECORD)
-            // `presence::supersedes`: more than the window newer than `last_seen` wins, that much
-            // older loses, within it the connection order decides. An item written before
-            // `connection_order` existed (it had the time-major `presence_order`, removed here) is
-            // ordered by time alone until then.
+            // The principal first; then `presence::supersedes`: more than the window newer than
+            // `last_seen` wins, that much older loses, within it the connection order decides.
+            // An item written before `connection_order` existed (it had the time-major
+            // `presence_order`, removed here) is ordered by time alone until then.
             .condition_expression(
-                "(attribute_not_exists(connection_order) \
-                   AND (attribute_not_exists(last_seen) OR last_seen <= :ts)) \
-                 OR last_seen < :newer_than \
-                 OR (last_seen <= :older_than AND connection_order < :order)",
+                "certificate_id = :principal AND (\
+                   (attribute_not_exists(connection_order) \
+                     AND (attribute_not_exists(last_seen) OR last_seen <= :ts)) \
+                   OR last_seen < :newer_than \
+                   OR (last_seen <= :older_than AND connection_order < :order))",
             )
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_values(":principal", s(principal))
             .expression_attribute_values(
                 ":newer_than",
                 n(event.timestamp.saturating_sub(REORDER_WINDOW_MS)),
@@ -243,7 +307,26 @@ impl DeviceTable {
                 )
                 .expression_attribute_values(":shard", s(offline_shard(thing).to_string())),
         };
-        condition_held(update.send().await.aws("dynamodb", "UpdateItem"))
+        let error = match update.send().await {
+            Ok(_) => return Ok(Recorded::Applied),
+            Err(e) => e,
+        };
+        if let Some(UpdateItemError::ConditionalCheckFailedException(failed)) =
+            error.as_service_error()
+        {
+            let recorded = match failed.item().and_then(|item| item.get("certificate_id")) {
+                Some(AttributeValue::S(certificate)) => Some(certificate.as_str()),
+                _ => None,
+            };
+            return Ok(match recorded {
+                Some(certificate) if certificate == principal => Recorded::Stale,
+                Some(_) => Recorded::ForeignPrincipal,
+                None => Recorded::Unrecorded,
+            });
+        }
+        Err(Err::<(), _>(error)
+            .aws("dynamodb", "UpdateItem")
+            .unwrap_err())
     }
 
     /// Records the reported firmware and config unless a later version of this shadow was

@@ -1,8 +1,8 @@
 //! The factory manifest in DynamoDB (the edge; the rules are in [`crate::provisioning`]).
 //!
 //! One item per serial: `serial` (S, partition key), `model`, `batch`, `status`,
-//! `certificate_id`, `thing_name`, `thing_group` (S), `attributes` (M of S), `created_at`,
-//! `updated_at` (N, ms since the epoch).
+//! `certificate_id`, `thing_name`, `thing_group` (S), `attributes` (M of S), `proof` (S,
+//! [`crate::provisioning::Proof`]'s text form), `created_at`, `updated_at` (N, ms since the epoch).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,6 +41,9 @@ pub fn to_item(entry: &ManifestEntry) -> Item {
     }
     if let Some(group) = &entry.thing_group {
         item.insert("thing_group".into(), s(group));
+    }
+    if let Some(proof) = &entry.proof {
+        item.insert("proof".into(), s(&proof.to_string()));
     }
     if !entry.attributes.is_empty() {
         let map = entry
@@ -94,6 +97,9 @@ pub fn from_item(item: &Item) -> Result<ManifestEntry, String> {
             .transpose()?,
         thing_group: text("thing_group")?,
         attributes,
+        proof: text("proof")?
+            .map(|p| p.parse().map_err(|e| format!("manifest field proof: {e}")))
+            .transpose()?,
         created_at_ms: number("created_at")?,
         updated_at_ms: number("updated_at")?,
     })
@@ -455,6 +461,7 @@ mod tests {
             thing_name: Some(ThingName::parse("SN-1").unwrap()),
             thing_group: Some("greenhouse".into()),
             attributes: [("site".to_owned(), "lyon".to_owned())].into(),
+            proof: None,
             created_at_ms: 5,
             updated_at_ms: 6,
         }

@@ -50,6 +50,21 @@ pub struct LifecycleEvent {
     pub thing_name: Option<String>,
 }
 
+/// What recording a lifecycle event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The registry holds it now.
+    Applied,
+    /// The registry holds a later (or the same) event: nothing changed.
+    Stale,
+    /// Its principal is not the certificate recorded for the thing at provisioning: nothing
+    /// changed.
+    ForeignPrincipal,
+    /// No certificate is recorded for the thing (none provisioned it, or it was provisioned
+    /// before Shoal recorded certificates): nothing changed.
+    Unrecorded,
+}
+
 /// Timestamps are clamped below this (ms, the year 5138) so the order fits one DynamoDB number:
 /// u64::MAX × 2 × 10^14 has 34 digits, DynamoDB keeps 38.
 const TIMESTAMP_SPAN: u128 = 100_000_000_000_000;
@@ -81,6 +96,26 @@ impl LifecycleEvent {
         let name = self.thing_name.as_deref().unwrap_or(&self.client_id);
         name.parse()
             .map_err(|e| format!("client {:?} names no thing: {e}", self.client_id))
+    }
+
+    /// The certificate id that authenticated the connection: `principalIdentifier`, which for an
+    /// X.509 client is the certificate id (64 hex digits).
+    ///
+    /// # Errors
+    /// No principal, or one that is no certificate id (IAM, Cognito, a custom authorizer): such a
+    /// connection is no device of the manifest.
+    pub fn certificate_principal(&self) -> Result<&str, String> {
+        let principal = self
+            .principal_identifier
+            .as_deref()
+            .ok_or("the event has no principalIdentifier")?;
+        if principal.len() == 64 && principal.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(principal)
+        } else {
+            Err(format!(
+                "principal {principal:?} is not a certificate id (a device connects with its certificate)"
+            ))
+        }
     }
 
     /// Order of one client's events close in time: connection (`versionNumber`), then

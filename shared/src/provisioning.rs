@@ -15,6 +15,11 @@ use thiserror::Error;
 
 use crate::ids::ThingName;
 
+mod proof;
+pub use proof::{
+    FACTORY_SECRET_PARAMETER, MAX_FACTORY_SECRET_LEN, Proof, ProofError, public_key_fingerprint,
+};
+
 /// Every connection made with the fleet's claim certificate uses a client id starting with this
 /// (e.g. `claim.<serial>.<boot>`); the claim policy allows no other. `.` is in neither the serial
 /// nor the thing-name alphabet, so a claim connection can never take a device's client id (AWS
@@ -116,6 +121,8 @@ pub struct ManifestEntry {
     pub thing_group: Option<String>,
     /// Thing attributes the device gets (AWS allows 50 per thing).
     pub attributes: BTreeMap<String, String>,
+    /// What the device must show beyond its serial to be provisioned (`None`: the serial alone).
+    pub proof: Option<Proof>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -181,6 +188,8 @@ pub enum Denial {
         model: String,
         template: String,
     },
+    #[error("serial {0}: {1}")]
+    Proof(Serial, ProofError),
     #[error("internal error, denied to be safe: {0}")]
     Internal(String),
 }
@@ -195,6 +204,8 @@ impl Denial {
             Denial::NotProvisionable(..) => "not_provisionable",
             Denial::OtherCertificate { .. } => "other_certificate",
             Denial::ModelNotAllowed { .. } => "model_not_allowed",
+            Denial::Proof(_, ProofError::Missing(_)) => "proof_missing",
+            Denial::Proof(_, ProofError::Mismatch(_)) => "proof_mismatch",
             Denial::Internal(_) => "internal_error",
         }
     }
@@ -263,6 +274,17 @@ pub fn decide(
             template: template.to_owned(),
         });
     }
+    if let Some(proof) = &entry.proof {
+        proof
+            .check_request(
+                &request.certificate_pem,
+                request
+                    .parameters
+                    .get(FACTORY_SECRET_PARAMETER)
+                    .map(String::as_str),
+            )
+            .map_err(|e| Denial::Proof(serial.clone(), e))?;
+    }
     let mut overrides = entry.attributes.clone();
     overrides.insert(THING_NAME_PARAMETER.into(), serial.thing_name().to_string());
     overrides.insert(
@@ -292,6 +314,7 @@ mod tests {
             thing_name: None,
             thing_group: Some("greenhouse".into()),
             attributes: [("site".to_owned(), "lyon".to_owned())].into(),
+            proof: None,
             created_at_ms: 1,
             updated_at_ms: 1,
         }
@@ -389,6 +412,51 @@ mod tests {
                 .code(),
             "model_not_allowed"
         );
+    }
+
+    #[test]
+    fn a_row_with_a_proof_needs_it_on_every_path() {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(b"s3cret-of-SN-0001").into();
+        let with_secret = ManifestEntry {
+            proof: Some(Proof::SecretSha256(digest)),
+            ..entry(DeviceStatus::Pending, None)
+        };
+        let mut asked = request(Some("SN-0001"), "c1");
+        let code = |r: &HookRequest, e: &ManifestEntry| {
+            decide(r, Some(e), &models()).map_err(|d| (d.code(), d.to_string()))
+        };
+        assert_eq!(code(&asked, &with_secret).unwrap_err().0, "proof_missing");
+        asked
+            .parameters
+            .insert(FACTORY_SECRET_PARAMETER.into(), "s3cret-of-SN-0002".into());
+        let (mismatch, message) = code(&asked, &with_secret).unwrap_err();
+        assert_eq!(mismatch, "proof_mismatch");
+        assert!(!message.contains("s3cret"), "{message}");
+        asked
+            .parameters
+            .insert(FACTORY_SECRET_PARAMETER.into(), "s3cret-of-SN-0001".into());
+        let overrides = code(&asked, &with_secret).unwrap();
+        assert!(
+            !overrides.values().any(|v| v.contains("s3cret")),
+            "{overrides:?}"
+        );
+        // The same certificate asking again must still show it.
+        let again = ManifestEntry {
+            proof: Some(Proof::SecretSha256(digest)),
+            ..entry(DeviceStatus::Provisioned, Some("c1"))
+        };
+        assert!(code(&asked, &again).is_ok());
+        assert_eq!(
+            code(&request(Some("SN-0001"), "c1"), &again).unwrap_err().0,
+            "proof_missing"
+        );
+        // A key row: the certificate being provisioned must carry the key; a secret does not do.
+        let with_key = ManifestEntry {
+            proof: Some(Proof::KeySha256(digest)),
+            ..entry(DeviceStatus::Pending, None)
+        };
+        assert_eq!(code(&asked, &with_key).unwrap_err().0, "proof_missing");
     }
 
     #[test]
@@ -530,30 +598,46 @@ fn parse_row(record: &csv::StringRecord, now_ms: i64) -> Result<ManifestEntry, S
         thing_name: None,
         thing_group,
         attributes: parse_attributes(field(4))?,
+        proof: match field(5) {
+            "" => None,
+            proof => Some(proof.parse()?),
+        },
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
     })
 }
 
-/// Reads a manifest CSV: header `serial,model,batch,thing_group,attributes` (the last two may be
-/// empty; attributes as `key=value;key=value`). Every row is checked; any bad row (malformed
-/// field, a serial twice) makes the whole file refused, with every bad line listed.
+/// Reads a manifest CSV: header `serial,model,batch,thing_group,attributes[,proof]` (the last
+/// three may be empty; attributes as `key=value;key=value`; proof as [`Proof`]'s text form, the
+/// column itself optional). Every row is checked; any bad row (malformed field, a serial twice, a
+/// proof twice: two devices sharing a key or a secret) makes the whole file refused, with every
+/// bad line listed.
 pub fn parse_manifest_csv(
     text: &str,
     now_ms: i64,
 ) -> Result<Vec<(u64, ManifestEntry)>, Vec<RowError>> {
-    const HEADER: [&str; 5] = ["serial", "model", "batch", "thing_group", "attributes"];
+    const HEADER: [&str; 6] = [
+        "serial",
+        "model",
+        "batch",
+        "thing_group",
+        "attributes",
+        "proof",
+    ];
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
     let mut errors = Vec::new();
+    // `proof` is optional: a file without the column is a manifest of serials alone.
+    let mut columns = HEADER.len();
     match reader.headers() {
         Ok(header) if header.iter().eq(HEADER) => {}
+        Ok(header) if header.iter().eq(HEADER[..5].iter().copied()) => columns = 5,
         Ok(header) => errors.push(RowError {
             line: 1,
             reason: format!(
-                "header is {:?}; expected {}",
+                "header is {:?}; expected {} (the last column optional)",
                 header.iter().collect::<Vec<_>>(),
                 HEADER.join(",")
             ),
@@ -565,6 +649,7 @@ pub fn parse_manifest_csv(
     }
     let mut entries: Vec<(u64, ManifestEntry)> = Vec::new();
     let mut first_line: BTreeMap<String, u64> = BTreeMap::new();
+    let mut proof_lines: std::collections::HashMap<Proof, u64> = std::collections::HashMap::new();
     for record in reader.records() {
         let record = match record {
             Ok(r) => r,
@@ -578,24 +663,40 @@ pub fn parse_manifest_csv(
             }
         };
         let line = record.position().map_or(0, |p| p.line());
-        if record.len() > HEADER.len() {
+        // With the proof column, every row says whether it has a proof (an empty last field
+        // for none): a short row from a broken export must not lose its proof silently.
+        let short = columns == HEADER.len() && record.len() < columns;
+        if record.len() > columns || short {
+            let expected = if short { "exactly" } else { "at most" };
             errors.push(RowError {
                 line,
-                reason: format!("{} fields; expected at most {}", record.len(), HEADER.len()),
+                reason: format!("{} fields; expected {expected} {columns}", record.len()),
             });
             continue;
         }
         match parse_row(&record, now_ms) {
-            Ok(entry) => match first_line.get(entry.serial.as_str()) {
-                Some(first) => errors.push(RowError {
-                    line,
-                    reason: format!("serial {} already on line {first}", entry.serial),
-                }),
-                None => {
-                    first_line.insert(entry.serial.to_string(), line);
-                    entries.push((line, entry));
+            Ok(entry) => {
+                let proof_line = entry.proof.as_ref().and_then(|p| proof_lines.get(p));
+                match (first_line.get(entry.serial.as_str()), proof_line) {
+                    (Some(first), _) => errors.push(RowError {
+                        line,
+                        reason: format!("serial {} already on line {first}", entry.serial),
+                    }),
+                    (None, Some(first)) => errors.push(RowError {
+                        line,
+                        reason: format!(
+                            "the same proof is already on line {first}: each device needs its own key or secret"
+                        ),
+                    }),
+                    (None, None) => {
+                        first_line.insert(entry.serial.to_string(), line);
+                        if let Some(proof) = &entry.proof {
+                            proof_lines.insert(proof.clone(), line);
+                        }
+                        entries.push((line, entry));
+                    }
                 }
-            },
+            }
             Err(reason) => errors.push(RowError { line, reason }),
         }
     }
@@ -656,6 +757,52 @@ mod csv_tests {
         assert_eq!(
             errors[0].to_string(),
             format!("line 3: {}", errors[0].reason)
+        );
+    }
+
+    #[test]
+    fn the_proof_column_is_optional_checked_and_unique() {
+        let key = format!("key-sha256:{}", "a1".repeat(32));
+        let secret = format!("secret-sha256:{}", "b2".repeat(32));
+        let text = format!(
+            "serial,model,batch,thing_group,attributes,proof\nSN-1,th-v2,b1,,,{key}\nSN-2,th-v2,b1,,,\nSN-3,th-v2,b1,,,{secret}\n"
+        );
+        let entries = parse_manifest_csv(&text, 0).unwrap();
+        assert_eq!(
+            entries[0].1.proof.as_ref().map(Proof::to_string),
+            Some(key.clone())
+        );
+        assert_eq!(entries[1].1.proof, None);
+        assert_eq!(
+            entries[2].1.proof.as_ref().map(Proof::scheme),
+            Some("secret-sha256")
+        );
+
+        let bad = format!(
+            "serial,model,batch,thing_group,attributes,proof\nSN-1,th-v2,b1,,,{key}\nSN-2,th-v2,b1,,,{key}\nSN-3,th-v2,b1,,,sha1:00\nSN-4,th-v2,b1,,,,x\n"
+        );
+        let errors = parse_manifest_csv(&bad, 0).unwrap_err();
+        let lines: Vec<u64> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 4, 5], "{errors:#?}");
+        assert!(errors[0].reason.contains("same proof is already on line 2"));
+        assert!(
+            errors[1].reason.contains("scheme is unknown"),
+            "{}",
+            errors[1]
+        );
+        assert!(errors[2].reason.contains("7 fields; expected at most 6"));
+        // Without the column, a sixth field is still an error.
+        let five = format!("{HEADER}SN-1,th-v2,b1,,,{key}\n");
+        assert!(
+            parse_manifest_csv(&five, 0).unwrap_err()[0]
+                .reason
+                .contains("6 fields")
+        );
+        // With it, a short row is refused rather than imported without its proof.
+        let short = "serial,model,batch,thing_group,attributes,proof\nSN-1,th-v2,b1,,\n";
+        assert_eq!(
+            parse_manifest_csv(short, 0).unwrap_err()[0].reason,
+            "5 fields; expected exactly 6"
         );
     }
 

@@ -225,9 +225,15 @@ async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
         .unwrap();
     let models: TemplateModels = "shoal-fleet=th-v2".parse().unwrap();
     let certificates = IotCertificates::new(factory.iot());
+    let devices = shoal_shared::device_table::DeviceTable::new(
+        factory.dynamodb(),
+        unique_name("events-devices").parse().unwrap(),
+    );
+    devices.ensure_exists().await.unwrap();
     let gate = Gate {
         manifest: &table,
         certificates: &certificates,
+        devices: &devices,
         models: &models,
         claim_lease: DEFAULT_CLAIM_LEASE,
     };
@@ -252,7 +258,7 @@ async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
                 assert_eq!(answer.parameter_overrides["ThingGroup"], "greenhouse");
                 assert_eq!(answer.parameter_overrides["site"], "lyon");
             }
-            "unknown-serial" | "no-serial" | "model-not-allowed" => {
+            "unknown-serial" | "no-serial" | "model-not-allowed" | "wrong-factory-secret" => {
                 assert!(!answer.allow_provisioning, "{name}");
                 assert!(answer.parameter_overrides.is_empty(), "{name}");
             }
@@ -260,7 +266,7 @@ async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 4);
+    assert_eq!(seen, 5);
 }
 
 fn sample(name: &str) -> Value {
@@ -365,25 +371,59 @@ async fn shadow_documents_sample_events_have_their_documented_outcome() {
 
 #[tokio::test]
 async fn presence_sample_events_have_their_documented_outcome() {
-    use shadow_sync::edges::{IotAlerts, Registry};
+    use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate};
+    use provisioning::registry::IotCertificates;
+    use shadow_sync::edges::{IotAlerts, PresenceRegistry};
     use shadow_sync::presence::{PresenceAnswer, PresenceConfig, handle};
     use shoal_shared::device_table::DeviceTable;
+    use shoal_shared::manifest_table::ManifestTable;
+    use shoal_shared::provisioning::HookRequest;
 
     assert_eq!(
         sample_names("presence-"),
         [
+            "presence-connected-foreign-principal.json",
             "presence-connected.json",
             "presence-disconnected.json",
             "presence-offline-sweep.json"
         ]
     );
     let factory = local::factory().await;
+    // SN-EVT-0001 provisioned as the hook sample provisions it, which records its certificate
+    // (the samples' principal) in the device table.
+    let manifest = ManifestTable::new(
+        factory.dynamodb(),
+        unique_name("events-manifest").parse().unwrap(),
+    );
+    manifest.ensure_exists().await.unwrap();
+    let csv = std::fs::read_to_string(repo_root().join("tests/fixtures/manifest.csv")).unwrap();
+    shoal_cli::manifest::import(&manifest, &csv, |_| {})
+        .await
+        .unwrap();
     let table = DeviceTable::new(
         factory.dynamodb(),
         unique_name("events-presence").parse().unwrap(),
     );
     table.ensure_exists().await.unwrap();
-    let registry = Registry(table.clone());
+    let hook_sample: HookRequest =
+        serde_json::from_value(sample("pre-provisioning-hook-allowed.json")).unwrap();
+    let certificates = IotCertificates::new(factory.iot());
+    let gate = Gate {
+        manifest: &manifest,
+        certificates: &certificates,
+        devices: &table,
+        models: &"shoal-fleet=th-v2".parse().unwrap(),
+        claim_lease: DEFAULT_CLAIM_LEASE,
+    };
+    assert!(
+        provisioning::hook::handle(&hook_sample, &gate, DEFAULT_DEADLINE)
+            .await
+            .allow_provisioning
+    );
+    let registry = PresenceRegistry {
+        devices: table.clone(),
+        manifest,
+    };
     let alerts = IotAlerts(factory.iot_data());
     let config =
         PresenceConfig::from_source(&std::collections::BTreeMap::<&str, &str>::new()).unwrap();
@@ -393,21 +433,24 @@ async fn presence_sample_events_have_their_documented_outcome() {
     let now = disconnected_at;
     for (file, expected) in [
         ("presence-connected.json", "applied"),
+        ("presence-connected-foreign-principal.json", "ignored"),
         ("presence-disconnected.json", "applied"),
         ("presence-disconnected.json", "stale"),
     ] {
-        let answer = handle(sample(file), &config, &registry, &alerts, now)
-            .await
-            .unwrap();
-        assert_eq!(outcome(answer)["outcome"], expected, "{file}");
+        let answer = outcome(
+            handle(sample(file), &config, &registry, &alerts, now)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(answer["outcome"], expected, "{file}: {answer}");
+        if expected == "ignored" {
+            assert_eq!(answer["ignored_because"], "foreign_principal", "{answer}");
+        }
     }
-    let item = table
-        .get("shoal-sample-1", "device")
-        .await
-        .unwrap()
-        .unwrap();
+    let item = table.get("SN-EVT-0001", "device").await.unwrap().unwrap();
     assert_eq!(item["online"], false);
     assert_eq!(item["offline_since"], disconnected_at);
+    assert_eq!(item["session_id"], "00000000-0000-0000-0000-000000000001");
     let sweep = sample("presence-offline-sweep.json");
     let answer = handle(
         sweep,
@@ -422,10 +465,6 @@ async fn presence_sample_events_have_their_documented_outcome() {
         outcome(answer),
         serde_json::json!({"offline_past_threshold": 1, "alerted": 1, "returned_meanwhile": 0, "failed": 0})
     );
-    let item = table
-        .get("shoal-sample-1", "device")
-        .await
-        .unwrap()
-        .unwrap();
+    let item = table.get("SN-EVT-0001", "device").await.unwrap().unwrap();
     assert!(item["offline_alerted_at"].as_u64().is_some());
 }

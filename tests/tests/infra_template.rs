@@ -78,8 +78,8 @@ fn the_glue_table_matches_the_parquet_archive_schema() {
 #[test]
 fn the_provisioning_template_body_declares_every_hook_override() {
     use shoal_shared::provisioning::{
-        BATCH_PARAMETER, MODEL_PARAMETER, SERIAL_PARAMETER, THING_GROUP_PARAMETER,
-        THING_NAME_PARAMETER,
+        BATCH_PARAMETER, FACTORY_SECRET_PARAMETER, MODEL_PARAMETER, SERIAL_PARAMETER,
+        THING_GROUP_PARAMETER, THING_NAME_PARAMETER,
     };
     let text = std::fs::read_to_string(repo_root().join("infra/template.yaml")).unwrap();
     let parsed: serde_norway::Value = serde_norway::from_str(&text).unwrap();
@@ -114,6 +114,18 @@ fn the_provisioning_template_body_declares_every_hook_override() {
             "template body does not declare {parameter}"
         );
     }
+    // The proof-of-possession parameter: declared with a default (devices without a secret omit
+    // it), and never stored anywhere a reader of the registry could see it.
+    assert_eq!(
+        body["Parameters"][FACTORY_SECRET_PARAMETER]["Default"], "",
+        "{FACTORY_SECRET_PARAMETER} must be optional"
+    );
+    assert!(
+        !body["Resources"]
+            .to_string()
+            .contains(FACTORY_SECRET_PARAMETER),
+        "no resource may reference {FACTORY_SECRET_PARAMETER}"
+    );
     let resources = &body["Resources"];
     assert_eq!(resources["thing"]["Type"], "AWS::IoT::Thing");
     assert_eq!(

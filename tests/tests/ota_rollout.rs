@@ -218,6 +218,10 @@ async fn report_firmware(devices: &DeviceTable, thing: &str, version: &str, shad
         .unwrap();
 }
 
+/// The certificate every registered thing was provisioned with.
+const DEVICE_CERT: &str = "7c8d9e0f1a2b3c4d5e2d9b1f4c0e5a6b5e6f708192a3b4c5d6e7f8091a2b3c4d";
+
+/// What provisioning records and then the presence trigger writes for a device's connection.
 async fn presence(devices: &DeviceTable, thing: &str, online: bool, version_number: u64) {
     let event = LifecycleEvent {
         client_id: thing.into(),
@@ -229,13 +233,18 @@ async fn presence(devices: &DeviceTable, thing: &str, online: bool, version_numb
             PresenceEvent::Disconnected
         },
         session_identifier: Some(format!("s-{version_number}")),
-        principal_identifier: None,
+        principal_identifier: Some(DEVICE_CERT.into()),
         ip_address: None,
         version_number,
         client_initiated_disconnect: None,
         disconnect_reason: (!online).then(|| "CONNECTION_LOST".into()),
     };
-    devices.record_presence(thing, &event, 0).await.unwrap();
+    devices
+        .record_certificate(thing, DEVICE_CERT, 0)
+        .await
+        .unwrap();
+    let recorded = devices.record_presence(thing, &event, 0).await.unwrap();
+    assert_eq!(recorded, shoal_shared::presence::Recorded::Applied);
 }
 
 /// What the shadow-documents function records when the device reports in its `ota` shadow.

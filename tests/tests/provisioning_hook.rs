@@ -9,6 +9,7 @@ use provisioning::registry::IotCertificates;
 use serde_json::json;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::AwsResultExt;
+use shoal_shared::device_table::DeviceTable;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::{
     DeviceStatus, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels,
@@ -18,6 +19,7 @@ async fn manifest(entries: &[(&str, &str, DeviceStatus)]) -> ManifestTable {
     let factory = local::factory().await;
     let table = ManifestTable::new(factory.dynamodb(), unique_name("manifest").parse().unwrap());
     table.ensure_exists().await.unwrap();
+    ensure_devices(&table).await;
     for (serial, model, status) in entries {
         let inserted = table
             .insert(&ManifestEntry {
@@ -29,6 +31,7 @@ async fn manifest(entries: &[(&str, &str, DeviceStatus)]) -> ManifestTable {
                 thing_name: None,
                 thing_group: Some("greenhouse".into()),
                 attributes: BTreeMap::new(),
+                proof: None,
                 created_at_ms: 1,
                 updated_at_ms: 1,
             })
@@ -74,13 +77,37 @@ async fn handle_with_lease(
     deadline: Duration,
 ) -> HookResponse {
     let certificates = IotCertificates::new(local::factory().await.iot());
+    let devices = devices(table).await;
     let gate = Gate {
         manifest: table,
         certificates: &certificates,
+        devices: &devices,
         models,
         claim_lease,
     };
     provisioning::hook::handle(request, &gate, deadline).await
+}
+
+/// The device registry the hook records allowed certificates in: one per manifest table, so
+/// tests that reuse a serial never share a device item. Created with the manifest table
+/// ([`manifest`], [`ensure_devices`]), before any concurrent call.
+async fn devices(manifest: &ManifestTable) -> DeviceTable {
+    let name = format!("{}-devices", manifest.name().as_str());
+    DeviceTable::new(local::factory().await.dynamodb(), name.parse().unwrap())
+}
+
+async fn ensure_devices(manifest: &ManifestTable) {
+    devices(manifest).await.ensure_exists().await.unwrap();
+}
+
+/// The certificate the device registry (of `manifest`'s hook) holds for `thing`.
+async fn recorded_certificate(manifest: &ManifestTable, thing: &str) -> Option<String> {
+    devices(manifest)
+        .await
+        .get(thing, "device")
+        .await
+        .unwrap()
+        .and_then(|item| item["certificate_id"].as_str().map(str::to_owned))
 }
 
 /// A certificate in the local IoT registry, ACTIVE or not; its id.
@@ -134,6 +161,11 @@ async fn a_lapsed_claim_is_taken_over_and_an_active_claim_holds() {
     let taken = call("SN-0101", b.clone()).await;
     assert!(taken.allow_provisioning, "{taken:?}");
     assert_eq!(taken.parameter_overrides["ThingName"], "SN-0101");
+    assert_eq!(
+        recorded_certificate(&table, "SN-0101").await.as_deref(),
+        Some(b.as_str()),
+        "the device registry follows the takeover"
+    );
     let serial = Serial::parse("SN-0101").unwrap();
     let entry = table.get(&serial).await.unwrap().unwrap();
     assert_eq!(entry.certificate_id.as_deref(), Some(b.as_str()));
@@ -193,6 +225,11 @@ async fn a_manifest_serial_is_allowed_once_and_claimed_for_its_certificate() {
     assert_eq!(stored.status, DeviceStatus::Provisioned);
     assert_eq!(stored.certificate_id.as_deref(), Some("cert-a"));
     assert_eq!(stored.thing_name.unwrap().as_str(), "SN-0001");
+    assert_eq!(
+        recorded_certificate(&table, "SN-0001").await.as_deref(),
+        Some("cert-a"),
+        "the allowed certificate is the thing's in the device registry"
+    );
 
     // The same certificate again: the same answer. Another certificate: denied.
     let again = handle(
@@ -390,4 +427,138 @@ async fn a_serial_whose_certificate_never_became_active_can_be_reset() {
         .unwrap()
         .unwrap();
     assert_eq!(live.status, DeviceStatus::Provisioned);
+}
+
+/// A device certificate as fleet provisioning's `CreateCertificateFromCsr` issues it: the key the
+/// device's CSR carried, signed by a CA (AWS's; any CA for the hook, which reads only the key).
+fn certificate_for(key: &rcgen::KeyPair, serial: &str) -> String {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, serial);
+    params.signed_by(key, &issuer).unwrap().pem()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Case 3 of issue 12: a serial is printed on the box, so it cannot be the only proof. The manifest
+/// (imported by `shoal manifest import`, as an operator would) names the device's key for one
+/// serial and the digest of a factory secret for another: a claim-certificate holder who knows
+/// the serials is denied and claims nothing; the real devices are then allowed.
+#[tokio::test]
+async fn a_known_serial_without_the_devices_proof_is_denied_and_claims_nothing() {
+    let factory = local::factory().await;
+    let table = ManifestTable::new(factory.dynamodb(), unique_name("manifest").parse().unwrap());
+    table.ensure_exists().await.unwrap();
+    ensure_devices(&table).await;
+    let device_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let attacker_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    // What the factory records: `openssl pkey -pubin -outform DER | sha256sum` of the device's
+    // public key, and `printf %s <secret> | sha256sum` of the secret it flashed.
+    let csv = format!(
+        "serial,model,batch,thing_group,attributes,proof\n\
+         SN-POP-KEY,th-v2,2026-11,,,key-sha256:{}\n\
+         SN-POP-SECRET,th-v2,2026-11,,,secret-sha256:{}\n\
+         SN-POP-NONE,th-v2,2026-11,,,\n",
+        sha256_hex(&rcgen::PublicKeyData::subject_public_key_info(&device_key)),
+        sha256_hex(b"7d1e-factory-secret"),
+    );
+    assert_eq!(
+        shoal_cli::manifest::import(&table, &csv, |_| {})
+            .await
+            .unwrap(),
+        3
+    );
+    let ask = |serial: &str, pem: String, secret: Option<&str>| {
+        let mut r = request(serial, &sha256_hex(pem.as_bytes()));
+        r.certificate_pem = pem;
+        if let Some(secret) = secret {
+            r.parameters
+                .insert("FactorySecret".into(), secret.to_owned());
+        }
+        r
+    };
+    let state = |serial: &'static str| {
+        let table = &table;
+        async move {
+            let entry = table
+                .get(&Serial::parse(serial).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            (entry.status, entry.certificate_id)
+        }
+    };
+
+    // The attacker: its own key, no secret or a guessed one.
+    for attempt in [
+        ask(
+            "SN-POP-KEY",
+            certificate_for(&attacker_key, "SN-POP-KEY"),
+            None,
+        ),
+        ask(
+            "SN-POP-KEY",
+            certificate_for(&attacker_key, "SN-POP-KEY"),
+            Some("7d1e-factory-secret"),
+        ),
+        ask("SN-POP-SECRET", certificate_for(&attacker_key, "x"), None),
+        ask(
+            "SN-POP-SECRET",
+            certificate_for(&attacker_key, "x"),
+            Some("7d1e-factory-secreT"),
+        ),
+    ] {
+        let answer = handle(&attempt, &table, &models(), DEFAULT_DEADLINE).await;
+        assert_eq!(answer, HookResponse::deny(), "{:?}", attempt.parameters);
+    }
+    assert_eq!(state("SN-POP-KEY").await, (DeviceStatus::Pending, None));
+    assert_eq!(state("SN-POP-SECRET").await, (DeviceStatus::Pending, None));
+    assert_eq!(recorded_certificate(&table, "SN-POP-KEY").await, None);
+
+    // The devices: a certificate of the factory key; the factory secret.
+    let real = ask(
+        "SN-POP-KEY",
+        certificate_for(&device_key, "SN-POP-KEY"),
+        None,
+    );
+    let answer = handle(&real, &table, &models(), DEFAULT_DEADLINE).await;
+    assert!(answer.allow_provisioning, "{answer:?}");
+    assert_eq!(
+        state("SN-POP-KEY").await,
+        (DeviceStatus::Provisioned, Some(real.certificate_id.clone()))
+    );
+    let real = ask(
+        "SN-POP-SECRET",
+        certificate_for(&attacker_key, "any"),
+        Some("7d1e-factory-secret"),
+    );
+    let answer = handle(&real, &table, &models(), DEFAULT_DEADLINE).await;
+    assert!(answer.allow_provisioning, "{answer:?}");
+    assert!(
+        !answer
+            .parameter_overrides
+            .values()
+            .any(|v| v.contains("factory-secret")),
+        "the secret never reaches the thing: {answer:?}"
+    );
+    // A row without a proof still provisions on its serial alone.
+    let plain = handle(
+        &request("SN-POP-NONE", "cert-plain"),
+        &table,
+        &models(),
+        DEFAULT_DEADLINE,
+    )
+    .await;
+    assert!(plain.allow_provisioning);
 }

@@ -11,8 +11,9 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use serde_json::{Value, json};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::{AwsResultExt, ClientFactory};
+use shoal_shared::device_table::DeviceTable;
 use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::provisioning::{DeviceStatus, ManifestEntry, Serial};
+use shoal_shared::provisioning::{DeviceStatus, ManifestEntry, Proof, Serial};
 
 /// A CA registered with the local IoT registry, that signs device certificates.
 struct Factory<'a> {
@@ -40,10 +41,20 @@ impl Factory<'_> {
     /// Registers a device certificate with CN = `serial`, as AWS IoT does on a device's first
     /// connection: PENDING_ACTIVATION. Returns its id.
     async fn device(&self, iot: &aws_sdk_iot::Client, serial: &str) -> String {
+        self.device_with_key(iot, serial, &KeyPair::generate().unwrap())
+            .await
+    }
+
+    /// The same for a device whose key pair is `key`.
+    async fn device_with_key(
+        &self,
+        iot: &aws_sdk_iot::Client,
+        serial: &str,
+        key: &KeyPair,
+    ) -> String {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, serial);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert = params.signed_by(key, &self.issuer).unwrap();
         iot.register_certificate()
             .certificate_pem(cert.pem())
             .ca_certificate_pem(self.issuer.pem())
@@ -129,14 +140,20 @@ async fn shadow(factory: &ClientFactory, thing: &str) -> Value {
 struct Setup {
     factory: ClientFactory,
     manifest: ManifestTable,
+    devices: DeviceTable,
     config: JitrConfig,
 }
 
 async fn setup(serials: &[&str]) -> Setup {
+    let rows: Vec<_> = serials.iter().map(|s| (*s, None)).collect();
+    setup_with_proofs(&rows).await
+}
+
+async fn setup_with_proofs(rows: &[(&str, Option<Proof>)]) -> Setup {
     let factory = local::factory().await;
     let manifest = ManifestTable::new(factory.dynamodb(), unique_name("manifest").parse().unwrap());
     manifest.ensure_exists().await.unwrap();
-    for serial in serials {
+    for (serial, proof) in rows {
         manifest
             .insert(&ManifestEntry {
                 serial: Serial::parse(serial).unwrap(),
@@ -147,12 +164,15 @@ async fn setup(serials: &[&str]) -> Setup {
                 thing_name: None,
                 thing_group: None,
                 attributes: [("site".to_owned(), "lyon".to_owned())].into(),
+                proof: proof.clone(),
                 created_at_ms: 1,
                 updated_at_ms: 1,
             })
             .await
             .unwrap();
     }
+    let devices = DeviceTable::new(factory.dynamodb(), unique_name("devices").parse().unwrap());
+    devices.ensure_exists().await.unwrap();
     let policy = unique_name("device-policy");
     factory
         .iot()
@@ -168,6 +188,7 @@ async fn setup(serials: &[&str]) -> Setup {
         .unwrap();
     let config = JitrConfig {
         manifest_table: manifest.name().clone(),
+        device_table: devices.name().clone(),
         device_policy: policy,
         model_defaults: BTreeMap::from([(
             "th-v2".to_owned(),
@@ -180,7 +201,23 @@ async fn setup(serials: &[&str]) -> Setup {
     Setup {
         factory,
         manifest,
+        devices,
         config,
+    }
+}
+
+impl Setup {
+    /// JITR's handling of the registration event of `certificate_id`, as deployed.
+    async fn register(&self, registry: &IotRegistry, certificate_id: &str) -> Outcome {
+        handle_registration(
+            &event(certificate_id),
+            registry,
+            &self.manifest,
+            &self.devices,
+            &self.config,
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -205,9 +242,7 @@ async fn a_manifest_device_is_registered_end_to_end_and_a_replay_changes_nothing
     let certificate_id = ca.device(&iot, &serial).await;
     let registry = IotRegistry::new(&s.factory);
 
-    let outcome = handle_registration(&event(&certificate_id), &registry, &s.manifest, &s.config)
-        .await
-        .unwrap();
+    let outcome = s.register(&registry, &certificate_id).await;
     assert!(matches!(&outcome, Outcome::Activated { thing, .. } if thing.as_str() == serial));
     assert_eq!(status(&iot, &certificate_id).await, "ACTIVE");
 
@@ -244,11 +279,14 @@ async fn a_manifest_device_is_registered_end_to_end_and_a_replay_changes_nothing
         entry.certificate_id.as_deref(),
         Some(certificate_id.as_str())
     );
+    let device = s.devices.get(&serial, "device").await.unwrap().unwrap();
+    assert_eq!(
+        device["certificate_id"], certificate_id,
+        "presence will accept only this certificate's lifecycle events"
+    );
 
     // The same event again: same outcome, no error, nothing duplicated or rewritten.
-    let replay = handle_registration(&event(&certificate_id), &registry, &s.manifest, &s.config)
-        .await
-        .unwrap();
+    let replay = s.register(&registry, &certificate_id).await;
     assert_eq!(replay, outcome);
     assert_eq!(
         shadow(&s.factory, &serial).await["version"],
@@ -267,9 +305,7 @@ async fn an_unknown_serial_and_a_second_certificate_are_revoked() {
     let registry = IotRegistry::new(&s.factory);
 
     let stranger = ca.device(&iot, "SN-NEVER-BUILT").await;
-    let outcome = handle_registration(&event(&stranger), &registry, &s.manifest, &s.config)
-        .await
-        .unwrap();
+    let outcome = s.register(&registry, &stranger).await;
     assert!(
         matches!(&outcome, Outcome::Revoked { reason } if reason.contains("not in the factory manifest")),
         "{outcome:?}"
@@ -278,13 +314,9 @@ async fn an_unknown_serial_and_a_second_certificate_are_revoked() {
 
     // The real device registers; a clone with the same serial but another key is revoked.
     let original = ca.device(&iot, &serial).await;
-    handle_registration(&event(&original), &registry, &s.manifest, &s.config)
-        .await
-        .unwrap();
+    s.register(&registry, &original).await;
     let clone = ca.device(&iot, &serial).await;
-    let outcome = handle_registration(&event(&clone), &registry, &s.manifest, &s.config)
-        .await
-        .unwrap();
+    let outcome = s.register(&registry, &clone).await;
     assert!(
         matches!(&outcome, Outcome::Revoked { reason } if reason.contains("already provisioned")),
         "{outcome:?}"
@@ -305,6 +337,45 @@ async fn an_unknown_serial_and_a_second_certificate_are_revoked() {
     );
 }
 
+/// Case 3 of issue 12 on the JITR path: a row naming the device's key accepts only a certificate
+/// of that key, even one the fleet CA signed with the right serial (a mis-flashed or cloned unit).
+#[tokio::test]
+async fn a_row_naming_the_device_key_refuses_a_certificate_of_another_key() {
+    use sha2::Digest;
+    let serial = unique_name("SN-JITR-KEY");
+    let key = KeyPair::generate().unwrap();
+    let fingerprint: [u8; 32] =
+        sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)).into();
+    let s = setup_with_proofs(&[(serial.as_str(), Some(Proof::KeySha256(fingerprint)))]).await;
+    let iot = s.factory.iot();
+    let ca = Factory::new(&iot).await;
+    let registry = IotRegistry::new(&s.factory);
+
+    let other = ca.device(&iot, &serial).await;
+    let outcome = s.register(&registry, &other).await;
+    assert!(
+        matches!(&outcome, Outcome::Revoked { reason } if reason.contains("does not match")),
+        "{outcome:?}"
+    );
+    assert_eq!(status(&iot, &other).await, "REVOKED");
+    let serial_id = Serial::parse(&serial).unwrap();
+    assert_eq!(
+        s.manifest.get(&serial_id).await.unwrap().unwrap().status,
+        DeviceStatus::Pending
+    );
+
+    let own = ca.device_with_key(&iot, &serial, &key).await;
+    let outcome = s.register(&registry, &own).await;
+    assert!(matches!(outcome, Outcome::Activated { .. }), "{outcome:?}");
+    assert_eq!(status(&iot, &own).await, "ACTIVE");
+    let audit = s.manifest.audit(&serial_id).await.unwrap();
+    assert!(
+        audit.iter().any(|(action, reason)| action == "jitr_refused"
+            && reason.contains("proof of possession does not match")),
+        "{audit:?}"
+    );
+}
+
 #[tokio::test]
 async fn decommission_revokes_detaches_retires_and_audits() {
     use shoal_cli::decommission::{ThingFate, decommission};
@@ -315,9 +386,7 @@ async fn decommission_revokes_detaches_retires_and_audits() {
     let ca = Factory::new(&iot).await;
     let certificate_id = ca.device(&iot, &serial).await;
     let registry = IotRegistry::new(&s.factory);
-    handle_registration(&event(&certificate_id), &registry, &s.manifest, &s.config)
-        .await
-        .unwrap();
+    s.register(&registry, &certificate_id).await;
     let parsed = Serial::parse(&serial).unwrap();
 
     let mut printed = Vec::new();
@@ -381,8 +450,6 @@ async fn decommission_revokes_detaches_retires_and_audits() {
 
     // A retired serial can never be provisioned again, by JITR or the hook.
     let new_cert = ca.device(&iot, &serial).await;
-    let outcome = handle_registration(&event(&new_cert), &registry, &s.manifest, &s.config)
-        .await
-        .unwrap();
+    let outcome = s.register(&registry, &new_cert).await;
     assert!(matches!(outcome, Outcome::Revoked { reason } if reason.contains("retired")));
 }

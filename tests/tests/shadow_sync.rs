@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use shadow_sync::documents::{SyncConfig, SyncSummary, handle};
-use shadow_sync::edges::{IotAlerts, Registry};
-use shadow_sync::presence::{self, PresenceAnswer, PresenceConfig, SweepSummary};
+use shadow_sync::edges::{IotAlerts, PresenceRegistry, Registry};
+use shadow_sync::presence::{
+    self, FOREIGN_PRINCIPAL, PresenceAnswer, PresenceConfig, PresenceSummary, SweepSummary,
+};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_shared::aws::{AwsError, AwsErrorKind, AwsResultExt, ClientFactory};
 use shoal_shared::config::vars;
@@ -351,21 +353,64 @@ async fn an_update_over_8_kb_is_refused_before_any_call() {
     assert_eq!(read(&store, &at).await.version, version, "nothing was sent");
 }
 
+/// The certificate id every test device is provisioned with (64 hex digits, as AWS's).
+const DEVICE_CERT: &str = "5e6f708192a3b4c5d6e7f8091a2b3c4d5e2d9b1f4c0e5a6b7c8d9e0f1a2b3c4d";
+
 fn lifecycle(client: &str, kind: &str, ts: u64, version: u64) -> Value {
     json!({"clientId": client, "timestamp": ts, "eventType": kind,
-           "sessionIdentifier": format!("session-{version}"), "principalIdentifier": "cert",
+           "sessionIdentifier": format!("session-{version}"), "principalIdentifier": DEVICE_CERT,
            "ipAddress": "192.0.2.1", "versionNumber": version,
            "clientInitiatedDisconnect": false, "disconnectReason": "MQTT_KEEP_ALIVE_TIMEOUT"})
 }
 
-/// Delivers `events` in order at `now_ms`, asserting each one's outcome.
+/// The presence trigger's registry as deployed, with `client` provisioned to [`DEVICE_CERT`] the
+/// way fleet provisioning does it: a manifest row the pre-provisioning hook claims, recording the
+/// certificate in this device table.
+async fn provisioned(factory: &ClientFactory, client: &str) -> (PresenceRegistry, DeviceTable) {
+    use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate};
+    use provisioning::registry::IotCertificates;
+    use shoal_shared::manifest_table::ManifestTable;
+    let manifest = ManifestTable::new(factory.dynamodb(), unique_name("manifest").parse().unwrap());
+    manifest.ensure_exists().await.unwrap();
+    let csv = format!("serial,model,batch,thing_group,attributes\n{client},th-v2,b1,,\n");
+    shoal_cli::manifest::import(&manifest, &csv, |_| {})
+        .await
+        .unwrap();
+    let request = serde_json::from_value(json!({
+        "claimCertificateId": "0f8a2f3bc2a0cb5d9d6b2c8e4a1e3f5d7c9b1a3e5f7d9c1b3a5e7f9d1c3b5a7e",
+        "certificateId": DEVICE_CERT,
+        "templateArn": "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet",
+        "clientId": format!("claim.{client}.1"),
+        "parameters": {"SerialNumber": client}
+    }))
+    .unwrap();
+    let devices = device_table(factory).await;
+    let certificates = IotCertificates::new(factory.iot());
+    let gate = Gate {
+        manifest: &manifest,
+        certificates: &certificates,
+        devices: &devices,
+        models: &"shoal-fleet=th-v2".parse().unwrap(),
+        claim_lease: DEFAULT_CLAIM_LEASE,
+    };
+    let allowed = provisioning::hook::handle(&request, &gate, DEFAULT_DEADLINE).await;
+    assert!(allowed.allow_provisioning, "{allowed:?}");
+    let registry = PresenceRegistry {
+        devices: devices.clone(),
+        manifest,
+    };
+    (registry, devices)
+}
+
+/// Delivers `events` in order at `now_ms`, asserting each one's outcome; the summaries.
 async fn expect_outcomes(
     events: impl IntoIterator<Item = (Value, &'static str)>,
     config: &PresenceConfig,
-    registry: &Registry,
+    registry: &PresenceRegistry,
     alerts: &IotAlerts,
     now_ms: u64,
-) {
+) -> Vec<PresenceSummary> {
+    let mut summaries = Vec::new();
     for (event, expected) in events {
         let answer = presence::handle(event, config, registry, alerts, now_ms)
             .await
@@ -374,7 +419,118 @@ async fn expect_outcomes(
             panic!("an event")
         };
         assert_eq!(summary.outcome, expected, "{summary:?}");
+        summaries.push(summary);
     }
+    summaries
+}
+
+/// Case 2 of issue 12: whoever connects with a device's client id but another certificate (the
+/// claim certificate before its client ids were pinned, a stray certificate attached elsewhere)
+/// changes nothing in the registry: the event is ignored as `foreign_principal`, compared in the
+/// device item's own conditional write against the certificate the hook recorded there.
+#[tokio::test]
+async fn an_impostors_lifecycle_events_never_change_presence() {
+    let factory = local::factory().await;
+    let client = unique_name("SN-PRES");
+    let (registry, table) = provisioned(&factory, &client).await;
+    let alerts = IotAlerts(factory.iot_data());
+    let config = PresenceConfig {
+        offline_threshold_s: 600,
+        alerts_topic: "shoal/alerts".into(),
+    };
+    let t = 1_800_000_000_000u64;
+    let impostor = |kind: &str, ts: u64, version: u64, principal: &str| {
+        let mut e = lifecycle(&client, kind, ts, version);
+        e["principalIdentifier"] = json!(principal);
+        e["sessionIdentifier"] = json!("impostor");
+        e
+    };
+    let claim_cert = "0f8a2f3bc2a0cb5d9d6b2c8e4a1e3f5d7c9b1a3e5f7d9c1b3a5e7f9d1c3b5a7e";
+    let impostor_of = |thing: &str, principal: &str| {
+        let mut e = lifecycle(thing, "connected", t + 1_000, 9);
+        e["principalIdentifier"] = json!(principal);
+        e
+    };
+    let summaries = expect_outcomes(
+        [
+            (lifecycle(&client, "connected", t, 5), "applied"),
+            (impostor("connected", t + 60_000, 6, claim_cert), "ignored"),
+            (
+                impostor("disconnected", t + 90_000, 6, claim_cert),
+                "ignored",
+            ),
+            (
+                impostor("disconnected", t + 95_000, 7, "AROAEXAMPLE:x"),
+                "ignored",
+            ),
+        ],
+        &config,
+        &registry,
+        &alerts,
+        t,
+    )
+    .await;
+    for ignored in &summaries[1..] {
+        assert_eq!(
+            ignored.ignored_because,
+            Some(FOREIGN_PRINCIPAL),
+            "{ignored:?}"
+        );
+    }
+    let item = table.get(&client, "device").await.unwrap().unwrap();
+    assert_eq!(item["online"], true, "{item}");
+    assert_eq!(item["session_id"], "session-5");
+    assert_eq!(item["certificate_id"], DEVICE_CERT);
+    assert!(item.get("offline_since").is_none());
+
+    // A device provisioned before certificates were recorded (its manifest row claimed, no
+    // certificate on its device item): an impostor adopts nothing, the device's first event
+    // adopts the manifest's certificate once and applies.
+    let legacy = unique_name("SN-OLD");
+    registry
+        .manifest
+        .insert(&shoal_shared::provisioning::ManifestEntry {
+            serial: legacy.parse().unwrap(),
+            model: "th-v2".into(),
+            batch: "b0".into(),
+            status: shoal_shared::provisioning::DeviceStatus::Provisioned,
+            certificate_id: Some(DEVICE_CERT.into()),
+            thing_name: Some(legacy.parse().unwrap()),
+            thing_group: None,
+            attributes: Default::default(),
+            proof: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        })
+        .await
+        .unwrap();
+    expect_outcomes(
+        [
+            (impostor_of(&legacy, claim_cert), "ignored"),
+            (lifecycle(&legacy, "connected", t, 1), "applied"),
+            (impostor_of(&legacy, claim_cert), "ignored"),
+        ],
+        &config,
+        &registry,
+        &alerts,
+        t,
+    )
+    .await;
+    let item = table.get(&legacy, "device").await.unwrap().unwrap();
+    assert_eq!(item["certificate_id"], DEVICE_CERT);
+    assert_eq!(item["online"], true);
+
+    // A thing nobody provisioned: nothing is recorded for it at all.
+    let stranger = unique_name("SN-NONE");
+    expect_outcomes(
+        [(lifecycle(&stranger, "connected", t, 1), "ignored")],
+        &config,
+        &registry,
+        &alerts,
+        t,
+    )
+    .await;
+    assert!(table.get(&stranger, "device").await.unwrap().is_none());
 }
 
 /// AWS's session takeover: the same client id connects again, and the old session's
@@ -383,14 +539,13 @@ async fn expect_outcomes(
 #[tokio::test]
 async fn a_taken_over_session_never_marks_the_new_one_offline() {
     let factory = local::factory().await;
-    let table = device_table(&factory).await;
-    let registry = Registry(table.clone());
     let alerts = IotAlerts(factory.iot_data());
     let config = PresenceConfig {
         offline_threshold_s: 600,
         alerts_topic: "shoal/alerts".into(),
     };
     let client = unique_name("takeover");
+    let (registry, table) = provisioned(&factory, &client).await;
     let t0 = 1_800_000_000_000u64;
     let mut old_session_ends = lifecycle(&client, "disconnected", t0 + 600_250, 41);
     old_session_ends["disconnectReason"] = json!("DUPLICATE_CLIENTID");
@@ -424,14 +579,13 @@ async fn a_taken_over_session_never_marks_the_new_one_offline() {
 #[tokio::test]
 async fn lifecycle_events_out_of_order_and_duplicated_never_regress_presence() {
     let factory = local::factory().await;
-    let table = device_table(&factory).await;
-    let registry = Registry(table.clone());
     let alerts = IotAlerts(factory.iot_data());
     let config = PresenceConfig {
         offline_threshold_s: 600,
         alerts_topic: "shoal/alerts".into(),
     };
     let client = unique_name("presence");
+    let (registry, table) = provisioned(&factory, &client).await;
     let t = 1_800_000_000_000u64;
     let delivered = [
         (lifecycle(&client, "disconnected", t + 2_000, 1), "applied"),

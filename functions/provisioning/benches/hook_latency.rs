@@ -1,5 +1,6 @@
 //! Pre-provisioning hook decision latency against the local stack: 1,000 calls (900 manifest
-//! serials, each read and claimed; 100 unknown serials), one at a time, p50/p99/max.
+//! serials, each read, claimed and its certificate recorded; 100 unknown serials), one at a
+//! time, p50/p99/max.
 //!
 //! Needs the local stack: `make stack-up`, then `make bench-hook` (release build). Prints the
 //! numbers for BENCHMARKS.md; asserts nothing about time.
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate, handle};
 use provisioning::registry::IotCertificates;
 use shoal_shared::aws::ClientFactory;
+use shoal_shared::device_table::DeviceTable;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::{
     DeviceStatus, HookRequest, ManifestEntry, Serial, TemplateModels,
@@ -54,6 +56,7 @@ async fn main() {
             thing_name: None,
             thing_group: None,
             attributes: BTreeMap::new(),
+            proof: None,
             created_at_ms: 0,
             updated_at_ms: 0,
         })
@@ -61,9 +64,15 @@ async fn main() {
     table.write_all(&entries, |_| {}).await.unwrap();
     let models: TemplateModels = "shoal-fleet=th-v2".parse().unwrap();
     let certificates = IotCertificates::new(factory.iot());
+    let devices = DeviceTable::new(
+        factory.dynamodb(),
+        format!("bench-devices-{run}").parse().unwrap(),
+    );
+    devices.ensure_exists().await.unwrap();
     let gate = Gate {
         manifest: &table,
         certificates: &certificates,
+        devices: &devices,
         models: &models,
         claim_lease: DEFAULT_CLAIM_LEASE,
     };

@@ -12,6 +12,7 @@ use std::time::Duration;
 use shoal_shared::aws::AwsError;
 use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
+use shoal_shared::device_table::DeviceTable;
 use shoal_shared::ids::ThingName;
 use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
 use shoal_shared::provisioning::{
@@ -125,6 +126,29 @@ pub trait Certificates: Sync {
     ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
 }
 
+/// The device registry as provisioning needs it: where the certificate a thing is provisioned
+/// with is recorded, so that presence can tell the device's lifecycle events from an impostor's
+/// without a call per event.
+pub trait DeviceCertificates: Sync {
+    /// Records `certificate_id` as the certificate of `thing` (replacing an earlier one).
+    fn record_certificate(
+        &self,
+        thing: &ThingName,
+        certificate_id: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+impl DeviceCertificates for DeviceTable {
+    async fn record_certificate(
+        &self,
+        thing: &ThingName,
+        certificate_id: &str,
+    ) -> Result<(), AwsError> {
+        let now = u64::try_from(now_ms()).unwrap_or_default();
+        DeviceTable::record_certificate(self, thing.as_str(), certificate_id, now).await
+    }
+}
+
 /// How long a claim holds a serial for a certificate that has not become ACTIVE, by default.
 /// Fleet provisioning activates the certificate within seconds of the hook's answer; a claim
 /// older than this whose certificate is not ACTIVE belongs to a RegisterThing that failed (or a
@@ -134,6 +158,8 @@ pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookConfig {
     pub manifest_table: TableName,
+    /// `SHOAL_DEVICE_TABLE`: where an allowed certificate is recorded as the thing's.
+    pub device_table: TableName,
     pub template_models: TemplateModels,
     /// `SHOAL_CLAIM_LEASE_S` (default [`DEFAULT_CLAIM_LEASE`]).
     pub claim_lease: Duration,
@@ -144,6 +170,7 @@ impl HookConfig {
         let lease_s: Option<u64> = config::optional(source, vars::CLAIM_LEASE_S)?;
         Ok(Self {
             manifest_table: config::required(source, vars::MANIFEST_TABLE)?,
+            device_table: config::required(source, vars::DEVICE_TABLE)?,
             template_models: config::required(source, vars::TEMPLATE_MODELS)?,
             claim_lease: lease_s.map_or(DEFAULT_CLAIM_LEASE, Duration::from_secs),
         })
@@ -151,9 +178,12 @@ impl HookConfig {
 }
 
 /// What the hook decides with, besides the request.
-pub struct Gate<'a, M, C> {
+pub struct Gate<'a, M, C, D> {
     pub manifest: &'a M,
     pub certificates: &'a C,
+    /// Where an allowed certificate is recorded as the thing's (after the claim, before AWS
+    /// activates it: no device connects unrecorded).
+    pub devices: &'a D,
     pub models: &'a TemplateModels,
     pub claim_lease: Duration,
 }
@@ -164,7 +194,7 @@ fn internal(e: AwsError) -> Denial {
 
 async fn decide_and_claim(
     request: &HookRequest,
-    gate: &Gate<'_, impl Manifest, impl Certificates>,
+    gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
 ) -> Result<HookResponse, Denial> {
     let (manifest, models) = (gate.manifest, gate.models);
     let serial = requested_serial(request)?;
@@ -191,6 +221,10 @@ async fn decide_and_claim(
             "serial {serial} changed while it was being claimed"
         )));
     }
+    gate.devices
+        .record_certificate(&thing, &request.certificate_id)
+        .await
+        .map_err(internal)?;
     Ok(HookResponse {
         allow_provisioning: true,
         parameter_overrides: overrides,
@@ -203,7 +237,7 @@ async fn decide_and_claim(
 /// `existing`'s.
 async fn take_over_lapsed_claim(
     request: &HookRequest,
-    gate: &Gate<'_, impl Manifest, impl Certificates>,
+    gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
     entry: ManifestEntry,
     serial: Serial,
     existing: String,
@@ -253,6 +287,10 @@ async fn take_over_lapsed_claim(
             "serial {serial} changed while its lapsed claim was being taken over"
         )));
     }
+    gate.devices
+        .record_certificate(&serial.thing_name(), &request.certificate_id)
+        .await
+        .map_err(internal)?;
     tracing::warn!(
         %serial,
         previous_certificate = %existing,
@@ -269,7 +307,7 @@ async fn take_over_lapsed_claim(
 /// Answers one hook request within `deadline`; every failure is a logged denial.
 pub async fn handle(
     request: &HookRequest,
-    gate: &Gate<'_, impl Manifest, impl Certificates>,
+    gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
     deadline: Duration,
 ) -> HookResponse {
     let decided = tokio::time::timeout(deadline, decide_and_claim(request, gate))
@@ -323,6 +361,8 @@ mod tests {
         entries: Mutex<BTreeMap<String, ManifestEntry>>,
         /// Certificate statuses in the registry (absent: no such certificate).
         statuses: Mutex<BTreeMap<String, String>>,
+        /// The device registry's certificate per thing.
+        recorded: Mutex<BTreeMap<String, String>>,
         audit: Mutex<Vec<String>>,
         down: bool,
         slow: bool,
@@ -421,6 +461,7 @@ mod tests {
             thing_name: None,
             thing_group: None,
             attributes: BTreeMap::new(),
+            proof: None,
             created_at_ms: 0,
             updated_at_ms: 0,
         };
@@ -445,10 +486,11 @@ mod tests {
     static MODELS: std::sync::LazyLock<TemplateModels> =
         std::sync::LazyLock::new(|| "shoal-fleet=th-v2".parse().unwrap());
 
-    fn gate(m: &Memory) -> Gate<'_, Memory, Memory> {
+    fn gate(m: &Memory) -> Gate<'_, Memory, Memory, Memory> {
         Gate {
             manifest: m,
             certificates: m,
+            devices: m,
             models: &MODELS,
             claim_lease: DEFAULT_CLAIM_LEASE,
         }
@@ -457,6 +499,20 @@ mod tests {
     impl Certificates for Memory {
         async fn status(&self, certificate_id: &str) -> Result<Option<String>, AwsError> {
             Ok(self.statuses.lock().unwrap().get(certificate_id).cloned())
+        }
+    }
+
+    impl DeviceCertificates for Memory {
+        async fn record_certificate(
+            &self,
+            thing: &ThingName,
+            certificate_id: &str,
+        ) -> Result<(), AwsError> {
+            self.recorded
+                .lock()
+                .unwrap()
+                .insert(thing.to_string(), certificate_id.to_owned());
+            Ok(())
         }
     }
 
@@ -473,6 +529,11 @@ mod tests {
         assert_eq!(again, first);
         let other = handle(&request("SN-1", "c2"), &gate(&m), DEFAULT_DEADLINE).await;
         assert!(!other.allow_provisioning);
+        // The allowed certificate, and only it, is the thing's in the device registry.
+        assert_eq!(
+            *m.recorded.lock().unwrap(),
+            BTreeMap::from([("SN-1".to_owned(), "c1".to_owned())])
+        );
     }
 
     /// A claim whose certificate never became ACTIVE lapses after the lease: a new certificate
@@ -508,6 +569,11 @@ mod tests {
         let stored = m.entries.lock().unwrap()["SN-1"].clone();
         assert_eq!(stored.certificate_id.as_deref(), Some("c2"));
         assert_eq!(*m.audit.lock().unwrap(), ["claim_taken_over c1 -> c2"]);
+        assert_eq!(
+            m.recorded.lock().unwrap()["SN-1"],
+            "c2",
+            "the thing's certificate follows"
+        );
         // c2 became ACTIVE: past the lease, nobody takes it.
         m.statuses
             .lock()
@@ -586,19 +652,23 @@ mod tests {
     }
 
     #[test]
-    fn config_needs_the_table_and_the_template_models() {
+    fn config_needs_the_tables_and_the_template_models() {
         let env: BTreeMap<&str, &str> = [
             (vars::MANIFEST_TABLE, "shoal-manifest"),
+            (vars::DEVICE_TABLE, "shoal-devices"),
             (vars::TEMPLATE_MODELS, "shoal-fleet=th-v2,gps-v1"),
         ]
         .into();
         let config = HookConfig::from_source(&env).unwrap();
         assert!(config.template_models.allows("shoal-fleet", "gps-v1"));
-        let mut missing = env.clone();
-        missing.remove(vars::TEMPLATE_MODELS);
-        assert_eq!(
-            HookConfig::from_source(&missing).unwrap_err().to_string(),
-            "environment variable SHOAL_TEMPLATE_MODELS is not set"
-        );
+        assert_eq!(config.device_table.as_str(), "shoal-devices");
+        for var in [vars::TEMPLATE_MODELS, vars::DEVICE_TABLE] {
+            let mut missing = env.clone();
+            missing.remove(var);
+            assert_eq!(
+                HookConfig::from_source(&missing).unwrap_err().to_string(),
+                format!("environment variable {var} is not set")
+            );
+        }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! A certificate whose subject CN is a manifest serial that may be provisioned to it is
 //! claimed in the manifest (conditional write), gets its thing (attributes from the manifest),
-//! the device policy, the thing principal and an initial shadow, and is activated last, so the
+//! the device policy, the thing principal, an initial shadow and its certificate recorded in the
+//! device registry (`SHOAL_DEVICE_TABLE`), and is activated last, so the
 //! device's retry finds everything in place. Anything else is revoked, and the reason logged and,
 //! for a serial of the manifest, kept in its audit trail.
 //! Every step is idempotent: a replayed event reaches the same end state without error.
@@ -24,7 +25,7 @@ use shoal_shared::provisioning::{
 use shoal_shared::shadow::check_update;
 use shoal_shared::shadow::document::{ShadowState, ShadowUpdate, UpdateState};
 
-use crate::hook::Manifest;
+use crate::hook::{DeviceCertificates, Manifest};
 
 /// `$aws/events/certificates/registered/<caCertificateId>`, as AWS IoT publishes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,8 @@ pub trait Registry: Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JitrConfig {
     pub manifest_table: TableName,
+    /// `SHOAL_DEVICE_TABLE`: where the activated certificate is recorded as the thing's.
+    pub device_table: TableName,
     /// The IoT policy every device certificate gets.
     pub device_policy: String,
     /// Initial shadow `desired` per device model (`SHOAL_MODEL_DEFAULTS`, a JSON object).
@@ -126,6 +129,7 @@ impl JitrConfig {
         let defaults: Option<ModelDefaults> = config::optional(source, vars::MODEL_DEFAULTS)?;
         Ok(Self {
             manifest_table: config::required(source, vars::MANIFEST_TABLE)?,
+            device_table: config::required(source, vars::DEVICE_TABLE)?,
             device_policy,
             model_defaults: defaults.unwrap_or_default().0,
         })
@@ -139,11 +143,23 @@ pub enum Outcome {
     Revoked { reason: String },
 }
 
-/// Why `entry` may not be provisioned to `certificate_id`, if it may not.
-fn refusal(serial: &Serial, entry: Option<&ManifestEntry>, certificate_id: &str) -> Option<String> {
+/// Why `entry` may not be provisioned to the certificate (`certificate_id`, `certificate_pem`),
+/// if it may not: a serial that is not pending or provisioned to it, or a device key other than
+/// the manifest's proof names.
+fn refusal(
+    serial: &Serial,
+    entry: Option<&ManifestEntry>,
+    certificate_id: &str,
+    certificate_pem: &str,
+) -> Option<String> {
     let Some(entry) = entry else {
         return Some(format!("serial {serial} is not in the factory manifest"));
     };
+    if let Some(proof) = &entry.proof
+        && let Err(e) = proof.check_certificate(certificate_pem)
+    {
+        return Some(format!("serial {serial}: {e}"));
+    }
     match (entry.status, entry.certificate_id.as_deref()) {
         (DeviceStatus::Pending, _) => None,
         (DeviceStatus::Provisioned, Some(c)) if c == certificate_id => None,
@@ -160,6 +176,7 @@ pub async fn handle_registration(
     event: &RegistrationEvent,
     registry: &impl Registry,
     manifest: &impl Manifest,
+    devices: &impl DeviceCertificates,
     config: &JitrConfig,
 ) -> Result<Outcome, AwsError> {
     let certificate = registry.describe_certificate(&event.certificate_id).await?;
@@ -168,7 +185,12 @@ pub async fn handle_registration(
         Err(reason) => return revoke(registry, event, reason).await,
     };
     let entry = manifest.get(&serial).await?;
-    if let Some(reason) = refusal(&serial, entry.as_ref(), &event.certificate_id) {
+    if let Some(reason) = refusal(
+        &serial,
+        entry.as_ref(),
+        &event.certificate_id,
+        &certificate.pem,
+    ) {
         if entry.is_some() {
             manifest
                 .record_refusal(&serial, &event.certificate_id, &reason, now_ms())
@@ -183,8 +205,13 @@ pub async fn handle_registration(
         .await?
     {
         let now = manifest.get(&serial).await?;
-        let reason = refusal(&serial, now.as_ref(), &event.certificate_id)
-            .unwrap_or_else(|| format!("serial {serial} changed while it was being claimed"));
+        let reason = refusal(
+            &serial,
+            now.as_ref(),
+            &event.certificate_id,
+            &certificate.pem,
+        )
+        .unwrap_or_else(|| format!("serial {serial} changed while it was being claimed"));
         manifest
             .record_refusal(&serial, &event.certificate_id, &reason, now_ms())
             .await?;
@@ -205,7 +232,11 @@ pub async fn handle_registration(
         .cloned()
         .unwrap_or_default();
     registry.ensure_shadow(&thing, &desired).await?;
-    // Last: the device's retried connection must find its thing, policy and shadow.
+    devices
+        .record_certificate(&thing, &event.certificate_id)
+        .await?;
+    // Last: the device's retried connection must find its thing, policy, shadow and recorded
+    // certificate (presence applies only that certificate's lifecycle events).
     registry
         .set_certificate_status(&event.certificate_id, "ACTIVE")
         .await?;
@@ -244,6 +275,7 @@ mod tests {
             thing_name: None,
             thing_group: None,
             attributes: BTreeMap::new(),
+            proof: None,
             created_at_ms: 0,
             updated_at_ms: 0,
         }
@@ -253,14 +285,15 @@ mod tests {
     fn who_may_be_registered() {
         let serial = Serial::parse("SN-1").unwrap();
         assert_eq!(
-            refusal(&serial, Some(&entry(DeviceStatus::Pending, None)), "c1"),
+            refusal(&serial, Some(&entry(DeviceStatus::Pending, None)), "c1", ""),
             None
         );
         assert_eq!(
             refusal(
                 &serial,
                 Some(&entry(DeviceStatus::Provisioned, Some("c1"))),
-                "c1"
+                "c1",
+                ""
             ),
             None
         );
@@ -273,9 +306,16 @@ mod tests {
             (Some(entry(DeviceStatus::Revoked, Some("c1"))), "is revoked"),
             (Some(entry(DeviceStatus::Retired, None)), "is retired"),
         ] {
-            let reason = refusal(&serial, e.as_ref(), "c1").unwrap();
+            let reason = refusal(&serial, e.as_ref(), "c1", "").unwrap();
             assert!(reason.contains(why), "{reason}");
         }
+        // A row naming the device key refuses a certificate it cannot read (tests/ checks keys).
+        let keyed = ManifestEntry {
+            proof: Some(format!("key-sha256:{}", "0".repeat(64)).parse().unwrap()),
+            ..entry(DeviceStatus::Pending, None)
+        };
+        let reason = refusal(&serial, Some(&keyed), "c1", "no PEM").unwrap();
+        assert!(reason.contains("proof of possession required"), "{reason}");
     }
 
     #[test]
@@ -314,6 +354,7 @@ mod tests {
         let source = BTreeMap::from([
             (vars::DEVICE_POLICY, "shoal-device"),
             (vars::MANIFEST_TABLE, "shoal-manifest"),
+            (vars::DEVICE_TABLE, "shoal-devices"),
             (vars::MODEL_DEFAULTS, deep),
         ]);
         let err = JitrConfig::from_source(&source).unwrap_err();

@@ -4,7 +4,9 @@ use shoal_shared::aws::AwsError;
 use shoal_shared::clock::now_ms;
 use shoal_shared::device_table::{DeviceTable, OfflineDevice};
 use shoal_shared::ids::ThingName;
-use shoal_shared::presence::LifecycleEvent;
+use shoal_shared::manifest_table::ManifestTable;
+use shoal_shared::presence::{LifecycleEvent, Recorded};
+use shoal_shared::provisioning::{DeviceStatus, Serial};
 use shoal_shared::shadow::ShadowRef;
 use shoal_shared::shadow::ota::OtaReport;
 use shoal_shared::shadow::policy::Conflict;
@@ -55,20 +57,50 @@ impl DeviceRecords for Registry {
     }
 }
 
-impl PresenceRecords for Registry {
+/// The device table as the presence trigger uses it, with the manifest it falls back on (once)
+/// for devices provisioned before certificates were recorded.
+pub struct PresenceRegistry {
+    pub devices: DeviceTable,
+    pub manifest: ManifestTable,
+}
+
+impl PresenceRecords for PresenceRegistry {
     async fn record_presence(
         &self,
         thing: &ThingName,
         event: &LifecycleEvent,
+    ) -> Result<Recorded, AwsError> {
+        self.devices
+            .record_presence(thing.as_str(), event, now())
+            .await
+    }
+
+    async fn adopt_manifest_certificate(
+        &self,
+        serial: &Serial,
+        principal: &str,
     ) -> Result<bool, AwsError> {
-        self.0.record_presence(thing.as_str(), event, now()).await
+        let claimed = self.manifest.get(serial).await?.is_some_and(|entry| {
+            entry.status == DeviceStatus::Provisioned
+                && entry.certificate_id.as_deref() == Some(principal)
+        });
+        if !claimed {
+            return Ok(false);
+        }
+        // Recorded meanwhile (by another event, or by provisioning): the retry decides.
+        self.devices
+            .adopt_certificate(serial.as_str(), principal, now())
+            .await?;
+        Ok(true)
     }
 
     async fn offline_before(&self, cutoff_ms: u64) -> Result<Vec<OfflineDevice>, AwsError> {
-        self.0.offline_before(cutoff_ms).await
+        self.devices.offline_before(cutoff_ms).await
     }
 
     async fn mark_alerted(&self, thing: &str, offline_since_ms: u64) -> Result<bool, AwsError> {
-        self.0.mark_alerted(thing, offline_since_ms, now()).await
+        self.devices
+            .mark_alerted(thing, offline_since_ms, now())
+            .await
     }
 }

@@ -10,15 +10,26 @@ use shoal_shared::aws::AwsError;
 use shoal_shared::config::{self, ConfigError, Source, vars};
 use shoal_shared::device_table::OfflineDevice;
 use shoal_shared::ids::ThingName;
-use shoal_shared::presence::{LifecycleEvent, OfflineAlert};
-use shoal_shared::provisioning::CLAIM_CLIENT_ID_PREFIX;
+use shoal_shared::presence::{LifecycleEvent, OfflineAlert, Recorded};
+use shoal_shared::provisioning::{CLAIM_CLIENT_ID_PREFIX, Serial};
 
 pub trait PresenceRecords: Sync {
-    /// `Ok(false)`: the registry holds a later or the same event; nothing changed.
+    /// Records the event unless its principal is not the certificate recorded for `thing` at
+    /// provisioning ([`Recorded::ForeignPrincipal`]) or the registry holds a later or the same
+    /// event ([`Recorded::Stale`]); compared in the registry's write, never by a call per event.
     fn record_presence(
         &self,
         thing: &ThingName,
         event: &LifecycleEvent,
+    ) -> impl Future<Output = Result<Recorded, AwsError>> + Send;
+    /// For a thing with no certificate recorded ([`Recorded::Unrecorded`]: provisioned before
+    /// Shoal recorded certificates): records `principal` as its certificate if the manifest's
+    /// claim for `serial` names it (a provisioned row). `Ok(false)`: the manifest names another
+    /// certificate or none. One read, once per such device.
+    fn adopt_manifest_certificate(
+        &self,
+        serial: &Serial,
+        principal: &str,
     ) -> impl Future<Output = Result<bool, AwsError>> + Send;
     fn offline_before(
         &self,
@@ -53,12 +64,22 @@ impl PresenceConfig {
 pub struct PresenceSummary {
     pub thing: Option<String>,
     pub event_type: Option<String>,
-    /// `applied`, `stale` (a later or duplicate event was already applied), `ignored` (a claim
-    /// connection's event: no device) or `rejected`.
+    /// `applied`, `stale` (a later or duplicate event was already applied), `ignored` (see
+    /// `ignored_because`) or `rejected` (not a lifecycle event).
     pub outcome: &'static str,
+    /// Why an event was ignored: `claim_connection` (provisioning by claim, no device) or
+    /// `foreign_principal` (not the certificate the thing was provisioned with, or no certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored_because: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// Why presence ignores an event of a client it cannot trust as the thing (a security signal:
+/// counted as EMF `ForeignPrincipal`).
+pub const FOREIGN_PRINCIPAL: &str = "foreign_principal";
+/// A claim connection's event: provisioning, not a device.
+pub const CLAIM_CONNECTION: &str = "claim_connection";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepSummary {
@@ -100,6 +121,7 @@ pub async fn handle(
     {
         return Ok(PresenceAnswer::Event(PresenceSummary {
             outcome: "ignored",
+            ignored_because: Some(CLAIM_CONNECTION),
             reason: Some(format!(
                 "client {client:?} is a claim connection (prefix {CLAIM_CLIENT_ID_PREFIX:?}), not a device"
             )),
@@ -124,14 +146,61 @@ pub async fn handle(
             }));
         }
     };
-    let applied = records.record_presence(&thing, &event).await?;
-    Ok(PresenceAnswer::Event(PresenceSummary {
+    let summary = PresenceSummary {
         thing: Some(thing.to_string()),
         event_type: serde_json::to_value(event.event_type)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned)),
-        outcome: if applied { "applied" } else { "stale" },
-        reason: None,
+        ..PresenceSummary::default()
+    };
+    let foreign = |reason: String| {
+        tracing::warn!(%thing, %reason, "presence event of a foreign principal ignored");
+        PresenceAnswer::Event(PresenceSummary {
+            outcome: "ignored",
+            ignored_because: Some(FOREIGN_PRINCIPAL),
+            reason: Some(reason),
+            ..summary.clone()
+        })
+    };
+    // Devices are provisioned from the manifest (serial = thing name) with a certificate: a
+    // principal that is no certificate, or a thing that is no serial, is no device's (no call).
+    let principal = match event.certificate_principal() {
+        Ok(p) => p,
+        Err(reason) => return Ok(foreign(reason)),
+    };
+    let serial = match Serial::parse(thing.as_str()) {
+        Ok(serial) => serial,
+        Err(e) => {
+            return Ok(foreign(format!(
+                "thing {thing} is no manifest serial ({e})"
+            )));
+        }
+    };
+    let mut recorded = records.record_presence(&thing, &event).await?;
+    if recorded == Recorded::Unrecorded
+        && records
+            .adopt_manifest_certificate(&serial, principal)
+            .await?
+    {
+        recorded = records.record_presence(&thing, &event).await?;
+    }
+    let outcome = match recorded {
+        Recorded::Applied => "applied",
+        Recorded::Stale => "stale",
+        Recorded::ForeignPrincipal => {
+            return Ok(foreign(format!(
+                "principal {principal} is not the certificate thing {thing} was provisioned with"
+            )));
+        }
+        Recorded::Unrecorded => {
+            return Ok(foreign(format!(
+                "no certificate is recorded for thing {thing}, and the manifest does not name {principal} for it"
+            )));
+        }
+    };
+    Ok(PresenceAnswer::Event(PresenceSummary {
+        outcome,
+        ..summary
     }))
 }
 
@@ -186,13 +255,31 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    /// The registry's conditional write, in memory (`presence::supersedes`, the rule the device
-    /// table's condition states): order, online, last event time, alerted per thing.
-    #[derive(Default)]
+    /// The registry's conditional write, in memory: the recorded certificate per thing, then
+    /// `presence::supersedes` (the rule the device table's condition states): order, online,
+    /// last event time, alerted per thing.
     struct Registry {
+        certificates: Mutex<BTreeMap<String, String>>,
+        /// The manifest's claims (serial → certificate).
+        manifest: BTreeMap<String, String>,
         things: Mutex<BTreeMap<String, (u128, bool, u64, bool)>>,
         published: Mutex<Vec<(String, Value)>>,
         fail_publish: bool,
+    }
+
+    /// The certificate `d-1` was provisioned with.
+    const CERT: &str = "2d9b1f4c0e5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e";
+
+    impl Default for Registry {
+        fn default() -> Self {
+            Self {
+                certificates: Mutex::new([("d-1".to_owned(), CERT.to_owned())].into()),
+                manifest: [("d-1".to_owned(), CERT.to_owned())].into(),
+                things: Mutex::default(),
+                published: Mutex::default(),
+                fail_publish: false,
+            }
+        }
     }
 
     impl PresenceRecords for Registry {
@@ -200,16 +287,38 @@ mod tests {
             &self,
             thing: &ThingName,
             e: &LifecycleEvent,
-        ) -> Result<bool, AwsError> {
+        ) -> Result<Recorded, AwsError> {
+            match self.certificates.lock().unwrap().get(thing.as_str()) {
+                None => return Ok(Recorded::Unrecorded),
+                Some(c) if Some(c) != e.principal_identifier.as_ref() => {
+                    return Ok(Recorded::ForeignPrincipal);
+                }
+                Some(_) => {}
+            }
             let mut things = self.things.lock().unwrap();
             let online = e.event_type == PresenceEvent::Connected;
             let recorded = things
                 .get(thing.as_str())
                 .map(|(order, _, ts, _)| (*ts, *order));
             if !shoal_shared::presence::supersedes(e, recorded) {
-                return Ok(false);
+                return Ok(Recorded::Stale);
             }
             things.insert(thing.to_string(), (e.order(), online, e.timestamp, false));
+            Ok(Recorded::Applied)
+        }
+        async fn adopt_manifest_certificate(
+            &self,
+            serial: &Serial,
+            principal: &str,
+        ) -> Result<bool, AwsError> {
+            if self.manifest.get(serial.as_str()).map(String::as_str) != Some(principal) {
+                return Ok(false);
+            }
+            self.certificates
+                .lock()
+                .unwrap()
+                .entry(serial.to_string())
+                .or_insert_with(|| principal.to_owned());
             Ok(true)
         }
         async fn offline_before(&self, cutoff: u64) -> Result<Vec<OfflineDevice>, AwsError> {
@@ -257,7 +366,7 @@ mod tests {
 
     fn lifecycle(kind: &str, ts: u64, version: u64) -> Value {
         json!({"clientId": "d-1", "timestamp": ts, "eventType": kind, "sessionIdentifier": "s",
-               "principalIdentifier": "p", "versionNumber": version,
+               "principalIdentifier": CERT, "versionNumber": version,
                "disconnectReason": "MQTT_KEEP_ALIVE_TIMEOUT", "clientInitiatedDisconnect": false})
     }
 
@@ -354,7 +463,7 @@ mod tests {
 
     fn event_of(kind: &str, ts: u64, version: u64, reason: &str) -> Value {
         json!({"clientId": "d-1", "timestamp": ts, "eventType": kind,
-               "sessionIdentifier": format!("session-{version}"), "principalIdentifier": "p",
+               "sessionIdentifier": format!("session-{version}"), "principalIdentifier": CERT,
                "versionNumber": version, "disconnectReason": reason,
                "clientInitiatedDisconnect": false})
     }
@@ -372,6 +481,82 @@ mod tests {
         assert_eq!(summary.event_type.as_deref(), Some("connected"));
         assert!(summary.reason.unwrap().contains("claim connection"));
         assert!(r.things.lock().unwrap().is_empty());
+    }
+
+    /// Case 2 of issue 12: an impostor using a device's client id (another certificate, an IAM
+    /// principal, none) changes nothing; each is ignored as `foreign_principal` and counted.
+    #[tokio::test]
+    async fn events_of_another_principal_are_ignored_and_never_recorded() {
+        let r = Registry::default();
+        let c = config();
+        let other = "f".repeat(64);
+        let mut impostors = Vec::new();
+        for principal in [
+            json!(other),
+            json!("123456789012/AROAEXAMPLE:session"),
+            json!(null),
+            json!(CERT.to_uppercase()),
+        ] {
+            let mut event = event_of("connected", 5_000, 9, "");
+            event["principalIdentifier"] = principal;
+            impostors.push(event);
+        }
+        let mut not_a_serial = event_of("connected", 5_000, 9, "");
+        not_a_serial["clientId"] = json!("d:1");
+        not_a_serial["principalIdentifier"] = json!(CERT);
+        impostors.push(not_a_serial);
+        handle(
+            event_of("disconnected", 1_000, 3, "CONNECTION_LOST"),
+            &c,
+            &r,
+            &r,
+            0,
+        )
+        .await
+        .unwrap();
+        for event in impostors {
+            let PresenceAnswer::Event(summary) =
+                handle(event.clone(), &c, &r, &r, 0).await.unwrap()
+            else {
+                panic!("an event")
+            };
+            assert_eq!(summary.outcome, "ignored", "{event}");
+            assert_eq!(summary.ignored_because, Some(FOREIGN_PRINCIPAL), "{event}");
+            assert!(summary.reason.is_some());
+        }
+        let things = r.things.lock().unwrap();
+        assert_eq!(things.len(), 1);
+        assert!(
+            !things["d-1"].1,
+            "still offline: no impostor's connect was recorded"
+        );
+    }
+
+    /// A device provisioned before certificates were recorded: its first event adopts the
+    /// manifest's certificate (once), an impostor's adopts nothing.
+    #[tokio::test]
+    async fn a_device_without_a_recorded_certificate_adopts_the_manifests_once() {
+        let r = Registry::default();
+        r.certificates.lock().unwrap().clear();
+        let c = config();
+        let mut impostor = event_of("connected", 1_000, 1, "");
+        impostor["principalIdentifier"] = json!("e".repeat(64));
+        let PresenceAnswer::Event(s) = handle(impostor, &c, &r, &r, 0).await.unwrap() else {
+            panic!("an event")
+        };
+        assert_eq!(
+            (s.outcome, s.ignored_because),
+            ("ignored", Some(FOREIGN_PRINCIPAL))
+        );
+        assert!(r.certificates.lock().unwrap().is_empty());
+        let PresenceAnswer::Event(s) = handle(event_of("connected", 2_000, 1, ""), &c, &r, &r, 0)
+            .await
+            .unwrap()
+        else {
+            panic!("an event")
+        };
+        assert_eq!(s.outcome, "applied", "{s:?}");
+        assert_eq!(r.certificates.lock().unwrap()["d-1"], CERT);
     }
 
     #[tokio::test]
@@ -467,13 +652,15 @@ mod tests {
 
     proptest! {
         /// Whatever the delivery order, duplication and clock error (±2 minutes) of a client's
-        /// lifecycle events — takeovers, short and long absences, versionNumber resets — the
-        /// registry ends in the state of its newest connection.
+        /// lifecycle events — takeovers, short and long absences, versionNumber resets — and
+        /// whatever another principal sends in its name, the registry ends in the state of its
+        /// newest connection.
         #[test]
         fn presence_follows_the_newest_connection(
             (history, online) in history(),
             order in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
             jitter in prop::collection::vec(-120_000i64..120_000, 12),
+            impostors in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
         ) {
             let events: Vec<Value> = history
                 .iter()
@@ -486,6 +673,13 @@ mod tests {
             // Every event at least once, then duplicates, in a shuffled order.
             let mut delivery: Vec<Value> = events.clone();
             delivery.extend(order.iter().map(|ix| ix.get(&events).clone()));
+            // Another certificate's copies of real events, later and newer: never applied.
+            delivery.extend(impostors.iter().map(|ix| {
+                let mut e = ix.get(&events).clone();
+                e["principalIdentifier"] = json!("f".repeat(64));
+                e["versionNumber"] = json!(e["versionNumber"].as_u64().unwrap() + 1_000);
+                e
+            }));
             let n = delivery.len();
             for (k, ix) in order.iter().enumerate() {
                 delivery.swap(k % n, ix.index(n));

@@ -272,8 +272,9 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum ManifestCommand {
-    /// Import new devices from a CSV (serial,model,batch,thing_group,attributes): every row is
-    /// checked first and nothing is written if any row is bad.
+    /// Import new devices from a CSV (serial,model,batch,thing_group,attributes[,proof]): every
+    /// row is checked first and nothing is written if any row is bad. `proof` is
+    /// key-sha256:<hex> or secret-sha256:<hex> (README: Proof of possession).
     Import {
         /// The CSV file.
         file: std::path::PathBuf,

@@ -3,6 +3,7 @@ use provisioning::jitr::{JitrConfig, RegistrationEvent, handle_registration};
 use provisioning::registry::IotRegistry;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::ProcessEnv;
+use shoal_shared::device_table::DeviceTable;
 use shoal_shared::manifest_table::ManifestTable;
 
 #[tokio::main]
@@ -12,10 +13,11 @@ async fn main() -> Result<(), Error> {
     let factory = ClientFactory::from_env().await;
     let manifest = ManifestTable::new(factory.dynamodb(), config.manifest_table.clone());
     let registry = IotRegistry::new(&factory);
-    let (config, manifest, registry) = (&config, &manifest, &registry);
+    let devices = DeviceTable::new(factory.dynamodb(), config.device_table.clone());
+    let (config, manifest, registry, devices) = (&config, &manifest, &registry, &devices);
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<RegistrationEvent>| async move {
-            let outcome = handle_registration(&event.payload, registry, manifest, config)
+            let outcome = handle_registration(&event.payload, registry, manifest, devices, config)
                 .await
                 .map_err(|e| Diagnostic {
                     error_type: "RetryLater".into(),

@@ -3,6 +3,7 @@ use provisioning::hook::{DEFAULT_DEADLINE, Gate, HookConfig, handle};
 use provisioning::registry::IotCertificates;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::ProcessEnv;
+use shoal_shared::device_table::DeviceTable;
 use shoal_shared::manifest_table::ManifestTable;
 use shoal_shared::provisioning::{HookRequest, HookResponse};
 
@@ -13,9 +14,11 @@ async fn main() -> Result<(), Error> {
     let factory = ClientFactory::from_env().await;
     let manifest = ManifestTable::new(factory.dynamodb(), config.manifest_table.clone());
     let certificates = IotCertificates::new(factory.iot());
+    let devices = DeviceTable::new(factory.dynamodb(), config.device_table.clone());
     let gate = Gate {
         manifest: &manifest,
         certificates: &certificates,
+        devices: &devices,
         models: &config.template_models,
         claim_lease: config.claim_lease,
     };

@@ -1,11 +1,12 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
-use shadow_sync::edges::{IotAlerts, Registry};
-use shadow_sync::presence::{PresenceAnswer, PresenceConfig, handle};
+use shadow_sync::edges::{IotAlerts, PresenceRegistry};
+use shadow_sync::presence::{FOREIGN_PRINCIPAL, PresenceAnswer, PresenceConfig, handle};
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, ProcessEnv, TableName, vars};
 use shoal_shared::device_table::DeviceTable;
+use shoal_shared::manifest_table::ManifestTable;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -13,7 +14,11 @@ async fn main() -> Result<(), Error> {
     let config = PresenceConfig::from_source(&ProcessEnv)?;
     let table: TableName = config::required(&ProcessEnv, vars::DEVICE_TABLE)?;
     let factory = ClientFactory::from_env().await;
-    let registry = Registry(DeviceTable::new(factory.dynamodb(), table));
+    let manifest: TableName = config::required(&ProcessEnv, vars::MANIFEST_TABLE)?;
+    let registry = PresenceRegistry {
+        devices: DeviceTable::new(factory.dynamodb(), table),
+        manifest: ManifestTable::new(factory.dynamodb(), manifest),
+    };
     let alerts = IotAlerts(factory.iot_data());
     let (config, registry, alerts) = (&config, &registry, &alerts);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
@@ -31,6 +36,10 @@ async fn main() -> Result<(), Error> {
                 ("Stale", u64::from(e.outcome == "stale")),
                 ("Rejected", u64::from(e.outcome == "rejected")),
                 ("Ignored", u64::from(e.outcome == "ignored")),
+                (
+                    "ForeignPrincipal",
+                    u64::from(e.ignored_because == Some(FOREIGN_PRINCIPAL)),
+                ),
             ],
             PresenceAnswer::Sweep(s) => vec![
                 ("OfflinePastThreshold", s.offline_past_threshold as u64),
