@@ -205,6 +205,28 @@ impl DeviceTable {
             .map(|_| ())
     }
 
+    /// Takes a decommissioned device out of presence: offline, out of the offline index (no
+    /// alert for a device retired on purpose), no certificate recorded (a later lifecycle event
+    /// of its revoked certificate is ignored; a retired manifest row adopts nothing), `retired_at`
+    /// set. Idempotent.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn retire(&self, thing: &str, now_ms: u64) -> Result<(), AwsError> {
+        self.update(thing, DEVICE_RECORD)
+            .update_expression(
+                "SET #online = :false, retired_at = if_not_exists(retired_at, :now) \
+                 REMOVE certificate_id, offline_shard, offline_since",
+            )
+            .expression_attribute_names("#online", "online")
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem")
+            .map(|_| ())
+    }
+
     /// Records `certificate_id` for a thing that has none recorded (provisioned before Shoal
     /// recorded certificates; the caller checked the manifest's claim). `Ok(false)`: one is
     /// recorded already, nothing changed.

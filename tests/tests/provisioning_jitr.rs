@@ -389,10 +389,44 @@ async fn decommission_revokes_detaches_retires_and_audits() {
     s.register(&registry, &certificate_id).await;
     let parsed = Serial::parse(&serial).unwrap();
 
+    // Online, with its certificate recorded, when it is decommissioned; the revocation's
+    // disconnect lands first (AWS closes the connection of a revoked certificate).
+    let connected = |kind: &str, ts: u64| shoal_shared::presence::LifecycleEvent {
+        client_id: serial.clone(),
+        timestamp: ts,
+        event_type: if kind == "connected" {
+            shoal_shared::presence::PresenceEvent::Connected
+        } else {
+            shoal_shared::presence::PresenceEvent::Disconnected
+        },
+        session_identifier: Some("s-1".into()),
+        principal_identifier: Some(certificate_id.clone()),
+        ip_address: None,
+        version_number: 1,
+        client_initiated_disconnect: Some(false),
+        disconnect_reason: Some("AUTH_ERROR".into()),
+        thing_name: None,
+    };
+    let applied = shoal_shared::presence::Recorded::Applied;
+    assert_eq!(
+        s.devices
+            .record_presence(&serial, &connected("connected", 1_000), 1_000)
+            .await
+            .unwrap(),
+        applied
+    );
+    assert_eq!(
+        s.devices
+            .record_presence(&serial, &connected("disconnected", 2_000), 2_000)
+            .await
+            .unwrap(),
+        applied
+    );
     let mut printed = Vec::new();
     decommission(
         &s.factory,
         &s.manifest,
+        &s.devices,
         &parsed,
         ThingFate::Retire,
         "returned by customer",
@@ -429,11 +463,31 @@ async fn decommission_revokes_detaches_retires_and_audits() {
         )]
     );
 
+    // Out of presence: offline, never alerted on, its certificate no longer recorded (a late
+    // event of the revoked certificate is ignored).
+    let device = s.devices.get(&serial, "device").await.unwrap().unwrap();
+    assert_eq!(device["online"], false);
+    assert!(device.get("certificate_id").is_none(), "{device}");
+    assert!(device.get("offline_shard").is_none(), "{device}");
+    assert!(device["retired_at"].as_u64().is_some(), "{device}");
+    assert!(
+        s.devices.offline_before(u64::MAX).await.unwrap().is_empty(),
+        "no offline alert for a retired device"
+    );
+    assert_eq!(
+        s.devices
+            .record_presence(&serial, &connected("disconnected", 3_000), 3_000)
+            .await
+            .unwrap(),
+        shoal_shared::presence::Recorded::Unrecorded
+    );
+
     // Again: nothing to do, no error, no second audit record.
     let mut again = Vec::new();
     decommission(
         &s.factory,
         &s.manifest,
+        &s.devices,
         &parsed,
         ThingFate::Retire,
         "again",

@@ -1,14 +1,17 @@
 //! `shoal device decommission <serial>`: take a device out of the fleet for good.
 //!
 //! Revokes its certificate, detaches every policy from the certificate and the certificate from
-//! the thing, retires the thing (attribute `retired=true`) or deletes it, and marks the manifest
-//! entry retired with an audit record. Running it again on a retired device changes nothing.
+//! the thing, retires the thing (attribute `retired=true`) or deletes it, marks the manifest
+//! entry retired with an audit record, and takes the device out of presence (device table:
+//! offline, no offline alert, no certificate recorded). Running it again on a retired device
+//! only repeats that last, idempotent step.
 
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use shoal_shared::aws::{AwsResultExt, ClientFactory};
+use shoal_shared::device_table::DeviceTable;
 use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
 use shoal_shared::provisioning::{DeviceStatus, Serial};
 
@@ -23,6 +26,7 @@ pub enum ThingFate {
 pub async fn decommission(
     factory: &ClientFactory,
     manifest: &ManifestTable,
+    devices: &DeviceTable,
     serial: &Serial,
     fate: ThingFate,
     reason: &str,
@@ -32,7 +36,16 @@ pub async fn decommission(
         .get(serial)
         .await?
         .with_context(|| format!("serial {serial} is not in the factory manifest"))?;
+    let thing = entry
+        .thing_name
+        .clone()
+        .unwrap_or_else(|| serial.thing_name());
+    let now = shoal_shared::clock::now_ms();
     if entry.status == DeviceStatus::Retired {
+        // A run interrupted after the manifest step left the device table behind: finish it.
+        devices
+            .retire(thing.as_str(), u64::try_from(now).unwrap_or_default())
+            .await?;
         writeln!(out, "serial {serial} is already retired; nothing to do")?;
         return Ok(());
     }
@@ -40,10 +53,6 @@ pub async fn decommission(
         bail!("serial {serial} was never provisioned; remove it from the manifest instead");
     }
     let iot = factory.iot();
-    let thing = entry
-        .thing_name
-        .clone()
-        .unwrap_or_else(|| serial.thing_name());
     if let Some(certificate_id) = &entry.certificate_id {
         let described = iot
             .describe_certificate()
@@ -123,7 +132,6 @@ pub async fn decommission(
             writeln!(out, "thing {thing} marked retired")?;
         }
     }
-    let now = shoal_shared::clock::now_ms();
     let record = AuditRecord {
         at_ms: now,
         action: "decommissioned",
@@ -134,5 +142,13 @@ pub async fn decommission(
         .record(serial, record, Some(DeviceStatus::Retired))
         .await?;
     writeln!(out, "manifest: {serial} retired ({reason})")?;
+    // Last: the revocation's disconnect may already have been recorded; it raises no alert.
+    devices
+        .retire(thing.as_str(), u64::try_from(now).unwrap_or_default())
+        .await?;
+    writeln!(
+        out,
+        "device table: {thing} out of presence (no offline alert)"
+    )?;
     Ok(())
 }

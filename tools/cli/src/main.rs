@@ -111,6 +111,9 @@ enum DeviceCommand {
         delete_thing: bool,
         #[arg(long, env = vars::MANIFEST_TABLE)]
         table: TableName,
+        /// The device table (the device leaves presence: no offline alert).
+        #[arg(long, env = vars::DEVICE_TABLE)]
+        device_table: TableName,
     },
 }
 
@@ -312,9 +315,11 @@ async fn main() -> anyhow::Result<()> {
                     reason,
                     delete_thing,
                     table,
+                    device_table,
                 },
         } => {
             let manifest = ManifestTable::new(factory.dynamodb(), table);
+            let devices = DeviceTable::new(factory.dynamodb(), device_table);
             let fate = if delete_thing {
                 ThingFate::Delete
             } else {
@@ -323,6 +328,7 @@ async fn main() -> anyhow::Result<()> {
             shoal_cli::decommission::decommission(
                 &factory,
                 &manifest,
+                &devices,
                 &serial,
                 fate,
                 &reason,
