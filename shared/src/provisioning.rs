@@ -634,14 +634,19 @@ pub fn parse_manifest_csv(
     match reader.headers() {
         Ok(header) if header.iter().eq(HEADER) => {}
         Ok(header) if header.iter().eq(HEADER[..5].iter().copied()) => columns = 5,
-        Ok(header) => errors.push(RowError {
-            line: 1,
-            reason: format!(
-                "header is {:?}; expected {} (the last column optional)",
-                header.iter().collect::<Vec<_>>(),
-                HEADER.join(",")
-            ),
-        }),
+        // A wrong header stops here: rows read against it would be misread (and their cells,
+        // a proof among them, echoed in errors); the header's own cells are not echoed either,
+        // since a file without a header has a device row there.
+        Ok(header) => {
+            return Err(vec![RowError {
+                line: 1,
+                reason: format!(
+                    "the header ({} columns) is not {} (the last column optional); nothing was read",
+                    header.len(),
+                    HEADER.join(",")
+                ),
+            }]);
+        }
         Err(e) => errors.push(RowError {
             line: 1,
             reason: e.to_string(),
@@ -810,6 +815,21 @@ mod csv_tests {
     fn a_wrong_header_or_an_empty_file_is_refused() {
         let errors = parse_manifest_csv("sn,model\nSN-1,th\n", 0).unwrap_err();
         assert_eq!(errors[0].line, 1);
+        // No header (a device row first), or columns in another order: one error, no cell echoed.
+        let secret = "secret-sha256:be3941a5";
+        for text in [
+            format!("SN-1,th-v2,b1,,,{secret}\nSN-2,th-v2,b1,,,\n"),
+            format!("serial,model,batch,thing_group,proof,attributes\nSN-1,th-v2,b1,,{secret},\n"),
+        ] {
+            let errors = parse_manifest_csv(&text, 0).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(!errors[0].reason.contains("be3941a5"), "{}", errors[0]);
+            assert!(
+                errors[0].reason.contains("is not serial,model"),
+                "{}",
+                errors[0]
+            );
+        }
         assert_eq!(
             parse_manifest_csv(HEADER, 0).unwrap_err()[0].reason,
             "no devices in the file"

@@ -181,11 +181,12 @@ impl FromStr for Proof {
             "key-sha256" | "secret-sha256" => scheme,
             _ => return Err("proof scheme is unknown; use key-sha256 or secret-sha256".into()),
         };
-        let digest = from_hex(hex).ok_or_else(|| {
-            format!(
-                "proof digest of {scheme} must be 64 hex digits (a SHA-256), not {} characters",
-                hex.chars().count()
-            )
+        let digest = from_hex(hex).ok_or_else(|| match hex.chars().count() {
+            64 => format!("proof digest of {scheme} has a character that is not a hex digit"),
+            n => format!(
+                "proof digest of {scheme} must be 64 hex digits (a SHA-256), not {n} characters \
+                 (keep only the digest of sha256sum's output)"
+            ),
         })?;
         Ok(if scheme == "key-sha256" {
             Proof::KeySha256(digest)
@@ -209,6 +210,12 @@ mod tests {
         let proof: Proof = text.parse().unwrap();
         assert_eq!(proof.to_string(), text.to_lowercase());
         assert_eq!(proof.to_string().parse::<Proof>(), Ok(proof));
+        assert!(
+            format!("key-sha256:{}g", "a".repeat(63))
+                .parse::<Proof>()
+                .unwrap_err()
+                .contains("not a hex digit")
+        );
         let pasted_secret = "secret-sha256:hunter2-not-a-digest";
         let err = pasted_secret.parse::<Proof>().unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
@@ -219,6 +226,7 @@ mod tests {
             &format!("key-sha256:{}", "ab".repeat(31)),
             &format!("key-sha256:{}", "ab".repeat(33)),
             &format!("secret-sha256:{}zz", "ab".repeat(31)),
+            &format!("secret-sha256:{}  -", "ab".repeat(32)),
             &format!("secret-sha256:{}é", "a".repeat(62)),
         ] {
             assert!(bad.parse::<Proof>().is_err(), "{bad:?}");
