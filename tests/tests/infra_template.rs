@@ -1,5 +1,7 @@
 //! infra/template.yaml against the workspace: every function resource builds a crate that exists.
 
+use std::collections::HashMap;
+
 use shoal_integration_tests::{repo_root, template};
 
 #[test]
@@ -257,4 +259,145 @@ fn asynchronously_invoked_functions_keep_their_failed_events_and_the_hook_its_co
         format!("{:?}", hook["ReservedConcurrentExecutions"]).contains("HookReservedConcurrency"),
         "the hook has reserved concurrency"
     );
+}
+
+/// The template's value of an environment variable as CloudFormation would resolve it with the
+/// parameters' defaults: `!Ref` (parameter default; a resource's name), `!GetAtt` (a name or an
+/// ARN), `!Sub`, `!Join`, `!If` (its true branch: the more demanding one). `None`: unresolvable.
+fn resolve(template: &serde_norway::Value, value: &serde_norway::Value) -> Option<Vec<String>> {
+    use serde_norway::Value as Y;
+    let parameters = &template["Parameters"];
+    let reference = |name: &str| -> Option<Vec<String>> {
+        if let Some(parameter) = parameters.get(name) {
+            let default = match parameter.get("Default")? {
+                Y::String(s) => s.clone(),
+                Y::Number(n) => n.to_string(),
+                Y::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            return Some(
+                if parameter["Type"].as_str() == Some("CommaDelimitedList") {
+                    default.split(',').map(|s| s.trim().to_owned()).collect()
+                } else {
+                    vec![default]
+                },
+            );
+        }
+        template["Resources"]
+            .get(name)
+            .map(|_| vec![format!("shoal-{}", name.to_lowercase())])
+    };
+    let one = |v: &Y| resolve(template, v).and_then(|mut v| (v.len() == 1).then(|| v.remove(0)));
+    match value {
+        Y::String(s) => Some(vec![s.clone()]),
+        Y::Number(n) => Some(vec![n.to_string()]),
+        Y::Bool(b) => Some(vec![b.to_string()]),
+        Y::Tagged(tagged) => {
+            let inner = &tagged.value;
+            match tagged.tag.to_string().as_str() {
+                "!Ref" => reference(inner.as_str()?),
+                "!GetAtt" => {
+                    let (resource, attribute) = inner.as_str()?.split_once('.')?;
+                    template["Resources"].get(resource)?;
+                    Some(vec![if attribute == "Arn" {
+                        format!(
+                            "arn:aws:iam::123456789012:role/shoal-{}",
+                            resource.to_lowercase()
+                        )
+                    } else {
+                        format!("shoal-{}", resource.to_lowercase())
+                    }])
+                }
+                "!Join" => {
+                    let separator = inner[0].as_str()?;
+                    let parts = match &inner[1] {
+                        Y::Sequence(items) => items
+                            .iter()
+                            .map(|i| resolve(template, i))
+                            .collect::<Option<Vec<_>>>()?
+                            .concat(),
+                        other => resolve(template, other)?,
+                    };
+                    Some(vec![parts.join(separator)])
+                }
+                "!If" => resolve(template, &inner[1]),
+                "!Sub" => {
+                    let (text, names) = match inner {
+                        Y::String(text) => (text.as_str(), None),
+                        Y::Sequence(items) => (items[0].as_str()?, Some(&items[1])),
+                        _ => return None,
+                    };
+                    let mut out = String::new();
+                    let mut rest = text;
+                    while let Some(start) = rest.find("${") {
+                        out.push_str(&rest[..start]);
+                        let end = rest[start..].find('}')? + start;
+                        let name = &rest[start + 2..end];
+                        let value = match names.and_then(|n| n.get(name)) {
+                            Some(v) => one(v)?,
+                            None if name.starts_with("AWS::") => "aws".to_owned(),
+                            None => reference(name)?.join(","),
+                        };
+                        out.push_str(&value);
+                        rest = &rest[end + 1..];
+                    }
+                    out.push_str(rest);
+                    Some(vec![out])
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The environment the template gives `function` (Globals included), resolved.
+fn environment(template: &serde_norway::Value, function: &str) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    let own = &template["Resources"][function]["Properties"]["Environment"]["Variables"];
+    for variables in [globals, own] {
+        if let serde_norway::Value::Mapping(map) = variables {
+            for (name, value) in map {
+                let name = name.as_str().unwrap().to_owned();
+                let value = resolve(template, value)
+                    .unwrap_or_else(|| panic!("{function}: {name} does not resolve"));
+                env.insert(name, value.join(","));
+            }
+        }
+    }
+    env
+}
+
+/// The seam between the template and the functions: each function's whole configuration loads
+/// from the environment the template gives it (with the parameters' defaults), so a variable a
+/// function requires can never be missing or malformed in a deployed stack.
+#[test]
+fn every_function_loads_its_configuration_from_the_templates_environment() {
+    use shoal_shared::config::{self, TableName, vars};
+    let t = template();
+    let required = |env: &HashMap<String, String>, var: &str| {
+        config::required::<TableName>(env, var).unwrap_or_else(|e| panic!("{e}"));
+    };
+
+    let env = environment(&t, "TelemetryRouterFunction");
+    telemetry_router::handler::RouterConfig::from_source(&env).unwrap();
+
+    let env = environment(&t, "PreProvisioningHookFunction");
+    provisioning::hook::HookConfig::from_source(&env).unwrap();
+    let env = environment(&t, "JitrFunction");
+    provisioning::jitr::JitrConfig::from_source(&env).unwrap();
+
+    // The bins read the device and manifest tables beside their config structs.
+    let env = environment(&t, "PresenceFunction");
+    shadow_sync::presence::PresenceConfig::from_source(&env).unwrap();
+    required(&env, vars::DEVICE_TABLE);
+    required(&env, vars::MANIFEST_TABLE);
+    let env = environment(&t, "ShadowDocumentsFunction");
+    shadow_sync::documents::SyncConfig::from_source(&env).unwrap();
+    required(&env, vars::DEVICE_TABLE);
+
+    let env = environment(&t, "OtaAdvancerFunction");
+    ota_scheduler::AdvancerConfig::from_source(&env).unwrap();
+    config::required::<shoal_shared::config::BucketName>(&env, vars::FIRMWARE_BUCKET).unwrap();
 }
