@@ -98,9 +98,11 @@ fn display_double(v: f64) -> String {
     }
 }
 
-/// `ryu` formatting of a finite double when it has no exponent: then it is exactly
+/// `ryu` formatting of a finite double when it has no exponent and is no tie: then it is exactly
 /// [`display_double`]'s text (the same shortest round-trip digits, the same ".0"), at a fraction
-/// of the cost. ryu writes an exponent below 1e-5 and from 1e16 on; those take the slow path.
+/// of the cost. ryu writes an exponent below 1e-5 and from 1e16 on, and when the double's exact
+/// value lies halfway between two shortest candidates it breaks the tie another way than core's
+/// `Display` (990713124696523.25: ryu `.2`, `Display` `.3`): those take the slow path.
 trait PlainFloat {
     fn format_plain(&mut self, v: f64) -> Option<&str>;
 }
@@ -111,8 +113,42 @@ impl PlainFloat for ryu::Buffer {
             return None;
         }
         let text = self.format_finite(v);
-        (!text.contains('e')).then_some(text)
+        if text.contains('e') {
+            return None;
+        }
+        let significant = text
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .skip_while(|&d| d == b'0')
+            .count();
+        (!may_be_a_tie(v, significant)).then_some(text)
     }
+}
+
+/// Whether the exact value of `v` (not an integer) has `shortest + 1` significant digits: the
+/// only way it can lie halfway between two `shortest`-digit decimals. Exact: a double is
+/// `m / 2^k` = `m·5^k / 10^k` with `m` odd, so its exact decimal digits are those of `m·5^k`; past
+/// k = 25 they are more than 18, beyond any tie of a double's at most 17 shortest digits.
+fn may_be_a_tie(v: f64, shortest: usize) -> bool {
+    let bits = v.abs().to_bits();
+    let biased = i32::try_from(bits >> 52).unwrap_or(0);
+    let fraction = bits & ((1 << 52) - 1);
+    let (mantissa, exponent) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1 << 52), biased - 1075)
+    };
+    if mantissa == 0 {
+        return false;
+    }
+    let zeros = i32::try_from(mantissa.trailing_zeros()).unwrap_or(0);
+    let fraction_bits = -(exponent + zeros);
+    // An integer's shortest text below 1e16 is the integer itself: no tie.
+    if !(1..=25).contains(&fraction_bits) {
+        return false;
+    }
+    let exact = u128::from(mantissa >> zeros) * 5u128.pow(fraction_bits.unsigned_abs());
+    exact.checked_ilog10().map_or(1, |d| d as usize + 1) == shortest + 1
 }
 
 /// A measure name as written by the device; `validate` checks it against the allowed pattern.
@@ -165,6 +201,19 @@ mod tests {
             "0.0000001"
         );
         assert_eq!(MeasureValue::Double(21.5).to_timestream_string(), "21.5");
+        // Exactly halfway between two shortest candidates: ryu and Display break the tie
+        // differently; Display's text wins.
+        for tie in [
+            3_962_852_498_786_093.0 / 4.0,  // 990713124696523.25
+            -1_165_062_913_697_989.0 / 8.0, // -145632864212248.625
+            158_024_689_921.0 / 128.0,      // 1234567890.0078125
+        ] {
+            assert_eq!(
+                MeasureValue::Double(tie).to_timestream_string(),
+                display_double(tie),
+                "{tie:?}"
+            );
+        }
     }
 
     fn any_measure() -> impl Strategy<Value = MeasureValue> {
@@ -194,6 +243,14 @@ mod tests {
         #[test]
         fn the_fast_text_is_display_s_text(v in any::<f64>(), scale in -30i32..30) {
             let v = v * 10f64.powi(scale);
+            prop_assert_eq!(MeasureValue::Double(v).to_timestream_string(), display_double(v));
+        }
+
+        /// Doubles with few fractional bits, where exact values halfway between two shortest
+        /// candidates (ties) live.
+        #[test]
+        fn ties_are_display_s_text_too(m in 0u64..(1 << 53), bits in 1i32..12, negative: bool) {
+            let v = m as f64 / 2f64.powi(bits) * if negative { -1.0 } else { 1.0 };
             prop_assert_eq!(MeasureValue::Double(v).to_timestream_string(), display_double(v));
         }
 
