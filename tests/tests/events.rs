@@ -6,6 +6,7 @@ use shoal_cli::resources::init_local;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::repo_root;
 use shoal_shared::config::TimestreamTarget;
+use telemetry_router::batch::Trigger;
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
 use telemetry_router::router::Edges;
@@ -177,8 +178,10 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         let mut event: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
         shift_to(&mut event, now);
+        // As Lambda delivers it: bytes.
+        let bytes = serde_json::to_vec(&event).unwrap();
         let (counts, answer) = handle(
-            event,
+            Trigger::from_slice(&bytes, config.delivery).unwrap(),
             &config,
             &edges,
             &name,

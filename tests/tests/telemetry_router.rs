@@ -232,6 +232,11 @@ fn event(payload: Value, now: i64) -> Value {
 }
 
 /// Timestream records moto holds for the table (see aws_clients.rs: moto's state endpoint).
+/// An event as Lambda delivers it (bytes), read as the function reads it.
+fn delivered(event: &Value) -> telemetry_router::batch::Trigger {
+    telemetry_router::batch::Trigger::from_slice(&serde_json::to_vec(event).unwrap(), None).unwrap()
+}
+
 fn stored_records(target: &TimestreamTarget) -> Vec<Value> {
     local::moto_timestream_records(target.database.as_str(), target.table.as_str())
 }
@@ -423,7 +428,14 @@ async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
         {"messageId": "b", "body": "not json", "eventSource": "aws:sqs"},
         {"messageId": "c", "body": body(2.0), "eventSource": "aws:sqs"},
     ]});
-    let (counts, answer) = handle(sqs, &router_config, &edges, "req-down", &NoDeadline).await;
+    let (counts, answer) = handle(
+        delivered(&sqs),
+        &router_config,
+        &edges,
+        "req-down",
+        &NoDeadline,
+    )
+    .await;
     // Every message comes back: the readings could not be written, and the bad one could not be
     // quarantined either.
     assert_eq!(
@@ -447,7 +459,14 @@ async fn sqs_quarantine_items_name_their_message() {
         {"messageId": "msg-good", "body": good, "eventSource": "aws:sqs"},
         {"messageId": "msg-bad", "body": "temp=1.5", "eventSource": "aws:sqs"},
     ]});
-    let (counts, answer) = handle(sqs, &config, &stack.edges(), "req-sqs", &NoDeadline).await;
+    let (counts, answer) = handle(
+        delivered(&sqs),
+        &config,
+        &stack.edges(),
+        "req-sqs",
+        &NoDeadline,
+    )
+    .await;
     assert_eq!(answer.unwrap(), json!({"batchItemFailures": []}));
     assert_eq!((counts.received, counts.accepted), (2, 1));
     let keys = stack.keys("quarantine/").await;
@@ -676,7 +695,14 @@ async fn refusals_are_one_object_per_message_filed_by_a_real_time() {
         "messageId": "msg-bad", "body": "temp=1.5", "eventSource": "aws:sqs",
         "attributes": {"SentTimestamp": "1795600000123"}
     }]});
-    let (counts, answer) = handle(sqs, &config, &stack.edges(), "req-sqs-bad", &NoDeadline).await;
+    let (counts, answer) = handle(
+        delivered(&sqs),
+        &config,
+        &stack.edges(),
+        "req-sqs-bad",
+        &NoDeadline,
+    )
+    .await;
     assert_eq!(answer.unwrap(), json!({"batchItemFailures": []}));
     assert_eq!(counts.quarantined.get("bad_envelope"), Some(&1));
     let keys = stack

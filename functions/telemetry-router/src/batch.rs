@@ -6,6 +6,7 @@ use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use shoal_shared::telemetry::CheckedJson;
 use shoal_shared::telemetry::envelope::TOPIC_KEY;
 
@@ -15,7 +16,7 @@ use crate::router::{
 };
 
 /// What invoked the function, told apart by the event's shape.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Trigger {
     /// The IoT rule's Lambda action: the rule's output itself.
     Direct(CheckedJson),
@@ -79,6 +80,164 @@ impl Trigger {
             tracing::warn!(error = %e, "malformed {source} event, routed as a direct event");
             Trigger::Direct(event)
         })
+    }
+}
+
+impl Trigger {
+    /// [`Self::classify_for`] of an event as Lambda delivers it (bytes), without building a JSON
+    /// tree of a whole batch: a first pass reads only the keys that decide the shape (`_topic`,
+    /// `Records[0].eventSource`), then a batch is read straight into its SQS or Kinesis type.
+    /// Whatever that cannot read exactly (not an object, a deciding key or a record's field
+    /// given twice, a batch that does not parse) takes [`Self::classify_for`]'s path, so both
+    /// agree (a property test checks it). One difference is left, in what Lambda never sends: a
+    /// key given twice inside a record's `attributes` map keeps its last value here, its first
+    /// on the tree path.
+    ///
+    /// # Errors
+    /// serde_json's error when `bytes` is not one JSON document.
+    pub fn from_slice(bytes: &[u8], delivery: Option<Delivery>) -> Result<Self, serde_json::Error> {
+        let batch = match serde_json::from_slice::<Shape>(bytes) {
+            Ok(Shape {
+                topic: false,
+                source,
+            }) => match (source.as_deref(), delivery) {
+                (Some("aws:sqs"), None | Some(Delivery::Sqs)) => {
+                    serde_json::from_slice(bytes).ok().map(Trigger::Sqs)
+                }
+                (Some("aws:kinesis"), None | Some(Delivery::Kinesis)) => {
+                    serde_json::from_slice(bytes).ok().map(Trigger::Kinesis)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match batch {
+            Some(trigger) => Ok(trigger),
+            None => Ok(Self::classify_for(
+                serde_json::from_slice::<CheckedJson>(bytes)?,
+                delivery,
+            )),
+        }
+    }
+}
+
+/// What decides an event's shape: whether the top-level object has `_topic` (any value) and
+/// the `eventSource` of its first record. Reading it fails (and the caller takes the general
+/// path) for anything else than an object, and for a deciding key given twice.
+struct Shape {
+    topic: bool,
+    source: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                let (mut topic, mut records) = (false, None);
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key.0 {
+                        Some(TOPIC_KEY) if topic => {
+                            return Err(de::Error::duplicate_field(TOPIC_KEY));
+                        }
+                        Some(TOPIC_KEY) => {
+                            map.next_value::<IgnoredAny>()?;
+                            topic = true;
+                        }
+                        Some("Records") if records.is_some() => {
+                            return Err(de::Error::duplicate_field("Records"));
+                        }
+                        Some("Records") => records = Some(map.next_value::<FirstSource>()?.0),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Shape {
+                    topic,
+                    source: records.flatten(),
+                })
+            }
+        }
+        deserializer.deserialize_map(Top)
+    }
+}
+
+/// An object key, told apart without allocating: one of the keys that decide a shape, or `None`.
+struct Key(Option<&'static str>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(Key([TOPIC_KEY, "Records", "eventSource"]
+                    .into_iter()
+                    .find(|k| *k == key)))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
+}
+
+/// The `eventSource` of an array's first element, when that is an object whose `eventSource`
+/// is a string (given once); `None` for an empty array or `null`.
+struct FirstSource(Option<String>);
+
+impl<'de> Deserialize<'de> for FirstSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The first record's `eventSource`, read from an object only (a derived struct would
+        /// also read an array).
+        struct First(Option<String>);
+        impl<'de> Deserialize<'de> for First {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Fields;
+                impl<'de> Visitor<'de> for Fields {
+                    type Value = First;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a record object")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<First, A::Error> {
+                        let mut source = None;
+                        while let Some(key) = map.next_key::<Key>()? {
+                            if key.0 != Some("eventSource") {
+                                map.next_value::<IgnoredAny>()?;
+                            } else if source.is_some() {
+                                return Err(de::Error::duplicate_field("eventSource"));
+                            } else {
+                                source = Some(map.next_value::<Option<String>>()?);
+                            }
+                        }
+                        Ok(First(source.flatten()))
+                    }
+                }
+                deserializer.deserialize_map(Fields)
+            }
+        }
+        struct Records;
+        impl<'de> Visitor<'de> for Records {
+            type Value = FirstSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of records")
+            }
+            fn visit_unit<E>(self) -> Result<FirstSource, E> {
+                Ok(FirstSource(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FirstSource, A::Error> {
+                let first = seq.next_element::<First>()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FirstSource(first.and_then(|f| f.0)))
+            }
+        }
+        deserializer.deserialize_any(Records)
     }
 }
 
@@ -150,6 +309,7 @@ pub async fn route_kinesis(
 mod tests {
     use super::*;
     use crate::fakes::{FakeQuarantine, FakeSink, Fakes};
+    use proptest::prelude::*;
     use serde_json::{Value, json};
 
     const NOW: i64 = 1_795_600_000_000;
@@ -238,6 +398,148 @@ mod tests {
         // Claims to be SQS but is not: kept whole, as a direct event.
         let odd = json!({"Records": [{"eventSource": "aws:sqs", "body": 7}]});
         assert!(matches!(Trigger::classify(odd.clone()), Trigger::Direct(e) if e.value == odd));
+    }
+
+    /// Every way of delivering `value`'s text, and texts no Value can hold (a key twice).
+    fn texts(value: &Value) -> Vec<String> {
+        let text = value.to_string();
+        let mut texts = vec![text.clone()];
+        // The deciding keys given twice, at the top and in the first record.
+        for (key, twice) in [
+            ("{\"Records\":", "{\"Records\":null,\"Records\":"),
+            ("{\"_topic\":", "{\"_topic\":1,\"_topic\":"),
+            (
+                "\"eventSource\":",
+                "\"eventSource\":\"aws:sqs\",\"eventSource\":",
+            ),
+            ("\"body\":", "\"body\":\"{}\",\"body\":"),
+        ] {
+            if text.contains(key) {
+                texts.push(text.replacen(key, twice, 1));
+            }
+        }
+        texts
+    }
+
+    fn arbitrary_event() -> impl Strategy<Value = Value> {
+        let scalar = prop_oneof![
+            Just(Value::Null),
+            Just(json!(7)),
+            Just(json!("aws:sqs")),
+            Just(json!("aws:kinesis")),
+            Just(json!("{}")),
+            Just(json!([])),
+            Just(json!({})),
+        ];
+        let source = prop_oneof![
+            Just(json!("aws:sqs")),
+            Just(json!("aws:kinesis")),
+            Just(json!("aws:s3")),
+            scalar.clone()
+        ];
+        let record = (
+            source,
+            prop::option::of(scalar.clone()),
+            prop::option::of(scalar.clone()),
+            any::<bool>(),
+        )
+            .prop_map(|(source, body, kinesis, with_source)| {
+                let mut r = serde_json::Map::new();
+                if with_source {
+                    r.insert("eventSource".into(), source);
+                }
+                if let Some(b) = body {
+                    r.insert("body".into(), b);
+                }
+                if let Some(k) = kinesis {
+                    r.insert("kinesis".into(), k);
+                }
+                r.insert("messageId".into(), json!("m"));
+                Value::Object(r)
+            });
+        let records = prop_oneof![
+            prop::collection::vec(record.clone(), 0..3).prop_map(Value::from),
+            prop::collection::vec(prop_oneof![record, scalar.clone()], 0..3).prop_map(Value::from),
+            scalar.clone(),
+        ];
+        let valid = prop_oneof![
+            Just(sqs(&["{}", "x"])),
+            Just(kinesis(&[b"{}", b"y"])),
+            Just(json!({"Records": [{"eventSource": "aws:sqs", "attributes": null}]})),
+        ];
+        let top = (
+            prop::option::of(records),
+            prop::option::of(scalar.clone()),
+            any::<bool>(),
+        )
+            .prop_map(|(records, topic, extra)| {
+                let mut top = serde_json::Map::new();
+                if let Some(r) = records {
+                    top.insert("Records".into(), r);
+                }
+                if let Some(t) = topic {
+                    top.insert("_topic".into(), t);
+                }
+                if extra {
+                    top.insert("temp".into(), json!(1.5));
+                }
+                Value::Object(top)
+            });
+        let with_topic = valid.clone().prop_map(|mut v| {
+            v["_topic"] = json!("dt/farm/dev-1/telemetry");
+            v
+        });
+        prop_oneof![
+            valid,
+            with_topic,
+            top,
+            scalar,
+            prop::collection::vec(Just(sqs(&["{}"])), 1..2).prop_map(Value::from)
+        ]
+    }
+
+    proptest! {
+        /// Reading the bytes straight into the batch types decides exactly as reading a JSON tree
+        /// first, for every delivery mode, whatever the event holds.
+        #[test]
+        fn the_bytes_path_classifies_as_the_tree_path(event in arbitrary_event()) {
+            for text in texts(&event) {
+                for delivery in [None, Some(Delivery::Direct), Some(Delivery::Sqs), Some(Delivery::Kinesis)] {
+                    let tree: CheckedJson = serde_json::from_str(&text).unwrap();
+                    let expected = Trigger::classify_for(tree, delivery);
+                    let read = Trigger::from_slice(text.as_bytes(), delivery).unwrap();
+                    prop_assert_eq!(&read, &expected, "{} with {:?}", text, delivery);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_bytes_path_reads_batches_and_refuses_what_is_not_json() {
+        let bytes = serde_json::to_vec(&sqs(&["{}"])).unwrap();
+        assert!(
+            matches!(Trigger::from_slice(&bytes, None), Ok(Trigger::Sqs(e)) if e.records.len() == 1)
+        );
+        let bytes = serde_json::to_vec(&kinesis(&[b"{}"])).unwrap();
+        assert!(matches!(
+            Trigger::from_slice(&bytes, Some(Delivery::Kinesis)),
+            Ok(Trigger::Kinesis(_))
+        ));
+        assert!(Trigger::from_slice(b"{\"Records\": [", None).is_err());
+    }
+
+    #[test]
+    fn the_runtime_hands_main_the_event_s_bytes() {
+        // lambda_runtime reads the payload into main's event type through serde_path_to_error.
+        let text = serde_json::to_string(&sqs(&["{\"temp\": 1}"])).unwrap();
+        let reader = &mut serde_json::Deserializer::from_slice(text.as_bytes());
+        let raw: Box<serde_json::value::RawValue> =
+            serde_path_to_error::deserialize(reader).unwrap();
+        assert_eq!(raw.get(), text);
+        assert!(matches!(
+            Trigger::from_slice(raw.get().as_bytes(), None),
+            Ok(Trigger::Sqs(_))
+        ));
     }
 
     fn many(n: usize) -> String {

@@ -35,12 +35,17 @@ fn measure_type(value: &MeasureValue) -> MeasureValueType {
     }
 }
 
-fn dimension(name: &str, value: &str) -> Result<Dimension, AwsError> {
-    Dimension::builder()
-        .name(name)
-        .value(value)
-        .build()
-        .map_err(|e| build_error(e.to_string()))
+fn dimensions(pairs: &[(&'static str, String)]) -> Result<Vec<Dimension>, AwsError> {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            Dimension::builder()
+                .name(*name)
+                .value(value)
+                .build()
+                .map_err(|e| build_error(e.to_string()))
+        })
+        .collect()
 }
 
 fn build_error(message: String) -> AwsError {
@@ -48,41 +53,45 @@ fn build_error(message: String) -> AwsError {
 }
 
 /// The SDK request for `batch`: measure name, type and time unit always hoisted into the common
-/// attributes, and the dimensions too when every record shares them.
+/// attributes, and the dimensions too when every record shares them. Each record is built from
+/// its parts in one go (no builder moved per value, every vector sized once): the router builds
+/// one per reading.
 pub fn to_sdk(batch: &[TimestreamRecord]) -> Result<(Record, Vec<Record>), AwsError> {
     let shared = common_dimensions(batch);
-    let mut common = Record::builder()
+    let common = Record::builder()
         .measure_value_type(MeasureValueType::Multi)
-        .time_unit(TimeUnit::Milliseconds);
-    if let Some(first) = batch.first() {
-        common = common.measure_name(first.measure_name);
-    }
-    for (name, value) in shared.unwrap_or_default() {
-        common = common.dimensions(dimension(name, value)?);
-    }
+        .time_unit(TimeUnit::Milliseconds)
+        .set_measure_name(batch.first().map(|r| r.measure_name.to_owned()))
+        .set_dimensions(shared.map(dimensions).transpose()?)
+        .build();
+    let mut time = itoa::Buffer::new();
     let mut records = Vec::with_capacity(batch.len());
     for r in batch {
-        let mut record = Record::builder()
-            .time(r.time_ms.to_string())
-            .version(r.version);
-        if shared.is_none() {
-            for (name, value) in &r.dimensions {
-                record = record.dimensions(dimension(name, value)?);
-            }
-        }
+        let mut values = Vec::with_capacity(r.measures.len());
         for (name, value) in &r.measures {
-            record = record.measure_values(
+            values.push(
                 SdkMeasureValue::builder()
-                    .name(name)
-                    .value(value.to_timestream_string())
-                    .r#type(measure_type(value))
+                    .set_name(Some(name.clone()))
+                    .set_value(Some(value.to_timestream_string()))
+                    .set_type(Some(measure_type(value)))
                     .build()
                     .map_err(|e| build_error(e.to_string()))?,
             );
         }
-        records.push(record.build());
+        let own_dimensions = match shared {
+            Some(_) => None,
+            None => Some(dimensions(&r.dimensions)?),
+        };
+        records.push(
+            Record::builder()
+                .set_time(Some(time.format(r.time_ms).to_owned()))
+                .set_version(Some(r.version))
+                .set_dimensions(own_dimensions)
+                .set_measure_values(Some(values))
+                .build(),
+        );
     }
-    Ok((common.build(), records))
+    Ok((common, records))
 }
 
 impl TelemetrySink for TimestreamSink {

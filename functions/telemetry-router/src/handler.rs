@@ -5,7 +5,7 @@ use serde_json::json;
 use shoal_shared::clock::now_ms;
 use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
 use shoal_shared::metrics::emf_counts;
-use shoal_shared::telemetry::{CheckedJson, Limits, MeasureTypes, PackedSchemas, TelemetryApps};
+use shoal_shared::telemetry::{Limits, MeasureTypes, PackedSchemas, TelemetryApps};
 
 use crate::batch::{Delivery, Trigger, route_kinesis, route_sqs};
 use crate::router::{
@@ -89,12 +89,13 @@ pub fn metrics_line(timestamp_ms: i64, counts: &Counts) -> String {
     emf_counts(timestamp_ms, &[("Function", "telemetry-router")], &values)
 }
 
-/// Handles one invocation: a direct IoT rule event, an SQS batch or a Kinesis batch. Returns the
-/// counts and the answer for Lambda. A direct event answers `Err` when it must be retried (Lambda
+/// Handles one invocation: a direct IoT rule event, an SQS batch or a Kinesis batch, as
+/// [`Trigger::from_slice`] read it from the bytes Lambda delivered. Returns the counts and the
+/// answer for Lambda. A direct event answers `Err` when it must be retried (Lambda
 /// retries the asynchronous invocation; safe, since writes and quarantine keys are idempotent);
 /// batches answer `batchItemFailures` instead. No new work starts once `deadline` has expired.
 pub async fn handle(
-    event: impl Into<CheckedJson>,
+    trigger: Trigger,
     config: &RouterConfig,
     edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
     request_id: &str,
@@ -112,7 +113,6 @@ pub async fn handle(
         apps: &config.telemetry_apps,
         deadline,
     };
-    let trigger = Trigger::classify_for(event, config.delivery);
     let (counts, answer) = match trigger {
         Trigger::Direct(event) => match route_rule_event(event, &rules, edges, request_id).await {
             Ok(counts) => {

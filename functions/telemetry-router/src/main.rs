@@ -3,9 +3,10 @@
 #![recursion_limit = "256"]
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
+use serde_json::value::RawValue;
 use shoal_shared::aws::ClientFactory;
 use shoal_shared::config::ProcessEnv;
-use shoal_shared::telemetry::CheckedJson;
+use telemetry_router::batch::Trigger;
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
 use telemetry_router::router::{Edges, LambdaDeadline};
@@ -33,22 +34,22 @@ async fn main() -> Result<(), Error> {
         archive: &archive,
     };
     let (config, edges) = (&config, &edges);
-    // The event is read with its duplicate keys noticed (CheckedJson), so the router can refuse a
-    // reading whose device sent a key twice instead of keeping one value silently.
+    // The event arrives as bytes: a batch is read straight into its SQS or Kinesis type, a direct
+    // event with its duplicate keys noticed (CheckedJson), so the router can refuse a reading
+    // whose device sent a key twice instead of keeping one value silently.
     lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<CheckedJson>| async move {
+        move |event: LambdaEvent<Box<RawValue>>| async move {
+            let trigger = Trigger::from_slice(event.payload.get().as_bytes(), config.delivery)
+                .map_err(|e| Diagnostic {
+                    error_type: "InvalidEvent".into(),
+                    error_message: e.to_string(),
+                })?;
             let deadline = LambdaDeadline::starting_now(
                 i64::try_from(event.context.deadline).unwrap_or(i64::MAX),
                 DEADLINE_RESERVE_MS,
             );
-            let (_counts, answer) = handle(
-                event.payload,
-                config,
-                edges,
-                &event.context.request_id,
-                &deadline,
-            )
-            .await;
+            let (_counts, answer) =
+                handle(trigger, config, edges, &event.context.request_id, &deadline).await;
             answer.map_err(|retry| Diagnostic {
                 error_type: "ReturnedForRetry".into(),
                 error_message: retry.to_string(),

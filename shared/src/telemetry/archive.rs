@@ -194,16 +194,9 @@ impl Columns {
         bytes
     }
 
-    fn push(&mut self, record: &TimestreamRecord) {
-        let dimension = |wanted: &str| {
-            record
-                .dimensions
-                .iter()
-                .find(|(name, _)| *name == wanted)
-                .map_or("", |(_, value)| value.as_str())
-        };
-        let (thing, app) = (dimension(THING_DIMENSION), dimension(APP_DIMENSION));
-        let id = ByteArray::from(reading_id_bytes(thing, app, record.time_ms).to_vec());
+    /// The rows of `record`, whose reading id is `id`.
+    fn push(&mut self, record: &TimestreamRecord, id: &ByteArray) {
+        let (thing, app) = thing_and_app(record);
         let thing = shared(&mut self.last_thing, thing);
         let app = shared(&mut self.last_app, app);
         for (position, (name, value)) in record.measures.iter().enumerate() {
@@ -236,6 +229,18 @@ impl Columns {
     }
 }
 
+/// The record's `thing_name` and `app` dimensions (empty when absent).
+fn thing_and_app(record: &TimestreamRecord) -> (&str, &str) {
+    let dimension = |wanted: &str| {
+        record
+            .dimensions
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map_or("", |(_, value)| value.as_str())
+    };
+    (dimension(THING_DIMENSION), dimension(APP_DIMENSION))
+}
+
 /// One Parquet file holding `records` (one row group).
 ///
 /// # Errors
@@ -244,9 +249,18 @@ pub fn to_parquet<'a>(
     records: impl IntoIterator<Item = &'a TimestreamRecord>,
 ) -> Result<Vec<u8>, ArchiveError> {
     let records: Vec<&TimestreamRecord> = records.into_iter().collect();
+    // Every reading id in one buffer, each row's value a slice of it (a reference count, not an
+    // allocation per reading).
+    const ID: usize = 32;
+    let mut ids = Vec::with_capacity(records.len() * ID);
+    for record in &records {
+        let (thing, app) = thing_and_app(record);
+        ids.extend_from_slice(&reading_id_bytes(thing, app, record.time_ms));
+    }
+    let ids = bytes::Bytes::from(ids);
     let mut columns = Columns::with_capacity(records.iter().map(|r| r.measures.len()).sum());
-    for record in records {
-        columns.push(record);
+    for (i, record) in records.into_iter().enumerate() {
+        columns.push(record, &ByteArray::from(ids.slice(i * ID..(i + 1) * ID)));
     }
     let schema = Arc::new(parse_message_type(SCHEMA)?);
     let properties = Arc::new(
