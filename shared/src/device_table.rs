@@ -195,14 +195,24 @@ impl DeviceTable {
         certificate_id: &str,
         now_ms: u64,
     ) -> Result<(), AwsError> {
-        self.update(thing, DEVICE_RECORD)
-            .update_expression("SET certificate_id = :cert, certificate_recorded_at = :now")
-            .expression_attribute_values(":cert", s(certificate_id))
-            .expression_attribute_values(":now", n(now_ms))
+        self.set_certificate(thing, certificate_id, now_ms)
             .send()
             .await
             .aws("dynamodb", "UpdateItem")
             .map(|_| ())
+    }
+
+    /// The write of `certificate_id` as the thing's recorded certificate, as of `now_ms`.
+    fn set_certificate(
+        &self,
+        thing: &str,
+        certificate_id: &str,
+        now_ms: u64,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.update(thing, DEVICE_RECORD)
+            .update_expression("SET certificate_id = :cert, certificate_recorded_at = :now")
+            .expression_attribute_values(":cert", s(certificate_id))
+            .expression_attribute_values(":now", n(now_ms))
     }
 
     /// Takes a decommissioned device out of presence: offline, out of the offline index (no
@@ -240,11 +250,8 @@ impl DeviceTable {
         now_ms: u64,
     ) -> Result<bool, AwsError> {
         condition_held(
-            self.update(thing, DEVICE_RECORD)
+            self.set_certificate(thing, certificate_id, now_ms)
                 .condition_expression("attribute_not_exists(certificate_id)")
-                .update_expression("SET certificate_id = :cert, certificate_recorded_at = :now")
-                .expression_attribute_values(":cert", s(certificate_id))
-                .expression_attribute_values(":now", n(now_ms))
                 .send()
                 .await
                 .aws("dynamodb", "UpdateItem"),

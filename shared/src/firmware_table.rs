@@ -1,7 +1,9 @@
 //! The firmware registry's DynamoDB edge (`SHOAL_FIRMWARE_TABLE`): one item per image, keyed by
-//! `model_hardware` (`<model>#<hardware>`) and `version`. Items are immutable: a version is
-//! written once (conditional put). The current version of a model is the greatest by semver,
-//! never by string order.
+//! `model_hardware` (`<model>#<hardware>`) and `version`, the version's precedence text (build
+//! metadata dropped: `1.10.0+build.42` is keyed `1.10.0`, its full text kept in `version_text`).
+//! Items are immutable: a version is written once (conditional put), so two builds of one
+//! version can never both be published, even by racing publishers. The current version of a
+//! model is the greatest by SemVer precedence, never by string order.
 
 use std::collections::HashMap;
 
@@ -25,7 +27,8 @@ fn to_item(image: &FirmwareImage) -> Item {
             "model_hardware".into(),
             s(&partition(&image.model, &image.hardware)),
         ),
-        ("version".into(), s(&image.version.to_string())),
+        ("version".into(), s(&image.version.precedence_text())),
+        ("version_text".into(), s(&image.version.to_string())),
         ("model".into(), s(image.model.as_str())),
         ("hardware".into(), s(image.hardware.as_str())),
         ("size".into(), AttributeValue::N(image.size.to_string())),
@@ -59,7 +62,8 @@ fn from_item(item: &Item) -> Result<FirmwareImage, String> {
     Ok(FirmwareImage {
         model: text("model")?.parse()?,
         hardware: text("hardware")?.parse()?,
-        version: text("version")?.parse()?,
+        // Items written before `version_text` keyed the full text.
+        version: text("version_text").or_else(|_| text("version"))?.parse()?,
         min_version: text("min_version").ok().map(|v| v.parse()).transpose()?,
         size: number("size")?,
         sha256: text("sha256")?,
@@ -169,6 +173,16 @@ mod tests {
             created_at_ms: 1,
             downgrade_reason: None,
         };
-        assert_eq!(from_item(&to_item(&image)), Ok(image));
+        assert_eq!(from_item(&to_item(&image)), Ok(image.clone()));
+
+        // A build's item is keyed by the precedence and reads back with its build metadata.
+        let build = FirmwareImage {
+            version: "1.10.0+build.42".parse().unwrap(),
+            ..image
+        };
+        let item = to_item(&build);
+        assert_eq!(item["version"], AttributeValue::S("1.10.0".into()));
+        let read = from_item(&item).unwrap();
+        assert_eq!(read.version.to_string(), "1.10.0+build.42");
     }
 }

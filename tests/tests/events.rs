@@ -374,12 +374,8 @@ async fn shadow_documents_sample_events_have_their_documented_outcome() {
 
 #[tokio::test]
 async fn presence_sample_events_have_their_documented_outcome() {
-    use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate};
-    use provisioning::registry::IotCertificates;
-    use shadow_sync::edges::{IotAlerts, PresenceRegistry};
+    use shadow_sync::edges::IotAlerts;
     use shadow_sync::presence::{PresenceAnswer, PresenceConfig, handle};
-    use shoal_shared::device_table::DeviceTable;
-    use shoal_shared::manifest_table::ManifestTable;
     use shoal_shared::provisioning::HookRequest;
 
     assert_eq!(
@@ -394,39 +390,11 @@ async fn presence_sample_events_have_their_documented_outcome() {
     let factory = local::factory().await;
     // SN-EVT-0001 provisioned as the hook sample provisions it, which records its certificate
     // (the samples' principal) in the device table.
-    let manifest = ManifestTable::new(
-        factory.dynamodb(),
-        unique_name("events-manifest").parse().unwrap(),
-    );
-    manifest.ensure_exists().await.unwrap();
     let csv = std::fs::read_to_string(repo_root().join("tests/fixtures/manifest.csv")).unwrap();
-    shoal_cli::manifest::import(&manifest, &csv, |_| {})
-        .await
-        .unwrap();
-    let table = DeviceTable::new(
-        factory.dynamodb(),
-        unique_name("events-presence").parse().unwrap(),
-    );
-    table.ensure_exists().await.unwrap();
     let hook_sample: HookRequest =
         serde_json::from_value(sample("pre-provisioning-hook-allowed.json")).unwrap();
-    let certificates = IotCertificates::new(factory.iot());
-    let gate = Gate {
-        manifest: &manifest,
-        certificates: &certificates,
-        devices: &table,
-        models: &"shoal-fleet=th-v2".parse().unwrap(),
-        claim_lease: DEFAULT_CLAIM_LEASE,
-    };
-    assert!(
-        provisioning::hook::handle(&hook_sample, &gate, DEFAULT_DEADLINE)
-            .await
-            .allow_provisioning
-    );
-    let registry = PresenceRegistry {
-        devices: table.clone(),
-        manifest,
-    };
+    let (registry, table) =
+        shoal_integration_tests::provisioned::through_the_hook(&factory, &csv, &hook_sample).await;
     let alerts = IotAlerts(factory.iot_data());
     let config =
         PresenceConfig::from_source(&std::collections::BTreeMap::<&str, &str>::new()).unwrap();

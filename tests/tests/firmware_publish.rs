@@ -1,16 +1,21 @@
 //! `shoal firmware publish` against the local stack: the image is signed by KMS, the signature
 //! verifies with the key's public key (checked again here, independently), the object and the
-//! record are read back; older versions are refused unless downgraded with a reason; a key that
+//! record are read back; older versions are refused unless downgraded with a reason, another
+//! build of a published version always (SemVer precedence ignores build metadata); a key that
 //! cannot sign leaves nothing behind.
 
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use base64::Engine as _;
 use shoal_cli::firmware::{PublishError, PublishRequest, Publisher};
+use shoal_cli::rollout::{StartRequest, start};
 use shoal_integration_tests::firmware::registry;
+use shoal_integration_tests::local::unique_name;
 use shoal_shared::aws::{AwsResultExt, ClientFactory};
 use shoal_shared::config::BucketName;
 use shoal_shared::rollout::image::{sha256, verify_signature};
+use shoal_shared::rollout::phases::PlanSettings;
 use shoal_shared::rollout::version::PublishRefusal;
+use shoal_shared::rollout_table::RolloutTable;
 
 fn request(version: &str, downgrade: Option<&str>) -> PublishRequest {
     PublishRequest {
@@ -110,19 +115,35 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
         "1.10.0"
     );
 
-    // Anti-rollback: 1.9.5 and 1.10.0 again are refused before anything is uploaded.
+    // Anti-rollback: 1.9.5 is refused before anything is uploaded; 1.10.0 again, or another
+    // build of it (build metadata is not precedence), is already published.
     let before = objects(&factory, &bucket).await;
-    for version in ["1.9.5", "1.10.0"] {
+    let err = publisher
+        .publish(b"old", &request("1.9.5", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PublishError::Refused(PublishRefusal::NotNewer { .. })),
+        "{err}"
+    );
+    for version in ["1.10.0", "1.10.0+build.100", "1.10.0+build.41"] {
         let err = publisher
-            .publish(b"old", &request(version, None))
+            .publish(b"same", &request(version, None))
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PublishError::Refused(PublishRefusal::NotNewer { .. })),
-            "{err}"
+            matches!(
+                err,
+                PublishError::Refused(PublishRefusal::SamePrecedence { .. })
+            ),
+            "{version}: {err}"
         );
     }
     assert_eq!(objects(&factory, &bucket).await, before);
+    // The registry itself refuses a second build of a version (a racing publisher's write).
+    let mut build = record.clone();
+    build.version = "1.9.0+build.7".parse().unwrap();
+    assert!(!table.insert(&build).await.unwrap());
 
     // An explicit downgrade with a reason is published and says why.
     let downgraded = publisher
@@ -138,11 +159,14 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
     );
     // The same version twice is refused even as a downgrade: images are immutable.
     let again = publisher
-        .publish(b"other bytes", &request("1.9.5", Some("again")))
+        .publish(b"other bytes", &request("1.9.5+rebuild", Some("again")))
         .await
         .unwrap_err();
     assert!(
-        matches!(again, PublishError::AlreadyPublished { .. }),
+        matches!(
+            again,
+            PublishError::Refused(PublishRefusal::SamePrecedence { .. })
+        ),
         "{again}"
     );
     let versions: Vec<String> = table
@@ -153,6 +177,41 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
         .map(|i| i.version.to_string())
         .collect();
     assert_eq!(versions, ["1.9.0", "1.9.5", "1.10.0"]);
+
+    // A rollout named by the bare version records the version as published, build included
+    // (what devices report); a rollback to another build of it is no rollback.
+    publisher
+        .publish(b"1.11.0 image", &request("1.11.0+build.42", None))
+        .await
+        .unwrap();
+    let rollouts = RolloutTable::new(factory.dynamodb(), unique_name("rollouts").parse().unwrap());
+    rollouts.ensure_exists().await.unwrap();
+    let start_request = |version: &str, rollback_to: Option<&str>| StartRequest {
+        id: Some(unique_name("r")),
+        model: "th-v2".parse().unwrap(),
+        hardware: "rev-b".parse().unwrap(),
+        version: version.parse().unwrap(),
+        rollback_to: rollback_to.map(|v| v.parse().unwrap()),
+        settings: PlanSettings::default(),
+        max_new_per_minute: 100,
+    };
+    let refused = start(
+        &rollouts,
+        &table,
+        start_request("1.11.0", Some("1.11.0+build.7")),
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("below 1.11.0+build.42"),
+        "{refused}"
+    );
+    let rollout = start(&rollouts, &table, start_request("1.11.0", None), 0)
+        .await
+        .unwrap();
+    assert_eq!(rollout.version.to_string(), "1.11.0+build.42");
+    assert_eq!(rollout.rollback_version.unwrap().to_string(), "1.10.0");
 }
 
 #[tokio::test]

@@ -367,15 +367,7 @@ fn lifecycle(client: &str, kind: &str, ts: u64, version: u64) -> Value {
 /// way fleet provisioning does it: a manifest row the pre-provisioning hook claims, recording the
 /// certificate in this device table.
 async fn provisioned(factory: &ClientFactory, client: &str) -> (PresenceRegistry, DeviceTable) {
-    use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate};
-    use provisioning::registry::IotCertificates;
-    use shoal_shared::manifest_table::ManifestTable;
-    let manifest = ManifestTable::new(factory.dynamodb(), unique_name("manifest").parse().unwrap());
-    manifest.ensure_exists().await.unwrap();
     let csv = format!("serial,model,batch,thing_group,attributes\n{client},th-v2,b1,,\n");
-    shoal_cli::manifest::import(&manifest, &csv, |_| {})
-        .await
-        .unwrap();
     let request = serde_json::from_value(json!({
         "claimCertificateId": "0f8a2f3bc2a0cb5d9d6b2c8e4a1e3f5d7c9b1a3e5f7d9c1b3a5e7f9d1c3b5a7e",
         "certificateId": DEVICE_CERT,
@@ -384,22 +376,7 @@ async fn provisioned(factory: &ClientFactory, client: &str) -> (PresenceRegistry
         "parameters": {"SerialNumber": client}
     }))
     .unwrap();
-    let devices = device_table(factory).await;
-    let certificates = IotCertificates::new(factory.iot());
-    let gate = Gate {
-        manifest: &manifest,
-        certificates: &certificates,
-        devices: &devices,
-        models: &"shoal-fleet=th-v2".parse().unwrap(),
-        claim_lease: DEFAULT_CLAIM_LEASE,
-    };
-    let allowed = provisioning::hook::handle(&request, &gate, DEFAULT_DEADLINE).await;
-    assert!(allowed.allow_provisioning, "{allowed:?}");
-    let registry = PresenceRegistry {
-        devices: devices.clone(),
-        manifest,
-    };
-    (registry, devices)
+    shoal_integration_tests::provisioned::through_the_hook(factory, &csv, &request).await
 }
 
 /// Delivers `events` in order at `now_ms`, asserting each one's outcome; the summaries.

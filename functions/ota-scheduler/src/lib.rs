@@ -242,19 +242,16 @@ fn image_of<'a>(
     rollout: &Rollout,
     version: &FirmwareVersion,
 ) -> Result<&'a FirmwareImage, AwsError> {
-    images
-        .iter()
-        .find(|i| &i.version == version)
-        .ok_or_else(|| {
-            AwsError::local(
-                "dynamodb",
-                "Query",
-                format!(
-                    "rollout {}: no {} {} image {version} in the firmware registry",
-                    rollout.id, rollout.model, rollout.hardware
-                ),
-            )
-        })
+    shoal_shared::rollout::image::find_image(images, version).ok_or_else(|| {
+        AwsError::local(
+            "dynamodb",
+            "Query",
+            format!(
+                "rollout {}: no {} {} image {version} in the firmware registry",
+                rollout.id, rollout.model, rollout.hardware
+            ),
+        )
+    })
 }
 
 fn command_for(decision: &Decision) -> Option<Command> {

@@ -89,9 +89,12 @@ impl Trigger {
     /// `Records[0].eventSource`), then a batch is read straight into its SQS or Kinesis type.
     /// Whatever that cannot read exactly (not an object, a deciding key or a record's field
     /// given twice, a batch that does not parse) takes [`Self::classify_for`]'s path, so both
-    /// agree (a property test checks it). One difference is left, in what Lambda never sends: a
-    /// key given twice inside a record's `attributes` map keeps its last value here, its first
-    /// on the tree path.
+    /// agree (a property test checks it). Differences are left only in what Lambda never sends
+    /// (AWS writes the envelope; the device's payload is the `body` or `data` text, read later
+    /// with its duplicate keys noticed): a key given twice inside a record's `attributes` or
+    /// `messageAttributes` map keeps its last value here, its first on the tree path; and a
+    /// field the SQS and Kinesis types do not read is skipped unchecked here (a number out of
+    /// range, a lone surrogate, nesting past serde_json's limit), refused on the tree path.
     ///
     /// # Errors
     /// serde_json's error when `bytes` is not one JSON document.

@@ -241,5 +241,30 @@ mod tests {
             refused(device("th-v2", "rev-b", Some(&newer))),
             Ineligible::AlreadyCurrent
         );
+        // Build metadata is not precedence: a device running 1.10.0 already runs
+        // 1.10.0+build.42, and one running another build of it too.
+        let build = v("1.10.0+build.42");
+        let of_build = Target {
+            version: &build,
+            ..target
+        };
+        let builds = [v("1.10.0"), v("1.10.0+build.7")];
+        for running in &builds {
+            assert_eq!(
+                eligibility(&of_build, &device("th-v2", "rev-b", Some(running))),
+                Err(Ineligible::AlreadyCurrent),
+                "{running}"
+            );
+        }
+        let min_build = v("1.4.0+b1");
+        let at_min = Target {
+            min_version: Some(&min_build),
+            ..target
+        };
+        let at_min_version = v("1.4.0");
+        assert_eq!(
+            eligibility(&at_min, &device("th-v2", "rev-b", Some(&at_min_version))),
+            Ok(())
+        );
     }
 }

@@ -63,6 +63,20 @@ pub struct FirmwareImage {
     pub downgrade_reason: Option<String>,
 }
 
+/// The image of `version` among `images`: the one published under exactly that text (build
+/// metadata included), else the one of the same SemVer precedence. A registry only holds one
+/// image per precedence since publishing refuses another build; one written before that may hold
+/// several, and then the build named is the one meant.
+pub fn find_image<'a>(
+    images: &'a [FirmwareImage],
+    version: &FirmwareVersion,
+) -> Option<&'a FirmwareImage> {
+    images
+        .iter()
+        .find(|i| i.version.semver() == version.semver())
+        .or_else(|| images.iter().find(|i| i.version == *version))
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }

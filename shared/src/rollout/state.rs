@@ -341,6 +341,23 @@ mod tests {
         for (r, expected) in cases {
             assert_eq!(classify(&target, r.as_ref()), expected, "{r:?}");
         }
+        // Published as 1.10.0+build.42, the device reports the version it runs without the build
+        // metadata (or with another build's): that is the target, a success, never a rollback.
+        let build: FirmwareVersion = "1.10.0+build.42".parse().unwrap();
+        for (target_text, running) in [
+            ("1.10.0+build.42", "1.10.0"),
+            ("1.10.0", "1.10.0+build.42"),
+            ("1.10.0+build.42", "1.10.0+build.43"),
+        ] {
+            let r = report(Success, target_text, Some(running));
+            assert_eq!(
+                classify(&build, Some(&r)),
+                Succeeded,
+                "{target_text} {running}"
+            );
+        }
+        let r = report(Success, "1.10.0+build.42", Some("1.9.0+build.42"));
+        assert_eq!(classify(&build, Some(&r)), RolledBack);
         let counts = count(&[Succeeded, failed, RolledBack, Pending, InProgress]);
         assert_eq!(
             counts,

@@ -1,19 +1,62 @@
-//! Firmware versions are semantic versions and compare as such: 1.10.0 > 1.9.0 (the seed
-//! compared strings, which ranks 1.10.0 below 1.9.0), 1.0.0-rc.1 < 1.0.0.
+//! Firmware versions are semantic versions and compare by SemVer precedence
+//! (<https://semver.org/#spec-item-11>): 1.10.0 > 1.9.0 (the seed compared strings, which ranks
+//! 1.10.0 below 1.9.0), 1.0.0-rc.1 < 1.0.0, and build metadata is ignored (spec item 10):
+//! `1.10.0+build.42` and `1.10.0` are the same version for eligibility, success and
+//! anti-rollback.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A firmware version: its text keeps any build metadata (`1.10.0+build.42` is shown and stored
+/// as published), while equality, order and hashing follow SemVer precedence, which ignores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FirmwareVersion(semver::Version);
 
 impl FirmwareVersion {
     pub fn semver(&self) -> &semver::Version {
         &self.0
+    }
+
+    /// The version without its build metadata (`1.10.0-rc.1+b7` → `1.10.0-rc.1`): one text per
+    /// precedence, e.g. to key a registry so that two builds of one version cannot both be
+    /// published.
+    pub fn precedence_text(&self) -> String {
+        let mut bare = self.0.clone();
+        bare.build = semver::BuildMetadata::EMPTY;
+        bare.to_string()
+    }
+}
+
+impl PartialEq for FirmwareVersion {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for FirmwareVersion {}
+
+impl Ord for FirmwareVersion {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp_precedence(&other.0)
+    }
+}
+
+impl PartialOrd for FirmwareVersion {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Hash for FirmwareVersion {
+    /// What precedence compares (equal versions hash alike): never the build metadata.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.0.major, self.0.minor, self.0.patch, &self.0.pre).hash(state);
     }
 }
 
@@ -50,6 +93,13 @@ impl fmt::Display for FirmwareVersion {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PublishRefusal {
     #[error(
+        "{new} is already published as {current} (build metadata is not part of a version's precedence; images are immutable)"
+    )]
+    SamePrecedence {
+        new: FirmwareVersion,
+        current: FirmwareVersion,
+    },
+    #[error(
         "version {new} is not greater than the current {current} (anti-rollback); pass --allow-downgrade --reason \"…\" to publish it anyway"
     )]
     NotNewer {
@@ -65,11 +115,16 @@ pub enum PublishRefusal {
     },
 }
 
-/// Whether `new` may be published over the model's `current` version. A version not greater
-/// than the current one (equal included: an image is immutable) needs an explicit downgrade with
-/// a non-empty reason.
+/// Whether `new` may be published beside the model's `published` versions (any order). A
+/// version of the same precedence as a published one (another build of it included) is refused
+/// whatever the flags: an image is immutable. A version below the newest published one needs an
+/// explicit downgrade with a non-empty reason.
+///
+/// # Errors
+/// The [`PublishRefusal`] that applies first: min_version above the version, same precedence as
+/// a published version, not newer without a reason, an empty reason.
 pub fn check_publish(
-    current: Option<&FirmwareVersion>,
+    published: &[FirmwareVersion],
     new: &FirmwareVersion,
     min_version: Option<&FirmwareVersion>,
     downgrade_reason: Option<&str>,
@@ -80,8 +135,14 @@ pub fn check_publish(
             version: new.clone(),
         });
     }
-    match (current, downgrade_reason.map(str::trim)) {
-        (Some(current), None) if new <= current => Err(PublishRefusal::NotNewer {
+    if let Some(same) = published.iter().find(|v| *v == new) {
+        return Err(PublishRefusal::SamePrecedence {
+            new: new.clone(),
+            current: same.clone(),
+        });
+    }
+    match (published.iter().max(), downgrade_reason.map(str::trim)) {
+        (Some(current), None) if new < current => Err(PublishRefusal::NotNewer {
             new: new.clone(),
             current: current.clone(),
         }),
@@ -116,31 +177,67 @@ mod tests {
     }
 
     #[test]
+    fn build_metadata_is_not_part_of_precedence() {
+        // SemVer §10: 1.10.0+build.42 and 1.10.0 are one version.
+        assert_eq!(v("1.10.0+build.42"), v("1.10.0"));
+        assert_eq!(v("1.10.0+build.100"), v("1.10.0+build.41"));
+        assert!(v("1.10.0+build.100") < v("1.10.1"));
+        assert!(v("1.10.0-rc.1+b9") < v("1.10.0"));
+        // The text keeps it; the precedence text drops it.
+        assert_eq!(v("1.10.0+build.42").to_string(), "1.10.0+build.42");
+        assert_eq!(v("1.10.0-rc.1+b7").precedence_text(), "1.10.0-rc.1");
+        // Equal versions hash alike (a set holds one of them).
+        let set: std::collections::HashSet<_> = [v("2.0.0+a"), v("2.0.0+b"), v("2.0.0")].into();
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
     fn anti_rollback() {
-        let current = v("1.10.0");
-        assert_eq!(
-            check_publish(Some(&current), &v("1.11.0"), None, None),
-            Ok(())
-        );
-        assert_eq!(check_publish(None, &v("0.1.0"), None, None), Ok(()));
-        for older_or_same in ["1.9.0", "1.10.0", "1.10.0-rc.1"] {
-            let refused = check_publish(Some(&current), &v(older_or_same), None, None);
+        let published = [v("1.9.0"), v("1.10.0")];
+        assert_eq!(check_publish(&published, &v("1.11.0"), None, None), Ok(()));
+        assert_eq!(check_publish(&[], &v("0.1.0"), None, None), Ok(()));
+        for older in ["1.9.1", "1.10.0-rc.1"] {
+            let refused = check_publish(&published, &v(older), None, None);
             assert!(
                 matches!(refused, Err(PublishRefusal::NotNewer { .. })),
-                "{older_or_same}"
+                "{older}"
             );
         }
         assert_eq!(
-            check_publish(Some(&current), &v("1.9.0"), None, Some("bad 1.10 radio")),
+            check_publish(&published, &v("1.9.1"), None, Some("bad 1.10 radio")),
             Ok(())
         );
         assert_eq!(
-            check_publish(Some(&current), &v("1.9.0"), None, Some("  ")),
+            check_publish(&published, &v("1.9.1"), None, Some("  ")),
             Err(PublishRefusal::DowngradeWithoutReason)
         );
         assert!(matches!(
-            check_publish(None, &v("1.0.0"), Some(&v("1.1.0")), None),
+            check_publish(&[], &v("1.0.0"), Some(&v("1.1.0")), None),
             Err(PublishRefusal::MinAboveVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn another_build_of_a_published_version_is_already_published() {
+        // Published as 1.10.0+build.42: +build.100 is not "newer", +build.41 not a downgrade;
+        // both are the published version, whatever the flags.
+        let published = [v("1.9.0"), v("1.10.0+build.42")];
+        for build in ["1.10.0+build.100", "1.10.0+build.41", "1.10.0"] {
+            for reason in [None, Some("hotfix")] {
+                assert_eq!(
+                    check_publish(&published, &v(build), None, reason),
+                    Err(PublishRefusal::SamePrecedence {
+                        new: v(build),
+                        current: v("1.10.0+build.42"),
+                    }),
+                    "{build} {reason:?}"
+                );
+            }
+        }
+        // An older published version's other build too, even as an allowed downgrade.
+        assert!(matches!(
+            check_publish(&published, &v("1.9.0+b2"), None, Some("back")),
+            Err(PublishRefusal::SamePrecedence { .. })
         ));
     }
 }

@@ -62,12 +62,15 @@ impl Publisher<'_> {
         if image.is_empty() {
             return Err(PublishError::Empty);
         }
-        let current = self
+        let published: Vec<FirmwareVersion> = self
             .table
-            .current(&request.model, &request.hardware)
-            .await?;
+            .images(&request.model, &request.hardware)
+            .await?
+            .into_iter()
+            .map(|i| i.version)
+            .collect();
         check_publish(
-            current.as_ref(),
+            &published,
             &request.version,
             request.min_version.as_ref(),
             request.downgrade_reason.as_deref(),

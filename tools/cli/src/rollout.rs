@@ -10,7 +10,7 @@ use shoal_shared::device_table::DeviceTable;
 use shoal_shared::firmware_table::FirmwareTable;
 use shoal_shared::rollout::FirmwareVersion;
 use shoal_shared::rollout::advance::{Population, RollbackCounts, plan_run};
-use shoal_shared::rollout::image::{DeviceModel, HardwareRevision};
+use shoal_shared::rollout::image::{DeviceModel, HardwareRevision, find_image};
 use shoal_shared::rollout::phases::{PhaseCounts, PlanSettings, RolloutPlan};
 use shoal_shared::rollout::state::{Command, DeviceOutcome, Rollout, RolloutStatus, Transition};
 use shoal_shared::rollout_table::RolloutTable;
@@ -36,25 +36,25 @@ pub async fn start(
     now_ms: u64,
 ) -> anyhow::Result<Rollout> {
     let images = firmware.images(&request.model, &request.hardware).await?;
-    let published = |v: &FirmwareVersion| images.iter().any(|i| &i.version == v);
-    if !published(&request.version) {
+    // The versions as published (`1.10.0` names the image published as `1.10.0+build.42`: build
+    // metadata is not precedence), so the rollout records what devices will report.
+    let Some(version) = find_image(&images, &request.version).map(|i| i.version.clone()) else {
         bail!(
             "{} {} {} is not in the firmware registry: publish it first (shoal firmware publish)",
             request.model,
             request.hardware,
             request.version
         );
-    }
+    };
     let rollback_version = match request.rollback_to {
-        Some(v) if published(&v) && v < request.version => Some(v),
-        Some(v) => bail!(
-            "rollback version {v} must be a published image below {}",
-            request.version
-        ),
+        Some(v) => match find_image(&images, &v) {
+            Some(image) if image.version < version => Some(image.version.clone()),
+            _ => bail!("rollback version {v} must be a published image below {version}"),
+        },
         None => images
             .iter()
             .map(|i| &i.version)
-            .filter(|v| **v < request.version)
+            .filter(|v| **v < version)
             .max()
             .cloned(),
     };
@@ -81,7 +81,7 @@ pub async fn start(
             "{}-{}-{}-{}",
             request.model,
             request.hardware,
-            request.version,
+            version,
             now_ms / 1000
         )
     });
@@ -89,7 +89,7 @@ pub async fn start(
         id: id.clone(),
         model: request.model,
         hardware: request.hardware,
-        version: request.version,
+        version,
         rollback_version,
         plan,
         phase: 0,
@@ -159,10 +159,7 @@ pub async fn status(
         .await?
         .with_context(|| format!("no rollout {id}"))?;
     let images = firmware.images(&rollout.model, &rollout.hardware).await?;
-    let min_version = images
-        .iter()
-        .find(|i| i.version == rollout.version)
-        .and_then(|i| i.min_version.clone());
+    let min_version = find_image(&images, &rollout.version).and_then(|i| i.min_version.clone());
     let records = rollouts.devices(id).await?;
     let things = shoal_shared::fleet::things_of(iot, &rollout.model, &rollout.hardware).await?;
     let fleet = devices.fleet(&things).await?;
