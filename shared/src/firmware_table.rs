@@ -2,7 +2,9 @@
 //! `model_hardware` (`<model>#<hardware>`) and `version`, the version's precedence text (build
 //! metadata dropped: `1.10.0+build.42` is keyed `1.10.0`, its full text kept in `version_text`).
 //! Items are immutable: a version is written once (conditional put), so two builds of one
-//! version can never both be published, even by racing publishers. The current version of a
+//! version can never both be published, even by racing publishers (items written before
+//! `version_text` are keyed by their full text: for those, `check_publish` is what refuses
+//! another build). The current version of a
 //! model is the greatest by SemVer precedence, never by string order.
 
 use std::collections::HashMap;
@@ -138,8 +140,8 @@ impl FirmwareTable {
         Ok(self.images(model, hardware).await?.pop().map(|i| i.version))
     }
 
-    /// Records a new image. `Ok(false)`: this version is already published (images are
-    /// immutable).
+    /// Records a new image. `Ok(false)`: a version of the same precedence (this one or another
+    /// build of it) is already published (images are immutable).
     pub async fn insert(&self, image: &FirmwareImage) -> Result<bool, AwsError> {
         let put = self
             .client

@@ -211,6 +211,18 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
         .await
         .unwrap();
     assert_eq!(rollout.version.to_string(), "1.11.0+build.42");
+    // The default id names the build without MQTT's `+` wildcard (the pause alert's topic).
+    let unnamed = StartRequest {
+        id: None,
+        ..start_request("1.11.0", None)
+    };
+    let other_table =
+        RolloutTable::new(factory.dynamodb(), unique_name("rollouts").parse().unwrap());
+    other_table.ensure_exists().await.unwrap();
+    let named = start(&other_table, &table, unnamed, 1_795_600_000_000)
+        .await
+        .unwrap();
+    assert_eq!(named.id, "th-v2-rev-b-1.11.0_build.42-1795600000");
     assert_eq!(rollout.rollback_version.unwrap().to_string(), "1.10.0");
 }
 

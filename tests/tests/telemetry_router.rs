@@ -231,12 +231,12 @@ fn event(payload: Value, now: i64) -> Value {
     e
 }
 
-/// Timestream records moto holds for the table (see aws_clients.rs: moto's state endpoint).
 /// An event as Lambda delivers it (bytes), read as the function reads it.
 fn delivered(event: &Value) -> telemetry_router::batch::Trigger {
     telemetry_router::batch::Trigger::from_slice(&serde_json::to_vec(event).unwrap(), None).unwrap()
 }
 
+/// Timestream records moto holds for the table (see aws_clients.rs: moto's state endpoint).
 fn stored_records(target: &TimestreamTarget) -> Vec<Value> {
     local::moto_timestream_records(target.database.as_str(), target.table.as_str())
 }

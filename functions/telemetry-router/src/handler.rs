@@ -1,5 +1,5 @@
-//! The Lambda handler: configuration read once at init, one routed message per invocation, the
-//! counts logged as CloudWatch EMF metrics.
+//! The Lambda handler: configuration read once at init, one invocation's trigger (a direct message
+//! or an SQS or Kinesis batch) routed, the counts logged as CloudWatch EMF metrics.
 
 use serde_json::json;
 use shoal_shared::clock::now_ms;

@@ -100,7 +100,7 @@ pub enum PublishRefusal {
         current: FirmwareVersion,
     },
     #[error(
-        "version {new} is not greater than the current {current} (anti-rollback); pass --allow-downgrade --reason \"…\" to publish it anyway"
+        "version {new} is below the current {current} (anti-rollback); pass --allow-downgrade --reason \"…\" to publish it anyway"
     )]
     NotNewer {
         new: FirmwareVersion,

@@ -36,7 +36,9 @@ pub enum PublishError {
     Empty,
     #[error("signature check failed, nothing uploaded or recorded: {0}")]
     Signature(#[from] SignatureError),
-    #[error("{model} {hardware} {version} is already published (images are immutable)")]
+    #[error(
+        "{model} {hardware} {version}: this version (or another build of it) is already published (images are immutable)"
+    )]
     AlreadyPublished {
         model: DeviceModel,
         hardware: HardwareRevision,

@@ -213,8 +213,9 @@ enum RolloutCommand {
 #[derive(Subcommand)]
 enum FirmwareCommand {
     /// Sign an image's SHA-256 with the KMS key, verify the signature with the key's public key,
-    /// upload it and record it. Refuses a version not greater than the model's current one
-    /// unless --allow-downgrade --reason is given.
+    /// upload it and record it. Refuses a version below the model's current one unless
+    /// --allow-downgrade --reason is given, and a version already published (another build of
+    /// it included) whatever the flags.
     Publish {
         /// The image file.
         file: std::path::PathBuf,
@@ -223,7 +224,8 @@ enum FirmwareCommand {
         /// Devices below this version must take an intermediate image first.
         #[arg(long)]
         min_version: Option<FirmwareVersion>,
-        /// Publish a version that is not greater than the current one.
+        /// Publish a version below the current one (never one already published, nor another
+        /// build of it).
         #[arg(long, requires = "reason")]
         allow_downgrade: bool,
         /// Why the downgrade (recorded with the image).

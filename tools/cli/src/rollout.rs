@@ -81,10 +81,11 @@ pub async fn start(
             "{}-{}-{}-{}",
             request.model,
             request.hardware,
-            version,
+            version.to_string().replace('+', "_"),
             now_ms / 1000
         )
     });
+    check_id(&id)?;
     let rollout = Rollout {
         id: id.clone(),
         model: request.model,
@@ -104,6 +105,22 @@ pub async fn start(
         bail!("a rollout named {id} exists already");
     }
     Ok(rollout)
+}
+
+/// A rollout id becomes an MQTT topic level (the pause alert's `<alerts>/ota/<id>`), where `+`
+/// and `#` are wildcards and `/` a separator, and a DynamoDB key: letters, digits, `.`, `_` and
+/// `-`, 1 to 128 of them.
+///
+/// # Errors
+/// Names the id and what it may hold.
+pub fn check_id(id: &str) -> anyhow::Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > 128 || !id.chars().all(allowed) {
+        bail!(
+            "rollout id {id:?} must be 1 to 128 letters, digits, '.', '_' and '-' (it becomes an MQTT topic level)"
+        );
+    }
+    Ok(())
 }
 
 /// Applies an operator command (pause, resume, rollback) over the rollout as read; if an
@@ -258,6 +275,24 @@ pub fn render(report: &RolloutStatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollout_ids_are_one_mqtt_topic_level() {
+        for good in ["th-v2-rev-b-1.10.0_build.42-1795600000", "phases", "a"] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "th-v2-1.10.0+build.42",
+            "a/b",
+            "a#",
+            "é",
+            &"x".repeat(129),
+        ] {
+            let err = check_id(bad).unwrap_err().to_string();
+            assert!(err.contains("MQTT topic level"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn the_rendered_status_shows_phase_counts_rate_reconciliation_and_audit() {
