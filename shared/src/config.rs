@@ -237,26 +237,20 @@ fn check_chars(value: &str, allowed: impl Fn(char) -> bool, what: &str) -> Resul
     }
 }
 
-fn dynamo_style_char(c: char) -> bool {
+/// A character of the names DynamoDB tables, S3 keys' levels and MQTT topic levels all take
+/// as they are: an ASCII letter or digit, `_`, `.` or `-` (no wildcard, no separator).
+pub fn name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
 }
 
 fn check_table_name(value: &str) -> Result<(), String> {
     check_len(value, 3, 255)?;
-    check_chars(
-        value,
-        dynamo_style_char,
-        "letters, digits, '_', '.' and '-'",
-    )
+    check_chars(value, name_char, "letters, digits, '_', '.' and '-'")
 }
 
 fn check_timestream_name(value: &str) -> Result<(), String> {
     check_len(value, 3, 256)?;
-    check_chars(
-        value,
-        dynamo_style_char,
-        "letters, digits, '_', '.' and '-'",
-    )
+    check_chars(value, name_char, "letters, digits, '_', '.' and '-'")
 }
 
 fn check_bucket_name(value: &str) -> Result<(), String> {

@@ -81,9 +81,7 @@ impl Trigger {
             Trigger::Direct(event)
         })
     }
-}
 
-impl Trigger {
     /// [`Self::classify_for`] of an event as Lambda delivers it (bytes), without building a JSON
     /// tree of a whole batch: a first pass reads only the keys that decide the shape (`_topic`,
     /// `Records[0].eventSource`), then a batch is read straight into its SQS or Kinesis type.

@@ -17,11 +17,7 @@ use thiserror::Error;
 use super::version::FirmwareVersion;
 
 fn check_name(value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ok = !value.is_empty() && value.len() <= 64 && value.chars().all(crate::config::name_char);
     if ok {
         Ok(())
     } else {

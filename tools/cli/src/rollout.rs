@@ -114,8 +114,7 @@ pub async fn start(
 /// # Errors
 /// Names the id and what it may hold.
 pub fn check_id(id: &str) -> anyhow::Result<()> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if id.is_empty() || id.len() > 128 || !id.chars().all(allowed) {
+    if id.is_empty() || id.len() > 128 || !id.chars().all(shoal_shared::config::name_char) {
         bail!(
             "rollout id {id:?} must be 1 to 128 letters, digits, '.', '_' and '-' (it becomes an MQTT topic level)"
         );
