@@ -20,7 +20,8 @@ use shoal_shared::telemetry::decode::{Context, readings_in};
 use shoal_shared::telemetry::records::{APP_DIMENSION, write_ranges};
 use shoal_shared::telemetry::{
     CheckedJson, Envelope, EnvelopeError, Limits, MeasureTypes, PackedSchemas, Payload,
-    TelemetryApps, TimestreamRecord, decode_binary, decode_json, validate_with_dimensions,
+    TelemetryApps, TimestreamRecord, decode_binary, decode_flat, decode_json,
+    validate_with_dimensions,
 };
 
 /// AWS IoT Core's payload limit: nothing larger can have come from a device.
@@ -821,11 +822,14 @@ fn decode_and_validate(
     // A JSON payload refused whole counts the readings its shape says it holds.
     let held = match &envelope.payload {
         Payload::Json(fields) => readings_in(fields),
+        Payload::Flat(readings) => readings.len(),
         Payload::Binary(_) => 1,
     };
     let payload_bytes = match &envelope.payload {
         Payload::Binary(bytes) => bytes.len(),
-        Payload::Json(_) => p.original.len().saturating_sub(RULE_METADATA_ALLOWANCE),
+        Payload::Json(_) | Payload::Flat(_) => {
+            p.original.len().saturating_sub(RULE_METADATA_ALLOWANCE)
+        }
     };
     if payload_bytes > MAX_PAYLOAD_BYTES {
         let reason =
@@ -864,6 +868,7 @@ fn decode_and_validate(
     };
     let decoded = match payload {
         Payload::Json(fields) => decode_json(&ctx, fields),
+        Payload::Flat(readings) => decode_flat(&ctx, readings),
         Payload::Binary(bytes) => decode_binary(&ctx, model.as_deref(), &bytes, rules.schemas),
     };
     let readings = match decoded {

@@ -128,7 +128,7 @@ pub fn readings_in(payload: &Map<String, Value>) -> usize {
 
 /// A `ts`: integer milliseconds since the epoch; an integral float (`1795600000000.0`, as CBOR
 /// or a JSON writer may spell it) is the same instant.
-fn timestamp(value: &Value) -> Result<i64, DecodeError> {
+pub(crate) fn timestamp(value: &Value) -> Result<i64, DecodeError> {
     let Value::Number(n) = value else {
         return Err(DecodeError::BadTimestamp);
     };
@@ -184,6 +184,39 @@ pub fn decode_json(
         }
         None => Ok(vec![reading(ctx, ctx.received_at_ms, payload)]),
     }
+}
+
+/// One reading of a payload in the common shapes, read without a JSON map (`flat`): its `ts`,
+/// if given, and its measures sorted by name, each a scalar (number, boolean, string or null),
+/// no name twice, and not an edge aggregate's keys alone.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FlatReading {
+    /// Milliseconds since the epoch.
+    pub ts: Option<i64>,
+    pub measures: Vec<(String, Value)>,
+}
+
+/// Decodes readings read by the flat reader: the same readings, in the same order, with the
+/// same refusals as [`decode_json`] makes of the same payload (property-tested in `flat`).
+///
+/// # Errors
+/// [`DecodeError::TooManyReadings`]; refusals of single readings are inside the `Ok` list.
+pub fn decode_flat(ctx: &Context<'_>, readings: Vec<FlatReading>) -> Result<Decoded, DecodeError> {
+    check_reading_count(readings.len())?;
+    Ok(readings
+        .into_iter()
+        .map(|r| {
+            let mut measures = Vec::with_capacity(r.measures.len());
+            for (name, value) in r.measures {
+                flatten(ctx.types, name, value, 1, &mut measures)?;
+            }
+            Ok(Reading {
+                thing: ctx.thing.clone(),
+                time_ms: r.ts.unwrap_or(ctx.received_at_ms),
+                measures,
+            })
+        })
+        .collect())
 }
 
 fn series(ctx: &Context<'_>, mut payload: Map<String, Value>) -> Result<Decoded, DecodeError> {
@@ -243,7 +276,7 @@ fn series(ctx: &Context<'_>, mut payload: Map<String, Value>) -> Result<Decoded,
         .collect())
 }
 
-const AGGREGATE_KEYS: [&str; 5] = ["count", "mean", "min", "max", "std"];
+pub(crate) const AGGREGATE_KEYS: [&str; 5] = ["count", "mean", "min", "max", "std"];
 
 /// An object of aggregate statistics (`count` plus any of mean/min/max/std) must be consistent.
 fn check_aggregate(path: &str, fields: &Map<String, Value>) -> Result<(), DecodeError> {

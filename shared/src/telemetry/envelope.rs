@@ -17,6 +17,7 @@
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use super::decode::FlatReading;
 use super::json::{CheckedJson, MAX_CONTAINERS};
 use crate::ids::ThingName;
 
@@ -32,6 +33,10 @@ pub enum Payload {
     Json(Map<String, Value>),
     /// The rule selected `encode(*, 'base64')`: the decoded bytes.
     Binary(Vec<u8>),
+    /// A JSON message of the common shapes (one reading, or `readings`, of scalar measures; no
+    /// key twice), read straight into its readings by the flat reader ([`super::flat`]): it
+    /// decodes ([`super::decode::decode_flat`]) exactly as `Json` would.
+    Flat(Vec<FlatReading>),
 }
 
 /// One message with where it came from.
@@ -97,6 +102,20 @@ impl Envelope {
     /// # Errors
     /// [`EnvelopeError`] naming what is missing or malformed.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        // The common shapes straight into readings; anything else, and every refusal, through
+        // the general reader.
+        if let Some(message) = super::flat::read(bytes)
+            && let Ok(thing) = thing_from_topic(&message.topic)
+        {
+            return Ok(Self {
+                topic: message.topic,
+                thing,
+                received_at_ms: message.received_at_ms,
+                client_id: message.client_id,
+                payload: Payload::Flat(message.readings),
+                duplicate_key: None,
+            });
+        }
         let event =
             CheckedJson::from_slice(bytes).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
         Self::from_checked(event)

@@ -2,7 +2,7 @@
 //!
 //! `envelope` reads what the IoT rule hands the router (the payload plus topic, receive time and
 //! client id); `decode` turns a JSON payload into readings, `binary` the compressed, CBOR and
-//! packed ones, `schema` types each measure by its name, `json` notices duplicate keys; `validate` checks each reading against
+//! packed ones, `schema` types each measure by its name, `json` notices duplicate keys, `flat` reads the common JSON shapes straight into readings; `validate` checks each reading against
 //! AWS's and Shoal's limits; `records` builds Timestream multi-measure records and batches. Every
 //! step is pure: nothing here calls AWS, so each rule is unit- and property-tested.
 
@@ -10,6 +10,7 @@ pub mod archive;
 pub mod binary;
 pub mod decode;
 pub mod envelope;
+mod flat;
 pub mod json;
 pub mod reading;
 pub mod records;
@@ -17,7 +18,9 @@ pub mod schema;
 pub mod validate;
 
 pub use binary::{PackedSchemas, decode_binary};
-pub use decode::{Context, DecodeError, MAX_READINGS_PER_MESSAGE, decode_json};
+pub use decode::{
+    Context, DecodeError, FlatReading, MAX_READINGS_PER_MESSAGE, decode_flat, decode_json,
+};
 pub use envelope::{Envelope, EnvelopeError, Payload, TelemetryApps};
 pub use json::CheckedJson;
 pub use reading::{MeasureName, MeasureValue, Reading};
