@@ -38,7 +38,8 @@ fn message() -> Vec<u8> {
     .unwrap()
 }
 
-/// One full pass, as the router does it: bytes → event → envelope → readings → validated records
+/// One full pass, as the router does it for a direct rule event (a batch's bodies take the flat
+/// reader, measured by the router's `router_path` bench): bytes → event → envelope → readings → validated records
 /// (dimensioned by thing and app). Returns the number of records built.
 fn pipeline(bytes: &[u8], limits: &Limits) -> usize {
     let event = CheckedJson::from_slice(bytes).unwrap();

@@ -197,7 +197,8 @@ pub struct FlatReading {
 }
 
 /// Decodes readings read by the flat reader: the same readings, in the same order, with the
-/// same refusals as [`decode_json`] makes of the same payload (property-tested in `flat`).
+/// same refusals as [`decode_json`] makes of the same payload (property-tested in `flat`). The
+/// reading count is checked again, though the flat reader never hands over more.
 ///
 /// # Errors
 /// [`DecodeError::TooManyReadings`]; refusals of single readings are inside the `Ok` list.

@@ -74,6 +74,12 @@ pub enum EnvelopeError {
     TooManyContainers(usize),
 }
 
+/// Whether `topic` is a binary one, `dt/<app>/<thing>/telemetry/<model>`: the rule delivers its
+/// bytes as `_payload`; on `dt/<app>/<thing>/telemetry` every key is the device's own.
+pub fn is_binary_topic(topic: &str) -> bool {
+    topic.split('/').nth(4).is_some()
+}
+
 /// The thing name from `dt/<app>/<thing>/telemetry[/<format>]`.
 pub fn thing_from_topic(topic: &str) -> Result<ThingName, EnvelopeError> {
     let parts: Vec<&str> = topic.split('/').collect();
@@ -105,6 +111,7 @@ impl Envelope {
         // The common shapes straight into readings; anything else, and every refusal, through
         // the general reader.
         if let Some(message) = super::flat::read(bytes)
+            && !is_binary_topic(&message.topic)
             && let Ok(thing) = thing_from_topic(&message.topic)
         {
             return Ok(Self {
@@ -158,8 +165,7 @@ impl Envelope {
         // The topic says which rule delivered it: `dt/+/+/telemetry/+` selects the bytes as
         // `_payload` and nothing else; on `dt/+/+/telemetry` every key is the device's own (a
         // device key named `_payload` there is a measure name, refused as such, never bytes).
-        let binary = topic.split('/').nth(4).is_some();
-        let payload = if binary {
+        let payload = if is_binary_topic(&topic) {
             let encoded = match fields.remove(PAYLOAD_KEY) {
                 Some(Value::String(encoded)) => encoded,
                 _ => return Err(EnvelopeError::MissingField(PAYLOAD_KEY)),
