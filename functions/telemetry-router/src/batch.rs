@@ -3,7 +3,7 @@
 //! answers with `batchItemFailures` so only the messages that must be retried come back.
 
 use aws_lambda_events::event::kinesis::KinesisEvent;
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -20,8 +20,41 @@ use crate::router::{
 pub enum Trigger {
     /// The IoT rule's Lambda action: the rule's output itself.
     Direct(CheckedJson),
-    Sqs(SqsEvent),
+    Sqs(SqsBatch),
     Kinesis(KinesisEvent),
+}
+
+/// An SQS event as the router reads it: each message's id, body and `SentTimestamp` attribute.
+/// The rest of AWS's SQS record (`aws_lambda_events`' `SqsMessage`: receipt handle, digests,
+/// other attributes, message attributes, source ARN, region) is skipped unread — the router
+/// uses none of it, and reading it cost a third of reading the event (maps and strings for
+/// every message). A field read here that is given twice, or of the wrong type, makes the
+/// event no SQS batch (it is then routed whole as a direct event, as any malformed batch is).
+/// <https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html>
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SqsBatch {
+    #[serde(rename = "Records")]
+    pub records: Vec<SqsRecord>,
+}
+
+/// One SQS message of an [`SqsBatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsRecord {
+    #[serde(default)]
+    pub message_id: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `null` is no attributes, as AWS's own type reads it.
+    #[serde(default)]
+    pub attributes: Option<SqsAttributes>,
+}
+
+/// The one attribute the router reads: when SQS took the message, in ms since the epoch, as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SqsAttributes {
+    #[serde(rename = "SentTimestamp", default)]
+    pub sent_timestamp: Option<String>,
 }
 
 /// How the template hands telemetry to the router (`SHOAL_TELEMETRY_DELIVERY`, the
@@ -69,7 +102,7 @@ impl Trigger {
             .to_owned();
         let parsed = match (source.as_str(), delivery) {
             ("aws:sqs", None | Some(Delivery::Sqs)) => {
-                SqsEvent::deserialize(&event.value).map(Trigger::Sqs)
+                SqsBatch::deserialize(&event.value).map(Trigger::Sqs)
             }
             ("aws:kinesis", None | Some(Delivery::Kinesis)) => {
                 KinesisEvent::deserialize(&event.value).map(Trigger::Kinesis)
@@ -84,15 +117,15 @@ impl Trigger {
 
     /// [`Self::classify_for`] of an event as Lambda delivers it (bytes), without building a JSON
     /// tree of a whole batch: a first pass reads only the keys that decide the shape (`_topic`,
-    /// `Records[0].eventSource`), then a batch is read straight into its SQS or Kinesis type.
+    /// `Records[0].eventSource`), then a batch is read straight into its SQS ([`SqsBatch`]) or
+    /// Kinesis type.
     /// Whatever that cannot read exactly (not an object, a deciding key or a record's field
     /// given twice, a batch that does not parse) takes [`Self::classify_for`]'s path, so both
     /// agree (a property test checks it). Differences are left only in what Lambda never sends
     /// (AWS writes the envelope; the device's payload is the `body` or `data` text, read later
-    /// with its duplicate keys noticed): a key given twice inside a record's `attributes` or
-    /// `messageAttributes` map keeps its last value here, its first on the tree path; and a
-    /// field the SQS and Kinesis types do not read is skipped unchecked here (a number out of
-    /// range, a lone surrogate, nesting past serde_json's limit), refused on the tree path.
+    /// with its duplicate keys noticed): a field the SQS and Kinesis types do not read is
+    /// skipped unchecked here (a number out of range, a lone surrogate, nesting past
+    /// serde_json's limit), refused on the tree path.
     ///
     /// # Errors
     /// serde_json's error when `bytes` is not one JSON document.
@@ -245,7 +278,7 @@ impl<'de> Deserialize<'de> for FirstSource {
 /// Routes an SQS batch; each message that must be retried is listed by message id. Messages are
 /// independent: one failure does not hold back the others.
 pub async fn route_sqs(
-    event: SqsEvent,
+    event: SqsBatch,
     rules: &Rules<'_>,
     edges: &Edges<'_, impl TelemetrySink, impl QuarantineStore, impl ArchiveStore>,
     batch_id: &str,
@@ -258,7 +291,7 @@ pub async fn route_sqs(
         .map(|m| {
             let sent_at = m
                 .attributes
-                .get("SentTimestamp")
+                .and_then(|a| a.sent_timestamp)
                 .and_then(|t| t.parse::<i64>().ok());
             Incoming::from_bytes(
                 m.message_id.unwrap_or_default(),
@@ -414,6 +447,10 @@ mod tests {
                 "\"eventSource\":\"aws:sqs\",\"eventSource\":",
             ),
             ("\"body\":", "\"body\":\"{}\",\"body\":"),
+            (
+                "\"SentTimestamp\":",
+                "\"SentTimestamp\":\"1\",\"SentTimestamp\":",
+            ),
         ] {
             if text.contains(key) {
                 texts.push(text.replacen(key, twice, 1));
@@ -438,13 +475,20 @@ mod tests {
             Just(json!("aws:s3")),
             scalar.clone()
         ];
+        let attributes = prop_oneof![
+            Just(json!({"SentTimestamp": "1795600000123", "SenderId": "x"})),
+            Just(json!({"SentTimestamp": 7})),
+            Just(json!({"SenderId": 7})),
+            scalar.clone(),
+        ];
         let record = (
             source,
             prop::option::of(scalar.clone()),
             prop::option::of(scalar.clone()),
             any::<bool>(),
+            prop::option::of(attributes),
         )
-            .prop_map(|(source, body, kinesis, with_source)| {
+            .prop_map(|(source, body, kinesis, with_source, attributes)| {
                 let mut r = serde_json::Map::new();
                 if with_source {
                     r.insert("eventSource".into(), source);
@@ -454,6 +498,9 @@ mod tests {
                 }
                 if let Some(k) = kinesis {
                     r.insert("kinesis".into(), k);
+                }
+                if let Some(a) = attributes {
+                    r.insert("attributes".into(), a);
                 }
                 r.insert("messageId".into(), json!("m"));
                 Value::Object(r)
@@ -467,6 +514,8 @@ mod tests {
             Just(sqs(&["{}", "x"])),
             Just(kinesis(&[b"{}", b"y"])),
             Just(json!({"Records": [{"eventSource": "aws:sqs", "attributes": null}]})),
+            Just(json!({"Records": [{"eventSource": "aws:sqs", "body": "{}",
+                "attributes": {"SentTimestamp": "1795600000123", "ApproximateReceiveCount": "1"}}]})),
         ];
         let top = (
             prop::option::of(records),
@@ -673,8 +722,18 @@ mod tests {
     #[tokio::test]
     async fn a_bad_envelope_is_filed_under_the_queue_s_time() {
         let mut event = sqs(&["not json"]);
-        event["Records"][0]["attributes"] = json!({"SentTimestamp": "1795600000123"});
-        let Trigger::Sqs(event) = Trigger::classify(event) else {
+        // Every attribute AWS sends; the router reads SentTimestamp only (the event's bytes,
+        // as Lambda hands them over).
+        event["Records"][0]["attributes"] = json!({
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1795600000123",
+            "SenderId": "AROAEXAMPLE:shoal-telemetry-rule",
+            "ApproximateFirstReceiveTimestamp": "1795600000130"
+        });
+        event["Records"][0]["messageAttributes"] =
+            json!({"trace": {"stringValue": "x", "dataType": "String"}});
+        let bytes = serde_json::to_vec(&event).unwrap();
+        let Ok(Trigger::Sqs(event)) = Trigger::from_slice(&bytes, None) else {
             panic!("sqs")
         };
         let fakes = Fakes::default();

@@ -21,7 +21,7 @@
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 use super::decode::{AGGREGATE_KEYS, FlatReading, MAX_READINGS_PER_MESSAGE, timestamp};
 use super::envelope::{CLIENT_ID_KEY, RECEIVED_AT_KEY, TOPIC_KEY};
@@ -116,52 +116,14 @@ impl Visitor<'_> for ReadingKeySeed {
 }
 
 /// A scalar, as `serde_json::Value` would hold it (the same numbers); an object or array gives
-/// up.
+/// up before any of it is read.
 struct ScalarSeed;
 
 impl<'de> DeserializeSeed<'de> for ScalarSeed {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl Visitor<'_> for ScalarSeed {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a scalar")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        Number::from_f64(v)
-            .map(Value::Number)
-            .map_or_else(give_up, Ok)
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+        super::json::scalar(deserializer)
     }
 }
 

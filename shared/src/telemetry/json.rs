@@ -80,6 +80,21 @@ impl CheckedJson {
     }
 }
 
+/// One scalar (number, boolean, string or null) as `serde_json::Value` holds it, read with the
+/// same visitor as a document; an object or array is an error before any of it is read (a
+/// container limit of 0). The flat reader's values (`flat`).
+///
+/// # Errors
+/// The deserializer's error, or a custom one for an object or array.
+pub(crate) fn scalar<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+    let state = RefCell::new(State::default());
+    Seed {
+        state: &state,
+        depth: 0,
+    }
+    .deserialize(deserializer)
+}
+
 /// Most objects and arrays one document may hold. Each costs an allocation of several hundred
 /// bytes once parsed, so a 1 MiB payload of tiny nested objects (`{"":{"":1}}` × 100,000) would
 /// otherwise take over 100 MB; a 10,000-reading batch with a nested object per reading needs
@@ -290,6 +305,26 @@ mod tests {
         assert_eq!(event.containers, MAX_CONTAINERS + 1);
         let fits = format!("[{}]", vec![r#"{"":1}"#; MAX_CONTAINERS - 1].join(","));
         assert!(CheckedJson::from_slice(fits.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_scalar_is_read_as_a_value_and_a_container_is_refused_unread() {
+        let read = |text: &str| scalar(&mut serde_json::Deserializer::from_str(text));
+        for text in [
+            "1.5",
+            "-7",
+            "18446744073709551615",
+            "true",
+            "null",
+            "\"x\\u0041\"",
+        ] {
+            assert_eq!(
+                read(text).unwrap(),
+                serde_json::from_str::<Value>(text).unwrap()
+            );
+        }
+        assert!(read("[1]").is_err());
+        assert!(read("{\"a\": 1}").is_err());
     }
 
     #[test]
