@@ -27,9 +27,10 @@ pub enum Trigger {
 /// An SQS event as the router reads it: each message's id, body and `SentTimestamp` attribute.
 /// The rest of AWS's SQS record (`aws_lambda_events`' `SqsMessage`: receipt handle, digests,
 /// other attributes, message attributes, source ARN, region) is skipped unread — the router
-/// uses none of it, and reading it cost a third of reading the event (maps and strings for
-/// every message). A field read here that is given twice, or of the wrong type, makes the
-/// event no SQS batch (it is then routed whole as a direct event, as any malformed batch is).
+/// uses none of it, and reading it built maps and strings for every message. A field read here
+/// that is given twice, or of the wrong type, makes the event no SQS batch (it is then routed
+/// whole as a direct event, as any malformed batch is); a field skipped here is not checked
+/// (a `receiptHandle` of 7 no longer makes the event malformed — Lambda never sends one).
 /// <https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html>
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct SqsBatch {
@@ -432,6 +433,52 @@ mod tests {
         // Claims to be SQS but is not: kept whole, as a direct event.
         let odd = json!({"Records": [{"eventSource": "aws:sqs", "body": 7}]});
         assert!(matches!(Trigger::classify(odd.clone()), Trigger::Direct(e) if e.value == odd));
+    }
+
+    /// AWS's sample SQS record (every field Lambda sends, FIFO attributes too) reads its id, body
+    /// and `SentTimestamp`; a null or missing id or body reads as none, as AWS's own type reads
+    /// them (a message without an id is then retried with its whole batch).
+    #[test]
+    fn sqs_records_read_their_id_body_and_sent_timestamp() {
+        let sample = json!({"Records": [
+            {
+                "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+                "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
+                "body": "{}",
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "1545082649183",
+                    "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+                    "ApproximateFirstReceiveTimestamp": "1545082649185",
+                    "MessageGroupId": "dev-1",
+                    "SequenceNumber": "18849496460467696128"
+                },
+                "messageAttributes": {"trace": {"stringValue": "x", "binaryListValues": [],
+                    "stringListValues": [], "dataType": "String"}},
+                "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-2:123456789012:my-queue",
+                "awsRegion": "us-east-2"
+            },
+            {"messageId": null, "body": null, "attributes": null, "eventSource": "aws:sqs"},
+            {"eventSource": "aws:sqs"}
+        ]});
+        let bytes = serde_json::to_vec(&sample).unwrap();
+        let Ok(Trigger::Sqs(batch)) = Trigger::from_slice(&bytes, None) else {
+            panic!("an SQS batch")
+        };
+        assert_eq!(
+            batch.records[0],
+            SqsRecord {
+                message_id: Some("059f36b4-87a3-44ab-83d2-661975830a7d".into()),
+                body: Some("{}".into()),
+                attributes: Some(SqsAttributes {
+                    sent_timestamp: Some("1545082649183".into())
+                }),
+            }
+        );
+        assert_eq!(batch.records[1], SqsRecord::default());
+        assert_eq!(batch.records[2], SqsRecord::default());
     }
 
     /// Every way of delivering `value`'s text, and texts no Value can hold (a key twice).

@@ -269,11 +269,12 @@ pub fn to_parquet<'a>(
             // Column-chunk statistics are what Athena prunes by; page-level ones only cost.
             .set_statistics_enabled(EnabledStatistics::Chunk)
             .set_created_by("shoal telemetry-router".into())
-            // Only the times, values and receive times keep statistics: Athena prunes by those
-            // (the hour partition first); the string columns hold many devices, names and
-            // types per object, so their min/max would rarely exclude one, and comparing every
-            // row's bytes for them was a sixth of the encoding.
-            .set_column_statistics_enabled(ColumnPath::from("thing_name"), EnabledStatistics::None)
+            // Statistics where a reader prunes: the device, the times and the values (after the
+            // hour partition). An SQS batch's object holds many devices, but a direct
+            // invocation's holds one and a Kinesis shard's a few, so `thing_name`'s min/max can
+            // exclude whole objects. The app, measure names and types, and reading ids hold
+            // every value of a batch: their min/max would rarely exclude one, and comparing every
+            // row's bytes for them cost about a sixth of the encoding.
             .set_column_statistics_enabled(ColumnPath::from("app"), EnabledStatistics::None)
             .set_column_statistics_enabled(
                 ColumnPath::from("measure_name"),
@@ -286,7 +287,9 @@ pub fn to_parquet<'a>(
             .set_column_statistics_enabled(ColumnPath::from("reading_id"), EnabledStatistics::None)
             // Plain encoding and Snappy instead of dictionaries: a dictionary costs a hash of
             // every row's value, and Snappy shrinks the repeated names, types and things almost
-            // as well (the object is about 10% larger, its encoding a third cheaper: BENCHMARKS.md).
+            // as well (the object is about 10% larger, so about 10% more bytes for Athena to
+            // scan; its encoding about a third cheaper: BENCHMARKS.md). Readers lose dictionary
+            // filtering of row groups (Trino's, by `measure_name`), not pruning by statistics.
             // `received_at` keeps its dictionary: one value per message, hashed cheaply.
             .set_dictionary_enabled(false)
             .set_column_dictionary_enabled(ColumnPath::from("received_at"), true)

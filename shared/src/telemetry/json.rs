@@ -144,9 +144,12 @@ impl Seed<'_> {
         let mut state = self.state.borrow_mut();
         state.containers += 1;
         if state.containers > state.limit {
-            return Err(E::custom(format_args!(
-                "more than {MAX_CONTAINERS} objects and arrays in one payload"
-            )));
+            return Err(match state.limit {
+                0 => E::custom("an object or array where a scalar was expected"),
+                _ => E::custom(format_args!(
+                    "more than {MAX_CONTAINERS} objects and arrays in one payload"
+                )),
+            });
         }
         Ok(())
     }
