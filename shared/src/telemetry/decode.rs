@@ -206,17 +206,7 @@ pub fn decode_flat(ctx: &Context<'_>, readings: Vec<FlatReading>) -> Result<Deco
     check_reading_count(readings.len())?;
     Ok(readings
         .into_iter()
-        .map(|r| {
-            let mut measures = Vec::with_capacity(r.measures.len());
-            for (name, value) in r.measures {
-                flatten(ctx.types, name, value, 1, &mut measures)?;
-            }
-            Ok(Reading {
-                thing: ctx.thing.clone(),
-                time_ms: r.ts.unwrap_or(ctx.received_at_ms),
-                measures,
-            })
-        })
+        .map(|r| reading_of(ctx, r.ts.unwrap_or(ctx.received_at_ms), r.measures))
         .collect())
 }
 
@@ -277,12 +267,18 @@ fn series(ctx: &Context<'_>, mut payload: Map<String, Value>) -> Result<Decoded,
         .collect())
 }
 
-pub(crate) const AGGREGATE_KEYS: [&str; 5] = ["count", "mean", "min", "max", "std"];
+const AGGREGATE_KEYS: [&str; 5] = ["count", "mean", "min", "max", "std"];
+
+/// Whether an object of these keys is an edge aggregate: `count` and nothing but `count`,
+/// `mean`, `min`, `max` and `std` (the general reader checks it for consistency; the flat reader
+/// leaves it to the general one).
+pub(crate) fn is_aggregate<'a>(mut keys: impl Iterator<Item = &'a str> + Clone) -> bool {
+    keys.clone().any(|k| k == "count") && keys.all(|k| AGGREGATE_KEYS.contains(&k))
+}
 
 /// An object of aggregate statistics (`count` plus any of mean/min/max/std) must be consistent.
 fn check_aggregate(path: &str, fields: &Map<String, Value>) -> Result<(), DecodeError> {
-    if !fields.contains_key("count") || !fields.keys().all(|k| AGGREGATE_KEYS.contains(&k.as_str()))
-    {
+    if !is_aggregate(fields.keys().map(String::as_str)) {
         return Ok(());
     }
     let bad = |why: String| DecodeError::InconsistentAggregate(path.to_owned(), why);
@@ -319,6 +315,17 @@ fn reading(
         Some(ts) => timestamp(&ts)?,
     };
     check_aggregate("", &fields)?;
+    reading_of(ctx, time_ms, fields)
+}
+
+/// The reading at `time_ms` of `fields` (no `ts` among them), each flattened into measures in
+/// the order given: the last step of both the general and the flat reader.
+fn reading_of(
+    ctx: &Context<'_>,
+    time_ms: i64,
+    fields: impl IntoIterator<Item = (String, Value), IntoIter: ExactSizeIterator>,
+) -> Result<Reading, DecodeError> {
+    let fields = fields.into_iter();
     let mut measures = Vec::with_capacity(fields.len());
     for (name, value) in fields {
         flatten(ctx.types, name, value, 1, &mut measures)?;

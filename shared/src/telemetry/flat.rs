@@ -23,7 +23,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::decode::{AGGREGATE_KEYS, FlatReading, MAX_READINGS_PER_MESSAGE, timestamp};
+use super::decode::{FlatReading, MAX_READINGS_PER_MESSAGE, is_aggregate, timestamp};
 use super::envelope::{CLIENT_ID_KEY, RECEIVED_AT_KEY, TOPIC_KEY};
 
 /// A message the flat reader took: the rule's metadata and the readings.
@@ -127,7 +127,8 @@ impl<'de> DeserializeSeed<'de> for ScalarSeed {
     }
 }
 
-/// Readings so far, or the one reading of a single-reading message.
+/// A reading being read (an element of `readings`, or a single-reading message's top level):
+/// its measures so far and whether `ts` was given.
 #[derive(Default)]
 struct Collected {
     ts_seen: bool,
@@ -152,8 +153,7 @@ impl Collected {
         if reading.measures.windows(2).any(|w| w[0].0 == w[1].0) {
             return give_up();
         }
-        let names = || reading.measures.iter().map(|(name, _)| name.as_str());
-        if names().any(|n| n == "count") && names().all(|n| AGGREGATE_KEYS.contains(&n)) {
+        if is_aggregate(reading.measures.iter().map(|(name, _)| name.as_str())) {
             return give_up();
         }
         Ok(reading)
