@@ -13,11 +13,11 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint cargo-test lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint wire-no-std cargo-test lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
-	@echo "make test        fmt check, clippy, cfn-lint and all tests against the local stack"
+	@echo "make test        fmt check, clippy, cfn-lint, the no_std build of shoal-wire and all tests against the local stack"
 	@echo "make stack-up    start moto on 127.0.0.1:4566 (stack-down stops it)"
 	@echo "make package     build every Lambda zip with cargo lambda (release) and print sizes"
 	@echo "make bench       telemetry decode/validate/record-build throughput (BENCHMARKS.md)"
@@ -54,7 +54,7 @@ demo: venv
 test: venv
 	@$(STACK) run $(MAKE) --no-print-directory checks
 
-checks: fmt-check clippy lint cargo-test lambda-invoke
+checks: fmt-check clippy lint wire-no-std cargo-test lambda-invoke
 
 fmt-check:
 	cargo fmt --all -- --check
@@ -65,6 +65,13 @@ clippy:
 lint: venv
 	cd infra && ../$(VENV)/bin/cfn-lint
 
+# shoal-wire, the device<->cloud contract, must stay usable by no_std firmware: build it for a
+# bare-metal target without std (rustup fetches the target's core library once, ~30 MB).
+WIRE_TARGET := thumbv7em-none-eabihf
+wire-no-std:
+	rustup target list --installed | grep -qx $(WIRE_TARGET) || rustup target add $(WIRE_TARGET)
+	cargo build --quiet -p shoal-wire --no-default-features --target $(WIRE_TARGET)
+
 cargo-test:
 	cargo test --workspace --no-fail-fast
 
@@ -73,7 +80,7 @@ lambda-invoke: venv
 	tests/lambda-invoke.sh
 
 bench:
-	cargo bench -p shoal-shared --no-default-features --bench telemetry_pipeline
+	cargo bench -p shoal-core --bench telemetry_pipeline
 
 # The router's whole path without I/O (SQS event -> WriteRecords inputs + Parquet; refusal path).
 bench-router:
@@ -88,7 +95,7 @@ bench-shadow:
 	cargo bench -p shadow-sync --bench documents_cpu
 
 bench-rollout:
-	cargo bench -p shoal-shared --no-default-features --bench rollout_cohorts
+	cargo bench -p shoal-core --bench rollout_cohorts
 
 bench-advancer:
 	cargo bench -p ota-scheduler --bench advancer

@@ -1,9 +1,9 @@
 //! A fresh firmware registry on the local endpoint: table, image bucket and a KMS key.
 
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
-use shoal_shared::aws::{AwsResultExt, ClientFactory};
-use shoal_shared::config::{BucketName, KmsKeyRef};
-use shoal_shared::firmware_table::FirmwareTable;
+use shoal_aws::client::{AwsResultExt, ClientFactory};
+use shoal_aws::config::{BucketName, KmsKeyRef};
+use shoal_aws::firmware_table::FirmwareTable;
 
 use crate::local::{self, unique_name};
 

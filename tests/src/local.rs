@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
-use shoal_shared::aws::ClientFactory;
+use shoal_aws::client::ClientFactory;
 
 /// The endpoint `make stack-up` starts when the user has not chosen one.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
@@ -190,6 +190,6 @@ mod tests {
         let a = unique_name("shoal-test");
         let b = unique_name("shoal-test");
         assert_ne!(a, b);
-        assert!(a.parse::<shoal_shared::config::BucketName>().is_ok(), "{a}");
+        assert!(a.parse::<shoal_aws::config::BucketName>().is_ok(), "{a}");
     }
 }

@@ -5,10 +5,10 @@
 use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate};
 use provisioning::registry::IotCertificates;
 use shadow_sync::edges::PresenceRegistry;
-use shoal_shared::aws::ClientFactory;
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::provisioning::HookRequest;
+use shoal_aws::client::ClientFactory;
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_core::provisioning::HookRequest;
 
 use crate::local::unique_name;
 

@@ -10,8 +10,8 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, Record, TimeUnit};
 use serde_json::{Value, json};
+use shoal_aws::client::{AwsErrorKind, AwsResultExt, ClientFactory};
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::aws::{AwsErrorKind, AwsResultExt, ClientFactory};
 
 #[tokio::test]
 async fn iot_registry_creates_and_describes_a_thing() {

@@ -2,10 +2,10 @@
 //! outcome events/README.md documents.
 
 use serde_json::Value;
+use shoal_aws::config::TimestreamTarget;
 use shoal_cli::resources::init_local;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::repo_root;
-use shoal_shared::config::TimestreamTarget;
 use telemetry_router::batch::Trigger;
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
@@ -128,7 +128,7 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
         memory_retention_ms: 24 * 3_600_000,
         magnetic_retention_ms: None,
         packed_schemas: "th-v2=temp,hum".parse().unwrap(),
-        measure_types: shoal_shared::telemetry::MeasureTypes::empty(),
+        measure_types: shoal_core::telemetry::MeasureTypes::empty(),
         delivery: None,
         // The template's default TelemetryApps.
         telemetry_apps: "farm,greenhouse".parse().unwrap(),
@@ -213,8 +213,8 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
 async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
     use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate, handle};
     use provisioning::registry::IotCertificates;
-    use shoal_shared::manifest_table::ManifestTable;
-    use shoal_shared::provisioning::{HookRequest, TemplateModels};
+    use shoal_aws::manifest_table::ManifestTable;
+    use shoal_core::provisioning::{HookRequest, TemplateModels};
 
     let factory = local::factory().await;
     let table = ManifestTable::new(
@@ -228,7 +228,7 @@ async fn pre_provisioning_hook_sample_events_get_their_documented_answer() {
         .unwrap();
     let models: TemplateModels = "shoal-fleet=th-v2".parse().unwrap();
     let certificates = IotCertificates::new(factory.iot());
-    let devices = shoal_shared::device_table::DeviceTable::new(
+    let devices = shoal_aws::device_table::DeviceTable::new(
         factory.dynamodb(),
         unique_name("events-devices").parse().unwrap(),
     );
@@ -292,10 +292,10 @@ async fn shadow_documents_sample_events_have_their_documented_outcome() {
     use aws_smithy_types::Blob;
     use shadow_sync::documents::{SyncConfig, handle};
     use shadow_sync::edges::Registry;
-    use shoal_shared::aws::AwsResultExt;
-    use shoal_shared::device_table::DeviceTable;
-    use shoal_shared::shadow::ShadowRef;
-    use shoal_shared::shadow_store::{IotShadowStore, ShadowStore};
+    use shoal_aws::client::AwsResultExt;
+    use shoal_aws::device_table::DeviceTable;
+    use shoal_aws::shadow_store::{IotShadowStore, ShadowStore};
+    use shoal_core::shadow::ShadowRef;
 
     assert_eq!(
         sample_names("shadow-documents-"),
@@ -376,7 +376,7 @@ async fn shadow_documents_sample_events_have_their_documented_outcome() {
 async fn presence_sample_events_have_their_documented_outcome() {
     use shadow_sync::edges::IotAlerts;
     use shadow_sync::presence::{PresenceAnswer, PresenceConfig, handle};
-    use shoal_shared::provisioning::HookRequest;
+    use shoal_core::provisioning::HookRequest;
 
     assert_eq!(
         sample_names("presence-"),

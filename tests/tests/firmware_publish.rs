@@ -6,16 +6,16 @@
 
 use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use base64::Engine as _;
+use shoal_aws::client::{AwsResultExt, ClientFactory};
+use shoal_aws::config::BucketName;
+use shoal_aws::rollout_table::RolloutTable;
 use shoal_cli::firmware::{PublishError, PublishRequest, Publisher};
 use shoal_cli::rollout::{StartRequest, start};
+use shoal_core::rollout::image::{sha256, verify_signature};
+use shoal_core::rollout::phases::PlanSettings;
+use shoal_core::rollout::version::PublishRefusal;
 use shoal_integration_tests::firmware::registry;
 use shoal_integration_tests::local::unique_name;
-use shoal_shared::aws::{AwsResultExt, ClientFactory};
-use shoal_shared::config::BucketName;
-use shoal_shared::rollout::image::{sha256, verify_signature};
-use shoal_shared::rollout::phases::PlanSettings;
-use shoal_shared::rollout::version::PublishRefusal;
-use shoal_shared::rollout_table::RolloutTable;
 
 fn request(version: &str, downgrade: Option<&str>) -> PublishRequest {
     PublishRequest {
@@ -59,7 +59,7 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
     assert_eq!(record.size, image.len() as u64);
     assert_eq!(
         record.sha256,
-        shoal_shared::rollout::image::hex(&sha256(&image))
+        shoal_core::rollout::image::hex(&sha256(&image))
     );
 
     // The signature verifies with the key's public key, as a device would check it.

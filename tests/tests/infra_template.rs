@@ -18,7 +18,9 @@ fn every_function_in_the_template_is_a_workspace_crate() {
     );
     let packages = template::workspace_packages(&root).unwrap();
     assert!(
-        packages.iter().any(|p| p.name == "shoal-shared"),
+        ["shoal-wire", "shoal-core", "shoal-aws"]
+            .iter()
+            .all(|name| packages.iter().any(|p| p.name == *name)),
         "cargo metadata lists the workspace: {packages:?}"
     );
     if let Err(problems) = template::check(&parsed, &root.join("infra"), &packages) {
@@ -56,7 +58,7 @@ fn the_glue_table_matches_the_parquet_archive_schema() {
         .collect();
 
     let schema =
-        parquet::schema::parser::parse_message_type(shoal_shared::telemetry::archive::SCHEMA)
+        parquet::schema::parser::parse_message_type(shoal_core::telemetry::archive::SCHEMA)
             .unwrap();
     let parquet: Vec<(String, String)> = schema
         .get_fields()
@@ -79,7 +81,7 @@ fn the_glue_table_matches_the_parquet_archive_schema() {
 
 #[test]
 fn the_provisioning_template_body_declares_every_hook_override() {
-    use shoal_shared::provisioning::{
+    use shoal_core::provisioning::{
         BATCH_PARAMETER, FACTORY_SECRET_PARAMETER, MODEL_PARAMETER, SERIAL_PARAMETER,
         THING_GROUP_PARAMETER, THING_NAME_PARAMETER,
     };
@@ -374,7 +376,7 @@ fn environment(template: &serde_norway::Value, function: &str) -> HashMap<String
 /// function requires can never be missing or malformed in a deployed stack.
 #[test]
 fn every_function_loads_its_configuration_from_the_templates_environment() {
-    use shoal_shared::config::{self, TableName, vars};
+    use shoal_aws::config::{self, TableName, vars};
     let t = template();
     let required = |env: &HashMap<String, String>, var: &str| {
         config::required::<TableName>(env, var).unwrap_or_else(|e| panic!("{e}"));
@@ -399,5 +401,5 @@ fn every_function_loads_its_configuration_from_the_templates_environment() {
 
     let env = environment(&t, "OtaAdvancerFunction");
     ota_scheduler::AdvancerConfig::from_source(&env).unwrap();
-    config::required::<shoal_shared::config::BucketName>(&env, vars::FIRMWARE_BUCKET).unwrap();
+    config::required::<shoal_aws::config::BucketName>(&env, vars::FIRMWARE_BUCKET).unwrap();
 }

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use shoal_aws::manifest_table::ManifestTable;
 use shoal_cli::manifest::{ImportError, import};
+use shoal_core::provisioning::{DeviceStatus, Serial};
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::provisioning::{DeviceStatus, Serial};
 
 const HEADER: &str = "serial,model,batch,thing_group,attributes\n";
 

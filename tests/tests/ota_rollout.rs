@@ -16,27 +16,28 @@ use aws_sdk_kms::types::{KeySpec, KeyUsageType};
 use ota_scheduler::edges::{Devices, Registry};
 use ota_scheduler::{AdvancerConfig, Edges, RolloutRun, advance, handle};
 use serde_json::Value;
+use shoal_aws::alerts::Alerts;
+use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::firmware_table::FirmwareTable;
+use shoal_aws::rollout_table::RolloutTable;
+use shoal_aws::shadow_store::{IotShadowStore, ShadowStore};
 use shoal_cli::firmware::{PublishRequest, Publisher};
+use shoal_cli::group_config::IotFleet;
 use shoal_cli::rollout::{StartRequest, operate, start, status};
+use shoal_core::ids::{ShadowName, ThingName};
+use shoal_core::presence::{LifecycleEvent, PresenceEvent};
+use shoal_core::rollout::advance::DeviceRecord;
+use shoal_core::rollout::cohort::Ineligible;
+use shoal_core::rollout::delivery;
+use shoal_core::rollout::image::FirmwareImage;
+use shoal_core::rollout::phases::{Decision, PlanSettings};
+use shoal_core::rollout::state::{Command, DeviceOutcome, RolloutStatus};
+use shoal_core::shadow::ShadowRef;
+use shoal_core::shadow::ota::{OtaReport, OtaStatus};
+use shoal_core::shadow::sync::ReportedFacts;
 use shoal_integration_tests::firmware::registry;
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::alerts::Alerts;
-use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::firmware_table::FirmwareTable;
-use shoal_shared::ids::{ShadowName, ThingName};
-use shoal_shared::presence::{LifecycleEvent, PresenceEvent};
-use shoal_shared::rollout::advance::DeviceRecord;
-use shoal_shared::rollout::cohort::Ineligible;
-use shoal_shared::rollout::delivery::OtaDesired;
-use shoal_shared::rollout::image::FirmwareImage;
-use shoal_shared::rollout::phases::{Decision, PlanSettings};
-use shoal_shared::rollout::state::{Command, DeviceOutcome, RolloutStatus};
-use shoal_shared::rollout_table::RolloutTable;
-use shoal_shared::shadow::ShadowRef;
-use shoal_shared::shadow::ota::{OtaReport, OtaStatus};
-use shoal_shared::shadow::sync::ReportedFacts;
-use shoal_shared::shadow_store::{IotShadowStore, ShadowStore};
 
 const GOOD: &str = "1.9.0";
 const NEW: &str = "1.10.0";
@@ -244,7 +245,7 @@ async fn presence(devices: &DeviceTable, thing: &str, online: bool, version_numb
         .await
         .unwrap();
     let recorded = devices.record_presence(thing, &event, 0).await.unwrap();
-    assert_eq!(recorded, shoal_shared::presence::Recorded::Applied);
+    assert_eq!(recorded, shoal_core::presence::Recorded::Applied);
 }
 
 /// What the shadow-documents function records when the device reports in its `ota` shadow.
@@ -353,7 +354,7 @@ async fn a_rollout_over_1000_things_advances_through_every_phase() {
     assert_eq!(desired["rollout"], id.as_str());
     let image = &stack.images[NEW];
     assert_eq!(desired["size"], image.len());
-    let sha = shoal_shared::rollout::image::hex(&shoal_shared::rollout::image::sha256(image));
+    let sha = shoal_core::rollout::image::hex(&shoal_core::rollout::image::sha256(image));
     assert_eq!(desired["sha256"], sha.as_str());
     let url = desired["url"].as_str().unwrap();
     assert!(url.contains("X-Amz-Expires=3600"), "{url}");
@@ -448,7 +449,7 @@ async fn a_rollout_over_1000_things_advances_through_every_phase() {
         &stack.rollouts,
         &stack.firmware,
         &stack.devices,
-        &stack.factory.iot(),
+        &IotFleet(stack.factory.iot()),
         &id,
         now,
     )
@@ -594,7 +595,7 @@ async fn failures_pause_the_rollout_and_a_rollback_reconciles_every_device() {
 
     // Reconciliation with what devices report: the fallen-back ones are restored already;
     // the others are restored once they report the good version running.
-    let iot = stack.factory.iot();
+    let iot = IotFleet(stack.factory.iot());
     let report = |now| {
         status(
             &stack.rollouts,
@@ -642,13 +643,12 @@ async fn failures_pause_the_rollout_and_a_rollback_reconciles_every_device() {
 async fn newer_rollout_asks(stack: &Stack, thing: &str) {
     let mut image = stack.newest_image().await;
     image.version = "2.0.0".parse().unwrap();
-    let update = OtaDesired::new(
+    let update = delivery::update(&delivery::request(
         "newer",
         &image,
         "https://example.invalid/x".into(),
         u64::MAX,
-    )
-    .update();
+    ));
     let shadow = ShadowRef {
         thing: ThingName::parse(thing).unwrap(),
         name: Some(ShadowName::parse("ota").unwrap()),
@@ -716,7 +716,7 @@ async fn an_older_rollout_never_undoes_a_newer_ones_request() {
 async fn with_jobs_configured_a_rollout_is_also_a_continuous_job_cancelled_on_rollback() {
     use aws_sdk_iot::types::{JobStatus, TargetSelection};
     use ota_scheduler::edges::JobsChannel;
-    use shoal_shared::rollout::delivery::job_name;
+    use shoal_core::rollout::delivery::job_name;
 
     let stack = Stack::new().await;
     stack.register("ota-jobs", 30).await;

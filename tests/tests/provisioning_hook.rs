@@ -7,13 +7,13 @@ use std::time::Duration;
 use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate};
 use provisioning::registry::IotCertificates;
 use serde_json::json;
-use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::aws::AwsResultExt;
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::provisioning::{
+use shoal_aws::client::AwsResultExt;
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_core::provisioning::{
     DeviceStatus, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels,
 };
+use shoal_integration_tests::local::{self, unique_name};
 
 async fn manifest(entries: &[(&str, &str, DeviceStatus)]) -> ManifestTable {
     let factory = local::factory().await;
@@ -343,8 +343,8 @@ async fn an_unreachable_manifest_denies_inside_the_deadline() {
 
 #[tokio::test]
 async fn a_serial_whose_certificate_never_became_active_can_be_reset() {
+    use shoal_aws::client::AwsResultExt;
     use shoal_cli::manifest::reset;
-    use shoal_shared::aws::AwsResultExt;
 
     let table = manifest(&[
         ("SN-RESET", "th-v2", DeviceStatus::Pending),

@@ -9,11 +9,11 @@ use provisioning::jitr::{JitrConfig, Outcome, RegistrationEvent, handle_registra
 use provisioning::registry::IotRegistry;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::{Value, json};
+use shoal_aws::client::{AwsResultExt, ClientFactory};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Proof, Serial};
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::aws::{AwsResultExt, ClientFactory};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::provisioning::{DeviceStatus, ManifestEntry, Proof, Serial};
 
 /// A CA registered with the local IoT registry, that signs device certificates.
 struct Factory<'a> {
@@ -391,13 +391,13 @@ async fn decommission_revokes_detaches_retires_and_audits() {
 
     // Online, with its certificate recorded, when it is decommissioned; the revocation's
     // disconnect lands first (AWS closes the connection of a revoked certificate).
-    let connected = |kind: &str, ts: u64| shoal_shared::presence::LifecycleEvent {
+    let connected = |kind: &str, ts: u64| shoal_core::presence::LifecycleEvent {
         client_id: serial.clone(),
         timestamp: ts,
         event_type: if kind == "connected" {
-            shoal_shared::presence::PresenceEvent::Connected
+            shoal_core::presence::PresenceEvent::Connected
         } else {
-            shoal_shared::presence::PresenceEvent::Disconnected
+            shoal_core::presence::PresenceEvent::Disconnected
         },
         session_identifier: Some("s-1".into()),
         principal_identifier: Some(certificate_id.clone()),
@@ -407,7 +407,7 @@ async fn decommission_revokes_detaches_retires_and_audits() {
         disconnect_reason: Some("AUTH_ERROR".into()),
         thing_name: None,
     };
-    let applied = shoal_shared::presence::Recorded::Applied;
+    let applied = shoal_core::presence::Recorded::Applied;
     assert_eq!(
         s.devices
             .record_presence(&serial, &connected("connected", 1_000), 1_000)
@@ -479,7 +479,7 @@ async fn decommission_revokes_detaches_retires_and_audits() {
             .record_presence(&serial, &connected("disconnected", 3_000), 3_000)
             .await
             .unwrap(),
-        shoal_shared::presence::Recorded::Unrecorded
+        shoal_core::presence::Recorded::Unrecorded
     );
 
     // Again: nothing to do, no error, no second audit record.

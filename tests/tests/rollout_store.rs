@@ -2,10 +2,10 @@
 //! they were computed from, so racing advancers move a rollout once per phase and the audit log
 //! has exactly one entry per move.
 
+use shoal_aws::rollout_table::RolloutTable;
+use shoal_core::rollout::phases::{PlanSettings, RolloutPlan};
+use shoal_core::rollout::state::{Command, Rollout, RolloutStatus};
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::rollout::phases::{PlanSettings, RolloutPlan};
-use shoal_shared::rollout::state::{Command, Rollout, RolloutStatus};
-use shoal_shared::rollout_table::RolloutTable;
 
 fn rollout(id: &str) -> Rollout {
     Rollout {

@@ -9,17 +9,17 @@ use shadow_sync::edges::{IotAlerts, PresenceRegistry, Registry};
 use shadow_sync::presence::{
     self, FOREIGN_PRINCIPAL, PresenceAnswer, PresenceConfig, PresenceSummary, SweepSummary,
 };
-use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::aws::{AwsError, AwsErrorKind, AwsResultExt, ClientFactory};
-use shoal_shared::config::vars;
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::ids::ThingName;
-use shoal_shared::shadow::document::UpdateState;
-use shoal_shared::shadow::intent::{DesiredIntent, plan_intent};
-use shoal_shared::shadow::{PolicyTable, ShadowDocument, ShadowRef, ShadowUpdate};
-use shoal_shared::shadow_store::{
+use shoal_aws::client::{AwsError, AwsErrorKind, AwsResultExt, ClientFactory};
+use shoal_aws::config::vars;
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::shadow_store::{
     IotShadowStore, ShadowStore, WriteError, WriteOutcome, write_optimistic,
 };
+use shoal_core::ids::ThingName;
+use shoal_core::shadow::document::UpdateState;
+use shoal_core::shadow::intent::{DesiredIntent, plan_intent};
+use shoal_core::shadow::{PolicyTable, ShadowDocument, ShadowRef, ShadowUpdate};
+use shoal_integration_tests::local::{self, unique_name};
 
 async fn thing(factory: &ClientFactory, prefix: &str) -> ThingName {
     let name = unique_name(prefix);
@@ -230,7 +230,7 @@ async fn race(
     .await;
     let base = read(&store, &at).await;
     let policies: PolicyTable = policies.parse().unwrap();
-    let now_s = shoal_shared::clock::now_ms() / 1000;
+    let now_s = shoal_core::clock::now_ms() / 1000;
     let b = DesiredIntent {
         desired: json!({"setpoint": 22}).as_object().unwrap().clone(),
         decided_at_s: u64::try_from(now_s).unwrap(),
@@ -466,11 +466,11 @@ async fn an_impostors_lifecycle_events_never_change_presence() {
     let legacy = unique_name("SN-OLD");
     registry
         .manifest
-        .insert(&shoal_shared::provisioning::ManifestEntry {
+        .insert(&shoal_core::provisioning::ManifestEntry {
             serial: legacy.parse().unwrap(),
             model: "th-v2".into(),
             batch: "b0".into(),
-            status: shoal_shared::provisioning::DeviceStatus::Provisioned,
+            status: shoal_core::provisioning::DeviceStatus::Provisioned,
             certificate_id: Some(DEVICE_CERT.into()),
             thing_name: Some(legacy.parse().unwrap()),
             thing_group: None,

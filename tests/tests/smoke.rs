@@ -2,10 +2,10 @@
 //! against the local endpoint and checks what it left behind.
 
 use serde_json::json;
+use shoal_aws::client::AwsResultExt;
+use shoal_aws::config::TimestreamTarget;
+use shoal_core::ids::ThingName;
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::aws::AwsResultExt;
-use shoal_shared::config::TimestreamTarget;
-use shoal_shared::ids::ThingName;
 
 #[tokio::test]
 async fn smoke_scenario_creates_a_thing_updates_its_shadow_and_writes_telemetry() {
@@ -16,7 +16,7 @@ async fn smoke_scenario_creates_a_thing_updates_its_shadow_and_writes_telemetry(
         table: "telemetry".parse().unwrap(),
     };
     let mut printed = Vec::new();
-    let report = shoal_cli::smoke::run(&factory, &thing, &target, &mut printed)
+    let report = shoal_cli::smoke::scenario(&factory, &thing, &target, &mut printed)
         .await
         .unwrap();
     let printed = String::from_utf8(printed).unwrap();
@@ -44,7 +44,7 @@ async fn smoke_scenario_creates_a_thing_updates_its_shadow_and_writes_telemetry(
     assert_eq!(described.thing_arn(), Some(report.thing_arn.as_str()));
 
     // A second run reuses the thing and table, and the shadow moves on to version 2.
-    let again = shoal_cli::smoke::run(&factory, &thing, &target, &mut Vec::new())
+    let again = shoal_cli::smoke::scenario(&factory, &thing, &target, &mut Vec::new())
         .await
         .unwrap();
     assert_eq!(again.shadow_version, 2);

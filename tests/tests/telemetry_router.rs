@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{Value, json};
+use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::config::{BucketName, TimestreamTarget};
 use shoal_cli::resources::{ensure_bucket, init_local};
+use shoal_core::clock::now_ms;
+use shoal_core::telemetry::{Limits, MeasureTypes, PackedSchemas, TimestreamRecord};
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::{BucketName, TimestreamTarget};
-use shoal_shared::telemetry::{Limits, MeasureTypes, PackedSchemas, TimestreamRecord};
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::router::{
     ArchiveStore, Edges, NoDeadline, RejectedRecord, Rules, TelemetrySink, route_rule_event,
@@ -98,7 +98,7 @@ impl Stack {
             packed_schemas: PackedSchemas::empty(),
             measure_types: MeasureTypes::empty(),
             delivery: None,
-            telemetry_apps: shoal_shared::telemetry::TelemetryApps::ANY,
+            telemetry_apps: shoal_core::telemetry::TelemetryApps::ANY,
         }
     }
 
@@ -218,7 +218,7 @@ fn rules(now: i64) -> Rules<'static> {
         },
         schemas: &NO_SCHEMAS,
         types: &NO_TYPES,
-        apps: &shoal_shared::telemetry::TelemetryApps::ANY,
+        apps: &shoal_core::telemetry::TelemetryApps::ANY,
         deadline: &NoDeadline,
     }
 }
@@ -395,7 +395,7 @@ async fn a_missing_database_returns_every_reading_for_retry() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
-    use shoal_shared::config::vars;
+    use shoal_aws::config::vars;
     use std::collections::BTreeMap;
     use telemetry_router::handler::{RouterConfig, handle};
 
@@ -613,7 +613,7 @@ async fn types_stay_stable_and_a_redelivered_reading_counts_once() {
     assert_eq!(readings.len(), 2, "two readings, whatever the deliveries");
     // Both deliveries of the first reading share its id; the view keeps the later one.
     assert_eq!(
-        shoal_shared::telemetry::archive::reading_id("dev-42", "farm", now - 10_000),
+        shoal_core::telemetry::archive::reading_id("dev-42", "farm", now - 10_000),
         rows.iter()
             .find(|(_, _, at)| *at == now + 30_000)
             .unwrap()
@@ -796,7 +796,7 @@ print(json.dumps({"rows": rows, "archived": total}))
     );
     let rows = result["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "each reading and measure once: {rows:?}");
-    let id = shoal_shared::telemetry::archive::reading_id("dev-42", "farm", now - 1000);
+    let id = shoal_core::telemetry::archive::reading_id("dev-42", "farm", now - 1000);
     let corrected = rows
         .iter()
         .find(|r| r[0] == id.as_str() && r[1] == "temp")

@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use ota_scheduler::memory::Memory;
 use ota_scheduler::{AdvancerConfig, Edges, advance};
-use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
-use shoal_shared::rollout::cohort::cohort_point;
-use shoal_shared::rollout::image::FirmwareImage;
-use shoal_shared::rollout::phases::{PlanSettings, RolloutPlan};
-use shoal_shared::rollout::state::{Rollout, RolloutStatus};
-use shoal_shared::shadow::ota::{OtaReport, OtaStatus};
+use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
+use shoal_core::rollout::cohort::cohort_point;
+use shoal_core::rollout::image::FirmwareImage;
+use shoal_core::rollout::phases::{PlanSettings, RolloutPlan};
+use shoal_core::rollout::state::{Rollout, RolloutStatus};
+use shoal_core::shadow::ota::{OtaReport, OtaStatus};
 
 const FLEET: usize = 100_000;
 const TARGETED: usize = 40_000;

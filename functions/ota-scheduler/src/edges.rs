@@ -8,18 +8,18 @@ use aws_sdk_iot::types::{
     TargetSelection,
 };
 use aws_sdk_s3::presigning::PresigningConfig;
-use shoal_shared::aws::{AwsError, AwsResultExt, done_or_already};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::firmware_table::FirmwareTable;
-use shoal_shared::ids::{ShadowName, ThingName};
-use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
-use shoal_shared::rollout::delivery::{job_document, job_name};
-use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
-use shoal_shared::rollout::state::{Rollout, Transition};
-use shoal_shared::rollout_table::RolloutTable;
-use shoal_shared::shadow::ShadowRef;
-use shoal_shared::shadow::ota::OTA_SHADOW;
-use shoal_shared::shadow_store::{IotShadowStore, WriteError, WriteOutcome, write_optimistic};
+use shoal_aws::client::{AwsError, AwsResultExt, done_or_already};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::firmware_table::FirmwareTable;
+use shoal_aws::rollout_table::RolloutTable;
+use shoal_aws::shadow_store::{IotShadowStore, WriteError, WriteOutcome, write_optimistic};
+use shoal_core::ids::{ShadowName, ThingName};
+use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
+use shoal_core::rollout::delivery::{job_document, job_name};
+use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
+use shoal_core::rollout::state::{Rollout, Transition};
+use shoal_core::shadow::ShadowRef;
+use shoal_core::shadow::ota::OTA_SHADOW;
 
 use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
 
@@ -59,7 +59,7 @@ impl Fleet for Registry {
         model: &DeviceModel,
         hardware: &HardwareRevision,
     ) -> Result<Vec<FleetDevice>, AwsError> {
-        let things = shoal_shared::fleet::things_of(&self.iot, model, hardware).await?;
+        let things = shoal_aws::fleet::things_of(&self.iot, model, hardware).await?;
         self.devices.fleet(&things).await
     }
     async fn images(
@@ -191,7 +191,7 @@ impl Delivery for Devices {
 
     async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, AwsError> {
         let local = |e: String| AwsError::local("iot-data", "UpdateThingShadow", e);
-        let invalid = |e: shoal_shared::ids::IdError| local(e.to_string());
+        let invalid = |e: shoal_core::ids::IdError| local(e.to_string());
         let shadow = ShadowRef {
             thing: ThingName::parse(request.thing).map_err(invalid)?,
             name: Some(ShadowName::parse(OTA_SHADOW).map_err(invalid)?),

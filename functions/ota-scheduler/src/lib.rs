@@ -15,19 +15,19 @@ use std::future::Future;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use shoal_shared::alerts::Alerts;
-use shoal_shared::aws::AwsError;
-use shoal_shared::config::{self, ConfigError, Source, vars};
-use shoal_shared::rollout::FirmwareVersion;
-use shoal_shared::rollout::advance::{
+use shoal_aws::alerts::Alerts;
+use shoal_aws::client::AwsError;
+use shoal_aws::config::{self, ConfigError, Source, vars};
+use shoal_core::rollout::FirmwareVersion;
+use shoal_core::rollout::advance::{
     DeviceRecord, FleetDevice, NewTarget, RollbackCounts, RollbackStep, RunPlan, judge, plan_run,
 };
-pub use shoal_shared::rollout::delivery::may_replace;
-use shoal_shared::rollout::delivery::{OtaDesired, cancel, url_ttl_s};
-use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
-use shoal_shared::rollout::phases::{Decision, PhaseCounts};
-use shoal_shared::rollout::state::{Command, Rollout, RolloutStatus, Transition};
-use shoal_shared::shadow::ShadowUpdate;
+pub use shoal_core::rollout::delivery::may_replace;
+use shoal_core::rollout::delivery::{self, cancel, url_ttl_s};
+use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
+use shoal_core::rollout::phases::{Decision, PhaseCounts};
+use shoal_core::rollout::state::{Command, Rollout, RolloutStatus, Transition};
+use shoal_core::shadow::ShadowUpdate;
 
 /// The rollout table.
 pub trait Rollouts: Sync {
@@ -242,7 +242,7 @@ fn image_of<'a>(
     rollout: &Rollout,
     version: &FirmwareVersion,
 ) -> Result<&'a FirmwareImage, AwsError> {
-    shoal_shared::rollout::image::find_image(images, version).ok_or_else(|| {
+    shoal_core::rollout::image::find_image(images, version).ok_or_else(|| {
         AwsError::local(
             "dynamodb",
             "Query",
@@ -346,8 +346,8 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             Some(image) => {
                 let url = edges.delivery.presign(&image.s3_key, ttl_s).await?;
                 let expires = now_ms + ttl_s * 1000;
-                let desired = OtaDesired::new(&rollout.id, image, url, expires);
-                (desired.update(), expires)
+                let desired = delivery::request(&rollout.id, image, url, expires);
+                (delivery::update(&desired), expires)
             }
             None => (cancel(), 0),
         };
@@ -523,8 +523,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    use shoal_shared::rollout::phases::{PlanSettings, RolloutPlan};
-    use shoal_shared::shadow::ota::{OtaReport, OtaStatus};
+    use shoal_core::rollout::phases::{PlanSettings, RolloutPlan};
+    use shoal_core::shadow::ota::{OtaReport, OtaStatus};
 
     use super::*;
     use crate::memory::Memory;

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use shoal_shared::alerts::Alerts;
-use shoal_shared::aws::{AwsError, AwsErrorKind};
-use shoal_shared::rollout::advance::{DeviceRecord, FleetDevice};
-use shoal_shared::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
-use shoal_shared::rollout::state::{Rollout, Transition};
-use shoal_shared::shadow::document::{StateMap, merge_patch};
+use shoal_aws::alerts::Alerts;
+use shoal_aws::client::{AwsError, AwsErrorKind};
+use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
+use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
+use shoal_core::rollout::state::{Rollout, Transition};
+use shoal_core::shadow::document::{StateMap, merge_patch};
 
 use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
 

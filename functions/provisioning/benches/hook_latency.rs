@@ -10,12 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use provisioning::hook::{DEFAULT_CLAIM_LEASE, DEFAULT_DEADLINE, Gate, handle};
 use provisioning::registry::IotCertificates;
-use shoal_shared::aws::ClientFactory;
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::provisioning::{
-    DeviceStatus, HookRequest, ManifestEntry, Serial, TemplateModels,
-};
+use shoal_aws::client::ClientFactory;
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_core::provisioning::{DeviceStatus, HookRequest, ManifestEntry, Serial, TemplateModels};
 
 const CALLS: usize = 1000;
 const KNOWN: usize = 900;

@@ -9,13 +9,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use shoal_shared::aws::AwsError;
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::ids::ThingName;
-use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
-use shoal_shared::provisioning::{
+use shoal_aws::client::AwsError;
+use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::{AuditRecord, ManifestTable};
+use shoal_core::clock::now_ms;
+use shoal_core::ids::ThingName;
+use shoal_core::provisioning::{
     Denial, DeviceStatus, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels, decide,
     requested_serial,
 };
@@ -320,7 +320,7 @@ pub async fn handle(
         });
     let serial = request
         .parameters
-        .get(shoal_shared::provisioning::SERIAL_PARAMETER)
+        .get(shoal_core::provisioning::SERIAL_PARAMETER)
         .map(String::as_str)
         .unwrap_or_default();
     match decided {
@@ -350,8 +350,8 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_shared::aws::AwsErrorKind;
-    use shoal_shared::provisioning::DeviceStatus;
+    use shoal_aws::client::AwsErrorKind;
+    use shoal_core::provisioning::DeviceStatus;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 

@@ -15,15 +15,13 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use shoal_shared::aws::AwsError;
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::{self, ConfigError, Source, TableName, vars};
-use shoal_shared::ids::ThingName;
-use shoal_shared::provisioning::{
-    DeviceStatus, ManifestEntry, Serial, serial_from_certificate_pem,
-};
-use shoal_shared::shadow::check_update;
-use shoal_shared::shadow::document::{ShadowState, ShadowUpdate, UpdateState};
+use shoal_aws::client::AwsError;
+use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
+use shoal_core::clock::now_ms;
+use shoal_core::ids::ThingName;
+use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Serial, serial_from_certificate_pem};
+use shoal_core::shadow::check_update;
+use shoal_core::shadow::document::{ShadowState, ShadowUpdate, UpdateState};
 
 use crate::hook::{DeviceCertificates, Manifest};
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use serde_json::{Map, Value, json};
-use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
-use shoal_shared::ids::ThingName;
+use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_core::ids::ThingName;
 
 use crate::jitr::{Certificate, Registry};
 

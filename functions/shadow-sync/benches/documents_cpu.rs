@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use shadow_sync::documents::{DocumentsEvent, SyncConfig};
-use shoal_shared::config::vars;
-use shoal_shared::shadow::check_update;
-use shoal_shared::shadow::sync::{plan, reported_facts};
+use shoal_aws::config::vars;
+use shoal_core::shadow::check_update;
+use shoal_core::shadow::sync::{plan, reported_facts};
 
 /// A realistic, large-ish shadow: 40 leaves over 3 levels, half converged, some conflicting,
 /// every policy in play, ~3 KB of state.

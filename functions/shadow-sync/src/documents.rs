@@ -6,15 +6,15 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
-use shoal_shared::aws::AwsError;
-use shoal_shared::config::{self, ConfigError, Source, vars};
-use shoal_shared::ids::ThingName;
-use shoal_shared::shadow::document::Path;
-use shoal_shared::shadow::ota::{OTA_SHADOW, OtaReport, changed_report};
-use shoal_shared::shadow::policy::Conflict;
-use shoal_shared::shadow::sync::{ReportedFacts, plan, reported_facts};
-use shoal_shared::shadow::{DocumentsMessage, PolicyTable, ShadowRef};
-use shoal_shared::shadow_store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
+use shoal_aws::client::AwsError;
+use shoal_aws::config::{self, ConfigError, Source, vars};
+use shoal_aws::shadow_store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
+use shoal_core::ids::ThingName;
+use shoal_core::shadow::document::Path;
+use shoal_core::shadow::ota::{OTA_SHADOW, OtaReport, changed_report};
+use shoal_core::shadow::policy::Conflict;
+use shoal_core::shadow::sync::{ReportedFacts, plan, reported_facts};
+use shoal_core::shadow::{DocumentsMessage, PolicyTable, ShadowRef};
 use thiserror::Error;
 
 /// What the registry records from shadows.
@@ -218,8 +218,8 @@ pub async fn handle(
 mod tests {
     use super::*;
     use serde_json::json;
-    use shoal_shared::shadow::document::merge_patch;
-    use shoal_shared::shadow::{ShadowDocument, ShadowUpdate};
+    use shoal_core::shadow::document::merge_patch;
+    use shoal_core::shadow::{ShadowDocument, ShadowUpdate};
     use std::sync::Mutex;
 
     #[derive(Default)]

@@ -1,19 +1,19 @@
 //! The AWS side of the shadow-sync traits: the DynamoDB device table and IoT data Publish.
 
-use shoal_shared::aws::AwsError;
-use shoal_shared::clock::now_ms;
-use shoal_shared::device_table::{DeviceTable, OfflineDevice};
-use shoal_shared::ids::ThingName;
-use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::presence::{LifecycleEvent, Recorded};
-use shoal_shared::provisioning::{DeviceStatus, Serial};
-use shoal_shared::shadow::ShadowRef;
-use shoal_shared::shadow::ota::OtaReport;
-use shoal_shared::shadow::policy::Conflict;
-use shoal_shared::shadow::sync::ReportedFacts;
+use shoal_aws::client::AwsError;
+use shoal_aws::device_table::{DeviceTable, OfflineDevice};
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_core::clock::now_ms;
+use shoal_core::ids::ThingName;
+use shoal_core::presence::{LifecycleEvent, Recorded};
+use shoal_core::provisioning::{DeviceStatus, Serial};
+use shoal_core::shadow::ShadowRef;
+use shoal_core::shadow::ota::OtaReport;
+use shoal_core::shadow::policy::Conflict;
+use shoal_core::shadow::sync::ReportedFacts;
 
 use crate::documents::DeviceRecords;
-pub use shoal_shared::alerts::IotAlerts;
+pub use shoal_aws::alerts::IotAlerts;
 
 use crate::presence::PresenceRecords;
 

@@ -1,7 +1,7 @@
 //! Shadow sync and presence.
 //!
 //! - [`documents`]: one `update/documents` message → clear reached desired keys and decide
-//!   conflicts (`shoal_shared::shadow::sync`), written with optimistic locking; reported
+//!   conflicts (`shoal_core::shadow::sync`), written with optimistic locking; reported
 //!   firmware/config and OTA reports recorded in the device registry.
 //! - [`presence`]: lifecycle events → online/last_seen in the registry, never regressed by late
 //!   or duplicate events; a scheduled sweep alerts on devices offline longer than the threshold.

@@ -5,13 +5,13 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
-pub use shoal_shared::alerts::Alerts;
-use shoal_shared::aws::AwsError;
-use shoal_shared::config::{self, ConfigError, Source, vars};
-use shoal_shared::device_table::OfflineDevice;
-use shoal_shared::ids::ThingName;
-use shoal_shared::presence::{LifecycleEvent, OfflineAlert, Recorded};
-use shoal_shared::provisioning::{CLAIM_CLIENT_ID_PREFIX, Serial};
+pub use shoal_aws::alerts::Alerts;
+use shoal_aws::client::AwsError;
+use shoal_aws::config::{self, ConfigError, Source, vars};
+use shoal_aws::device_table::OfflineDevice;
+use shoal_core::ids::ThingName;
+use shoal_core::presence::{LifecycleEvent, OfflineAlert, Recorded};
+use shoal_core::provisioning::{CLAIM_CLIENT_ID_PREFIX, Serial};
 
 pub trait PresenceRecords: Sync {
     /// Records the event unless its principal is not the certificate recorded for `thing` at
@@ -251,7 +251,7 @@ pub async fn sweep(
 mod tests {
     use super::*;
     use serde_json::json;
-    use shoal_shared::presence::PresenceEvent;
+    use shoal_core::presence::PresenceEvent;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
@@ -300,7 +300,7 @@ mod tests {
             let recorded = things
                 .get(thing.as_str())
                 .map(|(order, _, ts, _)| (*ts, *order));
-            if !shoal_shared::presence::supersedes(e, recorded) {
+            if !shoal_core::presence::supersedes(e, recorded) {
                 return Ok(Recorded::Stale);
             }
             things.insert(thing.to_string(), (e.order(), online, e.timestamp, false));
@@ -350,7 +350,7 @@ mod tests {
                 return Err(AwsError {
                     service: "iot-data",
                     operation: "Publish",
-                    kind: shoal_shared::aws::AwsErrorKind::Unreachable,
+                    kind: shoal_aws::client::AwsErrorKind::Unreachable,
                     code: None,
                     message: "down".into(),
                 });

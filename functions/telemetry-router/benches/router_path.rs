@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shoal_shared::aws::AwsError;
-use shoal_shared::telemetry::archive::to_parquet;
-use shoal_shared::telemetry::records::APP_DIMENSION;
-use shoal_shared::telemetry::{
+use shoal_aws::client::AwsError;
+use shoal_core::telemetry::archive::to_parquet;
+use shoal_core::telemetry::records::APP_DIMENSION;
+use shoal_core::telemetry::{
     CheckedJson, Context, Envelope, Limits, MeasureTypes, PackedSchemas, Payload, TimestreamRecord,
     decode_flat, validate_with_dimensions,
 };
@@ -148,7 +148,7 @@ fn main() {
         },
         schemas: &schemas,
         types: &types,
-        apps: &shoal_shared::telemetry::TelemetryApps::ANY,
+        apps: &shoal_core::telemetry::TelemetryApps::ANY,
         deadline: &NoDeadline,
     };
 
@@ -279,7 +279,7 @@ fn main() {
     });
     stage("reading_ids", &|| {
         for r in &records {
-            black_box(shoal_shared::telemetry::archive::reading_id(
+            black_box(shoal_core::telemetry::archive::reading_id(
                 &r.dimensions[0].1,
                 &r.dimensions[1].1,
                 r.time_ms,

@@ -7,8 +7,8 @@ use aws_lambda_events::event::sqs::SqsBatchResponse;
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use shoal_shared::telemetry::CheckedJson;
-use shoal_shared::telemetry::envelope::TOPIC_KEY;
+use shoal_core::telemetry::CheckedJson;
+use shoal_core::telemetry::envelope::TOPIC_KEY;
 
 use crate::router::{
     ArchiveStore, Counts, Edges, FailurePolicy, Incoming, QuarantineStore, Rules, TelemetrySink,
@@ -349,14 +349,14 @@ mod tests {
 
     const NOW: i64 = 1_795_600_000_000;
     const RULES: Rules<'static> = Rules {
-        limits: shoal_shared::telemetry::Limits {
+        limits: shoal_core::telemetry::Limits {
             now_ms: NOW,
             memory_retention_ms: 3_600_000,
             magnetic_retention_ms: None,
         },
-        schemas: &shoal_shared::telemetry::PackedSchemas::empty(),
-        types: &shoal_shared::telemetry::MeasureTypes::empty(),
-        apps: &shoal_shared::telemetry::TelemetryApps::ANY,
+        schemas: &shoal_core::telemetry::PackedSchemas::empty(),
+        types: &shoal_core::telemetry::MeasureTypes::empty(),
+        apps: &shoal_core::telemetry::TelemetryApps::ANY,
         deadline: &crate::router::NoDeadline,
     };
 

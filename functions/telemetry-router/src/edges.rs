@@ -5,11 +5,11 @@ use aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError;
 use aws_sdk_timestreamwrite::types::{
     Dimension, MeasureValue as SdkMeasureValue, MeasureValueType, Record, TimeUnit,
 };
-use shoal_shared::aws::{AwsError, AwsResultExt};
-use shoal_shared::config::{BucketName, TimestreamTarget};
-use shoal_shared::telemetry::archive::hour_partitions;
-use shoal_shared::telemetry::records::common_dimensions;
-use shoal_shared::telemetry::{MeasureValue, TimestreamRecord};
+use shoal_aws::client::{AwsError, AwsResultExt};
+use shoal_aws::config::{BucketName, TimestreamTarget};
+use shoal_core::telemetry::archive::hour_partitions;
+use shoal_core::telemetry::records::common_dimensions;
+use shoal_core::telemetry::{MeasureValue, TimestreamRecord};
 
 use crate::router::{ArchiveStore, QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink};
 

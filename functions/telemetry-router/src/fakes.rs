@@ -2,8 +2,8 @@
 
 use std::sync::Mutex;
 
-use shoal_shared::aws::{AwsError, AwsErrorKind};
-use shoal_shared::telemetry::TimestreamRecord;
+use shoal_aws::client::{AwsError, AwsErrorKind};
+use shoal_core::telemetry::TimestreamRecord;
 
 use crate::router::{
     ArchiveStore, Edges, QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink,
@@ -46,7 +46,7 @@ impl TelemetrySink for FakeSink {
             && batch.iter().any(|r| {
                 r.measures
                     .iter()
-                    .any(|(_, v)| *v == shoal_shared::telemetry::MeasureValue::Double(bad))
+                    .any(|(_, v)| *v == shoal_core::telemetry::MeasureValue::Double(bad))
             })
         {
             return Err(AwsError {
@@ -64,7 +64,7 @@ impl TelemetrySink for FakeSink {
             .filter(|(_, r)| {
                 r.measures
                     .iter()
-                    .any(|(_, v)| *v == shoal_shared::telemetry::MeasureValue::Double(666.0))
+                    .any(|(_, v)| *v == shoal_core::telemetry::MeasureValue::Double(666.0))
             })
             .map(|(index, _)| RejectedRecord {
                 index: index + self.index_off_by,

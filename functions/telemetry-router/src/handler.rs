@@ -2,10 +2,10 @@
 //! or an SQS or Kinesis batch) routed, the counts logged as CloudWatch EMF metrics.
 
 use serde_json::json;
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
-use shoal_shared::metrics::emf_counts;
-use shoal_shared::telemetry::{Limits, MeasureTypes, PackedSchemas, TelemetryApps};
+use shoal_aws::config::{self, BucketName, ConfigError, Source, TimestreamTarget, vars};
+use shoal_aws::metrics::emf_counts;
+use shoal_core::clock::now_ms;
+use shoal_core::telemetry::{Limits, MeasureTypes, PackedSchemas, TelemetryApps};
 
 use crate::batch::{Delivery, Trigger, route_kinesis, route_sqs};
 use crate::router::{
@@ -180,7 +180,7 @@ mod tests {
         let config = RouterConfig::from_source(&typed).unwrap();
         assert_eq!(
             config.measure_types.declared("rssi"),
-            Some(shoal_shared::telemetry::MeasureType::Bigint)
+            Some(shoal_core::telemetry::MeasureType::Bigint)
         );
         typed.insert(vars::MEASURE_TYPES, "int=rssi");
         let err = RouterConfig::from_source(&typed).unwrap_err();

@@ -4,8 +4,8 @@
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
-use shoal_shared::aws::ClientFactory;
-use shoal_shared::config::ProcessEnv;
+use shoal_aws::client::ClientFactory;
+use shoal_aws::config::ProcessEnv;
 use telemetry_router::batch::Trigger;
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
@@ -19,7 +19,7 @@ const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    shoal_shared::logging::init();
+    shoal_aws::logging::init();
     let config = RouterConfig::from_source(&ProcessEnv)?;
     let factory = ClientFactory::from_env()
         .await

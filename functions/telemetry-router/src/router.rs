@@ -4,7 +4,7 @@
 //! dropped: for every invocation, `accepted + quarantined + returned-for-retry = received`.
 //!
 //! Work and memory are bounded whatever a batch holds: a message holds at most
-//! [`MAX_READINGS_PER_MESSAGE`](shoal_shared::telemetry::MAX_READINGS_PER_MESSAGE) readings (more is quarantined whole); messages are written in
+//! [`MAX_READINGS_PER_MESSAGE`](shoal_core::telemetry::MAX_READINGS_PER_MESSAGE) readings (more is quarantined whole); messages are written in
 //! rounds of about [`ROUND_READINGS`] readings, each round settled (written, quarantined,
 //! archived) before the next is decoded; and no new work starts once the invocation's deadline is
 //! near — what is left goes back for retry (`batchItemFailures`), never lost with the invocation.
@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::Serialize;
-use shoal_shared::aws::AwsError;
-use shoal_shared::clock::now_ms;
-use shoal_shared::telemetry::archive::{archive_key, to_parquet};
-use shoal_shared::telemetry::decode::{Context, readings_in};
-use shoal_shared::telemetry::records::{APP_DIMENSION, write_ranges};
-use shoal_shared::telemetry::{
+use shoal_aws::client::AwsError;
+use shoal_core::clock::now_ms;
+use shoal_core::telemetry::archive::{archive_key, to_parquet};
+use shoal_core::telemetry::decode::{Context, readings_in};
+use shoal_core::telemetry::records::{APP_DIMENSION, write_ranges};
+use shoal_core::telemetry::{
     CheckedJson, Envelope, EnvelopeError, Limits, MeasureTypes, PackedSchemas, Payload,
     TelemetryApps, TimestreamRecord, decode_binary, decode_flat, decode_json,
     validate_with_dimensions,
@@ -839,7 +839,7 @@ fn decode_and_validate(
         return;
     }
     if let Some(key) = &envelope.duplicate_key {
-        let e = shoal_shared::telemetry::DecodeError::DuplicateKey(key.clone());
+        let e = shoal_core::telemetry::DecodeError::DuplicateKey(key.clone());
         p.refuse_whole(e.code(), e.to_string(), held);
         pending.push(p);
         return;
@@ -911,7 +911,7 @@ mod tests {
     use crate::fakes::{FakeArchive, FakeQuarantine, FakeSink};
     use proptest::prelude::*;
     use serde_json::{Value, json};
-    use shoal_shared::telemetry::MeasureValue;
+    use shoal_core::telemetry::MeasureValue;
 
     const NOW: i64 = 1_764_064_800_000;
     const RULES: Rules<'static> = Rules {
@@ -1389,7 +1389,7 @@ mod tests {
     /// read unbounded) and is quarantined with the reason, not lost with the invocation.
     #[tokio::test]
     async fn a_direct_event_over_the_container_budget_is_quarantined() {
-        let arrays = vec!["[]"; shoal_shared::telemetry::json::MAX_CONTAINERS + 10].join(",");
+        let arrays = vec!["[]"; shoal_core::telemetry::json::MAX_CONTAINERS + 10].join(",");
         let text = format!(
             r#"{{"x": [{arrays}], "_topic": "dt/farm/dev-1/telemetry", "_received_at": {NOW}}}"#
         );

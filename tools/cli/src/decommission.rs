@@ -10,10 +10,63 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
-use shoal_shared::aws::{AwsResultExt, ClientFactory};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::manifest_table::{AuditRecord, ManifestTable};
-use shoal_shared::provisioning::{DeviceStatus, Serial};
+use shoal_aws::client::{AwsResultExt, ClientFactory};
+use shoal_aws::config::{TableName, vars};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::{AuditRecord, ManifestTable};
+use shoal_core::provisioning::{DeviceStatus, Serial};
+
+/// `shoal device …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Revoke the device's certificate, detach its policies and thing, retire (or delete) the
+    /// thing and record it in the manifest.
+    Decommission {
+        serial: Serial,
+        /// Why (kept in the manifest's audit record).
+        #[arg(long)]
+        reason: String,
+        /// Delete the thing instead of marking it retired.
+        #[arg(long)]
+        delete_thing: bool,
+        #[arg(long, env = vars::MANIFEST_TABLE)]
+        table: TableName,
+        /// The device table (the device leaves presence: no offline alert).
+        #[arg(long, env = vars::DEVICE_TABLE)]
+        device_table: TableName,
+    },
+}
+
+/// Runs a `shoal device` command, printing each step to stdout.
+///
+/// # Errors
+/// As [`decommission`].
+pub async fn run(factory: &ClientFactory, command: Command) -> Result<()> {
+    let Command::Decommission {
+        serial,
+        reason,
+        delete_thing,
+        table,
+        device_table,
+    } = command;
+    let manifest = ManifestTable::new(factory.dynamodb(), table);
+    let devices = DeviceTable::new(factory.dynamodb(), device_table);
+    let fate = if delete_thing {
+        ThingFate::Delete
+    } else {
+        ThingFate::Retire
+    };
+    decommission(
+        factory,
+        &manifest,
+        &devices,
+        &serial,
+        fate,
+        &reason,
+        &mut std::io::stdout(),
+    )
+    .await
+}
 
 /// What to do with the thing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +93,7 @@ pub async fn decommission(
         .thing_name
         .clone()
         .unwrap_or_else(|| serial.thing_name());
-    let now = shoal_shared::clock::now_ms();
+    let now = shoal_core::clock::now_ms();
     if entry.status == DeviceStatus::Retired {
         // A run interrupted after the manifest step left the device table behind: finish it.
         devices

@@ -3,20 +3,106 @@
 //! uploaded or recorded unless the signature verifies, and nothing is recorded unless the image
 //! is in S3.
 
+use anyhow::Context;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
 use base64::Engine as _;
-use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::{BucketName, KmsKeyRef};
-use shoal_shared::firmware_table::FirmwareTable;
-use shoal_shared::rollout::FirmwareVersion;
-use shoal_shared::rollout::image::{
+use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::config::{BucketName, KmsKeyRef, TableName, vars};
+use shoal_aws::firmware_table::FirmwareTable;
+use shoal_core::clock::now_ms;
+use shoal_core::rollout::FirmwareVersion;
+use shoal_core::rollout::image::{
     DeviceModel, FirmwareImage, HardwareRevision, SignatureError, hex, object_key, sha256,
     verify_signature,
 };
-use shoal_shared::rollout::version::{PublishRefusal, check_publish};
+use shoal_core::rollout::version::{PublishRefusal, check_publish};
 use thiserror::Error;
+
+/// The image a command is about (`shoal firmware publish`, `shoal rollout start`).
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// Device model (as in the manifest and the things' `model` attribute: th-v2).
+    #[arg(long)]
+    pub model: DeviceModel,
+    /// Hardware revision (the things' `hardware` attribute: rev-b).
+    #[arg(long)]
+    pub hardware: HardwareRevision,
+    /// Semantic version (1.10.0 > 1.9.0).
+    #[arg(long)]
+    pub version: FirmwareVersion,
+}
+
+/// `shoal firmware …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Sign an image's SHA-256 with the KMS key, verify the signature with the key's public key,
+    /// upload it and record it. Refuses a version below the model's current one unless
+    /// --allow-downgrade --reason is given, and a version already published (another build of
+    /// it included) whatever the flags.
+    Publish {
+        /// The image file.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Devices below this version must take an intermediate image first.
+        #[arg(long)]
+        min_version: Option<FirmwareVersion>,
+        /// Publish a version below the current one (never one already published, nor another
+        /// build of it).
+        #[arg(long, requires = "reason")]
+        allow_downgrade: bool,
+        /// Why the downgrade (recorded with the image).
+        #[arg(long, requires = "allow_downgrade")]
+        reason: Option<String>,
+        #[arg(long, env = vars::FIRMWARE_TABLE)]
+        table: TableName,
+        #[arg(long, env = vars::FIRMWARE_BUCKET)]
+        bucket: BucketName,
+        #[arg(long, env = vars::FIRMWARE_SIGNING_KEY)]
+        key: KmsKeyRef,
+    },
+}
+
+/// Runs a `shoal firmware` command, printing the registry record as JSON.
+///
+/// # Errors
+/// An unreadable file, or the [`PublishError`] that refused the image.
+pub async fn run(factory: &ClientFactory, command: Command) -> anyhow::Result<()> {
+    let Command::Publish {
+        file,
+        image: ImageArgs {
+            model,
+            hardware,
+            version,
+        },
+        min_version,
+        // clap makes --reason require it and it require --reason: the reason carries both.
+        allow_downgrade: _,
+        reason,
+        table,
+        bucket,
+        key,
+    } = command;
+    let image = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let table = FirmwareTable::new(factory.dynamodb(), table);
+    let publisher = Publisher {
+        factory,
+        table: &table,
+        bucket: &bucket,
+        key: &key,
+    };
+    let request = PublishRequest {
+        model,
+        hardware,
+        version,
+        min_version,
+        downgrade_reason: reason,
+    };
+    let record = publisher.publish(&image, &request).await?;
+    println!("{}", serde_json::to_string_pretty(&record)?);
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct PublishRequest {

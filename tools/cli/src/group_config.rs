@@ -9,14 +9,167 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shoal_shared::aws::{AwsError, AwsResultExt};
-use shoal_shared::ids::{ShadowName, ThingName};
-use shoal_shared::shadow::intent::{DesiredIntent, plan_intent};
-use shoal_shared::shadow::{PolicyTable, ShadowRef, StateMap};
-use shoal_shared::shadow_store::{ShadowStore, WriteOutcome, write_optimistic};
+use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::config::vars;
+use shoal_aws::shadow_store::IotShadowStore;
+use shoal_aws::shadow_store::{ShadowStore, WriteOutcome, write_optimistic};
+use shoal_core::ids::{ShadowName, ThingName};
+use shoal_core::shadow::intent::{DesiredIntent, plan_intent};
+use shoal_core::shadow::{PolicyTable, ShadowRef, ShadowUpdate, StateMap, check_update};
 use thiserror::Error;
+
+/// `shoal config …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Set desired state on every thing of a thing group (or with an attribute value), with
+    /// bounded concurrency, a progress bar and a per-device JSON-lines report; failures are
+    /// reported and skipped, and `--resume` continues an interrupted run from its report.
+    Set(SetArgs),
+}
+
+/// `shoal config set`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// Thing group (child groups included).
+    #[arg(long, required_unless_present = "where_", conflicts_with = "where_")]
+    pub group: Option<String>,
+    /// Registry attribute filter, ATTR=VALUE.
+    #[arg(long = "where", value_name = "ATTR=VALUE")]
+    pub where_: Option<String>,
+    /// Named shadow (default: the classic shadow).
+    #[arg(long)]
+    pub shadow: Option<ShadowName>,
+    /// Conflict policies per attribute path, as the shadow-sync function reads them.
+    #[arg(long, env = vars::SHADOW_POLICIES, default_value = "*=lww")]
+    pub policies: PolicyTable,
+    /// Things updated at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// UpdateThingShadow attempts per thing (each 409 re-reads and re-applies the policy).
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: u32,
+    /// The per-device report (JSON lines; default config-set-<time>.jsonl).
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+    /// Continue the run recorded in --report: things already done are skipped.
+    #[arg(long, requires = "report")]
+    pub resume: bool,
+    /// The desired state, a JSON object: '{"sample_interval_s": 30}'.
+    pub desired: String,
+}
+
+impl SetArgs {
+    /// The things asked for: `--group`, or `--where ATTR=VALUE` (split at the first `=`).
+    ///
+    /// # Errors
+    /// Neither given, or a `--where` without `=` or with an empty attribute.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        match (&self.group, &self.where_) {
+            (Some(group), _) => Ok(Target::Group(group.clone())),
+            (None, Some(filter)) => {
+                let (attribute, value) = filter
+                    .split_once('=')
+                    .filter(|(attribute, _)| !attribute.is_empty())
+                    .context("--where takes ATTR=VALUE")?;
+                Ok(Target::Where {
+                    attribute: attribute.to_owned(),
+                    value: value.to_owned(),
+                })
+            }
+            (None, None) => anyhow::bail!("give --group or --where"),
+        }
+    }
+}
+
+/// The desired state as given on the command line: a JSON object that a shadow can take (AWS's
+/// limits: size, depth), checked before any call.
+///
+/// # Errors
+/// Not JSON, not an object, or past a shadow limit.
+pub fn parse_desired(text: &str) -> anyhow::Result<StateMap> {
+    let desired: Value = serde_json::from_str(text).context("the desired state is not JSON")?;
+    let Value::Object(desired) = desired else {
+        anyhow::bail!("the desired state must be a JSON object");
+    };
+    check_update(
+        &Default::default(),
+        &ShadowUpdate::desired(desired.clone(), None),
+    )?;
+    Ok(desired)
+}
+
+/// Runs `shoal config set`: a progress bar while it runs, then a summary line.
+///
+/// # Errors
+/// Bad arguments (before any call), a report that does not match a resumed request, or things
+/// that failed (the report names each).
+pub async fn run(factory: &ClientFactory, command: Command) -> anyhow::Result<()> {
+    let Command::Set(args) = command;
+    let target = args.target()?;
+    let desired = parse_desired(&args.desired)?;
+    let now_s = u64::try_from(shoal_core::clock::now_ms() / 1000).unwrap_or_default();
+    let report = args
+        .report
+        .unwrap_or_else(|| format!("config-set-{now_s}.jsonl").into());
+    let request = GroupRequest {
+        target,
+        shadow: args.shadow,
+        desired,
+    };
+    let bar = ProgressBar::no_length().with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} things {msg}")
+            .expect("a valid template"),
+    );
+    let fleet = IotFleet(factory.iot());
+    let store = Arc::new(IotShadowStore::new(factory.iot_data()));
+    let options = Options {
+        policies: &args.policies,
+        concurrency: args.concurrency,
+        max_attempts: args.max_attempts,
+        resume: args.resume,
+        decided_at_s: now_s,
+    };
+    let mut failed = 0;
+    let summary = set_desired(
+        &fleet,
+        store,
+        &request,
+        &report,
+        options,
+        |n, total, result| {
+            bar.set_length(total as u64);
+            bar.set_position(n as u64);
+            if result.status == Status::Failed {
+                failed += 1;
+                bar.set_message(format!("{failed} failed"));
+            }
+        },
+    )
+    .await?;
+    bar.finish_and_clear();
+    println!(
+        "{} things for {}: {} written, {} unchanged, {} failed, {} done earlier; report {}",
+        summary.targeted,
+        request.target,
+        summary.written,
+        summary.unchanged,
+        summary.failed,
+        summary.already_done,
+        report.display()
+    );
+    if summary.failed > 0 {
+        anyhow::bail!(
+            "{} things failed (see the report); run again with --resume --report {}",
+            summary.failed,
+            report.display()
+        );
+    }
+    Ok(())
+}
 
 /// Which things a group update is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,4 +485,61 @@ fn record(
         &result,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        set: SetArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<SetArgs, clap::Error> {
+        let argv = ["shoal"].iter().chain(extra).copied();
+        Cli::try_parse_from(argv).map(|cli| cli.set)
+    }
+
+    #[test]
+    fn targets_come_from_group_or_where() {
+        let set = args(&["--group", "building-7", "{}"]).unwrap();
+        assert_eq!(set.target().unwrap(), Target::Group("building-7".into()));
+        let set = args(&["--where", "site=north=2", "{}"]).unwrap();
+        assert_eq!(
+            set.target().unwrap(),
+            Target::Where {
+                attribute: "site".into(),
+                value: "north=2".into()
+            }
+        );
+        for bad in ["site", "=north"] {
+            let set = args(&["--where", bad, "{}"]).unwrap();
+            assert!(set.target().unwrap_err().to_string().contains("ATTR=VALUE"));
+        }
+        assert!(args(&["{}"]).is_err(), "neither --group nor --where");
+        assert!(args(&["--group", "g", "--where", "a=b", "{}"]).is_err());
+    }
+
+    #[test]
+    fn the_desired_state_is_an_object_a_shadow_can_take() {
+        let desired = parse_desired(r#"{"sample_interval_s": 30}"#).unwrap();
+        assert_eq!(desired["sample_interval_s"], 30);
+        assert!(
+            parse_desired("[1]")
+                .unwrap_err()
+                .to_string()
+                .contains("JSON object")
+        );
+        assert!(
+            parse_desired("{")
+                .unwrap_err()
+                .to_string()
+                .contains("not JSON")
+        );
+        let deep = r#"{"a":{"b":{"c":{"d":{"e":{"f":{"g":1}}}}}}}"#;
+        assert!(parse_desired(deep).is_err(), "deeper than a shadow allows");
+    }
 }

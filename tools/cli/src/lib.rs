@@ -1,5 +1,5 @@
-//! The `shoal` operator CLI. Each command lives in its own module; `main.rs` only parses
-//! arguments and wires the AWS clients.
+//! The `shoal` operator CLI. Each command lives in its own module, which owns both its clap
+//! arguments and its action (`run`); `main.rs` only parses the command line and dispatches.
 
 pub mod decommission;
 pub mod firmware;

@@ -4,11 +4,83 @@
 //! if any row is bad nothing is written and every bad line is reported. Otherwise the entries go
 //! in BatchWriteItem calls of 25, unprocessed items retried with backoff.
 
-use shoal_shared::aws::AwsError;
-use shoal_shared::clock::now_ms;
-use shoal_shared::manifest_table::ManifestTable;
-use shoal_shared::provisioning::{ManifestEntry, RowError, parse_manifest_csv};
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use shoal_aws::client::{AwsError, ClientFactory};
+use shoal_aws::config::{TableName, vars};
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_core::clock::now_ms;
+use shoal_core::provisioning::{ManifestEntry, RowError, parse_manifest_csv};
 use thiserror::Error;
+
+/// `shoal manifest …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Import new devices from a CSV (serial,model,batch,thing_group,attributes[,proof]): every
+    /// row is checked first and nothing is written if any row is bad. `proof` is
+    /// key-sha256:<hex> or secret-sha256:<hex> (README: Proof of possession).
+    Import {
+        /// The CSV file.
+        file: std::path::PathBuf,
+        #[arg(long, env = vars::MANIFEST_TABLE)]
+        table: TableName,
+    },
+    /// Give a provisioned serial back to pending when its certificate never became active.
+    Reset {
+        serial: shoal_core::provisioning::Serial,
+        /// Why (kept in the manifest's audit record).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = vars::MANIFEST_TABLE)]
+        table: TableName,
+    },
+}
+
+/// Runs a `shoal manifest` command: an import with a progress bar and every bad row on stderr,
+/// or a reset.
+///
+/// # Errors
+/// An unreadable file, bad rows (nothing written), or the failing AWS call.
+pub async fn run(factory: &ClientFactory, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Import { file, table } => {
+            let csv = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let table = ManifestTable::new(factory.dynamodb(), table);
+            let bar = ProgressBar::new(csv.lines().count().saturating_sub(1) as u64).with_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} devices written")
+                    .expect("a valid template"),
+            );
+            match import(&table, &csv, |n| bar.inc(n as u64)).await {
+                Ok(n) => {
+                    bar.finish_and_clear();
+                    println!("imported {n} devices into {}", table.name());
+                    Ok(())
+                }
+                Err(ImportError::Rows(errors)) => {
+                    bar.abandon();
+                    for e in &errors {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    anyhow::bail!("{} bad row(s); nothing was written", errors.len());
+                }
+                Err(e) => {
+                    bar.abandon();
+                    Err(e.into())
+                }
+            }
+        }
+        Command::Reset {
+            serial,
+            reason,
+            table,
+        } => {
+            let table = ManifestTable::new(factory.dynamodb(), table);
+            println!("{}", reset(factory, &table, &serial, &reason).await?);
+            Ok(())
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum ImportError {
@@ -53,14 +125,14 @@ pub async fn import(
 /// failed, and the device retries with a new certificate the hook would otherwise refuse). An
 /// active certificate is refused: decommission that device instead.
 pub async fn reset(
-    factory: &shoal_shared::aws::ClientFactory,
+    factory: &shoal_aws::client::ClientFactory,
     table: &ManifestTable,
-    serial: &shoal_shared::provisioning::Serial,
+    serial: &shoal_core::provisioning::Serial,
     reason: &str,
 ) -> anyhow::Result<String> {
     use anyhow::{Context, bail};
-    use shoal_shared::aws::AwsResultExt;
-    use shoal_shared::provisioning::DeviceStatus;
+    use shoal_aws::client::AwsResultExt;
+    use shoal_core::provisioning::DeviceStatus;
 
     let entry = table
         .get(serial)

@@ -6,8 +6,74 @@
 use std::io::Write;
 
 use anyhow::Result;
-use shoal_shared::aws::{AwsResultExt, ClientFactory, done_or_already};
-use shoal_shared::config::{BucketName, TimestreamTarget};
+use shoal_aws::client::{AwsResultExt, ClientFactory, done_or_already};
+use shoal_aws::config::{BucketName, TableName, TimestreamName, TimestreamTarget, vars};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::firmware_table::FirmwareTable;
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_aws::rollout_table::RolloutTable;
+
+/// `shoal init-local`'s arguments: the resources' names, defaulting to the local stack's.
+#[derive(Debug, clap::Args)]
+pub struct InitLocalArgs {
+    #[arg(long, env = vars::TIMESTREAM_DATABASE, default_value = "shoal_local")]
+    pub database: TimestreamName,
+    #[arg(long, env = vars::TIMESTREAM_TABLE, default_value = "telemetry")]
+    pub table: TimestreamName,
+    #[arg(long, env = vars::ARCHIVE_BUCKET, default_value = "shoal-local-archive")]
+    pub bucket: BucketName,
+    #[arg(long, env = vars::MANIFEST_TABLE, default_value = "shoal-local-manifest")]
+    pub manifest_table: TableName,
+    #[arg(long, env = vars::DEVICE_TABLE, default_value = "shoal-local-devices")]
+    pub device_table: TableName,
+    #[arg(long, env = vars::FIRMWARE_TABLE, default_value = "shoal-local-firmware")]
+    pub firmware_table: TableName,
+    #[arg(long, env = vars::FIRMWARE_BUCKET, default_value = "shoal-local-firmware")]
+    pub firmware_bucket: BucketName,
+    #[arg(long, env = vars::ROLLOUT_TABLE, default_value = "shoal-local-rollouts")]
+    pub rollout_table: TableName,
+    /// Alias of the firmware signing key (created with the key when missing).
+    #[arg(long, default_value = "alias/shoal-local-firmware-signing")]
+    pub signing_key_alias: String,
+}
+
+/// `shoal init-local`: every resource, each line printed when it is ready.
+///
+/// # Errors
+/// The first AWS call that fails, named.
+pub async fn run(factory: &ClientFactory, args: InitLocalArgs) -> Result<()> {
+    let out = &mut std::io::stdout();
+    let target = TimestreamTarget {
+        database: args.database,
+        table: args.table,
+    };
+    init_local(factory, &target, &args.bucket, out).await?;
+    let dynamodb = factory.dynamodb();
+    ManifestTable::new(dynamodb.clone(), args.manifest_table.clone())
+        .ensure_exists()
+        .await?;
+    writeln!(out, "dynamodb    {} ready", args.manifest_table)?;
+    DeviceTable::new(dynamodb.clone(), args.device_table.clone())
+        .ensure_exists()
+        .await?;
+    writeln!(out, "dynamodb    {} ready", args.device_table)?;
+    FirmwareTable::new(dynamodb.clone(), args.firmware_table.clone())
+        .ensure_exists()
+        .await?;
+    writeln!(out, "dynamodb    {} ready", args.firmware_table)?;
+    RolloutTable::new(dynamodb, args.rollout_table.clone())
+        .ensure_exists()
+        .await?;
+    writeln!(out, "dynamodb    {} ready", args.rollout_table)?;
+    ensure_bucket(&factory.s3(), &args.firmware_bucket).await?;
+    writeln!(out, "s3          {} ready", args.firmware_bucket)?;
+    let alias = ensure_signing_key(&factory.kms(), &args.signing_key_alias).await?;
+    writeln!(
+        out,
+        "kms         {alias} ready (SHOAL_FIRMWARE_SIGNING_KEY)"
+    )?;
+    Ok(())
+}
 
 /// Creates the database and table unless they exist.
 pub async fn ensure_timestream_table(

@@ -6,14 +6,232 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::firmware_table::FirmwareTable;
-use shoal_shared::rollout::FirmwareVersion;
-use shoal_shared::rollout::advance::{Population, RollbackCounts, plan_run};
-use shoal_shared::rollout::image::{DeviceModel, HardwareRevision, find_image};
-use shoal_shared::rollout::phases::{PhaseCounts, PlanSettings, RolloutPlan};
-use shoal_shared::rollout::state::{Command, DeviceOutcome, Rollout, RolloutStatus, Transition};
-use shoal_shared::rollout_table::RolloutTable;
+
+use crate::firmware::ImageArgs;
+use crate::group_config::IotFleet;
+use shoal_aws::client::{AwsError, ClientFactory};
+use shoal_aws::config::{TableName, vars};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::firmware_table::FirmwareTable;
+use shoal_aws::rollout_table::RolloutTable;
+use shoal_core::rollout::FirmwareVersion;
+use shoal_core::rollout::advance::{Population, RollbackCounts, plan_run};
+use shoal_core::rollout::image::{DeviceModel, HardwareRevision, find_image};
+use shoal_core::rollout::phases::{PhaseCounts, PlanSettings, RolloutPlan};
+use shoal_core::rollout::state::{
+    Command as Operation, DeviceOutcome, Rollout, RolloutStatus, Transition,
+};
+
+/// The things a rollout of a model and hardware revision is about (the registry's `model` and
+/// `hardware` attributes): what `shoal rollout status` counts the population from.
+pub trait ModelFleet: Sync {
+    /// The names of every thing of `model` on `hardware`.
+    fn things_of(
+        &self,
+        model: &DeviceModel,
+        hardware: &HardwareRevision,
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+}
+
+impl ModelFleet for IotFleet {
+    async fn things_of(
+        &self,
+        model: &DeviceModel,
+        hardware: &HardwareRevision,
+    ) -> Result<Vec<String>, AwsError> {
+        shoal_aws::fleet::things_of(&self.0, model, hardware).await
+    }
+}
+
+/// `shoal rollout start`'s settings, as an operator gives them (percentages, seconds).
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The published image to roll out.
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Last good version devices go back to on rollback (default: the greatest published
+    /// version below --version).
+    #[arg(long)]
+    pub rollback_to: Option<FirmwareVersion>,
+    /// Rollout id (default: <model>-<hardware>-<version>-<unix seconds>).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Share of the eligible devices in the canary, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    pub canary_percent: f64,
+    /// Staged percentages, increasing: 10,50.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    pub staged: Vec<f64>,
+    /// Soak time of each phase, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub soak_s: u64,
+    /// Failed + rolled back over reported, in percent, above which the canary pauses.
+    #[arg(long, default_value_t = 5.0)]
+    pub canary_max_failure_percent: f64,
+    /// The same for the staged and general phases.
+    #[arg(long, default_value_t = 2.0)]
+    pub staged_max_failure_percent: f64,
+    /// Reports needed before a phase can pass.
+    #[arg(long, default_value_t = 10)]
+    pub min_reports: u64,
+    /// Thundering-herd guard: devices newly targeted per minute, at most.
+    #[arg(long, default_value_t = 100)]
+    pub max_new_per_minute: u32,
+    #[arg(long, env = vars::ROLLOUT_TABLE)]
+    pub table: TableName,
+    #[arg(long, env = vars::FIRMWARE_TABLE)]
+    pub firmware_table: TableName,
+}
+
+impl StartArgs {
+    /// The plan settings in the domain's units: seconds → milliseconds, percentages of failures
+    /// → rates in [0, 1] (the phases' shares stay percentages, as `PlanSettings` takes them).
+    #[must_use]
+    pub fn settings(&self) -> PlanSettings {
+        PlanSettings {
+            canary_percent: self.canary_percent,
+            staged_percents: self.staged.clone(),
+            soak_ms: self.soak_s.saturating_mul(1000),
+            canary_max_failure_rate: self.canary_max_failure_percent / 100.0,
+            staged_max_failure_rate: self.staged_max_failure_percent / 100.0,
+            min_reports: self.min_reports,
+        }
+    }
+}
+
+/// `shoal rollout …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Start rolling a published image out: canary first, then each staged percentage, then
+    /// everyone, each phase soaking and judged by its failure rate before the next.
+    Start(StartArgs),
+    /// Phase, counts per status, failure rate, population and audit log of a rollout.
+    Status {
+        id: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+        #[arg(long, env = vars::FIRMWARE_TABLE)]
+        firmware_table: TableName,
+        #[arg(long, env = vars::DEVICE_TABLE)]
+        device_table: TableName,
+    },
+    /// Stop targeting new devices (in-flight ones finish).
+    Pause {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+    },
+    /// Continue a paused rollout; the current phase's soak starts again.
+    Resume {
+        id: String,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+    },
+    /// Send every device that took the image back to the last good version, and withdraw the
+    /// request from the ones that did not start.
+    Rollback {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = vars::ROLLOUT_TABLE)]
+        table: TableName,
+    },
+}
+
+fn now() -> u64 {
+    u64::try_from(shoal_core::clock::now_ms()).unwrap_or_default()
+}
+
+/// Who the audit log names for an operator command: `operator:$USER`.
+fn actor() -> String {
+    format!(
+        "operator:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+/// Runs a `shoal rollout` command, printing the rollout or its status.
+///
+/// # Errors
+/// What [`start`], [`status`] or [`operate`] refuse, or the failing AWS call.
+pub async fn run(factory: &ClientFactory, command: Command) -> anyhow::Result<()> {
+    let operate_on = async |table: TableName, id: String, op: Operation| -> anyhow::Result<()> {
+        let table = RolloutTable::new(factory.dynamodb(), table);
+        let (next, _) = operate(&table, &id, op, &actor(), now()).await?;
+        println!(
+            "rollout {id} is {:?} (revision {})",
+            next.status, next.revision
+        );
+        Ok(())
+    };
+    match command {
+        Command::Start(args) => {
+            let settings = args.settings();
+            let StartArgs {
+                image:
+                    ImageArgs {
+                        model,
+                        hardware,
+                        version,
+                    },
+                rollback_to,
+                id,
+                max_new_per_minute,
+                table,
+                firmware_table,
+                ..
+            } = args;
+            let request = StartRequest {
+                id,
+                model,
+                hardware,
+                version,
+                rollback_to,
+                settings,
+                max_new_per_minute,
+            };
+            let rollouts = RolloutTable::new(factory.dynamodb(), table);
+            let firmware = FirmwareTable::new(factory.dynamodb(), firmware_table);
+            let started = start(&rollouts, &firmware, request, now()).await?;
+            println!("{}", serde_json::to_string_pretty(&started)?);
+        }
+        Command::Status {
+            id,
+            json,
+            table,
+            firmware_table,
+            device_table,
+        } => {
+            let report = status(
+                &RolloutTable::new(factory.dynamodb(), table),
+                &FirmwareTable::new(factory.dynamodb(), firmware_table),
+                &DeviceTable::new(factory.dynamodb(), device_table),
+                &IotFleet(factory.iot()),
+                &id,
+                now(),
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render(&report));
+            }
+        }
+        Command::Pause { id, reason, table } => {
+            operate_on(table, id, Operation::Pause { reason }).await?;
+        }
+        Command::Resume { id, table } => operate_on(table, id, Operation::Resume).await?,
+        Command::Rollback { id, reason, table } => {
+            operate_on(table, id, Operation::Rollback { reason }).await?;
+        }
+    }
+    Ok(())
+}
 
 pub struct StartRequest {
     pub id: Option<String>,
@@ -114,7 +332,7 @@ pub async fn start(
 /// # Errors
 /// Names the id and what it may hold.
 pub fn check_id(id: &str) -> anyhow::Result<()> {
-    if id.is_empty() || id.len() > 128 || !id.chars().all(shoal_shared::config::name_char) {
+    if id.is_empty() || id.len() > 128 || !id.chars().all(shoal_wire::ids::name_char) {
         bail!(
             "rollout id {id:?} must be 1 to 128 letters, digits, '.', '_' and '-' (it becomes an MQTT topic level)"
         );
@@ -127,7 +345,7 @@ pub fn check_id(id: &str) -> anyhow::Result<()> {
 pub async fn operate(
     rollouts: &RolloutTable,
     id: &str,
-    command: Command,
+    command: Operation,
     actor: &str,
     now_ms: u64,
 ) -> anyhow::Result<(Rollout, Transition)> {
@@ -166,7 +384,7 @@ pub async fn status(
     rollouts: &RolloutTable,
     firmware: &FirmwareTable,
     devices: &DeviceTable,
-    iot: &aws_sdk_iot::Client,
+    fleet: &impl ModelFleet,
     id: &str,
     now_ms: u64,
 ) -> anyhow::Result<RolloutStatusReport> {
@@ -177,7 +395,7 @@ pub async fn status(
     let images = firmware.images(&rollout.model, &rollout.hardware).await?;
     let min_version = find_image(&images, &rollout.version).and_then(|i| i.min_version.clone());
     let records = rollouts.devices(id).await?;
-    let things = shoal_shared::fleet::things_of(iot, &rollout.model, &rollout.hardware).await?;
+    let things = fleet.things_of(&rollout.model, &rollout.hardware).await?;
     let fleet = devices.fleet(&things).await?;
     let plan = plan_run(&rollout, min_version.as_ref(), &fleet, &records, now_ms, 0);
     let phase = rollout.plan.phases.get(rollout.phase);
@@ -276,6 +494,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn start_settings_convert_the_operators_units() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            start: StartArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "--model",
+            "th-v2",
+            "--hardware",
+            "rev-b",
+            "--version",
+            "1.10.0",
+            "--soak-s",
+            "90",
+            "--staged",
+            "5,25,60",
+            "--canary-max-failure-percent",
+            "12.5",
+            "--table",
+            "rollouts",
+            "--firmware-table",
+            "firmware",
+        ])
+        .unwrap();
+        let settings = cli.start.settings();
+        assert_eq!(settings.soak_ms, 90_000);
+        assert_eq!(settings.staged_percents, vec![5.0, 25.0, 60.0]);
+        assert_eq!(settings.canary_percent, 1.0);
+        assert!((settings.canary_max_failure_rate - 0.125).abs() < 1e-12);
+        assert!((settings.staged_max_failure_rate - 0.02).abs() < 1e-12);
+        assert_eq!(settings.min_reports, 10);
+        assert!(RolloutPlan::new(&settings).is_ok());
+    }
+
+    #[test]
     fn rollout_ids_are_one_mqtt_topic_level() {
         for good in ["th-v2-rev-b-1.10.0_build.42-1795600000", "phases", "a"] {
             assert!(check_id(good).is_ok(), "{good}");
@@ -316,7 +572,7 @@ mod tests {
             ..rollout.clone()
         }
         .apply(
-            Command::Rollback {
+            Operation::Rollback {
                 reason: "boot loops".into(),
             },
             "operator:ana",

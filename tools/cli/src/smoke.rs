@@ -9,10 +9,37 @@ use aws_sdk_iot::types::AttributePayload;
 use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, Record, TimeUnit};
 use aws_smithy_types::Blob;
 use serde_json::{Value, json};
-use shoal_shared::aws::{AwsError, AwsResultExt, ClientFactory};
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::TimestreamTarget;
-use shoal_shared::ids::ThingName;
+use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::config::{TimestreamName, TimestreamTarget, vars};
+use shoal_core::clock::now_ms;
+use shoal_core::ids::ThingName;
+
+/// `shoal smoke`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Thing to create or reuse.
+    #[arg(long, default_value = "shoal-smoke-1")]
+    pub thing: ThingName,
+    /// Timestream database (created if missing).
+    #[arg(long, env = vars::TIMESTREAM_DATABASE, default_value = "shoal_local")]
+    pub database: TimestreamName,
+    /// Timestream table (created if missing).
+    #[arg(long, env = vars::TIMESTREAM_TABLE, default_value = "telemetry")]
+    pub table: TimestreamName,
+}
+
+/// `shoal smoke`: the scenario, printed to stdout.
+///
+/// # Errors
+/// As [`scenario`].
+pub async fn run(factory: &ClientFactory, args: Args) -> Result<()> {
+    let target = TimestreamTarget {
+        database: args.database,
+        table: args.table,
+    };
+    scenario(factory, &args.thing, &target, &mut std::io::stdout()).await?;
+    Ok(())
+}
 
 /// What the smoke run did, for callers that check it (the integration test does).
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +68,11 @@ fn measure(name: &str, value: String, kind: MeasureValueType) -> Result<MeasureV
         .build()?)
 }
 
-pub async fn run(
+/// The smoke scenario against `factory`'s endpoint, each step printed to `out`.
+///
+/// # Errors
+/// The first AWS call that fails, named, or a read-back that differs from what was written.
+pub async fn scenario(
     factory: &ClientFactory,
     thing: &ThingName,
     target: &TimestreamTarget,

@@ -2,18 +2,18 @@ use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use ota_scheduler::edges::{Devices, JobsChannel, Registry};
 use ota_scheduler::{AdvancerConfig, Edges, handle};
 use serde_json::Value;
-use shoal_shared::alerts::IotAlerts;
-use shoal_shared::aws::ClientFactory;
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::{self, ProcessEnv, TableName, vars};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::firmware_table::FirmwareTable;
-use shoal_shared::rollout_table::RolloutTable;
-use shoal_shared::shadow_store::IotShadowStore;
+use shoal_aws::alerts::IotAlerts;
+use shoal_aws::client::ClientFactory;
+use shoal_aws::config::{self, ProcessEnv, TableName, vars};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::firmware_table::FirmwareTable;
+use shoal_aws::rollout_table::RolloutTable;
+use shoal_aws::shadow_store::IotShadowStore;
+use shoal_core::clock::now_ms;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    shoal_shared::logging::init();
+    shoal_aws::logging::init();
     let config = AdvancerConfig::from_source(&ProcessEnv)?;
     let table = |name| config::required::<TableName>(&ProcessEnv, name);
     let factory = ClientFactory::from_env().await;
@@ -67,7 +67,7 @@ async fn main() -> Result<(), Error> {
             ];
             println!(
                 "{}",
-                shoal_shared::metrics::emf_counts(
+                shoal_aws::metrics::emf_counts(
                     now_ms(),
                     &[
                         ("Function", "ota-advancer"),

@@ -1,14 +1,14 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use provisioning::jitr::{JitrConfig, RegistrationEvent, handle_registration};
 use provisioning::registry::IotRegistry;
-use shoal_shared::aws::ClientFactory;
-use shoal_shared::config::ProcessEnv;
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::manifest_table::ManifestTable;
+use shoal_aws::client::ClientFactory;
+use shoal_aws::config::ProcessEnv;
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::ManifestTable;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    shoal_shared::logging::init();
+    shoal_aws::logging::init();
     let config = JitrConfig::from_source(&ProcessEnv)?;
     let factory = ClientFactory::from_env().await;
     let manifest = ManifestTable::new(factory.dynamodb(), config.manifest_table.clone());

@@ -2,15 +2,15 @@ use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use shadow_sync::edges::{IotAlerts, PresenceRegistry};
 use shadow_sync::presence::{FOREIGN_PRINCIPAL, PresenceAnswer, PresenceConfig, handle};
-use shoal_shared::aws::ClientFactory;
-use shoal_shared::clock::now_ms;
-use shoal_shared::config::{self, ProcessEnv, TableName, vars};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::manifest_table::ManifestTable;
+use shoal_aws::client::ClientFactory;
+use shoal_aws::config::{self, ProcessEnv, TableName, vars};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::ManifestTable;
+use shoal_core::clock::now_ms;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    shoal_shared::logging::init();
+    shoal_aws::logging::init();
     let config = PresenceConfig::from_source(&ProcessEnv)?;
     let table: TableName = config::required(&ProcessEnv, vars::DEVICE_TABLE)?;
     let factory = ClientFactory::from_env().await;
@@ -50,7 +50,7 @@ async fn main() -> Result<(), Error> {
         };
         println!(
             "{}",
-            shoal_shared::metrics::emf_counts(now_ms(), &[("Function", "presence")], &counts)
+            shoal_aws::metrics::emf_counts(now_ms(), &[("Function", "presence")], &counts)
         );
         Ok::<_, Diagnostic>(answer)
     }))

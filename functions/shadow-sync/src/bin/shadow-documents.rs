@@ -2,14 +2,14 @@ use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use shadow_sync::documents::{SyncConfig, handle};
 use shadow_sync::edges::Registry;
-use shoal_shared::aws::ClientFactory;
-use shoal_shared::config::{self, ProcessEnv, TableName, vars};
-use shoal_shared::device_table::DeviceTable;
-use shoal_shared::shadow_store::IotShadowStore;
+use shoal_aws::client::ClientFactory;
+use shoal_aws::config::{self, ProcessEnv, TableName, vars};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::shadow_store::IotShadowStore;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    shoal_shared::logging::init();
+    shoal_aws::logging::init();
     let config = SyncConfig::from_source(&ProcessEnv)?;
     let table: TableName = config::required(&ProcessEnv, vars::DEVICE_TABLE)?;
     let factory = ClientFactory::from_env().await;
@@ -33,8 +33,8 @@ async fn main() -> Result<(), Error> {
         ];
         println!(
             "{}",
-            shoal_shared::metrics::emf_counts(
-                shoal_shared::clock::now_ms(),
+            shoal_aws::metrics::emf_counts(
+                shoal_core::clock::now_ms(),
                 &[("Function", "shadow-documents")],
                 &counts
             )

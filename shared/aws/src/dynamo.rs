@@ -1,0 +1,168 @@
+//! What Shoal's DynamoDB edges share: creating an on-demand table for local setup, and reading
+//! every item of a partition whose sort key starts with a prefix, and batch calls that retry
+//! unprocessed items.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+
+use crate::client::{AwsError, AwsErrorKind, AwsResultExt};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> AwsError {
+    AwsError::local("dynamodb", "CreateTable", e)
+}
+
+pub fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefinition, AwsError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(kind)
+        .build()
+        .map_err(build_error)
+}
+
+pub fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, AwsError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(build_error)
+}
+
+/// An on-demand CreateTable with a string partition key and, optionally, a string sort key;
+/// the caller adds indexes and sends it (through `aws::created_unless_in_use`).
+pub fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    partition: &str,
+    sort: Option<&str>,
+) -> Result<CreateTableFluentBuilder, AwsError> {
+    let mut request = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(partition, ScalarAttributeType::S)?)
+        .key_schema(key(partition, KeyType::Hash)?);
+    if let Some(sort) = sort {
+        request = request
+            .attribute_definitions(attribute(sort, ScalarAttributeType::S)?)
+            .key_schema(key(sort, KeyType::Range)?);
+    }
+    Ok(request)
+}
+
+/// Every item of partition `partition = value` whose `sort` key begins with `prefix`, read
+/// consistently, in sort-key order.
+pub async fn query_prefix(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    (partition, value): (&str, &str),
+    (sort, prefix): (&str, &str),
+) -> Result<Vec<Item>, AwsError> {
+    let mut pages = client
+        .query()
+        .table_name(table)
+        .key_condition_expression("#p = :p AND begins_with(#s, :prefix)")
+        .expression_attribute_names("#p", partition)
+        .expression_attribute_names("#s", sort)
+        .expression_attribute_values(":p", AttributeValue::S(value.to_owned()))
+        .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()))
+        .consistent_read(true)
+        .into_paginator()
+        .items()
+        .send();
+    let mut items = Vec::new();
+    while let Some(item) = pages.next().await {
+        items.push(item.aws("dynamodb", "Query")?);
+    }
+    Ok(items)
+}
+
+/// DynamoDB's limit per BatchGetItem call.
+pub const MAX_BATCH_GET: usize = 100;
+/// Rounds of retrying unprocessed items (with doubling backoff from 50 ms) before giving up.
+const UNPROCESSED_ROUNDS: u32 = 8;
+
+/// The items with `keys` that exist (any order), read consistently, in calls of
+/// [`MAX_BATCH_GET`], unprocessed keys retried.
+pub async fn batch_get(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<Item>,
+) -> Result<Vec<Item>, AwsError> {
+    let mut found = Vec::with_capacity(keys.len());
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        let mut pending: Vec<Item> = keys.by_ref().take(MAX_BATCH_GET).collect();
+        // A loop rather than `until_processed`: its closure would make this future !Send.
+        for round in 0..UNPROCESSED_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            backoff(round).await;
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| AwsError::local("dynamodb", "BatchGetItem", e))?;
+            let got = client
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .aws("dynamodb", "BatchGetItem")?;
+            if let Some(items) = got.responses().and_then(|r| r.get(table)) {
+                found.extend(items.iter().cloned());
+            }
+            if let Some(left) = got.unprocessed_keys().and_then(|u| u.get(table)) {
+                pending = left.keys().to_vec();
+            }
+        }
+        if !pending.is_empty() {
+            return Err(unprocessed("BatchGetItem", pending.len()));
+        }
+    }
+    Ok(found)
+}
+
+/// Calls `call` with `pending` until nothing is left unprocessed, backing off between rounds;
+/// gives up after [`UNPROCESSED_ROUNDS`].
+pub(crate) async fn until_processed<T>(
+    operation: &'static str,
+    mut pending: Vec<T>,
+    mut call: impl AsyncFnMut(Vec<T>) -> Result<Vec<T>, AwsError>,
+) -> Result<(), AwsError> {
+    for round in 0..UNPROCESSED_ROUNDS {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        backoff(round).await;
+        pending = call(pending).await?;
+    }
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(unprocessed(operation, pending.len()))
+    }
+}
+
+async fn backoff(round: u32) {
+    if round > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(50 << round.min(6))).await;
+    }
+}
+
+fn unprocessed(operation: &'static str, left: usize) -> AwsError {
+    AwsError {
+        service: "dynamodb",
+        operation,
+        kind: AwsErrorKind::Throttled,
+        code: Some("UnprocessedItems".into()),
+        message: format!("{left} items still unprocessed after {UNPROCESSED_ROUNDS} rounds"),
+    }
+}

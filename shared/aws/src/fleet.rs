@@ -1,0 +1,39 @@
+//! The fleet a rollout addresses, from the IoT registry: things whose `model` and `hardware`
+//! attributes (set at provisioning from the manifest) match. The registry, not the device's own
+//! report, is the authority on what hardware a device is.
+
+use crate::client::{AwsError, AwsResultExt};
+use shoal_core::rollout::image::{DeviceModel, HardwareRevision};
+
+pub const MODEL_ATTRIBUTE: &str = "model";
+pub const HARDWARE_ATTRIBUTE: &str = "hardware";
+
+/// Names of the things of `model` and `hardware`, in registry order. ListThings filters on one
+/// attribute (the model); the hardware revision is checked here.
+pub async fn things_of(
+    iot: &aws_sdk_iot::Client,
+    model: &DeviceModel,
+    hardware: &HardwareRevision,
+) -> Result<Vec<String>, AwsError> {
+    let mut pages = iot
+        .list_things()
+        .attribute_name(MODEL_ATTRIBUTE)
+        .attribute_value(model.as_str())
+        .max_results(250)
+        .into_paginator()
+        .send();
+    let mut things = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.aws("iot", "ListThings")?;
+        for thing in page.things() {
+            let same_hardware = thing
+                .attributes()
+                .and_then(|a| a.get(HARDWARE_ATTRIBUTE))
+                .is_some_and(|h| h == hardware.as_str());
+            if let (true, Some(name)) = (same_hardware, thing.thing_name()) {
+                things.push(name.to_owned());
+            }
+        }
+    }
+    Ok(things)
+}

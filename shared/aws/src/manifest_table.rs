@@ -1,0 +1,505 @@
+//! The factory manifest in DynamoDB (the edge; the rules are in [`shoal_core::provisioning`]).
+//!
+//! One item per serial: `serial` (S, partition key), `model`, `batch`, `status`,
+//! `certificate_id`, `thing_name`, `thing_group` (S), `attributes` (M of S), `proof` (S,
+//! [`shoal_core::provisioning::Proof`]'s text form), `created_at`, `updated_at` (N, ms since the epoch).
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::client::{AwsError, AwsErrorKind, AwsResultExt, condition_held, created_unless_in_use};
+use crate::config::TableName;
+use shoal_core::ids::ThingName;
+use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Serial};
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// The item for `entry`.
+pub fn to_item(entry: &ManifestEntry) -> Item {
+    let mut item = Item::from([
+        ("serial".into(), s(entry.serial.as_str())),
+        ("model".into(), s(&entry.model)),
+        ("batch".into(), s(&entry.batch)),
+        ("status".into(), s(entry.status.as_str())),
+        ("created_at".into(), n(entry.created_at_ms)),
+        ("updated_at".into(), n(entry.updated_at_ms)),
+    ]);
+    if let Some(cert) = &entry.certificate_id {
+        item.insert("certificate_id".into(), s(cert));
+    }
+    if let Some(thing) = &entry.thing_name {
+        item.insert("thing_name".into(), s(thing.as_str()));
+    }
+    if let Some(group) = &entry.thing_group {
+        item.insert("thing_group".into(), s(group));
+    }
+    if let Some(proof) = &entry.proof {
+        item.insert("proof".into(), s(&proof.to_string()));
+    }
+    if !entry.attributes.is_empty() {
+        let map = entry
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), s(v)))
+            .collect();
+        item.insert("attributes".into(), AttributeValue::M(map));
+    }
+    item
+}
+
+/// The entry an item holds; an item that does not parse is an error naming the field.
+pub fn from_item(item: &Item) -> Result<ManifestEntry, String> {
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match item.get(key) {
+            None => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(format!("manifest field {key} is not a string")),
+        }
+    };
+    let required = |key: &str| text(key)?.ok_or_else(|| format!("manifest item has no {key}"));
+    let number = |key: &str| -> Result<i64, String> {
+        match item.get(key) {
+            Some(AttributeValue::N(v)) => {
+                v.parse().map_err(|e| format!("manifest field {key}: {e}"))
+            }
+            None => Ok(0),
+            Some(_) => Err(format!("manifest field {key} is not a number")),
+        }
+    };
+    let attributes = match item.get("attributes") {
+        None => BTreeMap::new(),
+        Some(AttributeValue::M(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                AttributeValue::S(v) => Ok((k.clone(), v.clone())),
+                _ => Err(format!("manifest attribute {k} is not a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("manifest field attributes is not a map".into()),
+    };
+    Ok(ManifestEntry {
+        serial: Serial::parse(&required("serial")?)?,
+        model: required("model")?,
+        batch: required("batch")?,
+        status: required("status")?.parse()?,
+        certificate_id: text("certificate_id")?,
+        thing_name: text("thing_name")?
+            .map(|t| ThingName::parse(&t).map_err(|e| e.to_string()))
+            .transpose()?,
+        thing_group: text("thing_group")?,
+        attributes,
+        proof: text("proof")?
+            .map(|p| p.parse().map_err(|e| format!("manifest field proof: {e}")))
+            .transpose()?,
+        created_at_ms: number("created_at")?,
+        updated_at_ms: number("updated_at")?,
+    })
+}
+
+/// The manifest table.
+#[derive(Debug, Clone)]
+pub struct ManifestTable {
+    client: aws_sdk_dynamodb::Client,
+    table: TableName,
+}
+
+impl ManifestTable {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: TableName) -> Self {
+        Self { client, table }
+    }
+
+    pub fn name(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Creates the table (on-demand, keyed by serial) unless it exists. On AWS the table comes
+    /// from infra/template.yaml; locally `shoal init-local` and the tests call this.
+    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+        let created =
+            crate::dynamo::create_table(&self.client, self.table.as_str(), "serial", None)?
+                .send()
+                .await
+                .aws("dynamodb", "CreateTable");
+        created_unless_in_use(created)
+    }
+
+    /// The serial's raw item, read consistently (a claim just made must be seen).
+    async fn item(&self, serial: &Serial) -> Result<Option<Item>, AwsError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .aws("dynamodb", "GetItem")?;
+        Ok(got.item)
+    }
+
+    /// The serial's entry, read consistently.
+    pub async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+        self.item(serial)
+            .await?
+            .as_ref()
+            .map(from_item)
+            .transpose()
+            .map_err(|message| AwsError {
+                service: "dynamodb",
+                operation: "GetItem",
+                kind: AwsErrorKind::Other,
+                code: Some("MalformedManifestItem".into()),
+                message,
+            })
+    }
+
+    /// Writes `entry` unless its serial is already in the table. `Ok(false)`: it was.
+    pub async fn insert(&self, entry: &ManifestEntry) -> Result<bool, AwsError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(self.table.as_str())
+            .set_item(Some(to_item(entry)))
+            .condition_expression("attribute_not_exists(serial)")
+            .send()
+            .await
+            .aws("dynamodb", "PutItem");
+        condition_held(put)
+    }
+
+    /// Marks `serial` provisioned to `certificate_id` as `thing`, only if it is pending or already
+    /// provisioned to that same certificate: of two concurrent claims with different certificates,
+    /// exactly one succeeds. `Ok(false)`: the condition failed (another certificate won, or the
+    /// entry changed); re-read to see why.
+    pub async fn claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        thing: &ThingName,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET #status = :provisioned, certificate_id = :cert, thing_name = :thing, updated_at = :now",
+            )
+            .condition_expression(
+                "attribute_exists(serial) AND (#status = :pending OR (#status = :provisioned AND certificate_id = :cert))",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
+            .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))
+            .expression_attribute_values(":cert", s(certificate_id))
+            .expression_attribute_values(":thing", s(thing.as_str()))
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem");
+        condition_held(updated)
+    }
+}
+
+impl ManifestTable {
+    /// Gives a serial claimed by `old_certificate` to `new_certificate` (as `thing`), only if it
+    /// is still provisioned to `old_certificate` and its entry has not changed since
+    /// `unchanged_since_ms` (a lapsed claim), appending a `claim_taken_over` audit record in the
+    /// same write. `Ok(false)`: the condition failed.
+    ///
+    /// # Errors
+    /// [`AwsError`] when DynamoDB cannot be reached or refuses the request.
+    pub async fn take_over(
+        &self,
+        serial: &Serial,
+        old_certificate: &str,
+        new_certificate: &str,
+        thing: &ThingName,
+        unchanged_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let record = AttributeValue::M(HashMap::from([
+            ("at".to_owned(), n(now_ms)),
+            ("action".to_owned(), s("claim_taken_over")),
+            (
+                "reason".to_owned(),
+                s(format!(
+                    "certificate {old_certificate} was still not activated when the claim lease ran out"
+                )
+                .as_str()),
+            ),
+            ("certificate_id".to_owned(), s(new_certificate)),
+        ]));
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET certificate_id = :new, thing_name = :thing, updated_at = :now, \
+                 audit = list_append(if_not_exists(audit, :empty), :record)",
+            )
+            .condition_expression(
+                "#status = :provisioned AND certificate_id = :old AND updated_at <= :since",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
+            .expression_attribute_values(":old", s(old_certificate))
+            .expression_attribute_values(":new", s(new_certificate))
+            .expression_attribute_values(":thing", s(thing.as_str()))
+            .expression_attribute_values(":since", n(unchanged_since_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":record", AttributeValue::L(vec![record]))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem");
+        condition_held(updated)
+    }
+}
+
+/// One line of a manifest entry's audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRecord<'a> {
+    pub at_ms: i64,
+    /// e.g. `decommissioned`, `jitr_refused`.
+    pub action: &'a str,
+    pub reason: &'a str,
+    pub certificate_id: Option<&'a str>,
+}
+
+/// DynamoDB's limits per batch call.
+pub const MAX_BATCH_WRITE: usize = 25;
+
+impl ManifestTable {
+    /// Which of `serials` are already in the table, with their status.
+    pub async fn existing(
+        &self,
+        serials: &[Serial],
+    ) -> Result<Vec<(Serial, DeviceStatus)>, AwsError> {
+        let mut found = Vec::new();
+        for chunk in serials.chunks(crate::dynamo::MAX_BATCH_GET) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|serial| Item::from([("serial".to_owned(), s(serial.as_str()))]))
+                .collect();
+            for item in crate::dynamo::batch_get(&self.client, self.table.as_str(), keys).await? {
+                let entry = from_item(&item).map_err(|m| build_error("BatchGetItem", m))?;
+                found.push((entry.serial, entry.status));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes `entries` in BatchWriteItem calls of 25, retrying unprocessed items with backoff;
+    /// `progress` hears how many were written after each call.
+    pub async fn write_all(
+        &self,
+        entries: &[ManifestEntry],
+        mut progress: impl FnMut(usize),
+    ) -> Result<(), AwsError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        for chunk in entries.chunks(MAX_BATCH_WRITE) {
+            let requests = chunk
+                .iter()
+                .map(|entry| {
+                    PutRequest::builder()
+                        .set_item(Some(to_item(entry)))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| build_error("BatchWriteItem", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            crate::dynamo::until_processed("BatchWriteItem", requests, async |requests| {
+                let sent = requests.len();
+                let written = self
+                    .client
+                    .batch_write_item()
+                    .request_items(self.table.as_str(), requests)
+                    .send()
+                    .await
+                    .aws("dynamodb", "BatchWriteItem")?;
+                let left: Vec<WriteRequest> = written
+                    .unprocessed_items()
+                    .and_then(|u| u.get(self.table.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
+                progress(sent - left.len());
+                Ok(left)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl ManifestTable {
+    /// Appends an audit record `{at, action, reason, certificate_id}` to `serial`'s `audit` list,
+    /// and sets its status to `status` when given, in one write.
+    pub async fn record(
+        &self,
+        serial: &Serial,
+        record: AuditRecord<'_>,
+        status: Option<DeviceStatus>,
+    ) -> Result<(), AwsError> {
+        let mut fields = HashMap::from([
+            ("at".to_owned(), n(record.at_ms)),
+            ("action".to_owned(), s(record.action)),
+            ("reason".to_owned(), s(record.reason)),
+        ]);
+        if let Some(cert) = record.certificate_id {
+            fields.insert("certificate_id".to_owned(), s(cert));
+        }
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .condition_expression("attribute_exists(serial)")
+            .expression_attribute_values(":now", n(record.at_ms))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(
+                ":record",
+                AttributeValue::L(vec![AttributeValue::M(fields)]),
+            );
+        let append =
+            "updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record)";
+        update = match status {
+            Some(status) => update
+                .update_expression(format!("SET #status = :status, {append}"))
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(status.as_str())),
+            None => update.update_expression(format!("SET {append}")),
+        };
+        update.send().await.aws("dynamodb", "UpdateItem")?;
+        Ok(())
+    }
+
+    /// Releases a serial claimed by `certificate_id` back to pending (certificate id and thing
+    /// name removed) with an audit record, only if it is still provisioned to that certificate.
+    /// `Ok(false)`: it was not.
+    pub async fn release(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let record = HashMap::from([
+            ("at".to_owned(), n(now_ms)),
+            ("action".to_owned(), s("reset")),
+            ("reason".to_owned(), s(reason)),
+            ("certificate_id".to_owned(), s(certificate_id)),
+        ]);
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET #status = :pending, updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record) REMOVE certificate_id, thing_name",
+            )
+            .condition_expression("#status = :provisioned AND certificate_id = :cert")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))
+            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
+            .expression_attribute_values(":cert", s(certificate_id))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":record", AttributeValue::L(vec![AttributeValue::M(record)]))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem");
+        condition_held(updated)
+    }
+
+    /// The audit records of `serial`, oldest first, as (action, reason) pairs.
+    pub async fn audit(&self, serial: &Serial) -> Result<Vec<(String, String)>, AwsError> {
+        let item = self.item(serial).await?;
+        let text = |m: &HashMap<String, AttributeValue>, k: &str| match m.get(k) {
+            Some(AttributeValue::S(v)) => v.clone(),
+            _ => String::new(),
+        };
+        Ok(match item.as_ref().and_then(|i| i.get("audit")) {
+            Some(AttributeValue::L(records)) => records
+                .iter()
+                .filter_map(|r| match r {
+                    AttributeValue::M(m) => Some((text(m, "action"), text(m, "reason"))),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+}
+
+fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
+    AwsError::local("dynamodb", operation, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> ManifestEntry {
+        ManifestEntry {
+            serial: Serial::parse("SN-1").unwrap(),
+            model: "th-v2".into(),
+            batch: "b1".into(),
+            status: DeviceStatus::Provisioned,
+            certificate_id: Some("c1".into()),
+            thing_name: Some(ThingName::parse("SN-1").unwrap()),
+            thing_group: Some("greenhouse".into()),
+            attributes: [("site".to_owned(), "lyon".to_owned())].into(),
+            proof: None,
+            created_at_ms: 5,
+            updated_at_ms: 6,
+        }
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let e = entry();
+        assert_eq!(from_item(&to_item(&e)), Ok(e));
+        let bare = ManifestEntry {
+            status: DeviceStatus::Pending,
+            certificate_id: None,
+            thing_name: None,
+            thing_group: None,
+            attributes: BTreeMap::new(),
+            ..entry()
+        };
+        let item = to_item(&bare);
+        assert!(!item.contains_key("attributes"));
+        assert_eq!(from_item(&item), Ok(bare));
+    }
+
+    #[test]
+    fn malformed_items_name_the_field() {
+        let mut item = to_item(&entry());
+        item.insert("status".into(), s("active"));
+        assert_eq!(
+            from_item(&item),
+            Err("unknown device status \"active\"".into())
+        );
+        let mut item = to_item(&entry());
+        item.remove("model");
+        assert_eq!(from_item(&item), Err("manifest item has no model".into()));
+        let mut item = to_item(&entry());
+        item.insert("updated_at".into(), s("yesterday"));
+        assert_eq!(
+            from_item(&item),
+            Err("manifest field updated_at is not a number".into())
+        );
+    }
+}

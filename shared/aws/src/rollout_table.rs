@@ -1,0 +1,268 @@
+//! The rollout table's DynamoDB edge (`SHOAL_ROLLOUT_TABLE`): keys `rollout_id` and `record`.
+//! `record = "rollout"` holds the state (JSON) with its `revision` and `status` beside it;
+//! `record = "audit#<revision>"` one entry per transition. A transition is one transaction: the
+//! state is written only over the revision it was computed from, and the audit entry only if it
+//! is new, so two advancers racing move a rollout once and log it once.
+//! `record = "device#<thing>"` holds what the rollout asked of one device ([`DeviceRecord`]).
+//! Partition `#rollouts` lists every rollout (`id#<id>`, one item each), for the advancer.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+
+use crate::client::{AwsError, AwsResultExt, created_unless_in_use};
+use crate::config::TableName;
+use shoal_core::rollout::advance::DeviceRecord;
+use shoal_core::rollout::state::{Rollout, Transition};
+
+pub const ROLLOUT_RECORD: &str = "rollout";
+const INDEX_PARTITION: &str = "#rollouts";
+const INDEX_PREFIX: &str = "id#";
+const DEVICE_PREFIX: &str = "device#";
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn json<T: serde::Serialize>(
+    operation: &'static str,
+    value: &T,
+) -> Result<AttributeValue, AwsError> {
+    serde_json::to_string(value)
+        .map(s)
+        .map_err(|e| AwsError::local("dynamodb", operation, e))
+}
+
+fn status_text(rollout: &Rollout) -> String {
+    serde_json::to_value(rollout.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn state_item(rollout: &Rollout) -> Result<Item, AwsError> {
+    Ok(Item::from([
+        ("rollout_id".into(), s(rollout.id.as_str())),
+        ("record".into(), s(ROLLOUT_RECORD)),
+        (
+            "revision".into(),
+            AttributeValue::N(rollout.revision.to_string()),
+        ),
+        ("status".into(), s(status_text(rollout))),
+        ("state".into(), json("PutItem", rollout)?),
+    ]))
+}
+
+fn audit_item(rollout_id: &str, transition: &Transition) -> Result<Item, AwsError> {
+    Ok(Item::from([
+        ("rollout_id".into(), s(rollout_id)),
+        (
+            "record".into(),
+            s(format!("audit#{:010}", transition.revision)),
+        ),
+        ("transition".into(), json("TransactWriteItems", transition)?),
+    ]))
+}
+
+fn build(operation: &'static str) -> impl Fn(aws_sdk_dynamodb::error::BuildError) -> AwsError {
+    move |e| AwsError::local("dynamodb", operation, e)
+}
+
+#[derive(Debug, Clone)]
+pub struct RolloutTable {
+    client: aws_sdk_dynamodb::Client,
+    table: TableName,
+}
+
+impl RolloutTable {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: TableName) -> Self {
+        Self { client, table }
+    }
+
+    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+        let created = crate::dynamo::create_table(
+            &self.client,
+            self.table.as_str(),
+            "rollout_id",
+            Some("record"),
+        )?
+        .send()
+        .await
+        .aws("dynamodb", "CreateTable");
+        created_unless_in_use(created)
+    }
+
+    /// Records a new rollout and lists it for the advancer. `Ok(false)`: the id is taken.
+    pub async fn create(&self, rollout: &Rollout) -> Result<bool, AwsError> {
+        let state = Put::builder()
+            .table_name(self.table.as_str())
+            .set_item(Some(state_item(rollout)?))
+            .condition_expression("attribute_not_exists(rollout_id)")
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        let listed = Put::builder()
+            .table_name(self.table.as_str())
+            .item("rollout_id", s(INDEX_PARTITION))
+            .item("record", s(format!("{INDEX_PREFIX}{}", rollout.id)))
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        self.transact(vec![state, listed]).await
+    }
+
+    /// Every rollout id, in id order.
+    pub async fn ids(&self) -> Result<Vec<String>, AwsError> {
+        let items = crate::dynamo::query_prefix(
+            &self.client,
+            self.table.as_str(),
+            ("rollout_id", INDEX_PARTITION),
+            ("record", INDEX_PREFIX),
+        )
+        .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| match item.get("record") {
+                Some(AttributeValue::S(record)) => {
+                    record.strip_prefix(INDEX_PREFIX).map(str::to_owned)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Records (or rewrites) what the rollout asked of one device.
+    pub async fn put_device(
+        &self,
+        rollout_id: &str,
+        record: &DeviceRecord,
+    ) -> Result<(), AwsError> {
+        self.client
+            .put_item()
+            .table_name(self.table.as_str())
+            .item("rollout_id", s(rollout_id))
+            .item("record", s(format!("{DEVICE_PREFIX}{}", record.thing)))
+            .item("device", json("PutItem", record)?)
+            .send()
+            .await
+            .aws("dynamodb", "PutItem")?;
+        Ok(())
+    }
+
+    /// Every device the rollout targeted.
+    pub async fn devices(&self, rollout_id: &str) -> Result<Vec<DeviceRecord>, AwsError> {
+        let items = crate::dynamo::query_prefix(
+            &self.client,
+            self.table.as_str(),
+            ("rollout_id", rollout_id),
+            ("record", DEVICE_PREFIX),
+        )
+        .await?;
+        items
+            .iter()
+            .map(|item| match item.get("device") {
+                Some(AttributeValue::S(text)) => serde_json::from_str(text).map_err(|e| {
+                    AwsError::local("dynamodb", "Query", format!("{rollout_id}: {e}"))
+                }),
+                _ => Err(AwsError::local(
+                    "dynamodb",
+                    "Query",
+                    format!("{rollout_id}: a device record without its device"),
+                )),
+            })
+            .collect()
+    }
+
+    /// The rollout, read consistently.
+    pub async fn get(&self, id: &str) -> Result<Option<Rollout>, AwsError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(self.table.as_str())
+            .key("rollout_id", s(id))
+            .key("record", s(ROLLOUT_RECORD))
+            .consistent_read(true)
+            .send()
+            .await
+            .aws("dynamodb", "GetItem")?;
+        got.item
+            .as_ref()
+            .and_then(|item| item.get("state"))
+            .map(|state| match state {
+                AttributeValue::S(text) => serde_json::from_str(text).map_err(|e| {
+                    AwsError::local("dynamodb", "GetItem", format!("rollout {id}: {e}"))
+                }),
+                _ => Err(AwsError::local(
+                    "dynamodb",
+                    "GetItem",
+                    format!("rollout {id}: no state"),
+                )),
+            })
+            .transpose()
+    }
+
+    /// Writes `next` over `previous` (same id) and appends `transition`, atomically.
+    /// `Ok(false)`: the rollout moved since `previous` was read; nothing was written.
+    pub async fn transition(
+        &self,
+        previous: &Rollout,
+        next: &Rollout,
+        transition: &Transition,
+    ) -> Result<bool, AwsError> {
+        let state = Put::builder()
+            .table_name(self.table.as_str())
+            .set_item(Some(state_item(next)?))
+            .condition_expression("revision = :read")
+            .expression_attribute_values(":read", AttributeValue::N(previous.revision.to_string()))
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        let audit = Put::builder()
+            .table_name(self.table.as_str())
+            .set_item(Some(audit_item(&previous.id, transition)?))
+            .condition_expression("attribute_not_exists(rollout_id)")
+            .build()
+            .map_err(build("TransactWriteItems"))?;
+        self.transact(vec![state, audit]).await
+    }
+
+    /// Both puts or neither. `Ok(false)`: a condition failed.
+    async fn transact(&self, puts: Vec<Put>) -> Result<bool, AwsError> {
+        let items = puts
+            .into_iter()
+            .map(|put| TransactWriteItem::builder().put(put).build())
+            .collect();
+        let written = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .aws("dynamodb", "TransactWriteItems");
+        match written {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_code("TransactionCanceledException") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The audit log, oldest first.
+    pub async fn audit(&self, id: &str) -> Result<Vec<Transition>, AwsError> {
+        let items = crate::dynamo::query_prefix(
+            &self.client,
+            self.table.as_str(),
+            ("rollout_id", id),
+            ("record", "audit#"),
+        )
+        .await?;
+        let mut out = Vec::new();
+        for item in items {
+            if let Some(AttributeValue::S(text)) = item.get("transition") {
+                out.push(
+                    serde_json::from_str(text)
+                        .map_err(|e| AwsError::local("dynamodb", "Query", e))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,264 @@
+//! The shadow data plane at the edge (GetThingShadow / UpdateThingShadow) and the optimistic
+//! write every Shoal writer uses: compute the update from the shadow as read, check AWS's limits,
+//! write it with that `version`, and on 409 re-read and compute again, a bounded number of times.
+//! Shared by the shadow-sync function and the operator CLI.
+
+use aws_smithy_types::Blob;
+use thiserror::Error;
+
+use crate::client::{AwsError, AwsResultExt};
+use shoal_core::shadow::{ShadowDocument, ShadowLimitError, ShadowRef, ShadowUpdate, check_update};
+
+/// The shadow calls, as a trait so the logic above them is testable without AWS.
+pub trait ShadowStore: Sync {
+    /// `None` when the thing has no such shadow.
+    fn get(
+        &self,
+        shadow: &ShadowRef,
+    ) -> impl Future<Output = Result<Option<ShadowDocument>, AwsError>> + Send;
+    /// `Ok(None)` when the service refused the update's `version` (409): someone wrote first.
+    fn update(
+        &self,
+        shadow: &ShadowRef,
+        update: &ShadowUpdate,
+    ) -> impl Future<Output = Result<Option<u64>, AwsError>> + Send;
+}
+
+/// AWS IoT's data plane.
+#[derive(Debug, Clone)]
+pub struct IotShadowStore {
+    client: aws_sdk_iotdataplane::Client,
+}
+
+impl IotShadowStore {
+    pub fn new(client: aws_sdk_iotdataplane::Client) -> Self {
+        Self { client }
+    }
+}
+
+fn malformed(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
+    AwsError::local(
+        "iot-data",
+        operation,
+        format!("unreadable shadow document: {e}"),
+    )
+}
+
+impl ShadowStore for IotShadowStore {
+    async fn get(&self, shadow: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+        let answer = self
+            .client
+            .get_thing_shadow()
+            .thing_name(shadow.thing.as_str())
+            .set_shadow_name(shadow.name.as_ref().map(|n| n.as_str().to_owned()))
+            .send()
+            .await
+            .aws("iot-data", "GetThingShadow");
+        match answer {
+            Ok(out) => {
+                let bytes = out.payload.map(Blob::into_inner).unwrap_or_default();
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| malformed("GetThingShadow", e))
+            }
+            Err(e) if e.is_code("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update(
+        &self,
+        shadow: &ShadowRef,
+        update: &ShadowUpdate,
+    ) -> Result<Option<u64>, AwsError> {
+        let body = serde_json::to_vec(update).map_err(|e| malformed("UpdateThingShadow", e))?;
+        let answer = self
+            .client
+            .update_thing_shadow()
+            .thing_name(shadow.thing.as_str())
+            .set_shadow_name(shadow.name.as_ref().map(|n| n.as_str().to_owned()))
+            .payload(Blob::new(body))
+            .send()
+            .await
+            .aws("iot-data", "UpdateThingShadow");
+        match answer {
+            Ok(out) => {
+                let bytes = out.payload.map(Blob::into_inner).unwrap_or_default();
+                let accepted: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| malformed("UpdateThingShadow", e))?;
+                Ok(Some(accepted["version"].as_u64().unwrap_or_default()))
+            }
+            Err(e) if e.is_code("ConflictException") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The update was accepted; the shadow is now at `version`.
+    Written { version: u64, attempts: u32 },
+    /// Nothing to write for the shadow as it is now.
+    Unchanged { attempts: u32 },
+}
+
+#[derive(Debug, Clone, Error)]
+pub enum WriteError {
+    #[error("{shadow}: the update breaks a shadow limit, nothing was sent: {source}")]
+    Limit {
+        shadow: String,
+        source: ShadowLimitError,
+    },
+    #[error("{shadow}: {attempts} attempts all lost the version race (409); giving up")]
+    Contended { shadow: String, attempts: u32 },
+    #[error("{shadow}: {source}")]
+    Aws { shadow: String, source: AwsError },
+}
+
+/// Writes the update `compute` derives from the shadow as it is (`None`: no shadow yet), with
+/// optimistic locking. `first` is the shadow already in hand (from an event), if any; otherwise
+/// it is read. On a version conflict the shadow is read again and `compute` runs again, up to
+/// `max_attempts` times.
+pub async fn write_optimistic<S: ShadowStore>(
+    store: &S,
+    shadow: &ShadowRef,
+    first: Option<ShadowDocument>,
+    max_attempts: u32,
+    mut compute: impl FnMut(Option<&ShadowDocument>) -> Option<ShadowUpdate>,
+) -> Result<WriteOutcome, WriteError> {
+    let aws = |source| WriteError::Aws {
+        shadow: shadow.to_string(),
+        source,
+    };
+    let mut current = match first {
+        Some(doc) => Some(doc),
+        None => store.get(shadow).await.map_err(aws)?,
+    };
+    for attempt in 1..=max_attempts {
+        let Some(mut update) = compute(current.as_ref()).filter(|u| !u.is_empty()) else {
+            return Ok(WriteOutcome::Unchanged { attempts: attempt });
+        };
+        update.version = current.as_ref().map(|doc| doc.version);
+        let no_shadow = shoal_core::shadow::document::ShadowState::default();
+        let state = current.as_ref().map_or(&no_shadow, |d| &d.state);
+        check_update(state, &update).map_err(|source| WriteError::Limit {
+            shadow: shadow.to_string(),
+            source,
+        })?;
+        if let Some(version) = store.update(shadow, &update).await.map_err(aws)? {
+            return Ok(WriteOutcome::Written {
+                version,
+                attempts: attempt,
+            });
+        }
+        current = store.get(shadow).await.map_err(aws)?;
+    }
+    Err(WriteError::Contended {
+        shadow: shadow.to_string(),
+        attempts: max_attempts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use shoal_core::shadow::document::merge_patch;
+    use std::sync::Mutex;
+
+    /// A shadow that another writer bumps `interference` times before each of ours lands.
+    struct RacyStore {
+        doc: Mutex<ShadowDocument>,
+        interference: Mutex<u32>,
+        updates: Mutex<u32>,
+    }
+
+    impl ShadowStore for RacyStore {
+        async fn get(&self, _: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+            Ok(Some(self.doc.lock().unwrap().clone()))
+        }
+        async fn update(&self, _: &ShadowRef, u: &ShadowUpdate) -> Result<Option<u64>, AwsError> {
+            *self.updates.lock().unwrap() += 1;
+            let mut doc = self.doc.lock().unwrap();
+            let mut interference = self.interference.lock().unwrap();
+            if *interference > 0 {
+                *interference -= 1;
+                doc.version += 1;
+                return Ok(None);
+            }
+            assert_eq!(u.version, Some(doc.version));
+            merge_patch(
+                doc.state.desired.get_or_insert_default(),
+                u.state.desired.as_ref().unwrap(),
+            );
+            doc.version += 1;
+            Ok(Some(doc.version))
+        }
+    }
+
+    fn store(interference: u32) -> RacyStore {
+        RacyStore {
+            doc: Mutex::new(ShadowDocument {
+                version: 5,
+                ..ShadowDocument::default()
+            }),
+            interference: Mutex::new(interference),
+            updates: Mutex::new(0),
+        }
+    }
+
+    fn shadow() -> ShadowRef {
+        ShadowRef {
+            thing: "d-1".parse().unwrap(),
+            name: None,
+        }
+    }
+
+    fn set(value: Value) -> impl FnMut(Option<&ShadowDocument>) -> Option<ShadowUpdate> {
+        move |_| {
+            Some(ShadowUpdate::desired(
+                value.as_object().unwrap().clone(),
+                None,
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_against_the_fresh_version() {
+        let s = store(2);
+        let out = write_optimistic(&s, &shadow(), None, 3, set(json!({"a": 1})))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            WriteOutcome::Written {
+                version: 8,
+                attempts: 3
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_are_bounded() {
+        let s = store(10);
+        let err = write_optimistic(&s, &shadow(), None, 3, set(json!({"a": 1})))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, WriteError::Contended { attempts: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(*s.updates.lock().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn limits_are_checked_before_any_call() {
+        let s = store(0);
+        let big = json!({"blob": "x".repeat(9000)});
+        let err = write_optimistic(&s, &shadow(), None, 3, set(big))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WriteError::Limit { .. }), "{err}");
+        assert_eq!(*s.updates.lock().unwrap(), 0);
+    }
+}

@@ -1,0 +1,62 @@
+//! Small text formats of Shoal's settings, parsed without knowing where they came from.
+
+use std::collections::BTreeMap;
+
+/// Parses `key=item,item;key=item`: keys of `[a-zA-Z0-9_-]`, each at most once, items trimmed
+/// and non-empty. `check_item` vets each item. Used for per-model and per-template lists.
+pub fn keyed_lists(
+    text: &str,
+    check_item: impl Fn(&str) -> Result<(), String>,
+) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut lists = BTreeMap::new();
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (key, items) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?} is not key=item,item"))?;
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        {
+            return Err(format!("{key:?} must be letters, digits, '_' or '-'"));
+        }
+        let items: Vec<String> = items.split(',').map(|i| i.trim().to_owned()).collect();
+        for item in &items {
+            if item.is_empty() {
+                return Err(format!("{key}: empty item"));
+            }
+            check_item(item).map_err(|why| format!("{key}: {item:?} {why}"))?;
+        }
+        if lists.insert(key.to_owned(), items).is_some() {
+            return Err(format!("{key} is defined twice"));
+        }
+    }
+    Ok(lists)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_lists_parse_and_refuse_what_is_off() {
+        let ok = |_: &str| Ok(());
+        let lists = keyed_lists(" a=x, y ;b-2=z;", ok).unwrap();
+        assert_eq!(lists["a"], vec!["x", "y"]);
+        assert_eq!(lists["b-2"], vec!["z"]);
+        assert!(keyed_lists("", ok).unwrap().is_empty());
+        for bad in ["a", "a b=x", "a=x;a=y", "a=x,,y", "=x"] {
+            assert!(keyed_lists(bad, ok).is_err(), "{bad}");
+        }
+        let err = keyed_lists("a=x,BAD", |i: &str| {
+            if i.chars().all(|c| c.is_ascii_lowercase()) {
+                Ok(())
+            } else {
+                Err("is not lowercase".into())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err, "a: \"BAD\" is not lowercase");
+    }
+}
