@@ -309,7 +309,11 @@ async fn shadow_documents_sample_events_have_their_documented_outcome() {
     table.ensure_exists().await.unwrap();
     let registry = Registry(table.clone());
     let store = IotShadowStore::new(factory.iot_data());
-    let config = SyncConfig::from_source(&std::collections::BTreeMap::<&str, &str>::new()).unwrap();
+    let config = SyncConfig::from_source(&std::collections::BTreeMap::from([(
+        shoal_aws::config::vars::DEVICE_TABLE,
+        table.name().as_str(),
+    )]))
+    .unwrap();
     let data = factory.iot_data();
 
     // classic: the thing's shadow reaches the message's versions with the same two updates.
@@ -396,8 +400,12 @@ async fn presence_sample_events_have_their_documented_outcome() {
     let (registry, table) =
         shoal_integration_tests::provisioned::through_the_hook(&factory, &csv, &hook_sample).await;
     let alerts = IotAlerts(factory.iot_data());
-    let config =
-        PresenceConfig::from_source(&std::collections::BTreeMap::<&str, &str>::new()).unwrap();
+    // The tables' names as the template sets them; the handler works on `registry`'s.
+    let config = PresenceConfig::from_source(&std::collections::BTreeMap::from([
+        (shoal_aws::config::vars::DEVICE_TABLE, "devices"),
+        (shoal_aws::config::vars::MANIFEST_TABLE, "manifest"),
+    ]))
+    .unwrap();
     assert_eq!(config.offline_threshold_s, 3600);
     let disconnected_at = 1_795_600_900_000u64;
     let outcome = |answer: PresenceAnswer| serde_json::to_value(answer).unwrap();

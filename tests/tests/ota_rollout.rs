@@ -272,6 +272,10 @@ async fn device_reports(
 
 fn config() -> AdvancerConfig {
     AdvancerConfig {
+        rollout_table: "rollouts".parse().unwrap(),
+        device_table: "devices".parse().unwrap(),
+        firmware_table: "firmware".parse().unwrap(),
+        firmware_bucket: "firmware-images".parse().unwrap(),
         url_ttl_s: 3600,
         url_refresh_margin_s: 600,
         alerts_topic: "shoal/alerts".into(),

@@ -79,10 +79,10 @@ fn documents(at: &ShadowRef, previous: &ShadowDocument, current: &ShadowDocument
 }
 
 fn sync_config(policies: &str) -> SyncConfig {
-    SyncConfig::from_source(&std::collections::BTreeMap::from([(
-        vars::SHADOW_POLICIES,
-        policies,
-    )]))
+    SyncConfig::from_source(&std::collections::BTreeMap::from([
+        (vars::SHADOW_POLICIES, policies),
+        (vars::DEVICE_TABLE, "devices"),
+    ]))
     .unwrap()
 }
 
@@ -412,6 +412,8 @@ async fn an_impostors_lifecycle_events_never_change_presence() {
     let (registry, table) = provisioned(&factory, &client).await;
     let alerts = IotAlerts(factory.iot_data());
     let config = PresenceConfig {
+        device_table: "devices".parse().unwrap(),
+        manifest_table: "manifest".parse().unwrap(),
         offline_threshold_s: 600,
         alerts_topic: "shoal/alerts".into(),
     };
@@ -518,6 +520,8 @@ async fn a_taken_over_session_never_marks_the_new_one_offline() {
     let factory = local::factory().await;
     let alerts = IotAlerts(factory.iot_data());
     let config = PresenceConfig {
+        device_table: "devices".parse().unwrap(),
+        manifest_table: "manifest".parse().unwrap(),
         offline_threshold_s: 600,
         alerts_topic: "shoal/alerts".into(),
     };
@@ -558,6 +562,8 @@ async fn lifecycle_events_out_of_order_and_duplicated_never_regress_presence() {
     let factory = local::factory().await;
     let alerts = IotAlerts(factory.iot_data());
     let config = PresenceConfig {
+        device_table: "devices".parse().unwrap(),
+        manifest_table: "manifest".parse().unwrap(),
         offline_threshold_s: 600,
         alerts_topic: "shoal/alerts".into(),
     };

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_aws::alerts::Alerts;
 use shoal_aws::client::AwsError;
-use shoal_aws::config::{self, ConfigError, Source, vars};
+use shoal_aws::config::{self, BucketName, ConfigError, Source, TableName, vars};
 use shoal_core::rollout::FirmwareVersion;
 use shoal_core::rollout::advance::{
     DeviceRecord, FleetDevice, NewTarget, RollbackCounts, RollbackStep, RunPlan, judge, plan_run,
@@ -116,8 +116,17 @@ pub struct OtaRequest<'a> {
     pub update: ShadowUpdate,
 }
 
+/// Everything the advancer reads from its environment, read once at init.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdvancerConfig {
+    /// `SHOAL_ROLLOUT_TABLE`: rollout state, audit log and per-device requests.
+    pub rollout_table: TableName,
+    /// `SHOAL_DEVICE_TABLE`: the device registry (reported versions, OTA reports).
+    pub device_table: TableName,
+    /// `SHOAL_FIRMWARE_TABLE`: the firmware registry.
+    pub firmware_table: TableName,
+    /// `SHOAL_FIRMWARE_BUCKET`: where images are presigned from.
+    pub firmware_bucket: BucketName,
     pub url_ttl_s: u64,
     pub url_refresh_margin_s: u64,
     pub alerts_topic: String,
@@ -128,6 +137,10 @@ pub struct AdvancerConfig {
 impl AdvancerConfig {
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
+            rollout_table: config::required(source, vars::ROLLOUT_TABLE)?,
+            device_table: config::required(source, vars::DEVICE_TABLE)?,
+            firmware_table: config::required(source, vars::FIRMWARE_TABLE)?,
+            firmware_bucket: config::required(source, vars::FIRMWARE_BUCKET)?,
             url_ttl_s: url_ttl_s(config::optional(source, vars::URL_TTL_S)?.unwrap_or(3600)),
             url_refresh_margin_s: config::optional(source, vars::URL_REFRESH_MARGIN_S)?
                 .unwrap_or(600),
@@ -137,6 +150,36 @@ impl AdvancerConfig {
                 .filter(|arn| !arn.is_empty()),
         })
     }
+}
+
+/// The run's CloudWatch EMF lines, one per rollout (dimensions `Function`, `Rollout`), stamped
+/// `timestamp_ms`: devices targeted, URLs refreshed, requests restored, cancelled and superseded,
+/// targets deferred by the herd budget, delivery failures and whether the rollout's run failed.
+pub fn metrics_lines(summary: &RunSummary, timestamp_ms: i64) -> Vec<String> {
+    summary
+        .rollouts
+        .iter()
+        .map(|run| {
+            let counts = [
+                ("Targeted", run.targeted),
+                ("Refreshed", run.refreshed),
+                ("Restored", run.restored),
+                ("Cancelled", run.cancelled),
+                ("Superseded", run.superseded),
+                ("Deferred", run.deferred),
+                ("DeliveryFailures", run.delivery_failures),
+                ("Errors", u64::from(run.error.is_some())),
+            ];
+            shoal_aws::metrics::emf_counts(
+                timestamp_ms,
+                &[
+                    ("Function", "ota-advancer"),
+                    ("Rollout", run.rollout.as_str()),
+                ],
+                &counts,
+            )
+        })
+        .collect()
 }
 
 /// What one run did to one rollout.
@@ -592,7 +635,41 @@ mod tests {
     }
 
     fn config() -> AdvancerConfig {
-        AdvancerConfig::from_source(&BTreeMap::<&str, &str>::new()).unwrap()
+        AdvancerConfig::from_source(&BTreeMap::from([
+            (vars::ROLLOUT_TABLE, "rollouts"),
+            (vars::DEVICE_TABLE, "devices"),
+            (vars::FIRMWARE_TABLE, "firmware"),
+            (vars::FIRMWARE_BUCKET, "firmware-images"),
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_config_names_each_missing_table() {
+        let err = AdvancerConfig::from_source(&BTreeMap::<&str, &str>::new()).unwrap_err();
+        assert!(err.to_string().contains(vars::ROLLOUT_TABLE), "{err}");
+    }
+
+    #[test]
+    fn metrics_lines_count_each_rollouts_run() {
+        let summary = RunSummary {
+            rollouts: vec![RolloutRun {
+                rollout: "r-1".into(),
+                targeted: 7,
+                deferred: 3,
+                error: Some("boom".into()),
+                ..RolloutRun::default()
+            }],
+        };
+        let lines = metrics_lines(&summary, 1_000);
+        assert_eq!(lines.len(), 1);
+        let line: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(line["Rollout"], "r-1");
+        assert_eq!(line["Function"], "ota-advancer");
+        assert_eq!(line["Targeted"], 7);
+        assert_eq!(line["Deferred"], 3);
+        assert_eq!(line["Errors"], 1);
+        assert_eq!(line["_aws"]["Timestamp"], 1_000);
     }
 
     fn edges(m: &Memory) -> Edges<'_, Memory, Memory, Memory, Memory> {

@@ -305,6 +305,17 @@ async fn take_over_lapsed_claim(
 }
 
 /// Answers one hook request within `deadline`; every failure is a logged denial.
+/// The answer's CloudWatch EMF line (dimension `Function` = `pre-provisioning-hook`), stamped
+/// `timestamp_ms`: `Allowed` or `Denied` (the reason is in the log line `handle` writes).
+pub fn metrics_line(response: &HookResponse, timestamp_ms: i64) -> String {
+    let allowed = u64::from(response.allow_provisioning);
+    shoal_aws::metrics::emf_counts(
+        timestamp_ms,
+        &[("Function", "pre-provisioning-hook")],
+        &[("Allowed", allowed), ("Denied", 1 - allowed)],
+    )
+}
+
 pub async fn handle(
     request: &HookRequest,
     gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
@@ -351,6 +362,26 @@ pub async fn handle(
 mod tests {
     use super::*;
     use shoal_aws::client::AwsErrorKind;
+
+    #[test]
+    fn the_metrics_line_counts_the_answer() {
+        let allowed = HookResponse {
+            allow_provisioning: true,
+            parameter_overrides: BTreeMap::new(),
+        };
+        let line: serde_json::Value = serde_json::from_str(&metrics_line(&allowed, 3)).unwrap();
+        assert_eq!(line["Function"], "pre-provisioning-hook");
+        assert_eq!(
+            (line["Allowed"].as_u64(), line["Denied"].as_u64()),
+            (Some(1), Some(0))
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(&metrics_line(&HookResponse::deny(), 3)).unwrap();
+        assert_eq!(
+            (line["Allowed"].as_u64(), line["Denied"].as_u64()),
+            (Some(0), Some(1))
+        );
+    }
     use shoal_core::provisioning::DeviceStatus;
     use std::collections::BTreeMap;
     use std::sync::Mutex;

@@ -141,6 +141,17 @@ pub enum Outcome {
     Revoked { reason: String },
 }
 
+/// The outcome's CloudWatch EMF line (dimension `Function` = `jitr`), stamped `timestamp_ms`:
+/// `Activated` or `Revoked`.
+pub fn metrics_line(outcome: &Outcome, timestamp_ms: i64) -> String {
+    let activated = u64::from(matches!(outcome, Outcome::Activated { .. }));
+    shoal_aws::metrics::emf_counts(
+        timestamp_ms,
+        &[("Function", "jitr")],
+        &[("Activated", activated), ("Revoked", 1 - activated)],
+    )
+}
+
 /// Why `entry` may not be provisioned to the certificate (`certificate_id`, `certificate_pem`),
 /// if it may not: a serial that is not pending or provisioned to it, or a device key other than
 /// the manifest's proof names.
@@ -262,6 +273,19 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metrics_line_counts_the_outcome() {
+        let revoked = Outcome::Revoked {
+            reason: "unknown serial".into(),
+        };
+        let line: serde_json::Value = serde_json::from_str(&metrics_line(&revoked, 3)).unwrap();
+        assert_eq!(line["Function"], "jitr");
+        assert_eq!(
+            (line["Activated"].as_u64(), line["Revoked"].as_u64()),
+            (Some(0), Some(1))
+        );
+    }
 
     fn entry(status: DeviceStatus, cert: Option<&str>) -> ManifestEntry {
         ManifestEntry {

@@ -7,7 +7,7 @@ use std::future::Future;
 use serde::Serialize;
 use serde_json::Value;
 use shoal_aws::client::AwsError;
-use shoal_aws::config::{self, ConfigError, Source, vars};
+use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
 use shoal_aws::shadow_store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
 use shoal_core::ids::ThingName;
 use shoal_core::shadow::document::Path;
@@ -41,8 +41,11 @@ pub trait DeviceRecords: Sync {
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
+/// Everything the shadow-documents function reads from its environment, read once at init.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncConfig {
+    /// `SHOAL_DEVICE_TABLE`: the device registry the reported facts go to.
+    pub device_table: TableName,
     pub policies: PolicyTable,
     pub firmware_path: Path,
     pub config_path: Path,
@@ -72,12 +75,26 @@ impl SyncConfig {
                 .map_or_else(|| default.split('.').map(str::to_owned).collect(), |p| p.0))
         };
         Ok(Self {
+            device_table: config::required(source, vars::DEVICE_TABLE)?,
             policies: config::optional(source, vars::SHADOW_POLICIES)?.unwrap_or_default(),
             firmware_path: path(vars::REPORTED_FIRMWARE_PATH, "firmware.version")?,
             config_path: path(vars::REPORTED_CONFIG_PATH, "config")?,
             max_attempts: 5,
         })
     }
+}
+
+/// The summary's CloudWatch EMF line (dimension `Function` = `shadow-documents`), stamped
+/// `timestamp_ms`: paths converged and superseded, conflicts, shadow writes and refused events.
+pub fn metrics_line(summary: &SyncSummary, timestamp_ms: i64) -> String {
+    let counts = [
+        ("Converged", summary.converged.len() as u64),
+        ("Superseded", summary.superseded.len() as u64),
+        ("Conflicts", summary.conflicts as u64),
+        ("ShadowWrites", u64::from(summary.written_version.is_some())),
+        ("Rejected", u64::from(summary.rejected.is_some())),
+    ];
+    shoal_aws::metrics::emf_counts(timestamp_ms, &[("Function", "shadow-documents")], &counts)
 }
 
 /// The rule's event: the documents message with the topic it came on (`topic() AS topic`),
@@ -284,11 +301,26 @@ mod tests {
     }
 
     fn config() -> SyncConfig {
-        SyncConfig::from_source(&std::collections::BTreeMap::from([(
-            vars::SHADOW_POLICIES,
-            "mode=merge",
-        )]))
+        SyncConfig::from_source(&std::collections::BTreeMap::from([
+            (vars::SHADOW_POLICIES, "mode=merge"),
+            (vars::DEVICE_TABLE, "devices"),
+        ]))
         .unwrap()
+    }
+
+    #[test]
+    fn the_metrics_line_counts_the_summary() {
+        let summary = SyncSummary {
+            conflicts: 2,
+            written_version: Some(7),
+            ..SyncSummary::default()
+        };
+        let line: Value = serde_json::from_str(&metrics_line(&summary, 5)).unwrap();
+        assert_eq!(line["Function"], "shadow-documents");
+        assert_eq!(line["Conflicts"], 2);
+        assert_eq!(line["ShadowWrites"], 1);
+        assert_eq!(line["Rejected"], 0);
+        assert_eq!(line["_aws"]["Timestamp"], 5);
     }
 
     fn event(topic: &str, previous: Value, current: Value) -> Value {

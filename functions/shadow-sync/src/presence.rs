@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 pub use shoal_aws::alerts::Alerts;
 use shoal_aws::client::AwsError;
-use shoal_aws::config::{self, ConfigError, Source, vars};
+use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
 use shoal_aws::device_table::OfflineDevice;
 use shoal_core::ids::ThingName;
 use shoal_core::presence::{LifecycleEvent, OfflineAlert, Recorded};
@@ -43,8 +43,13 @@ pub trait PresenceRecords: Sync {
     ) -> impl Future<Output = Result<bool, AwsError>> + Send;
 }
 
+/// Everything the presence function reads from its environment, read once at init.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceConfig {
+    /// `SHOAL_DEVICE_TABLE`: presence, per device.
+    pub device_table: TableName,
+    /// `SHOAL_MANIFEST_TABLE`: the factory manifest (a serial's provisioned thing).
+    pub manifest_table: TableName,
     pub offline_threshold_s: u64,
     pub alerts_topic: String,
 }
@@ -52,6 +57,8 @@ pub struct PresenceConfig {
 impl PresenceConfig {
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
+            device_table: config::required(source, vars::DEVICE_TABLE)?,
+            manifest_table: config::required(source, vars::MANIFEST_TABLE)?,
             offline_threshold_s: config::optional(source, vars::OFFLINE_THRESHOLD_S)?
                 .unwrap_or(3600),
             alerts_topic: config::optional(source, vars::ALERTS_TOPIC)?
@@ -97,6 +104,31 @@ pub struct SweepSummary {
 pub enum PresenceAnswer {
     Event(PresenceSummary),
     Sweep(SweepSummary),
+}
+
+/// The answer's CloudWatch EMF line (dimension `Function` = `presence`), stamped `timestamp_ms`:
+/// per event applied / stale / rejected / ignored and foreign principals; per sweep the devices
+/// offline past the threshold, alerted, returned meanwhile and alerts that failed.
+pub fn metrics_line(answer: &PresenceAnswer, timestamp_ms: i64) -> String {
+    let counts = match answer {
+        PresenceAnswer::Event(e) => vec![
+            ("Applied", u64::from(e.outcome == "applied")),
+            ("Stale", u64::from(e.outcome == "stale")),
+            ("Rejected", u64::from(e.outcome == "rejected")),
+            ("Ignored", u64::from(e.outcome == "ignored")),
+            (
+                "ForeignPrincipal",
+                u64::from(e.ignored_because == Some(FOREIGN_PRINCIPAL)),
+            ),
+        ],
+        PresenceAnswer::Sweep(s) => vec![
+            ("OfflinePastThreshold", s.offline_past_threshold as u64),
+            ("Alerted", s.alerted as u64),
+            ("ReturnedMeanwhile", s.returned_meanwhile as u64),
+            ("AlertsFailed", s.failed as u64),
+        ],
+    };
+    shoal_aws::metrics::emf_counts(timestamp_ms, &[("Function", "presence")], &counts)
 }
 
 fn is_schedule(event: &Value) -> bool {
@@ -251,6 +283,29 @@ pub async fn sweep(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_metrics_line_counts_events_and_sweeps() {
+        let event = PresenceAnswer::Event(PresenceSummary {
+            outcome: "ignored",
+            ignored_because: Some(FOREIGN_PRINCIPAL),
+            ..PresenceSummary::default()
+        });
+        let line: Value = serde_json::from_str(&metrics_line(&event, 9)).unwrap();
+        assert_eq!(line["Function"], "presence");
+        assert_eq!(line["Ignored"], 1);
+        assert_eq!(line["ForeignPrincipal"], 1);
+        assert_eq!(line["Applied"], 0);
+        let sweep = PresenceAnswer::Sweep(SweepSummary {
+            offline_past_threshold: 4,
+            alerted: 3,
+            returned_meanwhile: 0,
+            failed: 1,
+        });
+        let line: Value = serde_json::from_str(&metrics_line(&sweep, 9)).unwrap();
+        assert_eq!(line["OfflinePastThreshold"], 4);
+        assert_eq!(line["AlertsFailed"], 1);
+    }
     use shoal_core::presence::PresenceEvent;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -372,6 +427,8 @@ mod tests {
 
     fn config() -> PresenceConfig {
         PresenceConfig {
+            device_table: "devices".parse().unwrap(),
+            manifest_table: "manifest".parse().unwrap(),
             offline_threshold_s: 60,
             alerts_topic: "shoal/alerts".into(),
         }

@@ -343,7 +343,7 @@ pub async fn route_kinesis(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::{FakeQuarantine, FakeSink, Fakes};
+    use crate::memory::{FakeQuarantine, FakeSink, Fakes};
     use proptest::prelude::*;
     use serde_json::{Value, json};
 

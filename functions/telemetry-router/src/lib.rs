@@ -4,9 +4,9 @@
 
 pub mod batch;
 pub mod edges;
-#[cfg(test)]
-mod fakes;
 pub mod handler;
+#[cfg(test)]
+mod memory;
 pub mod router;
 
 /// The allocator of every binary built on this crate (the Lambda function, its benchmarks and

@@ -908,7 +908,7 @@ fn decode_and_validate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::{FakeArchive, FakeQuarantine, FakeSink};
+    use crate::memory::{FakeArchive, FakeQuarantine, FakeSink};
     use proptest::prelude::*;
     use serde_json::{Value, json};
     use shoal_core::telemetry::MeasureValue;
@@ -1312,7 +1312,7 @@ mod tests {
         second.extend(packed(NOW - 1000, &[22.25, 43.0]));
         let mut payload = gzip(&first);
         payload.extend(gzip(&second));
-        let fakes = crate::fakes::Fakes::default();
+        let fakes = crate::memory::Fakes::default();
         let edges = fakes.edges();
         let counts = route_rule_event(
             binary_event("dt/greenhouse/dev-7/telemetry/th-v2", &payload).into(),
@@ -1477,7 +1477,7 @@ mod tests {
     /// Issue 11, case 2: `21.5` then `22.0` (which SQL 2016-03-23 delivers as `22`): one type.
     #[tokio::test]
     async fn a_measure_keeps_its_type_however_the_number_is_spelled() {
-        let fakes = crate::fakes::Fakes::default();
+        let fakes = crate::memory::Fakes::default();
         let edges = fakes.edges();
         for temp in [json!(21.5), json!(22)] {
             route_rule_event(event(json!({"temp": temp})).into(), &RULES, &edges, "req-t")
@@ -1668,7 +1668,7 @@ mod tests {
                 deadline: &deadline,
                 ..RULES
             };
-            let fakes = crate::fakes::Fakes::default();
+            let fakes = crate::memory::Fakes::default();
             let outcome =
                 route_batch(messages(5), &rules, &fakes.edges(), "req-late", policy).await;
             assert_eq!(
@@ -1680,7 +1680,7 @@ mod tests {
             assert_eq!(outcome.cause.unwrap().operation, "Invoke");
         }
         // With time for everything, nothing goes back.
-        let fakes = crate::fakes::Fakes::default();
+        let fakes = crate::memory::Fakes::default();
         let outcome = route_batch(
             messages(5),
             &RULES,
@@ -1707,7 +1707,7 @@ mod tests {
                 Incoming::from_bytes(format!("m{m}"), serde_json::to_vec(&body).unwrap())
             })
             .collect();
-        let fakes = crate::fakes::Fakes::default();
+        let fakes = crate::memory::Fakes::default();
         let outcome = route_batch(
             incoming,
             &RULES,

@@ -1,10 +1,10 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use ota_scheduler::edges::{Devices, JobsChannel, Registry};
-use ota_scheduler::{AdvancerConfig, Edges, handle};
+use ota_scheduler::{AdvancerConfig, Edges, handle, metrics_lines};
 use serde_json::Value;
 use shoal_aws::alerts::IotAlerts;
 use shoal_aws::client::ClientFactory;
-use shoal_aws::config::{self, ProcessEnv, TableName, vars};
+use shoal_aws::config::ProcessEnv;
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::firmware_table::FirmwareTable;
 use shoal_aws::rollout_table::RolloutTable;
@@ -15,17 +15,16 @@ use shoal_core::clock::now_ms;
 async fn main() -> Result<(), Error> {
     shoal_aws::logging::init();
     let config = AdvancerConfig::from_source(&ProcessEnv)?;
-    let table = |name| config::required::<TableName>(&ProcessEnv, name);
     let factory = ClientFactory::from_env().await;
-    let rollouts = RolloutTable::new(factory.dynamodb(), table(vars::ROLLOUT_TABLE)?);
+    let rollouts = RolloutTable::new(factory.dynamodb(), config.rollout_table.clone());
     let registry = Registry {
         iot: factory.iot(),
-        devices: DeviceTable::new(factory.dynamodb(), table(vars::DEVICE_TABLE)?),
-        firmware: FirmwareTable::new(factory.dynamodb(), table(vars::FIRMWARE_TABLE)?),
+        devices: DeviceTable::new(factory.dynamodb(), config.device_table.clone()),
+        firmware: FirmwareTable::new(factory.dynamodb(), config.firmware_table.clone()),
     };
     let delivery = Devices {
         s3: factory.s3(),
-        bucket: config::required(&ProcessEnv, vars::FIRMWARE_BUCKET)?,
+        bucket: config.firmware_bucket.to_string(),
         shadows: IotShadowStore::new(factory.iot_data()),
         jobs: config.jobs_role_arn.clone().map(|role| JobsChannel {
             iot: factory.iot(),
@@ -55,27 +54,9 @@ async fn main() -> Result<(), Error> {
             })?;
         for run in &summary.rollouts {
             tracing::info!(run = %serde_json::to_string(run).unwrap_or_default(), "rollout");
-            let counts = [
-                ("Targeted", run.targeted),
-                ("Refreshed", run.refreshed),
-                ("Restored", run.restored),
-                ("Cancelled", run.cancelled),
-                ("Superseded", run.superseded),
-                ("Deferred", run.deferred),
-                ("DeliveryFailures", run.delivery_failures),
-                ("Errors", u64::from(run.error.is_some())),
-            ];
-            println!(
-                "{}",
-                shoal_aws::metrics::emf_counts(
-                    now_ms(),
-                    &[
-                        ("Function", "ota-advancer"),
-                        ("Rollout", run.rollout.as_str())
-                    ],
-                    &counts
-                )
-            );
+        }
+        for line in metrics_lines(&summary, now_ms()) {
+            println!("{line}");
         }
         if summary.errors() > 0 {
             // The schedule runs again in a minute; the error makes the failure visible.

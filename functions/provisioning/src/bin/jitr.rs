@@ -1,5 +1,5 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use provisioning::jitr::{JitrConfig, RegistrationEvent, handle_registration};
+use provisioning::jitr::{JitrConfig, RegistrationEvent, handle_registration, metrics_line};
 use provisioning::registry::IotRegistry;
 use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
@@ -23,6 +23,7 @@ async fn main() -> Result<(), Error> {
                     error_type: "RetryLater".into(),
                     error_message: e.to_string(),
                 })?;
+            println!("{}", metrics_line(&outcome, shoal_core::clock::now_ms()));
             Ok::<_, Diagnostic>(format!("{outcome:?}"))
         },
     ))

@@ -1,5 +1,5 @@
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use provisioning::hook::{DEFAULT_DEADLINE, Gate, HookConfig, handle};
+use provisioning::hook::{DEFAULT_DEADLINE, Gate, HookConfig, handle, metrics_line};
 use provisioning::registry::IotCertificates;
 use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
@@ -25,7 +25,9 @@ async fn main() -> Result<(), Error> {
     let gate = &gate;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<HookRequest>| async move {
-            Ok::<HookResponse, Error>(handle(&event.payload, gate, DEFAULT_DEADLINE).await)
+            let response = handle(&event.payload, gate, DEFAULT_DEADLINE).await;
+            println!("{}", metrics_line(&response, shoal_core::clock::now_ms()));
+            Ok::<HookResponse, Error>(response)
         },
     ))
     .await

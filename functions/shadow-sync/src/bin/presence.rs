@@ -1,9 +1,9 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
 use shadow_sync::edges::{IotAlerts, PresenceRegistry};
-use shadow_sync::presence::{FOREIGN_PRINCIPAL, PresenceAnswer, PresenceConfig, handle};
+use shadow_sync::presence::{PresenceConfig, handle, metrics_line};
 use shoal_aws::client::ClientFactory;
-use shoal_aws::config::{self, ProcessEnv, TableName, vars};
+use shoal_aws::config::ProcessEnv;
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::manifest_table::ManifestTable;
 use shoal_core::clock::now_ms;
@@ -12,12 +12,10 @@ use shoal_core::clock::now_ms;
 async fn main() -> Result<(), Error> {
     shoal_aws::logging::init();
     let config = PresenceConfig::from_source(&ProcessEnv)?;
-    let table: TableName = config::required(&ProcessEnv, vars::DEVICE_TABLE)?;
     let factory = ClientFactory::from_env().await;
-    let manifest: TableName = config::required(&ProcessEnv, vars::MANIFEST_TABLE)?;
     let registry = PresenceRegistry {
-        devices: DeviceTable::new(factory.dynamodb(), table),
-        manifest: ManifestTable::new(factory.dynamodb(), manifest),
+        devices: DeviceTable::new(factory.dynamodb(), config.device_table.clone()),
+        manifest: ManifestTable::new(factory.dynamodb(), config.manifest_table.clone()),
     };
     let alerts = IotAlerts(factory.iot_data());
     let (config, registry, alerts) = (&config, &registry, &alerts);
@@ -30,28 +28,7 @@ async fn main() -> Result<(), Error> {
                 error_message: e.to_string(),
             })?;
         tracing::info!(answer = %serde_json::to_string(&answer).unwrap_or_default(), "presence");
-        let counts = match &answer {
-            PresenceAnswer::Event(e) => vec![
-                ("Applied", u64::from(e.outcome == "applied")),
-                ("Stale", u64::from(e.outcome == "stale")),
-                ("Rejected", u64::from(e.outcome == "rejected")),
-                ("Ignored", u64::from(e.outcome == "ignored")),
-                (
-                    "ForeignPrincipal",
-                    u64::from(e.ignored_because == Some(FOREIGN_PRINCIPAL)),
-                ),
-            ],
-            PresenceAnswer::Sweep(s) => vec![
-                ("OfflinePastThreshold", s.offline_past_threshold as u64),
-                ("Alerted", s.alerted as u64),
-                ("ReturnedMeanwhile", s.returned_meanwhile as u64),
-                ("AlertsFailed", s.failed as u64),
-            ],
-        };
-        println!(
-            "{}",
-            shoal_aws::metrics::emf_counts(now_ms(), &[("Function", "presence")], &counts)
-        );
+        println!("{}", metrics_line(&answer, now_ms()));
         Ok::<_, Diagnostic>(answer)
     }))
     .await

@@ -1,9 +1,9 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::Value;
-use shadow_sync::documents::{SyncConfig, handle};
+use shadow_sync::documents::{SyncConfig, handle, metrics_line};
 use shadow_sync::edges::Registry;
 use shoal_aws::client::ClientFactory;
-use shoal_aws::config::{self, ProcessEnv, TableName, vars};
+use shoal_aws::config::ProcessEnv;
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::shadow_store::IotShadowStore;
 
@@ -11,10 +11,12 @@ use shoal_aws::shadow_store::IotShadowStore;
 async fn main() -> Result<(), Error> {
     shoal_aws::logging::init();
     let config = SyncConfig::from_source(&ProcessEnv)?;
-    let table: TableName = config::required(&ProcessEnv, vars::DEVICE_TABLE)?;
     let factory = ClientFactory::from_env().await;
     let store = IotShadowStore::new(factory.iot_data());
-    let registry = Registry(DeviceTable::new(factory.dynamodb(), table));
+    let registry = Registry(DeviceTable::new(
+        factory.dynamodb(),
+        config.device_table.clone(),
+    ));
     let (config, store, registry) = (&config, &store, &registry);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let summary = handle(event.payload, config, store, registry)
@@ -24,21 +26,7 @@ async fn main() -> Result<(), Error> {
                 error_message: e.to_string(),
             })?;
         tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "documents");
-        let counts = [
-            ("Converged", summary.converged.len() as u64),
-            ("Superseded", summary.superseded.len() as u64),
-            ("Conflicts", summary.conflicts as u64),
-            ("ShadowWrites", u64::from(summary.written_version.is_some())),
-            ("Rejected", u64::from(summary.rejected.is_some())),
-        ];
-        println!(
-            "{}",
-            shoal_aws::metrics::emf_counts(
-                shoal_core::clock::now_ms(),
-                &[("Function", "shadow-documents")],
-                &counts
-            )
-        );
+        println!("{}", metrics_line(&summary, shoal_core::clock::now_ms()));
         Ok::<_, Diagnostic>(summary)
     }))
     .await
