@@ -304,7 +304,6 @@ async fn take_over_lapsed_claim(
     })
 }
 
-/// Answers one hook request within `deadline`; every failure is a logged denial.
 /// The answer's CloudWatch EMF line (dimension `Function` = `pre-provisioning-hook`), stamped
 /// `timestamp_ms`: `Allowed` or `Denied` (the reason is in the log line `handle` writes).
 pub fn metrics_line(response: &HookResponse, timestamp_ms: i64) -> String {
@@ -316,6 +315,7 @@ pub fn metrics_line(response: &HookResponse, timestamp_ms: i64) -> String {
     )
 }
 
+/// Answers one hook request within `deadline`; every failure is a logged denial.
 pub async fn handle(
     request: &HookRequest,
     gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
@@ -361,7 +361,7 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_aws::client::AwsErrorKind;
+    use crate::memory::Memory;
 
     #[test]
     fn the_metrics_line_counts_the_answer() {
@@ -385,102 +385,6 @@ mod tests {
     use shoal_core::provisioning::DeviceStatus;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
-
-    /// An in-memory manifest with DynamoDB's conditional-claim semantics.
-    #[derive(Default)]
-    struct Memory {
-        entries: Mutex<BTreeMap<String, ManifestEntry>>,
-        /// Certificate statuses in the registry (absent: no such certificate).
-        statuses: Mutex<BTreeMap<String, String>>,
-        /// The device registry's certificate per thing.
-        recorded: Mutex<BTreeMap<String, String>>,
-        audit: Mutex<Vec<String>>,
-        down: bool,
-        slow: bool,
-    }
-
-    fn down() -> AwsError {
-        AwsError {
-            service: "dynamodb",
-            operation: "GetItem",
-            kind: AwsErrorKind::Unreachable,
-            code: None,
-            message: "connection refused".into(),
-        }
-    }
-
-    impl Manifest for Memory {
-        async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
-            if self.slow {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            }
-            if self.down {
-                return Err(down());
-            }
-            Ok(self.entries.lock().unwrap().get(serial.as_str()).cloned())
-        }
-
-        async fn claim(
-            &self,
-            serial: &Serial,
-            certificate_id: &str,
-            thing: &ThingName,
-            now_ms: i64,
-        ) -> Result<bool, AwsError> {
-            let mut entries = self.entries.lock().unwrap();
-            let Some(e) = entries.get_mut(serial.as_str()) else {
-                return Ok(false);
-            };
-            let ok = e.status == DeviceStatus::Pending
-                || (e.status == DeviceStatus::Provisioned
-                    && e.certificate_id.as_deref() == Some(certificate_id));
-            if ok {
-                e.status = DeviceStatus::Provisioned;
-                e.certificate_id = Some(certificate_id.into());
-                e.thing_name = Some(thing.clone());
-                e.updated_at_ms = now_ms;
-            }
-            Ok(ok)
-        }
-
-        async fn take_over(
-            &self,
-            serial: &Serial,
-            old: &str,
-            new: &str,
-            thing: &ThingName,
-            unchanged_since_ms: i64,
-            now_ms: i64,
-        ) -> Result<bool, AwsError> {
-            let mut entries = self.entries.lock().unwrap();
-            let Some(e) = entries.get_mut(serial.as_str()) else {
-                return Ok(false);
-            };
-            let ok = e.status == DeviceStatus::Provisioned
-                && e.certificate_id.as_deref() == Some(old)
-                && e.updated_at_ms <= unchanged_since_ms;
-            if ok {
-                e.certificate_id = Some(new.into());
-                e.thing_name = Some(thing.clone());
-                e.updated_at_ms = now_ms;
-                self.audit
-                    .lock()
-                    .unwrap()
-                    .push(format!("claim_taken_over {old} -> {new}"));
-            }
-            Ok(ok)
-        }
-
-        async fn record_refusal(
-            &self,
-            _serial: &Serial,
-            _certificate_id: &str,
-            _reason: &str,
-            _now_ms: i64,
-        ) -> Result<(), AwsError> {
-            Ok(())
-        }
-    }
 
     fn memory(serial: &str) -> Memory {
         let entry = ManifestEntry {
@@ -524,26 +428,6 @@ mod tests {
             devices: m,
             models: &MODELS,
             claim_lease: DEFAULT_CLAIM_LEASE,
-        }
-    }
-
-    impl Certificates for Memory {
-        async fn status(&self, certificate_id: &str) -> Result<Option<String>, AwsError> {
-            Ok(self.statuses.lock().unwrap().get(certificate_id).cloned())
-        }
-    }
-
-    impl DeviceCertificates for Memory {
-        async fn record_certificate(
-            &self,
-            thing: &ThingName,
-            certificate_id: &str,
-        ) -> Result<(), AwsError> {
-            self.recorded
-                .lock()
-                .unwrap()
-                .insert(thing.to_string(), certificate_id.to_owned());
-            Ok(())
         }
     }
 

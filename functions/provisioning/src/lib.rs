@@ -5,4 +5,6 @@
 
 pub mod hook;
 pub mod jitr;
+#[cfg(test)]
+mod memory;
 pub mod registry;

@@ -234,71 +234,8 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::Fakes;
     use serde_json::json;
-    use shoal_core::shadow::document::merge_patch;
-    use shoal_core::shadow::{ShadowDocument, ShadowUpdate};
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Fakes {
-        shadow: Mutex<Option<ShadowDocument>>,
-        /// Concurrent writers that bump the version before our next update lands.
-        racing: Mutex<Vec<Value>>,
-        facts: Mutex<Vec<(u64, ReportedFacts)>>,
-        ota: Mutex<Vec<(u64, OtaReport)>>,
-        conflicts: Mutex<Vec<Conflict>>,
-    }
-
-    impl ShadowStore for Fakes {
-        async fn get(&self, _: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
-            Ok(self.shadow.lock().unwrap().clone())
-        }
-        async fn update(&self, _: &ShadowRef, u: &ShadowUpdate) -> Result<Option<u64>, AwsError> {
-            let mut guard = self.shadow.lock().unwrap();
-            let doc = guard.as_mut().unwrap();
-            if let Some(other) = self.racing.lock().unwrap().pop() {
-                merge_patch(
-                    doc.state.desired.get_or_insert_default(),
-                    other.as_object().unwrap(),
-                );
-                doc.version += 1;
-            }
-            if u.version != Some(doc.version) {
-                return Ok(None);
-            }
-            merge_patch(
-                doc.state.desired.get_or_insert_default(),
-                u.state.desired.as_ref().unwrap(),
-            );
-            doc.version += 1;
-            Ok(Some(doc.version))
-        }
-    }
-
-    impl DeviceRecords for Fakes {
-        async fn record_facts(
-            &self,
-            _: &ShadowRef,
-            v: u64,
-            f: &ReportedFacts,
-        ) -> Result<bool, AwsError> {
-            self.facts.lock().unwrap().push((v, f.clone()));
-            Ok(true)
-        }
-        async fn record_ota(&self, _: &ThingName, v: u64, r: &OtaReport) -> Result<bool, AwsError> {
-            self.ota.lock().unwrap().push((v, r.clone()));
-            Ok(true)
-        }
-        async fn record_conflicts(
-            &self,
-            _: &ShadowRef,
-            _: u64,
-            c: &[Conflict],
-        ) -> Result<(), AwsError> {
-            self.conflicts.lock().unwrap().extend_from_slice(c);
-            Ok(())
-        }
-    }
 
     fn config() -> SyncConfig {
         SyncConfig::from_source(&std::collections::BTreeMap::from([

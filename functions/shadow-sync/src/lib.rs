@@ -9,4 +9,6 @@
 
 pub mod documents;
 pub mod edges;
+#[cfg(test)]
+mod memory;
 pub mod presence;

@@ -282,6 +282,7 @@ pub async fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::{CERT, Registry};
     use serde_json::json;
 
     #[test]
@@ -305,118 +306,6 @@ mod tests {
         let line: Value = serde_json::from_str(&metrics_line(&sweep, 9)).unwrap();
         assert_eq!(line["OfflinePastThreshold"], 4);
         assert_eq!(line["AlertsFailed"], 1);
-    }
-    use shoal_core::presence::PresenceEvent;
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-
-    /// The registry's conditional write, in memory: the recorded certificate per thing, then
-    /// `presence::supersedes` (the rule the device table's condition states): order, online,
-    /// last event time, alerted per thing.
-    struct Registry {
-        certificates: Mutex<BTreeMap<String, String>>,
-        /// The manifest's claims (serial → certificate).
-        manifest: BTreeMap<String, String>,
-        things: Mutex<BTreeMap<String, (u128, bool, u64, bool)>>,
-        published: Mutex<Vec<(String, Value)>>,
-        fail_publish: bool,
-    }
-
-    /// The certificate `d-1` was provisioned with.
-    const CERT: &str = "2d9b1f4c0e5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e";
-
-    impl Default for Registry {
-        fn default() -> Self {
-            Self {
-                certificates: Mutex::new([("d-1".to_owned(), CERT.to_owned())].into()),
-                manifest: [("d-1".to_owned(), CERT.to_owned())].into(),
-                things: Mutex::default(),
-                published: Mutex::default(),
-                fail_publish: false,
-            }
-        }
-    }
-
-    impl PresenceRecords for Registry {
-        async fn record_presence(
-            &self,
-            thing: &ThingName,
-            e: &LifecycleEvent,
-        ) -> Result<Recorded, AwsError> {
-            match self.certificates.lock().unwrap().get(thing.as_str()) {
-                None => return Ok(Recorded::Unrecorded),
-                Some(c) if Some(c) != e.principal_identifier.as_ref() => {
-                    return Ok(Recorded::ForeignPrincipal);
-                }
-                Some(_) => {}
-            }
-            let mut things = self.things.lock().unwrap();
-            let online = e.event_type == PresenceEvent::Connected;
-            let recorded = things
-                .get(thing.as_str())
-                .map(|(order, _, ts, _)| (*ts, *order));
-            if !shoal_core::presence::supersedes(e, recorded) {
-                return Ok(Recorded::Stale);
-            }
-            things.insert(thing.to_string(), (e.order(), online, e.timestamp, false));
-            Ok(Recorded::Applied)
-        }
-        async fn adopt_manifest_certificate(
-            &self,
-            serial: &Serial,
-            principal: &str,
-        ) -> Result<bool, AwsError> {
-            if self.manifest.get(serial.as_str()).map(String::as_str) != Some(principal) {
-                return Ok(false);
-            }
-            self.certificates
-                .lock()
-                .unwrap()
-                .entry(serial.to_string())
-                .or_insert_with(|| principal.to_owned());
-            Ok(true)
-        }
-        async fn offline_before(&self, cutoff: u64) -> Result<Vec<OfflineDevice>, AwsError> {
-            Ok(self
-                .things
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, (_, online, since, alerted))| !online && !alerted && *since < cutoff)
-                .map(|(t, (_, _, since, _))| OfflineDevice {
-                    thing: t.clone(),
-                    offline_since_ms: *since,
-                    disconnect_reason: None,
-                })
-                .collect())
-        }
-        async fn mark_alerted(&self, thing: &str, since: u64) -> Result<bool, AwsError> {
-            let mut things = self.things.lock().unwrap();
-            let entry = things.get_mut(thing).unwrap();
-            let held = entry.2 == since && !entry.1;
-            entry.3 |= held;
-            Ok(held)
-        }
-    }
-
-    impl Alerts for Registry {
-        async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
-            if self.fail_publish {
-                return Err(AwsError {
-                    service: "iot-data",
-                    operation: "Publish",
-                    kind: shoal_aws::client::AwsErrorKind::Unreachable,
-                    code: None,
-                    message: "down".into(),
-                });
-            }
-            let body = serde_json::from_slice(&payload).unwrap();
-            self.published
-                .lock()
-                .unwrap()
-                .push((topic.to_owned(), body));
-            Ok(())
-        }
     }
 
     fn lifecycle(kind: &str, ts: u64, version: u64) -> Value {

@@ -1,0 +1,129 @@
+//! In-memory stand-ins for the provisioning functions' edges, for unit tests: the manifest with
+//! DynamoDB's conditional-claim semantics, the certificate registry and the device registry
+//! ([`Memory`]).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shoal_aws::client::{AwsError, AwsErrorKind};
+use shoal_core::ids::ThingName;
+use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Serial};
+
+use crate::hook::{Certificates, DeviceCertificates, Manifest};
+
+/// An in-memory manifest with DynamoDB's conditional-claim semantics.
+#[derive(Default)]
+pub struct Memory {
+    pub entries: Mutex<BTreeMap<String, ManifestEntry>>,
+    /// Certificate statuses in the registry (absent: no such certificate).
+    pub statuses: Mutex<BTreeMap<String, String>>,
+    /// The device registry's certificate per thing.
+    pub recorded: Mutex<BTreeMap<String, String>>,
+    pub audit: Mutex<Vec<String>>,
+    pub down: bool,
+    pub slow: bool,
+}
+
+pub fn down() -> AwsError {
+    AwsError {
+        service: "dynamodb",
+        operation: "GetItem",
+        kind: AwsErrorKind::Unreachable,
+        code: None,
+        message: "connection refused".into(),
+    }
+}
+
+impl Manifest for Memory {
+    async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+        if self.slow {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        if self.down {
+            return Err(down());
+        }
+        Ok(self.entries.lock().unwrap().get(serial.as_str()).cloned())
+    }
+
+    async fn claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        thing: &ThingName,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let mut entries = self.entries.lock().unwrap();
+        let Some(e) = entries.get_mut(serial.as_str()) else {
+            return Ok(false);
+        };
+        let ok = e.status == DeviceStatus::Pending
+            || (e.status == DeviceStatus::Provisioned
+                && e.certificate_id.as_deref() == Some(certificate_id));
+        if ok {
+            e.status = DeviceStatus::Provisioned;
+            e.certificate_id = Some(certificate_id.into());
+            e.thing_name = Some(thing.clone());
+            e.updated_at_ms = now_ms;
+        }
+        Ok(ok)
+    }
+
+    async fn take_over(
+        &self,
+        serial: &Serial,
+        old: &str,
+        new: &str,
+        thing: &ThingName,
+        unchanged_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, AwsError> {
+        let mut entries = self.entries.lock().unwrap();
+        let Some(e) = entries.get_mut(serial.as_str()) else {
+            return Ok(false);
+        };
+        let ok = e.status == DeviceStatus::Provisioned
+            && e.certificate_id.as_deref() == Some(old)
+            && e.updated_at_ms <= unchanged_since_ms;
+        if ok {
+            e.certificate_id = Some(new.into());
+            e.thing_name = Some(thing.clone());
+            e.updated_at_ms = now_ms;
+            self.audit
+                .lock()
+                .unwrap()
+                .push(format!("claim_taken_over {old} -> {new}"));
+        }
+        Ok(ok)
+    }
+
+    async fn record_refusal(
+        &self,
+        _serial: &Serial,
+        _certificate_id: &str,
+        _reason: &str,
+        _now_ms: i64,
+    ) -> Result<(), AwsError> {
+        Ok(())
+    }
+}
+
+impl Certificates for Memory {
+    async fn status(&self, certificate_id: &str) -> Result<Option<String>, AwsError> {
+        Ok(self.statuses.lock().unwrap().get(certificate_id).cloned())
+    }
+}
+
+impl DeviceCertificates for Memory {
+    async fn record_certificate(
+        &self,
+        thing: &ThingName,
+        certificate_id: &str,
+    ) -> Result<(), AwsError> {
+        self.recorded
+            .lock()
+            .unwrap()
+            .insert(thing.to_string(), certificate_id.to_owned());
+        Ok(())
+    }
+}
