@@ -242,9 +242,10 @@ fn flattened(prefix: &str, name: &str) -> String {
     full
 }
 
-/// Bytes of a DOUBLE's text as the cloud writes it (Rust's `Display`, which never uses an
-/// exponent, with `.0` after an integral value).
-fn double_text_len(value: f64) -> usize {
+/// Bytes of a DOUBLE's text as the cloud writes it for Timestream (Rust's `Display`, which never
+/// uses an exponent, with `.0` after an integral finite value).
+#[must_use]
+pub fn double_text_len(value: f64) -> usize {
     struct Count(usize);
     impl fmt::Write for Count {
         fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -262,10 +263,13 @@ fn double_text_len(value: f64) -> usize {
     }
 }
 
-/// Whether a finite `value` has no fractional part (`f64::fract` needs `std`): every double of
+/// Whether `value` is finite with no fractional part (`f64::fract` needs `std`): every double of
 /// magnitude 2^52 or more is an integer, and below that it fits an `i64` exactly.
 fn is_integral(value: f64) -> bool {
     const TWO_52: f64 = 4_503_599_627_370_496.0;
+    if !value.is_finite() {
+        return false;
+    }
     if value >= TWO_52 || value <= -TWO_52 {
         return true;
     }
@@ -298,13 +302,15 @@ impl Flattened {
     }
 }
 
-/// Whether an object of these keys reads as an edge aggregate: `count` and only
-/// [`AGGREGATE_KEYS`].
+/// Whether an object of these keys is an edge aggregate: `count` and nothing but
+/// [`AGGREGATE_KEYS`]. The cloud's decoder reads objects by this rule.
+pub fn is_aggregate<'a>(mut keys: impl Iterator<Item = &'a str> + Clone) -> bool {
+    keys.clone().any(|k| k == "count") && keys.all(|k| AGGREGATE_KEYS.contains(&k))
+}
+
+/// Whether these measures, as one object, read as an edge aggregate.
 fn reads_as_aggregate(measures: &[(String, Measure)]) -> bool {
-    measures.iter().any(|(k, _)| k == "count")
-        && measures
-            .iter()
-            .all(|(k, _)| AGGREGATE_KEYS.contains(&k.as_str()))
+    is_aggregate(measures.iter().map(|(k, _)| k.as_str()))
 }
 
 /// Checks measures at `depth` (a reading's own measures are at 1; an object measure may sit at
@@ -552,6 +558,8 @@ mod tests {
             (4_503_599_627_370_496.0, true),
             (1e300, true),
             (-1e300, true),
+            (f64::INFINITY, false),
+            (f64::NAN, false),
         ] {
             assert_eq!(is_integral(v), integral, "{v}");
             assert_eq!(is_integral(v), v.fract() == 0.0, "{v}");

@@ -26,7 +26,7 @@ use super::schema::MeasureTypes;
 use super::validate::{MAX_MEASURE_NAME, MAX_MEASURES_PER_RECORD};
 use crate::ids::ThingName;
 
-use shoal_wire::telemetry::{AGGREGATE_KEYS, MAX_INTERVAL_S};
+use shoal_wire::telemetry::MAX_INTERVAL_S;
 /// The contract's limits (`shoal-wire`): nesting depth, readings per message, shortest series
 /// interval.
 pub use shoal_wire::telemetry::{MAX_NESTING, MAX_READINGS_PER_MESSAGE, MIN_INTERVAL_S};
@@ -262,12 +262,9 @@ fn series(ctx: &Context<'_>, mut payload: Map<String, Value>) -> Result<Decoded,
         .collect())
 }
 
-/// Whether an object of these keys is an edge aggregate: `count` and nothing but `count`,
-/// `mean`, `min`, `max` and `std` (the general reader checks it for consistency; the flat reader
-/// leaves it to the general one).
-pub(crate) fn is_aggregate<'a>(mut keys: impl Iterator<Item = &'a str> + Clone) -> bool {
-    keys.clone().any(|k| k == "count") && keys.all(|k| AGGREGATE_KEYS.contains(&k))
-}
+/// Whether an object of these keys is an edge aggregate (the contract's rule; the general reader
+/// checks one for consistency, the flat reader leaves it to the general one).
+pub(crate) use shoal_wire::telemetry::is_aggregate;
 
 /// An object of aggregate statistics (`count` plus any of mean/min/max/std) must be consistent.
 fn check_aggregate(path: &str, fields: &Map<String, Value>) -> Result<(), DecodeError> {

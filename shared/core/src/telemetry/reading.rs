@@ -31,30 +31,14 @@ impl MeasureValue {
     /// Length of [`Self::to_timestream_string`], without building the string: record sizes are
     /// checked for every reading.
     pub fn timestream_string_len(&self) -> usize {
-        struct Count(usize);
-        impl fmt::Write for Count {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                self.0 += s.len();
-                Ok(())
-            }
-        }
-        if let MeasureValue::Double(v) = self
-            && let Some(text) = ryu::Buffer::new().format_plain(*v)
-        {
-            return text.len();
-        }
-        let mut count = Count(0);
-        // Writing into Count cannot fail.
-        let _ = match self {
-            MeasureValue::Double(v) => fmt::write(&mut count, format_args!("{v}")),
-            MeasureValue::Bigint(v) => fmt::write(&mut count, format_args!("{v}")),
-            MeasureValue::Boolean(v) => fmt::write(&mut count, format_args!("{v}")),
-            MeasureValue::Varchar(v) => fmt::write(&mut count, format_args!("{v}")),
-        };
         match self {
-            // Display never uses an exponent: integral finite doubles get ".0" appended.
-            MeasureValue::Double(v) if v.is_finite() && v.fract() == 0.0 => count.0 + 2,
-            _ => count.0,
+            // ryu's text where it writes Display's; otherwise the contract's count of Display's
+            // text (the one a device uses to size its records).
+            MeasureValue::Double(v) => ryu::Buffer::new()
+                .format_plain(*v)
+                .map_or_else(|| shoal_wire::telemetry::double_text_len(*v), str::len),
+            // Exact for every type but DOUBLE.
+            _ => self.timestream_string_len_bound(),
         }
     }
 
