@@ -162,6 +162,23 @@ print(f'ok   {name}: {response}')" "$file" "$response"; then
     checked=$((checked + 1)); else failures=$((failures + 1)); fi
 }
 
+# invoke_error BINARY PORT FILE ERROR_TYPE: the invocation must fail with that Lambda errorType
+# (Retryable or NonRetryable: shoal_aws::lambda).
+invoke_error() {
+  local binary=$1 at=$2 file=$3 expected=$4
+  if cargo lambda invoke "$binary" -A 127.0.0.1 -P "$at" --data-file "$file" >"$work/invoke.out" 2>"$work/invoke.err"; then
+    echo "FAIL $file: expected a $expected error, got $(cat "$work/invoke.out")" >&2
+    failures=$((failures + 1)); return
+  fi
+  if grep -q "$expected" "$work/invoke.err" "$work/invoke.out"; then
+    echo "ok   $file: $expected: $(tr '\n' ' ' <"$work/invoke.err" | cut -c1-200)"
+    checked=$((checked + 1))
+  else
+    echo "FAIL $file: expected errorType $expected: $(cat "$work/invoke.err" "$work/invoke.out")" >&2
+    failures=$((failures + 1))
+  fi
+}
+
 # Shadow documents: a fresh thing whose shadow reaches the sample's versions with the same
 # updates (boto3's IoT clients are fine here; only its Timestream client misbehaves).
 thing="invoke-thing-${suffix}"
@@ -223,6 +240,10 @@ cargo run --quiet -p shoal-cli -- rollout start --model "$model" --hardware rev-
   --table "$rollouts" --firmware-table "$firmware" >/dev/null
 invoke ota-advancer "$((port + 3))" events/ota-advancer-schedule.json \
   'runs = response["rollouts"]; assert len(runs) == 1 and runs[0].get("error") is None and runs[0]["targeted"] >= 1 and runs[0]["delivery_failures"] == 0, response'
+
+# A rollout that does not exist stays missing: the run fails, and says a retry cannot help.
+printf '{"rollout": "invoke-missing-%s"}\n' "$suffix" >"$work/ota-advancer-missing.json"
+invoke_error ota-advancer "$((port + 3))" "$work/ota-advancer-missing.json" NonRetryable
 
 echo "lambda-invoke: $checked passed, $failures failed"
 [ "$failures" -eq 0 ] && [ "$checked" -gt 0 ]

@@ -10,7 +10,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, Record, TimeUnit};
 use serde_json::{Value, json};
-use shoal_aws::client::{AwsErrorKind, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeErrorKind, Retryable};
 use shoal_integration_tests::local::{self, unique_name};
 
 #[tokio::test]
@@ -337,7 +337,7 @@ async fn a_closed_endpoint_is_reported_as_unreachable() {
         .await
         .aws("dynamodb", "ListTables")
         .unwrap_err();
-    assert_eq!(err.kind, AwsErrorKind::Unreachable, "{err}");
+    assert_eq!(err.kind, EdgeErrorKind::Unreachable, "{err}");
     assert!(err.is_retryable());
     assert!(
         err.to_string()

@@ -17,7 +17,7 @@ use ota_scheduler::edges::{Devices, Registry};
 use ota_scheduler::{AdvancerConfig, Edges, RolloutRun, advance, handle};
 use serde_json::Value;
 use shoal_aws::alerts::Alerts;
-use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::firmware_table::FirmwareTable;
 use shoal_aws::rollout_table::RolloutTable;
@@ -48,7 +48,7 @@ const MINUTE: u64 = 60_000;
 struct Recorded(Mutex<Vec<(String, Value)>>);
 
 impl Alerts for Recorded {
-    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), EdgeError> {
         let body = serde_json::from_slice(&payload).expect("alerts are JSON");
         self.0.lock().unwrap().push((topic.to_owned(), body));
         Ok(())

@@ -9,7 +9,7 @@ use shadow_sync::edges::{IotAlerts, PresenceRegistry, Registry};
 use shadow_sync::presence::{
     self, FOREIGN_PRINCIPAL, PresenceAnswer, PresenceConfig, PresenceSummary, SweepSummary,
 };
-use shoal_aws::client::{AwsError, AwsErrorKind, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::vars;
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::shadow_store::{
@@ -639,18 +639,20 @@ struct Flaky {
 }
 
 impl ShadowStore for Flaky {
-    async fn get(&self, at: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+    async fn get(&self, at: &ShadowRef) -> Result<Option<ShadowDocument>, EdgeError> {
         self.inner.get(at).await
     }
-    async fn update(&self, at: &ShadowRef, update: &ShadowUpdate) -> Result<Option<u64>, AwsError> {
+    async fn update(
+        &self,
+        at: &ShadowRef,
+        update: &ShadowUpdate,
+    ) -> Result<Option<u64>, EdgeError> {
         if self.fail.lock().unwrap().remove(at.thing.as_str()) {
-            return Err(AwsError {
-                service: "iot-data",
-                operation: "UpdateThingShadow",
-                kind: AwsErrorKind::Unreachable,
-                code: None,
-                message: "injected".into(),
-            });
+            return Err(EdgeError::unreachable(
+                "iot-data",
+                "UpdateThingShadow",
+                "injected",
+            ));
         }
         self.inner.update(at, update).await
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{Value, json};
-use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::{BucketName, TimestreamTarget};
 use shoal_cli::resources::{ensure_bucket, init_local};
 use shoal_core::clock::now_ms;
@@ -15,7 +15,8 @@ use shoal_core::telemetry::{Limits, MeasureTypes, PackedSchemas, TimestreamRecor
 use shoal_integration_tests::local::{self, unique_name};
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::router::{
-    ArchiveStore, Edges, NoDeadline, RejectedRecord, Rules, TelemetrySink, route_rule_event,
+    ArchiveStore, Edges, NoDeadline, RejectedRecord, RetryCause, Rules, TelemetrySink,
+    route_rule_event,
 };
 
 /// Counts the calls on their way to the real edge.
@@ -38,14 +39,14 @@ impl<T> Counted<T> {
 }
 
 impl<S: TelemetrySink> TelemetrySink for Counted<S> {
-    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, EdgeError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.write(batch).await
     }
 }
 
 impl<A: ArchiveStore> ArchiveStore for Counted<A> {
-    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), EdgeError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.put(key, parquet).await
     }
@@ -382,9 +383,20 @@ async fn a_missing_database_returns_every_reading_for_retry() {
     .await
     .unwrap_err();
     assert!(
-        retry.cause.is_code("ResourceNotFoundException"),
+        matches!(&retry.cause, RetryCause::Store(e) if e.is_code("ResourceNotFoundException")),
         "{}",
         retry.cause
+    );
+    // The messages go back (nothing is lost), but the Lambda error says a retry cannot help
+    // until the table exists.
+    let diagnostic = shoal_aws::lambda::diagnostic(&retry);
+    assert_eq!(diagnostic.error_type, shoal_aws::lambda::NON_RETRYABLE);
+    assert!(
+        diagnostic
+            .error_message
+            .contains("ResourceNotFoundException"),
+        "{}",
+        diagnostic.error_message
     );
     assert_eq!(retry.counts.received, 3);
     assert_eq!(retry.counts.retried, 3, "{:?}", retry.counts);

@@ -8,12 +8,12 @@ use aws_sdk_iot::types::{
     TargetSelection,
 };
 use aws_sdk_s3::presigning::PresigningConfig;
-use shoal_aws::client::{AwsError, AwsResultExt, done_or_already};
+use shoal_aws::client::{AwsResultExt, EdgeError, done_or_already};
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::firmware_table::FirmwareTable;
 use shoal_aws::rollout_table::RolloutTable;
 use shoal_aws::shadow_store::{IotShadowStore, WriteError, WriteOutcome, write_optimistic};
-use shoal_core::ids::{ShadowName, ThingName};
+use shoal_core::ids::ShadowName;
 use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
 use shoal_core::rollout::delivery::{job_document, job_name};
 use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
@@ -24,10 +24,10 @@ use shoal_core::shadow::ota::OTA_SHADOW;
 use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
 
 impl Rollouts for RolloutTable {
-    async fn ids(&self) -> Result<Vec<String>, AwsError> {
+    async fn ids(&self) -> Result<Vec<String>, EdgeError> {
         RolloutTable::ids(self).await
     }
-    async fn get(&self, id: &str) -> Result<Option<Rollout>, AwsError> {
+    async fn get(&self, id: &str) -> Result<Option<Rollout>, EdgeError> {
         RolloutTable::get(self, id).await
     }
     async fn transition(
@@ -35,13 +35,13 @@ impl Rollouts for RolloutTable {
         previous: &Rollout,
         next: &Rollout,
         transition: &Transition,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         RolloutTable::transition(self, previous, next, transition).await
     }
-    async fn devices(&self, id: &str) -> Result<Vec<DeviceRecord>, AwsError> {
+    async fn devices(&self, id: &str) -> Result<Vec<DeviceRecord>, EdgeError> {
         RolloutTable::devices(self, id).await
     }
-    async fn put_device(&self, id: &str, record: &DeviceRecord) -> Result<(), AwsError> {
+    async fn put_device(&self, id: &str, record: &DeviceRecord) -> Result<(), EdgeError> {
         RolloutTable::put_device(self, id, record).await
     }
 }
@@ -58,7 +58,7 @@ impl Fleet for Registry {
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> Result<Vec<FleetDevice>, AwsError> {
+    ) -> Result<Vec<FleetDevice>, EdgeError> {
         let things = shoal_aws::fleet::things_of(&self.iot, model, hardware).await?;
         self.devices.fleet(&things).await
     }
@@ -66,7 +66,7 @@ impl Fleet for Registry {
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> Result<Vec<FirmwareImage>, AwsError> {
+    ) -> Result<Vec<FirmwareImage>, EdgeError> {
         self.firmware.images(model, hardware).await
     }
 }
@@ -97,7 +97,7 @@ impl JobsChannel {
         bucket: &str,
         rollout: &Rollout,
         image: &FirmwareImage,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         let name = job_name(&rollout.id);
         let described = self
             .iot
@@ -131,7 +131,7 @@ impl JobsChannel {
             }
             Err(e) => return Err(e),
         }
-        .ok_or_else(|| AwsError::local("iot", "CreateThingGroup", "no thing group ARN"))?;
+        .ok_or_else(|| EdgeError::unreadable("iot", "CreateThingGroup", "no thing group ARN"))?;
         let brake = rollout.plan.phases.first();
         let criteria = AbortCriteria::builder()
             .failure_type(JobExecutionFailureType::Failed)
@@ -141,11 +141,11 @@ impl JobsChannel {
                 i32::try_from(p.min_reports.max(1)).unwrap_or(i32::MAX)
             }))
             .build()
-            .map_err(|e| AwsError::local("iot", "CreateJob", e))?;
+            .map_err(|e| EdgeError::request("iot", "CreateJob", e))?;
         let abort = AbortConfig::builder()
             .criteria_list(criteria)
             .build()
-            .map_err(|e| AwsError::local("iot", "CreateJob", e))?;
+            .map_err(|e| EdgeError::request("iot", "CreateJob", e))?;
         let presign = PresignedUrlConfig::builder()
             .role_arn(&self.presign_role_arn)
             .expires_in_sec(i64::try_from(self.url_ttl_s).unwrap_or(3600))
@@ -175,9 +175,9 @@ impl JobsChannel {
 const SHADOW_ATTEMPTS: u32 = 3;
 
 impl Delivery for Devices {
-    async fn presign(&self, s3_key: &str, ttl_s: u64) -> Result<String, AwsError> {
+    async fn presign(&self, s3_key: &str, ttl_s: u64) -> Result<String, EdgeError> {
         let config = PresigningConfig::expires_in(Duration::from_secs(ttl_s))
-            .map_err(|e| AwsError::local("s3", "GetObject", e))?;
+            .map_err(|e| EdgeError::request("s3", "GetObject", e))?;
         let request = self
             .s3
             .get_object()
@@ -189,33 +189,27 @@ impl Delivery for Devices {
         Ok(request.uri().to_owned())
     }
 
-    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, AwsError> {
-        let local = |e: String| AwsError::local("iot-data", "UpdateThingShadow", e);
-        let invalid = |e: shoal_core::ids::IdError| local(e.to_string());
+    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, WriteError> {
         let shadow = ShadowRef {
-            thing: ThingName::parse(request.thing).map_err(invalid)?,
-            name: Some(ShadowName::parse(OTA_SHADOW).map_err(invalid)?),
+            thing: request.thing.clone(),
+            name: Some(ShadowName::parse(OTA_SHADOW).expect("`ota` is a valid shadow name")),
         };
         let written = write_optimistic(&self.shadows, &shadow, None, SHADOW_ATTEMPTS, |doc| {
             let asked = doc.and_then(|d| d.state.desired.as_ref());
             may_replace(asked, request.rollout, request.version).then(|| request.update.clone())
         })
-        .await
-        .map_err(|e| match e {
-            WriteError::Aws { source, .. } => source,
-            other => local(other.to_string()),
-        })?;
+        .await?;
         Ok(matches!(written, WriteOutcome::Written { .. }))
     }
 
-    async fn open_job(&self, rollout: &Rollout, image: &FirmwareImage) -> Result<(), AwsError> {
+    async fn open_job(&self, rollout: &Rollout, image: &FirmwareImage) -> Result<(), EdgeError> {
         match &self.jobs {
             Some(jobs) => jobs.open(&self.bucket, rollout, image).await,
             None => Ok(()),
         }
     }
 
-    async fn join_job(&self, rollout: &str, thing: &str) -> Result<(), AwsError> {
+    async fn join_job(&self, rollout: &str, thing: &str) -> Result<(), EdgeError> {
         let Some(jobs) = &self.jobs else {
             return Ok(());
         };
@@ -229,7 +223,7 @@ impl Delivery for Devices {
         Ok(())
     }
 
-    async fn cancel_job(&self, rollout: &str, reason: &str) -> Result<(), AwsError> {
+    async fn cancel_job(&self, rollout: &str, reason: &str) -> Result<(), EdgeError> {
         let Some(jobs) = &self.jobs else {
             return Ok(());
         };

@@ -16,8 +16,10 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use shoal_aws::alerts::Alerts;
-use shoal_aws::client::AwsError;
+use shoal_aws::client::{EdgeError, Retryable};
 use shoal_aws::config::{self, BucketName, ConfigError, Source, TableName, vars};
+use shoal_aws::shadow_store::WriteError;
+use shoal_core::ids::{IdError, ThingName};
 use shoal_core::rollout::FirmwareVersion;
 use shoal_core::rollout::advance::{
     DeviceRecord, FleetDevice, NewTarget, RollbackCounts, RollbackStep, RunPlan, judge, plan_run,
@@ -26,27 +28,29 @@ pub use shoal_core::rollout::delivery::may_replace;
 use shoal_core::rollout::delivery::{self, cancel, url_ttl_s};
 use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_core::rollout::phases::{Decision, PhaseCounts};
-use shoal_core::rollout::state::{Command, Rollout, RolloutStatus, Transition};
+use shoal_core::rollout::state::{Command, Rollout, RolloutStatus, Transition, TransitionError};
 use shoal_core::shadow::ShadowUpdate;
 
 /// The rollout table.
 pub trait Rollouts: Sync {
-    fn ids(&self) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
-    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Rollout>, AwsError>> + Send;
+    fn ids(&self) -> impl Future<Output = Result<Vec<String>, EdgeError>> + Send;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<Rollout>, EdgeError>> + Send;
     /// `Ok(false)`: the rollout moved since `previous` was read.
     fn transition(
         &self,
         previous: &Rollout,
         next: &Rollout,
         transition: &Transition,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
-    fn devices(&self, id: &str)
-    -> impl Future<Output = Result<Vec<DeviceRecord>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
+    fn devices(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, EdgeError>> + Send;
     fn put_device(
         &self,
         id: &str,
         record: &DeviceRecord,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 /// The registry: the fleet of a model and hardware revision, and its firmware images.
@@ -55,12 +59,12 @@ pub trait Fleet: Sync {
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> impl Future<Output = Result<Vec<FleetDevice>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<FleetDevice>, EdgeError>> + Send;
     fn images(
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> impl Future<Output = Result<Vec<FirmwareImage>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<FirmwareImage>, EdgeError>> + Send;
 }
 
 /// The way to a device: download URLs and its `ota` shadow.
@@ -69,13 +73,17 @@ pub trait Delivery: Sync {
         &self,
         s3_key: &str,
         ttl_s: u64,
-    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+    ) -> impl Future<Output = Result<String, EdgeError>> + Send;
     /// `Ok(false)`: the shadow holds a newer rollout's request ([`may_replace`]); nothing was
     /// written.
+    ///
+    /// # Errors
+    /// [`WriteError`]: the update breaks a shadow limit, loses every version race, or a shadow
+    /// call fails.
     fn write(
         &self,
         request: &OtaRequest<'_>,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, WriteError>> + Send;
 
     // The optional AWS IoT Jobs channel (none by default): one continuous job per rollout over
     // a static thing group that targeted devices join.
@@ -85,7 +93,7 @@ pub trait Delivery: Sync {
         &self,
         _rollout: &Rollout,
         _image: &FirmwareImage,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send {
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send {
         async { Ok(()) }
     }
     /// Adds a targeted device to the rollout's job.
@@ -93,7 +101,7 @@ pub trait Delivery: Sync {
         &self,
         _rollout: &str,
         _thing: &str,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send {
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send {
         async { Ok(()) }
     }
     /// Cancels the rollout's job (rollback): devices that have not started it never will.
@@ -101,7 +109,7 @@ pub trait Delivery: Sync {
         &self,
         _rollout: &str,
         _reason: &str,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send {
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send {
         async { Ok(()) }
     }
 }
@@ -109,11 +117,58 @@ pub trait Delivery: Sync {
 /// What the advancer asks of one device's `ota` shadow.
 #[derive(Debug, Clone)]
 pub struct OtaRequest<'a> {
-    pub thing: &'a str,
+    pub thing: &'a ThingName,
     pub rollout: &'a str,
     /// `None`: the request is withdrawn.
     pub version: Option<&'a FirmwareVersion>,
     pub update: ShadowUpdate,
+}
+
+/// Why the advancer could not run a rollout (or list them).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdvanceError {
+    /// A table, registry, object store or Jobs call failed.
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
+    /// A device's `ota` shadow could not be written.
+    #[error(transparent)]
+    Shadow(#[from] WriteError),
+    /// The rollout the event names is not in the rollout table.
+    #[error("rollout {id} does not exist")]
+    NoRollout { id: String },
+    /// The firmware registry has no image of a version the rollout needs.
+    #[error("rollout {rollout}: no {model} {hardware} image {version} in the firmware registry")]
+    NoImage {
+        rollout: String,
+        model: DeviceModel,
+        hardware: HardwareRevision,
+        version: FirmwareVersion,
+    },
+    /// A rolled-back rollout restores devices but recorded no version to restore.
+    #[error("rollout {rollout}: rolled back without a rollback version")]
+    NoRollbackVersion { rollout: String },
+    /// The phase decision's command was refused by the rollout's state machine.
+    #[error("rollout {rollout}: {source}")]
+    Transition {
+        rollout: String,
+        source: TransitionError,
+    },
+    /// A device record names something that is not a thing name.
+    #[error("device record {thing:?}: {source}")]
+    InvalidThing { thing: String, source: IdError },
+}
+
+impl Retryable for AdvanceError {
+    /// Whether the next run may succeed where this one failed: a store that was throttled or
+    /// unreachable, or a shadow write that lost every race. A missing rollout or image, a refused
+    /// transition or a service's refusal stays until someone acts.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Edge(e) => e.is_retryable(),
+            Self::Shadow(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
 }
 
 /// Everything the advancer reads from its environment, read once at init.
@@ -210,8 +265,13 @@ pub struct RolloutRun {
     /// Device writes that failed: retried by the next run.
     pub delivery_failures: u64,
     pub alert_failed: bool,
+    /// Why the run failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the next run may get past that failure by itself ([`AdvanceError`]'s
+    /// [`Retryable`]); `None` when the run did not fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -222,6 +282,36 @@ pub struct RunSummary {
 impl RunSummary {
     pub fn errors(&self) -> usize {
         self.rollouts.iter().filter(|r| r.error.is_some()).count()
+    }
+
+    /// The run's failure, when a rollout's run failed: what the invocation answers with, after
+    /// the other rollouts ran.
+    pub fn failure(&self) -> Option<RunFailed> {
+        let failed: Vec<&RolloutRun> = self.rollouts.iter().filter(|r| r.error.is_some()).collect();
+        (!failed.is_empty()).then(|| RunFailed {
+            failed: failed.len(),
+            of: self.rollouts.len(),
+            retryable: failed.iter().all(|r| r.retryable == Some(true)),
+            summary: serde_json::to_string(self).unwrap_or_default(),
+        })
+    }
+}
+
+/// Rollouts whose run failed, with the run's summary (JSON) for the log. Retryable when every
+/// failure is: one that needs an operator (a missing image, a refused transition) makes the run's
+/// error non-retryable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{failed} of {of} rollout runs failed: {summary}")]
+pub struct RunFailed {
+    pub failed: usize,
+    pub of: usize,
+    pub retryable: bool,
+    pub summary: String,
+}
+
+impl Retryable for RunFailed {
+    fn is_retryable(&self) -> bool {
+        self.retryable
     }
 }
 
@@ -240,7 +330,7 @@ pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
     edges: &Edges<'_, R, F, D, A>,
     config: &AdvancerConfig,
     now_ms: u64,
-) -> Result<RunSummary, AwsError> {
+) -> Result<RunSummary, AdvanceError> {
     let ids = match event.get("rollout").and_then(Value::as_str) {
         Some(id) => vec![id.to_owned()],
         None => current_rollouts(edges.rollouts).await?,
@@ -252,6 +342,7 @@ pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             Err(e) => RolloutRun {
                 rollout: id.clone(),
                 error: Some(e.to_string()),
+                retryable: Some(e.is_retryable()),
                 ..RolloutRun::default()
             },
         };
@@ -263,7 +354,7 @@ pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
 /// The rollouts worth a run: per model and hardware revision, the newest one only. An older one
 /// is finished (`start` refuses a rollout while another is active or paused) and the newer one
 /// now reaches its stragglers, so the table's history costs one read each, not a fleet scan.
-async fn current_rollouts(rollouts: &impl Rollouts) -> Result<Vec<String>, AwsError> {
+async fn current_rollouts(rollouts: &impl Rollouts) -> Result<Vec<String>, EdgeError> {
     let mut newest: std::collections::BTreeMap<(String, String), (u64, String)> =
         std::collections::BTreeMap::new();
     for id in rollouts.ids().await? {
@@ -284,16 +375,12 @@ fn image_of<'a>(
     images: &'a [FirmwareImage],
     rollout: &Rollout,
     version: &FirmwareVersion,
-) -> Result<&'a FirmwareImage, AwsError> {
-    shoal_core::rollout::image::find_image(images, version).ok_or_else(|| {
-        AwsError::local(
-            "dynamodb",
-            "Query",
-            format!(
-                "rollout {}: no {} {} image {version} in the firmware registry",
-                rollout.id, rollout.model, rollout.hardware
-            ),
-        )
+) -> Result<&'a FirmwareImage, AdvanceError> {
+    shoal_core::rollout::image::find_image(images, version).ok_or_else(|| AdvanceError::NoImage {
+        rollout: rollout.id.to_string(),
+        model: rollout.model.clone(),
+        hardware: rollout.hardware.clone(),
+        version: version.clone(),
     })
 }
 
@@ -314,14 +401,12 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
     edges: &Edges<'_, R, F, D, A>,
     config: &AdvancerConfig,
     now_ms: u64,
-) -> Result<RolloutRun, AwsError> {
-    let mut rollout = edges.rollouts.get(id).await?.ok_or_else(|| {
-        AwsError::local(
-            "dynamodb",
-            "GetItem",
-            format!("rollout {id} does not exist"),
-        )
-    })?;
+) -> Result<RolloutRun, AdvanceError> {
+    let mut rollout = edges
+        .rollouts
+        .get(id)
+        .await?
+        .ok_or_else(|| AdvanceError::NoRollout { id: id.to_owned() })?;
     let images = edges
         .fleet
         .images(&rollout.model, &rollout.hardware)
@@ -352,9 +437,13 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
     if rollout.status == RolloutStatus::Active {
         let decision = judge(&rollout, &plan, now_ms);
         if let Some(command) = command_for(&decision) {
-            let (next, transition) = rollout
-                .apply(command, "advancer", now_ms)
-                .map_err(|e| AwsError::local("dynamodb", "TransactWriteItems", e))?;
+            let (next, transition) =
+                rollout
+                    .apply(command, "advancer", now_ms)
+                    .map_err(|source| AdvanceError::Transition {
+                        rollout: id.to_owned(),
+                        source,
+                    })?;
             if !edges
                 .rollouts
                 .transition(&rollout, &next, &transition)
@@ -384,7 +473,7 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
     let request = async |record: DeviceRecord,
                          image: Option<&FirmwareImage>,
                          new_target: bool|
-           -> Result<bool, AwsError> {
+           -> Result<bool, AdvanceError> {
         let (update, expires) = match image {
             Some(image) => {
                 let url = edges.delivery.presign(&image.s3_key, ttl_s).await?;
@@ -395,10 +484,15 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             None => (cancel(), 0),
         };
         let version = image.map(|i| &i.version);
+        let thing =
+            ThingName::parse(&record.thing).map_err(|source| AdvanceError::InvalidThing {
+                thing: record.thing.clone(),
+                source,
+            })?;
         let written = edges
             .delivery
             .write(&OtaRequest {
-                thing: &record.thing,
+                thing: &thing,
                 rollout: &rollout.id,
                 version,
                 update,
@@ -466,11 +560,9 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
                     match good {
                         Some(Ok(image)) => request(by_thing[thing].clone(), image, false).await,
                         Some(Err(e)) => Err(e),
-                        None => Err(AwsError::local(
-                            "dynamodb",
-                            "GetItem",
-                            "no rollback version",
-                        )),
+                        None => Err(AdvanceError::NoRollbackVersion {
+                            rollout: rollout.id.to_string(),
+                        }),
                     }
                 }
             };
@@ -537,7 +629,7 @@ async fn alert(
     rollout: &Rollout,
     plan: &RunPlan,
     reason: &str,
-) -> Result<(), AwsError> {
+) -> Result<(), EdgeError> {
     let payload = serde_json::json!({
         "alert": "ota_rollout_paused",
         "rollout": rollout.id,
@@ -696,12 +788,66 @@ mod tests {
         let run = |id: &str| summary.rollouts.iter().find(|r| r.rollout == id).unwrap();
         let error = run("broken").error.as_deref().unwrap();
         assert!(error.contains("no th-v2 rev-c image 3.0.0"), "{error}");
+        assert_eq!(run("broken").retryable, Some(false));
         assert!(run("good").targeted > 0);
+        assert_eq!(run("good").retryable, None);
         assert!(m.records_of("broken").is_empty());
+        // An image nobody published stays missing: the invocation's error says a retry won't help.
+        let failed = summary.failure().unwrap();
+        assert_eq!((failed.failed, failed.of, failed.retryable), (1, 2, false));
+        let diagnostic = shoal_aws::lambda::diagnostic(&failed);
+        assert_eq!(diagnostic.error_type, shoal_aws::lambda::NON_RETRYABLE);
+        assert!(
+            diagnostic
+                .error_message
+                .starts_with("1 of 2 rollout runs failed: {")
+        );
 
         let one = serde_json::json!({"rollout": "good"});
         let summary = handle(&one, &edges(&m), &config(), 2).await.unwrap();
         assert_eq!(summary.rollouts.len(), 1);
+        assert!(summary.failure().is_none());
+    }
+
+    #[tokio::test]
+    async fn failures_say_whether_the_next_run_can_get_past_them() {
+        let m = memory(&[rollout("r", "1.10.0")], 4);
+        let missing = serde_json::json!({"rollout": "nope"});
+        let summary = handle(&missing, &edges(&m), &config(), 1).await.unwrap();
+        assert_eq!(
+            summary.rollouts[0].error.as_deref(),
+            Some("rollout nope does not exist")
+        );
+        assert!(!summary.failure().unwrap().is_retryable());
+
+        let down = AdvanceError::Edge(crate::memory::down("dynamodb", "GetItem"));
+        assert!(down.is_retryable());
+        let contended = AdvanceError::Shadow(WriteError::Contended {
+            shadow: "d-1/ota".into(),
+            attempts: 3,
+        });
+        assert!(contended.is_retryable());
+        let refused = AdvanceError::Edge(EdgeError::service(
+            "dynamodb",
+            "GetItem",
+            "AccessDeniedException",
+            "denied",
+        ));
+        assert!(!refused.is_retryable());
+        let no_image = AdvanceError::NoRollbackVersion {
+            rollout: "r".into(),
+        };
+        assert!(!no_image.is_retryable());
+        // Every failed rollout retryable: the run's error is too.
+        let summary = RunSummary {
+            rollouts: vec![RolloutRun {
+                rollout: "r".into(),
+                error: Some(down.to_string()),
+                retryable: Some(true),
+                ..RolloutRun::default()
+            }],
+        };
+        assert!(summary.failure().unwrap().is_retryable());
     }
 
     #[tokio::test]

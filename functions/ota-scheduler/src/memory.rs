@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use shoal_aws::alerts::Alerts;
-use shoal_aws::client::{AwsError, AwsErrorKind};
+use shoal_aws::client::EdgeError;
+use shoal_aws::shadow_store::WriteError;
 use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
 use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_core::rollout::state::{Rollout, Transition};
@@ -14,14 +15,9 @@ use shoal_core::shadow::document::{StateMap, merge_patch};
 
 use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
 
-pub fn down(operation: &'static str) -> AwsError {
-    AwsError {
-        service: "memory",
-        operation,
-        kind: AwsErrorKind::Unreachable,
-        code: None,
-        message: "connection refused".into(),
-    }
+/// What a store that is down answers: no answer at all.
+pub fn down(service: &'static str, operation: &'static str) -> EdgeError {
+    EdgeError::unreachable(service, operation, "connection refused")
 }
 
 #[derive(Default)]
@@ -56,10 +52,10 @@ impl Memory {
 }
 
 impl Rollouts for Memory {
-    async fn ids(&self) -> Result<Vec<String>, AwsError> {
+    async fn ids(&self) -> Result<Vec<String>, EdgeError> {
         Ok(self.rollouts.lock().unwrap().keys().cloned().collect())
     }
-    async fn get(&self, id: &str) -> Result<Option<Rollout>, AwsError> {
+    async fn get(&self, id: &str) -> Result<Option<Rollout>, EdgeError> {
         Ok(self.rollouts.lock().unwrap().get(id).cloned())
     }
     async fn transition(
@@ -67,11 +63,11 @@ impl Rollouts for Memory {
         previous: &Rollout,
         next: &Rollout,
         transition: &Transition,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let mut rollouts = self.rollouts.lock().unwrap();
         let stored = rollouts
             .get_mut(&previous.id)
-            .ok_or_else(|| down("Transact"))?;
+            .ok_or_else(|| down("dynamodb", "TransactWriteItems"))?;
         if self.always_raced || stored.revision != previous.revision {
             return Ok(false);
         }
@@ -79,10 +75,10 @@ impl Rollouts for Memory {
         self.audit.lock().unwrap().push(transition.clone());
         Ok(true)
     }
-    async fn devices(&self, id: &str) -> Result<Vec<DeviceRecord>, AwsError> {
+    async fn devices(&self, id: &str) -> Result<Vec<DeviceRecord>, EdgeError> {
         Ok(self.records_of(id))
     }
-    async fn put_device(&self, id: &str, record: &DeviceRecord) -> Result<(), AwsError> {
+    async fn put_device(&self, id: &str, record: &DeviceRecord) -> Result<(), EdgeError> {
         self.records
             .lock()
             .unwrap()
@@ -98,33 +94,34 @@ impl Fleet for Memory {
         &self,
         _: &DeviceModel,
         _: &HardwareRevision,
-    ) -> Result<Vec<FleetDevice>, AwsError> {
+    ) -> Result<Vec<FleetDevice>, EdgeError> {
         Ok(self.fleet.clone())
     }
     async fn images(
         &self,
         _: &DeviceModel,
         _: &HardwareRevision,
-    ) -> Result<Vec<FirmwareImage>, AwsError> {
+    ) -> Result<Vec<FirmwareImage>, EdgeError> {
         Ok(self.images.clone())
     }
 }
 
 impl Delivery for Memory {
-    async fn presign(&self, s3_key: &str, ttl_s: u64) -> Result<String, AwsError> {
+    async fn presign(&self, s3_key: &str, ttl_s: u64) -> Result<String, EdgeError> {
         Ok(format!(
             "https://bucket.s3.amazonaws.com/{s3_key}?X-Amz-Expires={ttl_s}"
         ))
     }
-    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, AwsError> {
-        if self.unreachable.contains(request.thing) {
-            return Err(down("UpdateThingShadow"));
+    async fn write(&self, request: &OtaRequest<'_>) -> Result<bool, WriteError> {
+        let thing = request.thing.as_str();
+        if self.unreachable.contains(thing) {
+            return Err(WriteError::Edge {
+                shadow: format!("{thing}/ota"),
+                source: down("iot-data", "UpdateThingShadow"),
+            });
         }
-        // The body the data plane would receive.
-        serde_json::to_vec(&request.update)
-            .map_err(|e| AwsError::local("memory", "UpdateThingShadow", e))?;
         let mut shadows = self.shadows.lock().unwrap();
-        let desired = shadows.entry(request.thing.to_owned()).or_default();
+        let desired = shadows.entry(thing.to_owned()).or_default();
         if !may_replace(Some(desired), request.rollout, request.version) {
             return Ok(false);
         }
@@ -137,9 +134,9 @@ impl Delivery for Memory {
 }
 
 impl Alerts for Memory {
-    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), EdgeError> {
         if self.alerts_down {
-            return Err(down("Publish"));
+            return Err(down("iot-data", "Publish"));
         }
         self.alerts
             .lock()

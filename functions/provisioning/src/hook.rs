@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use shoal_aws::client::AwsError;
+use shoal_aws::client::EdgeError;
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::manifest_table::{AuditRecord, ManifestTable};
@@ -28,7 +28,7 @@ pub trait Manifest: Sync {
     fn get(
         &self,
         serial: &Serial,
-    ) -> impl Future<Output = Result<Option<ManifestEntry>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Option<ManifestEntry>, EdgeError>> + Send;
 
     /// Marks the serial provisioned to the certificate if it is pending or already provisioned to
     /// it; `Ok(false)` when the condition failed.
@@ -38,7 +38,7 @@ pub trait Manifest: Sync {
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
 
     /// Moves a serial claimed by `old_certificate` to `new_certificate`, only if it is still
     /// provisioned to `old_certificate` and unchanged since `unchanged_since_ms` or earlier, with
@@ -51,7 +51,7 @@ pub trait Manifest: Sync {
         thing: &ThingName,
         unchanged_since_ms: i64,
         now_ms: i64,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
 
     /// Keeps a refusal in the serial's audit trail (the serial exists).
     fn record_refusal(
@@ -60,11 +60,11 @@ pub trait Manifest: Sync {
         certificate_id: &str,
         reason: &str,
         now_ms: i64,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 impl Manifest for ManifestTable {
-    async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+    async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, EdgeError> {
         ManifestTable::get(self, serial).await
     }
 
@@ -74,7 +74,7 @@ impl Manifest for ManifestTable {
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         ManifestTable::claim(self, serial, certificate_id, thing, now_ms).await
     }
 
@@ -86,7 +86,7 @@ impl Manifest for ManifestTable {
         thing: &ThingName,
         unchanged_since_ms: i64,
         now_ms: i64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         ManifestTable::take_over(
             self,
             serial,
@@ -105,7 +105,7 @@ impl Manifest for ManifestTable {
         certificate_id: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         let record = AuditRecord {
             at_ms: now_ms,
             action: "jitr_refused",
@@ -123,7 +123,7 @@ pub trait Certificates: Sync {
     fn status(
         &self,
         certificate_id: &str,
-    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, EdgeError>> + Send;
 }
 
 /// The device registry as provisioning needs it: where the certificate a thing is provisioned
@@ -135,7 +135,7 @@ pub trait DeviceCertificates: Sync {
         &self,
         thing: &ThingName,
         certificate_id: &str,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 impl DeviceCertificates for DeviceTable {
@@ -143,7 +143,7 @@ impl DeviceCertificates for DeviceTable {
         &self,
         thing: &ThingName,
         certificate_id: &str,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         let now = u64::try_from(now_ms()).unwrap_or_default();
         DeviceTable::record_certificate(self, thing.as_str(), certificate_id, now).await
     }
@@ -188,7 +188,7 @@ pub struct Gate<'a, M, C, D> {
     pub claim_lease: Duration,
 }
 
-fn internal(e: AwsError) -> Denial {
+fn internal(e: EdgeError) -> Denial {
     Denial::Internal(e.to_string())
 }
 

@@ -15,7 +15,7 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use shoal_aws::client::AwsError;
+use shoal_aws::client::EdgeError;
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
 use shoal_core::clock::now_ms;
 use shoal_core::ids::ThingName;
@@ -54,32 +54,32 @@ pub trait Registry: Sync {
     fn describe_certificate(
         &self,
         certificate_id: &str,
-    ) -> impl Future<Output = Result<Certificate, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Certificate, EdgeError>> + Send;
     /// ACTIVE or REVOKED.
     fn set_certificate_status(
         &self,
         certificate_id: &str,
         status: &'static str,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
     /// Creates the thing unless it exists.
     fn ensure_thing(
         &self,
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
     /// Attaches the policy to the certificate and the certificate to the thing.
     fn attach(
         &self,
         policy: &str,
         certificate_arn: &str,
         thing: &ThingName,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
     /// Writes `desired` as the classic shadow's desired state unless the thing has a shadow.
     fn ensure_shadow(
         &self,
         thing: &ThingName,
         desired: &Map<String, Value>,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,11 +187,11 @@ pub async fn handle_registration(
     manifest: &impl Manifest,
     devices: &impl DeviceCertificates,
     config: &JitrConfig,
-) -> Result<Outcome, AwsError> {
+) -> Result<Outcome, EdgeError> {
     let certificate = registry.describe_certificate(&event.certificate_id).await?;
     let serial = match serial_from_certificate_pem(&certificate.pem) {
         Ok(serial) => serial,
-        Err(reason) => return revoke(registry, event, reason).await,
+        Err(reason) => return revoke(registry, event, reason.to_string()).await,
     };
     let entry = manifest.get(&serial).await?;
     if let Some(reason) = refusal(
@@ -257,7 +257,7 @@ async fn revoke(
     registry: &impl Registry,
     event: &RegistrationEvent,
     reason: String,
-) -> Result<Outcome, AwsError> {
+) -> Result<Outcome, EdgeError> {
     registry
         .set_certificate_status(&event.certificate_id, "REVOKED")
         .await?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_aws::client::{AwsError, AwsErrorKind};
+use shoal_aws::client::EdgeError;
 use shoal_core::ids::ThingName;
 use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Serial};
 
@@ -25,18 +25,13 @@ pub struct Memory {
     pub slow: bool,
 }
 
-pub fn down() -> AwsError {
-    AwsError {
-        service: "dynamodb",
-        operation: "GetItem",
-        kind: AwsErrorKind::Unreachable,
-        code: None,
-        message: "connection refused".into(),
-    }
+/// What the manifest table answers while it is down: no answer at all.
+pub fn down() -> EdgeError {
+    EdgeError::unreachable("dynamodb", "GetItem", "connection refused")
 }
 
 impl Manifest for Memory {
-    async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+    async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, EdgeError> {
         if self.slow {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
@@ -52,7 +47,7 @@ impl Manifest for Memory {
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let mut entries = self.entries.lock().unwrap();
         let Some(e) = entries.get_mut(serial.as_str()) else {
             return Ok(false);
@@ -77,7 +72,7 @@ impl Manifest for Memory {
         thing: &ThingName,
         unchanged_since_ms: i64,
         now_ms: i64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let mut entries = self.entries.lock().unwrap();
         let Some(e) = entries.get_mut(serial.as_str()) else {
             return Ok(false);
@@ -103,13 +98,13 @@ impl Manifest for Memory {
         _certificate_id: &str,
         _reason: &str,
         _now_ms: i64,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         Ok(())
     }
 }
 
 impl Certificates for Memory {
-    async fn status(&self, certificate_id: &str) -> Result<Option<String>, AwsError> {
+    async fn status(&self, certificate_id: &str) -> Result<Option<String>, EdgeError> {
         Ok(self.statuses.lock().unwrap().get(certificate_id).cloned())
     }
 }
@@ -119,7 +114,7 @@ impl DeviceCertificates for Memory {
         &self,
         thing: &ThingName,
         certificate_id: &str,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         self.recorded
             .lock()
             .unwrap()

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use serde_json::{Map, Value, json};
-use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_core::ids::ThingName;
 
 use crate::jitr::{Certificate, Registry};
@@ -24,7 +24,7 @@ impl IotRegistry {
 }
 
 impl Registry for IotRegistry {
-    async fn describe_certificate(&self, certificate_id: &str) -> Result<Certificate, AwsError> {
+    async fn describe_certificate(&self, certificate_id: &str) -> Result<Certificate, EdgeError> {
         let described = self
             .iot
             .describe_certificate()
@@ -53,7 +53,7 @@ impl Registry for IotRegistry {
         &self,
         certificate_id: &str,
         status: &'static str,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         self.iot
             .update_certificate()
             .certificate_id(certificate_id)
@@ -68,7 +68,7 @@ impl Registry for IotRegistry {
         &self,
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         // Describe first: AWS's CreateThing is idempotent only for identical attributes, and
         // moto's replaces an existing thing.
         match self
@@ -101,7 +101,7 @@ impl Registry for IotRegistry {
         policy: &str,
         certificate_arn: &str,
         thing: &ThingName,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         self.iot
             .attach_policy()
             .policy_name(policy)
@@ -123,7 +123,7 @@ impl Registry for IotRegistry {
         &self,
         thing: &ThingName,
         desired: &Map<String, Value>,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         if desired.is_empty() {
             return Ok(());
         }
@@ -163,7 +163,7 @@ impl IotCertificates {
 }
 
 impl crate::hook::Certificates for IotCertificates {
-    async fn status(&self, certificate_id: &str) -> Result<Option<String>, AwsError> {
+    async fn status(&self, certificate_id: &str) -> Result<Option<String>, EdgeError> {
         let described = self
             .iot
             .describe_certificate()

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
-use shoal_aws::client::AwsError;
+use shoal_aws::client::{EdgeError, Retryable};
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
 use shoal_aws::shadow_store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
 use shoal_core::ids::ThingName;
@@ -25,20 +25,20 @@ pub trait DeviceRecords: Sync {
         shadow: &ShadowRef,
         version: u64,
         facts: &ReportedFacts,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
     /// Hands the report to the OTA flow. `Ok(false)`: a later report was recorded already.
     fn record_ota(
         &self,
         thing: &ThingName,
         version: u64,
         report: &OtaReport,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
     fn record_conflicts(
         &self,
         shadow: &ShadowRef,
         version: u64,
         conflicts: &[Conflict],
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 /// Everything the shadow-documents function reads from its environment, read once at init.
@@ -118,13 +118,25 @@ pub struct SyncSummary {
     pub rejected: Option<String>,
 }
 
+/// Why a documents event could not be synced. Lambda retries an asynchronous invocation on any
+/// error (every step here is idempotent); the `errorType` says whether that can help.
 #[derive(Debug, Error)]
 pub enum SyncError {
-    /// Worth a retry (Lambda retries asynchronous invocations); every step is idempotent.
+    /// A device-registry call failed.
     #[error(transparent)]
-    Aws(#[from] AwsError),
+    Edge(#[from] EdgeError),
+    /// The shadow write failed: a limit, a lost race, or a shadow call.
     #[error(transparent)]
     Write(WriteError),
+}
+
+impl Retryable for SyncError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Edge(e) => e.is_retryable(),
+            Self::Write(e) => e.is_retryable(),
+        }
+    }
 }
 
 pub async fn handle(
@@ -140,7 +152,9 @@ pub async fn handle(
                 .topic
                 .as_deref()
                 .ok_or("the event has no topic (the rule's `topic() AS topic`)")?;
-            ShadowRef::from_documents_topic(topic).map(|shadow| (shadow, e))
+            ShadowRef::from_documents_topic(topic)
+                .map(|shadow| (shadow, e))
+                .map_err(|e| e.to_string())
         });
     let (shadow, message) = match parsed {
         Ok(ok) => ok,

@@ -1,6 +1,6 @@
 //! The AWS side of the shadow-sync traits: the DynamoDB device table and IoT data Publish.
 
-use shoal_aws::client::AwsError;
+use shoal_aws::client::EdgeError;
 use shoal_aws::device_table::{DeviceTable, OfflineDevice};
 use shoal_aws::manifest_table::ManifestTable;
 use shoal_core::clock::now_ms;
@@ -30,7 +30,7 @@ impl DeviceRecords for Registry {
         shadow: &ShadowRef,
         version: u64,
         facts: &ReportedFacts,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         self.0.record_facts(shadow, version, facts, now()).await
     }
 
@@ -39,7 +39,7 @@ impl DeviceRecords for Registry {
         thing: &ThingName,
         version: u64,
         report: &OtaReport,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         self.0
             .record_ota(thing.as_str(), version, report, now())
             .await
@@ -50,7 +50,7 @@ impl DeviceRecords for Registry {
         shadow: &ShadowRef,
         version: u64,
         conflicts: &[Conflict],
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         self.0
             .record_conflicts(shadow, version, conflicts, now())
             .await
@@ -69,7 +69,7 @@ impl PresenceRecords for PresenceRegistry {
         &self,
         thing: &ThingName,
         event: &LifecycleEvent,
-    ) -> Result<Recorded, AwsError> {
+    ) -> Result<Recorded, EdgeError> {
         self.devices
             .record_presence(thing.as_str(), event, now())
             .await
@@ -79,7 +79,7 @@ impl PresenceRecords for PresenceRegistry {
         &self,
         serial: &Serial,
         principal: &str,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let claimed = self.manifest.get(serial).await?.is_some_and(|entry| {
             entry.status == DeviceStatus::Provisioned
                 && entry.certificate_id.as_deref() == Some(principal)
@@ -94,11 +94,11 @@ impl PresenceRecords for PresenceRegistry {
         Ok(true)
     }
 
-    async fn offline_before(&self, cutoff_ms: u64) -> Result<Vec<OfflineDevice>, AwsError> {
+    async fn offline_before(&self, cutoff_ms: u64) -> Result<Vec<OfflineDevice>, EdgeError> {
         self.devices.offline_before(cutoff_ms).await
     }
 
-    async fn mark_alerted(&self, thing: &str, offline_since_ms: u64) -> Result<bool, AwsError> {
+    async fn mark_alerted(&self, thing: &str, offline_since_ms: u64) -> Result<bool, EdgeError> {
         self.devices
             .mark_alerted(thing, offline_since_ms, now())
             .await

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 use shoal_aws::alerts::Alerts;
-use shoal_aws::client::AwsError;
+use shoal_aws::client::EdgeError;
 use shoal_aws::device_table::OfflineDevice;
 use shoal_aws::shadow_store::ShadowStore;
 use shoal_core::ids::ThingName;
@@ -36,10 +36,10 @@ pub struct Fakes {
 }
 
 impl ShadowStore for Fakes {
-    async fn get(&self, _: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+    async fn get(&self, _: &ShadowRef) -> Result<Option<ShadowDocument>, EdgeError> {
         Ok(self.shadow.lock().unwrap().clone())
     }
-    async fn update(&self, _: &ShadowRef, u: &ShadowUpdate) -> Result<Option<u64>, AwsError> {
+    async fn update(&self, _: &ShadowRef, u: &ShadowUpdate) -> Result<Option<u64>, EdgeError> {
         let mut guard = self.shadow.lock().unwrap();
         let doc = guard.as_mut().unwrap();
         if let Some(other) = self.racing.lock().unwrap().pop() {
@@ -67,11 +67,11 @@ impl DeviceRecords for Fakes {
         _: &ShadowRef,
         v: u64,
         f: &ReportedFacts,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         self.facts.lock().unwrap().push((v, f.clone()));
         Ok(true)
     }
-    async fn record_ota(&self, _: &ThingName, v: u64, r: &OtaReport) -> Result<bool, AwsError> {
+    async fn record_ota(&self, _: &ThingName, v: u64, r: &OtaReport) -> Result<bool, EdgeError> {
         self.ota.lock().unwrap().push((v, r.clone()));
         Ok(true)
     }
@@ -80,7 +80,7 @@ impl DeviceRecords for Fakes {
         _: &ShadowRef,
         _: u64,
         c: &[Conflict],
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         self.conflicts.lock().unwrap().extend_from_slice(c);
         Ok(())
     }
@@ -115,7 +115,7 @@ impl PresenceRecords for Registry {
         &self,
         thing: &ThingName,
         e: &LifecycleEvent,
-    ) -> Result<Recorded, AwsError> {
+    ) -> Result<Recorded, EdgeError> {
         match self.certificates.lock().unwrap().get(thing.as_str()) {
             None => return Ok(Recorded::Unrecorded),
             Some(c) if Some(c) != e.principal_identifier.as_ref() => {
@@ -138,7 +138,7 @@ impl PresenceRecords for Registry {
         &self,
         serial: &Serial,
         principal: &str,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         if self.manifest.get(serial.as_str()).map(String::as_str) != Some(principal) {
             return Ok(false);
         }
@@ -149,7 +149,7 @@ impl PresenceRecords for Registry {
             .or_insert_with(|| principal.to_owned());
         Ok(true)
     }
-    async fn offline_before(&self, cutoff: u64) -> Result<Vec<OfflineDevice>, AwsError> {
+    async fn offline_before(&self, cutoff: u64) -> Result<Vec<OfflineDevice>, EdgeError> {
         Ok(self
             .things
             .lock()
@@ -163,7 +163,7 @@ impl PresenceRecords for Registry {
             })
             .collect())
     }
-    async fn mark_alerted(&self, thing: &str, since: u64) -> Result<bool, AwsError> {
+    async fn mark_alerted(&self, thing: &str, since: u64) -> Result<bool, EdgeError> {
         let mut things = self.things.lock().unwrap();
         let entry = things.get_mut(thing).unwrap();
         let held = entry.2 == since && !entry.1;
@@ -173,15 +173,9 @@ impl PresenceRecords for Registry {
 }
 
 impl Alerts for Registry {
-    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), EdgeError> {
         if self.fail_publish {
-            return Err(AwsError {
-                service: "iot-data",
-                operation: "Publish",
-                kind: shoal_aws::client::AwsErrorKind::Unreachable,
-                code: None,
-                message: "down".into(),
-            });
+            return Err(EdgeError::unreachable("iot-data", "Publish", "down"));
         }
         let body = serde_json::from_slice(&payload).unwrap();
         self.published

@@ -6,7 +6,7 @@ use std::future::Future;
 use serde::Serialize;
 use serde_json::Value;
 pub use shoal_aws::alerts::Alerts;
-use shoal_aws::client::AwsError;
+use shoal_aws::client::EdgeError;
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
 use shoal_aws::device_table::OfflineDevice;
 use shoal_core::ids::ThingName;
@@ -21,7 +21,7 @@ pub trait PresenceRecords: Sync {
         &self,
         thing: &ThingName,
         event: &LifecycleEvent,
-    ) -> impl Future<Output = Result<Recorded, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Recorded, EdgeError>> + Send;
     /// For a thing with no certificate recorded ([`Recorded::Unrecorded`]: provisioned before
     /// Shoal recorded certificates): records `principal` as its certificate if the manifest's
     /// claim for `serial` names it (a provisioned row). `Ok(false)`: the manifest names another
@@ -30,17 +30,17 @@ pub trait PresenceRecords: Sync {
         &self,
         serial: &Serial,
         principal: &str,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
     fn offline_before(
         &self,
         cutoff_ms: u64,
-    ) -> impl Future<Output = Result<Vec<OfflineDevice>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<OfflineDevice>, EdgeError>> + Send;
     /// `Ok(false)`: the device came back (or went offline again) since the sweep read it.
     fn mark_alerted(
         &self,
         thing: &str,
         offline_since_ms: u64,
-    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
 }
 
 /// Everything the presence function reads from its environment, read once at init.
@@ -141,7 +141,7 @@ pub async fn handle(
     records: &impl PresenceRecords,
     alerts: &impl Alerts,
     now_ms: u64,
-) -> Result<PresenceAnswer, AwsError> {
+) -> Result<PresenceAnswer, EdgeError> {
     if is_schedule(&event) {
         return sweep(config, records, alerts, now_ms)
             .await
@@ -166,7 +166,7 @@ pub async fn handle(
     }
     let parsed = serde_json::from_value::<LifecycleEvent>(event)
         .map_err(|e| format!("not a lifecycle event: {e}"))
-        .and_then(|e| e.thing().map(|thing| (thing, e)));
+        .and_then(|e| e.thing().map(|thing| (thing, e)).map_err(|e| e.to_string()));
     let (thing, event) = match parsed {
         Ok(ok) => ok,
         Err(reason) => {
@@ -198,7 +198,7 @@ pub async fn handle(
     // principal that is no certificate, or a thing that is no serial, is no device's (no call).
     let principal = match event.certificate_principal() {
         Ok(p) => p,
-        Err(reason) => return Ok(foreign(reason)),
+        Err(reason) => return Ok(foreign(reason.to_string())),
     };
     let serial = match Serial::parse(thing.as_str()) {
         Ok(serial) => serial,
@@ -243,7 +243,7 @@ pub async fn sweep(
     records: &impl PresenceRecords,
     alerts: &impl Alerts,
     now_ms: u64,
-) -> Result<SweepSummary, AwsError> {
+) -> Result<SweepSummary, EdgeError> {
     let cutoff = now_ms.saturating_sub(config.offline_threshold_s * 1000);
     let offline = records.offline_before(cutoff).await?;
     let mut summary = SweepSummary {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shoal_aws::client::AwsError;
+use shoal_aws::client::EdgeError;
 use shoal_core::telemetry::archive::to_parquet;
 use shoal_core::telemetry::records::APP_DIMENSION;
 use shoal_core::telemetry::{
@@ -39,7 +39,7 @@ struct SdkSink {
 }
 
 impl TelemetrySink for SdkSink {
-    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, EdgeError> {
         let (common, records) = to_sdk(batch)?;
         self.records.fetch_add(records.len(), Ordering::Relaxed);
         black_box((common, records));
@@ -54,7 +54,7 @@ struct BodyQuarantine {
 }
 
 impl QuarantineStore for BodyQuarantine {
-    async fn put(&self, item: &QuarantineItem) -> Result<(), AwsError> {
+    async fn put(&self, item: &QuarantineItem) -> Result<(), EdgeError> {
         self.bytes.fetch_add(item.body().len(), Ordering::Relaxed);
         Ok(())
     }
@@ -66,7 +66,7 @@ struct SizeArchive {
 }
 
 impl ArchiveStore for SizeArchive {
-    async fn put(&self, _key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+    async fn put(&self, _key: &str, parquet: Vec<u8>) -> Result<(), EdgeError> {
         self.bytes.fetch_add(parquet.len(), Ordering::Relaxed);
         Ok(())
     }

@@ -5,7 +5,7 @@ use aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError;
 use aws_sdk_timestreamwrite::types::{
     Dimension, MeasureValue as SdkMeasureValue, MeasureValueType, Record, TimeUnit,
 };
-use shoal_aws::client::{AwsError, AwsResultExt};
+use shoal_aws::client::{AwsResultExt, EdgeError};
 use shoal_aws::config::{BucketName, TimestreamTarget};
 use shoal_core::telemetry::archive::hour_partitions;
 use shoal_core::telemetry::records::common_dimensions;
@@ -35,7 +35,7 @@ fn measure_type(value: &MeasureValue) -> MeasureValueType {
     }
 }
 
-fn dimensions(pairs: &[(&'static str, String)]) -> Result<Vec<Dimension>, AwsError> {
+fn dimensions(pairs: &[(&'static str, String)]) -> Result<Vec<Dimension>, EdgeError> {
     pairs
         .iter()
         .map(|(name, value)| {
@@ -48,15 +48,15 @@ fn dimensions(pairs: &[(&'static str, String)]) -> Result<Vec<Dimension>, AwsErr
         .collect()
 }
 
-fn build_error(message: String) -> AwsError {
-    AwsError::local("timestream-write", "WriteRecords", message)
+fn build_error(message: String) -> EdgeError {
+    EdgeError::request("timestream-write", "WriteRecords", message)
 }
 
 /// The SDK request for `batch`: measure name, type and time unit always hoisted into the common
 /// attributes, and the dimensions too when every record shares them. Each record is built from
 /// its parts in one go (no builder moved per value, every vector sized once): the router builds
 /// one per reading.
-pub fn to_sdk(batch: &[TimestreamRecord]) -> Result<(Record, Vec<Record>), AwsError> {
+pub fn to_sdk(batch: &[TimestreamRecord]) -> Result<(Record, Vec<Record>), EdgeError> {
     let shared = common_dimensions(batch);
     let common = Record::builder()
         .measure_value_type(MeasureValueType::Multi)
@@ -95,7 +95,7 @@ pub fn to_sdk(batch: &[TimestreamRecord]) -> Result<(Record, Vec<Record>), AwsEr
 }
 
 impl TelemetrySink for TimestreamSink {
-    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, EdgeError> {
         let (common, records) = to_sdk(batch)?;
         let sent = self
             .client
@@ -130,7 +130,8 @@ impl TelemetrySink for TimestreamSink {
             ),
             _ => None,
         };
-        rejected.ok_or_else(|| AwsError::from_sdk("timestream-write", "WriteRecords", err))
+        rejected
+            .ok_or_else(|| shoal_aws::client::sdk_error("timestream-write", "WriteRecords", err))
     }
 }
 
@@ -183,7 +184,7 @@ fn metadata_value(text: &str) -> String {
 }
 
 impl QuarantineStore for S3Quarantine {
-    async fn put(&self, item: &QuarantineItem) -> Result<(), AwsError> {
+    async fn put(&self, item: &QuarantineItem) -> Result<(), EdgeError> {
         let mut request = self
             .client
             .put_object()
@@ -221,7 +222,7 @@ impl S3Archive {
 }
 
 impl ArchiveStore for S3Archive {
-    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), EdgeError> {
         self.client
             .put_object()
             .bucket(self.bucket.as_str())

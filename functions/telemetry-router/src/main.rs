@@ -6,6 +6,7 @@ use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
 use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
+use shoal_aws::lambda::{NON_RETRYABLE, diagnostic};
 use telemetry_router::batch::Trigger;
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
@@ -41,8 +42,8 @@ async fn main() -> Result<(), Error> {
         move |event: LambdaEvent<Box<RawValue>>| async move {
             let trigger = Trigger::from_slice(event.payload.get().as_bytes(), config.delivery)
                 .map_err(|e| Diagnostic {
-                    error_type: "InvalidEvent".into(),
-                    error_message: e.to_string(),
+                    error_type: NON_RETRYABLE.into(),
+                    error_message: format!("the event is not one JSON document: {e}"),
                 })?;
             let deadline = LambdaDeadline::starting_now(
                 i64::try_from(event.context.deadline).unwrap_or(i64::MAX),
@@ -50,10 +51,7 @@ async fn main() -> Result<(), Error> {
             );
             let (_counts, answer) =
                 handle(trigger, config, edges, &event.context.request_id, &deadline).await;
-            answer.map_err(|retry| Diagnostic {
-                error_type: "ReturnedForRetry".into(),
-                error_message: retry.to_string(),
-            })
+            answer.map_err(|retry| diagnostic(&retry))
         },
     ))
     .await

@@ -2,21 +2,16 @@
 
 use std::sync::Mutex;
 
-use shoal_aws::client::{AwsError, AwsErrorKind};
+use shoal_aws::client::EdgeError;
 use shoal_core::telemetry::TimestreamRecord;
 
 use crate::router::{
     ArchiveStore, Edges, QuarantineItem, QuarantineStore, RejectedRecord, TelemetrySink,
 };
 
-pub fn down(operation: &'static str) -> AwsError {
-    AwsError {
-        service: "fake",
-        operation,
-        kind: AwsErrorKind::Unreachable,
-        code: None,
-        message: "connection refused".into(),
-    }
+/// What a store that is down answers: no answer at all.
+pub fn down(service: &'static str, operation: &'static str) -> EdgeError {
+    EdgeError::unreachable(service, operation, "connection refused")
 }
 
 /// Records every successful call; refuses records whose `temp` is 666; fails the attempt
@@ -34,13 +29,13 @@ pub struct FakeSink {
 }
 
 impl TelemetrySink for FakeSink {
-    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, AwsError> {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, EdgeError> {
         let mut calls = self.calls.lock().unwrap();
         assert!(batch.len() <= 100, "WriteRecords takes at most 100 records");
         let mut attempts = self.attempts.lock().unwrap();
         *attempts += 1;
         if self.fail_call == Some(*attempts - 1) {
-            return Err(down("WriteRecords"));
+            return Err(down("timestream-write", "WriteRecords"));
         }
         if let Some(bad) = self.invalid
             && batch.iter().any(|r| {
@@ -49,13 +44,12 @@ impl TelemetrySink for FakeSink {
                     .any(|(_, v)| *v == shoal_core::telemetry::MeasureValue::Double(bad))
             })
         {
-            return Err(AwsError {
-                service: "fake",
-                operation: "WriteRecords",
-                kind: AwsErrorKind::Service,
-                code: Some("ValidationException".into()),
-                message: "1 validation error detected".into(),
-            });
+            return Err(EdgeError::service(
+                "timestream-write",
+                "WriteRecords",
+                "ValidationException",
+                "1 validation error detected",
+            ));
         }
         calls.push(batch.to_vec());
         Ok(batch
@@ -81,10 +75,10 @@ pub struct FakeQuarantine {
 }
 
 impl QuarantineStore for FakeQuarantine {
-    async fn put(&self, item: &QuarantineItem) -> Result<(), AwsError> {
+    async fn put(&self, item: &QuarantineItem) -> Result<(), EdgeError> {
         let mut items = self.items.lock().unwrap();
         if self.fail_after == Some(items.len()) {
-            return Err(down("PutObject"));
+            return Err(down("s3", "PutObject"));
         }
         items.push(item.clone());
         Ok(())
@@ -99,9 +93,9 @@ pub struct FakeArchive {
 }
 
 impl ArchiveStore for FakeArchive {
-    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), AwsError> {
+    async fn put(&self, key: &str, parquet: Vec<u8>) -> Result<(), EdgeError> {
         if self.fail {
-            return Err(down("PutObject"));
+            return Err(down("s3", "PutObject"));
         }
         self.objects.lock().unwrap().push((key.to_owned(), parquet));
         Ok(())

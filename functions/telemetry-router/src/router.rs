@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::Serialize;
-use shoal_aws::client::AwsError;
+use shoal_aws::client::{EdgeError, Retryable};
 use shoal_core::clock::now_ms;
-use shoal_core::telemetry::archive::{archive_key, to_parquet};
+use shoal_core::telemetry::archive::{ArchiveError, archive_key, to_parquet};
 use shoal_core::telemetry::decode::{Context, readings_in};
 use shoal_core::telemetry::records::{APP_DIMENSION, write_ranges};
 use shoal_core::telemetry::{
@@ -51,18 +51,21 @@ pub trait TelemetrySink: Sync {
     fn write(
         &self,
         batch: &[TimestreamRecord],
-    ) -> impl Future<Output = Result<Vec<RejectedRecord>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<RejectedRecord>, EdgeError>> + Send;
 }
 
 /// Where refused input goes, with its reasons (S3 `quarantine/` in production).
 pub trait QuarantineStore: Sync {
-    fn put(&self, item: &QuarantineItem) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn put(&self, item: &QuarantineItem) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 /// Where the written readings are archived (S3 `telemetry/` in production).
 pub trait ArchiveStore: Sync {
-    fn put(&self, key: &str, parquet: Vec<u8>)
-    -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn put(
+        &self,
+        key: &str,
+        parquet: Vec<u8>,
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 /// The three edges a router writes to.
@@ -274,7 +277,41 @@ impl Counts {
 #[error("{cause}; {} of {} readings returned for retry", counts.retried, counts.received)]
 pub struct RetryLater {
     pub counts: Counts,
-    pub cause: AwsError,
+    pub cause: RetryCause,
+}
+
+/// Why messages of a batch go back for redelivery: the first failure of the invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryCause {
+    /// A store (Timestream, the quarantine, the archive bucket) failed.
+    #[error(transparent)]
+    Store(#[from] EdgeError),
+    /// The invocation's deadline came before the batch was settled.
+    #[error("the invocation's deadline is near; the rest is returned for retry")]
+    Deadline,
+    /// The archive's Parquet file could not be encoded.
+    #[error("the archive file could not be encoded: {0}")]
+    Archive(#[from] ArchiveError),
+}
+
+impl Retryable for RetryCause {
+    /// Whether redelivery can succeed where this invocation failed: a store that was throttled
+    /// or unreachable, or a deadline that came. A store's refusal (a missing table, a denied
+    /// write) or an archive that cannot be encoded fails again until someone acts; the messages
+    /// still go back (nothing is lost), and the error says so.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_retryable(),
+            Self::Deadline => true,
+            Self::Archive(_) => false,
+        }
+    }
+}
+
+impl Retryable for RetryLater {
+    fn is_retryable(&self) -> bool {
+        self.cause.is_retryable()
+    }
 }
 
 /// One message of an invocation, as delivered. It is parsed only when its turn comes, so a
@@ -344,7 +381,7 @@ pub struct BatchOutcome {
     /// Ids of the messages to deliver again, in delivery order.
     pub failed: Vec<String>,
     /// Why, when anything failed.
-    pub cause: Option<AwsError>,
+    pub cause: Option<RetryCause>,
 }
 
 /// Where a message came from, for its quarantine item.
@@ -496,7 +533,7 @@ async fn write_checked(
     sink: &impl TelemetrySink,
     records: &[TimestreamRecord],
     deadline: &dyn Deadline,
-) -> Result<Vec<RejectedRecord>, AwsError> {
+) -> Result<Vec<RejectedRecord>, RetryCause> {
     let mut rejected = BTreeMap::new();
     let mut invalid = 0;
     let mut validation = None;
@@ -507,13 +544,13 @@ async fn write_checked(
     while let Some(range) = todo.pop() {
         // The first call was cleared by the caller; every halving call is checked again.
         if !std::mem::take(&mut first) && deadline.expired() {
-            return Err(deadline_error());
+            return Err(RetryCause::Deadline);
         }
         match sink.write(&records[range.clone()]).await {
             Ok(refused) => {
                 for r in refused {
                     if r.index >= range.len() {
-                        return Err(AwsError::local(
+                        return Err(RetryCause::Store(EdgeError::unreadable(
                             "timestream-write",
                             "WriteRecords",
                             format!(
@@ -521,7 +558,7 @@ async fn write_checked(
                                 r.index,
                                 range.len()
                             ),
-                        ));
+                        )));
                     }
                     rejected.entry(range.start + r.index).or_insert(r.reason);
                 }
@@ -539,7 +576,7 @@ async fn write_checked(
                 );
                 validation = Some(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     // Every record refused alone: the request, not the records, is what Timestream refuses
@@ -548,20 +585,12 @@ async fn write_checked(
         && invalid == records.len()
         && let Some(e) = validation
     {
-        return Err(e);
+        return Err(e.into());
     }
     Ok(rejected
         .into_iter()
         .map(|(index, reason)| RejectedRecord { index, reason })
         .collect())
-}
-
-fn deadline_error() -> AwsError {
-    AwsError::local(
-        "lambda",
-        "Invoke",
-        "the invocation's deadline is near; the rest is returned for retry",
-    )
 }
 
 /// An invocation's batch on its way: every message's state, the invocation's identity and the
@@ -572,13 +601,13 @@ struct Batch<'r, 'e, S, Q, A> {
     edges: &'r Edges<'e, S, Q, A>,
     batch_id: &'r str,
     policy: FailurePolicy,
-    cause: Option<AwsError>,
+    cause: Option<RetryCause>,
     rounds: usize,
 }
 
 impl<S: TelemetrySink, Q: QuarantineStore, A: ArchiveStore> Batch<'_, '_, S, Q, A> {
-    fn failure(&mut self, e: AwsError) {
-        self.cause.get_or_insert(e);
+    fn failure(&mut self, e: impl Into<RetryCause>) {
+        self.cause.get_or_insert(e.into());
     }
 
     /// Fails every message of the round that is not settled yet (the deadline came).
@@ -586,7 +615,7 @@ impl<S: TelemetrySink, Q: QuarantineStore, A: ArchiveStore> Batch<'_, '_, S, Q, 
         for p in &mut self.pending[round.first..] {
             p.failed = true;
         }
-        self.failure(deadline_error());
+        self.failure(RetryCause::Deadline);
     }
 
     /// Writes, quarantines and archives one round. Returns false when the batch must stop: a
@@ -678,9 +707,13 @@ impl<S: TelemetrySink, Q: QuarantineStore, A: ArchiveStore> Batch<'_, '_, S, Q, 
             let stored = match to_parquet(archived.map(|(r, _)| r)) {
                 Ok(parquet) => {
                     let key = archive_key(invoked_at, &name);
-                    self.edges.archive.put(&key, parquet).await
+                    self.edges
+                        .archive
+                        .put(&key, parquet)
+                        .await
+                        .map_err(RetryCause::from)
                 }
-                Err(e) => Err(AwsError::local("archive", "EncodeParquet", e)),
+                Err(e) => Err(RetryCause::from(e)),
             };
             if let Err(e) = stored {
                 let contributed: Vec<usize> = round
@@ -1239,7 +1272,11 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(retry.cause.operation, "PutObject");
+        assert!(
+            matches!(&retry.cause, RetryCause::Store(e) if e.operation == "PutObject"),
+            "{}",
+            retry.cause
+        );
         assert_eq!(
             (
                 retry.counts.accepted,
@@ -1429,7 +1466,11 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(retry.counts.retried, 2);
-        assert!(retry.cause.is_code("ValidationException"));
+        assert!(
+            matches!(&retry.cause, RetryCause::Store(e) if e.is_code("ValidationException")),
+            "{}",
+            retry.cause
+        );
     }
 
     #[test]
@@ -1468,7 +1509,7 @@ mod tests {
         .unwrap_err();
         assert_eq!((retry.counts.accepted, retry.counts.retried), (0, 2));
         assert!(
-            retry.cause.message.contains("RejectedRecords"),
+            matches!(&retry.cause, RetryCause::Store(e) if e.message.contains("RejectedRecords")),
             "{}",
             retry.cause
         );
@@ -1677,7 +1718,7 @@ mod tests {
                 "{policy:?}"
             );
             assert_eq!((outcome.counts.received, outcome.counts.retried), (5, 5));
-            assert_eq!(outcome.cause.unwrap().operation, "Invoke");
+            assert!(matches!(outcome.cause, Some(RetryCause::Deadline)));
         }
         // With time for everything, nothing goes back.
         let fakes = crate::memory::Fakes::default();

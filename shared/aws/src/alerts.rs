@@ -5,21 +5,21 @@ use std::future::Future;
 
 use aws_smithy_types::Blob;
 
-use crate::client::{AwsError, AwsResultExt};
+use crate::client::{AwsResultExt, EdgeError};
 
 pub trait Alerts: Sync {
     fn publish(
         &self,
         topic: &str,
         payload: Vec<u8>,
-    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
 /// Alerts published with IoT data Publish (QoS 1).
 pub struct IotAlerts(pub aws_sdk_iotdataplane::Client);
 
 impl Alerts for IotAlerts {
-    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), AwsError> {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), EdgeError> {
         self.0
             .publish()
             .topic(topic)

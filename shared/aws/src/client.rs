@@ -13,7 +13,7 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_types::service_config::ServiceConfigKey;
-use thiserror::Error;
+pub use shoal_core::edge::{EdgeError, EdgeErrorKind, Retryable};
 
 /// Builds every AWS client Shoal uses from one loaded configuration.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl ClientFactory {
     /// DescribeEndpoints call and spawns the task that refreshes the endpoint before it expires;
     /// call it at init, once, and only in functions that write telemetry. Against a configured
     /// endpoint there is nothing to discover.
-    pub async fn timestream_write(&self) -> Result<aws_sdk_timestreamwrite::Client, AwsError> {
+    pub async fn timestream_write(&self) -> Result<aws_sdk_timestreamwrite::Client, EdgeError> {
         let client = aws_sdk_timestreamwrite::Client::new(&self.sdk);
         if self.configured_endpoint("Timestream Write").is_some() {
             return Ok(client);
@@ -108,57 +108,17 @@ impl ClientFactory {
             client
                 .with_endpoint_discovery_enabled()
                 .await
-                .map_err(|source| AwsError {
-                    service: "timestream-write",
-                    operation: "DescribeEndpoints",
-                    kind: AwsErrorKind::Unreachable,
-                    code: None,
-                    message: source.to_string(),
+                .map_err(|source| {
+                    EdgeError::unreachable("timestream-write", "DescribeEndpoints", source)
                 })?;
         tokio::spawn(reload.reload_task());
         Ok(client)
     }
 }
 
-/// What went wrong with an AWS call, in terms the domain can act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AwsErrorKind {
-    /// The service answered with an error (not found, conditional check failed, validation, …).
-    Service,
-    /// The service asked us to slow down; retry with backoff.
-    Throttled,
-    /// No answer: connection refused, DNS, timeout. Retry later; nothing was decided.
-    Unreachable,
-    /// The request could not be built or the response not read.
-    Other,
-}
-
-/// A failed AWS call, with the service and operation that failed so logs and errors say where.
-#[derive(Debug, Clone, Error)]
-pub struct AwsError {
-    pub service: &'static str,
-    pub operation: &'static str,
-    pub kind: AwsErrorKind,
-    /// The service's error code, e.g. `ResourceNotFoundException`.
-    pub code: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for AwsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} failed", self.service, self.operation)?;
-        match (&self.kind, &self.code) {
-            (AwsErrorKind::Unreachable, _) => write!(f, " (endpoint unreachable)")?,
-            (_, Some(code)) => write!(f, " ({code})")?,
-            _ => {}
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
 /// A DynamoDB conditional write's result: `Ok(true)` written, `Ok(false)` the condition did not
 /// hold.
-pub fn condition_held<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> {
+pub fn condition_held<T>(result: Result<T, EdgeError>) -> Result<bool, EdgeError> {
     match result {
         Ok(_) => Ok(true),
         Err(e) if e.is_code("ConditionalCheckFailedException") => Ok(false),
@@ -168,7 +128,7 @@ pub fn condition_held<T>(result: Result<T, AwsError>) -> Result<bool, AwsError> 
 
 /// The result of a call whose errors with one of `codes` mean the state it wanted holds already
 /// (an idempotent create, cancel or delete): those count as done.
-pub fn done_or_already<T>(result: Result<T, AwsError>, codes: &[&str]) -> Result<(), AwsError> {
+pub fn done_or_already<T>(result: Result<T, EdgeError>, codes: &[&str]) -> Result<(), EdgeError> {
     match result {
         Err(e) if codes.iter().any(|code| e.is_code(code)) => Ok(()),
         other => other.map(|_| ()),
@@ -176,7 +136,7 @@ pub fn done_or_already<T>(result: Result<T, AwsError>, codes: &[&str]) -> Result
 }
 
 /// A DynamoDB CreateTable's result where a table that already exists is fine (idempotent setup).
-pub fn created_unless_in_use<T>(result: Result<T, AwsError>) -> Result<(), AwsError> {
+pub fn created_unless_in_use<T>(result: Result<T, EdgeError>) -> Result<(), EdgeError> {
     done_or_already(result, &["ResourceInUseException"])
 }
 
@@ -194,73 +154,49 @@ const THROTTLING_CODES: &[&str] = &[
     "LimitExceededException",
 ];
 
-impl AwsError {
-    pub fn from_sdk<E, R>(
-        service: &'static str,
-        operation: &'static str,
-        err: SdkError<E, R>,
-    ) -> Self
-    where
-        E: ProvideErrorMetadata + StdError + 'static,
-        R: fmt::Debug + 'static,
-    {
-        let (kind, code, message) = match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                (AwsErrorKind::Unreachable, None, chain(&err))
-            }
-            SdkError::ServiceError(service_err) => {
-                let inner = service_err.err();
-                let code = inner.code().map(str::to_owned);
-                let kind = match code.as_deref() {
-                    Some(c) if THROTTLING_CODES.contains(&c) => AwsErrorKind::Throttled,
-                    _ => AwsErrorKind::Service,
-                };
-                let message = inner
-                    .message()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| chain(inner));
-                (kind, code, message)
-            }
-            _ => (
-                AwsErrorKind::Other,
-                err.code().map(str::to_owned),
-                chain(&err),
-            ),
-        };
-        Self {
-            service,
-            operation,
-            kind,
-            code,
-            message,
+/// The edge error of a failed SDK call: unreachable on a dispatch failure or timeout, throttled on
+/// one of AWS's throttling codes, the service's answer with its code, a request that could not be
+/// built, or a response that could not be read.
+pub fn sdk_error<E, R>(
+    service: &'static str,
+    operation: &'static str,
+    err: SdkError<E, R>,
+) -> EdgeError
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+    R: fmt::Debug + 'static,
+{
+    let (kind, code, message) = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            (EdgeErrorKind::Unreachable, None, chain(&err))
         }
-    }
-
-    /// A failure on our side of a call (a request that could not be built, an answer that
-    /// could not be read): kind `Other`, no service code.
-    pub fn local(
-        service: &'static str,
-        operation: &'static str,
-        message: impl fmt::Display,
-    ) -> Self {
-        Self {
-            service,
-            operation,
-            kind: AwsErrorKind::Other,
-            code: None,
-            message: message.to_string(),
+        SdkError::ServiceError(service_err) => {
+            let inner = service_err.err();
+            let code = inner.code().map(str::to_owned);
+            let kind = match code.as_deref() {
+                Some(c) if THROTTLING_CODES.contains(&c) => EdgeErrorKind::Throttled,
+                _ => EdgeErrorKind::Service,
+            };
+            let message = inner
+                .message()
+                .map(str::to_owned)
+                .unwrap_or_else(|| chain(inner));
+            (kind, code, message)
         }
-    }
-
-    pub fn is_code(&self, code: &str) -> bool {
-        self.code.as_deref() == Some(code)
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            AwsErrorKind::Throttled | AwsErrorKind::Unreachable
-        )
+        SdkError::ConstructionFailure(_) => (EdgeErrorKind::Request, None, chain(&err)),
+        // A response that could not be read, and whatever later SDK versions add.
+        _ => (
+            EdgeErrorKind::Unreadable,
+            err.code().map(str::to_owned),
+            chain(&err),
+        ),
+    };
+    EdgeError {
+        service,
+        operation,
+        kind,
+        code,
+        message,
     }
 }
 
@@ -282,7 +218,7 @@ fn chain(err: &(dyn StdError + 'static)) -> String {
 
 /// `.aws("s3", "PutObject")?` at the edges.
 pub trait AwsResultExt<T> {
-    fn aws(self, service: &'static str, operation: &'static str) -> Result<T, AwsError>;
+    fn aws(self, service: &'static str, operation: &'static str) -> Result<T, EdgeError>;
 }
 
 impl<T, E, R> AwsResultExt<T> for Result<T, SdkError<E, R>>
@@ -290,8 +226,8 @@ where
     E: ProvideErrorMetadata + StdError + 'static,
     R: fmt::Debug + 'static,
 {
-    fn aws(self, service: &'static str, operation: &'static str) -> Result<T, AwsError> {
-        self.map_err(|e| AwsError::from_sdk(service, operation, e))
+    fn aws(self, service: &'static str, operation: &'static str) -> Result<T, EdgeError> {
+        self.map_err(|e| sdk_error(service, operation, e))
     }
 }
 
@@ -330,22 +266,5 @@ mod tests {
         // endpoint the factory must not call anything.
         let f = factory(Some("http://127.0.0.1:9"));
         assert!(f.timestream_write().await.is_ok());
-    }
-
-    #[test]
-    fn display_names_service_operation_and_code() {
-        let err = AwsError {
-            service: "dynamodb",
-            operation: "PutItem",
-            kind: AwsErrorKind::Service,
-            code: Some("ResourceNotFoundException".into()),
-            message: "Requested resource not found".into(),
-        };
-        assert_eq!(
-            err.to_string(),
-            "dynamodb PutItem failed (ResourceNotFoundException): Requested resource not found"
-        );
-        assert!(err.is_code("ResourceNotFoundException"));
-        assert!(!err.is_retryable());
     }
 }

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::Value;
 
-use crate::client::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
+use crate::client::{AwsResultExt, EdgeError, condition_held, created_unless_in_use};
 use crate::config::TableName;
 use shoal_core::presence::{
     LifecycleEvent, OFFLINE_SHARDS, PresenceEvent, REORDER_WINDOW_MS, Recorded, offline_shard,
@@ -119,8 +119,8 @@ pub struct OfflineDevice {
     pub disconnect_reason: Option<String>,
 }
 
-fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError::local("dynamodb", operation, e)
+fn build_error(operation: &'static str, e: impl std::fmt::Display) -> EdgeError {
+    EdgeError::request("dynamodb", operation, e)
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +140,7 @@ impl DeviceTable {
 
     /// Creates the table and its offline index unless it exists. On AWS the table comes from
     /// infra/template.yaml; locally `shoal init-local` and the tests call this.
-    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+    pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         use crate::dynamo::{attribute, key};
         let offline = GlobalSecondaryIndex::builder()
             .index_name(OFFLINE_INDEX)
@@ -194,7 +194,7 @@ impl DeviceTable {
         thing: &str,
         certificate_id: &str,
         now_ms: u64,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         self.set_certificate(thing, certificate_id, now_ms)
             .send()
             .await
@@ -222,7 +222,7 @@ impl DeviceTable {
     ///
     /// # Errors
     /// The write failed.
-    pub async fn retire(&self, thing: &str, now_ms: u64) -> Result<(), AwsError> {
+    pub async fn retire(&self, thing: &str, now_ms: u64) -> Result<(), EdgeError> {
         self.update(thing, DEVICE_RECORD)
             .update_expression(
                 "SET #online = :false, retired_at = if_not_exists(retired_at, :now) \
@@ -248,7 +248,7 @@ impl DeviceTable {
         thing: &str,
         certificate_id: &str,
         now_ms: u64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         condition_held(
             self.set_certificate(thing, certificate_id, now_ms)
                 .condition_expression("attribute_not_exists(certificate_id)")
@@ -271,7 +271,7 @@ impl DeviceTable {
         thing: &str,
         event: &LifecycleEvent,
         now_ms: u64,
-    ) -> Result<Recorded, AwsError> {
+    ) -> Result<Recorded, EdgeError> {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
         let Some(principal) = event.principal_identifier.as_deref() else {
@@ -366,7 +366,7 @@ impl DeviceTable {
         version: u64,
         facts: &ReportedFacts,
         now_ms: u64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let mut set = vec!["#sv = :v", "facts_updated_at = :now"];
         let mut update = self
             .update(shadow.thing.as_str(), DEVICE_RECORD)
@@ -394,7 +394,7 @@ impl DeviceTable {
         version: u64,
         report: &OtaReport,
         now_ms: u64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let status =
             serde_json::to_value(report.status).map_err(|e| build_error("UpdateItem", e))?;
         let mut set = vec![
@@ -455,7 +455,7 @@ impl DeviceTable {
     /// What the registry knows of each of `things` for a rollout: presence, running version
     /// (the later of the reported firmware and the OTA report's running version) and the last
     /// OTA report. A thing without an item is unknown on every count.
-    pub async fn fleet(&self, things: &[String]) -> Result<Vec<FleetDevice>, AwsError> {
+    pub async fn fleet(&self, things: &[String]) -> Result<Vec<FleetDevice>, EdgeError> {
         let keys = things
             .iter()
             .map(|t| {
@@ -491,7 +491,7 @@ impl DeviceTable {
         version: u64,
         conflicts: &[Conflict],
         now_ms: u64,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         for conflict in conflicts {
             let record = format!(
                 "conflict#{}#{version:020}#{}",
@@ -516,7 +516,7 @@ impl DeviceTable {
     }
 
     /// Devices offline since before `cutoff_ms` and not alerted on yet, across every shard.
-    pub async fn offline_before(&self, cutoff_ms: u64) -> Result<Vec<OfflineDevice>, AwsError> {
+    pub async fn offline_before(&self, cutoff_ms: u64) -> Result<Vec<OfflineDevice>, EdgeError> {
         let mut out = Vec::new();
         for shard in 0..OFFLINE_SHARDS {
             let mut pages = self
@@ -559,7 +559,7 @@ impl DeviceTable {
         thing: &str,
         offline_since_ms: u64,
         now_ms: u64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let update = self
             .update(thing, DEVICE_RECORD)
             .condition_expression("offline_since = :since")
@@ -570,7 +570,7 @@ impl DeviceTable {
     }
 
     /// An item as JSON (`record` is `device` or a conflict key), read consistently.
-    pub async fn get(&self, thing: &str, record: &str) -> Result<Option<Value>, AwsError> {
+    pub async fn get(&self, thing: &str, record: &str) -> Result<Option<Value>, EdgeError> {
         let got = self
             .client
             .get_item()
@@ -591,7 +591,7 @@ impl DeviceTable {
     }
 
     /// Every conflict item of a thing, oldest version first.
-    pub async fn conflicts(&self, thing: &str) -> Result<Vec<Value>, AwsError> {
+    pub async fn conflicts(&self, thing: &str) -> Result<Vec<Value>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,
             self.table.as_str(),

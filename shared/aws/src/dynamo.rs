@@ -10,15 +10,40 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 
-use crate::client::{AwsError, AwsErrorKind, AwsResultExt};
+use crate::client::{AwsResultExt, EdgeError, EdgeErrorKind};
 
 pub type Item = HashMap<String, AttributeValue>;
 
-fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> AwsError {
-    AwsError::local("dynamodb", "CreateTable", e)
+/// Why a stored item is not the record its table holds: a corrupt or foreign row. Reading one
+/// is an [`EdgeErrorKind::Unreadable`] answer, never retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    /// A required attribute is absent (or not of its DynamoDB type).
+    #[error("item has no {0}")]
+    Missing(&'static str),
+    /// An attribute of the wrong DynamoDB type, or whose value does not parse.
+    #[error("item attribute {attribute}: {reason}")]
+    Invalid {
+        attribute: &'static str,
+        reason: String,
+    },
 }
 
-pub fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefinition, AwsError> {
+impl ItemError {
+    /// `map_err(ItemError::invalid("size"))`: the attribute's value did not parse.
+    pub fn invalid<E: std::fmt::Display>(attribute: &'static str) -> impl Fn(E) -> Self {
+        move |e| Self::Invalid {
+            attribute,
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> EdgeError {
+    EdgeError::request("dynamodb", "CreateTable", e)
+}
+
+pub fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefinition, EdgeError> {
     AttributeDefinition::builder()
         .attribute_name(name)
         .attribute_type(kind)
@@ -26,7 +51,7 @@ pub fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefin
         .map_err(build_error)
 }
 
-pub fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, AwsError> {
+pub fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, EdgeError> {
     KeySchemaElement::builder()
         .attribute_name(name)
         .key_type(kind)
@@ -41,7 +66,7 @@ pub fn create_table(
     table: &str,
     partition: &str,
     sort: Option<&str>,
-) -> Result<CreateTableFluentBuilder, AwsError> {
+) -> Result<CreateTableFluentBuilder, EdgeError> {
     let mut request = client
         .create_table()
         .table_name(table)
@@ -63,7 +88,7 @@ pub async fn query_prefix(
     table: &str,
     (partition, value): (&str, &str),
     (sort, prefix): (&str, &str),
-) -> Result<Vec<Item>, AwsError> {
+) -> Result<Vec<Item>, EdgeError> {
     let mut pages = client
         .query()
         .table_name(table)
@@ -94,7 +119,7 @@ pub async fn batch_get(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     keys: Vec<Item>,
-) -> Result<Vec<Item>, AwsError> {
+) -> Result<Vec<Item>, EdgeError> {
     let mut found = Vec::with_capacity(keys.len());
     let mut keys = keys.into_iter().peekable();
     while keys.peek().is_some() {
@@ -109,7 +134,7 @@ pub async fn batch_get(
                 .set_keys(Some(std::mem::take(&mut pending)))
                 .consistent_read(true)
                 .build()
-                .map_err(|e| AwsError::local("dynamodb", "BatchGetItem", e))?;
+                .map_err(|e| EdgeError::request("dynamodb", "BatchGetItem", e))?;
             let got = client
                 .batch_get_item()
                 .request_items(table, request)
@@ -135,8 +160,8 @@ pub async fn batch_get(
 pub(crate) async fn until_processed<T>(
     operation: &'static str,
     mut pending: Vec<T>,
-    mut call: impl AsyncFnMut(Vec<T>) -> Result<Vec<T>, AwsError>,
-) -> Result<(), AwsError> {
+    mut call: impl AsyncFnMut(Vec<T>) -> Result<Vec<T>, EdgeError>,
+) -> Result<(), EdgeError> {
     for round in 0..UNPROCESSED_ROUNDS {
         if pending.is_empty() {
             return Ok(());
@@ -157,11 +182,11 @@ async fn backoff(round: u32) {
     }
 }
 
-fn unprocessed(operation: &'static str, left: usize) -> AwsError {
-    AwsError {
+fn unprocessed(operation: &'static str, left: usize) -> EdgeError {
+    EdgeError {
         service: "dynamodb",
         operation,
-        kind: AwsErrorKind::Throttled,
+        kind: EdgeErrorKind::Throttled,
         code: Some("UnprocessedItems".into()),
         message: format!("{left} items still unprocessed after {UNPROCESSED_ROUNDS} rounds"),
     }

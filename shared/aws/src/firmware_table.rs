@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::client::{AwsError, AwsResultExt, condition_held, created_unless_in_use};
+use crate::client::{AwsResultExt, EdgeError, condition_held, created_unless_in_use};
 use crate::config::TableName;
+use crate::dynamo::ItemError;
 use shoal_core::rollout::FirmwareVersion;
 use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 
@@ -52,21 +53,32 @@ fn to_item(image: &FirmwareImage) -> Item {
     item
 }
 
-fn from_item(item: &Item) -> Result<FirmwareImage, String> {
-    let text = |k: &str| match item.get(k) {
+fn from_item(item: &Item) -> Result<FirmwareImage, ItemError> {
+    let text = |k: &'static str| match item.get(k) {
         Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(format!("firmware item has no string {k}")),
+        _ => Err(ItemError::Missing(k)),
     };
-    let number = |k: &str| match item.get(k) {
-        Some(AttributeValue::N(v)) => v.parse::<u64>().map_err(|e| format!("{k}: {e}")),
-        _ => Err(format!("firmware item has no number {k}")),
+    let number = |k: &'static str| match item.get(k) {
+        Some(AttributeValue::N(v)) => v.parse::<u64>().map_err(ItemError::invalid(k)),
+        _ => Err(ItemError::Missing(k)),
     };
+    let parsed = |k: &'static str, text: String| text.parse().map_err(ItemError::invalid(k));
     Ok(FirmwareImage {
-        model: text("model")?.parse()?,
-        hardware: text("hardware")?.parse()?,
+        model: text("model")?
+            .parse()
+            .map_err(ItemError::invalid("model"))?,
+        hardware: text("hardware")?
+            .parse()
+            .map_err(ItemError::invalid("hardware"))?,
         // Items written before `version_text` keyed the full text.
-        version: text("version_text").or_else(|_| text("version"))?.parse()?,
-        min_version: text("min_version").ok().map(|v| v.parse()).transpose()?,
+        version: parsed(
+            "version",
+            text("version_text").or_else(|_| text("version"))?,
+        )?,
+        min_version: text("min_version")
+            .ok()
+            .map(|v| parsed("min_version", v))
+            .transpose()?,
         size: number("size")?,
         sha256: text("sha256")?,
         signature: text("signature")?,
@@ -93,7 +105,7 @@ impl FirmwareTable {
     }
 
     /// Creates the table unless it exists (locally; on AWS it comes from the template).
-    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+    pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         let created = crate::dynamo::create_table(
             &self.client,
             self.table.as_str(),
@@ -111,7 +123,7 @@ impl FirmwareTable {
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> Result<Vec<FirmwareImage>, AwsError> {
+    ) -> Result<Vec<FirmwareImage>, EdgeError> {
         let mut pages = self
             .client
             .query()
@@ -125,7 +137,8 @@ impl FirmwareTable {
         let mut images = Vec::new();
         while let Some(item) = pages.next().await {
             let item = item.aws("dynamodb", "Query")?;
-            images.push(from_item(&item).map_err(|m| AwsError::local("dynamodb", "Query", m))?);
+            images
+                .push(from_item(&item).map_err(|m| EdgeError::unreadable("dynamodb", "Query", m))?);
         }
         images.sort_by(|a, b| a.version.cmp(&b.version));
         Ok(images)
@@ -136,13 +149,13 @@ impl FirmwareTable {
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> Result<Option<FirmwareVersion>, AwsError> {
+    ) -> Result<Option<FirmwareVersion>, EdgeError> {
         Ok(self.images(model, hardware).await?.pop().map(|i| i.version))
     }
 
     /// Records a new image. `Ok(false)`: a version of the same precedence (this one or another
     /// build of it) is already published (images are immutable).
-    pub async fn insert(&self, image: &FirmwareImage) -> Result<bool, AwsError> {
+    pub async fn insert(&self, image: &FirmwareImage) -> Result<bool, EdgeError> {
         let put = self
             .client
             .put_item()

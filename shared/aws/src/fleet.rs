@@ -2,7 +2,7 @@
 //! attributes (set at provisioning from the manifest) match. The registry, not the device's own
 //! report, is the authority on what hardware a device is.
 
-use crate::client::{AwsError, AwsResultExt};
+use crate::client::{AwsResultExt, EdgeError};
 use shoal_core::rollout::image::{DeviceModel, HardwareRevision};
 
 pub const MODEL_ATTRIBUTE: &str = "model";
@@ -14,7 +14,7 @@ pub async fn things_of(
     iot: &aws_sdk_iot::Client,
     model: &DeviceModel,
     hardware: &HardwareRevision,
-) -> Result<Vec<String>, AwsError> {
+) -> Result<Vec<String>, EdgeError> {
     let mut pages = iot
         .list_things()
         .attribute_name(MODEL_ATTRIBUTE)

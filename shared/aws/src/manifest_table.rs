@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::client::{AwsError, AwsErrorKind, AwsResultExt, condition_held, created_unless_in_use};
+use crate::client::{AwsResultExt, EdgeError, condition_held, created_unless_in_use};
 use crate::config::TableName;
+use crate::dynamo::ItemError;
 use shoal_core::ids::ThingName;
 use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Serial};
 
@@ -57,22 +58,23 @@ pub fn to_item(entry: &ManifestEntry) -> Item {
 }
 
 /// The entry an item holds; an item that does not parse is an error naming the field.
-pub fn from_item(item: &Item) -> Result<ManifestEntry, String> {
-    let text = |key: &str| -> Result<Option<String>, String> {
+///
+/// # Errors
+/// [`ItemError`] naming the attribute that is missing, of the wrong type or does not parse.
+pub fn from_item(item: &Item) -> Result<ManifestEntry, ItemError> {
+    let text = |key: &'static str| -> Result<Option<String>, ItemError> {
         match item.get(key) {
             None => Ok(None),
             Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
-            Some(_) => Err(format!("manifest field {key} is not a string")),
+            Some(_) => Err(ItemError::invalid(key)("not a string")),
         }
     };
-    let required = |key: &str| text(key)?.ok_or_else(|| format!("manifest item has no {key}"));
-    let number = |key: &str| -> Result<i64, String> {
+    let required = |key: &'static str| text(key)?.ok_or(ItemError::Missing(key));
+    let number = |key: &'static str| -> Result<i64, ItemError> {
         match item.get(key) {
-            Some(AttributeValue::N(v)) => {
-                v.parse().map_err(|e| format!("manifest field {key}: {e}"))
-            }
+            Some(AttributeValue::N(v)) => v.parse().map_err(ItemError::invalid(key)),
             None => Ok(0),
-            Some(_) => Err(format!("manifest field {key} is not a number")),
+            Some(_) => Err(ItemError::invalid(key)("not a number")),
         }
     };
     let attributes = match item.get("attributes") {
@@ -81,24 +83,28 @@ pub fn from_item(item: &Item) -> Result<ManifestEntry, String> {
             .iter()
             .map(|(k, v)| match v {
                 AttributeValue::S(v) => Ok((k.clone(), v.clone())),
-                _ => Err(format!("manifest attribute {k} is not a string")),
+                _ => Err(ItemError::invalid("attributes")(format!(
+                    "attribute {k} is not a string"
+                ))),
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err("manifest field attributes is not a map".into()),
+        Some(_) => return Err(ItemError::invalid("attributes")("not a map")),
     };
     Ok(ManifestEntry {
-        serial: Serial::parse(&required("serial")?)?,
+        serial: Serial::parse(&required("serial")?).map_err(ItemError::invalid("serial"))?,
         model: required("model")?,
         batch: required("batch")?,
-        status: required("status")?.parse()?,
+        status: required("status")?
+            .parse()
+            .map_err(ItemError::invalid("status"))?,
         certificate_id: text("certificate_id")?,
         thing_name: text("thing_name")?
-            .map(|t| ThingName::parse(&t).map_err(|e| e.to_string()))
+            .map(|t| ThingName::parse(&t).map_err(ItemError::invalid("thing_name")))
             .transpose()?,
         thing_group: text("thing_group")?,
         attributes,
         proof: text("proof")?
-            .map(|p| p.parse().map_err(|e| format!("manifest field proof: {e}")))
+            .map(|p| p.parse().map_err(ItemError::invalid("proof")))
             .transpose()?,
         created_at_ms: number("created_at")?,
         updated_at_ms: number("updated_at")?,
@@ -123,7 +129,7 @@ impl ManifestTable {
 
     /// Creates the table (on-demand, keyed by serial) unless it exists. On AWS the table comes
     /// from infra/template.yaml; locally `shoal init-local` and the tests call this.
-    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+    pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         let created =
             crate::dynamo::create_table(&self.client, self.table.as_str(), "serial", None)?
                 .send()
@@ -133,7 +139,7 @@ impl ManifestTable {
     }
 
     /// The serial's raw item, read consistently (a claim just made must be seen).
-    async fn item(&self, serial: &Serial) -> Result<Option<Item>, AwsError> {
+    async fn item(&self, serial: &Serial) -> Result<Option<Item>, EdgeError> {
         let got = self
             .client
             .get_item()
@@ -147,23 +153,17 @@ impl ManifestTable {
     }
 
     /// The serial's entry, read consistently.
-    pub async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, AwsError> {
+    pub async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, EdgeError> {
         self.item(serial)
             .await?
             .as_ref()
             .map(from_item)
             .transpose()
-            .map_err(|message| AwsError {
-                service: "dynamodb",
-                operation: "GetItem",
-                kind: AwsErrorKind::Other,
-                code: Some("MalformedManifestItem".into()),
-                message,
-            })
+            .map_err(|e| EdgeError::unreadable("dynamodb", "GetItem", e))
     }
 
     /// Writes `entry` unless its serial is already in the table. `Ok(false)`: it was.
-    pub async fn insert(&self, entry: &ManifestEntry) -> Result<bool, AwsError> {
+    pub async fn insert(&self, entry: &ManifestEntry) -> Result<bool, EdgeError> {
         let put = self
             .client
             .put_item()
@@ -186,7 +186,7 @@ impl ManifestTable {
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let updated = self
             .client
             .update_item()
@@ -218,7 +218,7 @@ impl ManifestTable {
     /// same write. `Ok(false)`: the condition failed.
     ///
     /// # Errors
-    /// [`AwsError`] when DynamoDB cannot be reached or refuses the request.
+    /// [`EdgeError`] when DynamoDB cannot be reached or refuses the request.
     pub async fn take_over(
         &self,
         serial: &Serial,
@@ -227,7 +227,7 @@ impl ManifestTable {
         thing: &ThingName,
         unchanged_since_ms: i64,
         now_ms: i64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let record = AttributeValue::M(HashMap::from([
             ("at".to_owned(), n(now_ms)),
             ("action".to_owned(), s("claim_taken_over")),
@@ -286,7 +286,7 @@ impl ManifestTable {
     pub async fn existing(
         &self,
         serials: &[Serial],
-    ) -> Result<Vec<(Serial, DeviceStatus)>, AwsError> {
+    ) -> Result<Vec<(Serial, DeviceStatus)>, EdgeError> {
         let mut found = Vec::new();
         for chunk in serials.chunks(crate::dynamo::MAX_BATCH_GET) {
             let keys: Vec<Item> = chunk
@@ -294,7 +294,8 @@ impl ManifestTable {
                 .map(|serial| Item::from([("serial".to_owned(), s(serial.as_str()))]))
                 .collect();
             for item in crate::dynamo::batch_get(&self.client, self.table.as_str(), keys).await? {
-                let entry = from_item(&item).map_err(|m| build_error("BatchGetItem", m))?;
+                let entry = from_item(&item)
+                    .map_err(|e| EdgeError::unreadable("dynamodb", "BatchGetItem", e))?;
                 found.push((entry.serial, entry.status));
             }
         }
@@ -307,7 +308,7 @@ impl ManifestTable {
         &self,
         entries: &[ManifestEntry],
         mut progress: impl FnMut(usize),
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
         for chunk in entries.chunks(MAX_BATCH_WRITE) {
             let requests = chunk
@@ -351,7 +352,7 @@ impl ManifestTable {
         serial: &Serial,
         record: AuditRecord<'_>,
         status: Option<DeviceStatus>,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         let mut fields = HashMap::from([
             ("at".to_owned(), n(record.at_ms)),
             ("action".to_owned(), s(record.action)),
@@ -394,7 +395,7 @@ impl ManifestTable {
         certificate_id: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let record = HashMap::from([
             ("at".to_owned(), n(now_ms)),
             ("action".to_owned(), s("reset")),
@@ -424,7 +425,7 @@ impl ManifestTable {
     }
 
     /// The audit records of `serial`, oldest first, as (action, reason) pairs.
-    pub async fn audit(&self, serial: &Serial) -> Result<Vec<(String, String)>, AwsError> {
+    pub async fn audit(&self, serial: &Serial) -> Result<Vec<(String, String)>, EdgeError> {
         let item = self.item(serial).await?;
         let text = |m: &HashMap<String, AttributeValue>, k: &str| match m.get(k) {
             Some(AttributeValue::S(v)) => v.clone(),
@@ -443,8 +444,8 @@ impl ManifestTable {
     }
 }
 
-fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError::local("dynamodb", operation, e)
+fn build_error(operation: &'static str, e: impl std::fmt::Display) -> EdgeError {
+    EdgeError::request("dynamodb", operation, e)
 }
 
 #[cfg(test)]
@@ -488,18 +489,29 @@ mod tests {
     fn malformed_items_name_the_field() {
         let mut item = to_item(&entry());
         item.insert("status".into(), s("active"));
+        let status = from_item(&item).unwrap_err();
         assert_eq!(
-            from_item(&item),
-            Err("unknown device status \"active\"".into())
+            status,
+            ItemError::Invalid {
+                attribute: "status",
+                reason: "unknown device status \"active\"".into()
+            }
+        );
+        assert_eq!(
+            status.to_string(),
+            "item attribute status: unknown device status \"active\""
         );
         let mut item = to_item(&entry());
         item.remove("model");
-        assert_eq!(from_item(&item), Err("manifest item has no model".into()));
+        assert_eq!(from_item(&item), Err(ItemError::Missing("model")));
         let mut item = to_item(&entry());
         item.insert("updated_at".into(), s("yesterday"));
         assert_eq!(
             from_item(&item),
-            Err("manifest field updated_at is not a number".into())
+            Err(ItemError::Invalid {
+                attribute: "updated_at",
+                reason: "not a number".into()
+            })
         );
     }
 }

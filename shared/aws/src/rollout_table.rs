@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
-use crate::client::{AwsError, AwsResultExt, created_unless_in_use};
+use crate::client::{AwsResultExt, EdgeError, created_unless_in_use};
 use crate::config::TableName;
 use shoal_core::rollout::advance::DeviceRecord;
 use shoal_core::rollout::state::{Rollout, Transition};
@@ -29,10 +29,10 @@ fn s(value: impl Into<String>) -> AttributeValue {
 fn json<T: serde::Serialize>(
     operation: &'static str,
     value: &T,
-) -> Result<AttributeValue, AwsError> {
+) -> Result<AttributeValue, EdgeError> {
     serde_json::to_string(value)
         .map(s)
-        .map_err(|e| AwsError::local("dynamodb", operation, e))
+        .map_err(|e| EdgeError::request("dynamodb", operation, e))
 }
 
 fn status_text(rollout: &Rollout) -> String {
@@ -42,7 +42,7 @@ fn status_text(rollout: &Rollout) -> String {
         .unwrap_or_default()
 }
 
-fn state_item(rollout: &Rollout) -> Result<Item, AwsError> {
+fn state_item(rollout: &Rollout) -> Result<Item, EdgeError> {
     Ok(Item::from([
         ("rollout_id".into(), s(rollout.id.as_str())),
         ("record".into(), s(ROLLOUT_RECORD)),
@@ -55,7 +55,7 @@ fn state_item(rollout: &Rollout) -> Result<Item, AwsError> {
     ]))
 }
 
-fn audit_item(rollout_id: &str, transition: &Transition) -> Result<Item, AwsError> {
+fn audit_item(rollout_id: &str, transition: &Transition) -> Result<Item, EdgeError> {
     Ok(Item::from([
         ("rollout_id".into(), s(rollout_id)),
         (
@@ -66,8 +66,8 @@ fn audit_item(rollout_id: &str, transition: &Transition) -> Result<Item, AwsErro
     ]))
 }
 
-fn build(operation: &'static str) -> impl Fn(aws_sdk_dynamodb::error::BuildError) -> AwsError {
-    move |e| AwsError::local("dynamodb", operation, e)
+fn build(operation: &'static str) -> impl Fn(aws_sdk_dynamodb::error::BuildError) -> EdgeError {
+    move |e| EdgeError::request("dynamodb", operation, e)
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ impl RolloutTable {
         Self { client, table }
     }
 
-    pub async fn ensure_exists(&self) -> Result<(), AwsError> {
+    pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         let created = crate::dynamo::create_table(
             &self.client,
             self.table.as_str(),
@@ -95,7 +95,7 @@ impl RolloutTable {
     }
 
     /// Records a new rollout and lists it for the advancer. `Ok(false)`: the id is taken.
-    pub async fn create(&self, rollout: &Rollout) -> Result<bool, AwsError> {
+    pub async fn create(&self, rollout: &Rollout) -> Result<bool, EdgeError> {
         let state = Put::builder()
             .table_name(self.table.as_str())
             .set_item(Some(state_item(rollout)?))
@@ -112,7 +112,7 @@ impl RolloutTable {
     }
 
     /// Every rollout id, in id order.
-    pub async fn ids(&self) -> Result<Vec<String>, AwsError> {
+    pub async fn ids(&self) -> Result<Vec<String>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,
             self.table.as_str(),
@@ -136,7 +136,7 @@ impl RolloutTable {
         &self,
         rollout_id: &str,
         record: &DeviceRecord,
-    ) -> Result<(), AwsError> {
+    ) -> Result<(), EdgeError> {
         self.client
             .put_item()
             .table_name(self.table.as_str())
@@ -150,7 +150,7 @@ impl RolloutTable {
     }
 
     /// Every device the rollout targeted.
-    pub async fn devices(&self, rollout_id: &str) -> Result<Vec<DeviceRecord>, AwsError> {
+    pub async fn devices(&self, rollout_id: &str) -> Result<Vec<DeviceRecord>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,
             self.table.as_str(),
@@ -162,9 +162,9 @@ impl RolloutTable {
             .iter()
             .map(|item| match item.get("device") {
                 Some(AttributeValue::S(text)) => serde_json::from_str(text).map_err(|e| {
-                    AwsError::local("dynamodb", "Query", format!("{rollout_id}: {e}"))
+                    EdgeError::unreadable("dynamodb", "Query", format!("{rollout_id}: {e}"))
                 }),
-                _ => Err(AwsError::local(
+                _ => Err(EdgeError::unreadable(
                     "dynamodb",
                     "Query",
                     format!("{rollout_id}: a device record without its device"),
@@ -174,7 +174,7 @@ impl RolloutTable {
     }
 
     /// The rollout, read consistently.
-    pub async fn get(&self, id: &str) -> Result<Option<Rollout>, AwsError> {
+    pub async fn get(&self, id: &str) -> Result<Option<Rollout>, EdgeError> {
         let got = self
             .client
             .get_item()
@@ -190,9 +190,9 @@ impl RolloutTable {
             .and_then(|item| item.get("state"))
             .map(|state| match state {
                 AttributeValue::S(text) => serde_json::from_str(text).map_err(|e| {
-                    AwsError::local("dynamodb", "GetItem", format!("rollout {id}: {e}"))
+                    EdgeError::unreadable("dynamodb", "GetItem", format!("rollout {id}: {e}"))
                 }),
-                _ => Err(AwsError::local(
+                _ => Err(EdgeError::unreadable(
                     "dynamodb",
                     "GetItem",
                     format!("rollout {id}: no state"),
@@ -208,7 +208,7 @@ impl RolloutTable {
         previous: &Rollout,
         next: &Rollout,
         transition: &Transition,
-    ) -> Result<bool, AwsError> {
+    ) -> Result<bool, EdgeError> {
         let state = Put::builder()
             .table_name(self.table.as_str())
             .set_item(Some(state_item(next)?))
@@ -226,7 +226,7 @@ impl RolloutTable {
     }
 
     /// Both puts or neither. `Ok(false)`: a condition failed.
-    async fn transact(&self, puts: Vec<Put>) -> Result<bool, AwsError> {
+    async fn transact(&self, puts: Vec<Put>) -> Result<bool, EdgeError> {
         let items = puts
             .into_iter()
             .map(|put| TransactWriteItem::builder().put(put).build())
@@ -246,7 +246,7 @@ impl RolloutTable {
     }
 
     /// The audit log, oldest first.
-    pub async fn audit(&self, id: &str) -> Result<Vec<Transition>, AwsError> {
+    pub async fn audit(&self, id: &str) -> Result<Vec<Transition>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,
             self.table.as_str(),
@@ -259,7 +259,7 @@ impl RolloutTable {
             if let Some(AttributeValue::S(text)) = item.get("transition") {
                 out.push(
                     serde_json::from_str(text)
-                        .map_err(|e| AwsError::local("dynamodb", "Query", e))?,
+                        .map_err(|e| EdgeError::unreadable("dynamodb", "Query", e))?,
                 );
             }
         }

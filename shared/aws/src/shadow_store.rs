@@ -6,7 +6,7 @@
 use aws_smithy_types::Blob;
 use thiserror::Error;
 
-use crate::client::{AwsError, AwsResultExt};
+use crate::client::{AwsResultExt, EdgeError, Retryable};
 use shoal_core::shadow::{ShadowDocument, ShadowLimitError, ShadowRef, ShadowUpdate, check_update};
 
 /// The shadow calls, as a trait so the logic above them is testable without AWS.
@@ -15,13 +15,13 @@ pub trait ShadowStore: Sync {
     fn get(
         &self,
         shadow: &ShadowRef,
-    ) -> impl Future<Output = Result<Option<ShadowDocument>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Option<ShadowDocument>, EdgeError>> + Send;
     /// `Ok(None)` when the service refused the update's `version` (409): someone wrote first.
     fn update(
         &self,
         shadow: &ShadowRef,
         update: &ShadowUpdate,
-    ) -> impl Future<Output = Result<Option<u64>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Option<u64>, EdgeError>> + Send;
 }
 
 /// AWS IoT's data plane.
@@ -36,8 +36,8 @@ impl IotShadowStore {
     }
 }
 
-fn malformed(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError::local(
+fn malformed(operation: &'static str, e: impl std::fmt::Display) -> EdgeError {
+    EdgeError::unreadable(
         "iot-data",
         operation,
         format!("unreadable shadow document: {e}"),
@@ -45,7 +45,7 @@ fn malformed(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
 }
 
 impl ShadowStore for IotShadowStore {
-    async fn get(&self, shadow: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+    async fn get(&self, shadow: &ShadowRef) -> Result<Option<ShadowDocument>, EdgeError> {
         let answer = self
             .client
             .get_thing_shadow()
@@ -70,7 +70,7 @@ impl ShadowStore for IotShadowStore {
         &self,
         shadow: &ShadowRef,
         update: &ShadowUpdate,
-    ) -> Result<Option<u64>, AwsError> {
+    ) -> Result<Option<u64>, EdgeError> {
         let body = serde_json::to_vec(update).map_err(|e| malformed("UpdateThingShadow", e))?;
         let answer = self
             .client
@@ -112,7 +112,19 @@ pub enum WriteError {
     #[error("{shadow}: {attempts} attempts all lost the version race (409); giving up")]
     Contended { shadow: String, attempts: u32 },
     #[error("{shadow}: {source}")]
-    Aws { shadow: String, source: AwsError },
+    Edge { shadow: String, source: EdgeError },
+}
+
+impl Retryable for WriteError {
+    /// A shadow call throttled or unreachable, or every attempt lost to a faster writer: a later
+    /// write may land. An update over a shadow limit never will.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Limit { .. } => false,
+            Self::Contended { .. } => true,
+            Self::Edge { source, .. } => source.is_retryable(),
+        }
+    }
 }
 
 /// Writes the update `compute` derives from the shadow as it is (`None`: no shadow yet), with
@@ -126,7 +138,7 @@ pub async fn write_optimistic<S: ShadowStore>(
     max_attempts: u32,
     mut compute: impl FnMut(Option<&ShadowDocument>) -> Option<ShadowUpdate>,
 ) -> Result<WriteOutcome, WriteError> {
-    let aws = |source| WriteError::Aws {
+    let aws = |source| WriteError::Edge {
         shadow: shadow.to_string(),
         source,
     };
@@ -174,10 +186,10 @@ mod tests {
     }
 
     impl ShadowStore for RacyStore {
-        async fn get(&self, _: &ShadowRef) -> Result<Option<ShadowDocument>, AwsError> {
+        async fn get(&self, _: &ShadowRef) -> Result<Option<ShadowDocument>, EdgeError> {
             Ok(Some(self.doc.lock().unwrap().clone()))
         }
-        async fn update(&self, _: &ShadowRef, u: &ShadowUpdate) -> Result<Option<u64>, AwsError> {
+        async fn update(&self, _: &ShadowRef, u: &ShadowUpdate) -> Result<Option<u64>, EdgeError> {
             *self.updates.lock().unwrap() += 1;
             let mut doc = self.doc.lock().unwrap();
             let mut interference = self.interference.lock().unwrap();

@@ -9,6 +9,7 @@
 pub use shoal_wire::ids;
 
 pub mod clock;
+pub mod edge;
 pub mod lists;
 pub mod presence;
 pub mod provisioning;

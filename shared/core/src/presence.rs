@@ -89,32 +89,57 @@ pub fn supersedes(event: &LifecycleEvent, recorded: Option<(u64, u128)>) -> bool
         && recorded_order < event.order()
 }
 
+/// Why a lifecycle event names no device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    /// Neither `thingName` nor the client id is a thing name.
+    #[error("client {client_id:?} names no thing: {source}")]
+    NoThing {
+        client_id: String,
+        source: crate::ids::IdError,
+    },
+    /// The event carries no `principalIdentifier`.
+    #[error("the event has no principalIdentifier")]
+    NoPrincipal,
+    /// The principal is not an X.509 certificate id (64 hex digits).
+    #[error(
+        "principal {principal:?} is not a certificate id (a device connects with its certificate)"
+    )]
+    NotACertificate { principal: String },
+}
+
 impl LifecycleEvent {
     /// The thing this event is about: `thingName` when AWS sends it, else the client id (Shoal's
     /// devices connect with their thing name as client id).
-    pub fn thing(&self) -> Result<ThingName, String> {
+    ///
+    /// # Errors
+    /// [`LifecycleError::NoThing`] when that name is not a thing name.
+    pub fn thing(&self) -> Result<ThingName, LifecycleError> {
         let name = self.thing_name.as_deref().unwrap_or(&self.client_id);
-        name.parse()
-            .map_err(|e| format!("client {:?} names no thing: {e}", self.client_id))
+        name.parse().map_err(|source| LifecycleError::NoThing {
+            client_id: self.client_id.clone(),
+            source,
+        })
     }
 
     /// The certificate id that authenticated the connection: `principalIdentifier`, which for an
     /// X.509 client is the certificate id (64 hex digits).
     ///
     /// # Errors
-    /// No principal, or one that is no certificate id (IAM, Cognito, a custom authorizer): such a
-    /// connection is no device of the manifest.
-    pub fn certificate_principal(&self) -> Result<&str, String> {
+    /// [`LifecycleError::NoPrincipal`], or [`LifecycleError::NotACertificate`] for a principal
+    /// that is no certificate id (IAM, Cognito, a custom authorizer): such a connection is no
+    /// device of the manifest.
+    pub fn certificate_principal(&self) -> Result<&str, LifecycleError> {
         let principal = self
             .principal_identifier
             .as_deref()
-            .ok_or("the event has no principalIdentifier")?;
+            .ok_or(LifecycleError::NoPrincipal)?;
         if principal.len() == 64 && principal.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(principal)
         } else {
-            Err(format!(
-                "principal {principal:?} is not a certificate id (a device connects with its certificate)"
-            ))
+            Err(LifecycleError::NotACertificate {
+                principal: principal.to_owned(),
+            })
         }
     }
 
@@ -272,7 +297,7 @@ mod tests {
             client_id: "a b".into(),
             ..e
         };
-        assert!(bad.thing().unwrap_err().contains("a b"));
+        assert!(bad.thing().unwrap_err().to_string().contains("a b"));
     }
 
     #[test]

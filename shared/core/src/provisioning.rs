@@ -18,7 +18,8 @@ use crate::ids::ThingName;
 
 mod proof;
 pub use proof::{
-    FACTORY_SECRET_PARAMETER, MAX_FACTORY_SECRET_LEN, Proof, ProofError, public_key_fingerprint,
+    CertificateError, FACTORY_SECRET_PARAMETER, MAX_FACTORY_SECRET_LEN, Proof, ProofError,
+    public_key_fingerprint,
 };
 
 /// Every connection made with the fleet's claim certificate uses a client id starting with this
@@ -840,18 +841,21 @@ mod csv_tests {
 
 /// The serial a device certificate names: its subject's common name (JITR: the factory signs each
 /// device certificate with the serial as CN).
-pub fn serial_from_certificate_pem(pem: &str) -> Result<Serial, String> {
-    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| format!("certificate PEM does not parse: {e}"))?;
-    let certificate = parsed
-        .parse_x509()
-        .map_err(|e| format!("certificate does not parse: {e}"))?;
-    let cn = certificate
-        .subject()
-        .iter_common_name()
-        .next()
-        .ok_or("certificate subject has no common name")?
-        .as_str()
-        .map_err(|e| format!("certificate common name is not text: {e}"))?;
-    Serial::parse(cn).map_err(|e| format!("certificate common name {cn:?} is not a serial: {e}"))
+///
+/// # Errors
+/// [`CertificateError`]: the PEM or certificate does not parse, the subject has no common name
+/// that is text, or the common name is not a serial.
+pub fn serial_from_certificate_pem(pem: &str) -> Result<Serial, CertificateError> {
+    proof::with_certificate(pem, |certificate| {
+        let cn = certificate
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or(CertificateError::NoCommonName)?;
+        Serial::parse(cn).map_err(|reason| CertificateError::NotASerial {
+            common_name: cn.to_owned(),
+            reason,
+        })
+    })
 }

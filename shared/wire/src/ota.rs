@@ -10,8 +10,7 @@
 //! image being installed), `running_version` (what actually runs: a device that fell back by
 //! itself reports the old one here) and `reason` (required with `failed`).
 
-use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -90,18 +89,30 @@ pub struct OtaReport {
     pub reason: Option<String>,
 }
 
+/// Why a device's reported `ota` state is not an [`OtaReport`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OtaReportError {
+    /// Not the shape of a report (a missing or mistyped field, an unknown `status`); serde's
+    /// message.
+    #[error("the ota shadow's reported state is not an OTA report: {0}")]
+    Shape(String),
+    /// `status: failed` without a non-empty `reason`.
+    #[error("an OTA report with status failed must say why (reason)")]
+    FailedWithoutReason,
+}
+
 impl OtaReport {
     /// Reads a device's `reported` state of the `ota` shadow.
     ///
     /// # Errors
-    /// A message saying why `reported` is not an OTA report: not the shape above, an unknown
-    /// `status`, or `failed` without a `reason`.
-    pub fn from_reported(reported: &Value) -> Result<Self, String> {
-        let report: OtaReport = OtaReport::deserialize(reported)
-            .map_err(|e| format!("the ota shadow's reported state is not an OTA report: {e}"))?;
+    /// [`OtaReportError::Shape`] when `reported` is not the shape above (or names an unknown
+    /// `status`); [`OtaReportError::FailedWithoutReason`] for `failed` without a `reason`.
+    pub fn from_reported(reported: &Value) -> Result<Self, OtaReportError> {
+        let report: OtaReport =
+            OtaReport::deserialize(reported).map_err(|e| OtaReportError::Shape(e.to_string()))?;
         if report.status == OtaStatus::Failed && report.reason.as_deref().is_none_or(str::is_empty)
         {
-            return Err("an OTA report with status failed must say why (reason)".into());
+            return Err(OtaReportError::FailedWithoutReason);
         }
         Ok(report)
     }

@@ -4,7 +4,6 @@
 //! `1.10.0+build.42` and `1.10.0` are the same version for eligibility, success and
 //! anti-rollback.
 
-use alloc::format;
 use alloc::string::{String, ToString};
 use core::cmp::Ordering;
 use core::fmt;
@@ -64,20 +63,38 @@ impl Hash for FirmwareVersion {
     }
 }
 
+/// A text that is not a semantic version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build]): {reason}")]
+pub struct VersionError {
+    /// The text, trimmed.
+    pub text: String,
+    /// What semver found wrong with it.
+    pub reason: String,
+}
+
 impl FromStr for FirmwareVersion {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = VersionError;
+    /// `MAJOR.MINOR.PATCH[-pre][+build]` (SemVer 2.0.0), surrounding blanks and one leading `v`
+    /// ignored.
+    ///
+    /// # Errors
+    /// [`VersionError`] when the text is not a semantic version.
+    fn from_str(text: &str) -> Result<Self, VersionError> {
         let text = text.trim();
         let bare = text.strip_prefix('v').unwrap_or(text);
-        semver::Version::parse(bare).map(Self).map_err(|e| {
-            format!("{text:?} is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build]): {e}")
-        })
+        semver::Version::parse(bare)
+            .map(Self)
+            .map_err(|e| VersionError {
+                text: text.into(),
+                reason: e.to_string(),
+            })
     }
 }
 
 impl TryFrom<String> for FirmwareVersion {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
+    type Error = VersionError;
+    fn try_from(text: String) -> Result<Self, VersionError> {
         text.parse()
     }
 }
@@ -182,12 +199,9 @@ mod tests {
         assert!(v("1.0.0-alpha") < v("1.0.0-beta"));
         assert!(v("1.0.0-rc.2") < v("1.0.0-rc.10"));
         assert_eq!(v("v1.2.3"), v("1.2.3"));
-        assert!(
-            "1.2"
-                .parse::<FirmwareVersion>()
-                .unwrap_err()
-                .contains("semantic version")
-        );
+        let short = " 1.2 ".parse::<FirmwareVersion>().unwrap_err();
+        assert_eq!(short.text, "1.2");
+        assert!(short.to_string().contains("semantic version"));
         assert!("01.2.3".parse::<FirmwareVersion>().is_err());
     }
 

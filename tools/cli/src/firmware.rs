@@ -7,7 +7,7 @@ use anyhow::Context;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
 use base64::Engine as _;
-use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::{BucketName, KmsKeyRef, TableName, vars};
 use shoal_aws::firmware_table::FirmwareTable;
 use shoal_core::clock::now_ms;
@@ -131,7 +131,7 @@ pub enum PublishError {
         version: FirmwareVersion,
     },
     #[error(transparent)]
-    Aws(#[from] AwsError),
+    Aws(#[from] EdgeError),
 }
 
 pub struct Publisher<'a> {
@@ -178,7 +178,7 @@ impl Publisher<'_> {
         let signature = signed
             .signature
             .map(Blob::into_inner)
-            .ok_or_else(|| AwsError::local("kms", "Sign", "no signature in the answer"))?;
+            .ok_or_else(|| EdgeError::unreadable("kms", "Sign", "no signature in the answer"))?;
         let public = kms
             .get_public_key()
             .key_id(self.key.as_str())
@@ -187,7 +187,9 @@ impl Publisher<'_> {
             .aws("kms", "GetPublicKey")?
             .public_key
             .map(Blob::into_inner)
-            .ok_or_else(|| AwsError::local("kms", "GetPublicKey", "no public key in the answer"))?;
+            .ok_or_else(|| {
+                EdgeError::unreadable("kms", "GetPublicKey", "no public key in the answer")
+            })?;
         verify_signature(&public, &digest, &signature)?;
 
         let digest_hex = hex(&digest);

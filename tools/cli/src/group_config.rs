@@ -13,7 +13,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::vars;
 use shoal_aws::shadow_store::IotShadowStore;
 use shoal_aws::shadow_store::{ShadowStore, WriteOutcome, write_optimistic};
@@ -195,13 +195,13 @@ pub trait Fleet: Sync {
     fn things(
         &self,
         target: &Target,
-    ) -> impl Future<Output = Result<Vec<ThingName>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<ThingName>, EdgeError>> + Send;
 }
 
 pub struct IotFleet(pub aws_sdk_iot::Client);
 
 impl Fleet for IotFleet {
-    async fn things(&self, target: &Target) -> Result<Vec<ThingName>, AwsError> {
+    async fn things(&self, target: &Target) -> Result<Vec<ThingName>, EdgeError> {
         let mut names = Vec::new();
         let mut token = None;
         loop {
@@ -297,7 +297,7 @@ pub enum GroupError {
     #[error("report {0}: {1}")]
     Report(String, String),
     #[error(transparent)]
-    Aws(#[from] AwsError),
+    Aws(#[from] EdgeError),
 }
 
 pub struct Options<'a> {

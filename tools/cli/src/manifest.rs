@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use shoal_aws::client::{AwsError, ClientFactory};
+use shoal_aws::client::{ClientFactory, EdgeError};
 use shoal_aws::config::{TableName, vars};
 use shoal_aws::manifest_table::ManifestTable;
 use shoal_core::clock::now_ms;
@@ -87,7 +87,7 @@ pub enum ImportError {
     #[error("{} bad row(s); nothing was written", .0.len())]
     Rows(Vec<RowError>),
     #[error(transparent)]
-    Aws(#[from] AwsError),
+    Aws(#[from] EdgeError),
 }
 
 /// Imports `csv` into `table`; `progress` hears each batch written. Returns how many devices

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::firmware::ImageArgs;
 use crate::group_config::IotFleet;
-use shoal_aws::client::{AwsError, ClientFactory};
+use shoal_aws::client::{ClientFactory, EdgeError};
 use shoal_aws::config::{TableName, vars};
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::firmware_table::FirmwareTable;
@@ -30,7 +30,7 @@ pub trait ModelFleet: Sync {
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Vec<String>, EdgeError>> + Send;
 }
 
 impl ModelFleet for IotFleet {
@@ -38,7 +38,7 @@ impl ModelFleet for IotFleet {
         &self,
         model: &DeviceModel,
         hardware: &HardwareRevision,
-    ) -> Result<Vec<String>, AwsError> {
+    ) -> Result<Vec<String>, EdgeError> {
         shoal_aws::fleet::things_of(&self.0, model, hardware).await
     }
 }

@@ -9,7 +9,7 @@ use aws_sdk_iot::types::AttributePayload;
 use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, Record, TimeUnit};
 use aws_smithy_types::Blob;
 use serde_json::{Value, json};
-use shoal_aws::client::{AwsError, AwsResultExt, ClientFactory};
+use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::{TimestreamName, TimestreamTarget, vars};
 use shoal_core::clock::now_ms;
 use shoal_core::ids::ThingName;
@@ -193,7 +193,7 @@ pub async fn scenario(
 async fn describe_thing(
     iot: &aws_sdk_iot::Client,
     thing: &ThingName,
-) -> Result<aws_sdk_iot::operation::describe_thing::DescribeThingOutput, AwsError> {
+) -> Result<aws_sdk_iot::operation::describe_thing::DescribeThingOutput, EdgeError> {
     iot.describe_thing()
         .thing_name(thing.as_str())
         .send()

@@ -7,6 +7,7 @@ use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::firmware_table::FirmwareTable;
+use shoal_aws::lambda::diagnostic;
 use shoal_aws::rollout_table::RolloutTable;
 use shoal_aws::shadow_store::IotShadowStore;
 use shoal_core::clock::now_ms;
@@ -48,22 +49,16 @@ async fn main() -> Result<(), Error> {
         let now = u64::try_from(now_ms()).unwrap_or_default();
         let summary = handle(&event.payload, edges, config, now)
             .await
-            .map_err(|e| Diagnostic {
-                error_type: "RetryLater".into(),
-                error_message: e.to_string(),
-            })?;
+            .map_err(|e| diagnostic(&e))?;
         for run in &summary.rollouts {
             tracing::info!(run = %serde_json::to_string(run).unwrap_or_default(), "rollout");
         }
         for line in metrics_lines(&summary, now_ms()) {
             println!("{line}");
         }
-        if summary.errors() > 0 {
+        if let Some(failed) = summary.failure() {
             // The schedule runs again in a minute; the error makes the failure visible.
-            return Err(Diagnostic {
-                error_type: "RolloutFailed".into(),
-                error_message: serde_json::to_string(&summary).unwrap_or_default(),
-            });
+            return Err(diagnostic(&failed));
         }
         Ok::<_, Diagnostic>(summary)
     }))

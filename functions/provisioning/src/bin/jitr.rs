@@ -4,6 +4,7 @@ use provisioning::registry::IotRegistry;
 use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
 use shoal_aws::device_table::DeviceTable;
+use shoal_aws::lambda::diagnostic;
 use shoal_aws::manifest_table::ManifestTable;
 
 #[tokio::main]
@@ -19,10 +20,7 @@ async fn main() -> Result<(), Error> {
         move |event: LambdaEvent<RegistrationEvent>| async move {
             let outcome = handle_registration(&event.payload, registry, manifest, devices, config)
                 .await
-                .map_err(|e| Diagnostic {
-                    error_type: "RetryLater".into(),
-                    error_message: e.to_string(),
-                })?;
+                .map_err(|e| diagnostic(&e))?;
             println!("{}", metrics_line(&outcome, shoal_core::clock::now_ms()));
             Ok::<_, Diagnostic>(format!("{outcome:?}"))
         },

@@ -5,6 +5,7 @@ use shadow_sync::presence::{PresenceConfig, handle, metrics_line};
 use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
 use shoal_aws::device_table::DeviceTable;
+use shoal_aws::lambda::diagnostic;
 use shoal_aws::manifest_table::ManifestTable;
 use shoal_core::clock::now_ms;
 
@@ -23,10 +24,7 @@ async fn main() -> Result<(), Error> {
         let now = u64::try_from(now_ms()).unwrap_or_default();
         let answer = handle(event.payload, config, registry, alerts, now)
             .await
-            .map_err(|e| Diagnostic {
-                error_type: "RetryLater".into(),
-                error_message: e.to_string(),
-            })?;
+            .map_err(|e| diagnostic(&e))?;
         tracing::info!(answer = %serde_json::to_string(&answer).unwrap_or_default(), "presence");
         println!("{}", metrics_line(&answer, now_ms()));
         Ok::<_, Diagnostic>(answer)

@@ -5,6 +5,7 @@ use shadow_sync::edges::Registry;
 use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
 use shoal_aws::device_table::DeviceTable;
+use shoal_aws::lambda::diagnostic;
 use shoal_aws::shadow_store::IotShadowStore;
 
 #[tokio::main]
@@ -21,10 +22,7 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let summary = handle(event.payload, config, store, registry)
             .await
-            .map_err(|e| Diagnostic {
-                error_type: "RetryLater".into(),
-                error_message: e.to_string(),
-            })?;
+            .map_err(|e| diagnostic(&e))?;
         tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "documents");
         println!("{}", metrics_line(&summary, shoal_core::clock::now_ms()));
         Ok::<_, Diagnostic>(summary)

@@ -112,18 +112,46 @@ impl Proof {
     }
 }
 
+/// Why a device certificate could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// Not PEM (x509-parser's message).
+    #[error("certificate PEM does not parse: {0}")]
+    Pem(String),
+    /// PEM, but not an X.509 certificate (x509-parser's message).
+    #[error("certificate does not parse: {0}")]
+    X509(String),
+    /// The subject has no common name, or one that is not text.
+    #[error("certificate subject has no common name that is text")]
+    NoCommonName,
+    /// The common name is not a serial.
+    #[error("certificate common name {common_name:?} is not a serial: it {reason}")]
+    NotASerial { common_name: String, reason: String },
+}
+
+/// Parses a PEM certificate and hands it to `read`.
+pub(crate) fn with_certificate<T>(
+    certificate_pem: &str,
+    read: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> Result<T, CertificateError>,
+) -> Result<T, CertificateError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
+        .map_err(|e| CertificateError::Pem(e.to_string()))?;
+    let certificate = pem
+        .parse_x509()
+        .map_err(|e| CertificateError::X509(e.to_string()))?;
+    read(&certificate)
+}
+
 /// SHA-256 of a PEM certificate's DER `SubjectPublicKeyInfo` — what
 /// `openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum` prints.
 ///
 /// # Errors
-/// The PEM or the certificate does not parse.
-pub fn public_key_fingerprint(certificate_pem: &str) -> Result<[u8; 32], String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
-        .map_err(|e| format!("certificate PEM does not parse: {e}"))?;
-    let certificate = pem
-        .parse_x509()
-        .map_err(|e| format!("certificate does not parse: {e}"))?;
-    Ok(Sha256::digest(certificate.tbs_certificate.subject_pki.raw).into())
+/// [`CertificateError::Pem`] or [`CertificateError::X509`] when the PEM or the certificate does
+/// not parse.
+pub fn public_key_fingerprint(certificate_pem: &str) -> Result<[u8; 32], CertificateError> {
+    with_certificate(certificate_pem, |certificate| {
+        Ok(Sha256::digest(certificate.tbs_certificate.subject_pki.raw).into())
+    })
 }
 
 // Hex by hand: two functions of a few lines, not worth a dependency.

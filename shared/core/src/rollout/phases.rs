@@ -47,28 +47,42 @@ impl Default for PlanSettings {
     }
 }
 
+/// Why [`PlanSettings`] make no rollout plan.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// A canary or staged percentage outside (0, 100); the phases' percentages, in order.
+    #[error("canary and staged percentages must be in (0, 100): {0:?}")]
+    PercentOutOfRange(Vec<f64>),
+    /// A phase's percentage not above the one before it; the phases' percentages, in order.
+    #[error("percentages must increase from phase to phase: {0:?}")]
+    NotIncreasing(Vec<f64>),
+    /// A failure-rate threshold outside [0, 1].
+    #[error("a failure-rate threshold must be in [0, 1]: {0}")]
+    FailureRateOutOfRange(f64),
+}
+
 impl RolloutPlan {
-    pub fn new(settings: &PlanSettings) -> Result<Self, String> {
+    /// The canary phase, then one staged phase per staged percentage, then the full fleet
+    /// (100%), each with the settings' soak time and minimum reports.
+    ///
+    /// # Errors
+    /// [`PlanError`] when a percentage is outside (0, 100), the percentages do not increase, or
+    /// a failure-rate threshold is outside [0, 1].
+    pub fn new(settings: &PlanSettings) -> Result<Self, PlanError> {
         let mut percents = vec![settings.canary_percent];
         percents.extend(&settings.staged_percents);
         if percents.iter().any(|p| !(*p > 0.0 && *p < 100.0)) {
-            return Err(format!(
-                "canary and staged percentages must be in (0, 100): {percents:?}"
-            ));
+            return Err(PlanError::PercentOutOfRange(percents));
         }
         if percents.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!(
-                "percentages must increase from phase to phase: {percents:?}"
-            ));
+            return Err(PlanError::NotIncreasing(percents));
         }
         for rate in [
             settings.canary_max_failure_rate,
             settings.staged_max_failure_rate,
         ] {
             if !(0.0..=1.0).contains(&rate) {
-                return Err(format!(
-                    "a failure-rate threshold must be in [0, 1]: {rate}"
-                ));
+                return Err(PlanError::FailureRateOutOfRange(rate));
             }
         }
         let phase = |name: String, percent, max_failure_rate| Phase {
@@ -235,27 +249,24 @@ mod tests {
     #[test]
     fn bad_plans_say_why() {
         let bad = |s: PlanSettings| RolloutPlan::new(&s).unwrap_err();
-        assert!(
-            bad(PlanSettings {
-                staged_percents: vec![50.0, 10.0],
-                ..PlanSettings::default()
-            })
-            .contains("increase")
-        );
-        assert!(
-            bad(PlanSettings {
-                canary_percent: 0.0,
-                ..PlanSettings::default()
-            })
-            .contains("(0, 100)")
-        );
-        assert!(
-            bad(PlanSettings {
-                staged_max_failure_rate: 2.0,
-                ..PlanSettings::default()
-            })
-            .contains("[0, 1]")
-        );
+        let decreasing = bad(PlanSettings {
+            staged_percents: vec![50.0, 10.0],
+            ..PlanSettings::default()
+        });
+        assert_eq!(decreasing, PlanError::NotIncreasing(vec![1.0, 50.0, 10.0]));
+        assert!(decreasing.to_string().contains("increase"));
+        let zero = bad(PlanSettings {
+            canary_percent: 0.0,
+            ..PlanSettings::default()
+        });
+        assert_eq!(zero, PlanError::PercentOutOfRange(vec![0.0, 10.0, 50.0]));
+        assert!(zero.to_string().contains("(0, 100)"));
+        let rate = bad(PlanSettings {
+            staged_max_failure_rate: 2.0,
+            ..PlanSettings::default()
+        });
+        assert_eq!(rate, PlanError::FailureRateOutOfRange(2.0));
+        assert!(rate.to_string().contains("[0, 1]"));
     }
 
     #[test]

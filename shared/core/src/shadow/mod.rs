@@ -17,6 +17,20 @@ pub use policy::{ConflictPolicy, PolicyTable};
 use crate::ids::{ShadowName, ThingName};
 use shoal_wire::topics::{ShadowOperation, ShadowResponse, ShadowTopic, TopicError};
 
+/// Why a topic is not a shadow's `update/documents` topic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentsTopicError {
+    /// Another topic (another shadow operation, or no shadow topic at all).
+    #[error("{topic:?} is not a shadow update/documents topic")]
+    NotDocuments { topic: String },
+    /// The thing or shadow level is not a valid name.
+    #[error("{topic:?}: {source}")]
+    Name {
+        topic: String,
+        source: crate::ids::IdError,
+    },
+}
+
 /// The shadow a topic or an API call is about: a thing's classic shadow or one of its named ones.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShadowRef {
@@ -27,11 +41,21 @@ pub struct ShadowRef {
 impl ShadowRef {
     /// `$aws/things/<thing>/shadow/update/documents` or
     /// `$aws/things/<thing>/shadow/name/<name>/update/documents`.
-    pub fn from_documents_topic(topic: &str) -> Result<Self, String> {
-        let not_documents = || format!("{topic:?} is not a shadow update/documents topic");
+    ///
+    /// # Errors
+    /// [`DocumentsTopicError::NotDocuments`] for any other topic;
+    /// [`DocumentsTopicError::Name`] when the thing or shadow level is not a valid name.
+    pub fn from_documents_topic(topic: &str) -> Result<Self, DocumentsTopicError> {
+        let not_documents = || DocumentsTopicError::NotDocuments {
+            topic: topic.to_owned(),
+        };
+        let name_error = |source| DocumentsTopicError::Name {
+            topic: topic.to_owned(),
+            source,
+        };
         let parsed = ShadowTopic::parse(topic).map_err(|e| match e {
-            TopicError::Pattern(_) => not_documents(),
-            e => format!("{topic:?}: {e}"),
+            TopicError::Name(source) => name_error(source),
+            _ => not_documents(),
         })?;
         if parsed.operation != ShadowOperation::Update
             || parsed.response != Some(ShadowResponse::Documents)
@@ -39,15 +63,12 @@ impl ShadowRef {
             return Err(not_documents());
         }
         Ok(Self {
-            thing: parsed
-                .thing
-                .parse()
-                .map_err(|e| format!("{topic:?}: {e}"))?,
+            thing: parsed.thing.parse().map_err(name_error)?,
             name: parsed
                 .name
                 .map(str::parse)
                 .transpose()
-                .map_err(|e| format!("{topic:?}: {e}"))?,
+                .map_err(name_error)?,
         })
     }
 

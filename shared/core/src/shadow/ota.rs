@@ -12,7 +12,7 @@ use super::document::{Section, ShadowDocument, json_eq};
 pub fn changed_report(
     previous: Option<&ShadowDocument>,
     current: &ShadowDocument,
-) -> Option<Result<OtaReport, String>> {
+) -> Option<Result<OtaReport, OtaReportError>> {
     let now = current.section(Section::Reported)?;
     let before = previous.and_then(|p| p.section(Section::Reported));
     if before.is_some_and(|b| json_eq(&Value::Object(b.clone()), &Value::Object(now.clone()))) {
@@ -43,12 +43,9 @@ mod tests {
     #[test]
     fn bad_reports_say_why() {
         let failed = doc(json!({"status": "failed", "version": "1.2.0"}));
-        assert!(
-            changed_report(None, &failed)
-                .unwrap()
-                .unwrap_err()
-                .contains("reason")
-        );
+        let no_reason = changed_report(None, &failed).unwrap().unwrap_err();
+        assert_eq!(no_reason, OtaReportError::FailedWithoutReason);
+        assert!(no_reason.to_string().contains("reason"));
         let unknown = doc(json!({"status": "exploded"}));
         assert!(changed_report(None, &unknown).unwrap().is_err());
     }
