@@ -170,7 +170,7 @@ invoke_error() {
     echo "FAIL $file: expected a $expected error, got $(cat "$work/invoke.out")" >&2
     failures=$((failures + 1)); return
   fi
-  if grep -q "$expected" "$work/invoke.err" "$work/invoke.out"; then
+  if grep -qw "$expected" "$work/invoke.err" "$work/invoke.out"; then
     echo "ok   $file: $expected: $(tr '\n' ' ' <"$work/invoke.err" | cut -c1-200)"
     checked=$((checked + 1))
   else

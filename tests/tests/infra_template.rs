@@ -261,6 +261,9 @@ fn asynchronously_invoked_functions_keep_their_failed_events_and_the_hook_its_co
         format!("{:?}", hook["ReservedConcurrentExecutions"]).contains("HookReservedConcurrency"),
         "the hook has reserved concurrency"
     );
+    // The advancer's schedule is its retry: a failed run is not run twice more on top of it.
+    let advancer = &resources["OtaAdvancerFunction"]["Properties"]["EventInvokeConfig"];
+    assert_eq!(advancer["MaximumRetryAttempts"].as_u64(), Some(0));
 }
 
 /// The template's value of an environment variable as CloudFormation would resolve it with the

@@ -118,20 +118,22 @@ impl JobsChannel {
             .send()
             .await
             .aws("iot", "CreateThingGroup");
-        let group_arn = match created {
-            Ok(group) => group.thing_group_arn,
+        let (operation, group_arn) = match created {
+            Ok(group) => ("CreateThingGroup", group.thing_group_arn),
             Err(e) if e.is_code("ResourceAlreadyExistsException") => {
-                self.iot
+                let described = self
+                    .iot
                     .describe_thing_group()
                     .thing_group_name(&name)
                     .send()
                     .await
-                    .aws("iot", "DescribeThingGroup")?
-                    .thing_group_arn
+                    .aws("iot", "DescribeThingGroup")?;
+                ("DescribeThingGroup", described.thing_group_arn)
             }
             Err(e) => return Err(e),
-        }
-        .ok_or_else(|| EdgeError::unreadable("iot", "CreateThingGroup", "no thing group ARN"))?;
+        };
+        let group_arn = group_arn
+            .ok_or_else(|| EdgeError::unreadable("iot", operation, "no thing group ARN"))?;
         let brake = rollout.plan.phases.first();
         let criteria = AbortCriteria::builder()
             .failure_type(JobExecutionFailureType::Failed)

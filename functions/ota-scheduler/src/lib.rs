@@ -581,7 +581,15 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             Ok(false) => run.superseded += 1,
             Err(e) => {
                 run.delivery_failures += 1;
-                tracing::warn!(%thing, error = %e, "device write failed; the next run retries it");
+                let retryable = e.is_retryable();
+                tracing::warn!(%thing, error = %e, retryable, "device write failed");
+                // The next run retries every device write; one that cannot succeed until someone
+                // acts (no image to restore, a bad thing name, a shadow limit) fails the run, so
+                // the invocation says so instead of counting it quietly every minute.
+                if !retryable && run.error.is_none() {
+                    run.error = Some(format!("device {thing}: {e}"));
+                    run.retryable = Some(false);
+                }
             }
         }
     }
@@ -867,6 +875,41 @@ mod tests {
         assert_eq!(m.records_of("r").len() as u64, second.targeted);
         let desired = m.shadows.lock().unwrap()[&m.records_of("r")[0].thing].clone();
         assert_eq!(desired["version"], "1.10.0");
+    }
+
+    #[tokio::test]
+    async fn a_device_write_that_cannot_succeed_fails_the_run() {
+        let mut m = memory(&[rollout("r", "1.10.0")], 40);
+        let first = advance("r", &edges(&m), &config(), 1).await.unwrap();
+        assert!(first.targeted > 0);
+        let targeted: Vec<String> = m.records_of("r").into_iter().map(|r| r.thing).collect();
+        for device in m.fleet.iter_mut().filter(|d| targeted.contains(&d.thing)) {
+            device.running = Some("1.10.0".parse().unwrap());
+            device.report = Some(OtaReport {
+                status: OtaStatus::Success,
+                target_version: Some("1.10.0".into()),
+                running_version: Some("1.10.0".into()),
+                reason: None,
+            });
+        }
+        // Rolled back to a version whose image nobody published: every restore fails, and no
+        // later run can do better until an operator acts.
+        {
+            let mut rollouts = m.rollouts.lock().unwrap();
+            let r = rollouts.get_mut("r").unwrap();
+            r.status = RolloutStatus::RolledBack;
+            r.rollback_version = Some("0.9.0".parse().unwrap());
+        }
+        let run = advance("r", &edges(&m), &config(), 2).await.unwrap();
+        assert_eq!(run.delivery_failures, first.targeted);
+        assert_eq!(run.restored, 0);
+        assert_eq!(run.retryable, Some(false));
+        let error = run.error.as_deref().unwrap();
+        assert!(error.contains("no th-v2 rev-b image 0.9.0"), "{error}");
+        let summary = RunSummary {
+            rollouts: vec![run],
+        };
+        assert!(!summary.failure().unwrap().is_retryable());
     }
 
     #[tokio::test]

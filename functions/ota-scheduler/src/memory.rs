@@ -65,9 +65,11 @@ impl Rollouts for Memory {
         transition: &Transition,
     ) -> Result<bool, EdgeError> {
         let mut rollouts = self.rollouts.lock().unwrap();
-        let stored = rollouts
-            .get_mut(&previous.id)
-            .ok_or_else(|| down("dynamodb", "TransactWriteItems"))?;
+        // The table's transaction is conditional on the stored revision: a rollout that is not
+        // there fails the condition, as one that moved does.
+        let Some(stored) = rollouts.get_mut(&previous.id) else {
+            return Ok(false);
+        };
         if self.always_raced || stored.revision != previous.revision {
             return Ok(false);
         }
@@ -120,6 +122,11 @@ impl Delivery for Memory {
                 source: down("iot-data", "UpdateThingShadow"),
             });
         }
+        // The body the data plane would receive.
+        serde_json::to_vec(&request.update).map_err(|e| WriteError::Edge {
+            shadow: format!("{thing}/ota"),
+            source: EdgeError::request("iot-data", "UpdateThingShadow", e),
+        })?;
         let mut shadows = self.shadows.lock().unwrap();
         let desired = shadows.entry(thing.to_owned()).or_default();
         if !may_replace(Some(desired), request.rollout, request.version) {

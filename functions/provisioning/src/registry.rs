@@ -33,14 +33,17 @@ impl Registry for IotRegistry {
             .await
             .aws("iot", "DescribeCertificate")?;
         let d = described.certificate_description();
+        // An answer without the certificate is no evidence against the device: an error (retried
+        // by the rule), never a PEM of "" that fails the CN check and revokes a real certificate.
+        let missing = |what| EdgeError::unreadable("iot", "DescribeCertificate", what);
         Ok(Certificate {
             arn: d
                 .and_then(|d| d.certificate_arn())
-                .unwrap_or_default()
+                .ok_or_else(|| missing("no certificateArn in the answer"))?
                 .to_owned(),
             pem: d
                 .and_then(|d| d.certificate_pem())
-                .unwrap_or_default()
+                .ok_or_else(|| missing("no certificatePem in the answer"))?
                 .to_owned(),
             status: d
                 .and_then(|d| d.status())

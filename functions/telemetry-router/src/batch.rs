@@ -7,6 +7,7 @@ use aws_lambda_events::event::sqs::SqsBatchResponse;
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use shoal_aws::client::Retryable;
 use shoal_core::telemetry::CheckedJson;
 use shoal_core::telemetry::envelope::TOPIC_KEY;
 
@@ -129,8 +130,8 @@ impl Trigger {
     /// serde_json's limit), refused on the tree path.
     ///
     /// # Errors
-    /// serde_json's error when `bytes` is not one JSON document.
-    pub fn from_slice(bytes: &[u8], delivery: Option<Delivery>) -> Result<Self, serde_json::Error> {
+    /// [`InvalidEvent`] when `bytes` is not one JSON document.
+    pub fn from_slice(bytes: &[u8], delivery: Option<Delivery>) -> Result<Self, InvalidEvent> {
         let batch = match serde_json::from_slice::<Shape>(bytes) {
             Ok(Shape {
                 topic: false,
@@ -153,6 +154,18 @@ impl Trigger {
                 delivery,
             )),
         }
+    }
+}
+
+/// An invocation event that is not one JSON document: Lambda never sends one, and no retry could
+/// read it (not retryable).
+#[derive(Debug, thiserror::Error)]
+#[error("the event is not one JSON document: {0}")]
+pub struct InvalidEvent(#[from] pub serde_json::Error);
+
+impl Retryable for InvalidEvent {
+    fn is_retryable(&self) -> bool {
+        false
     }
 }
 

@@ -2,11 +2,11 @@
 // its layout needs more than the default query depth.
 #![recursion_limit = "256"]
 
-use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
 use shoal_aws::client::ClientFactory;
 use shoal_aws::config::ProcessEnv;
-use shoal_aws::lambda::{NON_RETRYABLE, diagnostic};
+use shoal_aws::lambda::diagnostic;
 use telemetry_router::batch::Trigger;
 use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
@@ -41,10 +41,7 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {
             let trigger = Trigger::from_slice(event.payload.get().as_bytes(), config.delivery)
-                .map_err(|e| Diagnostic {
-                    error_type: NON_RETRYABLE.into(),
-                    error_message: format!("the event is not one JSON document: {e}"),
-                })?;
+                .map_err(|invalid| diagnostic(&invalid))?;
             let deadline = LambdaDeadline::starting_now(
                 i64::try_from(event.context.deadline).unwrap_or(i64::MAX),
                 DEADLINE_RESERVE_MS,

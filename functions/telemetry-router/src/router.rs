@@ -269,8 +269,9 @@ impl Counts {
     }
 }
 
-/// The message must be delivered again: a store could not be reached, or the invocation ran out
-/// of time. Timestream writes are idempotent upserts (same version), quarantine keys
+/// A direct event's error (a batch answers with `batchItemFailures` instead): the IoT rule's
+/// asynchronous invocation is retried by Lambda, then lands in the on-failure queue. Why is the
+/// [`RetryCause`]. Timestream writes are idempotent upserts (same version), quarantine keys
 /// deterministic and archive rows carry reading ids, so a redelivery loses nothing and is
 /// counted once.
 #[derive(Debug, thiserror::Error)]
@@ -805,7 +806,8 @@ pub async fn route_batch(
 /// Routes one direct IoT rule event; `Err` asks Lambda to deliver it again.
 ///
 /// # Errors
-/// [`RetryLater`] when a store could not be reached or the deadline came.
+/// [`RetryLater`] when a store failed (unreachable, throttled, or refusing: a missing table), the
+/// deadline came, or the archive could not be encoded; its [`RetryCause`] says which.
 pub async fn route_rule_event(
     event: CheckedJson,
     rules: &Rules<'_>,

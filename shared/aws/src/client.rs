@@ -7,11 +7,12 @@
 //! endpoint discovery, which would otherwise replace the configured endpoint with AWS's own host.
 
 use std::error::Error as StdError;
-use std::fmt;
 
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_types::retry::{ErrorKind, ProvideErrorKind};
 use aws_types::service_config::ServiceConfigKey;
 pub use shoal_core::edge::{EdgeError, EdgeErrorKind, Retryable};
 
@@ -154,27 +155,32 @@ const THROTTLING_CODES: &[&str] = &[
     "LimitExceededException",
 ];
 
-/// The edge error of a failed SDK call: unreachable on a dispatch failure or timeout, throttled on
-/// one of AWS's throttling codes, the service's answer with its code, a request that could not be
-/// built, or a response that could not be read.
-pub fn sdk_error<E, R>(
+/// The edge error of a failed SDK call: unreachable on a dispatch failure, a timeout or a
+/// response cut off; throttled on one of AWS's throttling codes; a server error on HTTP 5xx or an
+/// error the service models as retryable; otherwise the service's refusal with its code; or a
+/// request that could not be built.
+pub fn sdk_error<E>(
     service: &'static str,
     operation: &'static str,
-    err: SdkError<E, R>,
+    err: SdkError<E, HttpResponse>,
 ) -> EdgeError
 where
-    E: ProvideErrorMetadata + StdError + 'static,
-    R: fmt::Debug + 'static,
+    E: ProvideErrorMetadata + ProvideErrorKind + StdError + 'static,
 {
     let (kind, code, message) = match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             (EdgeErrorKind::Unreachable, None, chain(&err))
         }
         SdkError::ServiceError(service_err) => {
             let inner = service_err.err();
-            let code = inner.code().map(str::to_owned);
-            let kind = match code.as_deref() {
-                Some(c) if THROTTLING_CODES.contains(&c) => EdgeErrorKind::Throttled,
+            let code = ProvideErrorMetadata::code(inner).map(str::to_owned);
+            let kind = match (code.as_deref(), inner.retryable_error_kind()) {
+                (Some(c), _) if THROTTLING_CODES.contains(&c) => EdgeErrorKind::Throttled,
+                (_, Some(ErrorKind::ThrottlingError)) => EdgeErrorKind::Throttled,
+                (_, Some(ErrorKind::ServerError | ErrorKind::TransientError)) => {
+                    EdgeErrorKind::ServerError
+                }
+                _ if service_err.raw().status().is_server_error() => EdgeErrorKind::ServerError,
                 _ => EdgeErrorKind::Service,
             };
             let message = inner
@@ -184,12 +190,8 @@ where
             (kind, code, message)
         }
         SdkError::ConstructionFailure(_) => (EdgeErrorKind::Request, None, chain(&err)),
-        // A response that could not be read, and whatever later SDK versions add.
-        _ => (
-            EdgeErrorKind::Unreadable,
-            err.code().map(str::to_owned),
-            chain(&err),
-        ),
+        // Whatever later SDK versions add.
+        _ => (EdgeErrorKind::Unreadable, None, chain(&err)),
     };
     EdgeError {
         service,
@@ -221,10 +223,9 @@ pub trait AwsResultExt<T> {
     fn aws(self, service: &'static str, operation: &'static str) -> Result<T, EdgeError>;
 }
 
-impl<T, E, R> AwsResultExt<T> for Result<T, SdkError<E, R>>
+impl<T, E> AwsResultExt<T> for Result<T, SdkError<E, HttpResponse>>
 where
-    E: ProvideErrorMetadata + StdError + 'static,
-    R: fmt::Debug + 'static,
+    E: ProvideErrorMetadata + ProvideErrorKind + StdError + 'static,
 {
     fn aws(self, service: &'static str, operation: &'static str) -> Result<T, EdgeError> {
         self.map_err(|e| sdk_error(service, operation, e))
@@ -258,6 +259,36 @@ mod tests {
             Some("http://127.0.0.1:4566")
         );
         assert_eq!(factory(None).configured_endpoint("S3"), None);
+    }
+
+    /// A DynamoDB PutItem answered with HTTP `status` and error `code`.
+    fn answered(status: u16, code: &str) -> EdgeError {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let error = PutItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        sdk_error("dynamodb", "PutItem", SdkError::service_error(error, raw))
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retried_and_refusals_are_not() {
+        let server = answered(500, "InternalServerError");
+        assert_eq!(server.kind, EdgeErrorKind::ServerError);
+        assert!(server.is_retryable());
+        let unavailable = answered(503, "ServiceUnavailable");
+        assert_eq!(unavailable.kind, EdgeErrorKind::ServerError);
+        let throttled = answered(400, "ThrottlingException");
+        assert_eq!(throttled.kind, EdgeErrorKind::Throttled);
+        assert!(throttled.is_retryable());
+        let refused = answered(400, "ValidationException");
+        assert_eq!(refused.kind, EdgeErrorKind::Service);
+        assert!(refused.is_code("ValidationException"));
+        assert!(!refused.is_retryable());
+        assert_eq!(
+            refused.to_string(),
+            "dynamodb PutItem failed (ValidationException): m"
+        );
     }
 
     #[tokio::test]

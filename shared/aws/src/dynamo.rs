@@ -18,7 +18,7 @@ pub type Item = HashMap<String, AttributeValue>;
 /// is an [`EdgeErrorKind::Unreadable`] answer, never retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ItemError {
-    /// A required attribute is absent (or not of its DynamoDB type).
+    /// A required attribute is absent.
     #[error("item has no {0}")]
     Missing(&'static str),
     /// An attribute of the wrong DynamoDB type, or whose value does not parse.

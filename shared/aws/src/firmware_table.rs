@@ -56,11 +56,13 @@ fn to_item(image: &FirmwareImage) -> Item {
 fn from_item(item: &Item) -> Result<FirmwareImage, ItemError> {
     let text = |k: &'static str| match item.get(k) {
         Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(ItemError::Missing(k)),
+        Some(_) => Err(ItemError::invalid(k)("not a string")),
+        None => Err(ItemError::Missing(k)),
     };
     let number = |k: &'static str| match item.get(k) {
         Some(AttributeValue::N(v)) => v.parse::<u64>().map_err(ItemError::invalid(k)),
-        _ => Err(ItemError::Missing(k)),
+        Some(_) => Err(ItemError::invalid(k)("not a number")),
+        None => Err(ItemError::Missing(k)),
     };
     let parsed = |k: &'static str, text: String| text.parse().map_err(ItemError::invalid(k));
     Ok(FirmwareImage {

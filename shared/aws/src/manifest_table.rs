@@ -494,12 +494,13 @@ mod tests {
             status,
             ItemError::Invalid {
                 attribute: "status",
-                reason: "unknown device status \"active\"".into()
+                reason: "unknown device status \"active\" (pending, provisioned, revoked, retired)"
+                    .into()
             }
         );
         assert_eq!(
             status.to_string(),
-            "item attribute status: unknown device status \"active\""
+            "item attribute status: unknown device status \"active\" (pending, provisioned, revoked, retired)"
         );
         let mut item = to_item(&entry());
         item.remove("model");

@@ -12,6 +12,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
 use crate::client::{AwsResultExt, EdgeError, created_unless_in_use};
 use crate::config::TableName;
+use crate::dynamo::ItemError;
 use shoal_core::rollout::advance::DeviceRecord;
 use shoal_core::rollout::state::{Rollout, Transition};
 
@@ -35,6 +36,20 @@ fn json<T: serde::Serialize>(
         .map_err(|e| EdgeError::request("dynamodb", operation, e))
 }
 
+/// The record a JSON-text attribute holds.
+fn json_attribute<T: serde::de::DeserializeOwned>(
+    item: &Item,
+    attribute: &'static str,
+) -> Result<T, ItemError> {
+    match item.get(attribute) {
+        Some(AttributeValue::S(text)) => {
+            serde_json::from_str(text).map_err(ItemError::invalid(attribute))
+        }
+        Some(_) => Err(ItemError::invalid(attribute)("not a string")),
+        None => Err(ItemError::Missing(attribute)),
+    }
+}
+
 fn status_text(rollout: &Rollout) -> String {
     serde_json::to_value(rollout.status)
         .ok()
@@ -51,7 +66,7 @@ fn state_item(rollout: &Rollout) -> Result<Item, EdgeError> {
             AttributeValue::N(rollout.revision.to_string()),
         ),
         ("status".into(), s(status_text(rollout))),
-        ("state".into(), json("PutItem", rollout)?),
+        ("state".into(), json("TransactWriteItems", rollout)?),
     ]))
 }
 
@@ -160,15 +175,10 @@ impl RolloutTable {
         .await?;
         items
             .iter()
-            .map(|item| match item.get("device") {
-                Some(AttributeValue::S(text)) => serde_json::from_str(text).map_err(|e| {
-                    EdgeError::unreadable("dynamodb", "Query", format!("{rollout_id}: {e}"))
-                }),
-                _ => Err(EdgeError::unreadable(
-                    "dynamodb",
-                    "Query",
-                    format!("{rollout_id}: a device record without its device"),
-                )),
+            .map(|item| {
+                json_attribute(item, "device").map_err(|e| {
+                    EdgeError::unreadable("dynamodb", "Query", format!("rollout {rollout_id}: {e}"))
+                })
             })
             .collect()
     }
@@ -187,16 +197,10 @@ impl RolloutTable {
             .aws("dynamodb", "GetItem")?;
         got.item
             .as_ref()
-            .and_then(|item| item.get("state"))
-            .map(|state| match state {
-                AttributeValue::S(text) => serde_json::from_str(text).map_err(|e| {
+            .map(|item| {
+                json_attribute(item, "state").map_err(|e| {
                     EdgeError::unreadable("dynamodb", "GetItem", format!("rollout {id}: {e}"))
-                }),
-                _ => Err(EdgeError::unreadable(
-                    "dynamodb",
-                    "GetItem",
-                    format!("rollout {id}: no state"),
-                )),
+                })
             })
             .transpose()
     }
@@ -254,15 +258,13 @@ impl RolloutTable {
             ("record", "audit#"),
         )
         .await?;
-        let mut out = Vec::new();
-        for item in items {
-            if let Some(AttributeValue::S(text)) = item.get("transition") {
-                out.push(
-                    serde_json::from_str(text)
-                        .map_err(|e| EdgeError::unreadable("dynamodb", "Query", e))?,
-                );
-            }
-        }
-        Ok(out)
+        items
+            .iter()
+            .map(|item| {
+                json_attribute(item, "transition").map_err(|e| {
+                    EdgeError::unreadable("dynamodb", "Query", format!("rollout {id} audit: {e}"))
+                })
+            })
+            .collect()
     }
 }

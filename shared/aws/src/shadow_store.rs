@@ -71,7 +71,8 @@ impl ShadowStore for IotShadowStore {
         shadow: &ShadowRef,
         update: &ShadowUpdate,
     ) -> Result<Option<u64>, EdgeError> {
-        let body = serde_json::to_vec(update).map_err(|e| malformed("UpdateThingShadow", e))?;
+        let body = serde_json::to_vec(update)
+            .map_err(|e| EdgeError::request("iot-data", "UpdateThingShadow", e))?;
         let answer = self
             .client
             .update_thing_shadow()
@@ -86,7 +87,10 @@ impl ShadowStore for IotShadowStore {
                 let bytes = out.payload.map(Blob::into_inner).unwrap_or_default();
                 let accepted: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| malformed("UpdateThingShadow", e))?;
-                Ok(Some(accepted["version"].as_u64().unwrap_or_default()))
+                let version = accepted["version"]
+                    .as_u64()
+                    .ok_or_else(|| malformed("UpdateThingShadow", "no version"))?;
+                Ok(Some(version))
             }
             Err(e) if e.is_code("ConflictException") => Ok(None),
             Err(e) => Err(e),

@@ -20,8 +20,12 @@ pub enum EdgeErrorKind {
     Service,
     /// The service asked us to slow down; retry with backoff.
     Throttled,
-    /// No answer: connection refused, DNS, timeout. Retry later; nothing was decided.
+    /// No usable answer: connection refused, DNS, timeout, a response cut off. Retry later;
+    /// nothing was decided.
     Unreachable,
+    /// The service failed on its side (HTTP 5xx, or an error AWS marks transient, such as
+    /// DynamoDB's `TransactionConflictException`). Retry later.
+    ServerError,
     /// The request could not be built from what we had (a builder refused a value): nothing was
     /// sent.
     Request,
@@ -120,12 +124,13 @@ pub trait Retryable {
 }
 
 impl Retryable for EdgeError {
-    /// Throttled or unreachable: the same call may succeed later. A service's refusal, a request
-    /// that could not be built or an answer that could not be read will not change by retrying.
+    /// Throttled, unreachable or a server error: the same call may succeed later. A service's
+    /// refusal, a request that could not be built or an answer that could not be read will not
+    /// change by retrying.
     fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
-            EdgeErrorKind::Throttled | EdgeErrorKind::Unreachable
+            EdgeErrorKind::Throttled | EdgeErrorKind::Unreachable | EdgeErrorKind::ServerError
         )
     }
 }
@@ -184,6 +189,7 @@ mod tests {
             (EdgeErrorKind::Service, false),
             (EdgeErrorKind::Throttled, true),
             (EdgeErrorKind::Unreachable, true),
+            (EdgeErrorKind::ServerError, true),
             (EdgeErrorKind::Request, false),
             (EdgeErrorKind::Unreadable, false),
         ];

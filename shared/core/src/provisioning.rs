@@ -19,7 +19,7 @@ use crate::ids::ThingName;
 mod proof;
 pub use proof::{
     CertificateError, FACTORY_SECRET_PARAMETER, MAX_FACTORY_SECRET_LEN, Proof, ProofError,
-    public_key_fingerprint,
+    ProofTextError, public_key_fingerprint,
 };
 
 /// Every connection made with the fleet's claim certificate uses a client id starting with this
@@ -97,15 +97,24 @@ impl fmt::Display for DeviceStatus {
     }
 }
 
+/// A text that is not a [`DeviceStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown device status {0:?} (pending, provisioned, revoked, retired)")]
+pub struct UnknownStatus(pub String);
+
 impl FromStr for DeviceStatus {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = UnknownStatus;
+    /// `pending`, `provisioned`, `revoked` or `retired`.
+    ///
+    /// # Errors
+    /// [`UnknownStatus`] for any other text.
+    fn from_str(text: &str) -> Result<Self, UnknownStatus> {
         match text {
             "pending" => Ok(DeviceStatus::Pending),
             "provisioned" => Ok(DeviceStatus::Provisioned),
             "revoked" => Ok(DeviceStatus::Revoked),
             "retired" => Ok(DeviceStatus::Retired),
-            other => Err(format!("unknown device status {other:?}")),
+            other => Err(UnknownStatus(other.to_owned())),
         }
     }
 }
@@ -509,7 +518,10 @@ mod tests {
         ] {
             assert_eq!(s.as_str().parse::<DeviceStatus>(), Ok(s));
         }
-        assert!("active".parse::<DeviceStatus>().is_err());
+        assert_eq!(
+            "active".parse::<DeviceStatus>(),
+            Err(UnknownStatus("active".into()))
+        );
     }
 }
 
@@ -602,7 +614,7 @@ fn parse_row(record: &csv::StringRecord, now_ms: i64) -> Result<ManifestEntry, S
         attributes: parse_attributes(field(4))?,
         proof: match field(5) {
             "" => None,
-            proof => Some(proof.parse()?),
+            proof => Some(proof.parse().map_err(|e: ProofTextError| e.to_string())?),
         },
         created_at_ms: now_ms,
         updated_at_ms: now_ms,

@@ -193,34 +193,47 @@ impl fmt::Debug for Proof {
     }
 }
 
+/// Why a text is not a [`Proof`]. The messages never repeat the text: an operator who pasted a
+/// secret instead of its digest must not find it in a terminal or CI log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofTextError {
+    /// No `:` between a scheme and a digest; the text's length in characters.
+    #[error("proof ({0} characters) is not <scheme>:<hex digest>")]
+    NotSchemeAndDigest(usize),
+    /// A scheme other than `key-sha256` and `secret-sha256`.
+    #[error("proof scheme is unknown; use key-sha256 or secret-sha256")]
+    UnknownScheme,
+    /// 64 characters, not all hex digits.
+    #[error("proof digest of {0} has a character that is not a hex digit")]
+    NotHex(&'static str),
+    /// Not 64 characters; the digest's length in characters.
+    #[error(
+        "proof digest of {scheme} must be 64 hex digits (a SHA-256), not {len} characters \
+         (keep only the digest of sha256sum's output)"
+    )]
+    WrongLength { scheme: &'static str, len: usize },
+}
+
 impl FromStr for Proof {
-    type Err = String;
-    /// `key-sha256:<64 hex>` or `secret-sha256:<64 hex>` (hex in either case). Errors never
-    /// repeat the value: an operator who pasted a secret instead of its digest must not find it
-    /// in a terminal or CI log.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (scheme, hex) = text.split_once(':').ok_or_else(|| {
-            format!(
-                "proof ({} characters) is not <scheme>:<hex digest>",
-                text.chars().count()
-            )
-        })?;
-        let scheme = match scheme {
-            "key-sha256" | "secret-sha256" => scheme,
-            _ => return Err("proof scheme is unknown; use key-sha256 or secret-sha256".into()),
+    type Err = ProofTextError;
+    /// `key-sha256:<64 hex>` or `secret-sha256:<64 hex>` (hex in either case).
+    ///
+    /// # Errors
+    /// [`ProofTextError`], which never repeats the text.
+    fn from_str(text: &str) -> Result<Self, ProofTextError> {
+        let (scheme, hex) = text
+            .split_once(':')
+            .ok_or_else(|| ProofTextError::NotSchemeAndDigest(text.chars().count()))?;
+        let (scheme, make): (&'static str, fn([u8; 32]) -> Proof) = match scheme {
+            "key-sha256" => ("key-sha256", Proof::KeySha256),
+            "secret-sha256" => ("secret-sha256", Proof::SecretSha256),
+            _ => return Err(ProofTextError::UnknownScheme),
         };
         let digest = from_hex(hex).ok_or_else(|| match hex.chars().count() {
-            64 => format!("proof digest of {scheme} has a character that is not a hex digit"),
-            n => format!(
-                "proof digest of {scheme} must be 64 hex digits (a SHA-256), not {n} characters \
-                 (keep only the digest of sha256sum's output)"
-            ),
+            64 => ProofTextError::NotHex(scheme),
+            len => ProofTextError::WrongLength { scheme, len },
         })?;
-        Ok(if scheme == "key-sha256" {
-            Proof::KeySha256(digest)
-        } else {
-            Proof::SecretSha256(digest)
-        })
+        Ok(make(digest))
     }
 }
 
@@ -238,15 +251,21 @@ mod tests {
         let proof: Proof = text.parse().unwrap();
         assert_eq!(proof.to_string(), text.to_lowercase());
         assert_eq!(proof.to_string().parse::<Proof>(), Ok(proof));
-        assert!(
-            format!("key-sha256:{}g", "a".repeat(63))
-                .parse::<Proof>()
-                .unwrap_err()
-                .contains("not a hex digit")
-        );
+        let not_hex = format!("key-sha256:{}g", "a".repeat(63))
+            .parse::<Proof>()
+            .unwrap_err();
+        assert_eq!(not_hex, ProofTextError::NotHex("key-sha256"));
+        assert!(not_hex.to_string().contains("not a hex digit"));
         let pasted_secret = "secret-sha256:hunter2-not-a-digest";
         let err = pasted_secret.parse::<Proof>().unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(
+            err,
+            ProofTextError::WrongLength {
+                scheme: "secret-sha256",
+                len: 20
+            }
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
         for bad in [
             "",
             "key-sha256",

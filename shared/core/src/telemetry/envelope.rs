@@ -66,7 +66,7 @@ pub enum EnvelopeError {
     #[error("thing name in topic: {0}")]
     BadThing(String),
     #[error("{PAYLOAD_KEY} is not valid base64: {0}")]
-    BadBase64(String),
+    BadBase64(base64::DecodeError),
     #[error(
         "a binary message (dt/<app>/<thing>/telemetry/<model>) holds only {PAYLOAD_KEY}; it also has {0:?}"
     )]
@@ -234,11 +234,12 @@ impl std::str::FromStr for TelemetryApps {
 }
 
 /// Standard base64 (RFC 4648, with padding), as the rules engine's `encode(*, 'base64')` writes it.
-pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+///
+/// # Errors
+/// base64's [`DecodeError`](base64::DecodeError) naming the offending byte or length.
+pub fn base64_decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|e| e.to_string())
+    base64::engine::general_purpose::STANDARD.decode(text.trim())
 }
 
 #[cfg(test)]
