@@ -3,26 +3,11 @@
 //! has exactly one entry per move.
 
 use shoal_aws::rollout_table::RolloutTable;
-use shoal_core::rollout::phases::{PlanSettings, RolloutPlan};
 use shoal_core::rollout::state::{Command, Rollout, RolloutStatus};
 use shoal_integration_tests::local::{self, unique_name};
 
 fn rollout(id: &str) -> Rollout {
-    Rollout {
-        id: id.into(),
-        model: "th-v2".parse().unwrap(),
-        hardware: "rev-b".parse().unwrap(),
-        version: "1.10.0".parse().unwrap(),
-        rollback_version: Some("1.9.0".parse().unwrap()),
-        plan: RolloutPlan::new(&PlanSettings::default()).unwrap(),
-        phase: 0,
-        phase_started_ms: 0,
-        status: RolloutStatus::Active,
-        reason: None,
-        revision: 1,
-        max_new_per_minute: 100,
-        created_ms: 0,
-    }
+    shoal_core::test_util::rollout(id)
 }
 
 async fn table() -> RolloutTable {

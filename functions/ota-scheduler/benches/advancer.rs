@@ -13,8 +13,7 @@ use ota_scheduler::{AdvancerConfig, Edges, advance};
 use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
 use shoal_core::rollout::cohort::cohort_point;
 use shoal_core::rollout::image::FirmwareImage;
-use shoal_core::rollout::phases::{PlanSettings, RolloutPlan};
-use shoal_core::rollout::state::{Rollout, RolloutStatus};
+use shoal_core::rollout::state::Rollout;
 use shoal_core::shadow::ota::{OtaReport, OtaStatus};
 
 const FLEET: usize = 100_000;
@@ -23,35 +22,18 @@ const NOW: u64 = 10 * 3_600_000;
 
 fn image(version: &str) -> FirmwareImage {
     FirmwareImage {
-        model: "th-v2".parse().unwrap(),
-        hardware: "rev-b".parse().unwrap(),
-        version: version.parse().unwrap(),
         min_version: Some("1.0.0".parse().unwrap()),
         size: 1 << 20,
-        sha256: "ab".repeat(32),
-        signature: "M".repeat(96),
-        s3_key: format!("firmware/th-v2/rev-b/{version}/x.bin"),
-        signing_key: "alias/k".into(),
-        created_at_ms: 0,
-        downgrade_reason: None,
+        ..shoal_core::test_util::firmware_image(version)
     }
 }
 
 fn memory() -> Memory {
     let rollout = Rollout {
-        id: "bench".into(),
-        model: "th-v2".parse().unwrap(),
-        hardware: "rev-b".parse().unwrap(),
-        version: "1.10.0".parse().unwrap(),
-        rollback_version: Some("1.9.0".parse().unwrap()),
-        plan: RolloutPlan::new(&PlanSettings::default()).unwrap(),
         phase: 2,
-        phase_started_ms: 0,
-        status: RolloutStatus::Active,
-        reason: None,
         revision: 4,
         max_new_per_minute: 1_000,
-        created_ms: 0,
+        ..shoal_core::test_util::rollout("bench")
     };
     let fleet: Vec<FleetDevice> = (0..FLEET)
         .map(|i| {

@@ -681,36 +681,15 @@ mod tests {
             ..PlanSettings::default()
         };
         Rollout {
-            id: id.into(),
-            model: "th-v2".parse().unwrap(),
-            hardware: "rev-b".parse().unwrap(),
             version: version.parse().unwrap(),
-            rollback_version: Some("1.9.0".parse().unwrap()),
             plan: RolloutPlan::new(&settings).unwrap(),
-            phase: 0,
-            phase_started_ms: 0,
-            status: RolloutStatus::Active,
-            reason: None,
-            revision: 1,
             max_new_per_minute: 1_000,
-            created_ms: 0,
+            ..shoal_core::test_util::rollout(id)
         }
     }
 
     fn image(version: &str) -> FirmwareImage {
-        FirmwareImage {
-            model: "th-v2".parse().unwrap(),
-            hardware: "rev-b".parse().unwrap(),
-            version: version.parse().unwrap(),
-            min_version: None,
-            size: 10,
-            sha256: "ab".repeat(32),
-            signature: "sig".into(),
-            s3_key: format!("firmware/{version}.bin"),
-            signing_key: "alias/k".into(),
-            created_at_ms: 0,
-            downgrade_reason: None,
-        }
+        shoal_core::test_util::firmware_image(version)
     }
 
     fn memory(rollouts: &[Rollout], devices: usize) -> Memory {

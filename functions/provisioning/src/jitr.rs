@@ -288,19 +288,7 @@ mod tests {
     }
 
     fn entry(status: DeviceStatus, cert: Option<&str>) -> ManifestEntry {
-        ManifestEntry {
-            serial: Serial::parse("SN-1").unwrap(),
-            model: "th-v2".into(),
-            batch: "b".into(),
-            status,
-            certificate_id: cert.map(str::to_owned),
-            thing_name: None,
-            thing_group: None,
-            attributes: BTreeMap::new(),
-            proof: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
+        shoal_core::test_util::manifest_entry("SN-1", status, cert)
     }
 
     #[test]

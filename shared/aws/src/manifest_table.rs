@@ -454,17 +454,12 @@ mod tests {
 
     fn entry() -> ManifestEntry {
         ManifestEntry {
-            serial: Serial::parse("SN-1").unwrap(),
-            model: "th-v2".into(),
-            batch: "b1".into(),
-            status: DeviceStatus::Provisioned,
-            certificate_id: Some("c1".into()),
             thing_name: Some(ThingName::parse("SN-1").unwrap()),
             thing_group: Some("greenhouse".into()),
             attributes: [("site".to_owned(), "lyon".to_owned())].into(),
-            proof: None,
             created_at_ms: 5,
             updated_at_ms: 6,
+            ..shoal_core::test_util::manifest_entry("SN-1", DeviceStatus::Provisioned, Some("c1"))
         }
     }
 

@@ -16,3 +16,5 @@ pub mod provisioning;
 pub mod rollout;
 pub mod shadow;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;

@@ -317,17 +317,12 @@ mod tests {
 
     fn entry(status: DeviceStatus, cert: Option<&str>) -> ManifestEntry {
         ManifestEntry {
-            serial: Serial::parse("SN-0001").unwrap(),
-            model: "th-v2".into(),
             batch: "2026-11".into(),
-            status,
-            certificate_id: cert.map(str::to_owned),
-            thing_name: None,
             thing_group: Some("greenhouse".into()),
             attributes: [("site".to_owned(), "lyon".to_owned())].into(),
-            proof: None,
             created_at_ms: 1,
             updated_at_ms: 1,
+            ..crate::test_util::manifest_entry("SN-0001", status, cert)
         }
     }
 

@@ -370,7 +370,6 @@ fn plan_rollback(
 
 #[cfg(test)]
 mod tests {
-    use super::super::phases::{PlanSettings, RolloutPlan};
     use super::*;
     use crate::shadow::ota::OtaStatus;
 
@@ -380,19 +379,10 @@ mod tests {
 
     fn rollout(status: RolloutStatus, phase: usize, max_new_per_minute: u32) -> Rollout {
         Rollout {
-            id: "r-1".into(),
-            model: "th-v2".parse().unwrap(),
-            hardware: "rev-b".parse().unwrap(),
-            version: v("1.10.0"),
-            rollback_version: Some(v("1.9.0")),
-            plan: RolloutPlan::new(&PlanSettings::default()).unwrap(),
             phase,
-            phase_started_ms: 0,
             status,
-            reason: None,
-            revision: 1,
             max_new_per_minute,
-            created_ms: 0,
+            ..crate::test_util::rollout("r-1")
         }
     }
 

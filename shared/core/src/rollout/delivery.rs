@@ -135,19 +135,7 @@ mod tests {
     use crate::shadow::document::ShadowState;
 
     fn image() -> FirmwareImage {
-        FirmwareImage {
-            model: "th-v2".parse().unwrap(),
-            hardware: "rev-b".parse().unwrap(),
-            version: "1.10.0".parse().unwrap(),
-            min_version: None,
-            size: 524_288,
-            sha256: "ab".repeat(32),
-            signature: "M".repeat(96),
-            s3_key: "firmware/th-v2/rev-b/1.10.0/x.bin".into(),
-            signing_key: "alias/k".into(),
-            created_at_ms: 0,
-            downgrade_reason: None,
-        }
+        crate::test_util::firmware_image("1.10.0")
     }
 
     #[test]

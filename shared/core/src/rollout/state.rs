@@ -215,25 +215,10 @@ pub fn count<'a>(outcomes: impl IntoIterator<Item = &'a DeviceOutcome>) -> Phase
 
 #[cfg(test)]
 mod tests {
-    use super::super::phases::PlanSettings;
     use super::*;
 
     fn rollout() -> Rollout {
-        Rollout {
-            id: "r-1".into(),
-            model: "th-v2".parse().unwrap(),
-            hardware: "rev-b".parse().unwrap(),
-            version: "1.10.0".parse().unwrap(),
-            rollback_version: Some("1.9.0".parse().unwrap()),
-            plan: RolloutPlan::new(&PlanSettings::default()).unwrap(),
-            phase: 0,
-            phase_started_ms: 0,
-            status: RolloutStatus::Active,
-            reason: None,
-            revision: 1,
-            max_new_per_minute: 100,
-            created_ms: 0,
-        }
+        crate::test_util::rollout("r-1")
     }
 
     #[test]
