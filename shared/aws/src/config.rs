@@ -4,6 +4,7 @@
 //! missing or malformed variable fails the cold start with an error that names it, instead of
 //! failing the first request that happens to use it.
 
+use shoal_wire::ids::NameError;
 use shoal_wire::validated_string;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -165,26 +166,26 @@ impl TimestreamTarget {
 validated_string!(
     /// A DynamoDB table name: 3–255 characters of `[a-zA-Z0-9_.-]`.
     TableName,
-    String,
-    check_table_name
+    NameError,
+    |value| check_table_name(value).map_err(NameError::of("DynamoDB table name"))
 );
 validated_string!(
     /// A Timestream database or table name: 3–256 characters of `[a-zA-Z0-9_.-]`.
     TimestreamName,
-    String,
-    check_timestream_name
+    NameError,
+    |value| check_timestream_name(value).map_err(NameError::of("Timestream name"))
 );
 validated_string!(
     /// An S3 bucket name under the general-purpose bucket rules.
     BucketName,
-    String,
-    check_bucket_name
+    NameError,
+    |value| check_bucket_name(value).map_err(NameError::of("S3 bucket name"))
 );
 validated_string!(
     /// A KMS key reference: key id, multi-Region key id, key ARN, alias name or alias ARN.
     KmsKeyRef,
-    String,
-    check_kms_key_ref
+    NameError,
+    |value| check_kms_key_ref(value).map_err(NameError::of("KMS key reference"))
 );
 
 fn check_len(value: &str, min: usize, max: usize) -> Result<(), String> {

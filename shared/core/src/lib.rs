@@ -6,6 +6,8 @@
 //! `shoal-wire`, whose modules it re-exports where its own extend them ([`ids`],
 //! [`rollout::version`], [`rollout::image`], [`shadow::ota`]).
 
+#![warn(missing_docs)]
+
 pub use shoal_wire::ids;
 
 pub mod clock;

@@ -17,10 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::ThingName;
 
+/// A lifecycle event's kind (`eventType`), the last level of its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceEvent {
+    /// The client connected (`$aws/events/presence/connected/<clientId>`).
     Connected,
+    /// The client disconnected, or AWS IoT closed its connection
+    /// (`$aws/events/presence/disconnected/<clientId>`).
     Disconnected,
 }
 
@@ -28,21 +32,31 @@ pub enum PresenceEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleEvent {
+    /// The MQTT client id of the connection (`clientId`).
     pub client_id: String,
     /// Milliseconds since the epoch.
     pub timestamp: u64,
+    /// Whether the client connected or disconnected (`eventType`).
     pub event_type: PresenceEvent,
+    /// AWS IoT's id of the MQTT session (`sessionIdentifier`); `None` when the event has none.
     #[serde(default)]
     pub session_identifier: Option<String>,
+    /// The credential that authenticated the connection (`principalIdentifier`): for an X.509
+    /// client, its certificate id. `None` when the event has none.
     #[serde(default)]
     pub principal_identifier: Option<String>,
+    /// The client's IP address (`ipAddress`); `None` when the event has none.
     #[serde(default)]
     pub ip_address: Option<String>,
     /// The connection's number: required, since it is the only reliable order between a client's
     /// connections.
     pub version_number: u64,
+    /// On a disconnect, whether the client closed the connection itself
+    /// (`clientInitiatedDisconnect`); `None` on a connect or when absent.
     #[serde(default)]
     pub client_initiated_disconnect: Option<bool>,
+    /// On a disconnect, AWS IoT's reason (`disconnectReason`), e.g. `CLIENT_INITIATED_DISCONNECT`,
+    /// `MQTT_KEEP_ALIVE_TIMEOUT` or `DUPLICATE_CLIENTID`; `None` on a connect or when absent.
     #[serde(default)]
     pub disconnect_reason: Option<String>,
     /// Present only when the client connected with the exclusive-thing feature.
@@ -95,7 +109,9 @@ pub enum LifecycleError {
     /// Neither `thingName` nor the client id is a thing name.
     #[error("client {client_id:?} names no thing: {source}")]
     NoThing {
+        /// The event's client id.
         client_id: String,
+        /// Why the name (`thingName`, else the client id) is not a valid thing name.
         source: crate::ids::IdError,
     },
     /// The event carries no `principalIdentifier`.
@@ -105,7 +121,10 @@ pub enum LifecycleError {
     #[error(
         "principal {principal:?} is not a certificate id (a device connects with its certificate)"
     )]
-    NotACertificate { principal: String },
+    NotACertificate {
+        /// The `principalIdentifier` the event carried.
+        principal: String,
+    },
 }
 
 impl LifecycleEvent {
@@ -158,16 +177,26 @@ impl LifecycleEvent {
 /// The message published when a device stayed offline longer than the threshold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineAlert {
+    /// The alert's kind: always `device_offline`.
     pub alert: String,
+    /// The thing that is offline.
     pub thing_name: String,
+    /// When the device went offline (ms since the epoch).
     pub offline_since_ms: u64,
+    /// How long it had been offline when the alert was made (whole seconds).
     pub offline_for_s: u64,
+    /// The offline time after which an alert is due (seconds).
     pub threshold_s: u64,
+    /// The `disconnectReason` of the disconnect that took it offline; `None` when unknown (then
+    /// left out of the JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disconnect_reason: Option<String>,
 }
 
 impl OfflineAlert {
+    /// An alert for `thing`, offline since `offline_since_ms` and seen offline at `now_ms` (both
+    /// ms since the epoch); `offline_for_s` is their difference in whole seconds (0 if `now_ms`
+    /// is earlier).
     pub fn new(
         thing: &str,
         offline_since_ms: u64,

@@ -6,6 +6,7 @@
 //! not revoked or retired, of a model the template may provision, and not already provisioned to
 //! another certificate. The same certificate asking again gets the same answer.
 
+use shoal_wire::ids::NameError;
 use shoal_wire::validated_string;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,20 +44,27 @@ pub const BATCH_PARAMETER: &str = "Batch";
 validated_string!(
     /// A factory serial number: 1–64 of `[A-Za-z0-9_-]`, so that it is a valid thing name too.
     Serial,
-    String,
-    |value| {
-        if value.is_empty() || value.len() > 64 {
-            return Err(format!("is {} characters long; it must be 1 to 64", value.len()));
-        }
-        match value
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
-        {
-            Some(c) => Err(format!("contains {c:?}; only letters, digits, '_' and '-' are allowed")),
-            None => Ok(()),
-        }
-    }
+    NameError,
+    |value| check_serial(value).map_err(NameError::of("serial"))
 );
+
+fn check_serial(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 64 {
+        return Err(format!(
+            "is {} characters long; it must be 1 to 64",
+            value.len()
+        ));
+    }
+    match value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "contains {c:?}; only letters, digits, '_' and '-' are allowed"
+        )),
+        None => Ok(()),
+    }
+}
 
 impl Serial {
     /// The thing a serial becomes: the serial itself, which the serial's alphabet makes a valid
@@ -81,6 +89,8 @@ pub enum DeviceStatus {
 }
 
 impl DeviceStatus {
+    /// The status's lowercase name (`pending`, `provisioned`, `revoked`, `retired`), as stored
+    /// and as `parse` reads it.
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceStatus::Pending => "pending",
@@ -122,19 +132,27 @@ impl FromStr for DeviceStatus {
 /// One device of the factory manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestEntry {
+    /// The factory serial: the manifest's key.
     pub serial: Serial,
+    /// The device model, which a template must allow (see [`TemplateModels`]).
     pub model: String,
+    /// The factory batch it was built in.
     pub batch: String,
+    /// Where the device is in its life.
     pub status: DeviceStatus,
     /// The certificate it was provisioned with.
     pub certificate_id: Option<String>,
+    /// The thing it was provisioned as; `None` while it has none.
     pub thing_name: Option<ThingName>,
+    /// The thing group it joins when provisioned; `None`: no group.
     pub thing_group: Option<String>,
     /// Thing attributes the device gets (AWS allows 50 per thing).
     pub attributes: BTreeMap<String, String>,
     /// What the device must show beyond its serial to be provisioned (`None`: the serial alone).
     pub proof: Option<Proof>,
+    /// When the entry was created (ms since the epoch).
     pub created_at_ms: i64,
+    /// When the entry last changed (ms since the epoch).
     pub updated_at_ms: i64,
 }
 
@@ -142,13 +160,20 @@ pub struct ManifestEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HookRequest {
+    /// The id of the claim certificate the device connected with (`claimCertificateId`).
     pub claim_certificate_id: String,
+    /// The id of the device certificate being provisioned (`certificateId`).
     pub certificate_id: String,
+    /// That certificate in PEM (`certificatePem`); empty when the request has none.
     #[serde(default)]
     pub certificate_pem: String,
+    /// The provisioning template's ARN (`templateArn`).
     pub template_arn: String,
+    /// The MQTT client id of the device's claim connection (`clientId`); empty when absent.
     #[serde(default)]
     pub client_id: String,
+    /// The parameters the device sent with `RegisterThing` (e.g. `SerialNumber`,
+    /// `FactorySecret`); empty when absent.
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
 }
@@ -166,12 +191,16 @@ impl HookRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HookResponse {
+    /// Whether AWS IoT may go on provisioning the device (`allowProvisioning`).
     pub allow_provisioning: bool,
+    /// Template parameters to set instead of the device's (`parameterOverrides`); left out when
+    /// empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameter_overrides: BTreeMap<String, String>,
 }
 
 impl HookResponse {
+    /// A refusal: `allowProvisioning: false`, no overrides.
     pub fn deny() -> Self {
         Self {
             allow_provisioning: false,
@@ -183,24 +212,43 @@ impl HookResponse {
 /// Why the hook said no. Every path that is not an explicit yes is one of these.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Denial {
+    /// The request has no `SerialNumber` parameter.
     #[error("the request has no {SERIAL_PARAMETER} parameter")]
     NoSerial,
+    /// The `SerialNumber` parameter is not a valid [`Serial`]: the text sent, and what the rule
+    /// found.
     #[error("serial {0:?} is malformed: {1}")]
-    BadSerial(String, String),
+    BadSerial(String, NameError),
+    /// The serial is not in the factory manifest.
     #[error("serial {0} is not in the factory manifest")]
     UnknownSerial(Serial),
+    /// The serial's status forbids provisioning: revoked, retired, or provisioned with no
+    /// certificate recorded.
     #[error("serial {0} is {1}")]
     NotProvisionable(Serial, DeviceStatus),
+    /// The serial is already provisioned to another certificate.
     #[error("serial {serial} is already provisioned to certificate {existing}")]
-    OtherCertificate { serial: Serial, existing: String },
+    OtherCertificate {
+        /// The serial asked for.
+        serial: Serial,
+        /// The certificate id it is provisioned to.
+        existing: String,
+    },
+    /// The request's template may not provision the serial's model (see [`TemplateModels`]).
     #[error("model {model:?} of serial {serial} may not be provisioned by template {template:?}")]
     ModelNotAllowed {
+        /// The serial asked for.
         serial: Serial,
+        /// Its model, from the manifest.
         model: String,
+        /// The template's name, from the request's ARN.
         template: String,
     },
+    /// The device did not show the proof of possession its manifest row requires.
     #[error("serial {0}: {1}")]
     Proof(Serial, ProofError),
+    /// Deciding failed (e.g. a table could not be read), so the hook denies to be safe; the
+    /// message says what failed.
     #[error("internal error, denied to be safe: {0}")]
     Internal(String),
 }
@@ -228,6 +276,7 @@ impl Denial {
 pub struct TemplateModels(BTreeMap<String, Vec<String>>);
 
 impl TemplateModels {
+    /// Whether `template` (a template name, not its ARN) may provision devices of `model`.
     pub fn allows(&self, template: &str, model: &str) -> bool {
         self.0
             .get(template)
@@ -237,12 +286,21 @@ impl TemplateModels {
 
 impl FromStr for TemplateModels {
     type Err = String;
+    /// `template=model,model;template=model` (blank entries ignored).
+    ///
+    /// # Errors
+    /// A message naming the entry when it is not `template=model,…`, the template name is not
+    /// letters, digits, `_` or `-`, a model is empty, or a template appears twice.
     fn from_str(text: &str) -> Result<Self, String> {
         crate::lists::keyed_lists(text, |_| Ok(())).map(Self)
     }
 }
 
 /// The serial a request is about.
+///
+/// # Errors
+/// [`Denial::NoSerial`] when the request has no `SerialNumber` parameter, [`Denial::BadSerial`]
+/// when it is not a valid serial.
 pub fn requested_serial(request: &HookRequest) -> Result<Serial, Denial> {
     let raw = request
         .parameters
@@ -254,6 +312,14 @@ pub fn requested_serial(request: &HookRequest) -> Result<Serial, Denial> {
 /// The hook's decision for `request`, given the serial's manifest entry (`None`: not in the
 /// manifest). An allowed request gets the overrides that name the thing and carry the manifest's
 /// group, model, batch and attributes (an attribute never replaces a named override).
+///
+/// # Errors
+/// The [`Denial`]: [`NoSerial`](Denial::NoSerial) or [`BadSerial`](Denial::BadSerial) (see
+/// [`requested_serial`]), [`UnknownSerial`](Denial::UnknownSerial) without an entry,
+/// [`OtherCertificate`](Denial::OtherCertificate) when it is provisioned to another certificate,
+/// [`NotProvisionable`](Denial::NotProvisionable) when revoked, retired or provisioned with no
+/// certificate recorded, [`ModelNotAllowed`](Denial::ModelNotAllowed) when the template may not
+/// provision its model, [`Proof`](Denial::Proof) when the row's proof is missing or wrong.
 pub fn decide(
     request: &HookRequest,
     entry: Option<&ManifestEntry>,
@@ -525,6 +591,7 @@ mod tests {
 pub struct RowError {
     /// 1-based line in the file (the header is line 1).
     pub line: u64,
+    /// Why the row was refused.
     pub reason: String,
 }
 
@@ -621,6 +688,10 @@ fn parse_row(record: &csv::StringRecord, now_ms: i64) -> Result<ManifestEntry, S
 /// column itself optional). Every row is checked; any bad row (malformed field, a serial twice, a
 /// proof twice: two devices sharing a key or a secret) makes the whole file refused, with every
 /// bad line listed.
+///
+/// # Errors
+/// Every [`RowError`] found, in file order, when any row is bad; a wrong header or a file with
+/// no device is one error on line 1.
 pub fn parse_manifest_csv(
     text: &str,
     now_ms: i64,

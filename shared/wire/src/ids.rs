@@ -13,6 +13,25 @@ pub const SHADOW_NAME_MAX_BYTES: usize = 64;
 /// Longest shadow `clientToken` AWS IoT accepts, in bytes.
 pub const CLIENT_TOKEN_MAX_BYTES: usize = 64;
 
+/// A name refused by its rule — a device model, a serial, a table name; AWS IoT's own
+/// identifiers have [`IdError`] — with which kind of name it was and what the rule found.
+/// Displays as the finding alone: the caller's message already says what was being read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{reason}")]
+pub struct NameError {
+    /// What was being read: `device model`, `serial`, `DynamoDB table name`.
+    pub kind: &'static str,
+    /// What its rule found, e.g. `is 70 characters long; it must be 1 to 64`.
+    pub reason: String,
+}
+
+impl NameError {
+    /// `check(value).map_err(NameError::of("serial"))`.
+    pub fn of(kind: &'static str) -> impl Fn(String) -> Self {
+        move |reason| Self { kind, reason }
+    }
+}
+
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IdError {

@@ -14,6 +14,8 @@ use p256::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::ids::NameError;
+
 use alloc::format;
 use alloc::string::{String, ToString};
 
@@ -29,15 +31,15 @@ fn check_name(value: &str) -> Result<(), String> {
 validated_string!(
     /// A device model, as the manifest and thing attributes name it: `th-v2`.
     DeviceModel,
-    String,
-    check_name
+    NameError,
+    |value| check_name(value).map_err(NameError::of("device model"))
 );
 
 validated_string!(
     /// A hardware revision of a model: `rev-b`.
     HardwareRevision,
-    String,
-    check_name
+    NameError,
+    |value| check_name(value).map_err(NameError::of("hardware revision"))
 );
 
 /// The SHA-256 digest of `bytes`.

@@ -126,7 +126,12 @@ pub enum CertificateError {
     NoCommonName,
     /// The common name is not a serial.
     #[error("certificate common name {common_name:?} is not a serial: it {reason}")]
-    NotASerial { common_name: String, reason: String },
+    NotASerial {
+        /// The certificate subject's common name.
+        common_name: String,
+        /// What the serial rule found in it.
+        reason: shoal_wire::ids::NameError,
+    },
 }
 
 /// Parses a PEM certificate and hands it to `read`.
@@ -211,7 +216,12 @@ pub enum ProofTextError {
         "proof digest of {scheme} must be 64 hex digits (a SHA-256), not {len} characters \
          (keep only the digest of sha256sum's output)"
     )]
-    WrongLength { scheme: &'static str, len: usize },
+    WrongLength {
+        /// The scheme the digest was given for.
+        scheme: &'static str,
+        /// The digest's length (characters).
+        len: usize,
+    },
 }
 
 impl FromStr for Proof {

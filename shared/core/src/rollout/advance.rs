@@ -21,6 +21,7 @@ use crate::shadow::ota::OtaReport;
 /// A device of the rollout's model and hardware revision, as the registry knows it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetDevice {
+    /// The AWS IoT thing name.
     pub thing: String,
     /// `None`: no lifecycle event seen yet (treated as reachable).
     pub online: Option<bool>,
@@ -33,13 +34,19 @@ pub struct FleetDevice {
 /// What the rollout asked of one device (rollout table, `device#<thing>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
+    /// The AWS IoT thing name.
     pub thing: String,
+    /// Its cohort point for the rollout, in [0, 1) (see [`cohort_point`]).
     pub point: f64,
+    /// The version it ran when targeted; `None`: not known.
     pub from_version: Option<FirmwareVersion>,
+    /// When it was targeted (ms since the Unix epoch); counts against the herd budget for a
+    /// minute.
     pub targeted_at_ms: u64,
     /// The version the `ota` shadow's desired state asks for; `None` once the request was
     /// cancelled by a rollback before the device started.
     pub desired_version: Option<FirmwareVersion>,
+    /// When the presigned URL written to its `ota` shadow expires (ms since the Unix epoch).
     pub url_expires_ms: u64,
     /// The phase during which it was targeted.
     #[serde(default)]
@@ -49,8 +56,11 @@ pub struct DeviceRecord {
 /// A device to target in this run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTarget {
+    /// The AWS IoT thing name.
     pub thing: String,
+    /// Its cohort point for the rollout, in [0, 1) (see [`cohort_point`]).
     pub point: f64,
+    /// The version it runs now, to record as [`DeviceRecord::from_version`]; `None`: not known.
     pub from_version: Option<FirmwareVersion>,
 }
 
@@ -78,13 +88,18 @@ pub struct RollbackCounts {
 /// The devices of the fleet that are not part of the rollout, and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Population {
+    /// Devices of the rollout's model and hardware revision in the fleet.
     pub fleet: u64,
+    /// Devices the image is for: the targeted ones plus the untargeted ones that pass
+    /// [`eligibility`] (counted only for active and completed rollouts).
     pub eligible: u64,
+    /// Devices the rollout has targeted (one per [`DeviceRecord`]).
     pub targeted: u64,
     /// Eligible and inside the current phase's cohort but offline: targeted when they return.
     pub offline_waiting: u64,
     /// Eligible and inside the cohort, left for later runs by the herd budget.
     pub held_by_budget: u64,
+    /// Untargeted devices the image is not for, per reason (active and completed rollouts only).
     pub ineligible: BTreeMap<Ineligible, u64>,
 }
 
@@ -95,12 +110,18 @@ pub struct RunPlan {
     pub counts: PhaseCounts,
     /// Per phase, the devices targeted during it: what each phase is judged on.
     pub by_phase: BTreeMap<usize, PhaseCounts>,
+    /// Every targeted device, counted per outcome.
     pub outcomes: BTreeMap<DeviceOutcome, u64>,
+    /// How the devices of a rolled-back rollout stand; all zero for any other status.
     pub rollback: RollbackCounts,
+    /// The fleet around the rollout: eligible, targeted, waiting and ineligible devices.
     pub population: Population,
+    /// Devices to target in this run, lowest cohort point first.
     pub targets: Vec<NewTarget>,
     /// Targeted devices whose URL expires within the margin (thing, version asked for).
     pub refresh: Vec<(String, FirmwareVersion)>,
+    /// For a rolled-back rollout, each device still asked for the rolled-back version and what
+    /// to do about it (thing name, step).
     pub rollback_steps: Vec<(String, RollbackStep)>,
 }
 

@@ -37,7 +37,9 @@ pub fn in_cohort(point: f64, percent: f64) -> bool {
 /// What the advancer knows of a device when it decides whether the image is for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device<'a> {
+    /// The device's model name, compared as text with the target's.
     pub model: &'a str,
+    /// The device's hardware revision, compared as text with the target's.
     pub hardware: &'a str,
     /// The version the device last reported running.
     pub running: Option<&'a FirmwareVersion>,
@@ -46,16 +48,23 @@ pub struct Device<'a> {
 /// What an image asks of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'a> {
+    /// The device model the image is built for.
     pub model: &'a str,
+    /// The hardware revision the image is built for.
     pub hardware: &'a str,
+    /// The version the image installs.
     pub version: &'a FirmwareVersion,
+    /// The lowest version that may take the image directly; `None`: no lower bound.
     pub min_version: Option<&'a FirmwareVersion>,
 }
 
+/// Why an image is not for a device (see [`eligibility`]); serialised in snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ineligible {
+    /// The device is of another model than the image's.
     OtherModel,
+    /// The device is of another hardware revision than the image's.
     OtherHardware,
     /// It never reported a version: it may be anything, so it is not guessed at.
     UnknownVersion,
@@ -65,6 +74,19 @@ pub enum Ineligible {
     AlreadyCurrent,
 }
 
+/// Whether the image `target` describes is for `device`: same model and hardware revision, and
+/// a known running version at or above `min_version` and below the target version (compared by
+/// SemVer precedence, so build metadata does not count).
+///
+/// # Errors
+/// The first [`Ineligible`] reason that applies, checked in this order: [`OtherModel`],
+/// [`OtherHardware`], [`UnknownVersion`], [`BelowMinVersion`], [`AlreadyCurrent`].
+///
+/// [`OtherModel`]: Ineligible::OtherModel
+/// [`OtherHardware`]: Ineligible::OtherHardware
+/// [`UnknownVersion`]: Ineligible::UnknownVersion
+/// [`BelowMinVersion`]: Ineligible::BelowMinVersion
+/// [`AlreadyCurrent`]: Ineligible::AlreadyCurrent
 pub fn eligibility(target: &Target<'_>, device: &Device<'_>) -> Result<(), Ineligible> {
     if device.model != target.model {
         return Err(Ineligible::OtherModel);
@@ -85,8 +107,11 @@ pub fn eligibility(target: &Target<'_>, device: &Device<'_>) -> Result<(), Ineli
 /// A device of a rollout's population, as the advancer sees it on one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate<'a> {
+    /// The AWS IoT thing name.
     pub thing: &'a str,
+    /// Its cohort point for the rollout, in [0, 1) (see [`cohort_point`]).
     pub point: f64,
+    /// Whether the rollout has targeted it already.
     pub targeted: bool,
 }
 

@@ -10,18 +10,25 @@ use super::version::FirmwareVersion;
 /// A published image, as the firmware registry records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirmwareImage {
+    /// The device model the image is built for.
     pub model: DeviceModel,
+    /// The hardware revision of that model the image is built for.
     pub hardware: HardwareRevision,
+    /// The image's firmware version, as published (SemVer, build metadata kept).
     pub version: FirmwareVersion,
     /// Devices below this version cannot take this image directly.
     pub min_version: Option<FirmwareVersion>,
+    /// Size of the image (bytes).
     pub size: u64,
     /// Lower-case hex.
     pub sha256: String,
     /// Base64 of the DER signature.
     pub signature: String,
+    /// Key of the image's S3 object in the firmware bucket (see [`object_key`]).
     pub s3_key: String,
+    /// The KMS key that signed the image, as configured (key id, key ARN or alias).
     pub signing_key: String,
+    /// When the image was published (ms since the Unix epoch).
     pub created_at_ms: u64,
     /// Set when the version was published below the current one.
     pub downgrade_reason: Option<String>,

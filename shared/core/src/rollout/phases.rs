@@ -4,8 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// One step of a rollout plan: how much of the fleet it reaches and what it must show to pass.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
+    /// The phase's name: `canary`, `staged-<n>` (from 1) or `general`.
     pub name: String,
     /// Share of the eligible fleet targeted once this phase is reached (cumulative).
     pub percent: f64,
@@ -17,19 +19,28 @@ pub struct Phase {
     pub min_reports: u64,
 }
 
+/// The phases a rollout moves through, in order (see [`RolloutPlan::new`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutPlan {
+    /// The phases, in order: canary first, `general` (100%) last; percentages increase.
     pub phases: Vec<Phase>,
 }
 
 /// The knobs of a plan (CLI flags / rollout request).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSettings {
+    /// Share of the eligible fleet in the canary phase (percent, in (0, 100)).
     pub canary_percent: f64,
+    /// Cumulative share reached by each staged phase, in order (percent, each in (0, 100),
+    /// increasing and above `canary_percent`).
     pub staged_percents: Vec<f64>,
+    /// Soak time of every phase (ms).
     pub soak_ms: u64,
+    /// Failure-rate threshold of the canary phase (rate, 0–1).
     pub canary_max_failure_rate: f64,
+    /// Failure-rate threshold of the staged phases and the general one (rate, 0–1).
     pub staged_max_failure_rate: f64,
+    /// Reports each phase needs before it may pass.
     pub min_reports: u64,
 }
 
@@ -116,8 +127,11 @@ impl RolloutPlan {
 /// Outcomes among the devices a phase (and the ones before it) targeted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseCounts {
+    /// Devices targeted, whether they reported or not.
     pub targeted: u64,
+    /// Devices that reported success and run the target version.
     pub succeeded: u64,
+    /// Devices that reported failure and are not back on an older version.
     pub failed: u64,
     /// Reported running the old version again: never counted as a success.
     pub rolled_back: u64,
@@ -138,10 +152,13 @@ impl PhaseCounts {
         }
     }
 
+    /// Devices with a final outcome: succeeded + failed + rolled back.
     pub fn reported(&self) -> u64 {
         self.succeeded + self.failed + self.rolled_back
     }
 
+    /// (Failed + rolled back) over [`reported`](Self::reported), a rate in 0–1; 0 when nothing
+    /// is reported yet.
     pub fn failure_rate(&self) -> f64 {
         match self.reported() {
             0 => 0.0,
@@ -150,13 +167,27 @@ impl PhaseCounts {
     }
 }
 
+/// What the advancer should do with a rollout now; serialised with a `decision` tag.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
-    Wait { reason: String },
-    Advance { to: usize },
+    /// Nothing yet: the phase is still soaking or short of reports.
+    Wait {
+        /// What it waits for, for people (e.g. `canary soaking for 120 s more`).
+        reason: String,
+    },
+    /// Move to the next phase.
+    Advance {
+        /// The phase to move to: index into the plan's phases, the current one plus one.
+        to: usize,
+    },
+    /// The last phase passed (or the phase index is past the plan's end): the rollout is done.
     Complete,
-    Pause { reason: String },
+    /// Stop targeting: a failure rate is above its phase's threshold.
+    Pause {
+        /// The breach, for people: phase, rate and counts (see [`breach`]).
+        reason: String,
+    },
 }
 
 /// Why `counts`, the outcomes of the devices targeted during `phase`, break its failure-rate
@@ -176,6 +207,11 @@ pub fn breach(phase: &Phase, counts: &PhaseCounts) -> Option<String> {
     })
 }
 
+/// The decision for the rollout in `phase` (index into `plan.phases`, started at
+/// `phase_started_ms`), given `counts` of the devices targeted during it, at `now_ms` (both ms
+/// since the Unix epoch): pause on a threshold breach, even while soaking; wait until the soak
+/// time has passed and the phase has its minimum reports; then advance to the next phase, or
+/// complete after the last one.
 pub fn decide(
     plan: &RolloutPlan,
     phase: usize,

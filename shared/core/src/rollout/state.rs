@@ -10,26 +10,43 @@ use super::phases::{PhaseCounts, RolloutPlan};
 use super::version::FirmwareVersion;
 use crate::shadow::ota::{OtaReport, OtaStatus};
 
+/// Where a rollout stands in its lifecycle; serialised in snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutStatus {
+    /// Targeting devices and moving through its phases.
     Active,
+    /// Stopped by an operator or a failure-rate breach: no new targets nor fresh URLs until
+    /// resumed.
     Paused,
+    /// Final: its devices are sent back to the rollback version.
     RolledBack,
+    /// Final: every phase passed; devices that come back online are still targeted.
     Completed,
 }
 
+/// A rollout of one firmware version to one model and hardware revision, as the rollout table
+/// stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
+    /// The rollout's unique id; also the seed of its devices' cohort points.
     pub id: String,
+    /// The device model it targets.
     pub model: DeviceModel,
+    /// The hardware revision of that model it targets.
     pub hardware: HardwareRevision,
+    /// The firmware version it installs.
     pub version: FirmwareVersion,
     /// What devices that took this version go back to on rollback (the last good version).
     pub rollback_version: Option<FirmwareVersion>,
+    /// The phases it moves through.
     pub plan: RolloutPlan,
+    /// The current phase: index into `plan.phases`.
     pub phase: usize,
+    /// When the current phase started, or last resumed (ms since the Unix epoch); its soak
+    /// time counts from here.
     pub phase_started_ms: u64,
+    /// Where it stands in its lifecycle.
     pub status: RolloutStatus,
     /// Why it is paused, rolled back or completed.
     pub reason: Option<String>,
@@ -37,52 +54,98 @@ pub struct Rollout {
     pub revision: u64,
     /// Thundering-herd guard: devices newly targeted per minute, at most.
     pub max_new_per_minute: u32,
+    /// When the rollout was created (ms since the Unix epoch).
     pub created_ms: u64,
 }
 
+/// A change to a rollout that an operator or the advancer asks for, checked by
+/// [`Rollout::apply`]; serialised with a `command` tag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
-    Advance { to: usize },
+    /// Move an active rollout to its next phase.
+    Advance {
+        /// The phase to move to: index into the plan's phases, the current one plus one.
+        to: usize,
+    },
+    /// Finish an active rollout that is in its last phase.
     Complete,
-    Pause { reason: String },
+    /// Stop an active rollout from targeting devices.
+    Pause {
+        /// Why, kept in [`Rollout::reason`].
+        reason: String,
+    },
+    /// Restart a paused rollout; the current phase soaks again from the resume.
     Resume,
-    Rollback { reason: String },
+    /// Send an active or paused rollout's devices back to its rollback version.
+    Rollback {
+        /// Why, kept in [`Rollout::reason`].
+        reason: String,
+    },
 }
 
 /// One audit-log entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
+    /// The rollout's revision after the transition.
     pub revision: u64,
+    /// When it was made (ms since the Unix epoch).
     pub at_ms: u64,
+    /// Who made it: `advancer`, or `operator:<user>` from the CLI.
     pub actor: String,
+    /// The command applied.
     pub command: Command,
+    /// The status before.
     pub from_status: RolloutStatus,
+    /// The status after.
     pub to_status: RolloutStatus,
+    /// The phase index before.
     pub from_phase: usize,
+    /// The phase index after.
     pub to_phase: usize,
 }
 
+/// Why [`Rollout::apply`] refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TransitionError {
+    /// The command does not apply in the rollout's status (nor, for complete, before the last
+    /// phase).
     #[error("rollout {id} is {status:?}: {command} is not possible now")]
     NotAllowed {
+        /// The rollout's id.
         id: String,
+        /// Its status when the command came.
         status: RolloutStatus,
+        /// The command's name, e.g. `roll back`.
         command: &'static str,
     },
+    /// An advance to another phase than the next, or past the last one.
     #[error("rollout {id} is in phase {phase}: it can only advance to {next}")]
     SkipsAPhase {
+        /// The rollout's id.
         id: String,
+        /// The current phase index.
         phase: usize,
+        /// The only phase index it may advance to (current + 1).
         next: usize,
     },
+    /// A rollback of a rollout without a `rollback_version`.
     #[error("rollout {id} has no version to roll back to")]
-    NoRollbackVersion { id: String },
+    NoRollbackVersion {
+        /// The rollout's id.
+        id: String,
+    },
 }
 
 impl Rollout {
     /// The rollout after `command`, and the audit entry for it.
+    ///
+    /// # Errors
+    /// [`TransitionError::NotAllowed`] when the command does not apply in the current status:
+    /// advance and pause need `Active`, complete needs `Active` and the last phase, resume needs
+    /// `Paused`, roll back needs `Active` or `Paused`. [`TransitionError::SkipsAPhase`] when an
+    /// advance is not to the next phase or goes past the last one.
+    /// [`TransitionError::NoRollbackVersion`] when rolling back without a `rollback_version`.
     pub fn apply(
         &self,
         command: Command,
@@ -158,8 +221,12 @@ impl Rollout {
 pub enum DeviceOutcome {
     /// No report about this rollout's version yet (offline devices stay here until they return).
     Pending,
+    /// Downloading, verifying or applying the target; also a success report that does not name
+    /// the running version.
     InProgress,
+    /// Reported success and runs the target version.
     Succeeded,
+    /// Reported failure and is not back on an older version.
     Failed,
     /// Back on an older version — by itself or by a rollback. Never a success.
     RolledBack,

@@ -13,28 +13,38 @@ pub type StateMap = Map<String, Value>;
 /// A leaf's place in a section: `["config", "interval_s"]`, written `config.interval_s`.
 pub type Path = Vec<String>;
 
+/// A path as text: its keys joined with `.` (`["config", "interval_s"]` → `config.interval_s`).
 pub fn path_text(path: &[String]) -> String {
     path.join(".")
 }
 
+/// One of the two sections of a shadow's state that writers set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Section {
+    /// `desired`: the state the cloud wants the device in.
     Desired,
+    /// `reported`: the state the device says it is in.
     Reported,
 }
 
+/// A shadow document's `state`: `desired`, `reported` and, where AWS IoT includes it, `delta`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShadowState {
+    /// The `desired` section; `None` when the document has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<StateMap>,
+    /// The `reported` section; `None` when the document has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<StateMap>,
+    /// The `delta` AWS IoT computed (the `desired` leaves that differ from `reported`), as
+    /// GetThingShadow returns it; `None` when absent, as in `update/documents`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<StateMap>,
 }
 
 impl ShadowState {
+    /// The given section, if the state has it.
     pub fn section(&self, section: Section) -> Option<&StateMap> {
         match section {
             Section::Desired => self.desired.as_ref(),
@@ -46,8 +56,10 @@ impl ShadowState {
 /// Per-leaf `{"timestamp": seconds}` objects mirroring the state (arrays: one per element).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShadowMetadata {
+    /// Timestamps of the `desired` leaves; `None` when the document has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<Value>,
+    /// Timestamps of the `reported` leaves; `None` when the document has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<Value>,
 }
@@ -56,23 +68,31 @@ pub struct ShadowMetadata {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShadowDocument {
+    /// The shadow's state (empty when the document has none).
     #[serde(default)]
     pub state: ShadowState,
+    /// When each leaf of the state was last written (epoch seconds).
     #[serde(default)]
     pub metadata: ShadowMetadata,
+    /// The shadow document's version, as AWS IoT counts it (one more per accepted update; 0 when
+    /// absent).
     #[serde(default)]
     pub version: u64,
+    /// When AWS IoT produced the document (epoch seconds); `None` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<u64>,
+    /// The `clientToken` of the request this document answers, if it carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
 }
 
 impl ShadowDocument {
+    /// The given section of the state, if the document has it.
     pub fn section(&self, section: Section) -> Option<&StateMap> {
         self.state.section(section)
     }
 
+    /// The value at `path` in `section` (a leaf, an array or an object); `None` when absent.
     pub fn value(&self, section: Section, path: &[String]) -> Option<&Value> {
         self.section(section).and_then(|map| get_path(map, path))
     }
@@ -118,11 +138,16 @@ pub struct DocumentsMessage {
     /// Not AWS's: the topic, which Shoal's rules add with `topic() AS topic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// The shadow before the update; `None` when the message carries none (Shoal then treats
+    /// the update as the shadow's first).
     #[serde(default)]
     pub previous: Option<ShadowDocument>,
+    /// The shadow after the update.
     pub current: ShadowDocument,
+    /// When AWS IoT published the message (epoch seconds); `None` when absent.
     #[serde(default)]
     pub timestamp: Option<u64>,
+    /// The `clientToken` of the update, if it carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_token: Option<String>,
 }
@@ -131,7 +156,9 @@ pub struct DocumentsMessage {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShadowUpdate {
+    /// The sections to write.
     pub state: UpdateState,
+    /// A token AWS IoT echoes in its response and in `update/documents`; left out when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_token: Option<ClientToken>,
     /// The version the update was computed from: the service answers 409 if it moved on.
@@ -139,15 +166,19 @@ pub struct ShadowUpdate {
     pub version: Option<u64>,
 }
 
+/// The `state` of an update: what to write into each section (a `null` leaf deletes the key).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UpdateState {
+    /// Leaves to write into `desired`; `None` leaves the section as it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<StateMap>,
+    /// Leaves to write into `reported`; `None` leaves the section as it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reported: Option<StateMap>,
 }
 
 impl ShadowUpdate {
+    /// An update of `desired` alone, without a client token, conditional on `version` if given.
     pub fn desired(desired: StateMap, version: Option<u64>) -> Self {
         Self {
             state: UpdateState {
@@ -159,6 +190,7 @@ impl ShadowUpdate {
         }
     }
 
+    /// Whether the update writes nothing (each section absent or empty).
     pub fn is_empty(&self) -> bool {
         self.state.desired.as_ref().is_none_or(Map::is_empty)
             && self.state.reported.as_ref().is_none_or(Map::is_empty)
@@ -249,6 +281,8 @@ pub fn merge_patch(target: &mut StateMap, patch: &StateMap) {
     }
 }
 
+/// The value at `path` in `map`, through nested objects; `None` when `path` is empty, a key is
+/// missing or a value on the way is not an object.
 pub fn get_path<'a>(map: &'a StateMap, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     let mut node = map.get(first)?;

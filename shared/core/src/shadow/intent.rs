@@ -18,15 +18,20 @@ use super::policy::vclock::{Versioned, resolve, siblings};
 use super::policy::{Conflict, ConflictPolicy, Origin, PolicyTable, Stamped};
 use super::sync::{CLOCK_KEY, CLOUD_ACTOR, clock_of};
 
+/// What a cloud writer wants in `desired`, and when it decided so.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredIntent {
+    /// The values to set, as a `desired` section (planned leaf by leaf).
     pub desired: StateMap,
     /// When the writer decided (epoch seconds): its write's time for `lww`.
     pub decided_at_s: u64,
 }
 
+/// What [`plan_intent`] decided: the patch to write, and the leaves it leaves alone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct IntentPlan {
+    /// The `desired` leaves to write (a `vclock` leaf with its `_clock` entry); empty when
+    /// nothing is to be written.
     pub patch: StateMap,
     /// Leaves left as they are, and why.
     pub kept: Vec<(String, String)>,
@@ -35,6 +40,8 @@ pub struct IntentPlan {
 }
 
 impl IntentPlan {
+    /// The update that writes [`patch`](Self::patch), without a version condition; `None` when
+    /// the patch is empty.
     pub fn update(&self) -> Option<ShadowUpdate> {
         (!self.patch.is_empty()).then(|| ShadowUpdate::desired(self.patch.clone(), None))
     }
@@ -52,6 +59,10 @@ fn changed(base: Option<&ShadowDocument>, fresh: &ShadowDocument, path: &[String
             != fresh.timestamp_of(Section::Desired, path)
 }
 
+/// Plans `intent` against `fresh`, the shadow as it is now (`None`: no shadow yet), given
+/// `base`, the shadow as the writer first read it (`None`: read as empty, so every stored leaf
+/// counts as written meanwhile), and the paths' `policies`. Leaves already stored with the
+/// same value are skipped.
 pub fn plan_intent(
     base: Option<&ShadowDocument>,
     fresh: Option<&ShadowDocument>,

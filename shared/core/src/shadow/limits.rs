@@ -11,22 +11,38 @@ pub const MAX_STATE_BYTES: usize = 8 * 1024;
 /// Levels of nesting inside `desired` or `reported`, the section's own object being level 1.
 pub const MAX_DEPTH: usize = 6;
 
+/// Why an update would break a Device Shadow service limit.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ShadowLimitError {
+    /// `desired` + `reported` would exceed [`MAX_STATE_BYTES`] after the update.
     #[error(
         "the shadow's desired + reported state would be {bytes} bytes after this update; AWS IoT allows {limit}"
     )]
-    TooLarge { bytes: usize, limit: usize },
+    TooLarge {
+        /// Size of `desired` + `reported` after the update (bytes of compact JSON).
+        bytes: usize,
+        /// The limit, [`MAX_STATE_BYTES`].
+        limit: usize,
+    },
+    /// A section would nest deeper than [`MAX_DEPTH`] after the update.
     #[error("the update's {section} section nests {depth} levels deep; AWS IoT allows {limit}")]
     TooDeep {
+        /// The section: `desired` or `reported`.
         section: &'static str,
+        /// Its depth, the section's own object being level 1 (an array counts as a level).
         depth: usize,
+        /// The limit, [`MAX_DEPTH`].
         limit: usize,
     },
 }
 
 /// Checks `update` against the stored `current` state (empty when the shadow does not exist).
 /// The client token's 64-byte limit is enforced by its type, `ids::ClientToken`.
+///
+/// # Errors
+/// [`ShadowLimitError::TooDeep`] when a section of the state after the update nests deeper than
+/// [`MAX_DEPTH`] (checked first), [`ShadowLimitError::TooLarge`] when that state is larger than
+/// [`MAX_STATE_BYTES`].
 pub fn check_update(current: &ShadowState, update: &ShadowUpdate) -> Result<(), ShadowLimitError> {
     let after = update.applied_to(current);
     for (section, map) in [

@@ -22,11 +22,16 @@ use shoal_wire::topics::{ShadowOperation, ShadowResponse, ShadowTopic, TopicErro
 pub enum DocumentsTopicError {
     /// Another topic (another shadow operation, or no shadow topic at all).
     #[error("{topic:?} is not a shadow update/documents topic")]
-    NotDocuments { topic: String },
+    NotDocuments {
+        /// The topic that was given.
+        topic: String,
+    },
     /// The thing or shadow level is not a valid name.
     #[error("{topic:?}: {source}")]
     Name {
+        /// The topic that was given.
         topic: String,
+        /// Why its thing or shadow-name level is not a valid name.
         source: crate::ids::IdError,
     },
 }
@@ -34,7 +39,9 @@ pub enum DocumentsTopicError {
 /// The shadow a topic or an API call is about: a thing's classic shadow or one of its named ones.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShadowRef {
+    /// The thing the shadow belongs to.
     pub thing: ThingName,
+    /// The named shadow's name; `None`: the thing's classic (unnamed) shadow.
     pub name: Option<ShadowName>,
 }
 

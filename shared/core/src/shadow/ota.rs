@@ -9,6 +9,10 @@ use super::document::{Section, ShadowDocument, json_eq};
 
 /// The report in `current`, if the device changed its `reported` state in this update (`None`
 /// for a desired-only update, so the OTA flow's own writes are not echoed back to it).
+///
+/// # Errors
+/// `Some(Err(_))` with the [`OtaReportError`] when the changed `reported` state is not a valid
+/// OTA report.
 pub fn changed_report(
     previous: Option<&ShadowDocument>,
     current: &ShadowDocument,

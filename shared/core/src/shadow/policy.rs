@@ -23,7 +23,9 @@ use super::document::{Path, path_text};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
+    /// The device, which writes `reported`.
     Device,
+    /// The cloud, which writes `desired`.
     Cloud,
 }
 
@@ -31,7 +33,9 @@ pub enum Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConcurrentRule {
+    /// The cloud's write wins (`cloud-wins`).
     CloudWins,
+    /// The device's write wins (`device-wins`).
     DeviceWins,
     /// The later metadata timestamp (then the cloud).
     Newest,
@@ -41,10 +45,17 @@ pub enum ConcurrentRule {
     Min,
 }
 
+/// How two writes of one leaf are decided; written `lww`, `merge`, `vclock` or
+/// `vclock:<rule>` (`cloud-wins`, `device-wins`, `newest`, `max`, `min`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConflictPolicy {
+    /// The later write by metadata timestamp wins (`lww`; see [`lww`]).
     LastWriterWins,
+    /// Both sides' keys are kept; the cloud's leaf wins where they differ (`merge`; see
+    /// [`merge`]).
     Merge,
+    /// A write that saw the other wins; the rule decides between concurrent ones (`vclock`; see
+    /// [`vclock`]). Plain `vclock` means `vclock:cloud-wins`.
     VectorClock(ConcurrentRule),
 }
 
@@ -67,6 +78,10 @@ impl std::fmt::Display for ConflictPolicy {
 
 impl std::str::FromStr for ConflictPolicy {
     type Err = String;
+    /// `lww`, `merge`, `vclock` (cloud wins) or `vclock:<rule>`.
+    ///
+    /// # Errors
+    /// A message naming the text when the policy or the rule is unknown.
     fn from_str(text: &str) -> Result<Self, String> {
         let rule = |name: &str| {
             serde_json::from_value::<ConcurrentRule>(Value::from(name)).map_err(|_| {
@@ -105,6 +120,7 @@ impl Default for PolicyTable {
 }
 
 impl PolicyTable {
+    /// The policy of `path`'s longest configured prefix, else the default (`*`).
     pub fn policy_for(&self, path: &[String]) -> ConflictPolicy {
         self.by_path
             .iter()
@@ -116,6 +132,11 @@ impl PolicyTable {
 
 impl std::str::FromStr for PolicyTable {
     type Err = String;
+    /// `path=policy` entries separated by `;` (blank ones ignored); the path `*` sets the default.
+    ///
+    /// # Errors
+    /// A message naming the entry when it is not `path=policy`, its policy is unknown, its path
+    /// has an empty segment, or its path is configured twice.
     fn from_str(text: &str) -> Result<Self, String> {
         let mut table = Self::default();
         for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
@@ -144,9 +165,11 @@ impl std::str::FromStr for PolicyTable {
 /// One side's write of a leaf, with what the policies order writes by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamped {
+    /// The value written (`null`: a deletion).
     pub value: Value,
     /// The leaf's metadata timestamp (epoch seconds).
     pub timestamp: u64,
+    /// Who wrote it.
     pub origin: Origin,
 }
 
@@ -155,6 +178,8 @@ fn value_order(a: &Value, b: &Value) -> Ordering {
     a.to_string().cmp(&b.to_string())
 }
 
+/// [`ConflictPolicy::LastWriterWins`]: the later write, by metadata timestamp, then the cloud,
+/// then the larger JSON text.
 pub mod lww {
     use super::*;
 
@@ -187,6 +212,7 @@ pub mod lww {
     }
 }
 
+/// [`ConflictPolicy::Merge`]: the cloud's state laid over the device's.
 pub mod merge {
     use super::super::document::StateMap;
     use super::*;
@@ -227,6 +253,8 @@ pub mod merge {
     }
 }
 
+/// [`ConflictPolicy::VectorClock`]: vector clocks, the siblings (concurrent writes) they leave,
+/// and their resolution by a [`ConcurrentRule`].
 pub mod vclock {
     use super::*;
 
@@ -245,20 +273,27 @@ pub mod vclock {
         }
     }
 
+    /// How one vector clock relates to another.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Causality {
+        /// The clocks are equal: the same write, as far as they tell.
         Equal,
         /// `self` happened before the other (the other saw it).
         Before,
+        /// `self` happened after the other (it saw the other).
         After,
+        /// Neither saw the other.
         Concurrent,
     }
 
     impl VectorClock {
+        /// `actor`'s counter (0 when the clock has none).
         pub fn get(&self, actor: &str) -> u64 {
             self.0.get(actor).copied().unwrap_or(0)
         }
 
+        /// This clock with `actor`'s counter advanced by one (saturating at `u64::MAX`): a write
+        /// by `actor` that saw this one.
         pub fn incremented(&self, actor: &str) -> Self {
             let mut next = self.clone();
             // A device writes its own counters: one at u64::MAX stays there instead of
@@ -269,6 +304,7 @@ pub mod vclock {
             next
         }
 
+        /// The smallest clock that has seen both: each actor's larger counter.
         pub fn join(&self, other: &Self) -> Self {
             let mut out = self.clone();
             for (actor, n) in &other.0 {
@@ -278,6 +314,7 @@ pub mod vclock {
             out
         }
 
+        /// How `self` relates to `other`.
         pub fn compare(&self, other: &Self) -> Causality {
             let actors = self.0.keys().chain(other.0.keys());
             let (mut less, mut greater) = (false, false);
@@ -297,9 +334,12 @@ pub mod vclock {
         }
     }
 
+    /// A write of one leaf and the vector clock it was made at.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct Versioned {
+        /// The value, its timestamp and its writer.
         pub write: Stamped,
+        /// The leaf's clock at this write.
         pub clock: VectorClock,
     }
 
@@ -334,7 +374,10 @@ pub mod vclock {
     /// sibling's clock, advanced for `actor` (the resolution is a write that has seen them all).
     #[derive(Debug, Clone, PartialEq)]
     pub struct Resolved {
+        /// The winning write, with the join of the siblings' clocks (advanced for `actor` when
+        /// there was more than one sibling).
         pub winner: Versioned,
+        /// The other siblings, in the order they were given.
         pub losers: Vec<Versioned>,
     }
 
@@ -382,13 +425,18 @@ pub mod vclock {
 /// A conflict between the cloud's and the device's write of one leaf, as decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conflict {
+    /// The leaf's path as text (`config.interval_s`).
     pub path: String,
+    /// The policy that decided, as text (`lww`, `merge`, `vclock:<rule>`).
     pub policy: String,
+    /// The write that won.
     pub kept: Stamped,
+    /// The write that lost.
     pub lost: Stamped,
 }
 
 impl Conflict {
+    /// The conflict at `path` that `policy` decided, `kept` over `lost`.
     pub fn new(path: &[String], policy: ConflictPolicy, kept: Stamped, lost: Stamped) -> Self {
         Self {
             path: path_text(path),

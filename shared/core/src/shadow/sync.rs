@@ -19,6 +19,7 @@ pub const CLOCK_KEY: &str = "_clock";
 /// The actor name the cloud's writers use in vector clocks.
 pub const CLOUD_ACTOR: &str = "cloud";
 
+/// What [`plan`] decided for one `update/documents` message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SyncPlan {
     /// The desired-state update to write (nulls clear keys), empty when there is nothing to do.
@@ -204,7 +205,10 @@ fn decide(
 /// What the device registry keeps from a device's reported state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportedFacts {
+    /// The reported firmware version (a JSON string's text, any other value's JSON); `None` when
+    /// not reported.
     pub firmware: Option<String>,
+    /// The reported configuration, as JSON; `None` when not reported.
     pub config: Option<Value>,
 }
 

@@ -82,6 +82,7 @@ fn reading_id_bytes(thing: &str, app: &str, time_ms: i64) -> [u8; 32] {
     id
 }
 
+/// The Parquet writer failed (schema, column or file write); wraps the `parquet` crate's error.
 #[derive(Debug, Error)]
 #[error("cannot write the Parquet archive: {0}")]
 pub struct ArchiveError(#[from] parquet::errors::ParquetError);

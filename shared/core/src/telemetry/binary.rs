@@ -36,10 +36,14 @@ pub const MAX_DECOMPRESSED_BYTES: usize = 1024 * 1024;
 pub struct PackedSchemas(BTreeMap<String, Vec<MeasureName>>);
 
 impl PackedSchemas {
+    /// No schemas (`SHOAL_PACKED_SCHEMAS` unset): every packed payload is refused as
+    /// `unknown_binary_schema`.
     pub const fn empty() -> Self {
         Self(BTreeMap::new())
     }
 
+    /// The measure names of `model`'s packed record fields, in record order (one big-endian f32
+    /// each after the u64 timestamp); `None` when no schema names that model.
     pub fn fields(&self, model: &str) -> Option<&[MeasureName]> {
         self.0.get(model).map(Vec::as_slice)
     }

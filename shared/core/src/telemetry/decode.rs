@@ -34,40 +34,68 @@ pub use shoal_wire::telemetry::{MAX_NESTING, MAX_READINGS_PER_MESSAGE, MIN_INTER
 /// Why a payload, or one reading in it, could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DecodeError {
+    /// The payload (or a CBOR item of it) is not an object.
     #[error("payload is not a JSON object")]
     NotAnObject,
+    /// `readings` is empty, not an array, holds a non-object, or has a key beside it; holds the
+    /// detail (`"; unexpected key …"`), or nothing.
     #[error("\"readings\" must be a non-empty array of objects{0}")]
     BadBatch(String),
+    /// An interval series is malformed (its `interval`, `values` or `measure`, or a stray key);
+    /// holds why.
     #[error("interval series: {0}")]
     BadSeries(String),
+    /// An edge aggregate breaks count ≥ 1, min ≤ mean ≤ max or std ≥ 0; holds its measure name
+    /// (empty at a reading's top level) and why.
     #[error("aggregate {0:?} is inconsistent: {1}")]
     InconsistentAggregate(String, String),
+    /// A binary payload could not be read (decompression, CBOR, packed record length, invalid
+    /// JSON); holds the whole message.
     #[error("{0}")]
     Malformed(String),
+    /// A CBOR float is NaN or infinite; holds the measure's flattened name.
     #[error("measure {0:?} is not a finite number")]
     NotFinite(String),
+    /// A packed payload's topic names no device model, or one with no packed schema; holds the
+    /// whole message.
     #[error("{0}")]
     UnknownSchema(String),
+    /// `ts` is not an integer (or integral float) number of ms since the Unix epoch.
     #[error("\"ts\" must be an integer number of milliseconds since the epoch")]
     BadTimestamp,
+    /// A measure's value is an array; holds the measure's flattened name.
     #[error("measure {0:?} is an array; arrays are not measures")]
     ArrayMeasure(String),
+    /// A measure's value is `null`; holds the measure's flattened name.
     #[error("measure {0:?} is null")]
     NullMeasure(String),
+    /// A number fits no 64-bit type (e.g. a CBOR integer beyond 64 bits); holds the measure's
+    /// name and why.
     #[error("measure {0:?} is not representable: {1}")]
     BadNumber(String, String),
+    /// Objects nest deeper than [`MAX_NESTING`] levels; holds the flattened name of the object
+    /// that is too deep.
     #[error("nesting deeper than {MAX_NESTING} levels at {0:?}")]
     TooDeep(String),
+    /// A value cannot be its measure's declared type ([`MeasureTypes`]); holds the measure name
+    /// and `declared <TYPE>, got <value>`.
     #[error("measure {0:?}: {1}")]
     TypeMismatch(String, String),
+    /// An object holds a key twice; holds the key's path (dot path from JSON, flattened name from
+    /// CBOR).
     #[error("key {0:?} appears twice in one object; which value is meant is unknowable")]
     DuplicateKey(String),
+    /// The message holds more than [`MAX_READINGS_PER_MESSAGE`] readings; holds the count.
     #[error("message holds {0} readings; at most {MAX_READINGS_PER_MESSAGE} are accepted")]
     TooManyReadings(usize),
+    /// A (flattened) measure name is longer than [`MAX_MEASURE_NAME`] bytes; holds its first
+    /// [`MAX_MEASURE_NAME`] characters.
     #[error("measure name {0:?}… is longer than {MAX_MEASURE_NAME} characters")]
     NameTooLong(String),
+    /// A reading flattens into more than [`MAX_MEASURES_PER_RECORD`] measures.
     #[error("a reading has more than {MAX_MEASURES_PER_RECORD} measures")]
     TooManyMeasures,
+    /// A measure's value is `{}`; holds the measure's flattened name.
     #[error("measure {0:?} is an empty object; it holds no measure")]
     EmptyObject(String),
 }
@@ -107,8 +135,12 @@ pub type Decoded = Vec<Result<Reading, DecodeError>>;
 /// readings without `ts`) and the declared measure types.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
+    /// The device that published the message (from its topic).
     pub thing: &'a ThingName,
+    /// When IoT Core received the message, in ms since the Unix epoch: the time of readings
+    /// without `ts`, and the anchor of a series without `ts`.
     pub received_at_ms: i64,
+    /// The declared measure types (`SHOAL_MEASURE_TYPES`).
     pub types: &'a MeasureTypes,
 }
 
@@ -123,6 +155,10 @@ pub fn readings_in(payload: &Map<String, Value>) -> usize {
 
 /// A `ts`: integer milliseconds since the epoch; an integral float (`1795600000000.0`, as CBOR
 /// or a JSON writer may spell it) is the same instant.
+///
+/// # Errors
+/// [`DecodeError::BadTimestamp`] when the value is not a number, or a float that is fractional or
+/// of magnitude 9e15 or more.
 pub(crate) fn timestamp(value: &Value) -> Result<i64, DecodeError> {
     let Value::Number(n) = value else {
         return Err(DecodeError::BadTimestamp);
@@ -188,6 +224,7 @@ pub fn decode_json(
 pub struct FlatReading {
     /// Milliseconds since the epoch.
     pub ts: Option<i64>,
+    /// The measures as name and scalar JSON value (not yet typed), sorted by name.
     pub measures: Vec<(String, Value)>,
 }
 

@@ -22,9 +22,15 @@ use super::json::{CheckedJson, MAX_CONTAINERS};
 use crate::ids::ThingName;
 use shoal_wire::topics::{TelemetryTopic, TopicError};
 
+/// Event key holding the MQTT topic the message was published on (the rule's `topic()`).
 pub const TOPIC_KEY: &str = "_topic";
+/// Event key holding when the rules engine received the message (the rule's `timestamp()`, ms
+/// since the Unix epoch).
 pub const RECEIVED_AT_KEY: &str = "_received_at";
+/// Event key holding the publishing MQTT client's id (the rule's `clientid()`); may be absent.
 pub const CLIENT_ID_KEY: &str = "_client_id";
+/// Event key holding a binary message's bytes, base64-encoded (the rule's
+/// `encode(*, 'base64')`); read only on binary topics.
 pub const PAYLOAD_KEY: &str = "_payload";
 
 /// The payload as the device sent it.
@@ -35,7 +41,7 @@ pub enum Payload {
     /// The rule selected `encode(*, 'base64')`: the decoded bytes.
     Binary(Vec<u8>),
     /// A JSON message of the common shapes (one reading, or `readings`, of scalar measures; no
-    /// key twice), read straight into its readings by the flat reader ([`super::flat`]): it
+    /// key twice), read straight into its readings by the flat reader (`telemetry::flat`): it
     /// decodes ([`super::decode::decode_flat`]) exactly as `Json` would.
     Flat(Vec<FlatReading>),
 }
@@ -43,34 +49,48 @@ pub enum Payload {
 /// One message with where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
+    /// The full MQTT topic, `dt/<app>/<thing>/telemetry[/<model>]`.
     pub topic: String,
+    /// The thing name read from the topic's third level.
     pub thing: ThingName,
+    /// When the rules engine received the message, in ms since the Unix epoch.
     pub received_at_ms: i64,
+    /// The MQTT client id that published it; `None` when the event carried none (or not a string).
     pub client_id: Option<String>,
+    /// The device's payload, metadata keys removed.
     pub payload: Payload,
     /// The first object key the message held twice (a dot path), if any: such a message is
     /// refused, since which value the device meant is unknowable.
     pub duplicate_key: Option<String>,
 }
 
+/// Why a rule event could not be read into an [`Envelope`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EnvelopeError {
+    /// The bytes are not JSON; holds the parser's message.
     #[error("message is not JSON: {0}")]
     NotJson(String),
+    /// The event is JSON but not an object.
     #[error("event is not a JSON object")]
     NotAnObject,
+    /// A key the rule SQL must add is absent or of the wrong type; holds the key.
     #[error("event has no {0} (is the rule SQL the documented one?)")]
     MissingField(&'static str),
+    /// The topic is not `dt/<app>/<thing>/telemetry[/<model>]`; holds the topic.
     #[error("topic {0:?} does not follow dt/<app>/<thing>/telemetry")]
     BadTopic(String),
+    /// The topic's thing level is not a valid thing name; holds why.
     #[error("thing name in topic: {0}")]
     BadThing(String),
+    /// A binary message's `_payload` is not standard base64.
     #[error("{PAYLOAD_KEY} is not valid base64: {0}")]
     BadBase64(base64::DecodeError),
+    /// A binary message has a key besides `_payload`; holds the first such key.
     #[error(
         "a binary message (dt/<app>/<thing>/telemetry/<model>) holds only {PAYLOAD_KEY}; it also has {0:?}"
     )]
     BesideBinary(String),
+    /// The message nests more objects and arrays than [`MAX_CONTAINERS`]; holds its count.
     #[error("message holds {0} objects and arrays; at most {MAX_CONTAINERS} are read")]
     TooManyContainers(usize),
 }

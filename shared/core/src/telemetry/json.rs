@@ -18,7 +18,9 @@ use serde_json::{Map, Number, Value};
 /// from the root: `readings.3.temp`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedJson {
+    /// The parsed document; of a repeated key's values it keeps the first.
     pub value: Value,
+    /// The first repeated key as a dot path (`readings.3.temp`); `None` when no key repeats.
     pub duplicate_key: Option<String>,
     /// Objects and arrays the document held (0 when made from a `Value`).
     pub containers: usize,

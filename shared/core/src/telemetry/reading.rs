@@ -11,9 +11,13 @@ use crate::ids::ThingName;
 /// spelled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MeasureValue {
+    /// A 64-bit float, Timestream type DOUBLE (the default for numbers).
     Double(f64),
+    /// A signed 64-bit integer, Timestream type BIGINT (only for names declared so).
     Bigint(i64),
+    /// `true` or `false`, Timestream type BOOLEAN.
     Boolean(bool),
+    /// UTF-8 text, Timestream type VARCHAR.
     Varchar(String),
 }
 
@@ -148,10 +152,13 @@ impl fmt::Display for MeasureName {
 /// One reading of one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
+    /// The device the reading came from (the thing name in its topic).
     pub thing: ThingName,
     /// Milliseconds since the Unix epoch: the device's timestamp, else the time IoT Core received
     /// the message.
     pub time_ms: i64,
+    /// The measures, each a flattened name (`env_co2`) and its typed value; `validate` refuses
+    /// bad or repeated names.
     pub measures: Vec<(MeasureName, MeasureValue)>,
 }
 

@@ -14,11 +14,16 @@ pub const THING_DIMENSION: &str = "thing_name";
 /// dimension. A high-cardinality value (a message id, a reading value) never becomes one.
 pub const APP_DIMENSION: &str = "app";
 
+/// One Timestream multi-measure record: one reading's measures under one measure name, time and
+/// set of dimensions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimestreamRecord {
     /// Dimension names are Shoal's own constants; values come from the message.
     pub dimensions: Vec<(&'static str, String)>,
+    /// The record's measure name; always [`MEASURE_NAME`].
     pub measure_name: &'static str,
+    /// The multi-measure record's measure values: each name and typed value (its
+    /// `MeasureValueType` from [`MeasureValue::type_name`]).
     pub measures: Vec<(String, MeasureValue)>,
     /// Milliseconds since the epoch.
     pub time_ms: i64,

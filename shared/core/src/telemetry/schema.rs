@@ -26,9 +26,13 @@ use super::reading::MeasureValue;
 /// Timestream's scalar measure types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MeasureType {
+    /// DOUBLE: a 64-bit float; the default for numbers.
     Double,
+    /// BIGINT: a signed 64-bit integer; integral numbers such as `22.0` are accepted.
     Bigint,
+    /// BOOLEAN: `true` or `false`.
     Boolean,
+    /// VARCHAR: UTF-8 text; the default for strings.
     Varchar,
 }
 
@@ -69,6 +73,7 @@ pub struct MeasureTypes(BTreeMap<String, MeasureType>);
 const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
 
 impl MeasureTypes {
+    /// No declarations: every measure takes its default type (`SHOAL_MEASURE_TYPES` unset).
     pub const fn empty() -> Self {
         Self(BTreeMap::new())
     }

@@ -46,30 +46,70 @@ impl Limits {
 /// Why a reading is refused; the text is what the quarantine records.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum Rejection {
+    /// The reading's time is more than [`MAX_FUTURE_MS`] (15 minutes) ahead of now.
     #[error(
         "timestamp {time_ms} is {ahead_ms} ms in the future; Timestream accepts at most 15 minutes"
     )]
-    InFuture { time_ms: i64, ahead_ms: i64 },
+    InFuture {
+        /// The reading's time, in ms since the Unix epoch.
+        time_ms: i64,
+        /// How far ahead of [`Limits::now_ms`] it is, in ms.
+        ahead_ms: i64,
+    },
+    /// The reading is older than the table keeps ([`Limits::max_age_ms`]).
     #[error("timestamp {time_ms} is older than the {store}-store retention ({retention_ms} ms)")]
     TooOld {
+        /// The reading's time, in ms since the Unix epoch.
         time_ms: i64,
+        /// The oldest age accepted, in ms ([`Limits::max_age_ms`]).
         retention_ms: i64,
+        /// The store whose retention was passed: `"magnetic"` when magnetic-store writes are
+        /// enabled, else `"memory"`.
         store: &'static str,
     },
+    /// The reading holds no measure (a record needs at least one).
     #[error("reading has no measures")]
     NoMeasures,
+    /// The reading holds more than [`MAX_MEASURES_PER_RECORD`] measures.
     #[error("{count} measures; a Timestream record holds at most {MAX_MEASURES_PER_RECORD}")]
-    TooManyMeasures { count: usize },
+    TooManyMeasures {
+        /// How many measures the reading holds.
+        count: usize,
+    },
+    /// A DOUBLE measure is NaN or infinite.
     #[error("measure {name:?} is {value}; only finite numbers are stored")]
-    NotFinite { name: String, value: f64 },
+    NotFinite {
+        /// The measure's name.
+        name: String,
+        /// The non-finite value.
+        value: f64,
+    },
+    /// A measure name breaks the contract's naming rules (pattern, length, reserved names).
     #[error("measure name {name:?} {why}")]
-    BadMeasureName { name: String, why: &'static str },
+    BadMeasureName {
+        /// The name as the device wrote it.
+        name: String,
+        /// Which rule it breaks, as a predicate (`"must start with a letter"`).
+        why: &'static str,
+    },
+    /// Two measures of the reading share a name (e.g. flattening `a_b` beside `a: {b}`).
     #[error("measure name {name:?} appears twice")]
-    DuplicateMeasure { name: String },
+    DuplicateMeasure {
+        /// The repeated name.
+        name: String,
+    },
+    /// The built record exceeds Timestream's [`MAX_RECORD_BYTES`].
     #[error("record is {bytes} bytes; Timestream allows {MAX_RECORD_BYTES}")]
-    RecordTooLarge { bytes: usize },
+    RecordTooLarge {
+        /// The record's size as [`TimestreamRecord::size_bytes`] counts it.
+        bytes: usize,
+    },
+    /// A VARCHAR measure is the empty string, which Timestream refuses.
     #[error("measure {name:?} is an empty string; Timestream stores no empty value")]
-    EmptyValue { name: String },
+    EmptyValue {
+        /// The measure's name.
+        name: String,
+    },
 }
 
 impl Rejection {
@@ -91,12 +131,20 @@ impl Rejection {
 
 /// Checks `reading` and builds its record (moving the measures into it); the record's size is
 /// part of the check.
+///
+/// # Errors
+/// The first [`Rejection`] found: the time window ([`Rejection::InFuture`],
+/// [`Rejection::TooOld`]), the measure count, each measure's name and value, then the record's
+/// size.
 pub fn validate(reading: Reading, limits: &Limits) -> Result<TimestreamRecord, Rejection> {
     validate_with_dimensions(reading, limits, &[])
 }
 
 /// [`validate`], the record also carrying the `extra` low-cardinality dimensions (they count
 /// toward its size).
+///
+/// # Errors
+/// As [`validate`]; [`Rejection::RecordTooLarge`] also counts the `extra` dimensions.
 pub fn validate_with_dimensions(
     reading: Reading,
     limits: &Limits,
