@@ -159,6 +159,69 @@ pub fn moto_timestream_records(database: &str, table: &str) -> Vec<serde_json::V
         .collect()
 }
 
+/// The local IoT Core's MQTT endpoint (`host:port`) and the CA file its server certificate chains
+/// to: `SHOAL_IOT_ENDPOINT` and `SHOAL_IOT_CA_FILE` (what `stack env` prints), else the stack's
+/// defaults (127.0.0.1:8883, `.local/iot-core/ca.pem`). Panics, with the fix in the message,
+/// when nothing listens there.
+pub fn iot_core() -> (String, u16, Vec<u8>) {
+    let endpoint = std::env::var("SHOAL_IOT_ENDPOINT")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1:8883".to_owned());
+    let how =
+        "start the local stack with `make stack-up` (it starts the local IoT Core beside moto)";
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .unwrap_or_else(|| panic!("SHOAL_IOT_ENDPOINT={endpoint} is not host:port"));
+    let reachable = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .into_iter()
+        .flatten()
+        .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "the local IoT Core at {endpoint} is not reachable: {how}"
+    );
+    let ca_file = std::env::var("SHOAL_IOT_CA_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| crate::repo_root().join(".local/iot-core/ca.pem"));
+    let ca =
+        std::fs::read(&ca_file).unwrap_or_else(|e| panic!("{}: {e}; {how}", ca_file.display()));
+    (host, port, ca)
+}
+
+/// The local IoT Core's ALPN (`x-amzn-mqtt-ca`) listener, `host:port`: `SHOAL_IOT_ALPN_ENDPOINT`,
+/// else whichever of the stack's defaults listens (127.0.0.1:443 as root, :8443 otherwise).
+/// Panics, with the fix in the message, when none does.
+pub fn iot_core_alpn() -> (String, u16) {
+    let candidates: Vec<String> = match std::env::var("SHOAL_IOT_ALPN_ENDPOINT") {
+        Ok(endpoint) if !endpoint.trim().is_empty() => vec![endpoint],
+        _ => vec!["127.0.0.1:443".into(), "127.0.0.1:8443".into()],
+    };
+    for endpoint in &candidates {
+        if let Some((host, port)) = endpoint
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        {
+            let up = (host.as_str(), port)
+                .to_socket_addrs()
+                .ok()
+                .into_iter()
+                .flatten()
+                .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+            if up {
+                return (host, port);
+            }
+        }
+    }
+    panic!(
+        "the local IoT Core's ALPN listener is not reachable at {candidates:?}: start the local \
+         stack with `make stack-up`"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,505 @@
+//! The message broker: sessions by client id, their subscriptions, retained messages, and the
+//! routing of every publish to the sessions whose filters match it.
+//!
+//! It follows AWS IoT Core's broker (<https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html>):
+//! QoS 0 and 1 (a message reaches a subscriber at the lower of its publish QoS and the
+//! subscription's); retained messages, one per topic, an empty payload clearing it; a clean
+//! session ends with its connection, a persistent one keeps its subscriptions and queues QoS 1
+//! messages while its client is away until it expires (one hour by default, AWS's default); a
+//! second connection with a client id takes the session over and closes the first.
+//!
+//! Every bound is explicit: a connection's outgoing queue, a persistent session's queue while it
+//! is away, and the number of subscriptions a session may hold — so no client can make the broker
+//! hold unbounded memory on its behalf.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::QoS;
+use tokio::sync::mpsc;
+
+use crate::topic;
+
+/// Messages waiting in one connection's outgoing queue, at most; past it a message to that
+/// connection is dropped and counted (a client that does not read is not allowed to grow it).
+pub const OUTGOING_QUEUE: usize = 1_000;
+/// QoS 1 messages a persistent session keeps while its client is away, at most (the oldest go
+/// first).
+pub const QUEUED_WHILE_AWAY: usize = 1_000;
+/// Subscriptions per session, at most (AWS IoT's quota: 50 per connection).
+pub const MAX_SUBSCRIPTIONS: usize = 50;
+
+/// One application message on its way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic name it was published to.
+    pub topic: String,
+    /// The payload, as published.
+    pub payload: Bytes,
+    /// Its QoS (0 or 1).
+    pub qos: QoS,
+    /// As delivered: set only when it is sent because a subscription was just made.
+    pub retain: bool,
+}
+
+/// What the broker tells a connection.
+#[derive(Debug)]
+pub enum ToClient {
+    /// Deliver this message.
+    Publish(Message),
+    /// Another connection took the session over: close (its will is published).
+    TakenOver,
+}
+
+/// How a connection attached to its session.
+#[derive(Debug)]
+pub struct Attached {
+    /// This connection's number, to detach it (and only it) later.
+    pub connection: u64,
+    /// What the broker sends it.
+    pub outgoing: mpsc::Receiver<ToClient>,
+    /// Whether a persistent session was resumed (CONNACK's session present).
+    pub session_present: bool,
+    /// QoS 1 messages queued while the client was away, and those it had not acknowledged: to
+    /// send first, in order.
+    pub pending: Vec<Message>,
+}
+
+#[derive(Debug)]
+struct Session {
+    persistent: bool,
+    subscriptions: BTreeMap<String, QoS>,
+    connection: Option<(u64, mpsc::Sender<ToClient>)>,
+    queued: VecDeque<Message>,
+    /// When an away persistent session is forgotten.
+    expires: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    retained: BTreeMap<String, Message>,
+    next_connection: u64,
+    dropped: u64,
+}
+
+/// Counters the broker keeps (for logs and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sessions held, connected or away.
+    pub sessions: usize,
+    /// Retained messages held.
+    pub retained: usize,
+    /// Messages dropped because a queue was full.
+    pub dropped: u64,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The filter breaks MQTT's or AWS IoT's topic rules.
+    #[error(transparent)]
+    Filter(#[from] topic::TopicError),
+    /// QoS 2, which AWS IoT Core does not support.
+    #[error("QoS 2 is not supported")]
+    QoS2,
+    /// The session already holds [`MAX_SUBSCRIPTIONS`].
+    #[error("more than {MAX_SUBSCRIPTIONS} subscriptions")]
+    TooMany,
+}
+
+/// The broker. One per process; connections share it.
+#[derive(Debug)]
+pub struct Broker {
+    state: Mutex<State>,
+    session_expiry: Duration,
+}
+
+impl Broker {
+    /// A broker whose persistent sessions are forgotten `session_expiry` after their client left.
+    pub fn new(session_expiry: Duration) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            session_expiry,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Attaches a new connection to `client_id`'s session: a clean session starts empty (any
+    /// earlier one is discarded), a persistent one resumes what was kept. A connection already
+    /// attached is told it was taken over.
+    pub fn connect(&self, client_id: &str, clean_session: bool) -> Attached {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.next_connection += 1;
+        let connection = state.next_connection;
+        let (sender, outgoing) = mpsc::channel(OUTGOING_QUEUE);
+        let existing = state.sessions.remove(client_id).filter(|s| {
+            // An away session past its expiry is gone.
+            s.expires.is_none_or(|at| at > now)
+        });
+        if let Some((_, old)) = existing.as_ref().and_then(|s| s.connection.as_ref()) {
+            // The old connection may be gone already; either way it is not ours any more.
+            let _ = old.try_send(ToClient::TakenOver);
+        }
+        let (session, session_present) = match existing {
+            Some(old) if !clean_session && old.persistent => (old, true),
+            _ => (
+                Session {
+                    persistent: !clean_session,
+                    subscriptions: BTreeMap::new(),
+                    connection: None,
+                    queued: VecDeque::new(),
+                    expires: None,
+                },
+                false,
+            ),
+        };
+        let mut session = session;
+        session.connection = Some((connection, sender));
+        session.expires = None;
+        let pending = session.queued.drain(..).collect();
+        state.sessions.insert(client_id.to_owned(), session);
+        Attached {
+            connection,
+            outgoing,
+            session_present,
+            pending,
+        }
+    }
+
+    /// Detaches connection `connection` from `client_id`'s session (nothing happens when another
+    /// connection took it over). A clean session ends; a persistent one keeps `unacknowledged`
+    /// (QoS 1 messages sent and not acknowledged) to send again first, and expires later.
+    pub fn disconnect(&self, client_id: &str, connection: u64, unacknowledged: Vec<Message>) {
+        let mut state = self.state();
+        let expiry = Instant::now() + self.session_expiry;
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return;
+        };
+        if session.connection.as_ref().map(|(c, _)| *c) != Some(connection) {
+            return;
+        }
+        if !session.persistent {
+            state.sessions.remove(client_id);
+            return;
+        }
+        session.connection = None;
+        session.expires = Some(expiry);
+        for message in unacknowledged.into_iter().rev() {
+            session.queued.push_front(message);
+        }
+        let excess = session.queued.len().saturating_sub(QUEUED_WHILE_AWAY);
+        session.queued.drain(..excess);
+        state.dropped += excess as u64;
+    }
+
+    /// Adds `filters` to `client_id`'s session, each with its requested QoS; returns, per
+    /// filter, the QoS granted or why it was refused, and the retained messages the granted ones
+    /// match (to send now, with `retain` set).
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        filters: &[(String, QoS)],
+    ) -> (Vec<Result<QoS, SubscribeError>>, Vec<Message>) {
+        let mut state = self.state();
+        let State {
+            sessions, retained, ..
+        } = &mut *state;
+        let Some(session) = sessions.get_mut(client_id) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut matching = Vec::new();
+        for (filter, qos) in filters {
+            let is_new = !session.subscriptions.contains_key(filter);
+            let result = match (topic::check_filter(filter), qos) {
+                (Err(e), _) => Err(SubscribeError::Filter(e)),
+                (Ok(()), QoS::ExactlyOnce) => Err(SubscribeError::QoS2),
+                _ if is_new && session.subscriptions.len() >= MAX_SUBSCRIPTIONS => {
+                    Err(SubscribeError::TooMany)
+                }
+                (Ok(()), qos) => Ok(*qos),
+            };
+            if let Ok(qos) = result {
+                session.subscriptions.insert(filter.clone(), qos);
+                matching.extend(
+                    retained
+                        .values()
+                        .filter(|m| topic::matches(filter, &m.topic))
+                        .map(|m| Message {
+                            qos: lower(m.qos, qos),
+                            retain: true,
+                            ..m.clone()
+                        }),
+                );
+            }
+            granted.push(result);
+        }
+        (granted, matching)
+    }
+
+    /// Removes `filters` from `client_id`'s session (filters it does not hold are ignored).
+    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) {
+        if let Some(session) = self.state().sessions.get_mut(client_id) {
+            for filter in filters {
+                session.subscriptions.remove(filter);
+            }
+        }
+    }
+
+    /// Routes `message` (its topic already checked): stored or cleared as the topic's retained
+    /// message when `retain` is set, then delivered to every session with a matching
+    /// subscription, once each, at the lower of its QoS and the highest matching subscription's.
+    /// Returns how many sessions it reached (connected or queued).
+    pub fn publish(&self, message: Message) -> usize {
+        let mut state = self.state();
+        if message.retain {
+            if message.payload.is_empty() {
+                state.retained.remove(&message.topic);
+            } else {
+                state
+                    .retained
+                    .insert(message.topic.clone(), message.clone());
+            }
+        }
+        let mut reached = 0;
+        let mut dropped = 0;
+        for session in state.sessions.values_mut() {
+            let Some(granted) = session
+                .subscriptions
+                .iter()
+                .filter(|(filter, _)| topic::matches(filter, &message.topic))
+                .map(|(_, qos)| *qos)
+                .reduce(higher)
+            else {
+                continue;
+            };
+            let delivered = Message {
+                qos: lower(message.qos, granted),
+                retain: false,
+                ..message.clone()
+            };
+            reached += 1;
+            match &session.connection {
+                Some((_, sender)) => {
+                    dropped += u64::from(sender.try_send(ToClient::Publish(delivered)).is_err());
+                }
+                None if delivered.qos == QoS::AtLeastOnce => {
+                    if session.queued.len() >= QUEUED_WHILE_AWAY {
+                        session.queued.pop_front();
+                        dropped += 1;
+                    }
+                    session.queued.push_back(delivered);
+                }
+                // QoS 0 is not kept for an away client.
+                None => {}
+            }
+        }
+        state.dropped += dropped;
+        reached
+    }
+
+    /// Forgets the away persistent sessions whose expiry passed; returns how many.
+    pub fn expire_sessions(&self) -> usize {
+        let now = Instant::now();
+        let mut state = self.state();
+        let before = state.sessions.len();
+        state
+            .sessions
+            .retain(|_, s| s.expires.is_none_or(|at| at > now));
+        before - state.sessions.len()
+    }
+
+    /// The broker's counters now.
+    pub fn stats(&self) -> Stats {
+        let state = self.state();
+        Stats {
+            sessions: state.sessions.len(),
+            retained: state.retained.len(),
+            dropped: state.dropped,
+        }
+    }
+}
+
+fn rank(qos: QoS) -> u8 {
+    qos as u8
+}
+
+fn lower(a: QoS, b: QoS) -> QoS {
+    if rank(a) <= rank(b) { a } else { b }
+}
+
+fn higher(a: QoS, b: QoS) -> QoS {
+    if rank(a) >= rank(b) { a } else { b }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, qos: QoS, retain: bool, payload: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: Bytes::from(payload.to_owned()),
+            qos,
+            retain,
+        }
+    }
+
+    fn received(attached: &mut Attached) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Ok(ToClient::Publish(m)) = attached.outgoing.try_recv() {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn a_publish_reaches_each_matching_session_once_at_the_lower_qos() {
+        let broker = Broker::new(Duration::from_secs(3600));
+        let mut a = broker.connect("a", true);
+        let mut b = broker.connect("b", true);
+        let (granted, _) = broker.subscribe(
+            "a",
+            &[
+                ("dt/+/d-1/telemetry".into(), QoS::AtMostOnce),
+                ("dt/#".into(), QoS::AtLeastOnce),
+            ],
+        );
+        assert_eq!(granted, vec![Ok(QoS::AtMostOnce), Ok(QoS::AtLeastOnce)]);
+        broker.subscribe("b", &[("dt/app/d-2/telemetry".into(), QoS::AtLeastOnce)]);
+        let reached = broker.publish(message(
+            "dt/app/d-1/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            "x",
+        ));
+        assert_eq!(reached, 1);
+        let got = received(&mut a);
+        assert_eq!(got.len(), 1, "once, however many filters match");
+        assert_eq!(
+            got[0].qos,
+            QoS::AtLeastOnce,
+            "the highest matching subscription"
+        );
+        assert!(received(&mut b).is_empty());
+        broker.publish(message("dt/app/d-2/telemetry", QoS::AtMostOnce, false, "y"));
+        assert_eq!(
+            received(&mut b)[0].qos,
+            QoS::AtMostOnce,
+            "never above the publish"
+        );
+    }
+
+    #[test]
+    fn retained_messages_are_kept_per_topic_sent_on_subscribe_and_cleared_by_an_empty_one() {
+        let broker = Broker::new(Duration::from_secs(3600));
+        broker.publish(message("cfg/d-1", QoS::AtLeastOnce, true, "v1"));
+        broker.publish(message("cfg/d-1", QoS::AtLeastOnce, true, "v2"));
+        broker.publish(message("cfg/d-2", QoS::AtMostOnce, true, "w"));
+        let _c = broker.connect("c", true);
+        let (_, retained) = broker.subscribe("c", &[("cfg/+".into(), QoS::AtLeastOnce)]);
+        let payloads: Vec<_> = retained.iter().map(|m| m.payload.clone()).collect();
+        assert_eq!(payloads, vec![Bytes::from("v2"), Bytes::from("w")]);
+        assert!(retained.iter().all(|m| m.retain));
+        assert_eq!(retained[1].qos, QoS::AtMostOnce);
+        broker.publish(message("cfg/d-1", QoS::AtMostOnce, true, ""));
+        assert_eq!(broker.stats().retained, 1);
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_subscriptions_and_qos1_messages_while_away() {
+        let broker = Broker::new(Duration::from_secs(3600));
+        let first = broker.connect("p", false);
+        assert!(!first.session_present);
+        broker.subscribe("p", &[("alerts/#".into(), QoS::AtLeastOnce)]);
+        let unacked = message("alerts/1", QoS::AtLeastOnce, false, "sent, not acked");
+        broker.disconnect("p", first.connection, vec![unacked.clone()]);
+        broker.publish(message("alerts/2", QoS::AtLeastOnce, false, "while away"));
+        broker.publish(message(
+            "alerts/3",
+            QoS::AtMostOnce,
+            false,
+            "qos 0: not kept",
+        ));
+        let mut second = broker.connect("p", false);
+        assert!(second.session_present);
+        let topics: Vec<_> = second.pending.iter().map(|m| m.topic.as_str()).collect();
+        assert_eq!(topics, vec!["alerts/1", "alerts/2"]);
+        broker.publish(message("alerts/4", QoS::AtLeastOnce, false, "live"));
+        assert_eq!(received(&mut second)[0].topic, "alerts/4");
+        // A clean connect discards it.
+        let clean = broker.connect("p", true);
+        assert!(!clean.session_present);
+        assert_eq!(
+            broker.publish(message("alerts/5", QoS::AtLeastOnce, false, "")),
+            0
+        );
+    }
+
+    #[test]
+    fn a_second_connection_takes_the_session_over_and_the_first_cannot_detach_it() {
+        let broker = Broker::new(Duration::from_secs(3600));
+        let mut first = broker.connect("d-1", true);
+        let second = broker.connect("d-1", true);
+        assert!(matches!(first.outgoing.try_recv(), Ok(ToClient::TakenOver)));
+        broker.disconnect("d-1", first.connection, Vec::new());
+        assert_eq!(
+            broker.stats().sessions,
+            1,
+            "the second connection's session stays"
+        );
+        broker.disconnect("d-1", second.connection, Vec::new());
+        assert_eq!(broker.stats().sessions, 0);
+    }
+
+    #[test]
+    fn away_sessions_expire_and_queues_are_bounded() {
+        let broker = Broker::new(Duration::ZERO);
+        let p = broker.connect("p", false);
+        broker.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
+        broker.disconnect("p", p.connection, Vec::new());
+        for i in 0..QUEUED_WHILE_AWAY + 5 {
+            broker.publish(message("t", QoS::AtLeastOnce, false, &i.to_string()));
+        }
+        assert_eq!(broker.stats().dropped, 5);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(broker.expire_sessions(), 1);
+    }
+
+    #[test]
+    fn subscriptions_refuse_qos2_bad_filters_and_more_than_the_quota() {
+        let broker = Broker::new(Duration::from_secs(3600));
+        let _s = broker.connect("s", true);
+        let (granted, _) = broker.subscribe(
+            "s",
+            &[
+                ("a/#/b".into(), QoS::AtMostOnce),
+                ("a".into(), QoS::ExactlyOnce),
+            ],
+        );
+        assert_eq!(
+            granted,
+            vec![
+                Err(SubscribeError::Filter(topic::TopicError::Wildcard)),
+                Err(SubscribeError::QoS2)
+            ]
+        );
+        let many: Vec<_> = (0..=MAX_SUBSCRIPTIONS)
+            .map(|i| (format!("t/{i}"), QoS::AtMostOnce))
+            .collect();
+        let (granted, _) = broker.subscribe("s", &many);
+        assert_eq!(granted.last(), Some(&Err(SubscribeError::TooMany)));
+        assert_eq!(
+            granted.iter().filter(|g| g.is_ok()).count(),
+            MAX_SUBSCRIPTIONS
+        );
+    }
+}

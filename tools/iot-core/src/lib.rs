@@ -1,0 +1,23 @@
+//! A local AWS IoT Core for the local stack: devices connect with MQTT over TLS and an X.509
+//! client certificate exactly as they would to AWS IoT Core's data endpoint, and the certificate
+//! decides who they are.
+//!
+//! - [`tls`]: the local CA the stack creates, the server certificate it signs, and the TLS
+//!   configuration that asks every client for a certificate (ALPN `x-amzn-mqtt-ca` on the
+//!   port-443 listener, as AWS's device SDKs send).
+//! - [`identity`]: a certificate's id (SHA-256 of its DER, as AWS IoT computes it) and the
+//!   registry that must hold it `ACTIVE` (moto's IoT registry locally).
+//! - [`topic`]: topic names and filters with AWS IoT's limits, and wildcard matching.
+//! - [`broker`]: sessions (clean and persistent, taken over by a second connection with the same
+//!   client id), subscriptions, retained messages and routing with QoS 0 and 1.
+//! - [`connection`]: one client's MQTT 3.1.1 conversation; [`server`]: the listeners.
+//!
+//! What AWS IoT Core does that this does not do yet (IoT policies, MQTT 5, reserved topics,
+//! lifecycle events, rules) is listed in README's emulator table.
+
+pub mod broker;
+pub mod connection;
+pub mod identity;
+pub mod server;
+pub mod tls;
+pub mod topic;

@@ -1,0 +1,94 @@
+//! `shoal-iot-core`: the local AWS IoT Core. Started by `tools/localstack/stack` beside moto.
+//!
+//! It creates (once) a local CA in `--state-dir` (`ca.pem`: give it to clients as their CA file),
+//! signs a server certificate for `localhost` and `127.0.0.1`, and serves MQTT over TLS with
+//! client certificates on `--listen` (AWS's port 8883) and, with `--listen-alpn`, on a second
+//! address that takes ALPN `x-amzn-mqtt-ca` (AWS's port 443). Certificates are checked against
+//! the IoT registry at `AWS_ENDPOINT_URL` (moto's, locally).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use shoal_aws::client::ClientFactory;
+use shoal_iot_core::broker::Broker;
+use shoal_iot_core::identity::IotRegistry;
+use shoal_iot_core::server::{MAX_CONNECTIONS, accept_loop};
+use shoal_iot_core::tls::{ALPN_MQTT_443, LocalCa, server_config};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, Parser)]
+#[command(about = "A local AWS IoT Core: MQTT over TLS with client certificates")]
+struct Args {
+    /// Where the local CA (`ca.pem`, `ca.key`) lives; created when missing.
+    #[arg(long, default_value = ".local/iot-core")]
+    state_dir: PathBuf,
+    /// MQTT over TLS (AWS IoT Core's port 8883).
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    listen: SocketAddr,
+    /// MQTT over TLS with ALPN `x-amzn-mqtt-ca` (AWS IoT Core's port 443); off when absent.
+    #[arg(long)]
+    listen_alpn: Option<SocketAddr>,
+    /// Seconds a persistent session is kept after its client left (AWS's default: 1 hour).
+    #[arg(long, default_value_t = 3600)]
+    session_expiry_s: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shoal_aws::logging::init();
+    let args = Args::parse();
+    let ca = LocalCa::load_or_create(&args.state_dir)?;
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let (certificate, key) = ca.server_certificate(&names)?;
+    let plain = TlsAcceptor::from(server_config(certificate.clone(), key.clone_key(), &[])?);
+    let alpn = TlsAcceptor::from(server_config(certificate, key, &[ALPN_MQTT_443])?);
+
+    let factory = ClientFactory::from_env().await;
+    let registry = Arc::new(IotRegistry(factory.iot()));
+    let broker = Arc::new(Broker::new(Duration::from_secs(args.session_expiry_s)));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+
+    let listener = TcpListener::bind(args.listen).await?;
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        listener,
+        plain,
+        None,
+        broker.clone(),
+        registry.clone(),
+        slots.clone(),
+    ))];
+    if let Some(addr) = args.listen_alpn {
+        let listener = TcpListener::bind(addr).await?;
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            alpn,
+            Some(ALPN_MQTT_443),
+            broker.clone(),
+            registry,
+            slots,
+        )));
+    }
+    let sweeper = broker.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            sweeper.expire_sessions();
+        }
+    });
+    // The stack script waits for this line.
+    println!(
+        "shoal-iot-core: MQTT on {} (CA {})",
+        args.listen,
+        ca.ca_file.display()
+    );
+    for task in tasks {
+        task.await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The listeners: TCP, the TLS handshake (bounded in time), the client certificate's id, then
+//! one task per connection ([`crate::connection::serve`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::broker::Broker;
+use crate::connection::{Ended, Peer, serve};
+use crate::identity::{Registry, certificate_id};
+
+/// How long a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once, at most; more wait for one to end.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// Accepts connections on `listener` for ever, each through `acceptor`'s TLS, then MQTT. With
+/// `alpn` set, a client must have negotiated that ALPN protocol (AWS's port 443 serves MQTT only
+/// to clients that ask for `x-amzn-mqtt-ca`).
+pub async fn accept_loop<R: Registry>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    alpn: Option<&'static [u8]>,
+    broker: Arc<Broker>,
+    registry: Arc<R>,
+    slots: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let (acceptor, broker, registry) = (acceptor.clone(), broker.clone(), registry.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tcp.set_nodelay(true);
+            let ended = connect(tcp, addr, acceptor, alpn, broker, registry).await;
+            tracing::info!(%addr, ?ended, "connection ended");
+        });
+    }
+}
+
+async fn connect<R: Registry>(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    alpn: Option<&'static [u8]>,
+    broker: Arc<Broker>,
+    registry: Arc<R>,
+) -> Ended {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Ended::Refused(format!("TLS handshake: {e}")),
+        Err(_) => return Ended::Refused("TLS handshake timed out".into()),
+    };
+    if let Some(required) = alpn
+        && tls.get_ref().1.alpn_protocol() != Some(required)
+    {
+        return Ended::Refused("no ALPN x-amzn-mqtt-ca: not an MQTT client on this port".into());
+    }
+    let Some(certificate) = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    else {
+        return Ended::Refused("no client certificate".into());
+    };
+    let peer = Peer {
+        certificate_id: certificate_id(certificate),
+    };
+    tracing::debug!(%addr, certificate_id = %peer.certificate_id, "TLS established");
+    serve(tls, peer, broker, registry).await
+}
