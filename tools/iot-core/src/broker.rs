@@ -42,6 +42,9 @@ pub struct Message {
     pub qos: QoS,
     /// As delivered: set only when it is sent because a subscription was just made.
     pub retain: bool,
+    /// MQTT 5 publish properties that travel with it (user properties, content type, response
+    /// topic, correlation data, payload format, message expiry); MQTT 3.1.1 clients get none.
+    pub properties: Option<Box<rumqttc::v5::mqttbytes::v5::PublishProperties>>,
 }
 
 /// What the broker tells a connection.
@@ -69,7 +72,8 @@ pub struct Attached {
 
 #[derive(Debug)]
 struct Session {
-    persistent: bool,
+    /// How long it outlives its connection; `None`: it ends with it.
+    expiry: Option<Duration>,
     subscriptions: BTreeMap<String, QoS>,
     connection: Option<(u64, mpsc::Sender<ToClient>)>,
     queued: VecDeque<Message>,
@@ -131,10 +135,17 @@ impl Broker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Attaches a new connection to `client_id`'s session: a clean session starts empty (any
-    /// earlier one is discarded), a persistent one resumes what was kept. A connection already
-    /// attached is told it was taken over.
-    pub fn connect(&self, client_id: &str, clean_session: bool) -> Attached {
+    /// Attaches a new connection to `client_id`'s session: `clean_start` starts it empty (any
+    /// earlier one is discarded), otherwise a kept session resumes. The session outlives the
+    /// connection by `expiry` (`None`: not at all), at most the broker's session expiry. A
+    /// connection already attached is told it was taken over.
+    pub fn connect(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry: Option<Duration>,
+    ) -> Attached {
+        let expiry = expiry.map(|e| e.min(self.session_expiry));
         let mut state = self.state();
         let now = Instant::now();
         state.next_connection += 1;
@@ -149,10 +160,10 @@ impl Broker {
             let _ = old.try_send(ToClient::TakenOver);
         }
         let (session, session_present) = match existing {
-            Some(old) if !clean_session && old.persistent => (old, true),
+            Some(old) if !clean_start => (old, true),
             _ => (
                 Session {
-                    persistent: !clean_session,
+                    expiry,
                     subscriptions: BTreeMap::new(),
                     connection: None,
                     queued: VecDeque::new(),
@@ -162,6 +173,7 @@ impl Broker {
             ),
         };
         let mut session = session;
+        session.expiry = expiry;
         session.connection = Some((connection, sender));
         session.expires = None;
         let pending = session.queued.drain(..).collect();
@@ -175,23 +187,23 @@ impl Broker {
     }
 
     /// Detaches connection `connection` from `client_id`'s session (nothing happens when another
-    /// connection took it over). A clean session ends; a persistent one keeps `unacknowledged`
-    /// (QoS 1 messages sent and not acknowledged) to send again first, and expires later.
+    /// connection took it over). A session without expiry ends; one with an expiry keeps
+    /// `unacknowledged` (QoS 1 messages sent and not acknowledged) to send again first, and
+    /// expires that long after.
     pub fn disconnect(&self, client_id: &str, connection: u64, unacknowledged: Vec<Message>) {
         let mut state = self.state();
-        let expiry = Instant::now() + self.session_expiry;
         let Some(session) = state.sessions.get_mut(client_id) else {
             return;
         };
         if session.connection.as_ref().map(|(c, _)| *c) != Some(connection) {
             return;
         }
-        if !session.persistent {
+        let Some(expiry) = session.expiry else {
             state.sessions.remove(client_id);
             return;
-        }
+        };
         session.connection = None;
-        session.expires = Some(expiry);
+        session.expires = Some(Instant::now() + expiry);
         for message in unacknowledged.into_iter().rev() {
             session.queued.push_front(message);
         }
@@ -200,13 +212,14 @@ impl Broker {
         state.dropped += excess as u64;
     }
 
-    /// Adds `filters` to `client_id`'s session, each with its requested QoS; returns, per
-    /// filter, the QoS granted or why it was refused, and the retained messages the granted ones
-    /// match (to send now, with `retain` set).
+    /// Adds `filters` to `client_id`'s session, each with its requested QoS and whether it wants
+    /// the retained messages it matches; returns, per filter, the QoS granted or why it was
+    /// refused, and the retained messages the granted ones match (to send now, with `retain`
+    /// set).
     pub fn subscribe(
         &self,
         client_id: &str,
-        filters: &[(String, QoS)],
+        filters: &[(String, QoS, bool)],
     ) -> (Vec<Result<QoS, SubscribeError>>, Vec<Message>) {
         let mut state = self.state();
         let State {
@@ -217,7 +230,7 @@ impl Broker {
         };
         let mut granted = Vec::with_capacity(filters.len());
         let mut matching = Vec::new();
-        for (filter, qos) in filters {
+        for (filter, qos, send_retained) in filters {
             let is_new = !session.subscriptions.contains_key(filter);
             let result = match (topic::check_filter(filter), qos) {
                 (Err(e), _) => Err(SubscribeError::Filter(e)),
@@ -229,6 +242,10 @@ impl Broker {
             };
             if let Ok(qos) = result {
                 session.subscriptions.insert(filter.clone(), qos);
+                if !send_retained {
+                    granted.push(result);
+                    continue;
+                }
                 matching.extend(
                     retained
                         .values()
@@ -350,6 +367,7 @@ mod tests {
             payload: Bytes::from(payload.to_owned()),
             qos,
             retain,
+            properties: None,
         }
     }
 
@@ -364,17 +382,20 @@ mod tests {
     #[test]
     fn a_publish_reaches_each_matching_session_once_at_the_lower_qos() {
         let broker = Broker::new(Duration::from_secs(3600));
-        let mut a = broker.connect("a", true);
-        let mut b = broker.connect("b", true);
+        let mut a = broker.connect("a", true, None);
+        let mut b = broker.connect("b", true, None);
         let (granted, _) = broker.subscribe(
             "a",
             &[
-                ("dt/+/d-1/telemetry".into(), QoS::AtMostOnce),
-                ("dt/#".into(), QoS::AtLeastOnce),
+                ("dt/+/d-1/telemetry".into(), QoS::AtMostOnce, true),
+                ("dt/#".into(), QoS::AtLeastOnce, true),
             ],
         );
         assert_eq!(granted, vec![Ok(QoS::AtMostOnce), Ok(QoS::AtLeastOnce)]);
-        broker.subscribe("b", &[("dt/app/d-2/telemetry".into(), QoS::AtLeastOnce)]);
+        broker.subscribe(
+            "b",
+            &[("dt/app/d-2/telemetry".into(), QoS::AtLeastOnce, true)],
+        );
         let reached = broker.publish(message(
             "dt/app/d-1/telemetry",
             QoS::AtLeastOnce,
@@ -404,8 +425,8 @@ mod tests {
         broker.publish(message("cfg/d-1", QoS::AtLeastOnce, true, "v1"));
         broker.publish(message("cfg/d-1", QoS::AtLeastOnce, true, "v2"));
         broker.publish(message("cfg/d-2", QoS::AtMostOnce, true, "w"));
-        let _c = broker.connect("c", true);
-        let (_, retained) = broker.subscribe("c", &[("cfg/+".into(), QoS::AtLeastOnce)]);
+        let _c = broker.connect("c", true, None);
+        let (_, retained) = broker.subscribe("c", &[("cfg/+".into(), QoS::AtLeastOnce, true)]);
         let payloads: Vec<_> = retained.iter().map(|m| m.payload.clone()).collect();
         assert_eq!(payloads, vec![Bytes::from("v2"), Bytes::from("w")]);
         assert!(retained.iter().all(|m| m.retain));
@@ -417,9 +438,9 @@ mod tests {
     #[test]
     fn a_persistent_session_keeps_subscriptions_and_qos1_messages_while_away() {
         let broker = Broker::new(Duration::from_secs(3600));
-        let first = broker.connect("p", false);
+        let first = broker.connect("p", false, Some(Duration::from_secs(60)));
         assert!(!first.session_present);
-        broker.subscribe("p", &[("alerts/#".into(), QoS::AtLeastOnce)]);
+        broker.subscribe("p", &[("alerts/#".into(), QoS::AtLeastOnce, true)]);
         let unacked = message("alerts/1", QoS::AtLeastOnce, false, "sent, not acked");
         broker.disconnect("p", first.connection, vec![unacked.clone()]);
         broker.publish(message("alerts/2", QoS::AtLeastOnce, false, "while away"));
@@ -429,14 +450,14 @@ mod tests {
             false,
             "qos 0: not kept",
         ));
-        let mut second = broker.connect("p", false);
+        let mut second = broker.connect("p", false, Some(Duration::from_secs(60)));
         assert!(second.session_present);
         let topics: Vec<_> = second.pending.iter().map(|m| m.topic.as_str()).collect();
         assert_eq!(topics, vec!["alerts/1", "alerts/2"]);
         broker.publish(message("alerts/4", QoS::AtLeastOnce, false, "live"));
         assert_eq!(received(&mut second)[0].topic, "alerts/4");
         // A clean connect discards it.
-        let clean = broker.connect("p", true);
+        let clean = broker.connect("p", true, None);
         assert!(!clean.session_present);
         assert_eq!(
             broker.publish(message("alerts/5", QoS::AtLeastOnce, false, "")),
@@ -447,8 +468,8 @@ mod tests {
     #[test]
     fn a_second_connection_takes_the_session_over_and_the_first_cannot_detach_it() {
         let broker = Broker::new(Duration::from_secs(3600));
-        let mut first = broker.connect("d-1", true);
-        let second = broker.connect("d-1", true);
+        let mut first = broker.connect("d-1", true, None);
+        let second = broker.connect("d-1", true, None);
         assert!(matches!(first.outgoing.try_recv(), Ok(ToClient::TakenOver)));
         broker.disconnect("d-1", first.connection, Vec::new());
         assert_eq!(
@@ -463,8 +484,8 @@ mod tests {
     #[test]
     fn away_sessions_expire_and_queues_are_bounded() {
         let broker = Broker::new(Duration::ZERO);
-        let p = broker.connect("p", false);
-        broker.subscribe("p", &[("t".into(), QoS::AtLeastOnce)]);
+        let p = broker.connect("p", false, Some(Duration::from_secs(60)));
+        broker.subscribe("p", &[("t".into(), QoS::AtLeastOnce, true)]);
         broker.disconnect("p", p.connection, Vec::new());
         for i in 0..QUEUED_WHILE_AWAY + 5 {
             broker.publish(message("t", QoS::AtLeastOnce, false, &i.to_string()));
@@ -477,12 +498,12 @@ mod tests {
     #[test]
     fn subscriptions_refuse_qos2_bad_filters_and_more_than_the_quota() {
         let broker = Broker::new(Duration::from_secs(3600));
-        let _s = broker.connect("s", true);
+        let _s = broker.connect("s", true, None);
         let (granted, _) = broker.subscribe(
             "s",
             &[
-                ("a/#/b".into(), QoS::AtMostOnce),
-                ("a".into(), QoS::ExactlyOnce),
+                ("a/#/b".into(), QoS::AtMostOnce, true),
+                ("a".into(), QoS::ExactlyOnce, true),
             ],
         );
         assert_eq!(
@@ -493,7 +514,7 @@ mod tests {
             ]
         );
         let many: Vec<_> = (0..=MAX_SUBSCRIPTIONS)
-            .map(|i| (format!("t/{i}"), QoS::AtMostOnce))
+            .map(|i| (format!("t/{i}"), QoS::AtMostOnce, true))
             .collect();
         let (granted, _) = broker.subscribe("s", &many);
         assert_eq!(granted.last(), Some(&Err(SubscribeError::TooMany)));

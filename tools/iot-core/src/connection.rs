@@ -1,18 +1,18 @@
-//! One client's MQTT 3.1.1 conversation (<https://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html>),
-//! with AWS IoT Core's rules (<https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html>,
+//! One client's MQTT conversation, MQTT 3.1.1
+//! (<https://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html>) or MQTT 5
+//! (<https://docs.oasis-open.org/mqtt/mqtt/v5.0/mqtt-v5.0.html>), with AWS IoT Core's rules
+//! (<https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html>,
 //! <https://docs.aws.amazon.com/general/latest/gr/iot-core.html>):
 //!
-//! - the first packet is CONNECT, within [`CONNECT_TIMEOUT`]; the client id is 1–128 bytes
-//!   (`BadClientId` otherwise); the certificate must be registered and `ACTIVE`
-//!   (`NotAuthorized` otherwise). MQTT 5 is answered with CONNACK 0x84 (not yet supported here).
+//! - the first packet is CONNECT, within [`CONNECT_TIMEOUT`]; the client id is 1–128 bytes; the
+//!   certificate must be registered and `ACTIVE`;
 //! - keep-alive is clamped to 30–1200 s (0 means 1200), and a client silent for 1.5 times it is
 //!   disconnected;
-//! - QoS 2 is refused: a QoS 2 publish closes the connection, a QoS 2 subscription fails
-//!   (SUBACK 0x80);
+//! - QoS 2 is refused: a QoS 2 publish closes the connection, a QoS 2 subscription fails;
 //! - at most [`MAX_INFLIGHT`] QoS 1 messages await the client's PUBACK; the rest wait their turn;
 //! - payloads up to 128 KB;
 //! - a connection that ends without DISCONNECT (network, keep-alive, protocol error, taken over)
-//!   publishes its last will.
+//!   publishes its last will, as does MQTT 5's DISCONNECT with reason 0x04.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -21,34 +21,25 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use rumqttc::QoS;
-use rumqttc::mqttbytes::v4::{
-    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
-    UnsubAck,
-};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Framed, FramedParts};
 
 use crate::broker::{Broker, Message, ToClient};
 use crate::identity::{ACTIVE, Registry};
 use crate::topic;
+use crate::wire::{
+    Close, ConnectRequest, Incoming, MAX_INFLIGHT, MAX_PACKET, Outgoing, Refusal, V4, V5, Wire,
+};
 
 /// How long a client has to send CONNECT after the TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest payload AWS IoT Core takes, in bytes (128 KB).
-pub const MAX_PAYLOAD: usize = 128 * 1024;
-/// QoS 1 messages sent and not yet acknowledged, per connection, at most (AWS IoT Core's
-/// in-flight limit).
-pub const MAX_INFLIGHT: usize = 100;
 /// The longest client id AWS IoT Core takes, in bytes.
 pub const MAX_CLIENT_ID: usize = 128;
-
-/// The packet-size bound: the largest payload plus a topic and the headers.
-const MAX_PACKET: usize = MAX_PAYLOAD + 1024;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
-    /// Refused at CONNECT (the CONNACK code sent, or why none could be).
+    /// Refused at CONNECT (or before): why.
     Refused(String),
     /// The client sent DISCONNECT.
     Disconnected,
@@ -85,19 +76,19 @@ fn protocol_level(frame: &[u8]) -> Option<u8> {
             return None;
         }
     }
-    let header = &frame[at + 1..];
+    let header = frame.get(at + 1..)?;
     let name_len = usize::from(u16::from_be_bytes([*header.first()?, *header.get(1)?]));
     header.get(2 + name_len).copied()
 }
 
-/// Reads bytes until `buf` holds one whole packet; returns its length.
+/// Reads bytes until `buf` holds one whole packet.
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-) -> Result<usize, String> {
+) -> Result<(), String> {
     loop {
         match rumqttc::mqttbytes::check(buf.iter(), MAX_PACKET) {
-            Ok(header) => return Ok(header.frame_length()),
+            Ok(_) => return Ok(()),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
             Err(e) => return Err(e.to_string()),
         }
@@ -114,145 +105,164 @@ where
     R: Registry,
 {
     let mut buf = BytesMut::with_capacity(1024);
-    let frame_len =
-        match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut stream, &mut buf)).await {
-            Ok(Ok(len)) => len,
-            Ok(Err(e)) => return Ended::Refused(e),
-            Err(_) => return Ended::Refused("no CONNECT within the timeout".into()),
-        };
-    match protocol_level(&buf[..frame_len]) {
-        Some(4) => {}
-        Some(5) => {
-            // MQTT 5 CONNACK: no session, reason 0x84 "Unsupported Protocol Version", no properties.
-            let _ = stream.write_all(&[0x20, 0x03, 0x00, 0x84, 0x00]).await;
-            return Ended::Refused("MQTT 5 is not supported yet".into());
-        }
-        Some(level) => {
-            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-            return Ended::Refused(format!("protocol level {level} is not MQTT 3.1.1"));
-        }
-        None => return Ended::Refused("the first packet is not CONNECT".into()),
+    match tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut stream, &mut buf)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Ended::Refused(e),
+        Err(_) => return Ended::Refused("no CONNECT within the timeout".into()),
     }
-    let mut parts = FramedParts::new::<Packet>(
-        stream,
-        Codec {
-            max_incoming_size: MAX_PACKET,
-            max_outgoing_size: MAX_PACKET,
-        },
-    );
+    match protocol_level(&buf) {
+        Some(4) => converse::<V4, _, _>(stream, buf, peer, broker, registry).await,
+        Some(5) => converse::<V5, _, _>(stream, buf, peer, broker, registry).await,
+        Some(level) => {
+            // MQTT 3.1 (and anything else): CONNACK 0x01, unacceptable protocol version.
+            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            Ended::Refused(format!(
+                "protocol level {level} is neither MQTT 3.1.1 nor 5"
+            ))
+        }
+        None => Ended::Refused("the first packet is not CONNECT".into()),
+    }
+}
+
+async fn send<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, W::Codec>,
+    out: Outgoing<'_>,
+) -> Result<(), String> {
+    match W::outgoing(out) {
+        Some(packet) => framed.send(packet).await.map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Checks a CONNECT: `Err` with the refusal and why.
+async fn admit<R: Registry>(
+    request: &ConnectRequest,
+    peer: &Peer,
+    registry: &R,
+) -> Result<(), (Refusal, String)> {
+    let id = &request.client_id;
+    if id.is_empty() || id.len() > MAX_CLIENT_ID {
+        let why = format!("client id of {} bytes (1-{MAX_CLIENT_ID})", id.len());
+        return Err((Refusal::BadClientId, why));
+    }
+    if let Some(will) = &request.will
+        && (topic::check_name(&will.topic).is_err() || will.qos == QoS::ExactlyOnce)
+    {
+        let why = format!("will topic {:?} or its QoS refused", will.topic);
+        return Err((Refusal::BadWill, why));
+    }
+    match registry.certificate_status(&peer.certificate_id).await {
+        Ok(Some(status)) if status == ACTIVE => Ok(()),
+        Ok(status) => {
+            let status = status.as_deref().unwrap_or("not registered");
+            let why = format!("certificate {} is {status}", peer.certificate_id);
+            Err((Refusal::NotAuthorized, why))
+        }
+        Err(e) => Err((Refusal::ServerUnavailable, e.to_string())),
+    }
+}
+
+async fn converse<W, S, R>(
+    stream: S,
+    buf: BytesMut,
+    peer: Peer,
+    broker: Arc<Broker>,
+    registry: Arc<R>,
+) -> Ended
+where
+    W: Wire,
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: Registry,
+{
+    let mut parts = FramedParts::new::<W::Packet>(stream, W::codec());
     parts.read_buf = buf;
     let mut framed = Framed::from_parts(parts);
-    let connect = match framed.next().await {
-        Some(Ok(Packet::Connect(connect))) => connect,
-        Some(Ok(_)) => return Ended::Refused("the first packet is not CONNECT".into()),
+    let request = match framed.next().await {
+        Some(Ok(packet)) => match W::connect(packet) {
+            Ok(request) => request,
+            Err(e) => return Ended::Refused(e),
+        },
         Some(Err(e)) => return Ended::Refused(e.to_string()),
         None => return Ended::Refused("closed before CONNECT".into()),
     };
-    let refuse = async |framed: &mut Framed<S, Codec>, code: ConnectReturnCode, why: String| {
-        let _ = framed
-            .send(Packet::ConnAck(ConnAck::new(code, false)))
-            .await;
-        Ended::Refused(why)
-    };
-    let client_id = connect.client_id.clone();
-    if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID {
-        let why = format!("client id of {} bytes (1-{MAX_CLIENT_ID})", client_id.len());
-        return refuse(&mut framed, ConnectReturnCode::BadClientId, why).await;
+    if let Err((refusal, why)) = admit(&request, &peer, registry.as_ref()).await {
+        let refused = Outgoing::ConnAck {
+            refused: Some(refusal),
+            session_present: false,
+            keep_alive_s: 0,
+        };
+        let _ = send::<W, S>(&mut framed, refused).await;
+        return Ended::Refused(why);
     }
-    match registry.certificate_status(&peer.certificate_id).await {
-        Ok(Some(status)) if status == ACTIVE => {}
-        Ok(status) => {
-            let why = format!(
-                "certificate {} is {}",
-                peer.certificate_id,
-                status.as_deref().unwrap_or("not registered")
-            );
-            return refuse(&mut framed, ConnectReturnCode::NotAuthorized, why).await;
-        }
-        Err(e) => {
-            return refuse(
-                &mut framed,
-                ConnectReturnCode::ServiceUnavailable,
-                e.to_string(),
-            )
-            .await;
-        }
-    }
-    let will = match connect.last_will {
-        Some(will) => {
-            if topic::check_name(&will.topic).is_err() || will.qos == QoS::ExactlyOnce {
-                return Ended::Refused(format!("will topic {:?} or its QoS refused", will.topic));
-            }
-            Some(Message {
-                topic: will.topic,
-                payload: will.message,
-                qos: will.qos,
-                retain: will.retain,
-            })
-        }
-        None => None,
+    let client_id = request.client_id;
+    let will = request.will;
+    let mut attached = broker.connect(&client_id, request.clean_start, request.session_expiry);
+    let keep_alive_s = effective_keep_alive(request.keep_alive_s);
+    let accepted = Outgoing::ConnAck {
+        refused: None,
+        session_present: attached.session_present,
+        keep_alive_s,
     };
-    let mut attached = broker.connect(&client_id, connect.clean_session);
-    let ack = ConnAck::new(ConnectReturnCode::Success, attached.session_present);
-    if framed.send(Packet::ConnAck(ack)).await.is_err() {
+    if let Err(e) = send::<W, S>(&mut framed, accepted).await {
         broker.disconnect(
             &client_id,
             attached.connection,
             std::mem::take(&mut attached.pending),
         );
-        return Ended::Lost("CONNACK could not be sent".into());
+        return Ended::Lost(format!("CONNACK could not be sent: {e}"));
     }
-    let keep_alive =
-        Duration::from_millis(u64::from(effective_keep_alive(connect.keep_alive)) * 1500);
+    let keep_alive = Duration::from_millis(u64::from(keep_alive_s) * 1500);
 
-    let mut session = Conversation {
+    let mut flow = Flow {
         inflight: BTreeMap::new(),
         backlog: attached.pending.drain(..).collect(),
         next_pkid: 0,
     };
-    let ended = loop {
-        if let Err(e) = session.flush(&mut framed).await {
-            break Ended::Lost(e);
+    let (ended, publish_will) = loop {
+        if let Err(e) = flow.flush::<W, S>(&mut framed).await {
+            break (Ended::Lost(e), true);
         }
-        let room = session.inflight.len() < MAX_INFLIGHT;
+        let room = flow.inflight.len() < MAX_INFLIGHT;
         tokio::select! {
             incoming = tokio::time::timeout(keep_alive, framed.next()) => {
                 let packet = match incoming {
-                    Err(_) => break Ended::Lost("keep-alive expired".into()),
-                    Ok(None) => break Ended::Lost("the client closed the connection".into()),
-                    Ok(Some(Err(e))) => break Ended::Lost(e.to_string()),
+                    Err(_) => {
+                        let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::KeepAlive)).await;
+                        break (Ended::Lost("keep-alive expired".into()), true);
+                    }
+                    Ok(None) => break (Ended::Lost("the client closed the connection".into()), true),
+                    Ok(Some(Err(e))) => break (Ended::Lost(e.to_string()), true),
                     Ok(Some(Ok(packet))) => packet,
                 };
-                match handle(packet, &client_id, &broker, &mut session, &mut framed).await {
+                match handle::<W, S>(W::incoming(packet), &client_id, &broker, &mut flow, &mut framed).await {
                     Ok(None) => {}
-                    Ok(Some(ended)) => break ended,
-                    Err(e) => break Ended::Lost(e),
+                    Ok(Some(end)) => break end,
+                    Err(e) => break (Ended::Lost(e), true),
                 }
             }
-            out = attached.outgoing.recv(), if room && session.backlog.is_empty() => {
+            out = attached.outgoing.recv(), if room && flow.backlog.is_empty() => {
                 match out {
-                    Some(ToClient::Publish(message)) => session.backlog.push_back(message),
-                    Some(ToClient::TakenOver) => break Ended::Lost("taken over by a new connection with the same client id".into()),
-                    None => break Ended::Lost("the broker closed the session".into()),
+                    Some(ToClient::Publish(message)) => flow.backlog.push_back(message),
+                    Some(ToClient::TakenOver) => {
+                        let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::TakenOver)).await;
+                        break (Ended::Lost("taken over by a new connection with the same client id".into()), true);
+                    }
+                    None => break (Ended::Lost("the broker closed the session".into()), true),
                 }
             }
         }
     };
-    if let (Ended::Lost(_), Some(will)) = (&ended, will) {
+    if let (true, Some(will)) = (publish_will, will) {
         broker.publish(will);
     }
-    let unacknowledged = session
-        .inflight
-        .into_values()
-        .chain(session.backlog)
-        .collect();
+    let unacknowledged = flow.inflight.into_values().chain(flow.backlog).collect();
     broker.disconnect(&client_id, attached.connection, unacknowledged);
     let _ = framed.get_mut().shutdown().await;
     ended
 }
 
-/// What one connection keeps of its outgoing QoS 1 flow.
-struct Conversation {
+/// One connection's outgoing QoS 1 flow.
+struct Flow {
     /// Sent, awaiting PUBACK, by packet id.
     inflight: BTreeMap<u16, Message>,
     /// To send, in order, as room in `inflight` allows.
@@ -260,7 +270,7 @@ struct Conversation {
     next_pkid: u16,
 }
 
-impl Conversation {
+impl Flow {
     fn pkid(&mut self) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
@@ -271,101 +281,98 @@ impl Conversation {
     }
 
     /// Sends what the backlog holds while QoS 1 room lasts.
-    async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+    async fn flush<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        framed: &mut Framed<S, Codec>,
+        framed: &mut Framed<S, W::Codec>,
     ) -> Result<(), String> {
         while self.inflight.len() < MAX_INFLIGHT {
             let Some(message) = self.backlog.pop_front() else {
                 break;
             };
-            let mut publish =
-                Publish::from_bytes(message.topic.clone(), message.qos, message.payload.clone());
-            publish.retain = message.retain;
-            if message.qos == QoS::AtLeastOnce {
-                publish.pkid = self.pkid();
-                self.inflight.insert(publish.pkid, message);
+            let pkid = match message.qos {
+                QoS::AtLeastOnce => self.pkid(),
+                _ => 0,
+            };
+            send::<W, S>(
+                framed,
+                Outgoing::Publish {
+                    message: &message,
+                    pkid,
+                },
+            )
+            .await?;
+            if pkid != 0 {
+                self.inflight.insert(pkid, message);
             }
-            framed
-                .send(Packet::Publish(publish))
-                .await
-                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 }
 
-/// Handles one packet from the client; `Ok(Some(_))` when the connection ends with it.
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
-    packet: Packet,
+/// Handles one event from the client; `Ok(Some((ended, publish_will)))` when the connection ends
+/// with it.
+async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
+    incoming: Incoming,
     client_id: &str,
     broker: &Broker,
-    session: &mut Conversation,
-    framed: &mut Framed<S, Codec>,
-) -> Result<Option<Ended>, String> {
-    let reply = match packet {
-        Packet::Publish(publish) => {
-            if publish.qos == QoS::ExactlyOnce {
-                return Ok(Some(Ended::Lost("QoS 2 publish: not supported".into())));
-            }
-            if let Err(e) = topic::check_name(&publish.topic) {
-                return Ok(Some(Ended::Lost(format!(
-                    "publish to {:?}: {e}",
-                    publish.topic
-                ))));
-            }
-            let ack = (publish.qos == QoS::AtLeastOnce).then(|| PubAck::new(publish.pkid));
-            broker.publish(Message {
-                topic: publish.topic,
-                payload: publish.payload,
-                qos: publish.qos,
-                retain: publish.retain,
-            });
-            ack.map(Packet::PubAck)
-        }
-        Packet::PubAck(ack) => {
-            session.inflight.remove(&ack.pkid);
-            None
-        }
-        Packet::Subscribe(subscribe) => {
-            let filters: Vec<(String, QoS)> = subscribe
-                .filters
-                .into_iter()
-                .map(|f| (f.path, f.qos))
-                .collect();
-            let (granted, retained) = broker.subscribe(client_id, &filters);
-            let codes = granted
-                .into_iter()
-                .map(|g| match g {
-                    Ok(qos) => SubscribeReasonCode::Success(qos),
-                    Err(e) => {
-                        tracing::info!(client_id, error = %e, "subscription refused");
-                        SubscribeReasonCode::Failure
-                    }
-                })
-                .collect();
-            framed
-                .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-                .await
-                .map_err(|e| e.to_string())?;
-            session.backlog.extend(retained);
-            None
-        }
-        Packet::Unsubscribe(unsubscribe) => {
-            broker.unsubscribe(client_id, &unsubscribe.topics);
-            Some(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
-        }
-        Packet::PingReq => Some(Packet::PingResp),
-        Packet::Disconnect => return Ok(Some(Ended::Disconnected)),
-        Packet::Connect(_) => return Ok(Some(Ended::Lost("a second CONNECT".into()))),
-        other => {
-            return Ok(Some(Ended::Lost(format!(
-                "{other:?}: QoS 2 flows are not supported"
-            ))));
-        }
+    flow: &mut Flow,
+    framed: &mut Framed<S, W::Codec>,
+) -> Result<Option<(Ended, bool)>, String> {
+    let close = async |framed: &mut Framed<S, W::Codec>, close: Close, why: String| {
+        let _ = send::<W, S>(framed, Outgoing::Disconnect(close)).await;
+        Ok(Some((Ended::Lost(why), true)))
     };
-    if let Some(packet) = reply {
-        framed.send(packet).await.map_err(|e| e.to_string())?;
+    match incoming {
+        Incoming::Publish { message, pkid } => {
+            if message.qos == QoS::ExactlyOnce {
+                return close(framed, Close::QoS2, "QoS 2 publish: not supported".into()).await;
+            }
+            if let Err(e) = topic::check_name(&message.topic) {
+                let why = format!("publish to {:?}: {e}", message.topic);
+                return close(framed, Close::TopicInvalid, why).await;
+            }
+            let qos = message.qos;
+            broker.publish(message);
+            if qos == QoS::AtLeastOnce {
+                send::<W, S>(framed, Outgoing::PubAck(pkid)).await?;
+            }
+        }
+        Incoming::PubAck(pkid) => {
+            flow.inflight.remove(&pkid);
+        }
+        Incoming::Subscribe { pkid, filters } => {
+            let (results, retained) = broker.subscribe(client_id, &filters);
+            for (result, (filter, ..)) in results.iter().zip(&filters) {
+                if let Err(e) = result {
+                    tracing::info!(client_id, filter, error = %e, "subscription refused");
+                }
+            }
+            send::<W, S>(
+                framed,
+                Outgoing::SubAck {
+                    pkid,
+                    results: &results,
+                },
+            )
+            .await?;
+            flow.backlog.extend(retained);
+        }
+        Incoming::Unsubscribe { pkid, filters } => {
+            broker.unsubscribe(client_id, &filters);
+            send::<W, S>(
+                framed,
+                Outgoing::UnsubAck {
+                    pkid,
+                    filters: filters.len(),
+                },
+            )
+            .await?;
+        }
+        Incoming::PingReq => send::<W, S>(framed, Outgoing::PingResp).await?,
+        Incoming::Disconnect { publish_will } => {
+            return Ok(Some((Ended::Disconnected, publish_will)));
+        }
+        Incoming::Unsupported(reason, why) => return close(framed, reason, why.into()).await,
     }
     Ok(None)
 }
@@ -385,13 +392,23 @@ mod tests {
     #[test]
     fn the_protocol_level_is_read_from_a_connect_frame() {
         let mut buf = BytesMut::new();
-        Packet::Connect(rumqttc::mqttbytes::v4::Connect::new("d-1"))
+        rumqttc::mqttbytes::v4::Packet::Connect(rumqttc::mqttbytes::v4::Connect::new("d-1"))
             .write(&mut buf, 1024)
             .unwrap();
         assert_eq!(protocol_level(&buf), Some(4));
-        let mut v5 = buf.to_vec();
-        let at = v5.iter().position(|b| *b == b'T').unwrap() + 2;
-        v5[at] = 5;
+        let mut v5 = BytesMut::new();
+        rumqttc::v5::mqttbytes::v5::Packet::Connect(
+            rumqttc::v5::mqttbytes::v5::Connect {
+                keep_alive: 30,
+                client_id: "d-1".into(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            None,
+        )
+        .write(&mut v5, None)
+        .unwrap();
         assert_eq!(protocol_level(&v5), Some(5));
         assert_eq!(protocol_level(&[0xC0, 0x00]), None, "PINGREQ");
         assert_eq!(protocol_level(&[0x10]), None, "cut short");

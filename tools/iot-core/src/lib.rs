@@ -10,9 +10,10 @@
 //! - [`topic`]: topic names and filters with AWS IoT's limits, and wildcard matching.
 //! - [`broker`]: sessions (clean and persistent, taken over by a second connection with the same
 //!   client id), subscriptions, retained messages and routing with QoS 0 and 1.
-//! - [`connection`]: one client's MQTT 3.1.1 conversation; [`server`]: the listeners.
+//! - [`connection`]: one client's conversation, MQTT 3.1.1 or 5 ([`wire`]: the two versions'
+//!   packets as one set of events); [`server`]: the listeners.
 //!
-//! What AWS IoT Core does that this does not do yet (IoT policies, MQTT 5, reserved topics,
+//! What AWS IoT Core does that this does not do yet (IoT policies, reserved topics,
 //! lifecycle events, rules) is listed in README's emulator table.
 
 pub mod broker;
@@ -21,3 +22,4 @@ pub mod identity;
 pub mod server;
 pub mod tls;
 pub mod topic;
+pub mod wire;

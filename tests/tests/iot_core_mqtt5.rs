@@ -1,0 +1,217 @@
+//! The local IoT Core with MQTT 5 clients (rumqttc's v5 client over rustls), as AWS IoT's device
+//! SDKs v2 connect by default: publish properties travel to MQTT 5 subscribers, MQTT 3.1.1 and 5
+//! clients talk to each other, and the session expiry interval decides whether a session outlives
+//! its connection.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use shoal_integration_tests::local::{self, unique_name};
+use tokio::sync::mpsc;
+
+async fn certificate() -> (Vec<u8>, Vec<u8>) {
+    let iot = local::factory().await.iot();
+    let created = iot
+        .create_keys_and_certificate()
+        .set_as_active(true)
+        .send()
+        .await
+        .unwrap();
+    let key = created
+        .key_pair()
+        .unwrap()
+        .private_key()
+        .unwrap()
+        .to_owned();
+    (
+        created.certificate_pem().unwrap().as_bytes().to_vec(),
+        key.into_bytes(),
+    )
+}
+
+fn options(client_id: &str, (cert, key): &(Vec<u8>, Vec<u8>)) -> MqttOptions {
+    let (_, port, ca) = local::iot_core();
+    let mut options = MqttOptions::new(client_id, "localhost", port);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth: Some((cert.clone(), key.clone())),
+    }));
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+/// Polls until CONNACK; returns its session-present flag and the server's keep-alive.
+async fn connack(events: &mut EventLoop) -> (bool, Option<u16>) {
+    let wait = async {
+        loop {
+            match events.poll().await.expect("connected") {
+                Event::Incoming(Packet::ConnAck(ack)) => {
+                    return (
+                        ack.session_present,
+                        ack.properties.and_then(|p| p.server_keep_alive),
+                    );
+                }
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .expect("CONNACK within 20 s")
+}
+
+fn forward(mut events: EventLoop) -> mpsc::UnboundedReceiver<Publish> {
+    let (sender, received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(publish)) = event {
+                let _ = sender.send(publish);
+            }
+        }
+    });
+    received
+}
+
+async fn next(received: &mut mpsc::UnboundedReceiver<Publish>) -> Publish {
+    tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("a message within 10 s")
+        .expect("the connection is open")
+}
+
+#[tokio::test]
+async fn mqtt5_messages_keep_their_properties_and_reach_mqtt311_clients_too() {
+    let prefix = unique_name("v5");
+    let (subscriber, mut events) =
+        AsyncClient::new(options(&unique_name("sub"), &certificate().await), 16);
+    let (_, server_keep_alive) = connack(&mut events).await;
+    assert_eq!(
+        server_keep_alive,
+        Some(30),
+        "the keep-alive the broker applies"
+    );
+    let mut inbox = forward(events);
+    subscriber
+        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (publisher, mut events) =
+        AsyncClient::new(options(&unique_name("pub"), &certificate().await), 16);
+    connack(&mut events).await;
+    let _publisher_events = forward(events);
+    let properties = PublishProperties {
+        content_type: Some("application/json".into()),
+        response_topic: Some(format!("{prefix}/reply")),
+        correlation_data: Some(Bytes::from_static(b"req-1")),
+        user_properties: vec![("trace".into(), "abc".into())],
+        ..PublishProperties::default()
+    };
+    publisher
+        .publish_with_properties(
+            format!("{prefix}/cmd"),
+            QoS::AtLeastOnce,
+            false,
+            b"{\"on\":true}".to_vec(),
+            properties.clone(),
+        )
+        .await
+        .unwrap();
+    let got = next(&mut inbox).await;
+    assert_eq!(&got.topic[..], format!("{prefix}/cmd").as_bytes());
+    assert_eq!(&got.payload[..], b"{\"on\":true}");
+    let received = got.properties.expect("properties travel with the message");
+    assert_eq!(received.content_type, properties.content_type);
+    assert_eq!(received.response_topic, properties.response_topic);
+    assert_eq!(received.correlation_data, properties.correlation_data);
+    assert_eq!(received.user_properties, properties.user_properties);
+
+    // An MQTT 3.1.1 client on the same broker receives it too, without properties.
+    let (v4_client, mut v4_events) = rumqttc::AsyncClient::new(
+        {
+            let (_, port, ca) = local::iot_core();
+            let device = certificate().await;
+            let mut o = rumqttc::MqttOptions::new(unique_name("v4"), "localhost", port);
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: Some(device),
+            }));
+            o
+        },
+        16,
+    );
+    let (sender, mut v4_inbox) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = v4_events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let _ = sender.send(p);
+            }
+        }
+    });
+    v4_client
+        .subscribe(format!("{prefix}/#"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher
+        .publish(
+            format!("{prefix}/to-both"),
+            QoS::AtLeastOnce,
+            false,
+            b"hi".to_vec(),
+        )
+        .await
+        .unwrap();
+    let v4_got = tokio::time::timeout(Duration::from_secs(10), v4_inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v4_got.topic, format!("{prefix}/to-both"));
+    assert_eq!(&next(&mut inbox).await.payload[..], b"hi");
+}
+
+#[tokio::test]
+async fn a_session_with_an_expiry_interval_keeps_qos1_messages_while_its_client_is_away() {
+    let topic = unique_name("away");
+    let client_id = unique_name("persistent");
+    let device = certificate().await;
+    let mut persistent = options(&client_id, &device);
+    persistent.set_session_expiry_interval(Some(300));
+    let (client, mut events) = AsyncClient::new(persistent.clone(), 16);
+    let (present, _) = connack(&mut events).await;
+    assert!(!present);
+    client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    // Let the SUBACK and a clean DISCONNECT through.
+    for _ in 0..2 {
+        let _ = tokio::time::timeout(Duration::from_millis(300), events.poll()).await;
+    }
+    client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+
+    let (publisher, mut publisher_events) =
+        AsyncClient::new(options(&unique_name("pub"), &certificate().await), 16);
+    connack(&mut publisher_events).await;
+    let _publisher_inbox = forward(publisher_events);
+    publisher
+        .publish(&topic, QoS::AtLeastOnce, false, b"while away".to_vec())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    persistent.set_clean_start(false);
+    let (_client, mut events) = AsyncClient::new(persistent, 16);
+    let (present, _) = connack(&mut events).await;
+    assert!(present, "the session outlived its connection");
+    let mut inbox = forward(events);
+    assert_eq!(&next(&mut inbox).await.payload[..], b"while away");
+}
