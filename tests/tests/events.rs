@@ -294,8 +294,9 @@ async fn shadow_documents_sample_events_have_their_documented_outcome() {
     use shadow_sync::edges::Registry;
     use shoal_aws::client::AwsResultExt;
     use shoal_aws::device_table::DeviceTable;
-    use shoal_aws::shadow_store::{IotShadowStore, ShadowStore};
+    use shoal_aws::shadow_store::IotShadowStore;
     use shoal_core::shadow::ShadowRef;
+    use shoal_core::shadow::store::ShadowStore;
 
     assert_eq!(
         sample_names("shadow-documents-"),

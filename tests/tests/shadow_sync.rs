@@ -12,12 +12,11 @@ use shadow_sync::presence::{
 use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::vars;
 use shoal_aws::device_table::DeviceTable;
-use shoal_aws::shadow_store::{
-    IotShadowStore, ShadowStore, WriteError, WriteOutcome, write_optimistic,
-};
+use shoal_aws::shadow_store::IotShadowStore;
 use shoal_core::ids::ThingName;
 use shoal_core::shadow::document::UpdateState;
 use shoal_core::shadow::intent::{DesiredIntent, plan_intent};
+use shoal_core::shadow::store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
 use shoal_core::shadow::{PolicyTable, ShadowDocument, ShadowRef, ShadowUpdate};
 use shoal_integration_tests::local::{self, unique_name};
 

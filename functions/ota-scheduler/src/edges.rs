@@ -12,7 +12,7 @@ use shoal_aws::client::{AwsResultExt, EdgeError, done_or_already};
 use shoal_aws::device_table::DeviceTable;
 use shoal_aws::firmware_table::FirmwareTable;
 use shoal_aws::rollout_table::RolloutTable;
-use shoal_aws::shadow_store::{IotShadowStore, WriteError, WriteOutcome, write_optimistic};
+use shoal_aws::shadow_store::IotShadowStore;
 use shoal_core::ids::ShadowName;
 use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
 use shoal_core::rollout::delivery::{job_document, job_name};
@@ -20,6 +20,7 @@ use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_core::rollout::state::{Rollout, Transition};
 use shoal_core::shadow::ShadowRef;
 use shoal_core::shadow::ota::OTA_SHADOW;
+use shoal_core::shadow::store::{WriteError, WriteOutcome, write_optimistic};
 
 use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
 

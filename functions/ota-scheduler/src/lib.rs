@@ -15,10 +15,9 @@ use std::future::Future;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
-use shoal_aws::alerts::Alerts;
-use shoal_aws::client::{EdgeError, Retryable};
 use shoal_aws::config::{self, BucketName, ConfigError, Source, TableName, vars};
-use shoal_aws::shadow_store::WriteError;
+use shoal_core::alerts::Alerts;
+use shoal_core::edge::{EdgeError, Retryable};
 use shoal_core::ids::{IdError, ThingName};
 use shoal_core::rollout::FirmwareVersion;
 use shoal_core::rollout::advance::{
@@ -30,6 +29,7 @@ use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_core::rollout::phases::{Decision, PhaseCounts};
 use shoal_core::rollout::state::{Command, Rollout, RolloutStatus, Transition, TransitionError};
 use shoal_core::shadow::ShadowUpdate;
+use shoal_core::shadow::store::WriteError;
 
 /// The rollout table.
 pub trait Rollouts: Sync {

@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use shoal_aws::alerts::Alerts;
-use shoal_aws::client::EdgeError;
-use shoal_aws::shadow_store::WriteError;
+use shoal_core::alerts::Alerts;
+use shoal_core::edge::EdgeError;
 use shoal_core::rollout::advance::{DeviceRecord, FleetDevice};
 use shoal_core::rollout::image::{DeviceModel, FirmwareImage, HardwareRevision};
 use shoal_core::rollout::state::{Rollout, Transition};
 use shoal_core::shadow::document::{StateMap, merge_patch};
+use shoal_core::shadow::store::WriteError;
 
 use crate::{Delivery, Fleet, OtaRequest, Rollouts, may_replace};
 

@@ -9,11 +9,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use shoal_aws::client::EdgeError;
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
-use shoal_aws::device_table::DeviceTable;
-use shoal_aws::manifest_table::{AuditRecord, ManifestTable};
 use shoal_core::clock::now_ms;
+use shoal_core::edge::EdgeError;
 use shoal_core::ids::ThingName;
 use shoal_core::provisioning::{
     Denial, DeviceStatus, HookRequest, HookResponse, ManifestEntry, Serial, TemplateModels, decide,
@@ -63,59 +61,6 @@ pub trait Manifest: Sync {
     ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
-impl Manifest for ManifestTable {
-    async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, EdgeError> {
-        ManifestTable::get(self, serial).await
-    }
-
-    async fn claim(
-        &self,
-        serial: &Serial,
-        certificate_id: &str,
-        thing: &ThingName,
-        now_ms: i64,
-    ) -> Result<bool, EdgeError> {
-        ManifestTable::claim(self, serial, certificate_id, thing, now_ms).await
-    }
-
-    async fn take_over(
-        &self,
-        serial: &Serial,
-        old_certificate: &str,
-        new_certificate: &str,
-        thing: &ThingName,
-        unchanged_since_ms: i64,
-        now_ms: i64,
-    ) -> Result<bool, EdgeError> {
-        ManifestTable::take_over(
-            self,
-            serial,
-            old_certificate,
-            new_certificate,
-            thing,
-            unchanged_since_ms,
-            now_ms,
-        )
-        .await
-    }
-
-    async fn record_refusal(
-        &self,
-        serial: &Serial,
-        certificate_id: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<(), EdgeError> {
-        let record = AuditRecord {
-            at_ms: now_ms,
-            action: "jitr_refused",
-            reason,
-            certificate_id: Some(certificate_id),
-        };
-        self.record(serial, record, None).await
-    }
-}
-
 /// The certificate registry as the hook needs it.
 pub trait Certificates: Sync {
     /// The certificate's status (`ACTIVE`, `INACTIVE`, `PENDING_ACTIVATION`, `REVOKED`, …);
@@ -136,17 +81,6 @@ pub trait DeviceCertificates: Sync {
         thing: &ThingName,
         certificate_id: &str,
     ) -> impl Future<Output = Result<(), EdgeError>> + Send;
-}
-
-impl DeviceCertificates for DeviceTable {
-    async fn record_certificate(
-        &self,
-        thing: &ThingName,
-        certificate_id: &str,
-    ) -> Result<(), EdgeError> {
-        let now = u64::try_from(now_ms()).unwrap_or_default();
-        DeviceTable::record_certificate(self, thing.as_str(), certificate_id, now).await
-    }
 }
 
 /// How long a claim holds a serial for a certificate that has not become ACTIVE, by default.

@@ -15,9 +15,9 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use shoal_aws::client::EdgeError;
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
 use shoal_core::clock::now_ms;
+use shoal_core::edge::EdgeError;
 use shoal_core::ids::ThingName;
 use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Serial, serial_from_certificate_pem};
 use shoal_core::shadow::check_update;

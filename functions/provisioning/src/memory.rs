@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_aws::client::EdgeError;
+use shoal_core::edge::EdgeError;
 use shoal_core::ids::ThingName;
 use shoal_core::provisioning::{DeviceStatus, ManifestEntry, Serial};
 

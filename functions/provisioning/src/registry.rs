@@ -7,7 +7,12 @@ use serde_json::{Map, Value, json};
 use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_core::ids::ThingName;
 
+use crate::hook::{DeviceCertificates, Manifest};
 use crate::jitr::{Certificate, Registry};
+use shoal_aws::device_table::DeviceTable;
+use shoal_aws::manifest_table::{AuditRecord, ManifestTable};
+use shoal_core::clock::now_ms;
+use shoal_core::provisioning::{ManifestEntry, Serial};
 
 pub struct IotRegistry {
     iot: aws_sdk_iot::Client,
@@ -167,23 +172,72 @@ impl IotCertificates {
 
 impl crate::hook::Certificates for IotCertificates {
     async fn status(&self, certificate_id: &str) -> Result<Option<String>, EdgeError> {
-        let described = self
-            .iot
-            .describe_certificate()
-            .certificate_id(certificate_id)
-            .send()
-            .await
-            .aws("iot", "DescribeCertificate");
-        match described {
-            Ok(d) => Ok(Some(
-                d.certificate_description()
-                    .and_then(|c| c.status())
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_default(),
-            )),
-            // The certificate never made it into the registry.
-            Err(e) if e.is_code("ResourceNotFoundException") => Ok(None),
-            Err(e) => Err(e),
-        }
+        shoal_aws::fleet::certificate_status(&self.iot, certificate_id).await
+    }
+}
+
+// The hook's ports on the tables (and JITR's manifest port, the same trait).
+
+impl Manifest for ManifestTable {
+    async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, EdgeError> {
+        ManifestTable::get(self, serial).await
+    }
+
+    async fn claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        thing: &ThingName,
+        now_ms: i64,
+    ) -> Result<bool, EdgeError> {
+        ManifestTable::claim(self, serial, certificate_id, thing, now_ms).await
+    }
+
+    async fn take_over(
+        &self,
+        serial: &Serial,
+        old_certificate: &str,
+        new_certificate: &str,
+        thing: &ThingName,
+        unchanged_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, EdgeError> {
+        ManifestTable::take_over(
+            self,
+            serial,
+            old_certificate,
+            new_certificate,
+            thing,
+            unchanged_since_ms,
+            now_ms,
+        )
+        .await
+    }
+
+    async fn record_refusal(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), EdgeError> {
+        let record = AuditRecord {
+            at_ms: now_ms,
+            action: "jitr_refused",
+            reason,
+            certificate_id: Some(certificate_id),
+        };
+        self.record(serial, record, None).await
+    }
+}
+
+impl DeviceCertificates for DeviceTable {
+    async fn record_certificate(
+        &self,
+        thing: &ThingName,
+        certificate_id: &str,
+    ) -> Result<(), EdgeError> {
+        let now = u64::try_from(now_ms()).unwrap_or_default();
+        DeviceTable::record_certificate(self, thing.as_str(), certificate_id, now).await
     }
 }

@@ -6,13 +6,13 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
-use shoal_aws::client::{EdgeError, Retryable};
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
-use shoal_aws::shadow_store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
+use shoal_core::edge::{EdgeError, Retryable};
 use shoal_core::ids::ThingName;
 use shoal_core::shadow::document::Path;
 use shoal_core::shadow::ota::{OTA_SHADOW, OtaReport, changed_report};
 use shoal_core::shadow::policy::Conflict;
+use shoal_core::shadow::store::{ShadowStore, WriteError, WriteOutcome, write_optimistic};
 use shoal_core::shadow::sync::{ReportedFacts, plan, reported_facts};
 use shoal_core::shadow::{DocumentsMessage, PolicyTable, ShadowRef};
 use thiserror::Error;

@@ -1,10 +1,11 @@
 //! The AWS side of the shadow-sync traits: the DynamoDB device table and IoT data Publish.
 
 use shoal_aws::client::EdgeError;
-use shoal_aws::device_table::{DeviceTable, OfflineDevice};
+use shoal_aws::device_table::DeviceTable;
 use shoal_aws::manifest_table::ManifestTable;
 use shoal_core::clock::now_ms;
 use shoal_core::ids::ThingName;
+use shoal_core::presence::OfflineDevice;
 use shoal_core::presence::{LifecycleEvent, Recorded};
 use shoal_core::provisioning::{DeviceStatus, Serial};
 use shoal_core::shadow::ShadowRef;

@@ -6,16 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde_json::Value;
-use shoal_aws::alerts::Alerts;
-use shoal_aws::client::EdgeError;
-use shoal_aws::device_table::OfflineDevice;
-use shoal_aws::shadow_store::ShadowStore;
+use shoal_core::alerts::Alerts;
+use shoal_core::edge::EdgeError;
 use shoal_core::ids::ThingName;
+use shoal_core::presence::OfflineDevice;
 use shoal_core::presence::{LifecycleEvent, PresenceEvent, Recorded};
 use shoal_core::provisioning::Serial;
 use shoal_core::shadow::document::merge_patch;
 use shoal_core::shadow::ota::OtaReport;
 use shoal_core::shadow::policy::Conflict;
+use shoal_core::shadow::store::ShadowStore;
 use shoal_core::shadow::sync::ReportedFacts;
 use shoal_core::shadow::{ShadowDocument, ShadowRef, ShadowUpdate};
 

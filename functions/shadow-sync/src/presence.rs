@@ -5,11 +5,11 @@ use std::future::Future;
 
 use serde::Serialize;
 use serde_json::Value;
-pub use shoal_aws::alerts::Alerts;
-use shoal_aws::client::EdgeError;
 use shoal_aws::config::{self, ConfigError, Source, TableName, vars};
-use shoal_aws::device_table::OfflineDevice;
+pub use shoal_core::alerts::Alerts;
+use shoal_core::edge::EdgeError;
 use shoal_core::ids::ThingName;
+use shoal_core::presence::OfflineDevice;
 use shoal_core::presence::{LifecycleEvent, OfflineAlert, Recorded};
 use shoal_core::provisioning::{CLAIM_CLIENT_ID_PREFIX, Serial};
 

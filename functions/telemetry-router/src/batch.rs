@@ -7,7 +7,7 @@ use aws_lambda_events::event::sqs::SqsBatchResponse;
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use shoal_aws::client::Retryable;
+use shoal_core::edge::Retryable;
 use shoal_core::telemetry::CheckedJson;
 use shoal_core::telemetry::envelope::TOPIC_KEY;
 

@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use shoal_aws::client::EdgeError;
+use shoal_core::edge::EdgeError;
 use shoal_core::telemetry::TimestreamRecord;
 
 use crate::router::{

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::Serialize;
-use shoal_aws::client::{EdgeError, Retryable};
 use shoal_core::clock::now_ms;
+use shoal_core::edge::{EdgeError, Retryable};
 use shoal_core::telemetry::archive::{ArchiveError, archive_key, to_parquet};
 use shoal_core::telemetry::decode::{Context, readings_in};
 use shoal_core::telemetry::records::{APP_DIMENSION, write_ranges};

@@ -1,19 +1,9 @@
-//! Operator alerts, published to an MQTT topic (presence's offline sweep, the OTA advancer's
-//! auto-pause), behind a trait so the flows that raise them are testable without AWS.
-
-use std::future::Future;
+//! Operator alerts at the edge: `shoal-core`'s [`Alerts`] port on IoT data Publish.
 
 use aws_smithy_types::Blob;
+use shoal_core::alerts::Alerts;
 
 use crate::client::{AwsResultExt, EdgeError};
-
-pub trait Alerts: Sync {
-    fn publish(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
-}
 
 /// Alerts published with IoT data Publish (QoS 1).
 pub struct IotAlerts(pub aws_sdk_iotdataplane::Client);

@@ -111,13 +111,7 @@ fn fleet_device(item: &Item) -> Option<FleetDevice> {
     })
 }
 
-/// A device that went offline before a cutoff and has not been alerted on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfflineDevice {
-    pub thing: String,
-    pub offline_since_ms: u64,
-    pub disconnect_reason: Option<String>,
-}
+pub use shoal_core::presence::OfflineDevice;
 
 fn build_error(operation: &'static str, e: impl std::fmt::Display) -> EdgeError {
     EdgeError::request("dynamodb", operation, e)

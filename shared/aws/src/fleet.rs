@@ -37,3 +37,34 @@ pub async fn things_of(
     }
     Ok(things)
 }
+
+/// The status AWS IoT gives certificate `certificate_id` (`ACTIVE`, `INACTIVE`, `REVOKED`,
+/// `PENDING_TRANSFER`, `REGISTER_INACTIVE`, `PENDING_ACTIVATION`); `None` when the registry has
+/// no such certificate. DescribeCertificate
+/// (<https://docs.aws.amazon.com/iot/latest/apireference/API_DescribeCertificate.html>).
+///
+/// # Errors
+/// [`EdgeError`] when the call failed for another reason; an answer without a status is
+/// [`EdgeErrorKind::Unreadable`](crate::client::EdgeErrorKind::Unreadable).
+pub async fn certificate_status(
+    iot: &aws_sdk_iot::Client,
+    certificate_id: &str,
+) -> Result<Option<String>, EdgeError> {
+    let described = iot
+        .describe_certificate()
+        .certificate_id(certificate_id)
+        .send()
+        .await
+        .aws("iot", "DescribeCertificate");
+    match described {
+        Ok(out) => out
+            .certificate_description()
+            .and_then(|d| d.status())
+            .map(|s| Some(s.as_str().to_owned()))
+            .ok_or_else(|| {
+                EdgeError::unreadable("iot", "DescribeCertificate", "no status in the answer")
+            }),
+        Err(e) if e.is_code("ResourceNotFoundException") => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -10,6 +10,7 @@
 
 pub use shoal_wire::ids;
 
+pub mod alerts;
 pub mod clock;
 pub mod edge;
 pub mod lists;

@@ -103,6 +103,18 @@ pub fn supersedes(event: &LifecycleEvent, recorded: Option<(u64, u128)>) -> bool
         && recorded_order < event.order()
 }
 
+/// A device that went offline before a cutoff and has not been alerted on (the offline sweep's
+/// input, read from the device registry's offline index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineDevice {
+    /// Its thing name.
+    pub thing: String,
+    /// When it went offline (ms since the Unix epoch): the disconnect event's timestamp.
+    pub offline_since_ms: u64,
+    /// The lifecycle event's `disconnectReason`, when it gave one.
+    pub disconnect_reason: Option<String>,
+}
+
 /// Why a lifecycle event names no device.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LifecycleError {

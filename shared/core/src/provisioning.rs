@@ -292,7 +292,9 @@ impl FromStr for TemplateModels {
     /// A message naming the entry when it is not `template=model,…`, the template name is not
     /// letters, digits, `_` or `-`, a model is empty, or a template appears twice.
     fn from_str(text: &str) -> Result<Self, String> {
-        crate::lists::keyed_lists(text, |_| Ok(())).map(Self)
+        crate::lists::keyed_lists(text, |_| Ok(()))
+            .map(Self)
+            .map_err(|e| e.to_string())
     }
 }
 

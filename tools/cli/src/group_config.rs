@@ -16,9 +16,9 @@ use serde_json::Value;
 use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::vars;
 use shoal_aws::shadow_store::IotShadowStore;
-use shoal_aws::shadow_store::{ShadowStore, WriteOutcome, write_optimistic};
 use shoal_core::ids::{ShadowName, ThingName};
 use shoal_core::shadow::intent::{DesiredIntent, plan_intent};
+use shoal_core::shadow::store::{ShadowStore, WriteOutcome, write_optimistic};
 use shoal_core::shadow::{PolicyTable, ShadowRef, ShadowUpdate, StateMap, check_update};
 use thiserror::Error;
 

@@ -9,16 +9,13 @@
 
 use std::future::Future;
 
-use sha2::{Digest, Sha256};
-use shoal_aws::client::{AwsResultExt, EdgeError};
+use shoal_core::edge::EdgeError;
+use shoal_core::rollout::image::{hex, sha256};
 
 /// The certificate id AWS IoT gives the certificate `der`: SHA-256 of the DER, 64 lowercase hex
 /// digits.
 pub fn certificate_id(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&sha256(der))
 }
 
 /// The status AWS IoT gives a registered certificate (`ACTIVE`, `INACTIVE`, `REVOKED`,
@@ -43,21 +40,7 @@ pub struct IotRegistry(pub aws_sdk_iot::Client);
 
 impl Registry for IotRegistry {
     async fn certificate_status(&self, certificate_id: &str) -> Result<Option<String>, EdgeError> {
-        let described = self
-            .0
-            .describe_certificate()
-            .certificate_id(certificate_id)
-            .send()
-            .await
-            .aws("iot", "DescribeCertificate");
-        match described {
-            Ok(out) => Ok(out
-                .certificate_description()
-                .and_then(|d| d.status())
-                .map(|s| s.as_str().to_owned())),
-            Err(e) if e.is_code("ResourceNotFoundException") => Ok(None),
-            Err(e) => Err(e),
-        }
+        shoal_aws::fleet::certificate_status(&self.0, certificate_id).await
     }
 }
 

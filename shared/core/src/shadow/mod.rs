@@ -1,13 +1,14 @@
 //! Device shadows: the documents ([`document`]), AWS's limits checked before any call
 //! ([`limits`]), conflict policies per attribute path ([`policy`]), what one `update/documents`
-//! message leads to ([`sync`]) and the OTA status reports devices write to the `ota` shadow
-//! ([`ota`]).
+//! message leads to ([`sync`]), the OTA status reports devices write to the `ota` shadow
+//! ([`ota`]), and the shadow store port with the optimistic write ([`store`]).
 
 pub mod document;
 pub mod intent;
 pub mod limits;
 pub mod ota;
 pub mod policy;
+pub mod store;
 pub mod sync;
 
 pub use document::{DocumentsMessage, Section, ShadowDocument, ShadowUpdate, StateMap};

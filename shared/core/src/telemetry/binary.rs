@@ -57,7 +57,8 @@ impl FromStr for PackedSchemas {
     fn from_str(text: &str) -> Result<Self, String> {
         let lists = crate::lists::keyed_lists(text, |field| {
             super::validate::check_measure_name(field).map_err(str::to_owned)
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Self(
             lists
                 .into_iter()

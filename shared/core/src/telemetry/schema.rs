@@ -163,7 +163,8 @@ impl FromStr for MeasureTypes {
     fn from_str(text: &str) -> Result<Self, String> {
         let lists = crate::lists::keyed_lists(text, |name| {
             super::validate::check_measure_name(name).map_err(str::to_owned)
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         let mut types = BTreeMap::new();
         for (kind, names) in lists {
             let kind: MeasureType = kind.parse()?;
