@@ -14,6 +14,12 @@ use tokio::sync::mpsc;
 
 /// A certificate and its key from the registry (CreateKeysAndCertificate), active or not.
 async fn certificate(active: bool) -> (Vec<u8>, Vec<u8>) {
+    let (_, cert, key) = registered(active).await;
+    (cert, key)
+}
+
+/// [`certificate`] with its certificate id.
+async fn registered(active: bool) -> (String, Vec<u8>, Vec<u8>) {
     let iot = local::factory().await.iot();
     let created = iot
         .create_keys_and_certificate()
@@ -28,9 +34,23 @@ async fn certificate(active: bool) -> (Vec<u8>, Vec<u8>) {
         .unwrap()
         .to_owned();
     (
+        created.certificate_id().unwrap().to_owned(),
         created.certificate_pem().unwrap().as_bytes().to_vec(),
         key.into_bytes(),
     )
+}
+
+/// Polls until the connection fails; `Err` when it is still open after `within`.
+async fn closed_within(events: &mut EventLoop, within: Duration) -> Result<ConnectionError, ()> {
+    tokio::time::timeout(within, async {
+        loop {
+            if let Err(e) = events.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .map_err(|_| ())
 }
 
 fn options(client_id: &str, device: &(Vec<u8>, Vec<u8>)) -> MqttOptions {
@@ -274,4 +294,100 @@ async fn port_443_serves_mqtt_to_clients_that_ask_for_alpn_x_amzn_mqtt_ca() {
     .await
     .expect("an answer within 10 s");
     assert!(refused.is_err(), "no CONNACK without the ALPN: {refused:?}");
+}
+
+#[tokio::test]
+async fn revoking_a_certificate_ends_its_live_connections() {
+    let (id, cert, key) = registered(true).await;
+    let (_client, mut events) = AsyncClient::new(options(&unique_name("revoked"), &(cert, key)), 8);
+    wait_connack(&mut events).await.unwrap();
+    local::factory()
+        .await
+        .iot()
+        .update_certificate()
+        .certificate_id(&id)
+        .new_status(aws_sdk_iot::types::CertificateStatus::Revoked)
+        .send()
+        .await
+        .unwrap();
+    // The stack checks certificates every 5 s (`--certificate-recheck-s`).
+    assert!(
+        closed_within(&mut events, Duration::from_secs(20))
+            .await
+            .is_ok(),
+        "the revoked certificate's connection is closed"
+    );
+}
+
+#[tokio::test]
+async fn a_payload_over_128_kb_closes_the_connection() {
+    let (client, mut events) = AsyncClient::new(
+        {
+            let mut o = options(&unique_name("big"), &certificate(true).await);
+            o.set_max_packet_size(512 * 1024, 512 * 1024);
+            o
+        },
+        8,
+    );
+    wait_connack(&mut events).await.unwrap();
+    client
+        .publish(
+            unique_name("big"),
+            QoS::AtMostOnce,
+            false,
+            vec![b'x'; 128 * 1024 + 1],
+        )
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut events, Duration::from_secs(10))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_takeover_hands_unacknowledged_messages_to_the_new_connection() {
+    let topic = unique_name("handover");
+    let client_id = unique_name("handover");
+    let device = certificate(true).await;
+    let mut first_options = options(&client_id, &device);
+    first_options.set_clean_session(false);
+    first_options.set_manual_acks(true);
+    let (first, mut first_events) = AsyncClient::new(first_options, 16);
+    wait_connack(&mut first_events).await.unwrap();
+    first.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    let (sender, mut first_inbox) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = first_events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = sender.send(p);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (publisher, _) = connect(options(&unique_name("pub"), &certificate(true).await)).await;
+    for i in 0..3 {
+        publisher
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                format!("m{i}").into_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        next(&mut first_inbox).await; // received, never acknowledged
+    }
+    let mut second_options = options(&client_id, &device);
+    second_options.set_clean_session(false);
+    let (_second, mut second_inbox) = connect(second_options).await;
+    let mut payloads = Vec::new();
+    for _ in 0..3 {
+        payloads.push(String::from_utf8(next(&mut second_inbox).await.payload.to_vec()).unwrap());
+    }
+    payloads.sort();
+    assert_eq!(payloads, vec!["m0", "m1", "m2"]);
 }

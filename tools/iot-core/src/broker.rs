@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::QoS;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::topic;
 
@@ -47,13 +47,16 @@ pub struct Message {
     pub properties: Option<Box<rumqttc::v5::mqttbytes::v5::PublishProperties>>,
 }
 
-/// What the broker tells a connection.
+/// The connection's end of its link to the session: fired when another connection takes the
+/// session over (the connection then closes and publishes its will). Separate from the message
+/// queue, so that a full queue cannot delay it.
+pub type TakenOver = oneshot::Receiver<()>;
+
 #[derive(Debug)]
-pub enum ToClient {
-    /// Deliver this message.
-    Publish(Message),
-    /// Another connection took the session over: close (its will is published).
-    TakenOver,
+struct Link {
+    connection: u64,
+    sender: mpsc::Sender<Message>,
+    taken_over: oneshot::Sender<()>,
 }
 
 /// How a connection attached to its session.
@@ -61,8 +64,10 @@ pub enum ToClient {
 pub struct Attached {
     /// This connection's number, to detach it (and only it) later.
     pub connection: u64,
-    /// What the broker sends it.
-    pub outgoing: mpsc::Receiver<ToClient>,
+    /// The messages the broker routes to it.
+    pub outgoing: mpsc::Receiver<Message>,
+    /// Fires when another connection takes the session over.
+    pub taken_over: TakenOver,
     /// Whether a persistent session was resumed (CONNACK's session present).
     pub session_present: bool,
     /// QoS 1 messages queued while the client was away, and those it had not acknowledged: to
@@ -75,7 +80,7 @@ struct Session {
     /// How long it outlives its connection; `None`: it ends with it.
     expiry: Option<Duration>,
     subscriptions: BTreeMap<String, QoS>,
-    connection: Option<(u64, mpsc::Sender<ToClient>)>,
+    connection: Option<Link>,
     queued: VecDeque<Message>,
     /// When an away persistent session is forgotten.
     expires: Option<Instant>,
@@ -151,13 +156,15 @@ impl Broker {
         state.next_connection += 1;
         let connection = state.next_connection;
         let (sender, outgoing) = mpsc::channel(OUTGOING_QUEUE);
+        let (taken_over_sender, taken_over) = oneshot::channel();
         let existing = state.sessions.remove(client_id).filter(|s| {
             // An away session past its expiry is gone.
             s.expires.is_none_or(|at| at > now)
         });
-        if let Some((_, old)) = existing.as_ref().and_then(|s| s.connection.as_ref()) {
+        let mut existing = existing;
+        if let Some(old) = existing.as_mut().and_then(|s| s.connection.take()) {
             // The old connection may be gone already; either way it is not ours any more.
-            let _ = old.try_send(ToClient::TakenOver);
+            let _ = old.taken_over.send(());
         }
         let (session, session_present) = match existing {
             Some(old) if !clean_start => (old, true),
@@ -174,29 +181,51 @@ impl Broker {
         };
         let mut session = session;
         session.expiry = expiry;
-        session.connection = Some((connection, sender));
+        session.connection = Some(Link {
+            connection,
+            sender,
+            taken_over: taken_over_sender,
+        });
         session.expires = None;
         let pending = session.queued.drain(..).collect();
         state.sessions.insert(client_id.to_owned(), session);
         Attached {
             connection,
             outgoing,
+            taken_over,
             session_present,
             pending,
         }
     }
 
-    /// Detaches connection `connection` from `client_id`'s session (nothing happens when another
-    /// connection took it over). A session without expiry ends; one with an expiry keeps
-    /// `unacknowledged` (QoS 1 messages sent and not acknowledged) to send again first, and
-    /// expires that long after.
+    /// Detaches connection `connection` from `client_id`'s session. `unacknowledged` are the
+    /// messages it held (sent without PUBACK, or not sent yet): their QoS 1 ones belong to the
+    /// session. When another connection took the session over and continued it, they go to that
+    /// connection (marked as redeliveries); a session without expiry ends with its connection; one
+    /// with an expiry keeps them to send first, and expires that long after.
     pub fn disconnect(&self, client_id: &str, connection: u64, unacknowledged: Vec<Message>) {
         let mut state = self.state();
+        let unacknowledged: Vec<Message> = unacknowledged
+            .into_iter()
+            .filter(|m| m.qos == QoS::AtLeastOnce)
+            .collect();
         let Some(session) = state.sessions.get_mut(client_id) else {
             return;
         };
-        if session.connection.as_ref().map(|(c, _)| *c) != Some(connection) {
-            return;
+        match &session.connection {
+            Some(link) if link.connection == connection => {}
+            Some(link) => {
+                // Taken over: the session goes on with the new connection.
+                let lost = unacknowledged
+                    .into_iter()
+                    .filter(|m| {
+                        session.expiry.is_some() && link.sender.try_send(m.clone()).is_err()
+                    })
+                    .count();
+                state.dropped += lost as u64;
+                return;
+            }
+            None => return,
         }
         let Some(expiry) = session.expiry else {
             state.sessions.remove(client_id);
@@ -305,8 +334,8 @@ impl Broker {
             };
             reached += 1;
             match &session.connection {
-                Some((_, sender)) => {
-                    dropped += u64::from(sender.try_send(ToClient::Publish(delivered)).is_err());
+                Some(link) => {
+                    dropped += u64::from(link.sender.try_send(delivered).is_err());
                 }
                 None if delivered.qos == QoS::AtLeastOnce => {
                     if session.queued.len() >= QUEUED_WHILE_AWAY {
@@ -373,7 +402,7 @@ mod tests {
 
     fn received(attached: &mut Attached) -> Vec<Message> {
         let mut out = Vec::new();
-        while let Ok(ToClient::Publish(m)) = attached.outgoing.try_recv() {
+        while let Ok(m) = attached.outgoing.try_recv() {
             out.push(m);
         }
         out
@@ -470,7 +499,7 @@ mod tests {
         let broker = Broker::new(Duration::from_secs(3600));
         let mut first = broker.connect("d-1", true, None);
         let second = broker.connect("d-1", true, None);
-        assert!(matches!(first.outgoing.try_recv(), Ok(ToClient::TakenOver)));
+        assert!(first.taken_over.try_recv().is_ok());
         broker.disconnect("d-1", first.connection, Vec::new());
         assert_eq!(
             broker.stats().sessions,
@@ -479,6 +508,24 @@ mod tests {
         );
         broker.disconnect("d-1", second.connection, Vec::new());
         assert_eq!(broker.stats().sessions, 0);
+    }
+
+    #[test]
+    fn a_taken_over_persistent_session_gets_the_old_connections_unacknowledged_messages() {
+        let broker = Broker::new(Duration::from_secs(3600));
+        let keep = Some(Duration::from_secs(60));
+        let first = broker.connect("p", false, keep);
+        let mut second = broker.connect("p", false, keep);
+        assert!(second.session_present);
+        let held = vec![
+            message("t/1", QoS::AtLeastOnce, false, "unacked"),
+            message("t/2", QoS::AtMostOnce, false, "qos 0: not kept"),
+        ];
+        broker.disconnect("p", first.connection, held);
+        let got = received(&mut second);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].topic, "t/1");
+        assert_eq!(broker.stats().sessions, 1);
     }
 
     #[test]

@@ -24,17 +24,38 @@ use rumqttc::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Framed, FramedParts};
 
-use crate::broker::{Broker, Message, ToClient};
+use crate::broker::{Broker, Message, OUTGOING_QUEUE};
 use crate::identity::{ACTIVE, Registry};
 use crate::topic;
 use crate::wire::{
-    Close, ConnectRequest, Incoming, MAX_INFLIGHT, MAX_PACKET, Outgoing, Refusal, V4, V5, Wire,
+    Close, ConnectRequest, Incoming, MAX_INFLIGHT, MAX_PACKET, MAX_PAYLOAD, Outgoing, Refusal, V4,
+    V5, Wire,
 };
 
 /// How long a client has to send CONNECT after the TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest client id AWS IoT Core takes, in bytes.
 pub const MAX_CLIENT_ID: usize = 128;
+/// How long one write to the client may take: a client that does not read for this long is
+/// disconnected (its messages go back to its session), so it holds no task or buffer for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a connection is served.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How often a connected client's certificate is checked again: a certificate made inactive
+    /// or revoked in the registry ends its connections within this time (AWS: "within a few
+    /// minutes" of UpdateCertificate).
+    pub certificate_recheck: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            certificate_recheck: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +120,13 @@ async fn read_frame<S: AsyncRead + Unpin>(
 }
 
 /// Serves one client on `stream` (after the TLS handshake) until its connection ends.
-pub async fn serve<S, R>(mut stream: S, peer: Peer, broker: Arc<Broker>, registry: Arc<R>) -> Ended
+pub async fn serve<S, R>(
+    mut stream: S,
+    peer: Peer,
+    broker: Arc<Broker>,
+    registry: Arc<R>,
+    settings: Settings,
+) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
     R: Registry,
@@ -111,8 +138,8 @@ where
         Err(_) => return Ended::Refused("no CONNECT within the timeout".into()),
     }
     match protocol_level(&buf) {
-        Some(4) => converse::<V4, _, _>(stream, buf, peer, broker, registry).await,
-        Some(5) => converse::<V5, _, _>(stream, buf, peer, broker, registry).await,
+        Some(4) => converse::<V4, _, _>(stream, buf, peer, broker, registry, settings).await,
+        Some(5) => converse::<V5, _, _>(stream, buf, peer, broker, registry, settings).await,
         Some(level) => {
             // MQTT 3.1 (and anything else): CONNACK 0x01, unacceptable protocol version.
             let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
@@ -128,9 +155,15 @@ async fn send<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
     framed: &mut Framed<S, W::Codec>,
     out: Outgoing<'_>,
 ) -> Result<(), String> {
-    match W::outgoing(out) {
-        Some(packet) => framed.send(packet).await.map_err(|e| e.to_string()),
-        None => Ok(()),
+    let Some(packet) = W::outgoing(out) else {
+        return Ok(());
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, framed.send(packet)).await {
+        Ok(sent) => sent.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the client read nothing for {} s",
+            WRITE_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -168,6 +201,7 @@ async fn converse<W, S, R>(
     peer: Peer,
     broker: Arc<Broker>,
     registry: Arc<R>,
+    settings: Settings,
 ) -> Ended
 where
     W: Wire,
@@ -212,6 +246,9 @@ where
         return Ended::Lost(format!("CONNACK could not be sent: {e}"));
     }
     let keep_alive = Duration::from_millis(u64::from(keep_alive_s) * 1500);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut recheck = tokio::time::interval(settings.certificate_recheck);
+    recheck.tick().await;
 
     let mut flow = Flow {
         inflight: BTreeMap::new(),
@@ -222,32 +259,46 @@ where
         if let Err(e) = flow.flush::<W, S>(&mut framed).await {
             break (Ended::Lost(e), true);
         }
-        let room = flow.inflight.len() < MAX_INFLIGHT;
+        let room = flow.backlog.len() < OUTGOING_QUEUE;
         tokio::select! {
-            incoming = tokio::time::timeout(keep_alive, framed.next()) => {
+            incoming = framed.next() => {
                 let packet = match incoming {
-                    Err(_) => {
-                        let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::KeepAlive)).await;
-                        break (Ended::Lost("keep-alive expired".into()), true);
-                    }
-                    Ok(None) => break (Ended::Lost("the client closed the connection".into()), true),
-                    Ok(Some(Err(e))) => break (Ended::Lost(e.to_string()), true),
-                    Ok(Some(Ok(packet))) => packet,
+                    None => break (Ended::Lost("the client closed the connection".into()), true),
+                    Some(Err(e)) => break (Ended::Lost(e.to_string()), true),
+                    Some(Ok(packet)) => packet,
                 };
+                // Only what the client sends keeps its connection alive.
+                last_heard = tokio::time::Instant::now();
                 match handle::<W, S>(W::incoming(packet), &client_id, &broker, &mut flow, &mut framed).await {
                     Ok(None) => {}
                     Ok(Some(end)) => break end,
                     Err(e) => break (Ended::Lost(e), true),
                 }
             }
-            out = attached.outgoing.recv(), if room && flow.backlog.is_empty() => {
+            () = tokio::time::sleep_until(last_heard + keep_alive) => {
+                let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::KeepAlive)).await;
+                break (Ended::Lost("keep-alive expired".into()), true);
+            }
+            out = attached.outgoing.recv(), if room => {
                 match out {
-                    Some(ToClient::Publish(message)) => flow.backlog.push_back(message),
-                    Some(ToClient::TakenOver) => {
-                        let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::TakenOver)).await;
-                        break (Ended::Lost("taken over by a new connection with the same client id".into()), true);
-                    }
+                    Some(message) => flow.backlog.push_back(message),
                     None => break (Ended::Lost("the broker closed the session".into()), true),
+                }
+            }
+            _ = &mut attached.taken_over => {
+                let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::TakenOver)).await;
+                break (Ended::Lost("taken over by a new connection with the same client id".into()), true);
+            }
+            _ = recheck.tick() => {
+                match registry.certificate_status(&peer.certificate_id).await {
+                    Ok(Some(status)) if status == ACTIVE => {}
+                    Ok(status) => {
+                        let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::NotAuthorized)).await;
+                        let status = status.as_deref().unwrap_or("no longer registered");
+                        break (Ended::Lost(format!("certificate {} is {status}", peer.certificate_id)), true);
+                    }
+                    // The registry could not be asked: the connection stands until it can.
+                    Err(e) => tracing::warn!(client_id, error = %e, "certificate recheck failed"),
                 }
             }
         }
@@ -255,9 +306,17 @@ where
     if let (true, Some(will)) = (publish_will, will) {
         broker.publish(will);
     }
-    let unacknowledged = flow.inflight.into_values().chain(flow.backlog).collect();
+    // Everything this connection held goes back to the session: sent and not acknowledged, not
+    // sent yet, and still in its queue.
+    attached.outgoing.close();
+    let mut unacknowledged: Vec<Message> =
+        flow.inflight.into_values().chain(flow.backlog).collect();
+    while let Ok(message) = attached.outgoing.try_recv() {
+        unacknowledged.push(message);
+    }
     broker.disconnect(&client_id, attached.connection, unacknowledged);
-    let _ = framed.get_mut().shutdown().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.get_mut().shutdown()).await;
+    tracing::info!(client_id, certificate_id = %peer.certificate_id, ?ended, "session ended");
     ended
 }
 
@@ -330,6 +389,13 @@ async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
             if let Err(e) = topic::check_name(&message.topic) {
                 let why = format!("publish to {:?}: {e}", message.topic);
                 return close(framed, Close::TopicInvalid, why).await;
+            }
+            if message.payload.len() > MAX_PAYLOAD {
+                let why = format!(
+                    "a payload of {} bytes (at most {MAX_PAYLOAD})",
+                    message.payload.len()
+                );
+                return close(framed, Close::PacketTooLarge, why).await;
             }
             let qos = message.qos;
             broker.publish(message);

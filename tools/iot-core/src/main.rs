@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 use shoal_aws::client::ClientFactory;
 use shoal_iot_core::broker::Broker;
+use shoal_iot_core::connection::Settings;
 use shoal_iot_core::identity::IotRegistry;
 use shoal_iot_core::server::{MAX_CONNECTIONS, accept_loop};
 use shoal_iot_core::tls::{ALPN_MQTT_443, LocalCa, server_config};
@@ -36,6 +37,10 @@ struct Args {
     /// Seconds a persistent session is kept after its client left (AWS's default: 1 hour).
     #[arg(long, default_value_t = 3600)]
     session_expiry_s: u64,
+    /// Seconds between checks of a connected client's certificate: one made inactive or revoked
+    /// ends its connections within this time.
+    #[arg(long, default_value_t = 60)]
+    certificate_recheck_s: u64,
 }
 
 #[tokio::main]
@@ -52,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
     let registry = Arc::new(IotRegistry(factory.iot()));
     let broker = Arc::new(Broker::new(Duration::from_secs(args.session_expiry_s)));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let settings = Settings {
+        certificate_recheck: Duration::from_secs(args.certificate_recheck_s.max(1)),
+    };
 
     let listener = TcpListener::bind(args.listen).await?;
     let mut tasks = vec![tokio::spawn(accept_loop(
@@ -61,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         broker.clone(),
         registry.clone(),
         slots.clone(),
+        settings,
     ))];
     if let Some(addr) = args.listen_alpn {
         let listener = TcpListener::bind(addr).await?;
@@ -71,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             broker.clone(),
             registry,
             slots,
+            settings,
         )));
     }
     let sweeper = broker.clone();

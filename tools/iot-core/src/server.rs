@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
-use crate::connection::{Ended, Peer, serve};
+use crate::connection::{Ended, Peer, Settings, serve};
 use crate::identity::{Registry, certificate_id};
 
 /// How long a client has to finish the TLS handshake.
@@ -28,6 +28,7 @@ pub async fn accept_loop<R: Registry>(
     broker: Arc<Broker>,
     registry: Arc<R>,
     slots: Arc<Semaphore>,
+    settings: Settings,
 ) {
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -44,7 +45,7 @@ pub async fn accept_loop<R: Registry>(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let ended = connect(tcp, addr, acceptor, alpn, broker, registry).await;
+            let ended = connect(tcp, addr, acceptor, alpn, broker, registry, settings).await;
             tracing::info!(%addr, ?ended, "connection ended");
         });
     }
@@ -57,6 +58,7 @@ async fn connect<R: Registry>(
     alpn: Option<&'static [u8]>,
     broker: Arc<Broker>,
     registry: Arc<R>,
+    settings: Settings,
 ) -> Ended {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -80,5 +82,5 @@ async fn connect<R: Registry>(
         certificate_id: certificate_id(certificate),
     };
     tracing::debug!(%addr, certificate_id = %peer.certificate_id, "TLS established");
-    serve(tls, peer, broker, registry).await
+    serve(tls, peer, broker, registry, settings).await
 }

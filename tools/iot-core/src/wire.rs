@@ -69,6 +69,10 @@ pub enum Close {
     TopicInvalid,
     /// Anything else the protocol does not allow.
     ProtocolError,
+    /// A payload over [`MAX_PAYLOAD`].
+    PacketTooLarge,
+    /// The certificate is no longer `ACTIVE` in the registry.
+    NotAuthorized,
 }
 
 /// A packet from the client, without its version.
@@ -480,6 +484,8 @@ impl Wire for V5 {
                     Close::QoS2 => v5::DisconnectReasonCode::QoSNotSupported,
                     Close::TopicInvalid => v5::DisconnectReasonCode::TopicNameInvalid,
                     Close::ProtocolError => v5::DisconnectReasonCode::ProtocolError,
+                    Close::PacketTooLarge => v5::DisconnectReasonCode::PacketTooLarge,
+                    Close::NotAuthorized => v5::DisconnectReasonCode::NotAuthorized,
                 }))
             }
         })
