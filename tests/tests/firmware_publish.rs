@@ -222,7 +222,7 @@ async fn publish_signs_verifies_uploads_records_and_refuses_rollback() {
     let named = start(&other_table, &table, unnamed, 1_795_600_000_000)
         .await
         .unwrap();
-    assert_eq!(named.id, "th-v2-rev-b-1.11.0_build.42-1795600000");
+    assert_eq!(named.id.as_str(), "th-v2-rev-b-1.11.0_build.42-1795600000");
     assert_eq!(rollout.rollback_version.unwrap().to_string(), "1.10.0");
 }
 

@@ -309,7 +309,7 @@ async fn start_rollout(stack: &Stack, id: &str, settings: PlanSettings, per_minu
         .await
         .unwrap();
     assert_eq!(rollout.rollback_version, Some(GOOD.parse().unwrap()));
-    rollout.id
+    rollout.id.to_string()
 }
 
 /// Every targeted device that has not reported yet installs the image and reports success.

@@ -91,7 +91,7 @@ fn memory() -> Memory {
     let records: BTreeMap<String, DeviceRecord> =
         records.into_iter().map(|r| (r.thing.clone(), r)).collect();
     Memory {
-        rollouts: Mutex::new(BTreeMap::from([(rollout.id.clone(), rollout)])),
+        rollouts: Mutex::new(BTreeMap::from([(rollout.id.to_string(), rollout)])),
         records: Mutex::new(HashMap::from([("bench".to_owned(), records)])),
         fleet,
         images: vec![image("1.9.0"), image("1.10.0")],

@@ -99,7 +99,7 @@ impl JobsChannel {
         rollout: &Rollout,
         image: &FirmwareImage,
     ) -> Result<(), EdgeError> {
-        let name = job_name(&rollout.id);
+        let name = job_name(rollout.id.as_str());
         let described = self
             .iot
             .describe_job()
@@ -159,7 +159,12 @@ impl JobsChannel {
             .job_id(&name)
             .targets(group_arn)
             .target_selection(TargetSelection::Continuous)
-            .document(job_document(&rollout.id, image, bucket, &self.region))
+            .document(job_document(
+                rollout.id.as_str(),
+                image,
+                bucket,
+                &self.region,
+            ))
             .description(format!(
                 "Shoal rollout {}: {} {} → {}",
                 rollout.id, rollout.model, rollout.hardware, rollout.version

@@ -478,7 +478,7 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             Some(image) => {
                 let url = edges.delivery.presign(&image.s3_key, ttl_s).await?;
                 let expires = now_ms + ttl_s * 1000;
-                let desired = delivery::request(&rollout.id, image, url, expires);
+                let desired = delivery::request(rollout.id.as_str(), image, url, expires);
                 (delivery::update(&desired), expires)
             }
             None => (cancel(), 0),
@@ -493,7 +493,7 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             .delivery
             .write(&OtaRequest {
                 thing: &thing,
-                rollout: &rollout.id,
+                rollout: rollout.id.as_str(),
                 version,
                 update,
             })
@@ -502,7 +502,10 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
             return Ok(false);
         }
         if written && new_target {
-            edges.delivery.join_job(&rollout.id, &record.thing).await?;
+            edges
+                .delivery
+                .join_job(rollout.id.as_str(), &record.thing)
+                .await?;
         }
         let record = DeviceRecord {
             desired_version: version.filter(|_| written).cloned(),
@@ -518,7 +521,10 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
     }
     if !plan.rollback_steps.is_empty() {
         let reason = rollout.reason.as_deref().unwrap_or("rolled back");
-        edges.delivery.cancel_job(&rollout.id, reason).await?;
+        edges
+            .delivery
+            .cancel_job(rollout.id.as_str(), reason)
+            .await?;
     }
     // Most urgent first: devices leaving a bad image, then devices mid-download, then new ones.
     let jobs = plan
@@ -697,7 +703,7 @@ mod tests {
             rollouts: Mutex::new(
                 rollouts
                     .iter()
-                    .map(|r| (r.id.clone(), r.clone()))
+                    .map(|r| (r.id.to_string(), r.clone()))
                     .collect::<BTreeMap<_, _>>(),
             ),
             fleet: (0..devices)

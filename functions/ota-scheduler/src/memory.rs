@@ -67,7 +67,7 @@ impl Rollouts for Memory {
         let mut rollouts = self.rollouts.lock().unwrap();
         // The table's transaction is conditional on the stored revision: a rollout that is not
         // there fails the condition, as one that moved does.
-        let Some(stored) = rollouts.get_mut(&previous.id) else {
+        let Some(stored) = rollouts.get_mut(previous.id.as_str()) else {
             return Ok(false);
         };
         if self.always_raced || stored.revision != previous.revision {

@@ -222,7 +222,7 @@ impl RolloutTable {
             .map_err(build("TransactWriteItems"))?;
         let audit = Put::builder()
             .table_name(self.table.as_str())
-            .set_item(Some(audit_item(&previous.id, transition)?))
+            .set_item(Some(audit_item(previous.id.as_str(), transition)?))
             .condition_expression("attribute_not_exists(rollout_id)")
             .build()
             .map_err(build("TransactWriteItems"))?;

@@ -7,7 +7,7 @@
 use crate::provisioning::{DeviceStatus, ManifestEntry, Serial};
 use crate::rollout::image::FirmwareImage;
 use crate::rollout::phases::{PlanSettings, RolloutPlan};
-use crate::rollout::state::{Rollout, RolloutStatus};
+use crate::rollout::state::{Rollout, RolloutId, RolloutStatus};
 
 /// The model every builder uses.
 pub const MODEL: &str = "th-v2";
@@ -21,7 +21,7 @@ pub const HARDWARE: &str = "rev-b";
 /// Never: every value is a valid constant.
 pub fn rollout(id: &str) -> Rollout {
     Rollout {
-        id: id.into(),
+        id: RolloutId::parse(id).expect("a valid rollout id"),
         model: MODEL.parse().expect("a valid model"),
         hardware: HARDWARE.parse().expect("a valid hardware revision"),
         version: "1.10.0".parse().expect("a valid version"),

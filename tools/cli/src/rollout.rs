@@ -19,7 +19,7 @@ use shoal_core::rollout::advance::{Population, RollbackCounts, plan_run};
 use shoal_core::rollout::image::{DeviceModel, HardwareRevision, find_image};
 use shoal_core::rollout::phases::{PhaseCounts, PlanSettings, RolloutPlan};
 use shoal_core::rollout::state::{
-    Command as Operation, DeviceOutcome, Rollout, RolloutStatus, Transition,
+    Command as Operation, DeviceOutcome, Rollout, RolloutId, RolloutStatus, Transition,
 };
 
 /// The things a rollout of a model and hardware revision is about (the registry's `model` and
@@ -303,7 +303,7 @@ pub async fn start(
             now_ms / 1000
         )
     });
-    check_id(&id)?;
+    let id = check_id(&id)?;
     let rollout = Rollout {
         id: id.clone(),
         model: request.model,
@@ -331,13 +331,12 @@ pub async fn start(
 ///
 /// # Errors
 /// Names the id and what it may hold.
-pub fn check_id(id: &str) -> anyhow::Result<()> {
-    if id.is_empty() || id.len() > 128 || !id.chars().all(shoal_wire::ids::name_char) {
-        bail!(
-            "rollout id {id:?} must be 1 to 128 letters, digits, '.', '_' and '-' (it becomes an MQTT topic level)"
-        );
-    }
-    Ok(())
+pub fn check_id(id: &str) -> anyhow::Result<RolloutId> {
+    RolloutId::parse(id).map_err(|e| {
+        anyhow::anyhow!(
+            "rollout id {id:?} {e}: it must be 1 to 128 letters, digits, '.', '_' and '-' (it becomes an MQTT topic level)"
+        )
+    })
 }
 
 /// Applies an operator command (pause, resume, rollback) over the rollout as read; if an
@@ -553,7 +552,7 @@ mod tests {
     fn the_rendered_status_shows_phase_counts_rate_reconciliation_and_audit() {
         let plan = RolloutPlan::new(&PlanSettings::default()).unwrap();
         let rollout = Rollout {
-            id: "r-7".into(),
+            id: "r-7".parse().unwrap(),
             model: "th-v2".parse().unwrap(),
             hardware: "rev-b".parse().unwrap(),
             version: "1.10.0".parse().unwrap(),

@@ -319,7 +319,7 @@ fn plan_targeting(
             continue;
         }
         plan.population.eligible += 1;
-        let point = cohort_point(&rollout.id, &device.thing);
+        let point = cohort_point(rollout.id.as_str(), &device.thing);
         if device.online == Some(false) {
             offline_in_cohort += u64::from(super::cohort::in_cohort(point, percent));
             continue;
@@ -343,7 +343,7 @@ fn plan_targeting(
         .into_iter()
         .map(|thing| NewTarget {
             thing: thing.to_owned(),
-            point: cohort_point(&rollout.id, thing),
+            point: cohort_point(rollout.id.as_str(), thing),
             from_version: running_of(by_thing.get(thing).copied()).cloned(),
         })
         .collect();

@@ -5,10 +5,41 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use shoal_wire::ids::{NameError, name_char};
+use shoal_wire::validated_string;
+
 use super::image::{DeviceModel, HardwareRevision};
 use super::phases::{PhaseCounts, RolloutPlan};
 use super::version::FirmwareVersion;
 use crate::shadow::ota::{OtaReport, OtaStatus};
+
+/// The longest rollout id, in bytes.
+pub const ROLLOUT_ID_MAX: usize = 128;
+
+validated_string!(
+    /// A rollout's id: 1–128 of `[A-Za-z0-9._-]`. It becomes an MQTT topic level (the rollout's
+    /// alert topic `shoal/alerts/ota/<id>`), a key in the rollout table and, sanitised, part of its
+    /// IoT job's id.
+    RolloutId,
+    NameError,
+    |value| check_rollout_id(value).map_err(NameError::of("rollout id"))
+);
+
+fn check_rollout_id(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > ROLLOUT_ID_MAX {
+        return Err(format!(
+            "is {} bytes long; it must be 1 to {ROLLOUT_ID_MAX}",
+            value.len()
+        ));
+    }
+    match value.chars().find(|c| !name_char(*c)) {
+        Some(c) => Err(format!(
+            "contains {c:?}; only letters, digits, '.', '_' and '-' are allowed (it becomes an \
+             MQTT topic level)"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// Where a rollout stands in its lifecycle; serialised in snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -30,7 +61,7 @@ pub enum RolloutStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     /// The rollout's unique id; also the seed of its devices' cohort points.
-    pub id: String,
+    pub id: RolloutId,
     /// The device model it targets.
     pub model: DeviceModel,
     /// The hardware revision of that model it targets.
@@ -113,7 +144,7 @@ pub enum TransitionError {
     #[error("rollout {id} is {status:?}: {command} is not possible now")]
     NotAllowed {
         /// The rollout's id.
-        id: String,
+        id: RolloutId,
         /// Its status when the command came.
         status: RolloutStatus,
         /// The command's name, e.g. `roll back`.
@@ -123,7 +154,7 @@ pub enum TransitionError {
     #[error("rollout {id} is in phase {phase}: it can only advance to {next}")]
     SkipsAPhase {
         /// The rollout's id.
-        id: String,
+        id: RolloutId,
         /// The current phase index.
         phase: usize,
         /// The only phase index it may advance to (current + 1).
@@ -133,7 +164,7 @@ pub enum TransitionError {
     #[error("rollout {id} has no version to roll back to")]
     NoRollbackVersion {
         /// The rollout's id.
-        id: String,
+        id: RolloutId,
     },
 }
 
@@ -286,6 +317,19 @@ mod tests {
 
     fn rollout() -> Rollout {
         crate::test_util::rollout("r-1")
+    }
+
+    #[test]
+    fn rollout_ids_are_one_mqtt_topic_level_and_checked_when_read() {
+        assert!(RolloutId::parse("th-v2-rev-b-1.10.0_build.42-1795600000").is_ok());
+        let long = "x".repeat(ROLLOUT_ID_MAX + 1);
+        for bad in ["", "a/b", "a+", "a#", "é", long.as_str()] {
+            let err = RolloutId::parse(bad).unwrap_err();
+            assert_eq!(err.kind, "rollout id", "{bad:?}");
+        }
+        let mut stored = serde_json::to_value(rollout()).unwrap();
+        stored["id"] = "a/b".into();
+        assert!(serde_json::from_value::<Rollout>(stored).is_err());
     }
 
     #[test]
