@@ -60,7 +60,7 @@ fmt-check:
 	cargo fmt --all -- --check
 
 clippy:
-	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 
 lint: venv
 	cd infra && ../$(VENV)/bin/cfn-lint
@@ -98,7 +98,7 @@ bench-rollout:
 	cargo bench -p shoal-core --bench rollout_cohorts
 
 bench-advancer:
-	cargo bench -p ota-scheduler --bench advancer
+	cargo bench -p ota-scheduler --features test-util --bench advancer
 
 fmt:
 	cargo fmt --all

@@ -8,6 +8,9 @@
 //! The AWS calls sit behind the small traits below; `edges` implements them.
 
 pub mod edges;
+/// In-memory edges with failures to inject, for unit tests and the `advancer` bench (feature
+/// `test-util`); never in the Lambda.
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 
 use std::future::Future;
@@ -190,6 +193,16 @@ pub struct AdvancerConfig {
 }
 
 impl AdvancerConfig {
+    /// Reads the advancer's settings from `source`: the tables `SHOAL_ROLLOUT_TABLE`,
+    /// `SHOAL_DEVICE_TABLE` and `SHOAL_FIRMWARE_TABLE` and the bucket `SHOAL_FIRMWARE_BUCKET`
+    /// (all required); `SHOAL_URL_TTL_S` (default 3600, kept within 60..=3600),
+    /// `SHOAL_URL_REFRESH_MARGIN_S` (default 600), `SHOAL_ALERTS_TOPIC` (default `shoal/alerts`)
+    /// and `SHOAL_OTA_JOBS_ROLE_ARN` (unset or empty: shadow delivery only).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable: missing (one of the three tables or the bucket), or
+    /// malformed (a table or bucket name that is not valid, a TTL or margin that is not a
+    /// whole number of seconds).
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
             rollout_table: config::required(source, vars::ROLLOUT_TABLE)?,

@@ -19,14 +19,7 @@ const CALLS: usize = 1000;
 const KNOWN: usize = 900;
 
 fn request(serial: &str, cert: &str) -> HookRequest {
-    HookRequest {
-        claim_certificate_id: "claim".into(),
-        certificate_id: cert.into(),
-        certificate_pem: String::new(),
-        template_arn: "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet".into(),
-        client_id: "bench".into(),
-        parameters: [("SerialNumber".to_owned(), serial.to_owned())].into(),
-    }
+    shoal_core::test_util::hook_request(Some(serial), cert)
 }
 
 #[tokio::main]

@@ -100,6 +100,14 @@ pub struct HookConfig {
 }
 
 impl HookConfig {
+    /// Reads the pre-provisioning hook's settings from `source`: `SHOAL_MANIFEST_TABLE`,
+    /// `SHOAL_DEVICE_TABLE` and `SHOAL_TEMPLATE_MODELS` (required) and `SHOAL_CLAIM_LEASE_S`
+    /// (seconds, default [`DEFAULT_CLAIM_LEASE`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable: missing (a table or `SHOAL_TEMPLATE_MODELS`), or
+    /// malformed (a table name that is not valid, template models that do not parse, a lease
+    /// that is not a whole number of seconds).
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         let lease_s: Option<u64> = config::optional(source, vars::CLAIM_LEASE_S)?;
         Ok(Self {
@@ -341,15 +349,7 @@ mod tests {
     }
 
     fn request(serial: &str, cert: &str) -> HookRequest {
-        HookRequest {
-            claim_certificate_id: "claim".into(),
-            certificate_id: cert.into(),
-            certificate_pem: String::new(),
-            template_arn: "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet"
-                .into(),
-            client_id: "c".into(),
-            parameters: [("SerialNumber".to_owned(), serial.to_owned())].into(),
-        }
+        shoal_core::test_util::hook_request(Some(serial), cert)
     }
 
     static MODELS: std::sync::LazyLock<TemplateModels> =

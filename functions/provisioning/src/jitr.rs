@@ -122,6 +122,14 @@ impl std::str::FromStr for ModelDefaults {
 }
 
 impl JitrConfig {
+    /// Reads the JITR function's settings from `source`: `SHOAL_DEVICE_POLICY`,
+    /// `SHOAL_MANIFEST_TABLE` and `SHOAL_DEVICE_TABLE` (required) and `SHOAL_MODEL_DEFAULTS`
+    /// (optional, see [`ModelDefaults`]; unset: no model gets initial shadow defaults).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable: missing (`SHOAL_DEVICE_POLICY` or a table), or
+    /// malformed (a table name that is not valid, or model defaults that are not a JSON object
+    /// of objects or could not be a first shadow update).
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         let device_policy: String = config::required(source, vars::DEVICE_POLICY)?;
         let defaults: Option<ModelDefaults> = config::optional(source, vars::MODEL_DEFAULTS)?;

@@ -69,6 +69,15 @@ impl std::str::FromStr for DotPath {
 }
 
 impl SyncConfig {
+    /// Reads the shadow-documents function's settings from `source`: `SHOAL_DEVICE_TABLE`
+    /// (required), `SHOAL_SHADOW_POLICIES` (default: last writer wins everywhere),
+    /// `SHOAL_REPORTED_FIRMWARE_PATH` (default `firmware.version`) and
+    /// `SHOAL_REPORTED_CONFIG_PATH` (default `config`). Five UpdateThingShadow attempts per
+    /// message.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable: `SHOAL_DEVICE_TABLE` missing or not a valid table
+    /// name, policies that do not parse, or a path that is not dot-separated names.
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         let path = |name, default: &str| -> Result<Path, ConfigError> {
             Ok(config::optional::<DotPath>(source, name)?

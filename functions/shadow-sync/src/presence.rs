@@ -55,6 +55,13 @@ pub struct PresenceConfig {
 }
 
 impl PresenceConfig {
+    /// Reads the presence function's settings from `source`: `SHOAL_DEVICE_TABLE` and
+    /// `SHOAL_MANIFEST_TABLE` (required), `SHOAL_OFFLINE_THRESHOLD_S` (default 3600) and
+    /// `SHOAL_ALERTS_TOPIC` (default `shoal/alerts`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variable: a table missing or not a valid table name, or a
+    /// threshold that is not a whole number of seconds.
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
             device_table: config::required(source, vars::DEVICE_TABLE)?,

@@ -51,6 +51,13 @@ impl std::str::FromStr for Switch {
 }
 
 impl RouterConfig {
+    /// Reads the telemetry router's settings from `source`: `SHOAL_TIMESTREAM_DATABASE`,
+    /// `SHOAL_TIMESTREAM_TABLE` and `SHOAL_ARCHIVE_BUCKET` (required);
+    /// `SHOAL_TIMESTREAM_MEMORY_RETENTION_HOURS` (default 24), `SHOAL_TIMESTREAM_MAGNETIC_WRITES`
+    /// (`true`/`false`, default off) and `SHOAL_TIMESTREAM_MAGNETIC_RETENTION_DAYS` (default 365,
+    /// used only with magnetic writes on); `SHOAL_PACKED_SCHEMAS`, `SHOAL_MEASURE_TYPES`,
+    /// `SHOAL_TELEMETRY_DELIVERY` and `SHOAL_TELEMETRY_APPS` (optional).
+    ///
     /// # Errors
     /// [`ConfigError`] naming the missing or malformed variable.
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {

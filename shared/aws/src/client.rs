@@ -48,6 +48,14 @@ impl ClientFactory {
         &self.sdk
     }
 
+    /// The configured region, or `us-east-1` when none is (the SDK's own clients fail without
+    /// one; this is for building ARNs and presigned-URL settings).
+    pub fn region_or_default(&self) -> String {
+        self.sdk
+            .region()
+            .map_or_else(|| "us-east-1".to_owned(), ToString::to_string)
+    }
+
     /// The endpoint configured for `service_id` (the SDK's service id, e.g. "S3", "Timestream
     /// Write"), resolved the way the generated SDK resolves it: an endpoint set in code wins, then
     /// the service-specific variable or profile key, then the global `AWS_ENDPOINT_URL`.
@@ -100,6 +108,10 @@ impl ClientFactory {
     /// DescribeEndpoints call and spawns the task that refreshes the endpoint before it expires;
     /// call it at init, once, and only in functions that write telemetry. Against a configured
     /// endpoint there is nothing to discover.
+    ///
+    /// # Errors
+    /// [`EdgeError`] (unreachable) when the DescribeEndpoints call of endpoint discovery fails;
+    /// against a configured endpoint this never fails.
     pub async fn timestream_write(&self) -> Result<aws_sdk_timestreamwrite::Client, EdgeError> {
         let client = aws_sdk_timestreamwrite::Client::new(&self.sdk);
         if self.configured_endpoint("Timestream Write").is_some() {
@@ -119,6 +131,10 @@ impl ClientFactory {
 
 /// A DynamoDB conditional write's result: `Ok(true)` written, `Ok(false)` the condition did not
 /// hold.
+///
+/// # Errors
+/// The [`EdgeError`] in `result` unless its code is `ConditionalCheckFailedException`, which
+/// is `Ok(false)`, not an error.
 pub fn condition_held<T>(result: Result<T, EdgeError>) -> Result<bool, EdgeError> {
     match result {
         Ok(_) => Ok(true),
@@ -129,6 +145,9 @@ pub fn condition_held<T>(result: Result<T, EdgeError>) -> Result<bool, EdgeError
 
 /// The result of a call whose errors with one of `codes` mean the state it wanted holds already
 /// (an idempotent create, cancel or delete): those count as done.
+///
+/// # Errors
+/// The [`EdgeError`] in `result` unless its code is one of `codes`.
 pub fn done_or_already<T>(result: Result<T, EdgeError>, codes: &[&str]) -> Result<(), EdgeError> {
     match result {
         Err(e) if codes.iter().any(|code| e.is_code(code)) => Ok(()),
@@ -137,6 +156,9 @@ pub fn done_or_already<T>(result: Result<T, EdgeError>, codes: &[&str]) -> Resul
 }
 
 /// A DynamoDB CreateTable's result where a table that already exists is fine (idempotent setup).
+///
+/// # Errors
+/// The [`EdgeError`] in `result` unless its code is `ResourceInUseException`.
 pub fn created_unless_in_use<T>(result: Result<T, EdgeError>) -> Result<(), EdgeError> {
     done_or_already(result, &["ResourceInUseException"])
 }

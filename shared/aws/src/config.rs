@@ -117,6 +117,10 @@ impl Source for BTreeMap<&str, &str> {
 
 /// Reads `name` and parses it. An empty value counts as missing: CloudFormation renders an unset
 /// parameter as `""`, and that must not pass for a table name.
+///
+/// # Errors
+/// [`ConfigError::Malformed`] when `name` is set but does not parse as `T`; unset or empty is
+/// `Ok(None)`, not an error.
 pub fn optional<T>(source: &impl Source, name: &str) -> Result<Option<T>, ConfigError>
 where
     T: FromStr,
@@ -137,6 +141,10 @@ where
 }
 
 /// Reads `name`, which must be set, and parses it.
+///
+/// # Errors
+/// [`ConfigError::Missing`] when `name` is unset or empty; [`ConfigError::Malformed`] when it
+/// does not parse as `T`.
 pub fn required<T>(source: &impl Source, name: &str) -> Result<T, ConfigError>
 where
     T: FromStr,
@@ -155,6 +163,11 @@ pub struct TimestreamTarget {
 }
 
 impl TimestreamTarget {
+    /// Reads the telemetry database ([`vars::TIMESTREAM_DATABASE`]) and table
+    /// ([`vars::TIMESTREAM_TABLE`]) from `source`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming whichever of the two is missing or not a valid Timestream name.
     pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
             database: required(source, vars::TIMESTREAM_DATABASE)?,

@@ -134,6 +134,10 @@ impl DeviceTable {
 
     /// Creates the table and its offline index unless it exists. On AWS the table comes from
     /// infra/template.yaml; locally `shoal init-local` and the tests call this.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the CreateTable request could not be built or DynamoDB could not be
+    /// called or refused it; a table that exists already (`ResourceInUseException`) is `Ok(())`.
     pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         use crate::dynamo::{attribute, key};
         let offline = GlobalSecondaryIndex::builder()
@@ -354,6 +358,10 @@ impl DeviceTable {
 
     /// Records the reported firmware and config unless a later version of this shadow was
     /// recorded already. `Ok(false)`: an older document, nothing changed.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB could not be called or refused the write; a later shadow
+    /// version recorded already is `Ok(false)`, not an error.
     pub async fn record_facts(
         &self,
         shadow: &ShadowRef,
@@ -382,6 +390,10 @@ impl DeviceTable {
 
     /// Hands a device's OTA report to the OTA flow: the `ota_*` attributes of its item, kept in
     /// `ota` shadow version order. `Ok(false)`: an older report, nothing changed.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the report's status does not serialize (nothing sent) or DynamoDB could
+    /// not be called or refused the write; a later report recorded already is `Ok(false)`.
     pub async fn record_ota(
         &self,
         thing: &str,
@@ -449,6 +461,10 @@ impl DeviceTable {
     /// What the registry knows of each of `things` for a rollout: presence, running version
     /// (the later of the reported firmware and the OTA report's running version) and the last
     /// OTA report. A thing without an item is unknown on every count.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a BatchGetItem call fails or keys stay unprocessed after its retries
+    /// (see [`batch_get`](crate::dynamo::batch_get)).
     pub async fn fleet(&self, things: &[String]) -> Result<Vec<FleetDevice>, EdgeError> {
         let keys = things
             .iter()
@@ -479,6 +495,10 @@ impl DeviceTable {
     }
 
     /// Keeps every conflict's losing value, one item each; a replay rewrites the same items.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a conflict does not serialize or a PutItem fails; it stops there, with
+    /// the conflicts before it written (a replay rewrites them).
     pub async fn record_conflicts(
         &self,
         shadow: &ShadowRef,
@@ -510,6 +530,10 @@ impl DeviceTable {
     }
 
     /// Devices offline since before `cutoff_ms` and not alerted on yet, across every shard.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a Query page of the offline index fails (unreachable, throttled,
+    /// refused); nothing found in earlier shards is returned.
     pub async fn offline_before(&self, cutoff_ms: u64) -> Result<Vec<OfflineDevice>, EdgeError> {
         let mut out = Vec::new();
         for shard in 0..OFFLINE_SHARDS {
@@ -548,6 +572,10 @@ impl DeviceTable {
 
     /// Marks the offline episode that began at `offline_since_ms` as alerted (it leaves the
     /// index). `Ok(false)`: the device came back or went offline again meanwhile.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB could not be called or refused the write; an episode that
+    /// ended or changed meanwhile is `Ok(false)`, not an error.
     pub async fn mark_alerted(
         &self,
         thing: &str,
@@ -564,6 +592,9 @@ impl DeviceTable {
     }
 
     /// An item as JSON (`record` is `device` or a conflict key), read consistently.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the GetItem call fails; an absent item is `Ok(None)`.
     pub async fn get(&self, thing: &str, record: &str) -> Result<Option<Value>, EdgeError> {
         let got = self
             .client
@@ -585,6 +616,9 @@ impl DeviceTable {
     }
 
     /// Every conflict item of a thing, oldest version first.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a Query page fails (unreachable, throttled, refused).
     pub async fn conflicts(&self, thing: &str) -> Result<Vec<Value>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,

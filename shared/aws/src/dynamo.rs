@@ -43,6 +43,10 @@ fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> EdgeError {
     EdgeError::request("dynamodb", "CreateTable", e)
 }
 
+/// The CreateTable attribute definition of `name` with type `kind`.
+///
+/// # Errors
+/// [`EdgeError`] (a request error: nothing was sent) when the SDK builder refuses the definition.
 pub fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefinition, EdgeError> {
     AttributeDefinition::builder()
         .attribute_name(name)
@@ -51,6 +55,10 @@ pub fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefin
         .map_err(build_error)
 }
 
+/// The CreateTable key schema element making `name` the `kind` (hash or range) key.
+///
+/// # Errors
+/// [`EdgeError`] (a request error: nothing was sent) when the SDK builder refuses the element.
 pub fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, EdgeError> {
     KeySchemaElement::builder()
         .attribute_name(name)
@@ -61,6 +69,10 @@ pub fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, EdgeError> {
 
 /// An on-demand CreateTable with a string partition key and, optionally, a string sort key;
 /// the caller adds indexes and sends it (through `aws::created_unless_in_use`).
+///
+/// # Errors
+/// [`EdgeError`] (a request error) when an attribute definition or key schema element could
+/// not be built; nothing is sent here.
 pub fn create_table(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -83,6 +95,10 @@ pub fn create_table(
 
 /// Every item of partition `partition = value` whose `sort` key begins with `prefix`, read
 /// consistently, in sort-key order.
+///
+/// # Errors
+/// [`EdgeError`] when a Query page fails: DynamoDB unreachable, throttling or a refusal (such
+/// as a missing table). Items of earlier pages are dropped.
 pub async fn query_prefix(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -115,6 +131,11 @@ const UNPROCESSED_ROUNDS: u32 = 8;
 
 /// The items with `keys` that exist (any order), read consistently, in calls of
 /// [`MAX_BATCH_GET`], unprocessed keys retried.
+///
+/// # Errors
+/// [`EdgeError`] when a request could not be built or a BatchGetItem call failed; a
+/// throttled one with code `UnprocessedItems` when keys are still unprocessed after the last
+/// retry round.
 pub async fn batch_get(
     client: &aws_sdk_dynamodb::Client,
     table: &str,

@@ -107,6 +107,10 @@ impl FirmwareTable {
     }
 
     /// Creates the table unless it exists (locally; on AWS it comes from the template).
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the CreateTable request could not be built or DynamoDB could not be
+    /// called or refused it; a table that exists already (`ResourceInUseException`) is `Ok(())`.
     pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         let created = crate::dynamo::create_table(
             &self.client,
@@ -121,6 +125,11 @@ impl FirmwareTable {
     }
 
     /// Every image of a model and hardware revision, oldest version first (semver order).
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a Query page fails (unreachable, throttled, refused), or
+    /// [`EdgeErrorKind::Unreadable`](crate::client::EdgeErrorKind::Unreadable) when a stored item
+    /// is not a firmware image (an attribute missing or malformed).
     pub async fn images(
         &self,
         model: &DeviceModel,
@@ -147,6 +156,9 @@ impl FirmwareTable {
     }
 
     /// The greatest published version (semver), if any.
+    ///
+    /// # Errors
+    /// [`EdgeError`] as [`images`](Self::images): a failed Query or an unreadable item.
     pub async fn current(
         &self,
         model: &DeviceModel,
@@ -157,6 +169,10 @@ impl FirmwareTable {
 
     /// Records a new image. `Ok(false)`: a version of the same precedence (this one or another
     /// build of it) is already published (images are immutable).
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB could not be called or refused the write; a version already
+    /// published is `Ok(false)`, not an error.
     pub async fn insert(&self, image: &FirmwareImage) -> Result<bool, EdgeError> {
         let put = self
             .client

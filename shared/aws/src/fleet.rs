@@ -10,6 +10,10 @@ pub const HARDWARE_ATTRIBUTE: &str = "hardware";
 
 /// Names of the things of `model` and `hardware`, in registry order. ListThings filters on one
 /// attribute (the model); the hardware revision is checked here.
+///
+/// # Errors
+/// [`EdgeError`] when a ListThings page fails (unreachable, throttled, refused); things of
+/// earlier pages are dropped.
 pub async fn things_of(
     iot: &aws_sdk_iot::Client,
     model: &DeviceModel,

@@ -129,6 +129,10 @@ impl ManifestTable {
 
     /// Creates the table (on-demand, keyed by serial) unless it exists. On AWS the table comes
     /// from infra/template.yaml; locally `shoal init-local` and the tests call this.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the CreateTable request could not be built or DynamoDB could not be
+    /// called or refused it; a table that exists already (`ResourceInUseException`) is `Ok(())`.
     pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         let created =
             crate::dynamo::create_table(&self.client, self.table.as_str(), "serial", None)?
@@ -153,6 +157,11 @@ impl ManifestTable {
     }
 
     /// The serial's entry, read consistently.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the GetItem call fails, or
+    /// [`EdgeErrorKind::Unreadable`](crate::client::EdgeErrorKind::Unreadable) when the item is
+    /// not a manifest entry (see [`from_item`]); an absent serial is `Ok(None)`.
     pub async fn get(&self, serial: &Serial) -> Result<Option<ManifestEntry>, EdgeError> {
         self.item(serial)
             .await?
@@ -163,6 +172,10 @@ impl ManifestTable {
     }
 
     /// Writes `entry` unless its serial is already in the table. `Ok(false)`: it was.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB could not be called or refused the write; a serial already in
+    /// the table is `Ok(false)`, not an error.
     pub async fn insert(&self, entry: &ManifestEntry) -> Result<bool, EdgeError> {
         let put = self
             .client
@@ -180,6 +193,10 @@ impl ManifestTable {
     /// provisioned to that same certificate: of two concurrent claims with different certificates,
     /// exactly one succeeds. `Ok(false)`: the condition failed (another certificate won, or the
     /// entry changed); re-read to see why.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB could not be called or refused the write; a condition that did
+    /// not hold is `Ok(false)`, not an error.
     pub async fn claim(
         &self,
         serial: &Serial,
@@ -283,6 +300,11 @@ pub const MAX_BATCH_WRITE: usize = 25;
 
 impl ManifestTable {
     /// Which of `serials` are already in the table, with their status.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a BatchGetItem call fails or keys stay unprocessed after its retries,
+    /// or [`EdgeErrorKind::Unreadable`](crate::client::EdgeErrorKind::Unreadable) when a stored
+    /// item is not a manifest entry.
     pub async fn existing(
         &self,
         serials: &[Serial],
@@ -304,6 +326,11 @@ impl ManifestTable {
 
     /// Writes `entries` in BatchWriteItem calls of 25, retrying unprocessed items with backoff;
     /// `progress` hears how many were written after each call.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a put request could not be built, a BatchWriteItem call fails, or items
+    /// stay unprocessed after the last retry round (throttled, code `UnprocessedItems`). Chunks
+    /// before the failing one stay written.
     pub async fn write_all(
         &self,
         entries: &[ManifestEntry],
@@ -347,6 +374,10 @@ impl ManifestTable {
 impl ManifestTable {
     /// Appends an audit record `{at, action, reason, certificate_id}` to `serial`'s `audit` list,
     /// and sets its status to `status` when given, in one write.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB could not be called or refused the write, including a serial
+    /// that is not in the table (code `ConditionalCheckFailedException`).
     pub async fn record(
         &self,
         serial: &Serial,
@@ -389,6 +420,10 @@ impl ManifestTable {
     /// Releases a serial claimed by `certificate_id` back to pending (certificate id and thing
     /// name removed) with an audit record, only if it is still provisioned to that certificate.
     /// `Ok(false)`: it was not.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB could not be called or refused the write; a serial not
+    /// provisioned to `certificate_id` is `Ok(false)`, not an error.
     pub async fn release(
         &self,
         serial: &Serial,
@@ -425,6 +460,10 @@ impl ManifestTable {
     }
 
     /// The audit records of `serial`, oldest first, as (action, reason) pairs.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the GetItem call fails; a serial without an item or audit trail is an
+    /// empty list, and malformed records are skipped.
     pub async fn audit(&self, serial: &Serial) -> Result<Vec<(String, String)>, EdgeError> {
         let item = self.item(serial).await?;
         let text = |m: &HashMap<String, AttributeValue>, k: &str| match m.get(k) {

@@ -96,6 +96,11 @@ impl RolloutTable {
         Self { client, table }
     }
 
+    /// Creates the table unless it exists (locally; on AWS it comes from the template).
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the CreateTable request could not be built or DynamoDB could not be
+    /// called or refused it; a table that exists already (`ResourceInUseException`) is `Ok(())`.
     pub async fn ensure_exists(&self) -> Result<(), EdgeError> {
         let created = crate::dynamo::create_table(
             &self.client,
@@ -110,6 +115,11 @@ impl RolloutTable {
     }
 
     /// Records a new rollout and lists it for the advancer. `Ok(false)`: the id is taken.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the rollout does not serialize or a put could not be built (nothing
+    /// sent), or DynamoDB could not be called or refused the transaction; a cancelled
+    /// transaction (`TransactionCanceledException`, the id taken) is `Ok(false)`, not an error.
     pub async fn create(&self, rollout: &Rollout) -> Result<bool, EdgeError> {
         let state = Put::builder()
             .table_name(self.table.as_str())
@@ -127,6 +137,9 @@ impl RolloutTable {
     }
 
     /// Every rollout id, in id order.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a Query page fails (unreachable, throttled, refused).
     pub async fn ids(&self) -> Result<Vec<String>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,
@@ -147,6 +160,10 @@ impl RolloutTable {
     }
 
     /// Records (or rewrites) what the rollout asked of one device.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the record does not serialize (nothing sent) or DynamoDB could not be
+    /// called or refused the write.
     pub async fn put_device(
         &self,
         rollout_id: &str,
@@ -165,6 +182,11 @@ impl RolloutTable {
     }
 
     /// Every device the rollout targeted.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a Query page fails, or
+    /// [`EdgeErrorKind::Unreadable`](crate::client::EdgeErrorKind::Unreadable) when a device item
+    /// has no readable `device` JSON.
     pub async fn devices(&self, rollout_id: &str) -> Result<Vec<DeviceRecord>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,
@@ -184,6 +206,11 @@ impl RolloutTable {
     }
 
     /// The rollout, read consistently.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the GetItem call fails, or
+    /// [`EdgeErrorKind::Unreadable`](crate::client::EdgeErrorKind::Unreadable) when the item has
+    /// no readable `state` JSON; an unknown id is `Ok(None)`.
     pub async fn get(&self, id: &str) -> Result<Option<Rollout>, EdgeError> {
         let got = self
             .client
@@ -207,6 +234,11 @@ impl RolloutTable {
 
     /// Writes `next` over `previous` (same id) and appends `transition`, atomically.
     /// `Ok(false)`: the rollout moved since `previous` was read; nothing was written.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when the state or transition does not serialize or a put could not be built
+    /// (nothing sent), or DynamoDB could not be called or refused the transaction; a cancelled
+    /// transaction (`TransactionCanceledException`) is `Ok(false)`, not an error.
     pub async fn transition(
         &self,
         previous: &Rollout,
@@ -250,6 +282,11 @@ impl RolloutTable {
     }
 
     /// The audit log, oldest first.
+    ///
+    /// # Errors
+    /// [`EdgeError`] when a Query page fails, or
+    /// [`EdgeErrorKind::Unreadable`](crate::client::EdgeErrorKind::Unreadable) when an audit item
+    /// has no readable `transition` JSON.
     pub async fn audit(&self, id: &str) -> Result<Vec<Transition>, EdgeError> {
         let items = crate::dynamo::query_prefix(
             &self.client,

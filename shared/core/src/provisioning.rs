@@ -395,17 +395,7 @@ mod tests {
     }
 
     fn request(serial: Option<&str>, cert: &str) -> HookRequest {
-        HookRequest {
-            claim_certificate_id: "claim".into(),
-            certificate_id: cert.into(),
-            certificate_pem: String::new(),
-            template_arn: "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet"
-                .into(),
-            client_id: "client-1".into(),
-            parameters: serial
-                .map(|s| [(SERIAL_PARAMETER.to_owned(), s.to_owned())].into())
-                .unwrap_or_default(),
-        }
+        crate::test_util::hook_request(serial, cert)
     }
 
     #[test]

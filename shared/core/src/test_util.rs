@@ -4,7 +4,7 @@
 //! Behind the `test-util` feature: a crate enables it in its `[dev-dependencies]` only, so no
 //! production build carries it.
 
-use crate::provisioning::{DeviceStatus, ManifestEntry, Serial};
+use crate::provisioning::{DeviceStatus, HookRequest, ManifestEntry, SERIAL_PARAMETER, Serial};
 use crate::rollout::image::FirmwareImage;
 use crate::rollout::phases::{PlanSettings, RolloutPlan};
 use crate::rollout::state::{Rollout, RolloutId, RolloutStatus};
@@ -81,5 +81,21 @@ pub fn manifest_entry(
         proof: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+    }
+}
+
+/// The pre-provisioning hook's request for `serial` (no `SerialNumber` parameter when `None`) and
+/// the new certificate `certificate_id`, from template `shoal-fleet` and the claim certificate
+/// `claim`, as AWS IoT sends it (no certificate PEM).
+pub fn hook_request(serial: Option<&str>, certificate_id: &str) -> HookRequest {
+    HookRequest {
+        claim_certificate_id: "claim".into(),
+        certificate_id: certificate_id.into(),
+        certificate_pem: String::new(),
+        template_arn: "arn:aws:iot:us-east-1:123456789012:provisioningtemplate/shoal-fleet".into(),
+        client_id: "client-1".into(),
+        parameters: serial
+            .map(|s| [(SERIAL_PARAMETER.to_owned(), s.to_owned())].into())
+            .unwrap_or_default(),
     }
 }

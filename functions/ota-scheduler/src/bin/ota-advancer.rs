@@ -30,10 +30,7 @@ async fn main() -> Result<(), Error> {
         jobs: config.jobs_role_arn.clone().map(|role| JobsChannel {
             iot: factory.iot(),
             presign_role_arn: role,
-            region: factory
-                .sdk_config()
-                .region()
-                .map_or_else(|| "us-east-1".to_owned(), ToString::to_string),
+            region: factory.region_or_default(),
             url_ttl_s: config.url_ttl_s,
         }),
     };
