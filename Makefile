@@ -84,7 +84,7 @@ bench:
 
 # The router's whole path without I/O (SQS event -> WriteRecords inputs + Parquet; refusal path).
 bench-router:
-	cargo bench -p telemetry-router --bench router_path
+	cargo bench -p telemetry-router --features test-util --bench router_path
 
 # Hook latency against the local stack (started and stopped around it when needed).
 bench-hook: venv

@@ -159,6 +159,32 @@ pub fn moto_timestream_records(database: &str, table: &str) -> Vec<serde_json::V
         .collect()
 }
 
+/// A device certificate registered in the local IoT registry (CreateKeysAndCertificate,
+/// `setAsActive` as asked): its certificate id, PEM and private key PEM.
+pub async fn device_certificate(active: bool) -> (String, Vec<u8>, Vec<u8>) {
+    let iot = factory().await.iot();
+    let created = iot
+        .create_keys_and_certificate()
+        .set_as_active(active)
+        .send()
+        .await
+        .expect("CreateKeysAndCertificate");
+    let key = created
+        .key_pair()
+        .and_then(|k| k.private_key())
+        .expect("a private key")
+        .to_owned();
+    (
+        created.certificate_id().expect("an id").to_owned(),
+        created
+            .certificate_pem()
+            .expect("a PEM")
+            .as_bytes()
+            .to_vec(),
+        key.into_bytes(),
+    )
+}
+
 /// The local IoT Core's MQTT endpoint (`host:port`) and the CA file its server certificate chains
 /// to: `SHOAL_IOT_ENDPOINT` and `SHOAL_IOT_CA_FILE` (what `stack env` prints), else the stack's
 /// defaults (127.0.0.1:8883, `.local/iot-core/ca.pem`). Panics, with the fix in the message,

@@ -20,24 +20,7 @@ async fn certificate(active: bool) -> (Vec<u8>, Vec<u8>) {
 
 /// [`certificate`] with its certificate id.
 async fn registered(active: bool) -> (String, Vec<u8>, Vec<u8>) {
-    let iot = local::factory().await.iot();
-    let created = iot
-        .create_keys_and_certificate()
-        .set_as_active(active)
-        .send()
-        .await
-        .unwrap();
-    let key = created
-        .key_pair()
-        .unwrap()
-        .private_key()
-        .unwrap()
-        .to_owned();
-    (
-        created.certificate_id().unwrap().to_owned(),
-        created.certificate_pem().unwrap().as_bytes().to_vec(),
-        key.into_bytes(),
-    )
+    local::device_certificate(active).await
 }
 
 /// Polls until the connection fails; `Err` when it is still open after `within`.

@@ -14,23 +14,8 @@ use shoal_integration_tests::local::{self, unique_name};
 use tokio::sync::mpsc;
 
 async fn certificate() -> (Vec<u8>, Vec<u8>) {
-    let iot = local::factory().await.iot();
-    let created = iot
-        .create_keys_and_certificate()
-        .set_as_active(true)
-        .send()
-        .await
-        .unwrap();
-    let key = created
-        .key_pair()
-        .unwrap()
-        .private_key()
-        .unwrap()
-        .to_owned();
-    (
-        created.certificate_pem().unwrap().as_bytes().to_vec(),
-        key.into_bytes(),
-    )
+    let (_, cert, key) = local::device_certificate(true).await;
+    (cert, key)
 }
 
 fn options(client_id: &str, (cert, key): &(Vec<u8>, Vec<u8>)) -> MqttOptions {

@@ -5,72 +5,30 @@
 //! the Parquet archive object. Then the refusal path: one message with 250 and with 2,000 refused
 //! readings → its one quarantine object's body.
 //!
-//! `cargo bench -p telemetry-router --bench router_path` (release profile, as the Lambda zip).
+//! `cargo bench -p telemetry-router --features test-util --bench router_path` (release profile, as
+//! the Lambda zip).
 //! Prints medians; no assertions: BENCHMARKS.md records the numbers.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shoal_aws::client::EdgeError;
 use shoal_core::telemetry::archive::to_parquet;
 use shoal_core::telemetry::records::APP_DIMENSION;
 use shoal_core::telemetry::{
-    CheckedJson, Context, Envelope, Limits, MeasureTypes, PackedSchemas, Payload, TimestreamRecord,
-    decode_flat, validate_with_dimensions,
+    CheckedJson, Context, Envelope, Limits, MeasureTypes, PackedSchemas, Payload, decode_flat,
+    validate_with_dimensions,
 };
 use telemetry_router::batch::{Trigger, route_sqs};
 use telemetry_router::edges::to_sdk;
-use telemetry_router::router::{
-    ArchiveStore, Edges, NoDeadline, QuarantineItem, QuarantineStore, RejectedRecord, Rules,
-    TelemetrySink, route_rule_event,
-};
+use telemetry_router::memory::{BodyQuarantine, SdkSink, SizeArchive};
+use telemetry_router::router::{Edges, NoDeadline, Rules, route_rule_event};
 
 const NOW: i64 = 1_795_600_000_000;
 const MESSAGES: usize = 100;
 const PER_MESSAGE: usize = 10;
 const RUNS: usize = 101;
-
-/// Builds the SDK request of every batch (what the real sink sends), then drops it.
-#[derive(Default)]
-struct SdkSink {
-    records: AtomicUsize,
-}
-
-impl TelemetrySink for SdkSink {
-    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, EdgeError> {
-        let (common, records) = to_sdk(batch)?;
-        self.records.fetch_add(records.len(), Ordering::Relaxed);
-        black_box((common, records));
-        Ok(Vec::new())
-    }
-}
-
-/// Builds each object's body (what the real quarantine uploads), then drops it.
-#[derive(Default)]
-struct BodyQuarantine {
-    bytes: AtomicUsize,
-}
-
-impl QuarantineStore for BodyQuarantine {
-    async fn put(&self, item: &QuarantineItem) -> Result<(), EdgeError> {
-        self.bytes.fetch_add(item.body().len(), Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct SizeArchive {
-    bytes: AtomicUsize,
-}
-
-impl ArchiveStore for SizeArchive {
-    async fn put(&self, _key: &str, parquet: Vec<u8>) -> Result<(), EdgeError> {
-        self.bytes.fetch_add(parquet.len(), Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 /// The three edges, fresh for each run.
 #[derive(Default)]

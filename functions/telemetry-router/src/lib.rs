@@ -5,8 +5,10 @@
 pub mod batch;
 pub mod edges;
 pub mod handler;
-#[cfg(test)]
-mod memory;
+/// In-memory edges for unit tests and the `router_path` bench (feature `test-util`); never in
+/// the Lambda.
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory;
 pub mod router;
 
 /// The allocator of every binary built on this crate (the Lambda function, its benchmarks and

@@ -1,6 +1,10 @@
-//! In-memory stand-ins for the router's edges, for unit tests.
+//! In-memory stand-ins for the router's edges: recording fakes for unit tests, and lean ones that
+//! do the real edges' CPU work (the SDK request, the quarantine body) and keep nothing, for the
+//! `router_path` bench.
 
+use std::hint::black_box;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shoal_core::edge::EdgeError;
 use shoal_core::telemetry::TimestreamRecord;
@@ -117,5 +121,49 @@ impl Fakes {
             quarantine: &self.quarantine,
             archive: &self.archive,
         }
+    }
+}
+
+/// Builds the SDK request of every batch (what the real sink sends), then drops it.
+#[derive(Default)]
+pub struct SdkSink {
+    /// Records built so far.
+    pub records: AtomicUsize,
+}
+
+impl TelemetrySink for SdkSink {
+    async fn write(&self, batch: &[TimestreamRecord]) -> Result<Vec<RejectedRecord>, EdgeError> {
+        let (common, records) = crate::edges::to_sdk(batch)?;
+        self.records.fetch_add(records.len(), Ordering::Relaxed);
+        black_box((common, records));
+        Ok(Vec::new())
+    }
+}
+
+/// Builds each object's body (what the real quarantine uploads), then drops it.
+#[derive(Default)]
+pub struct BodyQuarantine {
+    /// Body bytes built so far.
+    pub bytes: AtomicUsize,
+}
+
+impl QuarantineStore for BodyQuarantine {
+    async fn put(&self, item: &QuarantineItem) -> Result<(), EdgeError> {
+        self.bytes.fetch_add(item.body().len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Takes each Parquet object (what the real archive uploads), counts its bytes, then drops it.
+#[derive(Default)]
+pub struct SizeArchive {
+    /// Parquet bytes received so far.
+    pub bytes: AtomicUsize,
+}
+
+impl ArchiveStore for SizeArchive {
+    async fn put(&self, _key: &str, parquet: Vec<u8>) -> Result<(), EdgeError> {
+        self.bytes.fetch_add(parquet.len(), Ordering::Relaxed);
+        Ok(())
     }
 }
