@@ -200,3 +200,69 @@ async fn a_session_with_an_expiry_interval_keeps_qos1_messages_while_its_client_
     let mut inbox = forward(events);
     assert_eq!(&next(&mut inbox).await.payload[..], b"while away");
 }
+
+#[tokio::test]
+async fn an_expired_message_is_not_delivered_and_a_live_one_carries_what_is_left() {
+    let topic = unique_name("expiry");
+    let client_id = unique_name("away");
+    let device = certificate().await;
+    let mut persistent = options(&client_id, &device);
+    persistent.set_session_expiry_interval(Some(300));
+    let (client, mut events) = AsyncClient::new(persistent.clone(), 16);
+    connack(&mut events).await;
+    client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    for _ in 0..2 {
+        let _ = tokio::time::timeout(Duration::from_millis(300), events.poll()).await;
+    }
+    client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+
+    let (publisher, mut publisher_events) =
+        AsyncClient::new(options(&unique_name("pub"), &certificate().await), 16);
+    connack(&mut publisher_events).await;
+    let _publisher_inbox = forward(publisher_events);
+    let expiring = |seconds| PublishProperties {
+        message_expiry_interval: Some(seconds),
+        ..PublishProperties::default()
+    };
+    publisher
+        .publish_with_properties(
+            &topic,
+            QoS::AtLeastOnce,
+            false,
+            b"short".to_vec(),
+            expiring(1),
+        )
+        .await
+        .unwrap();
+    publisher
+        .publish_with_properties(
+            &topic,
+            QoS::AtLeastOnce,
+            false,
+            b"long".to_vec(),
+            expiring(600),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    persistent.set_clean_start(false);
+    let (_client, mut events) = AsyncClient::new(persistent, 16);
+    connack(&mut events).await;
+    let mut inbox = forward(events);
+    let got = next(&mut inbox).await;
+    assert_eq!(
+        &got.payload[..],
+        b"long",
+        "the expired message is not delivered"
+    );
+    let left = got
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .unwrap();
+    assert!((590..600).contains(&left), "{left} s left");
+}

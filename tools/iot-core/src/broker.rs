@@ -45,6 +45,17 @@ pub struct Message {
     /// MQTT 5 publish properties that travel with it (user properties, content type, response
     /// topic, correlation data, payload format, message expiry); MQTT 3.1.1 clients get none.
     pub properties: Option<Box<rumqttc::v5::mqttbytes::v5::PublishProperties>>,
+    /// Sent to this session before and not acknowledged: MQTT's DUP flag on redelivery.
+    pub dup: bool,
+    /// When MQTT 5's message expiry interval runs out: not delivered after (`None`: never).
+    pub expires: Option<Instant>,
+}
+
+impl Message {
+    /// Whether it may still be delivered at `now`.
+    pub fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
 }
 
 /// The connection's end of its link to the session: fired when another connection takes the
@@ -275,10 +286,11 @@ impl Broker {
                     granted.push(result);
                     continue;
                 }
+                let now = Instant::now();
                 matching.extend(
                     retained
                         .values()
-                        .filter(|m| topic::matches(filter, &m.topic))
+                        .filter(|m| topic::matches(filter, &m.topic) && m.live(now))
                         .map(|m| Message {
                             qos: lower(m.qos, qos),
                             retain: true,
@@ -397,6 +409,8 @@ mod tests {
             qos,
             retain,
             properties: None,
+            dup: false,
+            expires: None,
         }
     }
 

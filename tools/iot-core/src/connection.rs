@@ -309,8 +309,11 @@ where
     // Everything this connection held goes back to the session: sent and not acknowledged, not
     // sent yet, and still in its queue.
     attached.outgoing.close();
-    let mut unacknowledged: Vec<Message> =
-        flow.inflight.into_values().chain(flow.backlog).collect();
+    let sent = flow
+        .inflight
+        .into_values()
+        .map(|m| Message { dup: true, ..m });
+    let mut unacknowledged: Vec<Message> = sent.chain(flow.backlog).collect();
     while let Ok(message) = attached.outgoing.try_recv() {
         unacknowledged.push(message);
     }
@@ -348,6 +351,10 @@ impl Flow {
             let Some(message) = self.backlog.pop_front() else {
                 break;
             };
+            // MQTT 5: a message whose expiry interval ran out while it waited is not delivered.
+            if !message.live(std::time::Instant::now()) {
+                continue;
+            }
             let pkid = match message.qos {
                 QoS::AtLeastOnce => self.pkid(),
                 _ => 0,

@@ -9,7 +9,7 @@
 //! payload format, message expiry) travel with the message to MQTT 5 subscribers; reason codes
 //! say why a subscription, a publish or the connection was refused or ended.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::QoS;
@@ -179,6 +179,8 @@ impl Wire for V4 {
                 qos: will.qos,
                 retain: will.retain,
                 properties: None,
+                dup: false,
+                expires: None,
             }),
         })
     }
@@ -193,6 +195,8 @@ impl Wire for V4 {
                     qos: p.qos,
                     retain: p.retain,
                     properties: None,
+                    dup: false,
+                    expires: None,
                 },
             },
             v4::Packet::PubAck(ack) => Incoming::PubAck(ack.pkid),
@@ -243,6 +247,7 @@ impl Wire for V4 {
                     message.payload.clone(),
                 );
                 publish.retain = message.retain;
+                publish.dup = message.dup;
                 publish.pkid = pkid;
                 v4::Packet::Publish(publish)
             }
@@ -296,6 +301,17 @@ fn forwarded(properties: Option<v5::PublishProperties>) -> Option<Box<v5::Publis
         .map(Box::new)
 }
 
+/// A message's properties as delivered at `now`: the message expiry interval is what is left of
+/// it (MQTT 5 §3.3.2.3.3), at least one second.
+fn delivered_properties(message: &Message, now: Instant) -> Option<v5::PublishProperties> {
+    let mut properties = message.properties.as_deref().cloned()?;
+    if let (Some(_), Some(at)) = (properties.message_expiry_interval, message.expires) {
+        let left = at.saturating_duration_since(now).as_secs().max(1);
+        properties.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
+    }
+    Some(properties)
+}
+
 impl Wire for V5 {
     type Packet = v5::Packet;
     type Codec = v5::Codec;
@@ -336,6 +352,9 @@ impl Wire for V5 {
                         ..v5::PublishProperties::default()
                     })
                 }),
+                dup: false,
+                // A will's expiry counts from when it is published; it is kept as a property.
+                expires: None,
             }),
         };
         Ok(ConnectRequest {
@@ -362,6 +381,11 @@ impl Wire for V5 {
                 let Ok(topic) = String::from_utf8(p.topic.to_vec()) else {
                     return Incoming::Unsupported(Close::TopicInvalid, "the topic is not UTF-8");
                 };
+                let expires = p
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.message_expiry_interval)
+                    .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
                 Incoming::Publish {
                     pkid: p.pkid,
                     message: Message {
@@ -370,6 +394,8 @@ impl Wire for V5 {
                         qos: qos_from5(p.qos),
                         retain: p.retain,
                         properties: forwarded(p.properties),
+                        dup: false,
+                        expires,
                     },
                 }
             }
@@ -445,13 +471,13 @@ impl Wire for V5 {
                 })
             }
             Outgoing::Publish { message, pkid } => v5::Packet::Publish(v5::Publish {
-                dup: false,
+                dup: message.dup,
                 qos: qos_to5(message.qos),
                 retain: message.retain,
                 topic: Bytes::from(message.topic.clone()),
                 pkid,
                 payload: message.payload.clone(),
-                properties: message.properties.as_deref().cloned(),
+                properties: delivered_properties(message, Instant::now()),
             }),
             Outgoing::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
             Outgoing::SubAck { pkid, results } => v5::Packet::SubAck(v5::SubAck {
@@ -489,5 +515,39 @@ impl Wire for V5 {
                 }))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivered_message_carries_what_is_left_of_its_expiry_interval() {
+        let now = Instant::now();
+        let message = Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Some(Box::new(v5::PublishProperties {
+                message_expiry_interval: Some(60),
+                ..v5::PublishProperties::default()
+            })),
+            dup: true,
+            expires: Some(now + Duration::from_secs(15)),
+        };
+        let left = delivered_properties(&message, now + Duration::from_secs(5))
+            .and_then(|p| p.message_expiry_interval);
+        assert_eq!(left, Some(10));
+        assert!(message.live(now));
+        assert!(!message.live(now + Duration::from_secs(15)));
+        let Some(v4::Packet::Publish(publish)) = V4::outgoing(Outgoing::Publish {
+            message: &message,
+            pkid: 7,
+        }) else {
+            panic!("a publish");
+        };
+        assert!(publish.dup, "a redelivery says so");
     }
 }
