@@ -162,17 +162,16 @@ async fn mqtt5_messages_keep_their_properties_and_reach_mqtt311_clients_too() {
     assert_eq!(&next(&mut inbox).await.payload[..], b"hi");
 }
 
-#[tokio::test]
-async fn a_session_with_an_expiry_interval_keeps_qos1_messages_while_its_client_is_away() {
-    let topic = unique_name("away");
-    let client_id = unique_name("persistent");
+/// A session with a 300 s expiry interval that subscribed to `topic` at QoS 1 and disconnected
+/// cleanly; the options to come back with (`clean_start` off).
+async fn away_session(topic: &str) -> MqttOptions {
     let device = certificate().await;
-    let mut persistent = options(&client_id, &device);
+    let mut persistent = options(&unique_name("away"), &device);
     persistent.set_session_expiry_interval(Some(300));
     let (client, mut events) = AsyncClient::new(persistent.clone(), 16);
     let (present, _) = connack(&mut events).await;
     assert!(!present);
-    client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
     // Let the SUBACK and a clean DISCONNECT through.
     for _ in 0..2 {
         let _ = tokio::time::timeout(Duration::from_millis(300), events.poll()).await;
@@ -182,19 +181,31 @@ async fn a_session_with_an_expiry_interval_keeps_qos1_messages_while_its_client_
         while events.poll().await.is_ok() {}
     })
     .await;
+    persistent.set_clean_start(false);
+    persistent
+}
 
-    let (publisher, mut publisher_events) =
+/// A connected client to publish with (its incoming messages drained).
+async fn publisher() -> AsyncClient {
+    let (publisher, mut events) =
         AsyncClient::new(options(&unique_name("pub"), &certificate().await), 16);
-    connack(&mut publisher_events).await;
-    let _publisher_inbox = forward(publisher_events);
+    connack(&mut events).await;
+    drop(forward(events));
     publisher
+}
+
+#[tokio::test]
+async fn a_session_with_an_expiry_interval_keeps_qos1_messages_while_its_client_is_away() {
+    let topic = unique_name("away");
+    let back = away_session(&topic).await;
+    publisher()
+        .await
         .publish(&topic, QoS::AtLeastOnce, false, b"while away".to_vec())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    persistent.set_clean_start(false);
-    let (_client, mut events) = AsyncClient::new(persistent, 16);
+    let (_client, mut events) = AsyncClient::new(back, 16);
     let (present, _) = connack(&mut events).await;
     assert!(present, "the session outlived its connection");
     let mut inbox = forward(events);
@@ -204,26 +215,8 @@ async fn a_session_with_an_expiry_interval_keeps_qos1_messages_while_its_client_
 #[tokio::test]
 async fn an_expired_message_is_not_delivered_and_a_live_one_carries_what_is_left() {
     let topic = unique_name("expiry");
-    let client_id = unique_name("away");
-    let device = certificate().await;
-    let mut persistent = options(&client_id, &device);
-    persistent.set_session_expiry_interval(Some(300));
-    let (client, mut events) = AsyncClient::new(persistent.clone(), 16);
-    connack(&mut events).await;
-    client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
-    for _ in 0..2 {
-        let _ = tokio::time::timeout(Duration::from_millis(300), events.poll()).await;
-    }
-    client.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while events.poll().await.is_ok() {}
-    })
-    .await;
-
-    let (publisher, mut publisher_events) =
-        AsyncClient::new(options(&unique_name("pub"), &certificate().await), 16);
-    connack(&mut publisher_events).await;
-    let _publisher_inbox = forward(publisher_events);
+    let back = away_session(&topic).await;
+    let publisher = publisher().await;
     let expiring = |seconds| PublishProperties {
         message_expiry_interval: Some(seconds),
         ..PublishProperties::default()
@@ -250,8 +243,7 @@ async fn an_expired_message_is_not_delivered_and_a_live_one_carries_what_is_left
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
 
-    persistent.set_clean_start(false);
-    let (_client, mut events) = AsyncClient::new(persistent, 16);
+    let (_client, mut events) = AsyncClient::new(back, 16);
     connack(&mut events).await;
     let mut inbox = forward(events);
     let got = next(&mut inbox).await;

@@ -226,14 +226,16 @@ impl Broker {
         match &session.connection {
             Some(link) if link.connection == connection => {}
             Some(link) => {
-                // Taken over: the session goes on with the new connection.
-                let lost = unacknowledged
-                    .into_iter()
-                    .filter(|m| {
-                        session.expiry.is_some() && link.sender.try_send(m.clone()).is_err()
-                    })
-                    .count();
-                state.dropped += lost as u64;
+                // Taken over: a continued session goes on with the new connection (a clean one
+                // started empty and wants none of them).
+                if session.expiry.is_none() {
+                    return;
+                }
+                let mut lost = 0;
+                for message in unacknowledged {
+                    lost += u64::from(link.sender.try_send(message).is_err());
+                }
+                state.dropped += lost;
                 return;
             }
             None => return,
