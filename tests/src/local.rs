@@ -142,15 +142,45 @@ pub fn get(path: &str) -> Result<String, String> {
     Ok(body.to_owned())
 }
 
+/// moto's whole state, from its `/moto-api/data.json` endpoint.
+///
+/// moto serialises its state while other requests change it (tests in one binary run in
+/// parallel): it checks each attribute serialises, then serialises them again, so a DynamoDB
+/// table that gains its first item in between answers HTTP 500 (`keys must be str ... not
+/// DynamoType`; seen in CI). A 5xx is therefore retried, a few times with a growing pause; any
+/// other failure, or a 5xx that persists, panics with what moto said.
+pub fn moto_state() -> serde_json::Value {
+    const ATTEMPTS: u64 = 6;
+    let mut attempt = 1;
+    loop {
+        match get("/moto-api/data.json") {
+            Ok(body) => return serde_json::from_str(&body).expect("moto's state is JSON"),
+            Err(e) if attempt < ATTEMPTS && is_server_error(&e) => {
+                std::thread::sleep(Duration::from_millis(100 * attempt));
+                attempt += 1;
+            }
+            Err(e) => {
+                panic!("reading state back needs moto's state endpoint (attempt {attempt}): {e}")
+            }
+        }
+    }
+}
+
+/// Whether `get`'s error is an HTTP 5xx answer (its text ends with the status line).
+fn is_server_error(error: &str) -> bool {
+    let status = error.rsplit(": ").next().unwrap_or_default();
+    status.starts_with("HTTP/")
+        && status
+            .split(' ')
+            .nth(1)
+            .is_some_and(|code| code.starts_with('5'))
+}
+
 /// The records moto holds for a Timestream table, via its `/moto-api/data.json` state endpoint:
 /// Timestream's write API has no read, and moto's query API answers canned results. Works only
 /// against moto (README: emulator differences).
 pub fn moto_timestream_records(database: &str, table: &str) -> Vec<serde_json::Value> {
-    let body = get("/moto-api/data.json").unwrap_or_else(|e| {
-        panic!("reading Timestream records back needs moto's state endpoint: {e}")
-    });
-    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
-    state["timestreamwrite"]["TimestreamTable"]
+    moto_state()["timestreamwrite"]["TimestreamTable"]
         .as_array()
         .into_iter()
         .flatten()
@@ -280,5 +310,18 @@ mod tests {
         let b = unique_name("shoal-test");
         assert_ne!(a, b);
         assert!(a.parse::<shoal_aws::config::BucketName>().is_ok(), "{a}");
+    }
+
+    #[test]
+    fn only_a_5xx_status_line_is_a_server_error() {
+        assert!(is_server_error(
+            "GET /moto-api/data.json: HTTP/1.1 500 INTERNAL SERVER ERROR"
+        ));
+        assert!(is_server_error("GET /x: HTTP/1.0 503 Service Unavailable"));
+        assert!(!is_server_error("GET /x: HTTP/1.1 404 NOT FOUND"));
+        assert!(!is_server_error(
+            "http://127.0.0.1:4566: Connection refused (os error 111)"
+        ));
+        assert!(!is_server_error("response has no header/body separator"));
     }
 }
