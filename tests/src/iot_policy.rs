@@ -1,12 +1,10 @@
-//! Evaluates AWS IoT policy documents from infra/template.yaml for (action, resource) cases.
-//!
-//! No crate evaluates IoT policies, so this covers exactly what Shoal's policies use: Allow/Deny
-//! statements, action lists, resource ARNs with `*` (any run of characters, `/` included) and `?`
-//! (one character), the `${iot:Connection.Thing.ThingName}` policy variable and `Bool` conditions
-//! on `iot:Connection.Thing.IsAttached`. An explicit Deny wins; no matching Allow denies. The
-//! template's `!Sub` strings are resolved for a fixed partition, region, account and template.
+//! Evaluates the IoT policy documents of infra/template.yaml for (action, resource) cases with
+//! the local IoT Core's evaluator (`shoal_iot_core::policy`, the one that decides what devices
+//! connected to it may do): the template's YAML document becomes the JSON CloudFormation would
+//! create, its `!Sub` strings resolved for a fixed partition, region, account and template.
 
 use serde_norway::Value;
+use shoal_iot_core::policy::{Action, Grants, Principal, Thing};
 
 pub const PARTITION: &str = "aws";
 pub const REGION: &str = "us-east-1";
@@ -62,67 +60,47 @@ pub fn resolve(value: &Value, parameters: &[(&str, &str)]) -> Result<String, Str
     Ok(out)
 }
 
-/// IoT policy resource matching: `*` any characters, `?` exactly one.
+/// IAM's wildcard match (`*` any characters, `/` included; `?` exactly one), as policies use it.
 pub fn matches(pattern: &str, resource: &str) -> bool {
-    let (p, r): (Vec<char>, Vec<char>) = (pattern.chars().collect(), resource.chars().collect());
-    // dp[j]: pattern[..i] matches resource[..j]
-    let mut dp = vec![false; r.len() + 1];
-    dp[0] = true;
-    for &pc in &p {
-        let mut next = vec![false; r.len() + 1];
-        if pc == '*' {
-            let mut any = false;
-            for j in 0..=r.len() {
-                any |= dp[j];
-                next[j] = any;
+    shoal_iot_core::policy::glob(pattern, resource)
+}
+
+/// The policy document as the JSON CloudFormation hands to CreatePolicy: every string resolved
+/// (`!Sub`, plain), maps and lists kept.
+///
+/// # Errors
+/// What [`resolve`] cannot resolve, or a YAML value JSON has no form for.
+pub fn to_json(document: &Value, parameters: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+    Ok(match document {
+        Value::Mapping(map) => {
+            let mut out = serde_json::Map::new();
+            for (key, value) in map {
+                let key = key.as_str().ok_or_else(|| format!("key {key:?}"))?;
+                out.insert(key.to_owned(), to_json(value, parameters)?);
             }
-        } else {
-            for j in 1..=r.len() {
-                next[j] = dp[j - 1] && (pc == '?' || pc == r[j - 1]);
-            }
+            serde_json::Value::Object(out)
         }
-        dp = next;
-    }
-    dp[r.len()]
-}
-
-fn list(value: &Value) -> Vec<&Value> {
-    match value {
-        Value::Sequence(items) => items.iter().collect(),
-        single => vec![single],
-    }
-}
-
-fn conditions_hold(statement: &Value, connection: &Connection<'_>) -> Result<bool, String> {
-    let Some(condition) = statement.get("Condition") else {
-        return Ok(true);
-    };
-    let Value::Mapping(operators) = condition else {
-        return Err("Condition is not a map".into());
-    };
-    for (operator, keys) in operators {
-        match operator.as_str() {
-            Some("Bool") => {
-                let Value::Mapping(keys) = keys else {
-                    return Err("Bool condition is not a map".into());
-                };
-                for (key, expected) in keys {
-                    let actual = match key.as_str() {
-                        Some("iot:Connection.Thing.IsAttached") => connection.attached,
-                        other => return Err(format!("unsupported condition key {other:?}")),
-                    };
-                    if expected.as_str() != Some(if actual { "true" } else { "false" }) {
-                        return Ok(false);
-                    }
-                }
-            }
-            other => return Err(format!("unsupported condition operator {other:?}")),
+        Value::Sequence(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|i| to_json(i, parameters))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::String(_) | Value::Tagged(_) => {
+            serde_json::Value::String(resolve(document, parameters)?)
         }
-    }
-    Ok(true)
+        other => return Err(format!("cannot convert {other:?}")),
+    })
 }
 
-/// Whether `document` allows `action` (e.g. `iot:Publish`) on `resource` (a full ARN).
+/// Whether `document` allows `action` (e.g. `iot:Publish`) on `resource` (a full ARN in
+/// [`ACCOUNT`] and [`REGION`]), for `connection`: the thing named in it, attached or not (when
+/// attached, the client id is the thing name, as AWS IoT requires for the thing variables).
+///
+/// # Errors
+/// A document that does not resolve or is not a policy; an action the evaluator does not serve;
+/// a resource that is not that action's ARN type.
 pub fn allows(
     document: &Value,
     parameters: &[(&str, &str)],
@@ -130,29 +108,29 @@ pub fn allows(
     action: &str,
     resource: &str,
 ) -> Result<bool, String> {
-    let mut allowed = false;
-    for statement in list(&document["Statement"]) {
-        let applies_to_action = list(&statement["Action"])
-            .iter()
-            .any(|a| a.as_str().is_some_and(|a| matches(a, action)));
-        if !applies_to_action || !conditions_hold(statement, connection)? {
-            continue;
-        }
-        let mut applies = false;
-        for pattern in list(&statement["Resource"]) {
-            let pattern = resolve(pattern, parameters)?
-                .replace("${iot:Connection.Thing.ThingName}", connection.thing);
-            applies |= matches(&pattern, resource);
-        }
-        if applies {
-            match statement["Effect"].as_str() {
-                Some("Deny") => return Ok(false),
-                Some("Allow") => allowed = true,
-                other => return Err(format!("unknown Effect {other:?}")),
-            }
-        }
-    }
-    Ok(allowed)
+    let json = to_json(document, parameters)?.to_string();
+    let principal = Principal {
+        client_id: connection.thing.to_owned(),
+        thing: connection.attached.then(|| Thing {
+            name: connection.thing.to_owned(),
+            ..Thing::default()
+        }),
+    };
+    let certificate = arn("cert", "0000");
+    let grants = Grants::compile(&certificate, [("template", json.as_str())], &principal)
+        .map_err(|e| e.to_string())?;
+    let (action, kind) = match action {
+        "iot:Connect" => (Action::Connect, "client"),
+        "iot:Publish" => (Action::Publish, "topic"),
+        "iot:RetainPublish" => (Action::RetainPublish, "topic"),
+        "iot:Subscribe" => (Action::Subscribe, "topicfilter"),
+        "iot:Receive" => (Action::Receive, "topic"),
+        other => return Err(format!("action {other} is not an MQTT action")),
+    };
+    let name = resource
+        .strip_prefix(&arn(kind, ""))
+        .ok_or_else(|| format!("{resource} is not a {kind} ARN in the test account"))?;
+    Ok(grants.allows(action, name))
 }
 
 /// `arn:aws:iot:us-east-1:123456789012:<kind>/<name>`.

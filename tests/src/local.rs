@@ -189,9 +189,34 @@ pub fn moto_timestream_records(database: &str, table: &str) -> Vec<serde_json::V
         .collect()
 }
 
+/// The policy [`device_certificate`] attaches: every IoT action on every resource. For tests of
+/// MQTT behaviour; policy tests attach the template's policies instead ([`attach_policy`]).
+pub const ALLOW_ALL_POLICY: &str = "shoal-test-allow-all";
+
 /// A device certificate registered in the local IoT registry (CreateKeysAndCertificate,
-/// `setAsActive` as asked): its certificate id, PEM and private key PEM.
+/// `setAsActive` as asked) with [`ALLOW_ALL_POLICY`] attached: its certificate id, PEM and
+/// private key PEM.
 pub async fn device_certificate(active: bool) -> (String, Vec<u8>, Vec<u8>) {
+    let certificate = bare_certificate(active).await;
+    let allow_all = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}],
+    });
+    attach_policy(ALLOW_ALL_POLICY, &allow_all.to_string(), &certificate.arn).await;
+    (certificate.id, certificate.pem, certificate.key)
+}
+
+/// A certificate registered in the local IoT registry, nothing attached to it.
+pub struct Certificate {
+    pub id: String,
+    pub arn: String,
+    pub pem: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// A certificate registered in the local IoT registry (CreateKeysAndCertificate, `setAsActive`
+/// as asked) with no policy and no thing attached: AWS IoT Core lets it connect nowhere.
+pub async fn bare_certificate(active: bool) -> Certificate {
     let iot = factory().await.iot();
     let created = iot
         .create_keys_and_certificate()
@@ -204,15 +229,62 @@ pub async fn device_certificate(active: bool) -> (String, Vec<u8>, Vec<u8>) {
         .and_then(|k| k.private_key())
         .expect("a private key")
         .to_owned();
-    (
-        created.certificate_id().expect("an id").to_owned(),
-        created
+    Certificate {
+        id: created.certificate_id().expect("an id").to_owned(),
+        arn: created.certificate_arn().expect("an ARN").to_owned(),
+        pem: created
             .certificate_pem()
             .expect("a PEM")
             .as_bytes()
             .to_vec(),
-        key.into_bytes(),
-    )
+        key: key.into_bytes(),
+    }
+}
+
+/// Creates IoT policy `name` with `document` unless it exists (the same name always gets the
+/// same document here), and attaches it to `certificate_arn`.
+pub async fn attach_policy(name: &str, document: &str, certificate_arn: &str) {
+    let iot = factory().await.iot();
+    match iot
+        .create_policy()
+        .policy_name(name)
+        .policy_document(document)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_already_exists_exception()) => {}
+        Err(e) => panic!("CreatePolicy {name}: {e:?}"),
+    }
+    iot.attach_policy()
+        .policy_name(name)
+        .target(certificate_arn)
+        .send()
+        .await
+        .expect("AttachPolicy");
+}
+
+/// Creates thing `thing` with `attributes` and attaches it to `certificate_arn`.
+pub async fn attach_thing(thing: &str, attributes: &[(&str, &str)], certificate_arn: &str) {
+    let iot = factory().await.iot();
+    let mut payload = aws_sdk_iot::types::AttributePayload::builder();
+    for (k, v) in attributes {
+        payload = payload.attributes(*k, *v);
+    }
+    iot.create_thing()
+        .thing_name(thing)
+        .attribute_payload(payload.build())
+        .send()
+        .await
+        .expect("CreateThing");
+    iot.attach_thing_principal()
+        .thing_name(thing)
+        .principal(certificate_arn)
+        .send()
+        .await
+        .expect("AttachThingPrincipal");
 }
 
 /// The local IoT Core's MQTT endpoint (`host:port`) and the CA file its server certificate chains

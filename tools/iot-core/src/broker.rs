@@ -128,6 +128,9 @@ pub enum SubscribeError {
     /// The session already holds [`MAX_SUBSCRIPTIONS`].
     #[error("more than {MAX_SUBSCRIPTIONS} subscriptions")]
     TooMany,
+    /// The connection's policies do not allow `iot:Subscribe` on the filter.
+    #[error("not authorized by the connection's policies")]
+    NotAuthorized,
 }
 
 /// The broker. One per process; connections share it.

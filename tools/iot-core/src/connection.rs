@@ -5,7 +5,11 @@
 //! <https://docs.aws.amazon.com/general/latest/gr/iot-core.html>):
 //!
 //! - the first packet is CONNECT, within [`CONNECT_TIMEOUT`]; the client id is 1–128 bytes; the
-//!   certificate must be registered and `ACTIVE`;
+//!   certificate must be registered and `ACTIVE`, and its policies must allow `iot:Connect`;
+//! - every PUBLISH, SUBSCRIBE and delivered message is checked against the connection's policies
+//!   (`iot:Publish` and `iot:RetainPublish`, `iot:Subscribe`, `iot:Receive`): MQTT 5 is told with
+//!   reason code 0x87 (PUBACK, SUBACK), MQTT 3.1.1 is disconnected, and a message the client may
+//!   not receive is not delivered;
 //! - keep-alive is clamped to 30–1200 s (0 means 1200), and a client silent for 1.5 times it is
 //!   disconnected;
 //! - QoS 2 is refused: a QoS 2 publish closes the connection, a QoS 2 subscription fails;
@@ -24,8 +28,9 @@ use rumqttc::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Framed, FramedParts};
 
-use crate::broker::{Broker, Message, OUTGOING_QUEUE};
-use crate::identity::{ACTIVE, Registry};
+use crate::broker::{Broker, Message, OUTGOING_QUEUE, SubscribeError};
+use crate::identity::{self, Registry, Standing};
+use crate::policy::{Action, Grants};
 use crate::topic;
 use crate::wire::{
     Close, ConnectRequest, Incoming, MAX_INFLIGHT, MAX_PACKET, MAX_PAYLOAD, Outgoing, Refusal, V4,
@@ -43,9 +48,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a connection is served.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// How often a connected client's certificate is checked again: a certificate made inactive
-    /// or revoked in the registry ends its connections within this time (AWS: "within a few
-    /// minutes" of UpdateCertificate).
+    /// How often a connected client's certificate and policies are read again: a certificate
+    /// made inactive or revoked in the registry ends its connections within this time, and a
+    /// policy attached, detached or changed applies from then on (AWS: "within a few minutes").
     pub certificate_recheck: Duration,
 }
 
@@ -167,12 +172,12 @@ async fn send<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Checks a CONNECT: `Err` with the refusal and why.
+/// Checks a CONNECT: the connection's policies, or `Err` with the refusal and why.
 async fn admit<R: Registry>(
     request: &ConnectRequest,
     peer: &Peer,
     registry: &R,
-) -> Result<(), (Refusal, String)> {
+) -> Result<Grants, (Refusal, String)> {
     let id = &request.client_id;
     if id.is_empty() || id.len() > MAX_CLIENT_ID {
         let why = format!("client id of {} bytes (1-{MAX_CLIENT_ID})", id.len());
@@ -184,15 +189,46 @@ async fn admit<R: Registry>(
         let why = format!("will topic {:?} or its QoS refused", will.topic);
         return Err((Refusal::BadWill, why));
     }
-    match registry.certificate_status(&peer.certificate_id).await {
-        Ok(Some(status)) if status == ACTIVE => Ok(()),
-        Ok(status) => {
-            let status = status.as_deref().unwrap_or("not registered");
-            let why = format!("certificate {} is {status}", peer.certificate_id);
+    match identity::standing(registry, &peer.certificate_id, id).await {
+        Ok(Standing::Active(grants)) if grants.allows(Action::Connect, id) => Ok(grants),
+        Ok(Standing::Active(_)) => {
+            let why = format!(
+                "no policy of certificate {} allows iot:Connect on client/{id}",
+                peer.certificate_id
+            );
             Err((Refusal::NotAuthorized, why))
         }
+        Ok(standing) => Err((
+            Refusal::NotAuthorized,
+            not_standing(&peer.certificate_id, &standing),
+        )),
         Err(e) => Err((Refusal::ServerUnavailable, e.to_string())),
     }
+}
+
+/// Why a certificate that is not `ACTIVE` may not stay.
+fn not_standing(certificate_id: &str, standing: &Standing) -> String {
+    match standing {
+        Standing::NotRegistered => format!("certificate {certificate_id} is not registered"),
+        Standing::NotActive(status) => format!("certificate {certificate_id} is {status}"),
+        Standing::Active(_) => format!("certificate {certificate_id} is ACTIVE"),
+    }
+}
+
+/// Whether `grants` allow publishing `message` (`iot:Publish`, and `iot:RetainPublish` for a
+/// retained one); `Err` names what is denied.
+fn may_publish(grants: &Grants, message: &Message) -> Result<(), String> {
+    let denied = if !grants.allows(Action::Publish, &message.topic) {
+        Action::Publish
+    } else if message.retain && !grants.allows(Action::RetainPublish, &message.topic) {
+        Action::RetainPublish
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "no policy allows {denied} on topic/{}",
+        message.topic
+    ))
 }
 
 async fn converse<W, S, R>(
@@ -219,15 +255,18 @@ where
         Some(Err(e)) => return Ended::Refused(e.to_string()),
         None => return Ended::Refused("closed before CONNECT".into()),
     };
-    if let Err((refusal, why)) = admit(&request, &peer, registry.as_ref()).await {
-        let refused = Outgoing::ConnAck {
-            refused: Some(refusal),
-            session_present: false,
-            keep_alive_s: 0,
-        };
-        let _ = send::<W, S>(&mut framed, refused).await;
-        return Ended::Refused(why);
-    }
+    let mut grants = match admit(&request, &peer, registry.as_ref()).await {
+        Ok(grants) => grants,
+        Err((refusal, why)) => {
+            let refused = Outgoing::ConnAck {
+                refused: Some(refusal),
+                session_present: false,
+                keep_alive_s: 0,
+            };
+            let _ = send::<W, S>(&mut framed, refused).await;
+            return Ended::Refused(why);
+        }
+    };
     let client_id = request.client_id;
     let will = request.will;
     let mut attached = broker.connect(&client_id, request.clean_start, request.session_expiry);
@@ -256,7 +295,7 @@ where
         next_pkid: 0,
     };
     let (ended, publish_will) = loop {
-        if let Err(e) = flow.flush::<W, S>(&mut framed).await {
+        if let Err(e) = flow.flush::<W, S>(&mut framed, &grants, &client_id).await {
             break (Ended::Lost(e), true);
         }
         let room = flow.backlog.len() < OUTGOING_QUEUE;
@@ -269,7 +308,8 @@ where
                 };
                 // Only what the client sends keeps its connection alive.
                 last_heard = tokio::time::Instant::now();
-                match handle::<W, S>(W::incoming(packet), &client_id, &broker, &mut flow, &mut framed).await {
+                let context = Context { client_id: &client_id, broker: &broker, grants: &grants };
+                match handle::<W, S>(W::incoming(packet), &context, &mut flow, &mut framed).await {
                     Ok(None) => {}
                     Ok(Some(end)) => break end,
                     Err(e) => break (Ended::Lost(e), true),
@@ -290,12 +330,11 @@ where
                 break (Ended::Lost("taken over by a new connection with the same client id".into()), true);
             }
             _ = recheck.tick() => {
-                match registry.certificate_status(&peer.certificate_id).await {
-                    Ok(Some(status)) if status == ACTIVE => {}
-                    Ok(status) => {
+                match identity::standing(registry.as_ref(), &peer.certificate_id, &client_id).await {
+                    Ok(Standing::Active(now)) => grants = now,
+                    Ok(standing) => {
                         let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::NotAuthorized)).await;
-                        let status = status.as_deref().unwrap_or("no longer registered");
-                        break (Ended::Lost(format!("certificate {} is {status}", peer.certificate_id)), true);
+                        break (Ended::Lost(not_standing(&peer.certificate_id, &standing)), true);
                     }
                     // The registry could not be asked: the connection stands until it can.
                     Err(e) => tracing::warn!(client_id, error = %e, "certificate recheck failed"),
@@ -304,7 +343,12 @@ where
         }
     };
     if let (true, Some(will)) = (publish_will, will) {
-        broker.publish(will);
+        match may_publish(&grants, &will) {
+            Ok(()) => {
+                broker.publish(will);
+            }
+            Err(why) => tracing::info!(client_id, why, "last will not published"),
+        }
     }
     // Everything this connection held goes back to the session: sent and not acknowledged, not
     // sent yet, and still in its queue.
@@ -346,6 +390,8 @@ impl Flow {
     async fn flush<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         framed: &mut Framed<S, W::Codec>,
+        grants: &Grants,
+        client_id: &str,
     ) -> Result<(), String> {
         while self.inflight.len() < MAX_INFLIGHT {
             let Some(message) = self.backlog.pop_front() else {
@@ -353,6 +399,15 @@ impl Flow {
             };
             // MQTT 5: a message whose expiry interval ran out while it waited is not delivered.
             if !message.live(std::time::Instant::now()) {
+                continue;
+            }
+            // AWS IoT checks `iot:Receive` for every message it delivers.
+            if !grants.allows(Action::Receive, &message.topic) {
+                tracing::debug!(
+                    client_id,
+                    topic = message.topic,
+                    "not delivered: iot:Receive denied"
+                );
                 continue;
             }
             let pkid = match message.qos {
@@ -375,15 +430,26 @@ impl Flow {
     }
 }
 
+/// What [`handle`] reads of its connection.
+struct Context<'a> {
+    client_id: &'a str,
+    broker: &'a Broker,
+    grants: &'a Grants,
+}
+
 /// Handles one event from the client; `Ok(Some((ended, publish_will)))` when the connection ends
 /// with it.
 async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
     incoming: Incoming,
-    client_id: &str,
-    broker: &Broker,
+    context: &Context<'_>,
     flow: &mut Flow,
     framed: &mut Framed<S, W::Codec>,
 ) -> Result<Option<(Ended, bool)>, String> {
+    let Context {
+        client_id,
+        broker,
+        grants,
+    } = *context;
     let close = async |framed: &mut Framed<S, W::Codec>, close: Close, why: String| {
         let _ = send::<W, S>(framed, Outgoing::Disconnect(close)).await;
         Ok(Some((Ended::Lost(why), true)))
@@ -405,6 +471,16 @@ async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
                 return close(framed, Close::PacketTooLarge, why).await;
             }
             let qos = message.qos;
+            if let Err(why) = may_publish(grants, &message) {
+                if !W::REASON_CODES {
+                    return close(framed, Close::NotAuthorized, why).await;
+                }
+                tracing::info!(client_id, why, "publish refused");
+                if qos == QoS::AtLeastOnce {
+                    send::<W, S>(framed, Outgoing::PubAckNotAuthorized(pkid)).await?;
+                }
+                return Ok(None);
+            }
             broker.publish(message);
             if qos == QoS::AtLeastOnce {
                 send::<W, S>(framed, Outgoing::PubAck(pkid)).await?;
@@ -414,7 +490,26 @@ async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
             flow.inflight.remove(&pkid);
         }
         Incoming::Subscribe { pkid, filters } => {
-            let (results, retained) = broker.subscribe(client_id, &filters);
+            let (allowed, denied): (Vec<_>, Vec<_>) = filters
+                .iter()
+                .cloned()
+                .partition(|(filter, ..)| grants.allows(Action::Subscribe, filter));
+            if let (false, Some((filter, ..))) = (W::REASON_CODES, denied.first()) {
+                let why = format!("no policy allows iot:Subscribe on topicfilter/{filter}");
+                return close(framed, Close::NotAuthorized, why).await;
+            }
+            let (granted, retained) = broker.subscribe(client_id, &allowed);
+            let mut granted = granted.into_iter();
+            let results: Vec<_> = filters
+                .iter()
+                .map(|(filter, ..)| {
+                    if grants.allows(Action::Subscribe, filter) {
+                        granted.next().unwrap_or(Err(SubscribeError::NotAuthorized))
+                    } else {
+                        Err(SubscribeError::NotAuthorized)
+                    }
+                })
+                .collect();
             for (result, (filter, ..)) in results.iter().zip(&filters) {
                 if let Err(e) = result {
                     tracing::info!(client_id, filter, error = %e, "subscription refused");

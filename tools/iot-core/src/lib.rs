@@ -6,19 +6,23 @@
 //!   configuration that asks every client for a certificate (ALPN `x-amzn-mqtt-ca` on the
 //!   port-443 listener, as AWS's device SDKs send).
 //! - [`identity`]: a certificate's id (SHA-256 of its DER, as AWS IoT computes it) and the
-//!   registry that must hold it `ACTIVE` (moto's IoT registry locally).
+//!   registry that must hold it `ACTIVE` (moto's IoT registry locally), with the policies and
+//!   the thing attached to it.
+//! - [`policy`]: AWS IoT policies (actions, resource ARNs, policy variables, conditions),
+//!   compiled once per connection and checked for every CONNECT, PUBLISH, SUBSCRIBE and delivery.
 //! - [`topic`]: topic names and filters with AWS IoT's limits, and wildcard matching.
 //! - [`broker`]: sessions (clean and persistent, taken over by a second connection with the same
 //!   client id), subscriptions, retained messages and routing with QoS 0 and 1.
 //! - [`connection`]: one client's conversation, MQTT 3.1.1 or 5 ([`wire`]: the two versions'
 //!   packets as one set of events); [`server`]: the listeners.
 //!
-//! What AWS IoT Core does that this does not do yet (IoT policies, reserved topics,
+//! What AWS IoT Core does that this does not do yet (reserved topics,
 //! lifecycle events, rules) is listed in README's emulator table.
 
 pub mod broker;
 pub mod connection;
 pub mod identity;
+pub mod policy;
 pub mod server;
 pub mod tls;
 pub mod topic;

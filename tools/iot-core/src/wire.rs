@@ -71,7 +71,8 @@ pub enum Close {
     ProtocolError,
     /// A payload over [`MAX_PAYLOAD`].
     PacketTooLarge,
-    /// The certificate is no longer `ACTIVE` in the registry.
+    /// The certificate is no longer `ACTIVE` in the registry, or (MQTT 3.1.1) a policy denied a
+    /// publish or a subscription.
     NotAuthorized,
 }
 
@@ -111,6 +112,9 @@ pub enum Outgoing<'a> {
     Publish { message: &'a Message, pkid: u16 },
     /// A QoS 1 publish was received.
     PubAck(u16),
+    /// A QoS 1 publish was refused by the connection's policies (MQTT 5's reason 0x87; MQTT
+    /// 3.1.1 has no way to say it, and the broker closes the connection instead).
+    PubAckNotAuthorized(u16),
     /// The subscriptions' outcomes, in order.
     SubAck {
         pkid: u16,
@@ -135,6 +139,10 @@ pub trait Wire {
     /// The codec's error.
     type Error: std::fmt::Display + From<std::io::Error>;
 
+    /// Whether acknowledgements carry reason codes (MQTT 5). Without them (MQTT 3.1.1) a denied
+    /// publish or subscription closes the connection, as AWS IoT Core does.
+    const REASON_CODES: bool;
+
     /// The codec, bounded to [`MAX_PACKET`].
     fn codec() -> Self::Codec;
     /// The CONNECT in `packet`.
@@ -155,6 +163,8 @@ impl Wire for V4 {
     type Packet = v4::Packet;
     type Codec = v4::Codec;
     type Error = rumqttc::mqttbytes::Error;
+
+    const REASON_CODES: bool = false;
 
     fn codec() -> v4::Codec {
         v4::Codec {
@@ -252,6 +262,7 @@ impl Wire for V4 {
                 v4::Packet::Publish(publish)
             }
             Outgoing::PubAck(pkid) => v4::Packet::PubAck(v4::PubAck::new(pkid)),
+            Outgoing::PubAckNotAuthorized(_) => return None,
             Outgoing::SubAck { pkid, results } => v4::Packet::SubAck(v4::SubAck::new(
                 pkid,
                 results
@@ -316,6 +327,8 @@ impl Wire for V5 {
     type Packet = v5::Packet;
     type Codec = v5::Codec;
     type Error = rumqttc::v5::mqttbytes::Error;
+
+    const REASON_CODES: bool = true;
 
     fn codec() -> v5::Codec {
         v5::Codec {
@@ -480,6 +493,11 @@ impl Wire for V5 {
                 properties: delivered_properties(message, Instant::now()),
             }),
             Outgoing::PubAck(pkid) => v5::Packet::PubAck(v5::PubAck::new(pkid, None)),
+            Outgoing::PubAckNotAuthorized(pkid) => v5::Packet::PubAck(v5::PubAck {
+                pkid,
+                reason: v5::PubAckReason::NotAuthorized,
+                properties: None,
+            }),
             Outgoing::SubAck { pkid, results } => v5::Packet::SubAck(v5::SubAck {
                 pkid,
                 return_codes: results
@@ -490,6 +508,9 @@ impl Wire for V5 {
                             v5::SubscribeReasonCode::TopicFilterInvalid
                         }
                         Err(SubscribeError::TooMany) => v5::SubscribeReasonCode::QuotaExceeded,
+                        Err(SubscribeError::NotAuthorized) => {
+                            v5::SubscribeReasonCode::NotAuthorized
+                        }
                         Err(SubscribeError::QoS2) => {
                             v5::SubscribeReasonCode::ImplementationSpecific
                         }
