@@ -30,6 +30,7 @@ use tokio_util::codec::{Framed, FramedParts};
 
 use crate::broker::{Broker, Message, OUTGOING_QUEUE, SubscribeError};
 use crate::identity::{self, Registry, Standing};
+use crate::lifecycle::{self, DisconnectReason};
 use crate::policy::{Action, Grants};
 use crate::topic;
 use crate::wire::{
@@ -69,8 +70,8 @@ pub enum Ended {
     Refused(String),
     /// The client sent DISCONNECT.
     Disconnected,
-    /// The connection ended otherwise: the will (if any) was published.
-    Lost(String),
+    /// The connection ended otherwise, for this reason: the will (if any) was published.
+    Lost(DisconnectReason, String),
 }
 
 /// What the connection knows of its client from the TLS handshake.
@@ -78,6 +79,8 @@ pub enum Ended {
 pub struct Peer {
     /// The id of the certificate the client presented ([`crate::identity::certificate_id`]).
     pub certificate_id: String,
+    /// The client's IP address (the lifecycle events' `ipAddress`).
+    pub ip_address: std::net::IpAddr,
 }
 
 /// The keep-alive AWS IoT Core applies to a requested one, in seconds.
@@ -206,6 +209,19 @@ async fn admit<R: Registry>(
     }
 }
 
+/// A lifecycle event as a message: QoS 1, so that QoS 1 subscribers get it reliably.
+fn event(topic: String, payload: Vec<u8>) -> Message {
+    Message {
+        topic,
+        payload: payload.into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        dup: false,
+        expires: None,
+    }
+}
+
 /// Why a certificate that is not `ACTIVE` may not stay.
 fn not_standing(certificate_id: &str, standing: &Standing) -> String {
     match standing {
@@ -282,7 +298,15 @@ where
             attached.connection,
             std::mem::take(&mut attached.pending),
         );
-        return Ended::Lost(format!("CONNACK could not be sent: {e}"));
+        return Ended::Lost(
+            DisconnectReason::ConnectionLost,
+            format!("CONNACK could not be sent: {e}"),
+        );
+    }
+    // AWS IoT Core's lifecycle events: connected now, disconnected when the connection ends.
+    let session = lifecycle::Session::new(&client_id, &peer.certificate_id, peer.ip_address);
+    if let Some((topic, payload)) = session.connected(lifecycle::now_ms()) {
+        broker.publish(event(topic, payload));
     }
     let keep_alive = Duration::from_millis(u64::from(keep_alive_s) * 1500);
     let mut last_heard = tokio::time::Instant::now();
@@ -296,14 +320,14 @@ where
     };
     let (ended, publish_will) = loop {
         if let Err(e) = flow.flush::<W, S>(&mut framed, &grants, &client_id).await {
-            break (Ended::Lost(e), true);
+            break (Ended::Lost(DisconnectReason::ConnectionLost, e), true);
         }
         let room = flow.backlog.len() < OUTGOING_QUEUE;
         tokio::select! {
             incoming = framed.next() => {
                 let packet = match incoming {
-                    None => break (Ended::Lost("the client closed the connection".into()), true),
-                    Some(Err(e)) => break (Ended::Lost(e.to_string()), true),
+                    None => break (Ended::Lost(DisconnectReason::ConnectionLost, "the client closed the connection".into()), true),
+                    Some(Err(e)) => break (Ended::Lost(DisconnectReason::ClientError, e.to_string()), true),
                     Some(Ok(packet)) => packet,
                 };
                 // Only what the client sends keeps its connection alive.
@@ -312,29 +336,29 @@ where
                 match handle::<W, S>(W::incoming(packet), &context, &mut flow, &mut framed).await {
                     Ok(None) => {}
                     Ok(Some(end)) => break end,
-                    Err(e) => break (Ended::Lost(e), true),
+                    Err(e) => break (Ended::Lost(DisconnectReason::ConnectionLost, e), true),
                 }
             }
             () = tokio::time::sleep_until(last_heard + keep_alive) => {
                 let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::KeepAlive)).await;
-                break (Ended::Lost("keep-alive expired".into()), true);
+                break (Ended::Lost(DisconnectReason::MqttKeepAliveTimeout, "keep-alive expired".into()), true);
             }
             out = attached.outgoing.recv(), if room => {
                 match out {
                     Some(message) => flow.backlog.push_back(message),
-                    None => break (Ended::Lost("the broker closed the session".into()), true),
+                    None => break (Ended::Lost(DisconnectReason::ServerInitiatedDisconnect, "the broker closed the session".into()), true),
                 }
             }
             _ = &mut attached.taken_over => {
                 let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::TakenOver)).await;
-                break (Ended::Lost("taken over by a new connection with the same client id".into()), true);
+                break (Ended::Lost(DisconnectReason::DuplicateClientId, "taken over by a new connection with the same client id".into()), true);
             }
             _ = recheck.tick() => {
                 match identity::standing(registry.as_ref(), &peer.certificate_id, &client_id).await {
                     Ok(Standing::Active(now)) => grants = now,
                     Ok(standing) => {
                         let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::NotAuthorized)).await;
-                        break (Ended::Lost(not_standing(&peer.certificate_id, &standing)), true);
+                        break (Ended::Lost(DisconnectReason::AuthError, not_standing(&peer.certificate_id, &standing)), true);
                     }
                     // The registry could not be asked: the connection stands until it can.
                     Err(e) => tracing::warn!(client_id, error = %e, "certificate recheck failed"),
@@ -362,6 +386,13 @@ where
         unacknowledged.push(message);
     }
     broker.disconnect(&client_id, attached.connection, unacknowledged);
+    let reason = match &ended {
+        Ended::Lost(reason, _) => *reason,
+        Ended::Disconnected | Ended::Refused(_) => DisconnectReason::ClientInitiatedDisconnect,
+    };
+    if let Some((topic, payload)) = session.disconnected(lifecycle::now_ms(), reason) {
+        broker.publish(event(topic, payload));
+    }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.get_mut().shutdown()).await;
     tracing::info!(client_id, certificate_id = %peer.certificate_id, ?ended, "session ended");
     ended
@@ -452,7 +483,10 @@ async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
     } = *context;
     let close = async |framed: &mut Framed<S, W::Codec>, close: Close, why: String| {
         let _ = send::<W, S>(framed, Outgoing::Disconnect(close)).await;
-        Ok(Some((Ended::Lost(why), true)))
+        Ok(Some((
+            Ended::Lost(DisconnectReason::of_close(close), why),
+            true,
+        )))
     };
     match incoming {
         Incoming::Publish { message, pkid } => {

@@ -13,15 +13,17 @@
 //! - [`topic`]: topic names and filters with AWS IoT's limits, and wildcard matching.
 //! - [`broker`]: sessions (clean and persistent, taken over by a second connection with the same
 //!   client id), subscriptions, retained messages and routing with QoS 0 and 1.
+//! - [`lifecycle`]: the connected and disconnected events on `$aws/events/presence/…`.
 //! - [`connection`]: one client's conversation, MQTT 3.1.1 or 5 ([`wire`]: the two versions'
 //!   packets as one set of events); [`server`]: the listeners.
 //!
-//! What AWS IoT Core does that this does not do yet (reserved topics,
-//! lifecycle events, rules) is listed in README's emulator table.
+//! What AWS IoT Core does that this does not do yet (reserved topics, rules) is listed in README's
+//! emulator table.
 
 pub mod broker;
 pub mod connection;
 pub mod identity;
+pub mod lifecycle;
 pub mod policy;
 pub mod server;
 pub mod tls;

@@ -80,6 +80,7 @@ async fn connect<R: Registry>(
     };
     let peer = Peer {
         certificate_id: certificate_id(certificate),
+        ip_address: addr.ip(),
     };
     tracing::debug!(%addr, certificate_id = %peer.certificate_id, "TLS established");
     serve(tls, peer, broker, registry, settings).await

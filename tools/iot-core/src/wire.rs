@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use rumqttc::QoS;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::{QoS as QoS5, v5};
@@ -323,18 +323,47 @@ fn delivered_properties(message: &Message, now: Instant) -> Option<v5::PublishPr
     Some(properties)
 }
 
+/// rumqttc's MQTT 5 codec, plus the DISCONNECT it cannot read: MQTT 5 lets a client omit the
+/// reason code and properties of a normal DISCONNECT (remaining length 0, the two bytes `E0 00`;
+/// spec 3.14.2.1), which AWS's SDKs and paho send, and rumqttc 0.25's `Packet::read` refuses
+/// every empty packet but PINGREQ/PINGRESP ("Payload is required"). Without this a clean
+/// disconnection would count as a protocol error and publish the client's will.
+pub struct V5Codec(v5::Codec);
+
+impl tokio_util::codec::Decoder for V5Codec {
+    type Item = v5::Packet;
+    type Error = rumqttc::v5::mqttbytes::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<v5::Packet>, Self::Error> {
+        if src.starts_with(&[0xE0, 0x00]) {
+            src.advance(2);
+            let normal = v5::DisconnectReasonCode::NormalDisconnection;
+            return Ok(Some(v5::Packet::Disconnect(v5::Disconnect::new(normal))));
+        }
+        self.0.decode(src)
+    }
+}
+
+impl tokio_util::codec::Encoder<v5::Packet> for V5Codec {
+    type Error = rumqttc::v5::mqttbytes::Error;
+
+    fn encode(&mut self, packet: v5::Packet, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        self.0.encode(packet, dst)
+    }
+}
+
 impl Wire for V5 {
     type Packet = v5::Packet;
-    type Codec = v5::Codec;
+    type Codec = V5Codec;
     type Error = rumqttc::v5::mqttbytes::Error;
 
     const REASON_CODES: bool = true;
 
-    fn codec() -> v5::Codec {
-        v5::Codec {
+    fn codec() -> V5Codec {
+        V5Codec(v5::Codec {
             max_incoming_size: u32::try_from(MAX_PACKET).ok(),
             max_outgoing_size: None,
-        }
+        })
     }
 
     fn connect(packet: v5::Packet) -> Result<ConnectRequest, String> {
@@ -570,5 +599,26 @@ mod tests {
             panic!("a publish");
         };
         assert!(publish.dup, "a redelivery says so");
+    }
+
+    #[test]
+    fn an_empty_mqtt5_disconnect_is_a_normal_disconnection() {
+        use tokio_util::codec::Decoder;
+        let mut codec = V5::codec();
+        // `E0 00` then a PINGREQ, in one read.
+        let mut bytes = BytesMut::from(&[0xE0, 0x00, 0xC0, 0x00][..]);
+        let first = codec.decode(&mut bytes).unwrap().unwrap();
+        assert!(matches!(
+            V5::incoming(first),
+            Incoming::Disconnect {
+                publish_will: false
+            }
+        ));
+        let second = codec.decode(&mut bytes).unwrap().unwrap();
+        assert!(matches!(V5::incoming(second), Incoming::PingReq));
+        assert!(bytes.is_empty());
+        // Half a packet waits for the rest.
+        let mut bytes = BytesMut::from(&[0xE0][..]);
+        assert!(codec.decode(&mut bytes).unwrap().is_none());
     }
 }
