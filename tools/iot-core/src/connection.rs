@@ -175,6 +175,25 @@ async fn send<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// How a connection ends when the broker lets go of it: taken over by a new connection with the
+/// same client id (the client is told so), or the broker closed the session. The will is due
+/// either way.
+async fn let_go<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, W::Codec>,
+    taken_over: bool,
+) -> (Ended, bool) {
+    if !taken_over {
+        let why = "the broker closed the session".into();
+        return (
+            Ended::Lost(DisconnectReason::ServerInitiatedDisconnect, why),
+            true,
+        );
+    }
+    let _ = send::<W, S>(framed, Outgoing::Disconnect(Close::TakenOver)).await;
+    let why = "taken over by a new connection with the same client id".into();
+    (Ended::Lost(DisconnectReason::DuplicateClientId, why), true)
+}
+
 /// Checks a CONNECT: the connection's policies, or `Err` with the refusal and why.
 async fn admit<R: Registry>(
     request: &ConnectRequest,
@@ -346,12 +365,16 @@ where
             out = attached.outgoing.recv(), if room => {
                 match out {
                     Some(message) => flow.backlog.push_back(message),
-                    None => break (Ended::Lost(DisconnectReason::ServerInitiatedDisconnect, "the broker closed the session".into()), true),
+                    // The broker let go of this connection: the queue's closing and the
+                    // take-over signal come together, in either order.
+                    None => {
+                        let taken_over = attached.taken_over.try_recv().is_ok();
+                        break let_go::<W, S>(&mut framed, taken_over).await;
+                    }
                 }
             }
-            _ = &mut attached.taken_over => {
-                let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::TakenOver)).await;
-                break (Ended::Lost(DisconnectReason::DuplicateClientId, "taken over by a new connection with the same client id".into()), true);
+            signal = &mut attached.taken_over => {
+                break let_go::<W, S>(&mut framed, signal.is_ok()).await;
             }
             _ = recheck.tick() => {
                 match identity::standing(registry.as_ref(), &peer.certificate_id, &client_id).await {
