@@ -4,6 +4,7 @@
 pub mod firmware;
 pub mod iot_policy;
 pub mod local;
+pub mod mqtt5;
 pub mod provisioned;
 pub mod template;
 

@@ -320,6 +320,25 @@ pub fn iot_core() -> (String, u16, Vec<u8>) {
     (host, port, ca)
 }
 
+/// The local IoT Core's HTTP data plane (shadows and Publish): `AWS_ENDPOINT_URL_IOT_DATA_PLANE`
+/// (what `stack env` prints), else the stack's default `http://127.0.0.1:8880`. Panics, with the
+/// fix in the message, when nothing listens there.
+pub async fn iot_core_data_plane() -> aws_sdk_iotdataplane::Client {
+    let url = std::env::var("AWS_ENDPOINT_URL_IOT_DATA_PLANE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8880".to_owned());
+    if let Err(message) = check_reachable(&url) {
+        panic!("{message}");
+    }
+    let config = factory().await.sdk_config().clone();
+    aws_sdk_iotdataplane::Client::from_conf(
+        aws_sdk_iotdataplane::config::Builder::from(&config)
+            .endpoint_url(url)
+            .build(),
+    )
+}
+
 /// The local IoT Core's ALPN (`x-amzn-mqtt-ca`) listener, `host:port`: `SHOAL_IOT_ALPN_ENDPOINT`,
 /// else whichever of the stack's defaults listens (127.0.0.1:443 as root, :8443 otherwise).
 /// Panics, with the fix in the message, when none does.

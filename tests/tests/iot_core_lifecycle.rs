@@ -6,22 +6,10 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use serde_json::Value;
 use shoal_integration_tests::local::{self, unique_name};
-
-fn options(client_id: &str, (cert, key): &(Vec<u8>, Vec<u8>)) -> MqttOptions {
-    let (_, port, ca) = local::iot_core();
-    let mut options = MqttOptions::new(client_id, "localhost", port);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth: Some((cert.clone(), key.clone())),
-    }));
-    options.set_keep_alive(Duration::from_secs(30));
-    options
-}
+use shoal_integration_tests::mqtt5::options;
 
 /// Polls `events` until `wanted` returns something; within 10 s.
 async fn until<T>(events: &mut EventLoop, mut wanted: impl FnMut(&Packet) -> Option<T>) -> T {

@@ -7,28 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use shoal_integration_tests::local::{self, unique_name};
+use shoal_integration_tests::mqtt5::{certificate, forward, next, options};
 use tokio::sync::mpsc;
-
-async fn certificate() -> (Vec<u8>, Vec<u8>) {
-    let (_, cert, key) = local::device_certificate(true).await;
-    (cert, key)
-}
-
-fn options(client_id: &str, (cert, key): &(Vec<u8>, Vec<u8>)) -> MqttOptions {
-    let (_, port, ca) = local::iot_core();
-    let mut options = MqttOptions::new(client_id, "localhost", port);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth: Some((cert.clone(), key.clone())),
-    }));
-    options.set_keep_alive(Duration::from_secs(30));
-    options
-}
 
 /// Polls until CONNACK; returns its session-present flag and the server's keep-alive.
 async fn connack(events: &mut EventLoop) -> (bool, Option<u16>) {
@@ -48,25 +32,6 @@ async fn connack(events: &mut EventLoop) -> (bool, Option<u16>) {
     tokio::time::timeout(Duration::from_secs(20), wait)
         .await
         .expect("CONNACK within 20 s")
-}
-
-fn forward(mut events: EventLoop) -> mpsc::UnboundedReceiver<Publish> {
-    let (sender, received) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(event) = events.poll().await {
-            if let Event::Incoming(Packet::Publish(publish)) = event {
-                let _ = sender.send(publish);
-            }
-        }
-    });
-    received
-}
-
-async fn next(received: &mut mpsc::UnboundedReceiver<Publish>) -> Publish {
-    tokio::time::timeout(Duration::from_secs(10), received.recv())
-        .await
-        .expect("a message within 10 s")
-        .expect("the connection is open")
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use aws_sdk_iotdataplane::primitives::Blob;
+
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
@@ -12,7 +14,7 @@ use rumqttc::{TlsConfiguration, Transport};
 use serde_norway::Value;
 use shoal_integration_tests::iot_policy::to_json;
 use shoal_integration_tests::local::{self, Certificate, unique_name};
-use shoal_integration_tests::repo_root;
+use shoal_integration_tests::{mqtt5, repo_root};
 
 /// The template's device policy, resolved; created in the registry once per run under a name of
 /// its own.
@@ -40,15 +42,10 @@ async fn device(thing: &str) -> Certificate {
 }
 
 fn options(client_id: &str, certificate: &Certificate) -> MqttOptions {
-    let (_, port, ca) = local::iot_core();
-    let mut options = MqttOptions::new(client_id, "localhost", port);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth: Some((certificate.pem.clone(), certificate.key.clone())),
-    }));
-    options.set_keep_alive(Duration::from_secs(30));
-    options
+    mqtt5::options(
+        client_id,
+        &(certificate.pem.clone(), certificate.key.clone()),
+    )
 }
 
 /// The next packet from the broker, or how the connection ended; within 10 s.
@@ -300,4 +297,57 @@ async fn a_message_the_subscriber_may_not_receive_is_not_delivered() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_device_updates_its_own_shadow_and_cannot_write_another_things() {
+    let thing = unique_name("pol-dev");
+    let other = unique_name("pol-dev");
+    let certificate = device(&thing).await;
+    let pair = (certificate.pem.clone(), certificate.key.clone());
+    let mut client = mqtt5::Client::connect(&thing, &pair).await;
+    let own = format!("$aws/things/{thing}/shadow/update");
+    client.subscribe(&format!("{own}/accepted")).await;
+    client
+        .publish(&own, r#"{"state":{"reported":{"fw":"1.0.0"}}}"#)
+        .await;
+    let accepted = client.next_on(&format!("{own}/accepted")).await;
+    assert_eq!(accepted["version"], 1);
+    assert_eq!(accepted["state"]["reported"]["fw"], "1.0.0");
+
+    // Another thing's shadow: the publish is refused and the shadow is not written.
+    client
+        .publish(
+            &format!("$aws/things/{other}/shadow/update"),
+            r#"{"state":{"desired":{"fw":"6.6.6"}}}"#,
+        )
+        .await;
+    let reason = client
+        .until(|p| match p {
+            Packet::PubAck(ack) if ack.reason != PubAckReason::Success => Some(ack.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, PubAckReason::NotAuthorized);
+    let data = local::iot_core_data_plane().await;
+    let read = data
+        .get_thing_shadow()
+        .thing_name(&other)
+        .send()
+        .await
+        .expect_err("the other thing has no shadow");
+    assert!(
+        read.as_service_error()
+            .is_some_and(|e| e.is_resource_not_found_exception()),
+        "{read:?}"
+    );
+    let own = data
+        .get_thing_shadow()
+        .thing_name(&thing)
+        .send()
+        .await
+        .expect("GetThingShadow");
+    let own: serde_json::Value =
+        serde_json::from_slice(&own.payload.map(Blob::into_inner).unwrap()).unwrap();
+    assert_eq!(own["state"]["reported"]["fw"], "1.0.0");
 }

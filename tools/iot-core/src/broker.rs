@@ -13,7 +13,7 @@
 //! hold unbounded memory on its behalf.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,6 +52,20 @@ pub struct Message {
 }
 
 impl Message {
+    /// What AWS IoT itself publishes (lifecycle events, a service's answers): QoS 1, so that
+    /// QoS 1 subscribers get it reliably; not retained, no properties.
+    pub fn from_service(topic: String, payload: Vec<u8>) -> Self {
+        Self {
+            topic,
+            payload: payload.into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            dup: false,
+            expires: None,
+        }
+    }
+
     /// Whether it may still be delivered at `now`.
     pub fn live(&self, now: Instant) -> bool {
         self.expires.is_none_or(|at| at > now)
@@ -138,6 +152,15 @@ pub enum SubscribeError {
 pub struct Broker {
     state: Mutex<State>,
     session_expiry: Duration,
+    services: Vec<Arc<dyn Service>>,
+}
+
+/// A service behind AWS IoT's reserved topics: it reads every message published and answers
+/// some with messages of its own, which the broker then routes (the Device Shadow service reads
+/// `.../shadow/update` and answers on `.../update/accepted`, and so on).
+pub trait Service: Send + Sync + std::fmt::Debug {
+    /// The messages that answer `message`; empty when it is not the service's.
+    fn answer(&self, message: &Message) -> Vec<Message>;
 }
 
 impl Broker {
@@ -146,7 +169,15 @@ impl Broker {
         Self {
             state: Mutex::new(State::default()),
             session_expiry,
+            services: Vec::new(),
         }
+    }
+
+    /// The broker with `service` reading what is published.
+    #[must_use]
+    pub fn with_service(mut self, service: Arc<dyn Service>) -> Self {
+        self.services.push(service);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -320,8 +351,22 @@ impl Broker {
     /// Routes `message` (its topic already checked): stored or cleared as the topic's retained
     /// message when `retain` is set, then delivered to every session with a matching
     /// subscription, once each, at the lower of its QoS and the highest matching subscription's.
-    /// Returns how many sessions it reached (connected or queued).
+    /// Returns how many sessions it reached (connected or queued). The services' answers to it
+    /// are routed after it.
     pub fn publish(&self, message: Message) -> usize {
+        let answers: Vec<Message> = self
+            .services
+            .iter()
+            .flat_map(|service| service.answer(&message))
+            .collect();
+        let reached = self.route(message);
+        for answer in answers {
+            self.route(answer);
+        }
+        reached
+    }
+
+    fn route(&self, message: Message) -> usize {
         let mut state = self.state();
         if message.retain {
             if message.payload.is_empty() {

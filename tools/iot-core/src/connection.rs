@@ -228,19 +228,6 @@ async fn admit<R: Registry>(
     }
 }
 
-/// A lifecycle event as a message: QoS 1, so that QoS 1 subscribers get it reliably.
-fn event(topic: String, payload: Vec<u8>) -> Message {
-    Message {
-        topic,
-        payload: payload.into(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-        dup: false,
-        expires: None,
-    }
-}
-
 /// Why a certificate that is not `ACTIVE` may not stay.
 fn not_standing(certificate_id: &str, standing: &Standing) -> String {
     match standing {
@@ -325,7 +312,7 @@ where
     // AWS IoT Core's lifecycle events: connected now, disconnected when the connection ends.
     let session = lifecycle::Session::new(&client_id, &peer.certificate_id, peer.ip_address);
     if let Some((topic, payload)) = session.connected(lifecycle::now_ms()) {
-        broker.publish(event(topic, payload));
+        broker.publish(Message::from_service(topic, payload));
     }
     let keep_alive = Duration::from_millis(u64::from(keep_alive_s) * 1500);
     let mut last_heard = tokio::time::Instant::now();
@@ -414,7 +401,7 @@ where
         Ended::Disconnected | Ended::Refused(_) => DisconnectReason::ClientInitiatedDisconnect,
     };
     if let Some((topic, payload)) = session.disconnected(lifecycle::now_ms(), reason) {
-        broker.publish(event(topic, payload));
+        broker.publish(Message::from_service(topic, payload));
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, framed.get_mut().shutdown()).await;
     tracing::info!(client_id, certificate_id = %peer.certificate_id, ?ended, "session ended");

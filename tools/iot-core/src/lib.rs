@@ -14,18 +14,24 @@
 //! - [`broker`]: sessions (clean and persistent, taken over by a second connection with the same
 //!   client id), subscriptions, retained messages and routing with QoS 0 and 1.
 //! - [`lifecycle`]: the connected and disconnected events on `$aws/events/presence/…`.
+//! - [`shadow`]: the Device Shadow service (classic and named shadows, versions, delta,
+//!   documents), served on its reserved topics by [`reserved`] and over HTTP by [`dataplane`]
+//!   (with Publish): one store, so a change made through either reaches both.
 //! - [`connection`]: one client's conversation, MQTT 3.1.1 or 5 ([`wire`]: the two versions'
 //!   packets as one set of events); [`server`]: the listeners.
 //!
-//! What AWS IoT Core does that this does not do yet (reserved topics, rules) is listed in README's
+//! What AWS IoT Core does that this does not do yet (provisioning, JITR and jobs topics, rules) is listed in README's
 //! emulator table.
 
 pub mod broker;
 pub mod connection;
+pub mod dataplane;
 pub mod identity;
 pub mod lifecycle;
 pub mod policy;
+pub mod reserved;
 pub mod server;
+pub mod shadow;
 pub mod tls;
 pub mod topic;
 pub mod wire;

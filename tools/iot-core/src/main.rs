@@ -4,7 +4,8 @@
 //! signs a server certificate for `localhost` and `127.0.0.1`, and serves MQTT over TLS with
 //! client certificates on `--listen` (AWS's port 8883) and, with `--listen-alpn`, on a second
 //! address that takes ALPN `x-amzn-mqtt-ca` (AWS's port 443). Certificates are checked against
-//! the IoT registry at `AWS_ENDPOINT_URL` (moto's, locally).
+//! the IoT registry at `AWS_ENDPOINT_URL` (moto's, locally). With `--listen-http` it also serves
+//! AWS IoT's data plane over HTTP (shadows and Publish) on the same broker and shadows.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,8 +16,11 @@ use clap::Parser;
 use shoal_aws::client::ClientFactory;
 use shoal_iot_core::broker::Broker;
 use shoal_iot_core::connection::Settings;
+use shoal_iot_core::dataplane::serve_http;
 use shoal_iot_core::identity::IotRegistry;
+use shoal_iot_core::reserved::ShadowService;
 use shoal_iot_core::server::{MAX_CONNECTIONS, accept_loop};
+use shoal_iot_core::shadow::Shadows;
 use shoal_iot_core::tls::{ALPN_MQTT_443, LocalCa, server_config};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -34,6 +38,10 @@ struct Args {
     /// MQTT over TLS with ALPN `x-amzn-mqtt-ca` (AWS IoT Core's port 443); off when absent.
     #[arg(long)]
     listen_alpn: Option<SocketAddr>,
+    /// AWS IoT's data plane over HTTP (shadows and Publish): point
+    /// `AWS_ENDPOINT_URL_IOT_DATA_PLANE` at `http://<this address>`; off when absent.
+    #[arg(long)]
+    listen_http: Option<SocketAddr>,
     /// Seconds a persistent session is kept after its client left (AWS's default: 1 hour).
     #[arg(long, default_value_t = 3600)]
     session_expiry_s: u64,
@@ -55,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
 
     let factory = ClientFactory::from_env().await;
     let registry = Arc::new(IotRegistry(factory.iot()));
-    let broker = Arc::new(Broker::new(Duration::from_secs(args.session_expiry_s)));
+    let shadows = Arc::new(Shadows::default());
+    let broker = Arc::new(
+        Broker::new(Duration::from_secs(args.session_expiry_s))
+            .with_service(Arc::new(ShadowService(shadows.clone()))),
+    );
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let settings = Settings {
         certificate_recheck: Duration::from_secs(args.certificate_recheck_s.max(1)),
@@ -82,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
             slots,
             settings,
         )));
+    }
+    if let Some(addr) = args.listen_http {
+        let listener = TcpListener::bind(addr).await?;
+        tasks.push(tokio::spawn(serve_http(listener, shadows, broker.clone())));
     }
     let sweeper = broker.clone();
     tokio::spawn(async move {

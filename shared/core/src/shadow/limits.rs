@@ -81,7 +81,9 @@ fn json_len(value: &Value) -> usize {
     serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len())
 }
 
-fn section_depth(map: &StateMap) -> usize {
+/// How deep a `desired` or `reported` section nests: its own object is level 1, and each nested
+/// object or array adds one (`{"a": {"b": 1}}` is 2 levels, `{"a": [1]}` is 2).
+pub fn section_depth(map: &StateMap) -> usize {
     1 + map.values().map(value_depth).max().unwrap_or(0)
 }
 
