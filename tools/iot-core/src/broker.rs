@@ -159,8 +159,18 @@ pub struct Broker {
 /// some with messages of its own, which the broker then routes (the Device Shadow service reads
 /// `.../shadow/update` and answers on `.../update/accepted`, and so on).
 pub trait Service: Send + Sync + std::fmt::Debug {
-    /// The messages that answer `message`; empty when it is not the service's.
-    fn answer(&self, message: &Message) -> Vec<Message>;
+    /// The messages that answer `message`, published by `publisher` (`None`: AWS IoT itself or
+    /// the data plane); empty when it is not the service's.
+    fn answer(&self, message: &Message, publisher: Option<&Publisher>) -> Vec<Message>;
+}
+
+/// Who published a message over MQTT, as the rules engine's `clientid()` and `principal()` read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// The client id of the connection.
+    pub client_id: String,
+    /// The certificate id the connection presented.
+    pub principal: String,
 }
 
 impl Broker {
@@ -354,10 +364,16 @@ impl Broker {
     /// Returns how many sessions it reached (connected or queued). The services' answers to it
     /// are routed after it.
     pub fn publish(&self, message: Message) -> usize {
+        self.publish_from(message, None)
+    }
+
+    /// [`Broker::publish`] for a message a client published (its will included): the services
+    /// see who published it.
+    pub fn publish_from(&self, message: Message, publisher: Option<&Publisher>) -> usize {
         let answers: Vec<Message> = self
             .services
             .iter()
-            .flat_map(|service| service.answer(&message))
+            .flat_map(|service| service.answer(&message, publisher))
             .collect();
         let reached = self.route(message);
         for answer in answers {

@@ -28,7 +28,7 @@ use rumqttc::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Framed, FramedParts};
 
-use crate::broker::{Broker, Message, OUTGOING_QUEUE, SubscribeError};
+use crate::broker::{Broker, Message, OUTGOING_QUEUE, Publisher, SubscribeError};
 use crate::identity::{self, Registry, Standing};
 use crate::lifecycle::{self, DisconnectReason};
 use crate::policy::{Action, Grants};
@@ -291,6 +291,10 @@ where
     };
     let client_id = request.client_id;
     let will = request.will;
+    let publisher = Publisher {
+        client_id: client_id.clone(),
+        principal: peer.certificate_id.clone(),
+    };
     let mut attached = broker.connect(&client_id, request.clean_start, request.session_expiry);
     let keep_alive_s = effective_keep_alive(request.keep_alive_s);
     let accepted = Outgoing::ConnAck {
@@ -338,7 +342,7 @@ where
                 };
                 // Only what the client sends keeps its connection alive.
                 last_heard = tokio::time::Instant::now();
-                let context = Context { client_id: &client_id, broker: &broker, grants: &grants };
+                let context = Context { client_id: &client_id, publisher: &publisher, broker: &broker, grants: &grants };
                 match handle::<W, S>(W::incoming(packet), &context, &mut flow, &mut framed).await {
                     Ok(None) => {}
                     Ok(Some(end)) => break end,
@@ -379,7 +383,7 @@ where
     if let (true, Some(will)) = (publish_will, will) {
         match may_publish(&grants, &will) {
             Ok(()) => {
-                broker.publish(will);
+                broker.publish_from(will, Some(&publisher));
             }
             Err(why) => tracing::info!(client_id, why, "last will not published"),
         }
@@ -474,6 +478,7 @@ impl Flow {
 /// What [`handle`] reads of its connection.
 struct Context<'a> {
     client_id: &'a str,
+    publisher: &'a Publisher,
     broker: &'a Broker,
     grants: &'a Grants,
 }
@@ -488,6 +493,7 @@ async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Option<(Ended, bool)>, String> {
     let Context {
         client_id,
+        publisher,
         broker,
         grants,
     } = *context;
@@ -525,7 +531,7 @@ async fn handle<W: Wire, S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 return Ok(None);
             }
-            broker.publish(message);
+            broker.publish_from(message, Some(publisher));
             if qos == QoS::AtLeastOnce {
                 send::<W, S>(framed, Outgoing::PubAck(pkid)).await?;
             }

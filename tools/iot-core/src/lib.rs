@@ -30,6 +30,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod policy;
 pub mod reserved;
+pub mod rules;
 pub mod server;
 pub mod shadow;
 pub mod tls;

@@ -19,6 +19,8 @@ use shoal_iot_core::connection::Settings;
 use shoal_iot_core::dataplane::serve_http;
 use shoal_iot_core::identity::IotRegistry;
 use shoal_iot_core::reserved::ShadowService;
+use shoal_iot_core::rules::engine::{self, AwsSinks, RulesService};
+use shoal_iot_core::rules::template;
 use shoal_iot_core::server::{MAX_CONNECTIONS, accept_loop};
 use shoal_iot_core::shadow::Shadows;
 use shoal_iot_core::tls::{ALPN_MQTT_443, LocalCa, server_config};
@@ -42,6 +44,16 @@ struct Args {
     /// `AWS_ENDPOINT_URL_IOT_DATA_PLANE` at `http://<this address>`; off when absent.
     #[arg(long)]
     listen_http: Option<SocketAddr>,
+    /// The SAM template whose IoT rules (`AWS::IoT::TopicRule`) the core runs; none when absent.
+    #[arg(long)]
+    template: Option<PathBuf>,
+    /// A template parameter's value, `Name=value` (repeatable); the template's defaults otherwise.
+    #[arg(long = "parameter", value_parser = pair)]
+    parameters: Vec<(String, String)>,
+    /// What a `!Ref` or `!GetAtt` of a logical id means locally, `LogicalId=name-or-URL`
+    /// (repeatable), e.g. `TelemetryQueue=http://127.0.0.1:4566/000000000000/shoal-local-telemetry`.
+    #[arg(long = "resource", value_parser = pair)]
+    resources: Vec<(String, String)>,
     /// Seconds a persistent session is kept after its client left (AWS's default: 1 hour).
     #[arg(long, default_value_t = 3600)]
     session_expiry_s: u64,
@@ -49,6 +61,13 @@ struct Args {
     /// ends its connections within this time.
     #[arg(long, default_value_t = 60)]
     certificate_recheck_s: u64,
+}
+
+fn pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not Name=value"))
 }
 
 #[tokio::main]
@@ -64,10 +83,37 @@ async fn main() -> anyhow::Result<()> {
     let factory = ClientFactory::from_env().await;
     let registry = Arc::new(IotRegistry(factory.iot()));
     let shadows = Arc::new(Shadows::default());
-    let broker = Arc::new(
-        Broker::new(Duration::from_secs(args.session_expiry_s))
-            .with_service(Arc::new(ShadowService(shadows.clone()))),
-    );
+    let mut broker = Broker::new(Duration::from_secs(args.session_expiry_s))
+        .with_service(Arc::new(ShadowService(shadows.clone())));
+    let mut jobs = None;
+    if let Some(path) = &args.template {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let loaded = template::load(
+            &text,
+            &args.parameters.iter().cloned().collect(),
+            &args.resources.iter().cloned().collect(),
+        )?;
+        for rule in &loaded.rules {
+            tracing::info!(rule = rule.name, from = rule.statement.from, "rule loaded");
+        }
+        for (id, why) in &loaded.skipped {
+            tracing::warn!(rule = id, why, "rule not run");
+        }
+        let (service, queue) = RulesService::new(loaded.rules);
+        broker = broker.with_service(Arc::new(service));
+        jobs = Some(queue);
+    }
+    let broker = Arc::new(broker);
+    if let Some(queue) = jobs {
+        let sdk = factory.sdk_config();
+        let sinks = AwsSinks {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            kinesis: aws_sdk_kinesis::Client::new(sdk),
+            s3: factory.s3(),
+        };
+        tokio::spawn(engine::run(queue, Arc::new(sinks), broker.clone()));
+    }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let settings = Settings {
         certificate_recheck: Duration::from_secs(args.certificate_recheck_s.max(1)),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use shoal_wire::topics::{ShadowOperation, ShadowResponse, ShadowTopic};
 
-use crate::broker::{Message, Service};
+use crate::broker::{Message, Publisher, Service};
 use serde_json::Value;
 
 use crate::shadow::{Rejected, ShadowKey, Shadows, now_s, request_token};
@@ -18,7 +18,7 @@ use crate::shadow::{Rejected, ShadowKey, Shadows, now_s, request_token};
 pub struct ShadowService(pub Arc<Shadows>);
 
 impl Service for ShadowService {
-    fn answer(&self, message: &Message) -> Vec<Message> {
+    fn answer(&self, message: &Message, _publisher: Option<&Publisher>) -> Vec<Message> {
         shadow_answers(&self.0, &message.topic, &message.payload, now_s())
             .into_iter()
             .map(|(topic, payload)| Message::from_service(topic, payload))
