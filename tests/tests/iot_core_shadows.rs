@@ -92,13 +92,47 @@ async fn a_cloud_desired_change_reaches_the_device_as_delta_and_its_report_reads
         "{conflict:?}"
     );
 
-    // A device asks for the document over MQTT.
+    // A cloud read is the caller's alone; a device's get is answered on MQTT.
+    data.get_thing_shadow()
+        .thing_name(&thing)
+        .send()
+        .await
+        .expect("GetThingShadow");
     device
         .publish(&format!("{shadow}/get"), r#"{"clientToken":"g-1"}"#)
         .await;
-    let document = device.next_on(&format!("{shadow}/get/accepted")).await;
-    assert_eq!(document["clientToken"], "g-1");
+    // (Subscribed to `shadow/#`, the device also gets its own request.)
+    let (topic, document) = loop {
+        let (topic, document) = device.next_json().await;
+        if topic != format!("{shadow}/get") {
+            break (topic, document);
+        }
+    };
+    assert_eq!(topic, format!("{shadow}/get/accepted"));
+    assert_eq!(
+        document["clientToken"], "g-1",
+        "the next answer is the device's own"
+    );
     assert_eq!(document["version"], 2);
+
+    // The service's answer topics are the service's: a client's publish there is refused.
+    device
+        .publish(&format!("{shadow}/update/accepted"), r#"{"state":{}}"#)
+        .await;
+    let reason = device
+        .until(|p| match p {
+            rumqttc::v5::mqttbytes::v5::Packet::PubAck(ack)
+                if ack.reason != rumqttc::v5::mqttbytes::v5::PubAckReason::Success =>
+            {
+                Some(ack.reason)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        reason,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+    );
 }
 
 #[tokio::test]

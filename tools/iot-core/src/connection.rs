@@ -237,9 +237,13 @@ fn not_standing(certificate_id: &str, standing: &Standing) -> String {
     }
 }
 
-/// Whether `grants` allow publishing `message` (`iot:Publish`, and `iot:RetainPublish` for a
-/// retained one); `Err` names what is denied.
+/// Whether a client may publish `message`: not on a reserved topic only AWS IoT publishes on
+/// ([`topic::reserved_publish_refusal`]), and `grants` allow it (`iot:Publish`, and
+/// `iot:RetainPublish` for a retained one); `Err` names what is denied.
 fn may_publish(grants: &Grants, message: &Message) -> Result<(), String> {
+    if let Some(why) = topic::reserved_publish_refusal(&message.topic, message.retain) {
+        return Err(why);
+    }
     let denied = if !grants.allows(Action::Publish, &message.topic) {
         Action::Publish
     } else if message.retain && !grants.allows(Action::RetainPublish, &message.topic) {

@@ -160,6 +160,7 @@ impl Section {
                 let mut metadata = self.metadata.take().unwrap_or_default();
                 merge_patch(&mut state, patch);
                 merge_metadata(&mut metadata, patch, now_s);
+                prune_empty(&mut state, &mut metadata);
                 if !state.is_empty() {
                     self.state = Some(state);
                     self.metadata = Some(metadata);
@@ -234,11 +235,17 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shadows {
+    /// The thing's shadows, made when missing (an update).
     fn thing(&self, thing: &str) -> Arc<Mutex<ThingShadows>> {
         locked(&self.things)
             .entry(thing.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// The thing's shadows if it ever had one (reads and deletes add nothing).
+    fn existing(&self, thing: &str) -> Option<Arc<Mutex<ThingShadows>>> {
+        locked(&self.things).get(thing).cloned()
     }
 
     /// UpdateThingShadow / a publish to `.../shadow/update`: `payload` is the request state
@@ -339,7 +346,9 @@ impl Shadows {
         client_token: Option<String>,
         now_s: u64,
     ) -> Result<Value, Rejected> {
-        let thing = self.thing(&key.thing);
+        let Some(thing) = self.existing(&key.thing) else {
+            return Err(not_found(key).with_token(&client_token));
+        };
         let shadows = locked(&thing);
         let Some(stored) = shadows.get(&key.name).filter(|s| !s.deleted) else {
             return Err(not_found(key).with_token(&client_token));
@@ -374,7 +383,9 @@ impl Shadows {
         client_token: Option<String>,
         now_s: u64,
     ) -> Result<Value, Rejected> {
-        let thing = self.thing(&key.thing);
+        let Some(thing) = self.existing(&key.thing) else {
+            return Err(not_found(key).with_token(&client_token));
+        };
         let mut shadows = locked(&thing);
         let Some(stored) = shadows.get_mut(&key.name).filter(|s| !s.deleted) else {
             return Err(not_found(key).with_token(&client_token));
@@ -409,7 +420,9 @@ impl Shadows {
             let message = format!("pageSize must be 1-{MAX_LIST_PAGE_SIZE}");
             return Err(Rejected::new(400, message));
         }
-        let thing = self.thing(thing);
+        let Some(thing) = self.existing(thing) else {
+            return Ok(json!({"results": [], "timestamp": now_s}));
+        };
         let shadows = locked(&thing);
         let mut names = shadows
             .iter()
@@ -439,18 +452,16 @@ fn not_found(key: &ShadowKey) -> Rejected {
     )
 }
 
-/// The `clientToken` of a get or delete request: its payload is empty or a JSON object.
+/// The `clientToken` of a get or delete request. AWS ignores such a request's content apart
+/// from its token: an empty payload, or one that is not a JSON object, has none.
 ///
 /// # Errors
-/// A 400 [`Rejected`] for a payload that is not a JSON object or a bad `clientToken`.
+/// A 400 [`Rejected`] for a JSON object whose `clientToken` is not a string of 1-64 bytes.
 pub fn request_token(payload: &[u8]) -> Result<Option<String>, Rejected> {
-    if payload.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(top)) => client_token(&top),
+        _ => Ok(None),
     }
-    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(payload) else {
-        return Err(Rejected::new(400, "Invalid JSON"));
-    };
-    client_token(&top)
 }
 
 fn client_token(top: &Map<String, Value>) -> Result<Option<String>, Rejected> {
@@ -478,6 +489,15 @@ fn parse_update(payload: &[u8]) -> Result<UpdateRequest, Rejected> {
     };
     let state = match top.get("state") {
         None => return Err(reject("Missing required node: state")),
+        // "Setting the device's shadow state to null" empties it; the shadow stays.
+        Some(Value::Null) => {
+            return Ok(UpdateRequest {
+                desired: Patch::Clear,
+                reported: Patch::Clear,
+                client_token,
+                version,
+            });
+        }
         Some(Value::Object(state)) => state,
         Some(_) => return Err(reject("State node must be an object")),
     };
@@ -489,6 +509,9 @@ fn parse_update(payload: &[u8]) -> Result<UpdateRequest, Rejected> {
     let patch = |key: &str, what: &str| match state.get(key) {
         None => Ok(Patch::Absent),
         Some(Value::Null) => Ok(Patch::Clear),
+        Some(Value::Object(map)) if has_null_in_array(map.values()) => Err(reject(&format!(
+            "{what} contains an array with a null value: arrays can't have null values"
+        ))),
         Some(Value::Object(map)) => Ok(Patch::Merge(map.clone())),
         Some(_) => Err(reject(&format!("{what} node must be an object"))),
     };
@@ -498,6 +521,34 @@ fn parse_update(payload: &[u8]) -> Result<UpdateRequest, Rejected> {
         client_token,
         version,
     })
+}
+
+/// Whether any array among `values` (at any depth) holds a `null`: AWS refuses those.
+fn has_null_in_array<'a>(values: impl IntoIterator<Item = &'a Value>) -> bool {
+    values.into_iter().any(|value| match value {
+        Value::Array(items) => items.iter().any(|v| v.is_null() || has_null_in_array([v])),
+        Value::Object(map) => has_null_in_array(map.values()),
+        _ => false,
+    })
+}
+
+/// Removes the objects an update left empty (`{"o": {"p": null}}` deleting `o`'s last key, or
+/// `{"new": {"x": null}}` naming a key that never was), and their metadata: no empty object
+/// is stored, read back or sent as a delta.
+fn prune_empty(state: &mut StateMap, metadata: &mut StateMap) {
+    state.retain(|key, value| {
+        let Value::Object(inner) = value else {
+            return true;
+        };
+        let mut no_metadata = Map::new();
+        let inner_metadata = match metadata.get_mut(key) {
+            Some(Value::Object(m)) => m,
+            _ => &mut no_metadata,
+        };
+        prune_empty(inner, inner_metadata);
+        !inner.is_empty()
+    });
+    metadata.retain(|key, _| state.contains_key(key));
 }
 
 /// The request's own `state`, as `update/accepted` echoes it (a cleared section as `null`).
@@ -842,16 +893,79 @@ mod tests {
     }
 
     #[test]
-    fn get_and_delete_tokens_come_from_an_empty_or_json_payload() {
+    fn get_and_delete_tokens_come_from_a_json_payload_and_other_content_is_ignored() {
         assert_eq!(request_token(b""), Ok(None));
         assert_eq!(
             request_token(br#"{"clientToken":"x"}"#),
             Ok(Some("x".into()))
         );
-        assert_eq!(request_token(b"nope").unwrap_err().code, 400);
+        assert_eq!(request_token(b"please delete"), Ok(None));
         assert_eq!(
             request_token(br#"{"clientToken":5}"#).unwrap_err().code,
             400
         );
+    }
+
+    #[test]
+    fn emptied_objects_are_removed_and_never_sent_as_delta() {
+        let shadows = Shadows::default();
+        update(
+            &shadows,
+            json!({"state": {"desired": {"o": {"p": 1}, "k": 0}}}),
+        )
+        .unwrap();
+        let out = update(
+            &shadows,
+            json!({"state": {"desired": {"o": {"p": null}, "k": 1, "new": {"x": null}}}}),
+        )
+        .unwrap();
+        assert_eq!(out.delta.unwrap()["state"], json!({"k": 1}));
+        let got = shadows.get(&key(None), None, T).unwrap();
+        assert_eq!(got["state"]["desired"], json!({"k": 1}));
+        assert_eq!(got["metadata"]["desired"], json!({"k": {"timestamp": T}}));
+        assert_eq!(
+            out.documents["current"]["state"]["desired"],
+            json!({"k": 1})
+        );
+    }
+
+    #[test]
+    fn a_null_state_empties_the_shadow_and_arrays_may_not_hold_null() {
+        let shadows = Shadows::default();
+        update(
+            &shadows,
+            json!({"state": {"desired": {"a": 1}, "reported": {"a": 2}}}),
+        )
+        .unwrap();
+        let emptied = update(&shadows, json!({"state": null})).unwrap();
+        assert_eq!(emptied.accepted["version"], 2);
+        let got = shadows.get(&key(None), None, T).unwrap();
+        assert_eq!(
+            (got["state"].clone(), got["version"].clone()),
+            (json!({}), json!(2))
+        );
+        let nulls = update(
+            &shadows,
+            json!({"state": {"desired": {"colors": [null, "RED"]}}}),
+        )
+        .unwrap_err();
+        assert_eq!(nulls.code, 400);
+        let nested = update(
+            &shadows,
+            json!({"state": {"reported": {"a": {"b": [[1, null]]}}}}),
+        )
+        .unwrap_err();
+        assert_eq!(nested.code, 400);
+    }
+
+    #[test]
+    fn reads_of_unknown_things_store_nothing() {
+        let shadows = Shadows::default();
+        for n in 0..100 {
+            let key = ShadowKey::new(&format!("ghost-{n}"), None).unwrap();
+            assert!(shadows.get(&key, None, T).is_err());
+            assert!(shadows.delete(&key, None, T).is_err());
+        }
+        assert!(locked(&shadows.things).is_empty());
     }
 }

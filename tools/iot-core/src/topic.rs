@@ -57,6 +57,35 @@ pub fn check_name(topic: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Why a client may not publish on `topic` (`retain` as asked), though its policy may allow it:
+/// AWS IoT's reserved topics (`$aws/…`) take publishes only on their request topics (shadow
+/// get/update/delete, the jobs API's requests, fleet provisioning's requests; Basic Ingest's
+/// `$aws/rules/<rule>/…` is not emulated) and never retained; their answers, notifications and events
+/// (`…/accepted`, `…/delta`, `$aws/events/…`) are the service's alone
+/// (<https://docs.aws.amazon.com/iot/latest/developerguide/reserved-topics.html>).
+pub fn reserved_publish_refusal(topic: &str, retain: bool) -> Option<String> {
+    use shoal_wire::topics::{JobsApi, JobsTopic, ProvisioningTopic, ShadowTopic};
+    if !topic.starts_with("$aws/") {
+        return None;
+    }
+    if retain {
+        return Some(format!(
+            "{topic}: a reserved topic takes no retained message"
+        ));
+    }
+    let request = ShadowTopic::parse(topic).is_ok_and(|t| t.response.is_none())
+        || JobsTopic::parse(topic).is_ok_and(|t| {
+            t.accepted.is_none() && !matches!(t.api, JobsApi::Notify | JobsApi::NotifyNext)
+        })
+        || ProvisioningTopic::parse(topic).is_ok_and(|t| t.accepted.is_none());
+    if topic.starts_with("$aws/rules/") {
+        return Some(format!(
+            "{topic}: Basic Ingest is not emulated by the local IoT Core"
+        ));
+    }
+    (!request).then(|| format!("{topic}: a reserved topic only AWS IoT publishes on"))
+}
+
 /// Checks a topic filter a client subscribes with: `+` only as a whole level, `#` only as the
 /// whole last level.
 ///
@@ -107,6 +136,38 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_publish_on_reserved_request_topics_only() {
+        for allowed in [
+            "dt/app/t/telemetry",
+            "$aws/things/t/shadow/update",
+            "$aws/things/t/shadow/name/cfg/get",
+            "$aws/things/t/jobs/start-next",
+            "$aws/things/t/jobs/job-1/update",
+            "$aws/certificates/create/json",
+            "$aws/provisioning-templates/fleet/provision/json",
+        ] {
+            assert_eq!(reserved_publish_refusal(allowed, false), None, "{allowed}");
+        }
+        for refused in [
+            "$aws/things/t/shadow/update/accepted",
+            "$aws/things/t/shadow/update/delta",
+            "$aws/things/t/jobs/notify-next",
+            "$aws/things/t/jobs/get/accepted",
+            "$aws/certificates/create/json/accepted",
+            "$aws/events/presence/connected/t",
+            "$aws/anything/else",
+            "$aws/rules/telemetry_rule/dt/t",
+        ] {
+            assert!(
+                reserved_publish_refusal(refused, false).is_some(),
+                "{refused}"
+            );
+        }
+        assert!(reserved_publish_refusal("$aws/things/t/shadow/update", true).is_some());
+        assert_eq!(reserved_publish_refusal("a/b", true), None);
+    }
     use proptest::prelude::*;
 
     #[test]
