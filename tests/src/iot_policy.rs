@@ -5,6 +5,7 @@
 
 use serde_norway::Value;
 use shoal_iot_core::policy::{Action, Grants, Principal, Thing};
+use shoal_iot_core::rules::template::substitute;
 
 pub const PARTITION: &str = "aws";
 pub const REGION: &str = "us-east-1";
@@ -28,36 +29,19 @@ pub fn resolve(value: &Value, parameters: &[(&str, &str)]) -> Result<String, Str
             .to_owned(),
         other => return Err(format!("cannot resolve {other:?}")),
     };
-    let mut out = String::new();
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| format!("unclosed ${{ in {text}"))?
-            + start;
-        let name = &rest[start + 2..end];
-        if let Some(literal) = name.strip_prefix('!') {
-            out.push_str("${");
-            out.push_str(literal);
-            out.push('}');
-        } else {
-            let value = match name {
-                "AWS::Partition" => PARTITION,
-                "AWS::Region" => REGION,
-                "AWS::AccountId" => ACCOUNT,
-                other => parameters
-                    .iter()
-                    .find(|(k, _)| *k == other)
-                    .map(|(_, v)| *v)
-                    .ok_or_else(|| format!("no value for ${{{other}}}"))?,
-            };
-            out.push_str(value);
+    substitute(&text, |name| {
+        Ok(match name {
+            "AWS::Partition" => PARTITION,
+            "AWS::Region" => REGION,
+            "AWS::AccountId" => ACCOUNT,
+            other => parameters
+                .iter()
+                .find(|(k, _)| *k == other)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| format!("no value for ${{{other}}}"))?,
         }
-        rest = &rest[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+        .to_owned())
+    })
 }
 
 /// IAM's wildcard match (`*` any characters, `/` included; `?` exactly one), as policies use it.

@@ -6,6 +6,7 @@ pub mod iot_policy;
 pub mod local;
 pub mod mqtt5;
 pub mod provisioned;
+pub mod router;
 pub mod template;
 
 use std::path::PathBuf;

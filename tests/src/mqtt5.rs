@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 use serde_json::Value;
@@ -112,6 +112,15 @@ impl Client {
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
             .expect("PUBLISH queued");
+    }
+
+    /// The reason of the next PUBACK that is not a success (a refused publish).
+    pub async fn refused_puback(&mut self) -> PubAckReason {
+        self.until(|p| match p {
+            Packet::PubAck(ack) if ack.reason != PubAckReason::Success => Some(ack.reason),
+            _ => None,
+        })
+        .await
     }
 
     /// The next PUBLISH: its topic and its payload read as JSON.

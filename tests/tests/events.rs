@@ -6,10 +6,9 @@ use shoal_aws::config::TimestreamTarget;
 use shoal_cli::resources::init_local;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::repo_root;
+use shoal_integration_tests::router::RealEdges;
 use telemetry_router::batch::Trigger;
-use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
 use telemetry_router::handler::{RouterConfig, handle};
-use telemetry_router::router::Edges;
 
 /// The `_received_at` all sample events share.
 const SAMPLE_RECEIVED_AT: i64 = 1_795_600_000_000;
@@ -141,15 +140,8 @@ async fn telemetry_router_sample_events_have_their_documented_outcome() {
     )
     .await
     .unwrap();
-    let ts = factory.timestream_write().await.unwrap();
-    let sink = TimestreamSink::new(ts, config.timestream.clone());
-    let quarantine = S3Quarantine::new(factory.s3(), config.archive_bucket.clone());
-    let archive = S3Archive::new(factory.s3(), config.archive_bucket.clone());
-    let edges = Edges {
-        sink: &sink,
-        quarantine: &quarantine,
-        archive: &archive,
-    };
+    let real = RealEdges::new(&factory, &config).await;
+    let edges = real.edges();
 
     let mut files: Vec<_> = std::fs::read_dir(repo_root().join("events"))
         .unwrap()

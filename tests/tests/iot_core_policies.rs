@@ -322,12 +322,7 @@ async fn a_device_updates_its_own_shadow_and_cannot_write_another_things() {
             r#"{"state":{"desired":{"fw":"6.6.6"}}}"#,
         )
         .await;
-    let reason = client
-        .until(|p| match p {
-            Packet::PubAck(ack) if ack.reason != PubAckReason::Success => Some(ack.reason),
-            _ => None,
-        })
-        .await;
+    let reason = client.refused_puback().await;
     assert_eq!(reason, PubAckReason::NotAuthorized);
     let data = local::iot_core_data_plane().await;
     let read = data

@@ -17,9 +17,9 @@ use shoal_cli::resources::init_local;
 use shoal_core::clock::now_ms;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::mqtt5::{Client, certificate};
-use telemetry_router::edges::{S3Archive, S3Quarantine, TimestreamSink};
+use shoal_integration_tests::router::RealEdges;
 use telemetry_router::handler::{RouterConfig, handle};
-use telemetry_router::router::{Edges, NoDeadline};
+use telemetry_router::router::NoDeadline;
 use tokio::sync::Mutex;
 
 static QUEUE: Mutex<()> = Mutex::const_new(());
@@ -179,14 +179,8 @@ async fn the_router_stores_what_the_rule_queued_with_stable_types() {
     init_local(&factory, &target, &config.archive_bucket, &mut Vec::new())
         .await
         .unwrap();
-    let sink = TimestreamSink::new(factory.timestream_write().await.unwrap(), target.clone());
-    let quarantine = S3Quarantine::new(factory.s3(), config.archive_bucket.clone());
-    let archive = S3Archive::new(factory.s3(), config.archive_bucket.clone());
-    let edges = Edges {
-        sink: &sink,
-        quarantine: &quarantine,
-        archive: &archive,
-    };
+    let real = RealEdges::new(&factory, &config).await;
+    let edges = real.edges();
     // Lambda's SQS event for the messages the rule queued.
     let records: Vec<Value> = queued
         .iter()

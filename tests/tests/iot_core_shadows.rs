@@ -119,16 +119,7 @@ async fn a_cloud_desired_change_reaches_the_device_as_delta_and_its_report_reads
     device
         .publish(&format!("{shadow}/update/accepted"), r#"{"state":{}}"#)
         .await;
-    let reason = device
-        .until(|p| match p {
-            rumqttc::v5::mqttbytes::v5::Packet::PubAck(ack)
-                if ack.reason != rumqttc::v5::mqttbytes::v5::PubAckReason::Success =>
-            {
-                Some(ack.reason)
-            }
-            _ => None,
-        })
-        .await;
+    let reason = device.refused_puback().await;
     assert_eq!(
         reason,
         rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized

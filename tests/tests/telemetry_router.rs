@@ -420,17 +420,8 @@ async fn an_unreachable_endpoint_returns_the_whole_sqs_batch_as_failures() {
     ]
     .into();
     let router_config = RouterConfig::from_source(&env).unwrap();
-    let sink = TimestreamSink::new(
-        factory.timestream_write().await.unwrap(),
-        router_config.timestream.clone(),
-    );
-    let quarantine = S3Quarantine::new(factory.s3(), router_config.archive_bucket.clone());
-    let archive = S3Archive::new(factory.s3(), router_config.archive_bucket.clone());
-    let edges = Edges {
-        sink: &sink,
-        quarantine: &quarantine,
-        archive: &archive,
-    };
+    let real = shoal_integration_tests::router::RealEdges::new(&factory, &router_config).await;
+    let edges = real.edges();
     let now = now_ms();
     let body = |temp: f64| {
         json!({"temp": temp, "_topic": "dt/farm/dev-1/telemetry", "_received_at": now}).to_string()

@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::broker::{Broker, Message};
 use crate::reserved::{answer_topic, serve_shadow};
+use crate::server::accept_each;
 use crate::shadow::{Rejected, Shadows, now_s};
 use crate::topic;
 use crate::wire::MAX_PAYLOAD;
@@ -48,20 +49,9 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// most [`MAX_HTTP_CONNECTIONS`] at once.
 pub async fn serve_http(listener: TcpListener, shadows: Arc<Shadows>, broker: Arc<Broker>) {
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, addr) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "data plane accept failed");
-                continue;
-            }
-        };
+    accept_each(listener, slots, move |tcp, addr| {
         let (shadows, broker) = (shadows.clone(), broker.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             let service = service_fn(move |request| {
                 let (shadows, broker) = (shadows.clone(), broker.clone());
                 async move { Ok::<_, Infallible>(respond(request, &shadows, &broker).await) }
@@ -74,8 +64,9 @@ pub async fn serve_http(listener: TcpListener, shadows: Arc<Shadows>, broker: Ar
             if let Err(e) = served {
                 tracing::debug!(%addr, error = %e, "data plane connection ended");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// An answer: JSON with its status; errors carry AWS's `x-amzn-ErrorType` and `{"message"}`.

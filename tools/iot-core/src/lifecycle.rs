@@ -13,7 +13,6 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -144,12 +143,8 @@ impl Session {
     }
 }
 
-/// Now, in milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// Now, in milliseconds since the Unix epoch (`shoal-core`'s clock).
+pub use shoal_core::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -30,6 +30,24 @@ pub async fn accept_loop<R: Registry>(
     slots: Arc<Semaphore>,
     settings: Settings,
 ) {
+    accept_each(listener, slots, move |tcp, addr| {
+        let (acceptor, broker, registry) = (acceptor.clone(), broker.clone(), registry.clone());
+        async move {
+            let _ = tcp.set_nodelay(true);
+            let ended = connect(tcp, addr, acceptor, alpn, broker, registry, settings).await;
+            tracing::info!(%addr, ?ended, "connection ended");
+        }
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` for ever, one task each running `serve`, as many at once
+/// as `slots` has permits (the others wait to be accepted).
+pub async fn accept_each<F, Fut>(listener: TcpListener, slots: Arc<Semaphore>, serve: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -41,12 +59,10 @@ pub async fn accept_loop<R: Registry>(
                 continue;
             }
         };
-        let (acceptor, broker, registry) = (acceptor.clone(), broker.clone(), registry.clone());
+        let served = serve(tcp, addr);
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = tcp.set_nodelay(true);
-            let ended = connect(tcp, addr, acceptor, alpn, broker, registry, settings).await;
-            tracing::info!(%addr, ?ended, "connection ended");
+            served.await;
         });
     }
 }

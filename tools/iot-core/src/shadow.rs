@@ -346,30 +346,22 @@ impl Shadows {
         client_token: Option<String>,
         now_s: u64,
     ) -> Result<Value, Rejected> {
-        let Some(thing) = self.existing(&key.thing) else {
-            return Err(not_found(key).with_token(&client_token));
-        };
-        let shadows = locked(&thing);
-        let Some(stored) = shadows.get(&key.name).filter(|s| !s.deleted) else {
-            return Err(not_found(key).with_token(&client_token));
-        };
-        let mut state = stored.state();
-        let mut metadata = stored.metadata();
-        let (delta, delta_metadata) = stored.delta();
-        if !delta.is_empty() {
-            state.insert("delta".into(), Value::Object(delta));
-            metadata.insert("delta".into(), Value::Object(delta_metadata));
-        }
-        let mut document = json!({
-            "state": state,
-            "metadata": metadata,
-            "version": stored.version,
-            "timestamp": now_s,
-        });
-        if let Some(token) = client_token {
-            document["clientToken"] = json!(token);
-        }
-        Ok(document)
+        let document = self.with_live(key, &client_token, |stored| {
+            let mut state = stored.state();
+            let mut metadata = stored.metadata();
+            let (delta, delta_metadata) = stored.delta();
+            if !delta.is_empty() {
+                state.insert("delta".into(), Value::Object(delta));
+                metadata.insert("delta".into(), Value::Object(delta_metadata));
+            }
+            json!({
+                "state": state,
+                "metadata": metadata,
+                "version": stored.version,
+                "timestamp": now_s,
+            })
+        })?;
+        Ok(tokened(document, client_token))
     }
 
     /// DeleteThingShadow / a publish to `.../shadow/delete`: `{version, timestamp,
@@ -383,23 +375,33 @@ impl Shadows {
         client_token: Option<String>,
         now_s: u64,
     ) -> Result<Value, Rejected> {
-        let Some(thing) = self.existing(&key.thing) else {
-            return Err(not_found(key).with_token(&client_token));
-        };
+        let answer = self.with_live(key, &client_token, |stored| {
+            *stored = Stored {
+                version: stored.version,
+                deleted: true,
+                ..Stored::default()
+            };
+            json!({"version": stored.version, "timestamp": now_s})
+        })?;
+        Ok(tokened(answer, client_token))
+    }
+
+    /// Runs `f` on the shadow `key` names under its thing's lock; a 404 when it does not exist.
+    fn with_live<T>(
+        &self,
+        key: &ShadowKey,
+        client_token: &Option<String>,
+        f: impl FnOnce(&mut Stored) -> T,
+    ) -> Result<T, Rejected> {
+        let thing = self
+            .existing(&key.thing)
+            .ok_or_else(|| not_found(key).with_token(client_token))?;
         let mut shadows = locked(&thing);
-        let Some(stored) = shadows.get_mut(&key.name).filter(|s| !s.deleted) else {
-            return Err(not_found(key).with_token(&client_token));
-        };
-        *stored = Stored {
-            version: stored.version,
-            deleted: true,
-            ..Stored::default()
-        };
-        let mut answer = json!({"version": stored.version, "timestamp": now_s});
-        if let Some(token) = client_token {
-            answer["clientToken"] = json!(token);
-        }
-        Ok(answer)
+        let stored = shadows
+            .get_mut(&key.name)
+            .filter(|s| !s.deleted)
+            .ok_or_else(|| not_found(key).with_token(client_token))?;
+        Ok(f(stored))
     }
 
     /// ListNamedShadowsForThing: `{results, nextToken?, timestamp}`, names in order, `page_size`
@@ -443,6 +445,14 @@ impl Shadows {
 /// The time as the Device Shadow service writes it: epoch seconds.
 pub fn now_s() -> u64 {
     u64::try_from(crate::lifecycle::now_ms() / 1000).unwrap_or_default()
+}
+
+/// `document` with `clientToken` added when the request had one.
+fn tokened(mut document: Value, client_token: Option<String>) -> Value {
+    if let Some(token) = client_token {
+        document["clientToken"] = json!(token);
+    }
+    document
 }
 
 fn not_found(key: &ShadowKey) -> Rejected {

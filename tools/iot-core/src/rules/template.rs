@@ -153,6 +153,38 @@ pub fn load(
     Ok(loaded)
 }
 
+/// CloudFormation's `!Sub` of `text`: each `${Name}` is what `lookup` gives for `Name`, and
+/// `${!x}` is the literal `${x}` (how a template writes IoT's own substitution templates).
+///
+/// # Errors
+/// An unclosed `${`, or the first name `lookup` cannot resolve (its error).
+pub fn substitute(
+    text: &str,
+    lookup: impl Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed ${{ in {text}"))?
+            + start;
+        let name = &rest[start + 2..end];
+        match name.strip_prefix('!') {
+            Some(literal) => {
+                out.push_str("${");
+                out.push_str(literal);
+                out.push('}');
+            }
+            None => out.push_str(&lookup(name)?),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn scalar(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -267,27 +299,9 @@ impl Scope<'_> {
 
     /// `!Sub`: `${Name}` and `${Name.Attr}` resolved, `${!x}` kept as `${x}`.
     fn substitute(&self, text: &str) -> Result<String, String> {
-        let mut out = String::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let end = rest[start..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed ${{ in {text}"))?
-                + start;
-            let name = &rest[start + 2..end];
-            match name.strip_prefix('!') {
-                Some(literal) => {
-                    out.push_str("${");
-                    out.push_str(literal);
-                    out.push('}');
-                }
-                None => out.push_str(&self.reference(name.split('.').next().unwrap_or(name))?),
-            }
-            rest = &rest[end + 1..];
-        }
-        out.push_str(rest);
-        Ok(out)
+        substitute(text, |name| {
+            self.reference(name.split('.').next().unwrap_or(name))
+        })
     }
 
     fn rule(&self, id: &str, resource: &Value) -> Result<Option<Rule>, String> {
