@@ -180,24 +180,23 @@ struct Stored {
 }
 
 impl Stored {
+    /// `{"desired": …, "reported": …}` of the sections present.
     fn state(&self) -> Map<String, Value> {
-        let mut state = Map::new();
-        for (key, section) in [("desired", &self.desired), ("reported", &self.reported)] {
-            if let Some(s) = &section.state {
-                state.insert(key.into(), Value::Object(s.clone()));
-            }
-        }
-        state
+        self.both(|section| section.state.as_ref())
     }
 
+    /// The same for the metadata.
     fn metadata(&self) -> Map<String, Value> {
-        let mut metadata = Map::new();
-        for (key, section) in [("desired", &self.desired), ("reported", &self.reported)] {
-            if let Some(m) = &section.metadata {
-                metadata.insert(key.into(), Value::Object(m.clone()));
-            }
-        }
-        metadata
+        self.both(|section| section.metadata.as_ref())
+    }
+
+    fn both(&self, part: impl Fn(&Section) -> Option<&StateMap>) -> Map<String, Value> {
+        [("desired", &self.desired), ("reported", &self.reported)]
+            .into_iter()
+            .filter_map(|(key, section)| {
+                Some((key.to_owned(), Value::Object(part(section)?.clone())))
+            })
+            .collect()
     }
 
     /// The delta and its metadata; empty when `desired` is absent or met.
