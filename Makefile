@@ -13,7 +13,7 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint wire-no-std cargo-test lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint wire-no-std cargo-test lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer bench-iot-core package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-shadow CPU per shadow-documents message (plan, policies, limits; no I/O)"
 	@echo "make bench-rollout cohort evaluation throughput (things/s)"
 	@echo "make bench-advancer OTA advancer run time over 100,000 devices (I/O in memory)"
+	@echo "make bench-iot-core the local IoT Core: 1,000 TLS clients, memory per idle connection, QoS 1 publishes/s through a rule"
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +100,9 @@ bench-rollout:
 
 bench-advancer:
 	cargo bench -p ota-scheduler --features test-util --bench advancer
+
+bench-iot-core:
+	cargo bench -p shoal-iot-core --bench connections
 
 fmt:
 	cargo fmt --all
