@@ -13,7 +13,7 @@ STACK := tools/localstack/stack
 # cargo-lambda and zig (PyPI ziglang) come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint wire-no-std cargo-test lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer bench-iot-core package fmt
+.PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint wire-no-std cargo-test iot-core-clients lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer bench-iot-core package fmt
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
@@ -55,7 +55,7 @@ demo: venv
 test: venv
 	@$(STACK) run $(MAKE) --no-print-directory checks
 
-checks: fmt-check clippy lint wire-no-std cargo-test lambda-invoke
+checks: fmt-check clippy lint wire-no-std cargo-test iot-core-clients lambda-invoke
 
 fmt-check:
 	cargo fmt --all -- --check
@@ -75,6 +75,10 @@ wire-no-std:
 
 cargo-test:
 	cargo test --workspace --no-fail-fast
+
+# The local IoT Core with a second MQTT library (paho-mqtt, MQTT 3.1.1 and 5) and boto3's iot-data.
+iot-core-clients: venv
+	$(VENV)/bin/python tests/iot-core-clients.py
 
 # The functions under cargo-lambda's Lambda emulator, invoked with every file in events/.
 lambda-invoke: venv
