@@ -261,7 +261,10 @@ fn clients(port: u16, ca_file: &str) {
                 _ => break,
             }
         }
-        println!("connected {established} {:.3}", started.elapsed().as_secs_f64());
+        println!(
+            "connected {established} {:.3}",
+            started.elapsed().as_secs_f64()
+        );
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).expect("go");
         let started = Instant::now();
@@ -289,7 +292,10 @@ fn clients(port: u16, ca_file: &str) {
                 _ => break,
             }
         }
-        println!("published {acknowledged} {:.3}", started.elapsed().as_secs_f64());
+        println!(
+            "published {acknowledged} {:.3}",
+            started.elapsed().as_secs_f64()
+        );
         for client in handles {
             let _ = client.try_disconnect();
         }

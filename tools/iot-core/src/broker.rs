@@ -396,38 +396,30 @@ impl Broker {
         let mut reached = 0;
         let mut dropped = 0;
         for session in state.sessions.values_mut() {
-            let Some(granted) = session
-                .subscriptions
-                .iter()
-                .filter(|(filter, _)| topic::matches(filter, &message.topic))
-                .map(|(_, qos)| *qos)
-                .reduce(higher)
-            else {
-                continue;
-            };
-            let delivered = Message {
-                qos: lower(message.qos, granted),
-                retain: false,
-                ..message.clone()
-            };
-            reached += 1;
-            match &session.connection {
-                Some(link) => {
-                    dropped += u64::from(link.sender.try_send(delivered).is_err());
-                }
-                None if delivered.qos == QoS::AtLeastOnce => {
-                    if session.queued.len() >= QUEUED_WHILE_AWAY {
-                        session.queued.pop_front();
-                        dropped += 1;
-                    }
-                    session.queued.push_back(delivered);
-                }
-                // QoS 0 is not kept for an away client.
-                None => {}
+            if let Some(lost) = deliver(session, &message) {
+                reached += 1;
+                dropped += u64::from(lost);
             }
         }
         state.dropped += dropped;
         reached
+    }
+
+    /// Delivers `message` to `client_id`'s session alone, as a subscriber (it must have a
+    /// matching subscription): how AWS IoT answers on the connection that asked (fleet
+    /// provisioning's replies carry keys meant for one device). Returns whether it reached it.
+    pub fn publish_to(&self, client_id: &str, message: Message) -> bool {
+        let mut state = self.state();
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return false;
+        };
+        match deliver(session, &message) {
+            Some(lost) => {
+                state.dropped += u64::from(lost);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Forgets the away persistent sessions whose expiry passed; returns how many.
@@ -450,6 +442,35 @@ impl Broker {
             dropped: state.dropped,
         }
     }
+}
+
+/// Hands `message` to `session` when one of its subscriptions matches, at the lower of the two
+/// QoS: `None` when none matches, else whether it was dropped (a full queue).
+fn deliver(session: &mut Session, message: &Message) -> Option<bool> {
+    let granted = session
+        .subscriptions
+        .iter()
+        .filter(|(filter, _)| topic::matches(filter, &message.topic))
+        .map(|(_, qos)| *qos)
+        .reduce(higher)?;
+    let delivered = Message {
+        qos: lower(message.qos, granted),
+        retain: false,
+        ..message.clone()
+    };
+    Some(match &session.connection {
+        Some(link) => link.sender.try_send(delivered).is_err(),
+        None if delivered.qos == QoS::AtLeastOnce => {
+            let full = session.queued.len() >= QUEUED_WHILE_AWAY;
+            if full {
+                session.queued.pop_front();
+            }
+            session.queued.push_back(delivered);
+            full
+        }
+        // QoS 0 is not kept for an away client.
+        None => false,
+    })
 }
 
 fn rank(qos: QoS) -> u8 {

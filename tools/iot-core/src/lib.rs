@@ -17,10 +17,13 @@
 //! - [`shadow`]: the Device Shadow service (classic and named shadows, versions, delta,
 //!   documents), served on its reserved topics by [`reserved`] and over HTTP by [`dataplane`]
 //!   (with Publish): one store, so a change made through either reaches both.
+//! - [`provisioning`]: fleet provisioning's certificate APIs on their reserved topics, answered
+//!   to the asking connection alone.
+//! - [`rules`]: the template's IoT rules: IoT SQL, actions, error actions.
 //! - [`connection`]: one client's conversation, MQTT 3.1.1 or 5 ([`wire`]: the two versions'
 //!   packets as one set of events); [`server`]: the listeners.
 //!
-//! What AWS IoT Core does that this does not do yet (provisioning, JITR and jobs topics, rules) is listed in README's
+//! What AWS IoT Core does that this does not do yet (RegisterThing, JITR and jobs topics, Lambda actions) is listed in README's
 //! emulator table.
 
 pub mod broker;
@@ -29,6 +32,7 @@ pub mod dataplane;
 pub mod identity;
 pub mod lifecycle;
 pub mod policy;
+pub mod provisioning;
 pub mod reserved;
 pub mod rules;
 pub mod server;

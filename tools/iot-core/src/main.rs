@@ -18,6 +18,7 @@ use shoal_iot_core::broker::Broker;
 use shoal_iot_core::connection::Settings;
 use shoal_iot_core::dataplane::serve_http;
 use shoal_iot_core::identity::IotRegistry;
+use shoal_iot_core::provisioning::{self, ProvisioningService, RegistryAuthority, Tokens};
 use shoal_iot_core::reserved::ShadowService;
 use shoal_iot_core::rules::engine::{self, AwsSinks, RulesService};
 use shoal_iot_core::rules::template;
@@ -85,6 +86,8 @@ async fn main() -> anyhow::Result<()> {
     let shadows = Arc::new(Shadows::default());
     let mut broker = Broker::new(Duration::from_secs(args.session_expiry_s))
         .with_service(Arc::new(ShadowService(shadows.clone())));
+    let (provisioning, provisioning_queue) = ProvisioningService::new();
+    broker = broker.with_service(Arc::new(provisioning));
     let mut jobs = None;
     if let Some(path) = &args.template {
         let text = std::fs::read_to_string(path)
@@ -105,6 +108,16 @@ async fn main() -> anyhow::Result<()> {
         jobs = Some(queue);
     }
     let broker = Arc::new(broker);
+    let authority = RegistryAuthority {
+        iot: factory.iot(),
+        ca: LocalCa::load_or_create(&args.state_dir)?,
+    };
+    tokio::spawn(provisioning::run(
+        provisioning_queue,
+        Arc::new(authority),
+        Arc::new(Tokens::default()),
+        broker.clone(),
+    ));
     if let Some(queue) = jobs {
         let sdk = factory.sdk_config();
         let sinks = AwsSinks {
