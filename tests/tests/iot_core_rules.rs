@@ -96,7 +96,7 @@ async fn telemetry_publishes_reach_the_queue_as_the_templates_sqs_rules_write_th
     device
         .publish(
             &format!("dt/farm/{thing}/telemetry"),
-            r#"{"temp": 22.0, "hum": 40.5}"#,
+            r#"{"temp": 22.0, "hum": 40.5, "seq": 123456789012345678901}"#,
         )
         .await;
     let packed = vec![0x01, 0x00, 0xff, 0x7f, 0x80];
@@ -105,8 +105,14 @@ async fn telemetry_publishes_reach_the_queue_as_the_templates_sqs_rules_write_th
         .await;
     let before = now_ms();
 
-    let mut bodies: Vec<Value> = take(&thing, 2)
-        .await
+    let queued = take(&thing, 2).await;
+    assert!(
+        queued
+            .iter()
+            .any(|(_, body, _)| body.contains(r#""seq":123456789012345678901"#)),
+        "a number beyond a double passes digit for digit: {queued:?}"
+    );
+    let mut bodies: Vec<Value> = queued
         .iter()
         .map(|(_, body, _)| serde_json::from_str(body).unwrap())
         .collect();

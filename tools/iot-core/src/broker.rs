@@ -376,8 +376,10 @@ impl Broker {
             .flat_map(|service| service.answer(&message, publisher))
             .collect();
         let reached = self.route(message);
+        // Answers are published like any message: the rules see `update/documents` too. No
+        // service answers an answer (they are on response topics), so this ends.
         for answer in answers {
-            self.route(answer);
+            self.publish_from(answer, None);
         }
         reached
     }

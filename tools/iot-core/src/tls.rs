@@ -124,13 +124,21 @@ impl LocalCa {
     /// proves the requester holds the private key.
     ///
     /// # Errors
-    /// [`TlsError::Certificate`] for a CSR that is not PEM, is badly signed or asks for an
-    /// extension rcgen does not read.
+    /// [`TlsError::Certificate`] for a CSR that is not PEM, is badly signed or signed with an
+    /// algorithm this signer does not check (ECDSA P-256/P-384, RSA PKCS#1 v1.5 and Ed25519 are),
+    /// or asks for an extension other than subject alternative names, key usages and basic
+    /// constraints.
     pub fn sign_client_csr(&self, csr_pem: &str) -> Result<String, TlsError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         csr.params.is_ca = IsCa::ExplicitNoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         csr.params.not_after = rcgen::date_time_ymd(2049, 12, 31);
+        // A serial of its own for every certificate (rcgen's default comes from the key).
+        csr.params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            uuid::Uuid::new_v4().as_bytes(),
+        ));
         let issuer = Issuer::new(Self::params()?, &self.key);
         Ok(csr.signed_by(&issuer)?.pem())
     }

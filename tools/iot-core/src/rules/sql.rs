@@ -14,7 +14,10 @@
 //! small recursive-descent parser; it is pure.
 
 use base64::Engine;
-use serde_json::{Map, Number, Value};
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+use serde_json::{Number, Value};
 use thiserror::Error;
 
 use crate::topic;
@@ -181,8 +184,9 @@ pub struct Message<'a> {
 /// What a statement makes of a message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// A JSON document.
-    Json(Value),
+    /// A JSON document, as text: numbers from the payload keep their digits (a value beyond a
+    /// double's range or precision passes through as written).
+    Json(String),
     /// The payload's bytes as they came (`SELECT *` on a binary payload).
     Bytes(Vec<u8>),
 }
@@ -191,8 +195,16 @@ impl Output {
     /// The bytes an action sends.
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
-            Self::Json(value) => value.to_string().into_bytes(),
+            Self::Json(text) => text.clone().into_bytes(),
             Self::Bytes(bytes) => bytes.clone(),
+        }
+    }
+
+    /// The JSON document read back (numbers as `serde_json` reads them); `None` for bytes.
+    pub fn json(&self) -> Option<Value> {
+        match self {
+            Self::Json(text) => serde_json::from_str(text).ok(),
+            Self::Bytes(_) => None,
         }
     }
 }
@@ -246,7 +258,8 @@ impl Statement {
     /// [`SqlError::Evaluation`] when the statement selects fields along with `*` of a payload
     /// that is not a JSON object.
     pub fn apply(&self, message: &Message<'_>) -> Result<Option<Output>, SqlError> {
-        let json = parse_object(message.payload);
+        let raw = raw_fields(message.payload);
+        let json = raw.as_ref().map(values);
         let scope = Scope {
             message,
             json: json.as_ref(),
@@ -256,31 +269,156 @@ impl Statement {
         {
             return Ok(None);
         }
-        if let ([SelectItem::All], None) = (self.select.as_slice(), &json) {
-            return Ok(Some(Output::Bytes(message.payload.to_vec())));
-        }
-        let mut out = Map::new();
+        let Some(raw) = raw else {
+            if let [SelectItem::All] = self.select.as_slice() {
+                return Ok(Some(Output::Bytes(message.payload.to_vec())));
+            }
+            if self.select.contains(&SelectItem::All) {
+                return Err(SqlError::Evaluation(
+                    "SELECT * with other fields needs a JSON object payload".into(),
+                ));
+            }
+            return Ok(Some(Output::Json(self.named(&scope, &BTreeMap::new()))));
+        };
+        Ok(Some(Output::Json(self.named(&scope, &raw))))
+    }
+
+    /// The output document's text: `*`'s fields as written (whole-number decimals as integers),
+    /// then the named items.
+    fn named(&self, scope: &Scope<'_>, raw: &BTreeMap<String, Box<RawValue>>) -> String {
+        let mut out: BTreeMap<String, String> = BTreeMap::new();
         for item in &self.select {
             match item {
-                SelectItem::All => match &json {
-                    Some(Value::Object(fields)) => {
-                        out.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                SelectItem::All => {
+                    for (key, value) in raw {
+                        out.insert(key.clone(), whole_number_text(value.get()));
                     }
-                    _ => {
-                        return Err(SqlError::Evaluation(
-                            "SELECT * with other fields needs a JSON object payload".into(),
-                        ));
-                    }
-                },
+                }
                 SelectItem::Named(expr, name) => {
-                    if let Some(value) = scope.eval(expr) {
-                        out.insert(name.clone(), value);
+                    // A top-level field keeps its digits; anything else is computed.
+                    let text = match expr {
+                        Expr::Field(steps) => match steps.as_slice() {
+                            [Step::Key(key)] => raw.get(key).map(|v| whole_number_text(v.get())),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    let text =
+                        text.or_else(|| scope.eval(expr).map(|v| whole_numbers(v).to_string()));
+                    if let Some(text) = text {
+                        out.insert(name.clone(), text);
                     }
                 }
             }
         }
-        Ok(Some(Output::Json(whole_numbers(Value::Object(out)))))
+        let members: Vec<String> = out
+            .iter()
+            .map(|(key, value)| format!("{}:{value}", Value::from(key.as_str())))
+            .collect();
+        format!("{{{}}}", members.join(","))
     }
+}
+
+/// The payload's top-level fields as written, when it is a JSON object or empty (an empty
+/// payload is an empty document fields can be added to); `None` when it is binary.
+fn raw_fields(payload: &[u8]) -> Option<BTreeMap<String, Box<RawValue>>> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Some(BTreeMap::new());
+    }
+    serde_json::from_slice(payload).ok()
+}
+
+/// The fields as values for expressions; a field a double cannot hold (e.g. `1e400`) is
+/// Undefined to them, and still passes through `*` as written.
+fn values(raw: &BTreeMap<String, Box<RawValue>>) -> Value {
+    Value::Object(
+        raw.iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v.get()).ok()?)))
+            .collect(),
+    )
+}
+
+/// `json` (valid JSON text) with every number that is a whole number written as an integer
+/// (`22.0` → `22`, `9.3e18` → `9300000000000000000`; at most 34 digits, IoT SQL's integers),
+/// strings untouched, whitespace between tokens dropped: SQL 2016-03-23's rule, digit for
+/// digit.
+fn whole_number_text(json: &str) -> String {
+    let bytes = json.as_bytes();
+    let mut out = String::with_capacity(json.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(bytes.len());
+                out.push_str(&json[start..i]);
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &json[start..i];
+                out.push_str(&whole_number(number).unwrap_or_else(|| number.to_owned()));
+            }
+            // Whitespace between tokens is dropped: the document goes out compact.
+            b if b.is_ascii_whitespace() => i += 1,
+            _ => {
+                let start = i;
+                i += 1;
+                while i < bytes.len()
+                    && !matches!(bytes[i], b'"' | b'-' | b'0'..=b'9')
+                    && !bytes[i].is_ascii_whitespace()
+                {
+                    i += 1;
+                }
+                out.push_str(&json[start..i]);
+            }
+        }
+    }
+    out
+}
+
+/// A JSON number with a fraction or exponent that is a whole number, as an integer of at most
+/// 34 digits; `None` otherwise (kept as written).
+fn whole_number(number: &str) -> Option<String> {
+    if !number.contains(['.', 'e', 'E']) {
+        return None;
+    }
+    let (negative, unsigned) = match number.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, number),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let point = i64::try_from(int.len()).ok()?.checked_add(exponent)?;
+    let point = usize::try_from(point).ok().filter(|p| *p <= 34)?;
+    let (whole, rest) = if point <= digits.len() {
+        digits.split_at(point)
+    } else {
+        (digits.as_str(), "")
+    };
+    if !rest.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let zeros = point.saturating_sub(digits.len());
+    let text = format!("{whole}{}", "0".repeat(zeros));
+    let text = text.trim_start_matches('0');
+    Some(match (text.is_empty(), negative) {
+        (true, _) => "0".to_owned(),
+        (false, true) => format!("-{text}"),
+        (false, false) => text.to_owned(),
+    })
 }
 
 /// An action parameter with `${expression}` substitutions (e.g. `rule-errors/${newuuid()}.json`).
@@ -328,7 +466,7 @@ impl Template {
     /// The text for `message`: each expression's value (a string as it is, anything else as
     /// JSON; Undefined as nothing).
     pub fn render(&self, message: &Message<'_>) -> String {
-        let json = parse_object(message.payload);
+        let json = raw_fields(message.payload).as_ref().map(values);
         let scope = Scope {
             message,
             json: json.as_ref(),
@@ -346,13 +484,6 @@ impl Template {
         }
         out
     }
-}
-
-/// The payload as JSON when it is a JSON object; `None` when it is binary.
-fn parse_object(payload: &[u8]) -> Option<Value> {
-    serde_json::from_slice::<Value>(payload)
-        .ok()
-        .filter(Value::is_object)
 }
 
 /// SQL 2016-03-23: a whole-number float comes out as an integer (`10.0` → `10`).
@@ -399,23 +530,17 @@ impl Scope<'_> {
                 Some(node.clone())
             }
             Expr::Call(function, args) => self.call(*function, args),
-            Expr::Not(inner) => match self.eval(inner)? {
-                Value::Bool(b) => Some(Value::Bool(!b)),
-                _ => None,
-            },
+            Expr::Not(inner) => Some(Value::Bool(!truth(&self.eval(inner)?)?)),
             Expr::Negate(inner) => arithmetic(BinaryOp::Sub, &Value::from(0), &self.eval(inner)?),
             Expr::Binary(op, left, right) => match op {
                 BinaryOp::And | BinaryOp::Or => {
-                    let l = self.eval(left).and_then(|v| v.as_bool());
-                    let r = self.eval(right).and_then(|v| v.as_bool());
-                    let out = match (op, l, r) {
-                        (BinaryOp::And, Some(false), _) | (BinaryOp::And, _, Some(false)) => false,
-                        (BinaryOp::And, Some(true), Some(true)) => true,
-                        (BinaryOp::Or, Some(true), _) | (BinaryOp::Or, _, Some(true)) => true,
-                        (BinaryOp::Or, Some(false), Some(false)) => false,
-                        _ => return None,
-                    };
-                    Some(Value::Bool(out))
+                    let l = truth(&self.eval(left)?)?;
+                    let r = truth(&self.eval(right)?)?;
+                    Some(Value::Bool(if *op == BinaryOp::And {
+                        l && r
+                    } else {
+                        l || r
+                    }))
                 }
                 BinaryOp::Eq
                 | BinaryOp::Ne
@@ -472,22 +597,50 @@ impl Scope<'_> {
     }
 }
 
+/// A Boolean operand: a Boolean, or the string `true` / `false` (any case); else Undefined.
+fn truth(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// A number, or a string that reads as one (IoT SQL converts such strings in comparisons and
+/// arithmetic).
+fn numeric(value: &Value) -> Option<Number> {
+    match value {
+        Value::Number(n) => Some(n.clone()),
+        Value::String(s) => serde_json::from_str::<Number>(s.trim()).ok(),
+        _ => None,
+    }
+}
+
 fn compare(op: BinaryOp, left: &Value, right: &Value) -> Option<bool> {
     use std::cmp::Ordering;
+    let equality = matches!(op, BinaryOp::Eq | BinaryOp::Ne);
     let ordering = match (left, right) {
-        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
-            (Some(a), Some(b)) => a.cmp(&b),
-            _ => a.as_f64()?.partial_cmp(&b.as_f64()?)?,
-        },
-        (Value::String(a), Value::String(b)) => a.cmp(b),
+        (Value::String(a), Value::String(b)) if equality => a.cmp(b),
         (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
-        (a, b)
-            if matches!(op, BinaryOp::Eq | BinaryOp::Ne)
-                && std::mem::discriminant(a) == std::mem::discriminant(b) =>
+        (Value::Array(_) | Value::Object(_) | Value::Null, _)
+        | (_, Value::Array(_) | Value::Object(_) | Value::Null)
+            if equality =>
         {
-            return Some((a == b) == (op == BinaryOp::Eq));
+            return Some((left == right) == (op == BinaryOp::Eq));
         }
-        _ => return None,
+        _ => match (numeric(left), numeric(right)) {
+            (Some(a), Some(b)) => match (a.as_i64(), b.as_i64()) {
+                (Some(a), Some(b)) => a.cmp(&b),
+                _ => a.as_f64()?.partial_cmp(&b.as_f64()?)?,
+            },
+            _ => match (left, right) {
+                (Value::String(a), Value::String(b)) => a.cmp(b),
+                // Values of different types are never equal.
+                _ if equality => return Some(op == BinaryOp::Ne),
+                _ => return None,
+            },
+        },
     };
     Some(match op {
         BinaryOp::Eq => ordering == Ordering::Equal,
@@ -500,19 +653,29 @@ fn compare(op: BinaryOp, left: &Value, right: &Value) -> Option<bool> {
     })
 }
 
+/// `+ - * / %`: integers stay integers (`/` truncates, as IoT SQL's Int / Int), anything else
+/// is a decimal; `+` of two strings joins them; a string that reads as a number counts as one.
 fn arithmetic(op: BinaryOp, left: &Value, right: &Value) -> Option<Value> {
-    let (a, b) = (left.as_number()?, right.as_number()?);
+    if let (BinaryOp::Add, Value::String(a), Value::String(b)) = (op, left, right)
+        && (numeric(left).is_none() || numeric(right).is_none())
+    {
+        return Some(Value::String(format!("{a}{b}")));
+    }
+    let (a, b) = (numeric(left)?, numeric(right)?);
     if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
         let exact = match op {
             BinaryOp::Add => x.checked_add(y),
             BinaryOp::Sub => x.checked_sub(y),
             BinaryOp::Mul => x.checked_mul(y),
             BinaryOp::Rem => x.checked_rem(y),
-            BinaryOp::Div if y != 0 && x % y == 0 => x.checked_div(y),
+            BinaryOp::Div => x.checked_div(y),
             _ => None,
         };
-        if let Some(v) = exact {
-            return Some(Value::from(v));
+        match exact {
+            Some(v) => return Some(Value::from(v)),
+            // Division by zero is Undefined; an overflow falls through to decimals.
+            None if y == 0 && matches!(op, BinaryOp::Div | BinaryOp::Rem) => return None,
+            None => {}
         }
     }
     let (x, y) = (a.as_f64()?, b.as_f64()?);
@@ -714,7 +877,7 @@ impl Parser {
         self.binary_level(0)
     }
 
-    /// Precedence climbing: `OR` < `AND` < comparisons < `+ -` < `* / %`.
+    /// Precedence climbing: `OR` < `AND` < `NOT` < comparisons < `+ -` < `* / %`.
     fn binary_level(&mut self, level: usize) -> Result<Expr, SqlError> {
         const LEVELS: [&[(&str, BinaryOp)]; 5] = [
             &[("OR", BinaryOp::Or)],
@@ -738,6 +901,11 @@ impl Parser {
         if level == LEVELS.len() {
             return self.unary();
         }
+        // `NOT` binds looser than comparisons (`NOT a > 1` is `NOT (a > 1)`), tighter than AND.
+        if level == 2 && self.is_keyword("NOT") {
+            self.next();
+            return Ok(Expr::Not(Box::new(self.binary_level(level)?)));
+        }
         let mut left = self.binary_level(level + 1)?;
         loop {
             let found = LEVELS[level].iter().find(|(symbol, _)| match self.peek() {
@@ -756,10 +924,6 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, SqlError> {
-        if self.is_keyword("NOT") {
-            self.next();
-            return Ok(Expr::Not(Box::new(self.unary()?)));
-        }
         if self.eat(&Token::Op("-")) {
             return Ok(Expr::Negate(Box::new(self.unary()?)));
         }
@@ -858,6 +1022,11 @@ mod tests {
         }
     }
 
+    /// The output a document gives (compact, keys in order, as the statement writes it).
+    fn doc(value: Value) -> Output {
+        Output::Json(value.to_string())
+    }
+
     fn apply(sql: &str, topic: &str, payload: &[u8]) -> Option<Output> {
         Statement::parse(sql)
             .unwrap()
@@ -879,7 +1048,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             out,
-            Some(Output::Json(json!({
+            Some(doc(json!({
                 "temp": 22,
                 "hum": 40.5,
                 "_topic": "dt/app/dev-7/telemetry",
@@ -887,9 +1056,7 @@ mod tests {
                 "_client_id": "dev-7",
             })))
         );
-        let Some(Output::Json(doc)) = &out else {
-            unreachable!()
-        };
+        let doc = out.and_then(|o| o.json()).unwrap();
         assert!(
             doc["temp"].is_i64(),
             "SQL 2016-03-23 makes 22.0 the integer 22"
@@ -908,10 +1075,7 @@ mod tests {
             "a/b/c",
             &raw,
         );
-        assert_eq!(
-            out,
-            Some(Output::Json(json!({"_payload": "H4sA/w==", "t": "c"})))
-        );
+        assert_eq!(out, Some(doc(json!({"_payload": "H4sA/w==", "t": "c"}))));
         let statement = Statement::parse("SELECT *, topic() AS t FROM 'a/#'").unwrap();
         assert!(matches!(
             statement.apply(&message("a/b", &raw)),
@@ -928,7 +1092,7 @@ mod tests {
                 "x",
                 br#"{"temp": 21, "mode": "on", "device": {"id": "d"}}"#
             ),
-            Some(Output::Json(json!({"temp": 21, "id": "d"})))
+            Some(doc(json!({"temp": 21, "id": "d"})))
         );
         assert_eq!(apply(sql, "x", br#"{"temp": 19, "mode": "on"}"#), None);
         assert_eq!(
@@ -949,7 +1113,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            Some(Output::Json(json!({"second": 2}))),
+            Some(doc(json!({"second": 2}))),
             "Undefined is left out"
         );
     }
@@ -963,15 +1127,98 @@ mod tests {
         );
         assert_eq!(
             out,
-            Some(Output::Json(
-                json!({"s": 9, "h": 1.5, "r": 3, "n": -3, "l": "abc", "u": "X", "p": "abc123"})
+            Some(doc(
+                json!({"s": 9, "h": 1, "r": 3, "n": -3, "l": "abc", "u": "X", "p": "abc123"})
             ))
         );
         let uuid = apply("SELECT newuuid() AS id FROM 'x'", "x", b"{}");
-        let Some(Output::Json(doc)) = uuid else {
-            panic!()
+        let id = uuid.and_then(|o| o.json()).unwrap();
+        assert_eq!(id["id"].as_str().map(str::len), Some(36));
+    }
+
+    #[test]
+    fn operators_follow_iot_sqls_tables() {
+        let eval = |expr: &str, payload: &[u8]| {
+            let sql = format!("SELECT {expr} AS v FROM 'x'");
+            match apply(&sql, "x", payload) {
+                Some(out) => out.json().and_then(|d| d.get("v").cloned()),
+                other => panic!("{other:?}"),
+            }
         };
-        assert_eq!(doc["id"].as_str().map(str::len), Some(36));
+        let p = br#"{"temp": 25, "status": 3, "n": "10", "big": -9223372036854775808, "m": -1, "t": "TRUE"}"#;
+        assert_eq!(
+            eval("NOT temp > 20", p),
+            Some(json!(false)),
+            "NOT (temp > 20)"
+        );
+        assert_eq!(
+            eval("status <> 'ok'", p),
+            Some(json!(true)),
+            "different types differ"
+        );
+        assert_eq!(eval("status = 'ok'", p), Some(json!(false)));
+        assert_eq!(eval("'a' + 'b'", p), Some(json!("ab")));
+        assert_eq!(eval("7 / 2", p), Some(json!(3)), "Int / Int is an Int");
+        assert_eq!(eval("7.0 / 2", p), Some(json!(3.5)));
+        assert_eq!(eval("n > 9", p), Some(json!(true)), "'10' reads as 10");
+        assert_eq!(
+            eval("'10' < '9'", p),
+            Some(json!(false)),
+            "numeric strings compare as numbers"
+        );
+        assert_eq!(
+            eval("big / m", p),
+            Some(json!(9.223_372_036_854_776e18)),
+            "no overflow panic"
+        );
+        assert_eq!(eval("big % m", p), Some(json!(0)));
+        assert_eq!(eval("1 / 0", p), None);
+        assert_eq!(
+            eval("t AND true", p),
+            Some(json!(true)),
+            "the string TRUE is a Boolean"
+        );
+        assert_eq!(
+            eval("false AND missing", p),
+            None,
+            "Undefined in, Undefined out"
+        );
+    }
+
+    #[test]
+    fn payload_numbers_keep_their_digits_and_empty_payloads_take_fields() {
+        let out = apply(
+            "SELECT *, topic() AS t FROM 'x'",
+            "x",
+            br#"{"a": 1.0000000000000000001, "c": 99999999999999999999, "e": 1e400, "g": 9.3e18, "h": [2.50, -0.0, "1.0"], "s": "22.0"}"#,
+        );
+        assert_eq!(
+            out,
+            Some(Output::Json(
+                r#"{"a":1.0000000000000000001,"c":99999999999999999999,"e":1e400,"g":9300000000000000000,"h":[2.50,0,"1.0"],"s":"22.0","t":"x"}"#.into()
+            ))
+        );
+        assert_eq!(
+            apply("SELECT temp FROM 'x'", "x", br#"{"temp": 22.000}"#),
+            Some(Output::Json(r#"{"temp":22}"#.into()))
+        );
+        assert_eq!(
+            apply("SELECT *, topic() AS t FROM 'x'", "x", b""),
+            Some(doc(json!({"t": "x"})))
+        );
+        assert_eq!(
+            apply("SELECT * FROM 'x' WHERE e > 1", "x", br#"{"e": 1e400}"#),
+            None,
+            "beyond a double: Undefined"
+        );
+        assert_eq!(
+            whole_number("1e35"),
+            None,
+            "more than 34 digits stays as written"
+        );
+        assert_eq!(whole_number("-12.5e1"), Some("-125".into()));
+        assert_eq!(whole_number("0.000"), Some("0".into()));
+        assert_eq!(whole_number("12"), None);
     }
 
     #[test]
