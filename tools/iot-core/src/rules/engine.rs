@@ -8,7 +8,7 @@
 //! republish through the broker).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use base64::Engine;
 use serde_json::json;
@@ -20,7 +20,10 @@ use crate::broker::{Broker, Message, Publisher, Service};
 use crate::lifecycle::now_ms;
 
 /// Jobs waiting for the worker at most; more are dropped (and counted).
-pub const JOB_QUEUE: usize = 10_000;
+pub const JOB_QUEUE: usize = 100_000;
+/// Bytes of waiting jobs (payloads and outputs) at most; more are dropped (and counted): a
+/// burst of large messages cannot take the machine's memory.
+pub const JOB_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Jobs whose actions run at once at most.
 pub const CONCURRENT_JOBS: usize = 64;
 
@@ -48,6 +51,8 @@ pub trait Sinks: Send + Sync + 'static {
 /// One message a rule selected, with what the actions need to render their templates.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// The service's count of queued bytes, given back when the job is done.
+    queued_bytes: Arc<AtomicUsize>,
     rule: Arc<Rule>,
     topic: String,
     payload: bytes::Bytes,
@@ -58,6 +63,15 @@ pub struct Job {
 }
 
 impl Job {
+    /// What the job holds, as counted against [`JOB_QUEUE_BYTES`].
+    fn size(&self) -> usize {
+        let output = match &self.output {
+            Output::Json(text) => text.len(),
+            Output::Bytes(bytes) => bytes.len(),
+        };
+        self.payload.len() + output + self.topic.len() + self.client_id.len() + self.principal.len()
+    }
+
     fn message(&self) -> sql::Message<'_> {
         sql::Message {
             topic: &self.topic,
@@ -75,6 +89,7 @@ pub struct RulesService {
     rules: Vec<Arc<Rule>>,
     jobs: mpsc::Sender<Job>,
     dropped: AtomicU64,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl RulesService {
@@ -85,6 +100,7 @@ impl RulesService {
             rules: rules.into_iter().map(Arc::new).collect(),
             jobs,
             dropped: AtomicU64::new(0),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
         };
         (service, queue)
     }
@@ -121,6 +137,7 @@ impl Service for RulesService {
                 }
             };
             let job = Job {
+                queued_bytes: self.queued_bytes.clone(),
                 rule: rule.clone(),
                 topic: message.topic.clone(),
                 payload: message.payload.clone(),
@@ -129,7 +146,18 @@ impl Service for RulesService {
                 timestamp_ms,
                 output,
             };
-            if self.jobs.try_send(job).is_err() {
+            let size = job.size();
+            let fits = self
+                .queued_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                    (queued + size <= JOB_QUEUE_BYTES).then_some(queued + size)
+                })
+                .is_ok();
+            let sent = fits && self.jobs.try_send(job).is_ok();
+            if fits && !sent {
+                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            }
+            if !sent {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     rule = rule.name,
@@ -157,8 +185,14 @@ pub async fn run<S: Sinks>(mut queue: mpsc::Receiver<Job>, sinks: Arc<S>, broker
     }
 }
 
-/// Runs a job's actions; when any fails, its rule's error action gets AWS's error payload.
+/// Runs a job's actions; when any fails, its rule's error action gets AWS's error payload. The
+/// job's bytes leave the queue's count when it is done.
 pub async fn execute<S: Sinks>(job: &Job, sinks: &S, broker: &Broker) {
+    run_actions(job, sinks, broker).await;
+    job.queued_bytes.fetch_sub(job.size(), Ordering::AcqRel);
+}
+
+async fn run_actions<S: Sinks>(job: &Job, sinks: &S, broker: &Broker) {
     let body = job.output.to_bytes();
     let mut failures = Vec::new();
     for action in &job.rule.actions {
@@ -460,5 +494,24 @@ Resources:
             service.answer(&message, None);
         }
         assert_eq!(service.dropped(), 1);
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_bounded_and_given_back_when_a_job_is_done() {
+        let (service, mut queue) = service("q");
+        let big = format!(r#"{{"temp": 1, "blob": "{}"}}"#, "x".repeat(100 * 1024));
+        let message = Message::from_service("dt/app/dev-1/telemetry".into(), big.into_bytes());
+        let fit = JOB_QUEUE_BYTES / (2 * message.payload.len());
+        for _ in 0..fit + 50 {
+            service.answer(&message, None);
+        }
+        assert!(service.dropped() >= 50, "{} dropped", service.dropped());
+        let job = queue.try_recv().unwrap();
+        let before = service.queued_bytes.load(Ordering::Acquire);
+        execute(&job, &Kept::default(), &Broker::new(Duration::from_secs(1))).await;
+        assert_eq!(
+            service.queued_bytes.load(Ordering::Acquire),
+            before - job.size()
+        );
     }
 }
