@@ -23,7 +23,8 @@
 //!   `StringNotEqualsIgnoreCase`, `StringLike`, `StringNotLike`, `Bool`, each optionally
 //!   `…IfExists`, on the keys above (`iot:ClientId`, `iot:Connection.Thing.*`). A key the
 //!   connection does not have fails a positive operator and passes a negated one, as in IAM; an
-//!   operator or key this evaluator does not know makes its statement never apply (fail closed).
+//!   operator or key this evaluator does not know fails closed: its `Allow` statement never
+//!   applies, its `Deny` statement always does.
 //!
 //! Everything a connection's policies can depend on is known when it connects, so a connection's
 //! policies are compiled once ([`Grants::compile`]) and each packet is then a match of its ARN.
@@ -223,12 +224,20 @@ impl Grants {
                 .ok_or_else(|| error("Action is not a string or a list of strings".into()))?;
             let resources = strings(statement.get("Resource"))
                 .ok_or_else(|| error("Resource is not a string or a list of strings".into()))?;
-            match conditions_hold(statement.get("Condition"), principal) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(unknown) => {
-                    tracing::warn!(policy = name, unknown, "statement never applies");
+            match (
+                conditions_hold(statement.get("Condition"), principal),
+                effect,
+            ) {
+                (Ok(true), _) => {}
+                (Ok(false), _) => continue,
+                // A condition this evaluator cannot read fails closed: an Allow never applies,
+                // a Deny always does.
+                (Err(unknown), Effect::Allow) => {
+                    tracing::warn!(policy = name, unknown, "Allow statement never applies");
                     continue;
+                }
+                (Err(unknown), Effect::Deny) => {
+                    tracing::warn!(policy = name, unknown, "Deny statement always applies");
                 }
             }
             added.push(Grant {
@@ -519,6 +528,36 @@ mod tests {
         assert!(!g.allows(Action::Publish, "t/dev-2/x"));
         let g = grants(doc, &principal("d?v", false));
         assert!(!g.allows(Action::Publish, "t/dev/x"));
+    }
+
+    #[test]
+    fn a_condition_this_evaluator_cannot_read_fails_closed_for_allow_and_deny() {
+        let document = r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iot:*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "iot:Publish", "Resource": "*",
+             "Condition": {"DateGreaterThan": {"aws:CurrentTime": "2020-01-01T00:00:00Z"}}},
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "*",
+             "Condition": {"NumericEquals": {"iot:Connection.Thing.Attributes[n]": "1"}}}
+        ]}"#;
+        let only_conditional_allow = r#"{"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "*",
+             "Condition": {"NumericEquals": {"iot:Connection.Thing.Attributes[n]": "1"}}}
+        ]}"#;
+        let p = principal("dev-1", true);
+        let g = grants(document, &p);
+        assert!(
+            !g.allows(Action::Publish, "a/b"),
+            "the unreadable Deny applies"
+        );
+        assert!(
+            g.allows(Action::Connect, "dev-1"),
+            "the plain Allow still does"
+        );
+        let g = grants(only_conditional_allow, &p);
+        assert!(
+            !g.allows(Action::Subscribe, "a/b"),
+            "the unreadable Allow does not"
+        );
     }
 
     #[test]

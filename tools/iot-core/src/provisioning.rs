@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::broker::{Broker, Message, Publisher, Service};
 use crate::tls::LocalCa;
 
-/// Requests waiting for the worker at most; more are answered 503 at once.
+/// Requests waiting for the worker at most; more are dropped unanswered (and logged).
 pub const REQUEST_QUEUE: usize = 1_000;
 /// How long an ownership token stays good.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);

@@ -129,6 +129,7 @@ impl LocalCa {
     /// or asks for an extension other than subject alternative names, key usages and basic
     /// constraints.
     pub fn sign_client_csr(&self, csr_pem: &str) -> Result<String, TlsError> {
+        check_csr_algorithms(csr_pem)?;
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         csr.params.is_ca = IsCa::ExplicitNoCa;
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -141,6 +142,37 @@ impl LocalCa {
         ));
         let issuer = Issuer::new(Self::params()?, &self.key);
         Ok(csr.signed_by(&issuer)?.pem())
+    }
+}
+
+/// Refuses a CSR whose ECDSA signature's hash does not go with its key's curve (P-256 with
+/// SHA-256, P-384 with SHA-384): its signature may check out, but rcgen takes the curve from the
+/// signature's algorithm alone and would issue a certificate with a broken key.
+fn check_csr_algorithms(csr_pem: &str) -> Result<(), TlsError> {
+    use tokio_rustls::rustls::pki_types::CertificateSigningRequestDer;
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    let unreadable = || TlsError::Certificate(rcgen::Error::CouldNotParseCertificationRequest);
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|_| unreadable())?;
+    let (_, csr) = X509CertificationRequest::from_der(der.as_ref()).map_err(|_| unreadable())?;
+    let key = &csr.certification_request_info.subject_pki.algorithm;
+    let curve = key
+        .parameters
+        .as_ref()
+        .and_then(|p| x509_parser::der_parser::oid::Oid::try_from(p).ok())
+        .map(|oid| oid.to_id_string());
+    let wanted = match csr.signature_algorithm.algorithm.to_id_string().as_str() {
+        "1.2.840.10045.4.3.2" => Some("1.2.840.10045.3.1.7"), // ecdsa-with-SHA256: P-256
+        "1.2.840.10045.4.3.3" => Some("1.3.132.0.34"),        // ecdsa-with-SHA384: P-384
+        _ => None,
+    };
+    match wanted {
+        Some(wanted) if curve.as_deref() != Some(wanted) => Err(TlsError::Pem(format!(
+            "the CSR's key curve ({}) does not go with its signature's hash: P-256 with SHA-256 or P-384 with SHA-384",
+            curve.unwrap_or_else(|| "none".into())
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -221,5 +253,58 @@ impl ClientCertVerifier for AnyClientCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> (LocalCa, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("shoal-ca-{}", uuid::Uuid::new_v4().simple()));
+        (LocalCa::load_or_create(&dir).unwrap(), dir)
+    }
+
+    #[test]
+    fn a_csr_is_signed_with_its_own_key_and_a_serial_of_its_own() {
+        let (ca, dir) = ca();
+        let key = KeyPair::generate().unwrap();
+        let csr = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let first = ca.sign_client_csr(&csr).unwrap();
+        let second = ca.sign_client_csr(&csr).unwrap();
+        let parsed = |pem: &str| {
+            let der = CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .to_vec();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            (
+                cert.raw_serial().to_vec(),
+                cert.public_key().subject_public_key.data.to_vec(),
+            )
+        };
+        let (serial_1, key_1) = parsed(&first);
+        let (serial_2, _) = parsed(&second);
+        assert_ne!(serial_1, serial_2);
+        assert_eq!(key_1, key.public_key_raw(), "the device's own key");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_csr_whose_hash_does_not_go_with_its_curve_is_refused() {
+        // A P-384 key with an ecdsa-with-SHA256 signature (made with OpenSSL): valid, but rcgen
+        // would read its key as P-256.
+        let (ca, dir) = ca();
+        let refused = ca.sign_client_csr(include_str!("p384-key-sha256-signature.csr"));
+        assert!(
+            matches!(refused, Err(TlsError::Pem(ref why)) if why.contains("curve")),
+            "{refused:?}"
+        );
+        assert!(ca.sign_client_csr("not a CSR").is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
