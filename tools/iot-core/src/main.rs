@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let ca = LocalCa::load_or_create(&args.state_dir)?;
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let (certificate, key) = ca.server_certificate(&names)?;
+    let ca_file = ca.ca_file.clone();
     let plain = TlsAcceptor::from(server_config(certificate.clone(), key.clone_key(), &[])?);
     let alpn = TlsAcceptor::from(server_config(certificate, key, &[ALPN_MQTT_443])?);
 
@@ -110,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = Arc::new(broker);
     let authority = RegistryAuthority {
         iot: factory.iot(),
-        ca: LocalCa::load_or_create(&args.state_dir)?,
+        ca,
     };
     tokio::spawn(provisioning::run(
         provisioning_queue,
@@ -170,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "shoal-iot-core: MQTT on {} (CA {})",
         args.listen,
-        ca.ca_file.display()
+        ca_file.display()
     );
     for task in tasks {
         task.await?;

@@ -562,45 +562,37 @@ fn prune_empty(state: &mut StateMap, metadata: &mut StateMap) {
 
 /// The request's own `state`, as `update/accepted` echoes it (a cleared section as `null`).
 fn request_state(request: &UpdateRequest) -> Value {
-    let mut state = Map::new();
-    for (key, patch) in [
-        ("desired", &request.desired),
-        ("reported", &request.reported),
-    ] {
-        match patch {
-            Patch::Absent => {}
-            Patch::Clear => {
-                state.insert(key.into(), Value::Null);
-            }
-            Patch::Merge(map) => {
-                state.insert(key.into(), Value::Object(map.clone()));
-            }
-        }
-    }
-    Value::Object(state)
+    request_sections(request, |map| {
+        map.map_or(Value::Null, |m| Value::Object(m.clone()))
+    })
 }
 
 /// The metadata of what the request wrote: a timestamp per leaf it set or deleted.
 fn request_metadata(request: &UpdateRequest, now_s: u64) -> Value {
-    let mut metadata = Map::new();
-    for (key, patch) in [
+    request_sections(request, |map| match map {
+        None => json!({"timestamp": now_s}),
+        Some(m) => leaf_metadata(&Value::Object(m.clone()), now_s),
+    })
+}
+
+/// `{"desired": …, "reported": …}` for the sections the request names: `part` of the section's
+/// patch (`None` for a cleared section).
+fn request_sections(request: &UpdateRequest, part: impl Fn(Option<&StateMap>) -> Value) -> Value {
+    [
         ("desired", &request.desired),
         ("reported", &request.reported),
-    ] {
-        match patch {
-            Patch::Absent => {}
-            Patch::Clear => {
-                metadata.insert(key.into(), json!({"timestamp": now_s}));
-            }
-            Patch::Merge(map) => {
-                metadata.insert(
-                    key.into(),
-                    leaf_metadata(&Value::Object(map.clone()), now_s),
-                );
-            }
-        }
-    }
-    Value::Object(metadata)
+    ]
+    .into_iter()
+    .filter_map(|(key, patch)| {
+        let value = match patch {
+            Patch::Absent => return None,
+            Patch::Clear => part(None),
+            Patch::Merge(map) => part(Some(map)),
+        };
+        Some((key.to_owned(), value))
+    })
+    .collect::<Map<String, Value>>()
+    .into()
 }
 
 /// `{"timestamp": now}` for a leaf; objects and arrays mirrored.

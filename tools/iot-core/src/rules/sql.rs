@@ -259,11 +259,7 @@ impl Statement {
     /// that is not a JSON object.
     pub fn apply(&self, message: &Message<'_>) -> Result<Option<Output>, SqlError> {
         let raw = raw_fields(message.payload);
-        let json = raw.as_ref().map(values);
-        let scope = Scope {
-            message,
-            json: json.as_ref(),
-        };
+        let scope = Scope::with_fields(message, raw.as_ref().map(values));
         if let Some(condition) = &self.condition
             && scope.eval(condition) != Some(Value::Bool(true))
         {
@@ -466,11 +462,7 @@ impl Template {
     /// The text for `message`: each expression's value (a string as it is, anything else as
     /// JSON; Undefined as nothing).
     pub fn render(&self, message: &Message<'_>) -> String {
-        let json = raw_fields(message.payload).as_ref().map(values);
-        let scope = Scope {
-            message,
-            json: json.as_ref(),
-        };
+        let scope = Scope::new(message);
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -508,9 +500,35 @@ fn whole_numbers(value: Value) -> Value {
     }
 }
 
+/// What expressions are evaluated against: the message, and its payload's fields read once,
+/// when an expression first needs them.
 struct Scope<'a> {
     message: &'a Message<'a>,
-    json: Option<&'a Value>,
+    json: std::cell::OnceCell<Option<Value>>,
+}
+
+impl<'a> Scope<'a> {
+    /// A scope whose payload fields are read when first needed.
+    fn new(message: &'a Message<'a>) -> Self {
+        Self {
+            message,
+            json: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// A scope whose payload fields were already read.
+    fn with_fields(message: &'a Message<'a>, json: Option<Value>) -> Self {
+        Self {
+            message,
+            json: std::cell::OnceCell::from(json),
+        }
+    }
+
+    fn json(&self) -> Option<&Value> {
+        self.json
+            .get_or_init(|| raw_fields(self.message.payload).as_ref().map(values))
+            .as_ref()
+    }
 }
 
 impl Scope<'_> {
@@ -518,9 +536,9 @@ impl Scope<'_> {
     fn eval(&self, expr: &Expr) -> Option<Value> {
         match expr {
             Expr::Literal(value) => Some(value.clone()),
-            Expr::Payload => self.json.cloned(),
+            Expr::Payload => self.json().cloned(),
             Expr::Field(steps) => {
-                let mut node = self.json?;
+                let mut node = self.json()?;
                 for step in steps {
                     node = match step {
                         Step::Key(key) => node.get(key)?,
