@@ -1,222 +1,80 @@
-//! The template's IoT rules run by the local IoT Core: a device's telemetry publish goes through
-//! `TelemetrySqsRule` (or `TelemetryBinarySqsRule`) into the stack's telemetry queue as the rule
-//! writes it (the payload's fields, `_topic`, `_received_at`, `_client_id`; SQL 2016-03-23 turns
-//! `22.0` into `22`), and the router, handed that very message as Lambda's SQS event, stores
-//! the readings with stable types.
-//!
-//! The tests in this file are the queue's only consumers: they run one at a time (a lock) and
-//! delete what they receive, their own messages and the leftovers of other tests' publishes.
+//! The template's rules and functions run together as deployed: a device publishes on MQTT to
+//! the local IoT Core, `TelemetrySqsRule` (or `TelemetryBinarySqsRule`) queues the rule's output
+//! on the stack's telemetry queue, `TelemetryQueueMapping` hands it to the real router process in
+//! the local Lambda host, and the readings land in Timestream (or, refused, in the quarantine
+//! with their reason). Lifecycle events reach the presence function through `PresenceRule` and
+//! the device table. Nothing here calls a function directly.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::{Value, json};
-use shoal_aws::config::{TimestreamTarget, vars};
-use shoal_cli::resources::init_local;
+use shoal_aws::device_table::{DEVICE_RECORD, DeviceTable};
 use shoal_core::clock::now_ms;
 use shoal_integration_tests::local::{self, unique_name};
-use shoal_integration_tests::mqtt5::{Client, certificate};
-use shoal_integration_tests::router::RealEdges;
-use telemetry_router::handler::{RouterConfig, handle};
-use telemetry_router::router::NoDeadline;
-use tokio::sync::Mutex;
+use shoal_integration_tests::mqtt5::Client;
 
-static QUEUE: Mutex<()> = Mutex::const_new(());
+/// The stack's names (tools/localstack/stack, `shoal init-local`'s defaults).
+const DATABASE: &str = "shoal_local";
+const TABLE: &str = "telemetry";
+const ARCHIVE: &str = "shoal-local-archive";
+const DEVICES: &str = "shoal-local-devices";
 
-/// A message the rule sent: (message id, body, SentTimestamp in ms).
-type Queued = (String, String, String);
-
-/// Receives from the stack's telemetry queue until `count` messages whose `_topic` names
-/// `thing` came (within 20 s); deletes every message it receives.
-async fn take(thing: &str, count: usize) -> Vec<Queued> {
-    let sqs = aws_sdk_sqs::Client::new(local::factory().await.sdk_config());
-    let url = sqs
-        .get_queue_url()
-        .queue_name("shoal-local-telemetry")
-        .send()
-        .await
-        .expect("the stack's telemetry queue (tools/localstack/stack creates it)")
-        .queue_url
-        .unwrap();
-    let mut mine = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while mine.len() < count {
+/// Polls `probe` every 250 ms until it gives a value, for at most `seconds`.
+async fn eventually<T>(seconds: u64, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} of {count} messages for {thing} within 20 s",
-            mine.len()
+            "{what} within {seconds} s (function logs: .local/lambda/)"
         );
-        let received = sqs
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(
-                aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
-            )
-            .send()
-            .await
-            .expect("ReceiveMessage");
-        for message in received.messages() {
-            let body = message.body().unwrap_or_default().to_owned();
-            let topic = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|b| b["_topic"].as_str().map(str::to_owned));
-            if topic.is_some_and(|t| t.split('/').nth(2) == Some(thing)) {
-                let sent = message
-                    .attributes()
-                    .and_then(|a| {
-                        a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp)
-                    })
-                    .cloned()
-                    .unwrap_or_default();
-                mine.push((
-                    message.message_id().unwrap_or_default().to_owned(),
-                    body,
-                    sent,
-                ));
-            }
-            sqs.delete_message()
-                .queue_url(&url)
-                .receipt_handle(message.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .expect("DeleteMessage");
-        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    mine
+}
+
+/// The stack's Timestream records at `times` (ms text): (time, measure values), by time. moto
+/// keeps a record without the batch's common attributes, so the thing's dimension is not there:
+/// tests tell their readings apart by their times.
+fn stored(times: &[String]) -> Vec<(String, Value)> {
+    let mut found: Vec<(String, Value)> = local::moto_timestream_records(DATABASE, TABLE)
+        .into_iter()
+        .filter_map(|r| {
+            let time = r["Time"].as_str()?.to_owned();
+            times
+                .contains(&time)
+                .then(|| (time, r["MeasureValues"].clone()))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
 }
 
 #[tokio::test]
-async fn telemetry_publishes_reach_the_queue_as_the_templates_sqs_rules_write_them() {
-    let _one_consumer = QUEUE.lock().await;
+async fn telemetry_reaches_timestream_through_the_rule_the_queue_and_the_router() {
     let thing = unique_name("rule");
-    let device = Client::connect(&thing, &certificate().await).await;
-    device
-        .publish(
-            &format!("dt/farm/{thing}/telemetry"),
-            r#"{"temp": 22.0, "hum": 40.5, "seq": 123456789012345678901}"#,
-        )
-        .await;
-    let packed = vec![0x01, 0x00, 0xff, 0x7f, 0x80];
-    device
-        .publish(&format!("dt/farm/{thing}/telemetry/th-v2"), packed.clone())
-        .await;
-    let before = now_ms();
-
-    let queued = take(&thing, 2).await;
-    assert!(
-        queued
-            .iter()
-            .any(|(_, body, _)| body.contains(r#""seq":123456789012345678901"#)),
-        "a number beyond a double passes digit for digit: {queued:?}"
-    );
-    let mut bodies: Vec<Value> = queued
-        .iter()
-        .map(|(_, body, _)| serde_json::from_str(body).unwrap())
-        .collect();
-    bodies.sort_by_key(|b| b["_topic"].as_str().map(str::len));
-    let (json_body, binary_body) = (&bodies[0], &bodies[1]);
-    assert_eq!(json_body["_topic"], format!("dt/farm/{thing}/telemetry"));
-    assert_eq!(json_body["_client_id"], thing.as_str());
-    assert!(
-        json_body["temp"].is_i64(),
-        "SQL 2016-03-23 writes 22.0 as 22: {json_body}"
-    );
-    assert_eq!(json_body["temp"], 22);
-    assert_eq!(json_body["hum"], 40.5);
-    let received_at = json_body["_received_at"]
-        .as_i64()
-        .expect("ms since the epoch");
-    assert!(
-        (received_at - before).abs() < 60_000,
-        "{received_at} vs {before}"
-    );
-
-    assert_eq!(
-        binary_body["_topic"],
-        format!("dt/farm/{thing}/telemetry/th-v2")
-    );
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(binary_body["_payload"].as_str().expect("_payload"))
-        .unwrap();
-    assert_eq!(
-        payload, packed,
-        "the binary payload, base64 as the rule encodes it"
-    );
-    let mut keys: Vec<&str> = binary_body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["_client_id", "_payload", "_received_at", "_topic"]);
-}
-
-#[tokio::test]
-async fn the_router_stores_what_the_rule_queued_with_stable_types() {
-    let _one_consumer = QUEUE.lock().await;
-    let thing = unique_name("rule");
-    let device = Client::connect(&thing, &certificate().await).await;
+    let certificate = shoal_integration_tests::mqtt5::certificate().await;
+    let device = Client::connect(&thing, &certificate).await;
     let topic = format!("dt/farm/{thing}/telemetry");
-    let now = now_ms();
-    // The second reading's 22.0 reaches the router as 22: its type must stay DOUBLE.
+    // A time of this test's own (an hour back at most, a random millisecond).
+    let now = now_ms() - i64::from(uuid::Uuid::new_v4().as_fields().1) * 50;
+    let times = [(now - 1000).to_string(), now.to_string()];
+    // The rule's SQL 2016-03-23 writes 22.0 as 22: its type must stay DOUBLE in the store.
     device
         .publish(&topic, json!({"ts": now - 1000, "temp": 21.5}).to_string())
         .await;
     device
         .publish(&topic, json!({"ts": now, "temp": 22.0}).to_string())
         .await;
-    let queued = take(&thing, 2).await;
-
-    let factory = local::factory().await;
-    let database = unique_name("rules-db");
-    let bucket = unique_name("rules-archive");
-    let env: BTreeMap<&str, &str> = [
-        (vars::TIMESTREAM_DATABASE, database.as_str()),
-        (vars::TIMESTREAM_TABLE, "telemetry"),
-        (vars::ARCHIVE_BUCKET, bucket.as_str()),
-    ]
-    .into();
-    let config = RouterConfig::from_source(&env).unwrap();
-    let target: TimestreamTarget = config.timestream.clone();
-    init_local(&factory, &target, &config.archive_bucket, &mut Vec::new())
-        .await
-        .unwrap();
-    let real = RealEdges::new(&factory, &config).await;
-    let edges = real.edges();
-    // Lambda's SQS event for the messages the rule queued.
-    let records: Vec<Value> = queued
-        .iter()
-        .map(|(id, body, sent)| {
-            json!({
-                "messageId": id,
-                "body": body,
-                "attributes": {"SentTimestamp": sent},
-                "eventSource": "aws:sqs",
-            })
-        })
-        .collect();
-    let event = serde_json::to_vec(&json!({ "Records": records })).unwrap();
-    let trigger = telemetry_router::batch::Trigger::from_slice(&event, None).unwrap();
-    let (counts, answer) = handle(trigger, &config, &edges, "req-rules", &NoDeadline).await;
-    assert_eq!(answer.unwrap(), json!({"batchItemFailures": []}));
-    assert_eq!((counts.received, counts.accepted), (2, 2), "{counts:?}");
-
-    let mut stored: Vec<(String, Value)> = local::moto_timestream_records(&database, "telemetry")
-        .into_iter()
-        .map(|r| {
-            (
-                r["Time"].as_str().unwrap_or_default().to_owned(),
-                r["MeasureValues"].clone(),
-            )
-        })
-        .collect();
-    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    // The mapping's batching window is 5 s.
+    let records = eventually(60, "both readings in Timestream", async || {
+        let found = stored(&times);
+        (found.len() >= 2).then_some(found)
+    })
+    .await;
     assert_eq!(
-        stored,
+        records,
         [
             (
                 (now - 1000).to_string(),
@@ -228,4 +86,109 @@ async fn the_router_stores_what_the_rule_queued_with_stable_types() {
             ),
         ]
     );
+}
+
+#[tokio::test]
+async fn binary_telemetry_the_router_cannot_read_is_quarantined_with_its_reason() {
+    let thing = unique_name("rule");
+    let device =
+        Client::connect(&thing, &shoal_integration_tests::mqtt5::certificate().await).await;
+    // No packed schema is configured for th-v2 locally (PackedSchemas is empty by default).
+    let packed = vec![0x01, 0x00, 0xff, 0x7f, 0x80];
+    device
+        .publish(&format!("dt/farm/{thing}/telemetry/th-v2"), packed.clone())
+        .await;
+    let s3 = local::factory().await.s3();
+    let key = eventually(60, "the message in the quarantine", async || {
+        let listed = s3
+            .list_objects_v2()
+            .bucket(ARCHIVE)
+            .prefix("quarantine/")
+            .send()
+            .await
+            .expect("ListObjectsV2");
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .find(|k| k.contains(&format!("/{thing}/")))
+            .map(str::to_owned)
+    })
+    .await;
+    let object = s3
+        .get_object()
+        .bucket(ARCHIVE)
+        .key(&key)
+        .send()
+        .await
+        .expect("GetObject");
+    let metadata = object.metadata().cloned().unwrap_or_default();
+    assert_eq!(
+        metadata.get("reason-codes").map(String::as_str),
+        Some("unknown_binary_schema"),
+        "the reason rides along: {metadata:?}"
+    );
+    assert_eq!(
+        metadata.get("refused-readings").map(String::as_str),
+        Some("1")
+    );
+    let body = object.body.collect().await.unwrap().into_bytes();
+    let envelope: Value = serde_json::from_slice(&body).expect("the quarantine record");
+    assert_eq!(envelope["thing_name"], thing.as_str());
+    assert_eq!(
+        envelope["refused"][0]["reason"], "no packed schema for model \"th-v2\"",
+        "{envelope}"
+    );
+    let message: Value = serde_json::from_str(envelope["message"].as_str().unwrap())
+        .expect("the message as the rule delivered it");
+    assert_eq!(
+        message["_topic"],
+        format!("dt/farm/{thing}/telemetry/th-v2")
+    );
+    assert_eq!(message["_client_id"], thing.as_str());
+    use base64::Engine;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(message["_payload"].as_str().unwrap())
+            .unwrap(),
+        packed,
+        "the payload as the binary rule encodes it"
+    );
+}
+
+#[tokio::test]
+async fn lifecycle_events_reach_the_device_table_through_the_presence_function() {
+    let factory = local::factory().await;
+    let devices = DeviceTable::new(factory.dynamodb(), DEVICES.parse().unwrap());
+    let thing = unique_name("presence");
+    let (certificate_id, pem, key) = local::device_certificate(true).await;
+    // As the provisioning hook records it: this certificate is the thing's.
+    devices
+        .record_certificate(&thing, &certificate_id, now_ms().unsigned_abs())
+        .await
+        .expect("the stack's device table");
+    let device = Client::connect(&thing, &(pem.clone(), key.clone())).await;
+    let online = eventually(30, "the device online in the device table", async || {
+        let item = devices.get(&thing, DEVICE_RECORD).await.ok()??;
+        (item["online"] == true).then_some(item)
+    })
+    .await;
+    assert!(
+        online["connected_at"].is_number() || online["connected_at"].is_string(),
+        "{online}"
+    );
+    drop(device);
+    eventually(30, "the device offline after its disconnect", async || {
+        let item = devices.get(&thing, DEVICE_RECORD).await.ok()??;
+        (item["online"] == false).then_some(())
+    })
+    .await;
+
+    // A client id that is no provisioned device's: its events change nothing.
+    let stranger = unique_name("presence");
+    let other = Client::connect(&stranger, &(pem, key)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(other);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(devices.get(&stranger, DEVICE_RECORD).await.unwrap(), None);
 }

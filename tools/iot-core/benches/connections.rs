@@ -84,6 +84,10 @@ impl Sinks for Counted {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+    async fn lambda(&self, _: &str, _: Vec<u8>) -> Result<(), String> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The process's resident memory, bytes (`VmRSS`).
@@ -125,7 +129,7 @@ fn core() {
             ("TelemetryQueue".to_owned(), "bench-queue".to_owned()),
             ("ArchiveBucket".to_owned(), "bench-bucket".to_owned()),
         ]);
-        let loaded = template::load(&text, &BTreeMap::new(), &resources).expect("the template");
+        let loaded = template::load(&text, &BTreeMap::new(), &resources, false).expect("the template");
         let (rules, jobs) = RulesService::new(loaded.rules);
         let rules = Arc::new(rules);
         let broker = Arc::new(

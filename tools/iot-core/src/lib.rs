@@ -30,6 +30,7 @@ pub mod broker;
 pub mod connection;
 pub mod dataplane;
 pub mod identity;
+pub mod lambda;
 pub mod lifecycle;
 pub mod policy;
 pub mod provisioning;

@@ -55,6 +55,10 @@ struct Args {
     /// (repeatable), e.g. `TelemetryQueue=http://127.0.0.1:4566/000000000000/shoal-local-telemetry`.
     #[arg(long = "resource", value_parser = pair)]
     resources: Vec<(String, String)>,
+    /// Lambda's Invoke API (the local Lambda host, `http://127.0.0.1:9001`): the rules' Lambda
+    /// actions invoke the template's functions there; without it those rules are not run.
+    #[arg(long)]
+    lambda_endpoint: Option<String>,
     /// Seconds a persistent session is kept after its client left (AWS's default: 1 hour).
     #[arg(long, default_value_t = 3600)]
     session_expiry_s: u64,
@@ -97,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             &text,
             &args.parameters.iter().cloned().collect(),
             &args.resources.iter().cloned().collect(),
+            args.lambda_endpoint.is_some(),
         )?;
         for rule in &loaded.rules {
             tracing::info!(rule = rule.name, from = rule.statement.from, "rule loaded");
@@ -125,6 +130,10 @@ async fn main() -> anyhow::Result<()> {
             sqs: aws_sdk_sqs::Client::new(sdk),
             kinesis: aws_sdk_kinesis::Client::new(sdk),
             s3: factory.s3(),
+            lambda: args
+                .lambda_endpoint
+                .as_deref()
+                .map(shoal_iot_core::lambda::LambdaClient::new),
         };
         tokio::spawn(engine::run(queue, Arc::new(sinks), broker.clone()));
     }

@@ -46,6 +46,13 @@ pub trait Sinks: Send + Sync + 'static {
         key: &str,
         body: Vec<u8>,
     ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Lambda Invoke of `function` (ARN or name) with `payload`, asynchronously (`Event`): done
+    /// when Lambda has queued the event.
+    fn lambda(
+        &self,
+        function: &str,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// One message a rule selected, with what the actions need to render their templates.
@@ -272,6 +279,7 @@ async fn perform<S: Sinks>(
                 .await
         }
         Action::S3 { bucket, key } => sinks.s3(bucket, &key.render(&message), body).await,
+        Action::Lambda { function } => sinks.lambda(function, body).await,
         Action::Republish { topic, qos } => {
             let topic = topic.render(&message);
             crate::topic::check_name(&topic).map_err(|e| format!("republish to {topic:?}: {e}"))?;
@@ -294,6 +302,8 @@ pub struct AwsSinks {
     pub kinesis: aws_sdk_kinesis::Client,
     /// S3 (path style against a local endpoint).
     pub s3: aws_sdk_s3::Client,
+    /// Lambda's Invoke API (the local Lambda host's), when there is one.
+    pub lambda: Option<crate::lambda::LambdaClient>,
 }
 
 impl Sinks for AwsSinks {
@@ -346,6 +356,18 @@ impl Sinks for AwsSinks {
             .map(drop)
             .map_err(|e| format!("PutObject: {}", aws_sdk_s3::error::DisplayErrorContext(e)))
     }
+
+    async fn lambda(&self, function: &str, payload: Vec<u8>) -> Result<(), String> {
+        let client = self
+            .lambda
+            .as_ref()
+            .ok_or("no Lambda endpoint (--lambda-endpoint)")?;
+        client
+            .invoke(function, crate::lambda::InvocationType::Event, payload)
+            .await
+            .map(drop)
+            .map_err(|e| format!("Invoke: {e}"))
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +415,14 @@ mod tests {
                 .push(("s3".into(), format!("{bucket}/{key}"), body));
             Ok(())
         }
+
+        async fn lambda(&self, function: &str, payload: Vec<u8>) -> Result<(), String> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(("lambda".into(), function.into(), payload));
+            Ok(())
+        }
     }
 
     const RULES: &str = r#"
@@ -412,7 +442,11 @@ Resources:
 
     fn service(queue: &str) -> (RulesService, mpsc::Receiver<Job>) {
         let resources = BTreeMap::from([("Queue".to_owned(), queue.to_owned())]);
-        RulesService::new(load(RULES, &BTreeMap::new(), &resources).unwrap().rules)
+        RulesService::new(
+            load(RULES, &BTreeMap::new(), &resources, false)
+                .unwrap()
+                .rules,
+        )
     }
 
     fn publisher() -> Publisher {

@@ -11,17 +11,10 @@
 use std::collections::BTreeMap;
 
 use serde_norway::Value;
-use thiserror::Error;
+use shoal_template::Template;
+pub use shoal_template::{TemplateError, substitute};
 
-use super::sql::{SqlError, Statement, Template};
-
-/// Why the template could not be read at all.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum TemplateError {
-    /// Not YAML, or no `Resources` map.
-    #[error("template: {0}")]
-    Unreadable(String),
-}
+use super::sql::{SqlError, Statement, Template as SqlTemplate};
 
 /// An action of a rule, its references resolved to local names.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,21 +31,26 @@ pub enum Action {
         /// The stream's name.
         stream: String,
         /// The partition key, a substitution template.
-        partition_key: Template,
+        partition_key: SqlTemplate,
     },
     /// S3 PutObject of the rule's output.
     S3 {
         /// The bucket.
         bucket: String,
         /// The object key, a substitution template.
-        key: Template,
+        key: SqlTemplate,
     },
     /// The rule's output published again on a topic.
     Republish {
         /// The topic, a substitution template.
-        topic: Template,
+        topic: SqlTemplate,
         /// QoS 0 or 1.
         qos: u8,
+    },
+    /// Lambda Invoke (asynchronous: `Event`) of the function with the rule's output.
+    Lambda {
+        /// The function's ARN or name.
+        function: String,
     },
 }
 
@@ -64,6 +62,7 @@ impl Action {
             Self::Kinesis { .. } => "KinesisAction",
             Self::S3 { .. } => "S3Action",
             Self::Republish { .. } => "RepublishAction",
+            Self::Lambda { .. } => "LambdaAction",
         }
     }
 
@@ -74,6 +73,7 @@ impl Action {
             Self::Kinesis { stream, .. } => stream.clone(),
             Self::S3 { bucket, .. } => bucket.clone(),
             Self::Republish { .. } => "republish".into(),
+            Self::Lambda { function } => function.clone(),
         }
     }
 }
@@ -102,6 +102,7 @@ pub struct Loaded {
 
 /// Reads the rules of `template` (YAML text). `parameters` override the template's defaults;
 /// `resources` map a logical id to the local name (or URL) a `!Ref` or `!GetAtt` of it means.
+/// Lambda actions load only when `lambda_host` (a local Lambda host runs the functions).
 ///
 /// # Errors
 /// [`TemplateError::Unreadable`] when the text is not YAML or has no `Resources`.
@@ -109,42 +110,20 @@ pub fn load(
     template: &str,
     parameters: &BTreeMap<String, String>,
     resources: &BTreeMap<String, String>,
+    lambda_host: bool,
 ) -> Result<Loaded, TemplateError> {
-    let doc: Value =
-        serde_norway::from_str(template).map_err(|e| TemplateError::Unreadable(e.to_string()))?;
-    let Some(all) = doc.get("Resources").and_then(Value::as_mapping) else {
-        return Err(TemplateError::Unreadable("no Resources".into()));
-    };
-    let mut values: BTreeMap<String, String> = doc
-        .get("Parameters")
-        .and_then(Value::as_mapping)
-        .into_iter()
-        .flatten()
-        .filter_map(|(name, spec)| Some((name.as_str()?.to_owned(), scalar(spec.get("Default")?)?)))
-        .collect();
-    values.extend(parameters.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let scope = Scope {
-        doc: &doc,
-        parameters: &values,
-        resources,
-    };
+    let template = Template::parse(template, parameters, resources)?;
     let mut loaded = Loaded::default();
-    for (id, resource) in all {
-        let Some(id) = id.as_str() else { continue };
-        if resource.get("Type").and_then(Value::as_str) != Some("AWS::IoT::TopicRule") {
-            continue;
-        }
-        if let Some(condition) = resource.get("Condition").and_then(Value::as_str) {
-            match scope.condition(condition, 0) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(why) => {
-                    loaded.skipped.push((id.to_owned(), why));
-                    continue;
-                }
+    for (id, resource) in template.resources_of("AWS::IoT::TopicRule") {
+        match template.deployed(resource) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(why) => {
+                loaded.skipped.push((id.to_owned(), why));
+                continue;
             }
         }
-        match scope.rule(id, resource) {
+        match rule(&template, id, resource, lambda_host) {
             Ok(Some(rule)) => loaded.rules.push(rule),
             Ok(None) => {}
             Err(why) => loaded.skipped.push((id.to_owned(), why)),
@@ -153,247 +132,103 @@ pub fn load(
     Ok(loaded)
 }
 
-/// CloudFormation's `!Sub` of `text`: each `${Name}` is what `lookup` gives for `Name`, and
-/// `${!x}` is the literal `${x}` (how a template writes IoT's own substitution templates).
-///
-/// # Errors
-/// An unclosed `${`, or the first name `lookup` cannot resolve (its error).
-pub fn substitute(
-    text: &str,
-    lookup: impl Fn(&str) -> Result<String, String>,
-) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| format!("unclosed ${{ in {text}"))?
-            + start;
-        let name = &rest[start + 2..end];
-        match name.strip_prefix('!') {
-            Some(literal) => {
-                out.push_str("${");
-                out.push_str(literal);
-                out.push('}');
-            }
-            None => out.push_str(&lookup(name)?),
-        }
-        rest = &rest[end + 1..];
+fn rule(
+    template: &Template,
+    id: &str,
+    resource: &Value,
+    lambda_host: bool,
+) -> Result<Option<Rule>, String> {
+    let properties = resource.get("Properties").ok_or("no Properties")?;
+    let payload = properties
+        .get("TopicRulePayload")
+        .ok_or("no TopicRulePayload")?;
+    if payload.get("RuleDisabled").and_then(Value::as_bool) == Some(true) {
+        return Ok(None);
     }
-    out.push_str(rest);
-    Ok(out)
+    let version = payload
+        .get("AwsIotSqlVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("2015-10-08");
+    if version != "2016-03-23" {
+        return Err(format!(
+            "SQL version {version}: only 2016-03-23 is emulated"
+        ));
+    }
+    let sql = template.text(payload.get("Sql").ok_or("no Sql")?)?;
+    let statement = Statement::parse(&sql).map_err(|e| e.to_string())?;
+    let actions = payload
+        .get("Actions")
+        .and_then(Value::as_sequence)
+        .ok_or("no Actions")?
+        .iter()
+        .map(|a| action(template, a, lambda_host))
+        .collect::<Result<Vec<_>, _>>()?;
+    let error_action = payload
+        .get("ErrorAction")
+        .map(|a| action(template, a, lambda_host))
+        .transpose()?;
+    let name = match properties.get("RuleName") {
+        Some(name) => template.text(name)?,
+        None => id.to_owned(),
+    };
+    Ok(Some(Rule {
+        name,
+        statement,
+        actions,
+        error_action,
+    }))
 }
 
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-struct Scope<'a> {
-    doc: &'a Value,
-    parameters: &'a BTreeMap<String, String>,
-    resources: &'a BTreeMap<String, String>,
-}
-
-impl Scope<'_> {
-    fn condition(&self, name: &str, depth: usize) -> Result<bool, String> {
-        let body = self
-            .doc
-            .get("Conditions")
-            .and_then(|c| c.get(name))
-            .ok_or_else(|| format!("no condition {name}"))?;
-        self.truth(body, depth + 1)
-    }
-
-    fn truth(&self, value: &Value, depth: usize) -> Result<bool, String> {
-        if depth > 16 {
-            return Err("conditions nest too deep".into());
-        }
-        let Value::Tagged(tagged) = value else {
-            return Err(format!("a condition is a function, not {value:?}"));
-        };
-        let args = || {
-            tagged
-                .value
-                .as_sequence()
-                .ok_or_else(|| format!("!{} takes a list", tagged.tag))
-        };
-        match tagged.tag.to_string().trim_start_matches('!') {
-            "Equals" => match args()?.as_slice() {
-                [a, b] => Ok(self.text(a)? == self.text(b)?),
-                _ => Err("!Equals takes two values".into()),
+fn action(template: &Template, value: &Value, lambda_host: bool) -> Result<Action, String> {
+    let map = value.as_mapping().ok_or("an action is a map")?;
+    let (kind, spec) = match map.iter().next() {
+        Some((kind, spec)) if map.len() == 1 => (kind.as_str().unwrap_or_default(), spec),
+        _ => return Err("an action has exactly one kind".into()),
+    };
+    let field = |name: &str| -> Result<String, String> {
+        template.text(
+            spec.get(name)
+                .ok_or_else(|| format!("{kind} needs {name}"))?,
+        )
+    };
+    let parsed = |name: &str| -> Result<SqlTemplate, String> {
+        SqlTemplate::parse(&field(name)?).map_err(|e: SqlError| e.to_string())
+    };
+    match kind {
+        "Sqs" => Ok(Action::Sqs {
+            queue_url: field("QueueUrl")?,
+            use_base64: spec
+                .get("UseBase64")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }),
+        "Kinesis" => Ok(Action::Kinesis {
+            stream: field("StreamName")?,
+            partition_key: match spec.get("PartitionKey") {
+                Some(_) => parsed("PartitionKey")?,
+                None => SqlTemplate::parse("${newuuid()}").map_err(|e| e.to_string())?,
             },
-            "Not" => match args()?.as_slice() {
-                [c] => Ok(!self.truth(c, depth + 1)?),
-                _ => Err("!Not takes one condition".into()),
+        }),
+        "S3" => Ok(Action::S3 {
+            bucket: field("BucketName")?,
+            key: parsed("Key")?,
+        }),
+        "Republish" => Ok(Action::Republish {
+            topic: parsed("Topic")?,
+            qos: match spec.get("Qos").and_then(Value::as_u64) {
+                None | Some(0) => 0,
+                Some(1) => 1,
+                Some(q) => return Err(format!("Republish Qos {q}: 0 or 1")),
             },
-            "And" => args()?
-                .iter()
-                .try_fold(true, |all, c| Ok(all && self.truth(c, depth + 1)?)),
-            "Or" => args()?
-                .iter()
-                .try_fold(false, |any, c| Ok(any || self.truth(c, depth + 1)?)),
-            "Condition" => {
-                let name = tagged.value.as_str().ok_or("!Condition takes a name")?;
-                self.condition(name, depth)
-            }
-            other => Err(format!("condition function !{other} is not supported")),
-        }
-    }
-
-    /// A value as text: a literal, `!Ref` of a parameter or a resource, `!GetAtt X.Arn` of a
-    /// resource, `!Sub` of those.
-    fn text(&self, value: &Value) -> Result<String, String> {
-        match value {
-            Value::Tagged(tagged) => match tagged.tag.to_string().trim_start_matches('!') {
-                "Ref" => {
-                    let name = tagged.value.as_str().ok_or("!Ref takes a name")?;
-                    self.reference(name)
-                }
-                "GetAtt" => {
-                    let target = match &tagged.value {
-                        Value::String(s) => s.split_once('.').map(|(id, _)| id.to_owned()),
-                        Value::Sequence(parts) => {
-                            parts.first().and_then(Value::as_str).map(str::to_owned)
-                        }
-                        _ => None,
-                    }
-                    .ok_or("!GetAtt takes Resource.Attribute")?;
-                    self.resources.get(&target).cloned().ok_or_else(|| {
-                        format!("no local name for {target} (--resource {target}=…)")
-                    })
-                }
-                "Sub" => {
-                    let text = tagged
-                        .value
-                        .as_str()
-                        .ok_or("!Sub with a variables map is not supported")?;
-                    self.substitute(text)
-                }
-                other => Err(format!("!{other} is not supported in an action")),
-            },
-            other => scalar(other).ok_or_else(|| format!("{other:?} is not text")),
-        }
-    }
-
-    fn reference(&self, name: &str) -> Result<String, String> {
-        if let Some(value) = self
-            .parameters
-            .get(name)
-            .or_else(|| self.resources.get(name))
-        {
-            return Ok(value.clone());
-        }
-        match name {
-            "AWS::Region" => Ok("us-east-1".into()),
-            "AWS::Partition" => Ok("aws".into()),
-            "AWS::AccountId" => Ok("123456789012".into()),
-            _ => Err(format!("no local name for {name} (--resource {name}=…)")),
-        }
-    }
-
-    /// `!Sub`: `${Name}` and `${Name.Attr}` resolved, `${!x}` kept as `${x}`.
-    fn substitute(&self, text: &str) -> Result<String, String> {
-        substitute(text, |name| {
-            self.reference(name.split('.').next().unwrap_or(name))
-        })
-    }
-
-    fn rule(&self, id: &str, resource: &Value) -> Result<Option<Rule>, String> {
-        let properties = resource.get("Properties").ok_or("no Properties")?;
-        let payload = properties
-            .get("TopicRulePayload")
-            .ok_or("no TopicRulePayload")?;
-        if payload.get("RuleDisabled").and_then(Value::as_bool) == Some(true) {
-            return Ok(None);
-        }
-        let version = payload
-            .get("AwsIotSqlVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("2015-10-08");
-        if version != "2016-03-23" {
-            return Err(format!(
-                "SQL version {version}: only 2016-03-23 is emulated"
-            ));
-        }
-        let sql = self.text(payload.get("Sql").ok_or("no Sql")?)?;
-        let statement = Statement::parse(&sql).map_err(|e| e.to_string())?;
-        let actions = payload
-            .get("Actions")
-            .and_then(Value::as_sequence)
-            .ok_or("no Actions")?
-            .iter()
-            .map(|a| self.action(a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let error_action = payload
-            .get("ErrorAction")
-            .map(|a| self.action(a))
-            .transpose()?;
-        let name = match properties.get("RuleName") {
-            Some(name) => self.text(name)?,
-            None => id.to_owned(),
-        };
-        Ok(Some(Rule {
-            name,
-            statement,
-            actions,
-            error_action,
-        }))
-    }
-
-    fn action(&self, value: &Value) -> Result<Action, String> {
-        let map = value.as_mapping().ok_or("an action is a map")?;
-        let (kind, spec) = match map.iter().next() {
-            Some((kind, spec)) if map.len() == 1 => (kind.as_str().unwrap_or_default(), spec),
-            _ => return Err("an action has exactly one kind".into()),
-        };
-        let field = |name: &str| -> Result<String, String> {
-            self.text(
-                spec.get(name)
-                    .ok_or_else(|| format!("{kind} needs {name}"))?,
-            )
-        };
-        let template = |name: &str| -> Result<Template, String> {
-            Template::parse(&field(name)?).map_err(|e: SqlError| e.to_string())
-        };
-        match kind {
-            "Sqs" => Ok(Action::Sqs {
-                queue_url: field("QueueUrl")?,
-                use_base64: spec
-                    .get("UseBase64")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            }),
-            "Kinesis" => Ok(Action::Kinesis {
-                stream: field("StreamName")?,
-                partition_key: match spec.get("PartitionKey") {
-                    Some(_) => template("PartitionKey")?,
-                    None => Template::parse("${newuuid()}").map_err(|e| e.to_string())?,
-                },
-            }),
-            "S3" => Ok(Action::S3 {
-                bucket: field("BucketName")?,
-                key: template("Key")?,
-            }),
-            "Republish" => Ok(Action::Republish {
-                topic: template("Topic")?,
-                qos: match spec.get("Qos").and_then(Value::as_u64) {
-                    None | Some(0) => 0,
-                    Some(1) => 1,
-                    Some(q) => return Err(format!("Republish Qos {q}: 0 or 1")),
-                },
-            }),
-            "Lambda" => Err(
-                "Lambda actions need the local Lambda host, which the local stack does not run yet"
-                    .into(),
-            ),
-            other => Err(format!("{other} actions are not emulated")),
-        }
+        }),
+        "Lambda" if lambda_host => Ok(Action::Lambda {
+            function: field("FunctionArn")?,
+        }),
+        "Lambda" => Err(
+            "Lambda actions need the local Lambda host (--lambda-endpoint), which is not given"
+                .into(),
+        ),
+        other => Err(format!("{other} actions are not emulated")),
     }
 }
 
@@ -462,7 +297,7 @@ Resources:
     #[test]
     fn conditions_choose_the_rules_and_references_take_local_names() {
         let resources = names(&[("Queue", "http://q/telemetry"), ("Bucket", "archive")]);
-        let loaded = load(TEMPLATE, &BTreeMap::new(), &resources).unwrap();
+        let loaded = load(TEMPLATE, &BTreeMap::new(), &resources, false).unwrap();
         assert_eq!(loaded.rules.len(), 1);
         let rule = &loaded.rules[0];
         assert_eq!(rule.name, "SqsRule");
@@ -480,7 +315,13 @@ Resources:
         assert_eq!(loaded.skipped[0].0, "LambdaRule");
         assert!(loaded.skipped[0].1.contains("Lambda host"));
 
-        let direct = load(TEMPLATE, &names(&[("Delivery", "direct")]), &resources).unwrap();
+        let direct = load(
+            TEMPLATE,
+            &names(&[("Delivery", "direct")]),
+            &resources,
+            false,
+        )
+        .unwrap();
         assert_eq!(direct.rules.len(), 1);
         assert_eq!(direct.rules[0].name, "DirectRule");
         let Action::Republish { topic, qos } = &direct.rules[0].actions[0] else {
@@ -503,7 +344,7 @@ Resources:
 
     #[test]
     fn a_reference_without_a_local_name_leaves_the_rule_out_with_the_reason() {
-        let loaded = load(TEMPLATE, &BTreeMap::new(), &names(&[("Queue", "q")])).unwrap();
+        let loaded = load(TEMPLATE, &BTreeMap::new(), &names(&[("Queue", "q")]), false).unwrap();
         assert!(loaded.rules.is_empty());
         let (id, why) = &loaded.skipped[0];
         assert_eq!(id, "SqsRule");
@@ -518,7 +359,7 @@ Resources:
         ))
         .unwrap();
         let resources = names(&[("TelemetryQueue", "http://q"), ("ArchiveBucket", "archive")]);
-        let loaded = load(&text, &BTreeMap::new(), &resources).unwrap();
+        let loaded = load(&text, &BTreeMap::new(), &resources, false).unwrap();
         let mut loaded_names: Vec<&str> = loaded.rules.iter().map(|r| r.name.as_str()).collect();
         loaded_names.sort_unstable();
         assert_eq!(loaded_names, ["TelemetryBinarySqsRule", "TelemetrySqsRule"]);
@@ -527,6 +368,42 @@ Resources:
             "{:?}",
             loaded.skipped
         );
-        assert!(load("not: [yaml", &BTreeMap::new(), &resources).is_err());
+        assert!(load("not: [yaml", &BTreeMap::new(), &resources, false).is_err());
+    }
+
+    #[test]
+    fn with_a_lambda_host_every_rule_of_the_project_loads() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../infra/template.yaml"
+        ))
+        .unwrap();
+        let resources = names(&[("TelemetryQueue", "http://q"), ("ArchiveBucket", "archive")]);
+        let loaded = load(&text, &BTreeMap::new(), &resources, true).unwrap();
+        assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
+        let presence = loaded
+            .rules
+            .iter()
+            .find(|r| r.name == "PresenceRule")
+            .expect("the presence rule");
+        assert_eq!(
+            presence.actions,
+            [Action::Lambda {
+                function: "arn:aws:lambda:us-east-1:123456789012:function:PresenceFunction".into()
+            }]
+        );
+        let mut all: Vec<&str> = loaded.rules.iter().map(|r| r.name.as_str()).collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            [
+                "JitrRule",
+                "NamedShadowDocumentsRule",
+                "PresenceRule",
+                "ShadowDocumentsRule",
+                "TelemetryBinarySqsRule",
+                "TelemetrySqsRule"
+            ]
+        );
     }
 }
