@@ -18,7 +18,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
 	@echo "make test        fmt check, clippy, cfn-lint, the no_std build of shoal-wire and all tests against the local stack"
-	@echo "make stack-up    start moto on 127.0.0.1:4566 and the local IoT Core (MQTT 8883, data plane 8880; stack-down stops them)"
+	@echo "make stack-up    start moto on 127.0.0.1:4566, the local Lambda host (Invoke API 9001) and the local IoT Core (MQTT 8883, data plane 8880; stack-down stops them)"
 	@echo "make iot-core-clients the local IoT Core with paho-mqtt and boto3 (stack up first; part of make test)"
 	@echo "make package     build every Lambda zip with cargo lambda (release) and print sizes"
 	@echo "make bench       telemetry decode/validate/record-build throughput (BENCHMARKS.md)"

@@ -146,3 +146,172 @@ async fn a_csr_is_signed_with_the_devices_key_and_cannot_connect_until_activated
     assert_eq!(topic, "$aws/certificates/create-from-csr/json/rejected");
     assert_eq!(rejected["statusCode"], 400, "{rejected}");
 }
+
+/// A manifest row for a new serial in the stack's manifest table (`shoal-local-manifest`, which
+/// the stack's pre-provisioning hook reads), with `attributes` (`key=value;…`).
+async fn manifest_row(attributes: &str) -> String {
+    let serial = unique_name("SN");
+    let manifest = shoal_aws::manifest_table::ManifestTable::new(
+        local::factory().await.dynamodb(),
+        "shoal-local-manifest".parse().unwrap(),
+    );
+    let csv = format!(
+        "serial,model,batch,thing_group,attributes\n{serial},th-v2,2026-12,,{attributes}\n"
+    );
+    shoal_cli::manifest::import(&manifest, &csv, |_| {})
+        .await
+        .expect("the stack's manifest table");
+    serial
+}
+
+/// A claim certificate as the operator makes it: ACTIVE, the template's claim policy attached
+/// (`shoal-local-claim`, which the local IoT Core creates from `ClaimPolicy`).
+async fn claim_certificate() -> (Vec<u8>, Vec<u8>) {
+    let claim = local::bare_certificate(true).await;
+    local::factory()
+        .await
+        .iot()
+        .attach_policy()
+        .policy_name("shoal-local-claim")
+        .target(&claim.arn)
+        .send()
+        .await
+        .expect("the template's claim policy (created by the local IoT Core)");
+    (claim.pem, claim.key)
+}
+
+/// Connects as `claim.<uuid>`, asks for keys and a certificate, then RegisterThing with
+/// `parameters`: (the new certificate's id, PEM, key, RegisterThing's answer topic and document).
+async fn provision(parameters: Value) -> (String, String, String, String, Value) {
+    let claim = claim_certificate().await;
+    let client_id = format!("claim.{}", uuid::Uuid::new_v4().simple());
+    let mut device = Client::connect(&client_id, &claim).await;
+    device
+        .subscribe("$aws/certificates/create/json/accepted")
+        .await;
+    device
+        .subscribe("$aws/provisioning-templates/shoal-fleet/provision/json/accepted")
+        .await;
+    device
+        .subscribe("$aws/provisioning-templates/shoal-fleet/provision/json/rejected")
+        .await;
+    device.publish("$aws/certificates/create/json", "{}").await;
+    let created = device
+        .next_on("$aws/certificates/create/json/accepted")
+        .await;
+    device
+        .publish(
+            "$aws/provisioning-templates/shoal-fleet/provision/json",
+            json!({
+                "certificateOwnershipToken": created["certificateOwnershipToken"],
+                "parameters": parameters,
+            })
+            .to_string(),
+        )
+        .await;
+    let (topic, answer) = device.next_json().await;
+    (
+        created["certificateId"].as_str().unwrap().to_owned(),
+        created["certificatePem"].as_str().unwrap().to_owned(),
+        created["privateKey"].as_str().unwrap().to_owned(),
+        topic,
+        answer,
+    )
+}
+
+#[tokio::test]
+async fn register_thing_provisions_a_manifest_serial_through_the_templates_hook() {
+    let serial = manifest_row("hardware=rev-b;site=lyon").await;
+    let (certificate_id, pem, key, topic, answer) =
+        provision(json!({"SerialNumber": serial})).await;
+    assert_eq!(
+        topic, "$aws/provisioning-templates/shoal-fleet/provision/json/accepted",
+        "{answer}"
+    );
+    assert_eq!(
+        answer,
+        json!({"deviceConfiguration": {}, "thingName": serial})
+    );
+
+    let iot = local::factory().await.iot();
+    assert_eq!(status(&certificate_id).await, "ACTIVE");
+    let thing = iot
+        .describe_thing()
+        .thing_name(&serial)
+        .send()
+        .await
+        .expect("the thing");
+    let attributes = thing.attributes().cloned().unwrap_or_default();
+    assert_eq!(
+        thing.thing_type_name(),
+        Some("shoal-local-device"),
+        "typed: more than 3 attributes"
+    );
+    // Every manifest attribute, `hardware` (what rollouts target) among them, and the template's.
+    for (key, value) in [
+        ("serial", serial.as_str()),
+        ("model", "th-v2"),
+        ("batch", "2026-12"),
+        ("hardware", "rev-b"),
+        ("site", "lyon"),
+    ] {
+        assert_eq!(
+            attributes.get(key).map(String::as_str),
+            Some(value),
+            "{attributes:?}"
+        );
+    }
+    let arn = format!("arn:aws:iot:us-east-1:123456789012:cert/{certificate_id}");
+    let principals = iot
+        .list_thing_principals()
+        .thing_name(&serial)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(principals.principals(), std::slice::from_ref(&arn));
+    let policies = iot
+        .list_attached_policies()
+        .target(&arn)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = policies
+        .policies()
+        .iter()
+        .filter_map(|p| p.policy_name())
+        .collect();
+    assert_eq!(names, ["shoal-local-device"]);
+
+    // The new certificate connects as its thing and is held to the device policy.
+    let device = (pem.into_bytes(), key.into_bytes());
+    let mut connected = Client::connect(&serial, &device).await;
+    connected
+        .subscribe(&format!("$aws/things/{serial}/shadow/get/+"))
+        .await;
+    connected
+        .publish(&format!("$aws/things/{serial}/shadow/get"), "{}")
+        .await;
+    let (topic, _) = connected.next_json().await;
+    assert!(
+        topic.starts_with(&format!("$aws/things/{serial}/shadow/get/")),
+        "{topic}"
+    );
+}
+
+#[tokio::test]
+async fn register_thing_refuses_what_the_hook_refuses() {
+    let (certificate_id, _, _, topic, answer) =
+        provision(json!({"SerialNumber": unique_name("SN-unknown")})).await;
+    assert_eq!(
+        topic, "$aws/provisioning-templates/shoal-fleet/provision/json/rejected",
+        "{answer}"
+    );
+    assert_eq!(answer["statusCode"], 403, "{answer}");
+    assert_eq!(
+        status(&certificate_id).await,
+        "PENDING_ACTIVATION",
+        "never activated"
+    );
+    let (_, _, _, topic, answer) = provision(json!({})).await;
+    assert!(topic.ends_with("/rejected"), "no serial: {answer}");
+}

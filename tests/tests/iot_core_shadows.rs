@@ -2,6 +2,7 @@
 //! plane (the AWS SDK's `iot-data` client pointed at the core) see it: one service, so a desired
 //! change made through the API reaches the device as `update/delta`, a device's report is read
 //! back through the API, and versions, client tokens, conflicts and deletions behave as AWS's.
+//! The template's shadow-documents rule and function run beside it, as deployed.
 
 use aws_sdk_iotdataplane::primitives::Blob;
 use serde_json::{Value, json};
@@ -53,6 +54,21 @@ async fn a_cloud_desired_change_reaches_the_device_as_delta_and_its_report_reads
     assert_eq!(documents["previous"]["version"], 1);
     assert_eq!(documents["current"]["state"]["reported"]["interval_s"], 30);
 
+    // The template's ShadowDocumentsRule hands those documents to the deployed shadow-documents
+    // function (in the local Lambda host), which clears the desired value the device reached
+    // (`interval_s`) through the data plane: version 3, published like any update.
+    let converged = loop {
+        let documents = device.next_on(&format!("{shadow}/update/documents")).await;
+        if documents["current"]["version"] == 3 {
+            break documents;
+        }
+    };
+    assert_eq!(
+        converged["current"]["state"]["desired"],
+        json!({"led": "on"}),
+        "{converged}"
+    );
+
     // The cloud reads it back: delta is what is still to do.
     let got = data
         .get_thing_shadow()
@@ -61,7 +77,7 @@ async fn a_cloud_desired_change_reaches_the_device_as_delta_and_its_report_reads
         .await
         .expect("GetThingShadow");
     let got = body(got.payload);
-    assert_eq!(got["version"], 2);
+    assert_eq!(got["version"], 3);
     assert_eq!(got["state"]["delta"], json!({"led": "on"}));
     assert_eq!(got["state"]["reported"]["interval_s"], 30);
 
@@ -113,7 +129,7 @@ async fn a_cloud_desired_change_reaches_the_device_as_delta_and_its_report_reads
         document["clientToken"], "g-1",
         "the next answer is the device's own"
     );
-    assert_eq!(document["version"], 2);
+    assert_eq!(document["version"], 3);
 
     // The service's answer topics are the service's: a client's publish there is refused.
     device

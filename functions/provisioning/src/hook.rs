@@ -6,6 +6,7 @@
 //! finish in time — denies: the hook never allows by default. AWS denies after 5 s; the hook
 //! gives itself [`DEFAULT_DEADLINE`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -61,7 +62,7 @@ pub trait Manifest: Sync {
     ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
-/// The certificate registry as the hook needs it.
+/// The IoT registry as the hook needs it.
 pub trait Certificates: Sync {
     /// The certificate's status (`ACTIVE`, `INACTIVE`, `PENDING_ACTIVATION`, `REVOKED`, …);
     /// `None` when the registry has no such certificate.
@@ -69,6 +70,46 @@ pub trait Certificates: Sync {
         &self,
         certificate_id: &str,
     ) -> impl Future<Output = Result<Option<String>, EdgeError>> + Send;
+    /// Creates `thing` with `attributes` (and the device thing type), or merges `attributes`
+    /// into the thing that exists. The provisioning template can only set the attributes it
+    /// declares; this is how every manifest attribute (`hardware`, which rollouts target,
+    /// among them) reaches the thing before RegisterThing merges the template's own.
+    fn ensure_thing(
+        &self,
+        thing: &ThingName,
+        attributes: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), EdgeError>> + Send;
+}
+
+/// The attributes an allowed device's thing gets, from the hook's overrides: every manifest
+/// attribute, and `serial`, `model` and `batch` as the provisioning template writes them.
+pub fn thing_attributes(overrides: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    use shoal_core::provisioning::{
+        BATCH_PARAMETER, MODEL_PARAMETER, THING_GROUP_PARAMETER, THING_NAME_PARAMETER,
+    };
+    let mut attributes: BTreeMap<String, String> = overrides
+        .iter()
+        .filter(|(k, _)| {
+            ![
+                THING_NAME_PARAMETER,
+                THING_GROUP_PARAMETER,
+                MODEL_PARAMETER,
+                BATCH_PARAMETER,
+            ]
+            .contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (attribute, parameter) in [
+        ("serial", THING_NAME_PARAMETER),
+        ("model", MODEL_PARAMETER),
+        ("batch", BATCH_PARAMETER),
+    ] {
+        if let Some(value) = overrides.get(parameter) {
+            attributes.insert(attribute.to_owned(), value.clone());
+        }
+    }
+    attributes
 }
 
 /// The device registry as provisioning needs it: where the certificate a thing is provisioned
@@ -135,6 +176,27 @@ fn internal(e: EdgeError) -> Denial {
 }
 
 async fn decide_and_claim(
+    request: &HookRequest,
+    gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
+) -> Result<HookResponse, Denial> {
+    // Boxed: the hook's future is deep enough to reach the compiler's layout limit otherwise.
+    let response = Box::pin(decide_and_claim_serial(request, gate)).await?;
+    if let Some(thing) = response
+        .parameter_overrides
+        .get(shoal_core::provisioning::THING_NAME_PARAMETER)
+    {
+        let thing = ThingName::parse(thing).map_err(|e| Denial::Internal(e.to_string()))?;
+        Box::pin(
+            gate.certificates
+                .ensure_thing(&thing, &thing_attributes(&response.parameter_overrides)),
+        )
+        .await
+        .map_err(internal)?;
+    }
+    Ok(response)
+}
+
+async fn decide_and_claim_serial(
     request: &HookRequest,
     gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
 ) -> Result<HookResponse, Denial> {
@@ -363,6 +425,38 @@ mod tests {
             models: &MODELS,
             claim_lease: DEFAULT_CLAIM_LEASE,
         }
+    }
+
+    #[tokio::test]
+    async fn an_allowed_device_gets_its_thing_with_every_manifest_attribute() {
+        let m = memory("SN-7");
+        m.entries
+            .lock()
+            .unwrap()
+            .get_mut("SN-7")
+            .unwrap()
+            .attributes = [("hardware", "rev-b"), ("site", "lyon")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let answer = handle(&request("SN-7", "c7"), &gate(&m), DEFAULT_DEADLINE).await;
+        assert!(answer.allow_provisioning);
+        let things = m.things.lock().unwrap().clone();
+        let expected: BTreeMap<String, String> = [
+            ("batch", "b1"),
+            ("hardware", "rev-b"),
+            ("model", "th-v2"),
+            ("serial", "SN-7"),
+            ("site", "lyon"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        assert_eq!(things.get("SN-7"), Some(&expected));
+        let denied = handle(&request("SN-8", "c8"), &gate(&m), DEFAULT_DEADLINE).await;
+        assert!(!denied.allow_provisioning);
+        assert!(
+            !m.things.lock().unwrap().contains_key("SN-8"),
+            "no thing for a refused serial"
+        );
     }
 
     #[tokio::test]

@@ -20,6 +20,8 @@ pub struct Memory {
     pub statuses: Mutex<BTreeMap<String, String>>,
     /// The device registry's certificate per thing.
     pub recorded: Mutex<BTreeMap<String, String>>,
+    /// Things in the IoT registry and their attributes.
+    pub things: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     pub audit: Mutex<Vec<String>>,
     pub down: bool,
     pub slow: bool,
@@ -106,6 +108,20 @@ impl Manifest for Memory {
 impl Certificates for Memory {
     async fn status(&self, certificate_id: &str) -> Result<Option<String>, EdgeError> {
         Ok(self.statuses.lock().unwrap().get(certificate_id).cloned())
+    }
+
+    async fn ensure_thing(
+        &self,
+        thing: &ThingName,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), EdgeError> {
+        self.things
+            .lock()
+            .unwrap()
+            .entry(thing.to_string())
+            .or_default()
+            .extend(attributes.clone());
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@ use shoal_core::provisioning::{ManifestEntry, Serial};
 pub struct IotRegistry {
     iot: aws_sdk_iot::Client,
     data: aws_sdk_iotdataplane::Client,
+    thing_type: Option<String>,
 }
 
 impl IotRegistry {
@@ -24,7 +25,15 @@ impl IotRegistry {
         Self {
             iot: factory.iot(),
             data: factory.iot_data(),
+            thing_type: None,
         }
+    }
+
+    /// The thing type new device things get (`SHOAL_DEVICE_THING_TYPE`).
+    #[must_use]
+    pub fn with_thing_type(mut self, thing_type: Option<String>) -> Self {
+        self.thing_type = thing_type;
+        self
     }
 }
 
@@ -77,31 +86,7 @@ impl Registry for IotRegistry {
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
     ) -> Result<(), EdgeError> {
-        // Describe first: AWS's CreateThing is idempotent only for identical attributes, and
-        // moto's replaces an existing thing.
-        match self
-            .iot
-            .describe_thing()
-            .thing_name(thing.as_str())
-            .send()
-            .await
-            .aws("iot", "DescribeThing")
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_code("ResourceNotFoundException") => {}
-            Err(e) => return Err(e),
-        }
-        let payload = AttributePayload::builder()
-            .set_attributes(Some(attributes.clone().into_iter().collect()))
-            .build();
-        self.iot
-            .create_thing()
-            .thing_name(thing.as_str())
-            .attribute_payload(payload)
-            .send()
-            .await
-            .aws("iot", "CreateThing")?;
-        Ok(())
+        ensure_device_thing(&self.iot, self.thing_type.as_deref(), thing, attributes).await
     }
 
     async fn attach(
@@ -162,17 +147,87 @@ impl Registry for IotRegistry {
 /// The hook's view of the certificate registry: a certificate's status.
 pub struct IotCertificates {
     iot: aws_sdk_iot::Client,
+    thing_type: Option<String>,
 }
 
 impl IotCertificates {
     pub fn new(iot: aws_sdk_iot::Client) -> Self {
-        Self { iot }
+        Self {
+            iot,
+            thing_type: None,
+        }
+    }
+
+    /// The thing type new device things get (`SHOAL_DEVICE_THING_TYPE`): AWS IoT allows a thing
+    /// without a type three attributes, with one fifty.
+    #[must_use]
+    pub fn with_thing_type(mut self, thing_type: Option<String>) -> Self {
+        self.thing_type = thing_type;
+        self
     }
 }
 
 impl crate::hook::Certificates for IotCertificates {
     async fn status(&self, certificate_id: &str) -> Result<Option<String>, EdgeError> {
         shoal_aws::fleet::certificate_status(&self.iot, certificate_id).await
+    }
+
+    async fn ensure_thing(
+        &self,
+        thing: &ThingName,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), EdgeError> {
+        ensure_device_thing(&self.iot, self.thing_type.as_deref(), thing, attributes).await
+    }
+}
+
+/// Creates `thing` of `thing_type` with `attributes`, or merges `attributes` into the thing that
+/// exists (giving it `thing_type` if it has another). Described first: AWS's CreateThing is
+/// idempotent only for identical attributes, and moto's replaces an existing thing.
+///
+/// # Errors
+/// The registry call that failed.
+pub async fn ensure_device_thing(
+    iot: &aws_sdk_iot::Client,
+    thing_type: Option<&str>,
+    thing: &ThingName,
+    attributes: &BTreeMap<String, String>,
+) -> Result<(), EdgeError> {
+    let payload = |merge: bool| {
+        AttributePayload::builder()
+            .set_attributes(Some(attributes.clone().into_iter().collect()))
+            .merge(merge)
+            .build()
+    };
+    match iot
+        .describe_thing()
+        .thing_name(thing.as_str())
+        .send()
+        .await
+        .aws("iot", "DescribeThing")
+    {
+        Ok(existing) => {
+            let retype = thing_type.is_some() && existing.thing_type_name() != thing_type;
+            iot.update_thing()
+                .thing_name(thing.as_str())
+                .attribute_payload(payload(true))
+                .set_thing_type_name(thing_type.filter(|_| retype).map(str::to_owned))
+                .send()
+                .await
+                .aws("iot", "UpdateThing")?;
+            Ok(())
+        }
+        Err(e) if e.is_code("ResourceNotFoundException") => {
+            iot.create_thing()
+                .thing_name(thing.as_str())
+                .set_thing_type_name(thing_type.map(str::to_owned))
+                .attribute_payload(payload(false))
+                .send()
+                .await
+                .aws("iot", "CreateThing")?;
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

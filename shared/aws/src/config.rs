@@ -45,6 +45,9 @@ pub mod vars {
     pub const CLAIM_LEASE_S: &str = "SHOAL_CLAIM_LEASE_S";
     /// The IoT policy attached to every device certificate (JITR).
     pub const DEVICE_POLICY: &str = "SHOAL_DEVICE_POLICY";
+    /// The thing type device things get (the hook and JITR): a thing without a type may have
+    /// three attributes, with one fifty.
+    pub const DEVICE_THING_TYPE: &str = "SHOAL_DEVICE_THING_TYPE";
     /// Initial shadow `desired` per device model, a JSON object: `{"th-v2": {...}}`.
     pub const MODEL_DEFAULTS: &str = "SHOAL_MODEL_DEFAULTS";
     /// KMS key (id, ARN or alias) that signs firmware digests.

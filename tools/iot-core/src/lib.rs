@@ -29,6 +29,7 @@
 pub mod broker;
 pub mod connection;
 pub mod dataplane;
+pub mod fleet;
 pub mod identity;
 pub mod lambda;
 pub mod lifecycle;

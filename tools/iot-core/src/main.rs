@@ -17,8 +17,9 @@ use shoal_aws::client::ClientFactory;
 use shoal_iot_core::broker::Broker;
 use shoal_iot_core::connection::Settings;
 use shoal_iot_core::dataplane::serve_http;
+use shoal_iot_core::fleet;
 use shoal_iot_core::identity::IotRegistry;
-use shoal_iot_core::provisioning::{self, ProvisioningService, RegistryAuthority, Tokens};
+use shoal_iot_core::provisioning::{self, Fleet, ProvisioningService, RegistryAuthority, Tokens};
 use shoal_iot_core::reserved::ShadowService;
 use shoal_iot_core::rules::engine::{self, AwsSinks, RulesService};
 use shoal_iot_core::rules::template;
@@ -94,9 +95,67 @@ async fn main() -> anyhow::Result<()> {
     let (provisioning, provisioning_queue) = ProvisioningService::new();
     broker = broker.with_service(Arc::new(provisioning));
     let mut jobs = None;
+    let lambda = args
+        .lambda_endpoint
+        .as_deref()
+        .map(shoal_iot_core::lambda::LambdaClient::new);
+    let mut fleet = Fleet {
+        templates: Vec::new(),
+        lambda: lambda.clone(),
+    };
     if let Some(path) = &args.template {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let parsed = shoal_template::Template::parse(
+            &text,
+            &args.parameters.iter().cloned().collect(),
+            &args.resources.iter().cloned().collect(),
+        )?;
+        let (templates, skipped) = fleet::load(&parsed);
+        for template in &templates {
+            tracing::info!(
+                template = template.name,
+                hook = template.hook,
+                "provisioning template loaded"
+            );
+        }
+        for (id, why) in skipped {
+            tracing::warn!(id, why, "provisioning template not served");
+        }
+        fleet.templates = templates;
+        let (policies, skipped) = fleet::policies(&parsed);
+        for (id, why) in skipped {
+            tracing::warn!(id, why, "policy not created");
+        }
+        for (name, document) in policies {
+            deploy_policy(&factory.iot(), &name, &document).await;
+        }
+        let (thing_types, skipped) = fleet::thing_types(&parsed);
+        for (id, why) in skipped {
+            tracing::warn!(id, why, "thing type not created");
+        }
+        for (name, searchable) in thing_types {
+            let created = factory
+                .iot()
+                .create_thing_type()
+                .thing_type_name(&name)
+                .thing_type_properties(
+                    aws_sdk_iot::types::ThingTypeProperties::builder()
+                        .set_searchable_attributes(Some(searchable))
+                        .build(),
+                )
+                .send()
+                .await;
+            match created {
+                Ok(_) => tracing::info!(thing_type = name, "thing type created"),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_resource_already_exists_exception()) => {}
+                Err(e) => {
+                    tracing::error!(thing_type = name, error = %aws_sdk_iot::error::DisplayErrorContext(e), "CreateThingType failed")
+                }
+            }
+        }
         let loaded = template::load(
             &text,
             &args.parameters.iter().cloned().collect(),
@@ -122,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
         provisioning_queue,
         Arc::new(authority),
         Arc::new(Tokens::default()),
+        Arc::new(fleet),
         broker.clone(),
     ));
     if let Some(queue) = jobs {
@@ -130,10 +190,7 @@ async fn main() -> anyhow::Result<()> {
             sqs: aws_sdk_sqs::Client::new(sdk),
             kinesis: aws_sdk_kinesis::Client::new(sdk),
             s3: factory.s3(),
-            lambda: args
-                .lambda_endpoint
-                .as_deref()
-                .map(shoal_iot_core::lambda::LambdaClient::new),
+            lambda,
         };
         tokio::spawn(engine::run(queue, Arc::new(sinks), broker.clone()));
     }
@@ -186,4 +243,59 @@ async fn main() -> anyhow::Result<()> {
         task.await?;
     }
     Ok(())
+}
+
+/// Creates IoT policy `name` with `document` as CloudFormation would deploy it; when it exists,
+/// its document becomes the default version (the oldest non-default version is deleted when
+/// AWS's five versions are reached).
+async fn deploy_policy(iot: &aws_sdk_iot::Client, name: &str, document: &str) {
+    let created = iot
+        .create_policy()
+        .policy_name(name)
+        .policy_document(document)
+        .send()
+        .await;
+    let exists = match created {
+        Ok(_) => {
+            tracing::info!(policy = name, "policy created");
+            return;
+        }
+        Err(e) => e
+            .as_service_error()
+            .is_some_and(|e| e.is_resource_already_exists_exception()),
+    };
+    if !exists {
+        tracing::error!(policy = name, "CreatePolicy failed");
+        return;
+    }
+    if let Ok(versions) = iot.list_policy_versions().policy_name(name).send().await {
+        let versions = versions.policy_versions.unwrap_or_default();
+        if versions.len() >= 5
+            && let Some(oldest) = versions
+                .iter()
+                .filter(|v| !v.is_default_version)
+                .filter_map(|v| v.version_id.clone())
+                .min_by_key(|id| id.parse::<u64>().unwrap_or(0))
+        {
+            let _ = iot
+                .delete_policy_version()
+                .policy_name(name)
+                .policy_version_id(oldest)
+                .send()
+                .await;
+        }
+    }
+    match iot
+        .create_policy_version()
+        .policy_name(name)
+        .policy_document(document)
+        .set_as_default(true)
+        .send()
+        .await
+    {
+        Ok(_) => tracing::info!(policy = name, "policy updated"),
+        Err(e) => {
+            tracing::error!(policy = name, error = %aws_sdk_iot::error::DisplayErrorContext(e), "CreatePolicyVersion failed")
+        }
+    }
 }

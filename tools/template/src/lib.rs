@@ -103,6 +103,27 @@ impl Template {
             .filter_map(|(id, r)| Some((id.as_str()?, r)))
     }
 
+    /// What `Ref` of `id` means: its local name (a parameter's value, a resource's name).
+    ///
+    /// # Errors
+    /// No local name was given for it, or it is a list.
+    pub fn local_name(&self, id: &str) -> Result<String, String> {
+        match self.reference(id)? {
+            Resolved::Text(text) => Ok(text),
+            _ => Err(format!("{id} has no single local name")),
+        }
+    }
+
+    /// Every resource's `(logical id, type)`.
+    pub fn all_resource_types(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.all_resources().map(|(id, r)| {
+            (
+                id,
+                r.get("Type").and_then(Value::as_str).unwrap_or_default(),
+            )
+        })
+    }
+
     /// The type of the resource `id`, if the template has it.
     pub fn resource_type(&self, id: &str) -> Option<&str> {
         self.doc
@@ -271,6 +292,55 @@ impl Template {
             }
             other => Err(format!("Fn::{other} is not supported here")),
         }
+    }
+
+    /// `value` (a map, a list, a scalar, or a function anywhere in them) resolved to JSON: the
+    /// shape a property such as a policy document has once deployed. A function's text is a
+    /// JSON string, its list an array; an entry that resolves to `AWS::NoValue` is left out;
+    /// YAML numbers and booleans keep their type.
+    ///
+    /// # Errors
+    /// What [`Template::resolve`] refuses anywhere inside, or a map key that is not text.
+    pub fn resolve_json(&self, value: &Value) -> Result<serde_json::Value, String> {
+        self.json_at(value, 0)?
+            .ok_or_else(|| "AWS::NoValue where a value is needed".to_owned())
+    }
+
+    fn json_at(&self, value: &Value, depth: usize) -> Result<Option<serde_json::Value>, String> {
+        if depth > 64 {
+            return Err("the value nests too deep".into());
+        }
+        if function(value).is_some() {
+            return Ok(match self.resolve_at(value, depth + 1)? {
+                Resolved::Text(text) => Some(text.into()),
+                Resolved::List(list) => Some(list.into()),
+                Resolved::NoValue => None,
+            });
+        }
+        Ok(Some(match value {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Number(n) => serde_json::from_str(&n.to_string())
+                .map_err(|_| format!("{n} is not a JSON number"))?,
+            Value::String(s) => s.clone().into(),
+            Value::Sequence(items) => items
+                .iter()
+                .map(|item| self.json_at(item, depth + 1))
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>()?
+                .into(),
+            Value::Mapping(map) => {
+                let mut object = serde_json::Map::new();
+                for (key, item) in map {
+                    let key = key.as_str().ok_or("a map key is text")?;
+                    if let Some(item) = self.json_at(item, depth + 1)? {
+                        object.insert(key.to_owned(), item);
+                    }
+                }
+                object.into()
+            }
+            Value::Tagged(tagged) => return Err(format!("{} is not supported here", tagged.tag)),
+        }))
     }
 
     fn text_at(&self, value: &Value, depth: usize) -> Result<String, String> {

@@ -175,3 +175,60 @@ fn the_projects_template_parses() {
     assert!(t.resources_of("AWS::Serverless::Function").count() >= 6);
     assert!(t.section("Globals").is_some());
 }
+
+#[test]
+fn documents_resolve_to_json_with_their_types() {
+    let t = Template::parse(
+        r#"
+Parameters:
+  Prefix: {Type: String, Default: shoal/alerts}
+Resources:
+  Policy:
+    Type: AWS::IoT::Policy
+    Properties:
+      PolicyDocument:
+        Version: "2012-10-17"
+        Statement:
+          - Effect: Allow
+            Action: [iot:Connect]
+            Resource: !Sub "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:client/${!iot:Connection.Thing.ThingName}"
+            Condition:
+              Bool:
+                iot:Connection.Thing.IsAttached: "true"
+          - Effect: Allow
+            Action: iot:Publish
+            Resource: [!Sub "topic/${Prefix}/*", !Ref AWS::NoValue]
+            Sid: !Ref AWS::NoValue
+            Count: 3
+            Flag: true
+"#,
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let (_, policy) = t.resources_of("AWS::IoT::Policy").next().unwrap();
+    let document = t
+        .resolve_json(&policy["Properties"]["PolicyDocument"])
+        .unwrap();
+    assert_eq!(
+        document,
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["iot:Connect"],
+                    "Resource": "arn:aws:iot:us-east-1:123456789012:client/${iot:Connection.Thing.ThingName}",
+                    "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Publish",
+                    "Resource": ["topic/shoal/alerts/*"],
+                    "Count": 3,
+                    "Flag": true,
+                },
+            ],
+        })
+    );
+}

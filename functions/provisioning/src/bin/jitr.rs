@@ -13,7 +13,10 @@ async fn main() -> Result<(), Error> {
     let config = JitrConfig::from_source(&ProcessEnv)?;
     let factory = ClientFactory::from_env().await;
     let manifest = ManifestTable::new(factory.dynamodb(), config.manifest_table.clone());
-    let registry = IotRegistry::new(&factory);
+    let thing_type = std::env::var(shoal_aws::config::vars::DEVICE_THING_TYPE)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let registry = IotRegistry::new(&factory).with_thing_type(thing_type);
     let devices = DeviceTable::new(factory.dynamodb(), config.device_table.clone());
     let (config, manifest, registry, devices) = (&config, &manifest, &registry, &devices);
     lambda_runtime::run(service_fn(

@@ -13,7 +13,10 @@ async fn main() -> Result<(), Error> {
     let config = HookConfig::from_source(&ProcessEnv)?;
     let factory = ClientFactory::from_env().await;
     let manifest = ManifestTable::new(factory.dynamodb(), config.manifest_table.clone());
-    let certificates = IotCertificates::new(factory.iot());
+    let thing_type = std::env::var(shoal_aws::config::vars::DEVICE_THING_TYPE)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let certificates = IotCertificates::new(factory.iot()).with_thing_type(thing_type);
     let devices = DeviceTable::new(factory.dynamodb(), config.device_table.clone());
     let gate = Gate {
         manifest: &manifest,
