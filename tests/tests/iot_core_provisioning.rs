@@ -315,3 +315,108 @@ async fn register_thing_refuses_what_the_hook_refuses() {
     let (_, _, _, topic, answer) = provision(json!({})).await;
     assert!(topic.ends_with("/rejected"), "no serial: {answer}");
 }
+
+/// A CA registered ACTIVE in the local registry (auto-registration allowed), and a device
+/// certificate it signed with CN `serial`: (the device's chain PEM — its certificate then the
+/// CA's, as JITR devices present them —, its key PEM, the CA's certificate id).
+async fn jitr_device(serial: &str) -> (Vec<u8>, Vec<u8>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, unique_name("shoal-fleet-ca"));
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let registered = local::factory()
+        .await
+        .iot()
+        .register_ca_certificate()
+        .ca_certificate(issuer.pem())
+        .set_as_active(true)
+        .allow_auto_registration(true)
+        .send()
+        .await
+        .expect("RegisterCACertificate");
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, serial);
+    let key = KeyPair::generate().unwrap();
+    let device = params.signed_by(&key, &issuer).unwrap();
+    let chain = format!("{}{}", device.pem(), issuer.pem());
+    (
+        chain.into_bytes(),
+        key.serialize_pem().into_bytes(),
+        registered.certificate_id().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_ca_signed_certificate_is_registered_just_in_time_and_activated_by_the_templates_jitr() {
+    let serial = manifest_row("hardware=rev-c").await;
+    let (chain, key, ca_id) = jitr_device(&serial).await;
+    let device_id = {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&chain).unwrap();
+        hex_sha256(&pem.contents)
+    };
+    // Someone watching the registration events (as the template's JITR rule does).
+    let mut watcher = Client::connect(&unique_name("watcher"), &certificate().await).await;
+    watcher
+        .subscribe(&format!("$aws/events/certificates/registered/{ca_id}"))
+        .await;
+
+    // The first connection registers the certificate and is closed, as AWS IoT does.
+    let pair = (chain.clone(), key.clone());
+    let (_client, mut events) = AsyncClient::new(options(&serial, &pair), 8);
+    let first = loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => break Ok(ack.code),
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(first.is_err(), "the first connection is closed: {first:?}");
+    let event = watcher
+        .next_on(&format!("$aws/events/certificates/registered/{ca_id}"))
+        .await;
+    assert_eq!(event["certificateId"], device_id.as_str());
+    assert_eq!(event["caCertificateId"], ca_id.as_str());
+    assert_eq!(event["certificateStatus"], "PENDING_ACTIVATION");
+
+    // JitrRule -> the JITR function (local Lambda host) activates it, with thing and policy.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status(&device_id).await != "ACTIVE" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activated within 30 s (.local/lambda/JitrFunction.log)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let thing = local::factory()
+        .await
+        .iot()
+        .describe_thing()
+        .thing_name(&serial)
+        .send()
+        .await
+        .expect("the thing JITR made");
+    assert_eq!(thing.thing_type_name(), Some("shoal-local-device"));
+    let attributes = thing.attributes().cloned().unwrap_or_default();
+    assert_eq!(
+        attributes.get("hardware").map(String::as_str),
+        Some("rev-c"),
+        "{attributes:?}"
+    );
+
+    // Connected again, it is the thing, held to the device policy.
+    let mut device = Client::connect(&serial, &pair).await;
+    device
+        .subscribe(&format!("$aws/things/{serial}/shadow/get/+"))
+        .await;
+    device
+        .publish(&format!("$aws/things/{serial}/shadow/get"), "{}")
+        .await;
+    let (topic, _) = device.next_json().await;
+    assert!(
+        topic.starts_with(&format!("$aws/things/{serial}/shadow/get/")),
+        "{topic}"
+    );
+}

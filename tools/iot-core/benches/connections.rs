@@ -67,6 +67,16 @@ impl Registry for InMemoryRegistry {
     }
 }
 
+impl shoal_iot_core::jitr::CaRegistry for InMemoryRegistry {
+    async fn ca_certificate(&self, _: &str) -> Result<Option<(String, String)>, EdgeError> {
+        Ok(None)
+    }
+
+    async fn register(&self, _: &str, _: &str) -> Result<(), EdgeError> {
+        Ok(())
+    }
+}
+
 /// Counts what the rule's actions would send.
 #[derive(Debug, Default)]
 struct Counted(AtomicU64);

@@ -19,18 +19,23 @@
 //!   (with Publish): one store, so a change made through either reaches both.
 //! - [`provisioning`]: fleet provisioning's certificate APIs on their reserved topics, answered
 //!   to the asking connection alone.
+//! - [`fleet`]: RegisterThing's provisioning templates (with [`provisioning`]), and the template's
+//!   IoT policies and thing types as the registry should hold them.
+//! - [`jitr`]: just-in-time registration of certificates signed by a registered CA.
+//! - [`lambda`]: a client of Lambda's Invoke API (rule actions, the pre-provisioning hook).
 //! - [`rules`]: the template's IoT rules: IoT SQL, actions, error actions.
 //! - [`connection`]: one client's conversation, MQTT 3.1.1 or 5 ([`wire`]: the two versions'
 //!   packets as one set of events); [`server`]: the listeners.
 //!
-//! What AWS IoT Core does that this does not do yet (RegisterThing, JITR and jobs topics, Lambda actions) is listed in README's
-//! emulator table.
+//! What AWS IoT Core does that this does not do yet (the jobs topics among others) is listed in
+//! README's emulator table.
 
 pub mod broker;
 pub mod connection;
 pub mod dataplane;
 pub mod fleet;
 pub mod identity;
+pub mod jitr;
 pub mod lambda;
 pub mod lifecycle;
 pub mod policy;

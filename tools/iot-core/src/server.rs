@@ -10,8 +10,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
+use crate::broker::Message;
 use crate::connection::{Ended, Peer, Settings, serve};
 use crate::identity::{Registry, certificate_id};
+use crate::jitr::{self, CaRegistry};
 
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +23,7 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 /// Accepts connections on `listener` for ever, each through `acceptor`'s TLS, then MQTT. With
 /// `alpn` set, a client must have negotiated that ALPN protocol (AWS's port 443 serves MQTT only
 /// to clients that ask for `x-amzn-mqtt-ca`).
-pub async fn accept_loop<R: Registry>(
+pub async fn accept_loop<R: Registry + CaRegistry>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     alpn: Option<&'static [u8]>,
@@ -67,7 +69,7 @@ where
     }
 }
 
-async fn connect<R: Registry>(
+async fn connect<R: Registry + CaRegistry>(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     acceptor: TlsAcceptor,
@@ -86,11 +88,11 @@ async fn connect<R: Registry>(
     {
         return Ended::Refused("no ALPN x-amzn-mqtt-ca: not an MQTT client on this port".into());
     }
-    let Some(certificate) = tls
+    let Some((certificate, issuers)) = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
+        .and_then(|chain| chain.split_first())
     else {
         return Ended::Refused("no client certificate".into());
     };
@@ -98,6 +100,24 @@ async fn connect<R: Registry>(
         certificate_id: certificate_id(certificate),
         ip_address: addr.ip(),
     };
+    // Just-in-time registration: only a client that presents a chain can be asking for it.
+    if !issuers.is_empty() && matches!(registry.certificate(&peer.certificate_id).await, Ok(None)) {
+        let issuers: Vec<Vec<u8>> = issuers.iter().map(|c| c.to_vec()).collect();
+        match jitr::register(registry.as_ref(), certificate, &issuers).await {
+            Ok(Some(registered)) => {
+                let (topic, payload) = registered.event(crate::lifecycle::now_ms());
+                broker.publish(Message::from_service(topic, payload));
+                return Ended::Refused(format!(
+                    "certificate {} registered PENDING_ACTIVATION by just-in-time registration (CA {}); the connection is closed as AWS IoT closes it",
+                    registered.certificate_id, registered.ca_certificate_id
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(certificate_id = %peer.certificate_id, error = %e, "just-in-time registration failed")
+            }
+        }
+    }
     tracing::debug!(%addr, certificate_id = %peer.certificate_id, "TLS established");
     serve(tls, peer, broker, registry, settings).await
 }
