@@ -1,6 +1,7 @@
 //! Helpers for Shoal's integration tests (in `tests/tests/`): reaching the local AWS endpoint, and
 //! checking the SAM template against the workspace.
 
+pub mod deployment;
 pub mod firmware;
 pub mod iot_policy;
 pub mod local;

@@ -64,7 +64,13 @@ pub struct Client {
 impl Client {
     /// Connects `client_id` with `device`'s certificate and waits for a successful CONNACK.
     pub async fn connect(client_id: &str, device: &(Vec<u8>, Vec<u8>)) -> Self {
-        let (client, mut events) = AsyncClient::new(options(client_id, device), 64);
+        Self::connect_with(options(client_id, device)).await
+    }
+
+    /// Connects with `options` (another endpoint than the stack's) and waits for a successful
+    /// CONNACK.
+    pub async fn connect_with(options: MqttOptions) -> Self {
+        let (client, mut events) = AsyncClient::new(options, 64);
         let (sender, packets) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(event) = events.poll().await {

@@ -3,13 +3,15 @@
 //! on the stack's telemetry queue, `TelemetryQueueMapping` hands it to the real router process in
 //! the local Lambda host, and the readings land in Timestream (or, refused, in the quarantine
 //! with their reason). Lifecycle events reach the presence function through `PresenceRule` and
-//! the device table. Nothing here calls a function directly.
+//! the device table. The `kinesis` and `direct` deliveries run in a second deployment of the
+//! template beside the stack's ([`Deployment`]). Nothing here calls a function directly.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shoal_aws::device_table::{DEVICE_RECORD, DeviceTable};
 use shoal_core::clock::now_ms;
+use shoal_integration_tests::deployment::Deployment;
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::mqtt5::Client;
 
@@ -51,6 +53,67 @@ fn stored(times: &[String]) -> Vec<(String, Value)> {
     found
 }
 
+/// The archive's rows of `thing` (every Parquet object under `telemetry/` in the stack's archive
+/// bucket): (measure, value as text) pairs, sorted.
+async fn archived(thing: &str) -> Vec<(String, String)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let s3 = local::factory().await.s3();
+    let mut rows = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(ARCHIVE)
+        .prefix("telemetry/")
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for object in page.expect("ListObjectsV2").contents() {
+            let bytes = s3
+                .get_object()
+                .bucket(ARCHIVE)
+                .key(object.key().unwrap_or_default())
+                .send()
+                .await
+                .expect("GetObject")
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            let reader = SerializedFileReader::new(bytes).expect("Parquet");
+            for row in reader.get_row_iter(None).unwrap() {
+                let columns = row.unwrap().into_columns();
+                let get = |name: &str| columns.iter().find(|(n, _)| n == name).map(|c| c.1.clone());
+                if get("thing_name") != Some(Field::Str(thing.to_owned())) {
+                    continue;
+                }
+                let value = [
+                    "value_double",
+                    "value_bigint",
+                    "value_varchar",
+                    "value_boolean",
+                ]
+                .iter()
+                .find_map(|c| match get(c) {
+                    Some(Field::Double(d)) => Some(d.to_string()),
+                    Some(Field::Long(l)) => Some(l.to_string()),
+                    Some(Field::Str(s)) => Some(s),
+                    Some(Field::Bool(b)) => Some(b.to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+                let measure = match get("measure_name") {
+                    Some(Field::Str(m)) => m,
+                    other => format!("{other:?}"),
+                };
+                rows.push((measure, value));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
 #[tokio::test]
 async fn telemetry_reaches_timestream_through_the_rule_the_queue_and_the_router() {
     let thing = unique_name("rule");
@@ -86,6 +149,80 @@ async fn telemetry_reaches_timestream_through_the_rule_the_queue_and_the_router(
             ),
         ]
     );
+    // The same readings in the archive (Parquet, written in the same invocation).
+    assert_eq!(
+        archived(&thing).await,
+        [
+            ("temp".to_owned(), "21.5".to_owned()),
+            ("temp".to_owned(), "22".to_owned())
+        ]
+    );
+}
+
+/// Two readings published to `deployment`'s core as `thing` reach Timestream and the archive.
+async fn two_readings_land(deployment: &Deployment) {
+    let thing = unique_name("mode");
+    let certificate = shoal_integration_tests::mqtt5::certificate().await;
+    let device = Client::connect_with(deployment.options(&thing, &certificate)).await;
+    let now = now_ms() - i64::from(uuid::Uuid::new_v4().as_fields().1) * 50;
+    let times = [(now - 1000).to_string(), now.to_string()];
+    let topic = format!("dt/greenhouse/{thing}/telemetry");
+    for (ts, temp) in [(now - 1000, 19.25), (now, 20.0)] {
+        device
+            .publish(&topic, json!({"ts": ts, "temp": temp}).to_string())
+            .await;
+    }
+    let records = eventually(60, "both readings in Timestream", async || {
+        let found = stored(&times);
+        (found.len() >= 2).then_some(found)
+    })
+    .await;
+    assert_eq!(
+        records,
+        [
+            (
+                times[0].clone(),
+                json!([{"Name": "temp", "Value": "19.25", "Type": "DOUBLE"}])
+            ),
+            (
+                times[1].clone(),
+                json!([{"Name": "temp", "Value": "20.0", "Type": "DOUBLE"}])
+            ),
+        ],
+        "logs: {}",
+        deployment.dir.display()
+    );
+    assert_eq!(
+        archived(&thing).await,
+        [
+            ("temp".to_owned(), "19.25".to_owned()),
+            ("temp".to_owned(), "20".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn with_kinesis_delivery_telemetry_goes_through_the_stream_and_its_mapping() {
+    let stream = unique_name("shoal-test-telemetry");
+    let kinesis = aws_sdk_kinesis::Client::new(local::factory().await.sdk_config());
+    kinesis
+        .create_stream()
+        .stream_name(&stream)
+        .shard_count(1)
+        .send()
+        .await
+        .expect("CreateStream");
+    let deployment = Deployment::start(
+        &[("TelemetryDelivery", "kinesis")],
+        &[("TelemetryStream", &stream)],
+    );
+    two_readings_land(&deployment).await;
+}
+
+#[tokio::test]
+async fn with_direct_delivery_the_rule_invokes_the_router_for_each_message() {
+    let deployment = Deployment::start(&[("TelemetryDelivery", "direct")], &[]);
+    two_readings_land(&deployment).await;
 }
 
 #[tokio::test]
