@@ -5,7 +5,8 @@ with client certificates, and boto3's iot-data client on the core's HTTP data pl
 The Rust tests (tests/tests/iot_core*.rs) drive the core with rumqttc; this checks that another
 client library, the one many Python device programs use, sees the same service: shadows answered
 on their reserved topics and a cloud change arriving as delta, MQTT 3.1.1 and 5 clients talking to
-each other, lifecycle events, and a policy denial reported with MQTT 5's reason code.
+each other, lifecycle events, a policy denial reported with MQTT 5's reason code, and fleet
+provisioning by claim through the template's hook.
 
 Run by `make test` (target iot-core-clients) with the local stack up; reads the endpoints
 `tools/localstack/stack env` prints, else the stack's defaults. Exits 1 when a check fails.
@@ -179,10 +180,55 @@ def a_publish_the_policy_denies_gets_reason_0x87():
         device.close()
 
 
+def provisioning_by_claim_makes_a_device_of_a_manifest_serial():
+    """Fleet provisioning by claim as a paho device program does it: the claim certificate (the
+    template's claim policy) asks for keys and a certificate, then RegisterThing with its serial;
+    the template's hook (in the local Lambda host) allows a manifest serial and refuses another."""
+    serial = unique("SN-paho")
+    csv = os.path.join(WORK, serial + ".csv")
+    with open(csv, "w") as f:
+        f.write(f"serial,model,batch,thing_group,attributes\n{serial},th-v2,2026-12,,hardware=rev-b\n")
+    import subprocess
+    subprocess.run([os.path.join(ROOT, "target/debug/shoal"), "manifest", "import", csv,
+                    "--table", "shoal-local-manifest"], check=True, capture_output=True)
+    claim = IOT.create_keys_and_certificate(setAsActive=True)
+    IOT.attach_policy(policyName="shoal-local-claim", target=claim["certificateArn"])
+    files = (os.path.join(WORK, "claim.pem"), os.path.join(WORK, "claim.key"))
+    for path, text in zip(files, (claim["certificatePem"], claim["keyPair"]["PrivateKey"])):
+        with open(path, "w") as f:
+            f.write(text)
+    provision = "$aws/provisioning-templates/shoal-fleet/provision/json"
+    for version in (mqtt.MQTTv5, mqtt.MQTTv311):
+        device = Client(f"claim.{uuid.uuid4().hex}", files, version)
+        try:
+            for topic in ("$aws/certificates/create/json/accepted", f"{provision}/accepted", f"{provision}/rejected"):
+                device.subscribe(topic)
+            device.publish("$aws/certificates/create/json", b"{}")
+            created = device.next_on("$aws/certificates/create/json/accepted")
+            wanted = serial if version == mqtt.MQTTv5 else unique("SN-unknown")
+            device.publish(provision, json.dumps({
+                "certificateOwnershipToken": created["certificateOwnershipToken"],
+                "parameters": {"SerialNumber": wanted},
+            }))
+            if version == mqtt.MQTTv5:
+                answer = device.next_on(f"{provision}/accepted")
+                assert answer == {"deviceConfiguration": {}, "thingName": serial}, answer
+                described = IOT.describe_certificate(certificateId=created["certificateId"])
+                assert described["certificateDescription"]["status"] == "ACTIVE", described
+                thing = IOT.describe_thing(thingName=serial)
+                assert thing["attributes"].get("hardware") == "rev-b", thing
+            else:
+                refused = device.next_on(f"{provision}/rejected")
+                assert refused["statusCode"] == 403, refused
+        finally:
+            device.close()
+
+
 CHECKS = [
     shadows_answer_both_versions_and_a_cloud_change_arrives_as_delta,
     connections_publish_lifecycle_events,
     a_publish_the_policy_denies_gets_reason_0x87,
+    provisioning_by_claim_makes_a_device_of_a_manifest_serial,
 ]
 
 
