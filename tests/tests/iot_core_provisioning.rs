@@ -150,13 +150,18 @@ async fn a_csr_is_signed_with_the_devices_key_and_cannot_connect_until_activated
 /// A manifest row for a new serial in the stack's manifest table (`shoal-local-manifest`, which
 /// the stack's pre-provisioning hook reads), with `attributes` (`key=value;…`).
 async fn manifest_row(attributes: &str) -> String {
+    manifest_row_in("", attributes).await
+}
+
+/// The same, the device in thing group `group` (empty: none).
+async fn manifest_row_in(group: &str, attributes: &str) -> String {
     let serial = unique_name("SN");
     let manifest = shoal_aws::manifest_table::ManifestTable::new(
         local::factory().await.dynamodb(),
         "shoal-local-manifest".parse().unwrap(),
     );
     let csv = format!(
-        "serial,model,batch,thing_group,attributes\n{serial},th-v2,2026-12,,{attributes}\n"
+        "serial,model,batch,thing_group,attributes\n{serial},th-v2,2026-12,{group},{attributes}\n"
     );
     shoal_cli::manifest::import(&manifest, &csv, |_| {})
         .await
@@ -221,7 +226,16 @@ async fn provision(parameters: Value) -> (String, String, String, String, Value)
 
 #[tokio::test]
 async fn register_thing_provisions_a_manifest_serial_through_the_templates_hook() {
-    let serial = manifest_row("hardware=rev-b;site=lyon").await;
+    let group = unique_name("greenhouse");
+    local::factory()
+        .await
+        .iot()
+        .create_thing_group()
+        .thing_group_name(&group)
+        .send()
+        .await
+        .expect("CreateThingGroup");
+    let serial = manifest_row_in(&group, "hardware=rev-b;site=lyon").await;
     let (certificate_id, pem, key, topic, answer) =
         provision(json!({"SerialNumber": serial})).await;
     assert_eq!(
@@ -261,6 +275,18 @@ async fn register_thing_provisions_a_manifest_serial_through_the_templates_hook(
             "{attributes:?}"
         );
     }
+    let groups = iot
+        .list_thing_groups_for_thing()
+        .thing_name(&serial)
+        .send()
+        .await
+        .unwrap();
+    let groups: Vec<&str> = groups
+        .thing_groups()
+        .iter()
+        .filter_map(|g| g.group_name())
+        .collect();
+    assert_eq!(groups, [group.as_str()], "the manifest's group");
     let arn = format!("arn:aws:iot:us-east-1:123456789012:cert/{certificate_id}");
     let principals = iot
         .list_thing_principals()

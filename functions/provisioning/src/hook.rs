@@ -71,13 +71,16 @@ pub trait Certificates: Sync {
         certificate_id: &str,
     ) -> impl Future<Output = Result<Option<String>, EdgeError>> + Send;
     /// Creates `thing` with `attributes` (and the device thing type), or merges `attributes`
-    /// into the thing that exists. The provisioning template can only set the attributes it
-    /// declares; this is how every manifest attribute (`hardware`, which rollouts target,
-    /// among them) reaches the thing before RegisterThing merges the template's own.
+    /// into the thing that exists, and adds it to `group` (which must exist). The provisioning
+    /// template can only set the attributes it declares, and leaves the groups of a thing that
+    /// exists as they are; this is how every manifest attribute (`hardware`, which rollouts
+    /// target, among them) and the manifest's group reach the thing before RegisterThing
+    /// merges the template's own.
     fn ensure_thing(
         &self,
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
+        group: Option<&str>,
     ) -> impl Future<Output = Result<(), EdgeError>> + Send;
 }
 
@@ -186,10 +189,16 @@ async fn decide_and_claim(
         .get(shoal_core::provisioning::THING_NAME_PARAMETER)
     {
         let thing = ThingName::parse(thing).map_err(|e| Denial::Internal(e.to_string()))?;
-        Box::pin(
-            gate.certificates
-                .ensure_thing(&thing, &thing_attributes(&response.parameter_overrides)),
-        )
+        let group = response
+            .parameter_overrides
+            .get(shoal_core::provisioning::THING_GROUP_PARAMETER)
+            .map(String::as_str)
+            .filter(|g| !g.is_empty());
+        Box::pin(gate.certificates.ensure_thing(
+            &thing,
+            &thing_attributes(&response.parameter_overrides),
+            group,
+        ))
         .await
         .map_err(internal)?;
     }

@@ -22,6 +22,8 @@ pub struct Memory {
     pub recorded: Mutex<BTreeMap<String, String>>,
     /// Things in the IoT registry and their attributes.
     pub things: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    /// The thing group each thing was added to.
+    pub groups: Mutex<BTreeMap<String, String>>,
     pub audit: Mutex<Vec<String>>,
     pub down: bool,
     pub slow: bool,
@@ -114,7 +116,14 @@ impl Certificates for Memory {
         &self,
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
+        group: Option<&str>,
     ) -> Result<(), EdgeError> {
+        if let Some(group) = group {
+            self.groups
+                .lock()
+                .unwrap()
+                .insert(thing.to_string(), group.to_owned());
+        }
         self.things
             .lock()
             .unwrap()

@@ -176,8 +176,19 @@ impl crate::hook::Certificates for IotCertificates {
         &self,
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
+        group: Option<&str>,
     ) -> Result<(), EdgeError> {
-        ensure_device_thing(&self.iot, self.thing_type.as_deref(), thing, attributes).await
+        ensure_device_thing(&self.iot, self.thing_type.as_deref(), thing, attributes).await?;
+        if let Some(group) = group {
+            self.iot
+                .add_thing_to_thing_group()
+                .thing_name(thing.as_str())
+                .thing_group_name(group)
+                .send()
+                .await
+                .aws("iot", "AddThingToThingGroup")?;
+        }
+        Ok(())
     }
 }
 

@@ -36,6 +36,7 @@ pub mod dataplane;
 pub mod fleet;
 pub mod identity;
 pub mod jitr;
+pub mod jobs;
 pub mod lambda;
 pub mod lifecycle;
 pub mod policy;

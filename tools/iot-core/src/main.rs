@@ -94,6 +94,8 @@ async fn main() -> anyhow::Result<()> {
         .with_service(Arc::new(ShadowService(shadows.clone())));
     let (provisioning, provisioning_queue) = ProvisioningService::new();
     broker = broker.with_service(Arc::new(provisioning));
+    let (jobs_service, jobs_queue) = shoal_iot_core::jobs::JobsService::new();
+    broker = broker.with_service(Arc::new(jobs_service));
     let mut jobs = None;
     let lambda = args
         .lambda_endpoint
@@ -182,6 +184,12 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(authority),
         Arc::new(Tokens::default()),
         Arc::new(fleet),
+        broker.clone(),
+    ));
+    tokio::spawn(shoal_iot_core::jobs::run(
+        jobs_queue,
+        registry.clone(),
+        Arc::new(shoal_iot_core::jobs::Executions::default()),
         broker.clone(),
     ));
     if let Some(queue) = jobs {

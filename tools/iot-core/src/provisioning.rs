@@ -172,12 +172,23 @@ impl Tokens {
         token
     }
 
-    /// Forgets `token` (used by a RegisterThing that succeeded).
-    pub fn forget(&self, token: &str) {
+    /// Takes `token` while it is good: its certificate. A RegisterThing holds its token this
+    /// way, so two requests with one token cannot both provision.
+    pub fn take(&self, token: &str) -> Option<(String, Instant)> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(token);
+            .remove(token)
+            .filter(|(_, at)| at.elapsed() < TOKEN_LIFETIME)
+    }
+
+    /// Gives `token` back as it was issued (at `issued`): its RegisterThing failed and the
+    /// device may try again while it is good.
+    pub fn give_back(&self, token: &str, certificate_id: &str, issued: Instant) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(token.to_owned(), (certificate_id.to_owned(), issued));
     }
 
     /// The certificate `token` was issued for, while it is good.
@@ -342,13 +353,41 @@ async fn register_thing<A: Authority>(
         .get("certificateOwnershipToken")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("certificateOwnershipToken is required".into()))?;
-    let certificate_id = tokens.certificate(token).ok_or_else(|| {
+    // Taken for the request's time: a second request with the same token meanwhile is refused;
+    // given back if this one fails.
+    let (certificate_id, issued) = tokens.take(token).ok_or_else(|| {
         Refusal::new(
             403,
             "Forbidden",
             "the certificate ownership token is not valid (unknown, used or older than an hour)",
         )
     })?;
+    let registered = provision(
+        template,
+        name,
+        request,
+        &certificate_id,
+        authority,
+        fleet,
+        asker,
+    )
+    .await;
+    if registered.is_err() {
+        tokens.give_back(token, &certificate_id, issued);
+    }
+    registered
+}
+
+async fn provision<A: Authority>(
+    template: &FleetTemplate,
+    name: &str,
+    request: &Value,
+    certificate_id: &str,
+    authority: &A,
+    fleet: &Fleet,
+    asker: &Asker<'_>,
+) -> Result<Value, Refusal> {
+    let bad = |why: String| Refusal::new(400, "InvalidParameters", why);
     let mut parameters = std::collections::BTreeMap::new();
     for (key, value) in request
         .get("parameters")
@@ -368,7 +407,7 @@ async fn register_thing<A: Authority>(
         let event = json!({
             "claimCertificateId": asker.principal,
             "certificateId": certificate_id,
-            "certificatePem": authority.certificate_pem(&certificate_id).await?,
+            "certificatePem": authority.certificate_pem(certificate_id).await?,
             "templateArn": format!("arn:aws:iot:{}:{}:provisioningtemplate/{name}", shoal_template::REGION, shoal_template::ACCOUNT_ID),
             "clientId": asker.client_id,
             "parameters": parameters,
@@ -413,10 +452,12 @@ async fn register_thing<A: Authority>(
             }
         }
     }
-    parameters.insert(CERTIFICATE_ID_PARAMETER.to_owned(), certificate_id.clone());
+    parameters.insert(
+        CERTIFICATE_ID_PARAMETER.to_owned(),
+        certificate_id.to_owned(),
+    );
     let plan = crate::fleet::plan(&template.body, &parameters).map_err(bad)?;
-    authority.register(&plan, &certificate_id).await?;
-    tokens.forget(token);
+    authority.register(&plan, certificate_id).await?;
     let mut answer = json!({"deviceConfiguration": plan.device_configuration});
     if let Some(thing) = &plan.thing {
         answer["thingName"] = thing.name.clone().into();
@@ -893,6 +934,19 @@ mod tests {
         assert_eq!(made[0].1, "new-cert");
         assert_eq!(made[0].0.thing.as_ref().unwrap().name, "SN-1");
         assert_eq!(made[0].0.certificate_status.as_deref(), Some("ACTIVE"));
+        let failed_token = tokens.issue("other-cert");
+        let failed = register(json!({"certificateOwnershipToken": failed_token})).await;
+        assert_eq!(failed.unwrap_err().status, 400);
+        assert_eq!(
+            tokens.certificate(&failed_token).as_deref(),
+            Some("other-cert"),
+            "a failed request gives its token back"
+        );
+        assert!(tokens.take(&failed_token).is_some());
+        assert!(
+            tokens.take(&failed_token).is_none(),
+            "taken: a second request meanwhile is refused"
+        );
         let again = register(
             json!({"certificateOwnershipToken": token, "parameters": {"ThingName": "SN-1"}}),
         )

@@ -543,6 +543,7 @@ mod tests {
             ),
             ("ManifestTable", "shoal-local-manifest"),
             ("DeviceTable", "shoal-local-devices"),
+            ("DeviceThingType", "shoal-local-device"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -199,18 +199,13 @@ impl<D: Destinations> Host<D> {
         })
     }
 
-    /// The function a name, ARN or partial ARN (`123456789012:function:name`) means, with an
-    /// optional `:$LATEST` qualifier.
+    /// The function a name, ARN or partial ARN (`123456789012:function:name`) of this account
+    /// and region means, with an optional `:$LATEST` qualifier.
     pub fn function(&self, reference: &str) -> Option<&Arc<Function>> {
-        let mut parts: Vec<&str> = reference.split(':').collect();
-        if parts.last() == Some(&"$LATEST") && parts.len() > 1 {
-            parts.pop();
+        let (name, qualifier) = parse_reference(reference)?;
+        if qualifier.is_some_and(|q| q != "$LATEST") {
+            return None;
         }
-        let name = match parts.as_slice() {
-            [name] => *name,
-            [.., "function", name] => *name,
-            _ => return None,
-        };
         self.functions.get(name)
     }
 
@@ -361,6 +356,46 @@ async fn fail<D: Destinations>(
             "could not record a failed asynchronous event"
         );
     }
+}
+
+/// A function reference as Lambda's Invoke takes it: `name`, `account:function:name` or
+/// `arn:aws:lambda:region:account:function:name`, each with an optional `:qualifier`, in this
+/// host's account and region: `(name, qualifier)`. `None` for anything else (another account,
+/// region or service, a malformed reference).
+pub fn parse_reference(reference: &str) -> Option<(&str, Option<&str>)> {
+    let parts: Vec<&str> = reference.split(':').collect();
+    let rest = match parts.as_slice() {
+        [
+            "arn",
+            "aws",
+            "lambda",
+            region,
+            account,
+            "function",
+            rest @ ..,
+        ] if *region == shoal_template::REGION && *account == shoal_template::ACCOUNT_ID => rest,
+        [account, "function", rest @ ..] if *account == shoal_template::ACCOUNT_ID => rest,
+        [name] => return valid_name(name).then_some((*name, None)),
+        [name, qualifier] if !parts.contains(&"function") => {
+            return valid_name(name).then_some((*name, Some(*qualifier)));
+        }
+        _ => return None,
+    };
+    match rest {
+        [name] if valid_name(name) => Some((name, None)),
+        [name, qualifier] if valid_name(name) && !qualifier.is_empty() => {
+            Some((name, Some(qualifier)))
+        }
+        _ => None,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
 /// Now as ISO 8601 with milliseconds (`2019-11-14T18:16:05.568Z`).

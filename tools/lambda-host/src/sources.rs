@@ -180,16 +180,43 @@ pub fn settle(outcome: &Outcome, report: bool, ids: &[&str]) -> Settled {
     }
 }
 
+/// The largest event a batch may make (Lambda's 6 MB synchronous payload), with room for the
+/// event's own envelope.
+const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
+/// What a record's envelope adds to its body, at most (ids, receipt handle, attributes).
+const RECORD_OVERHEAD: usize = 2 * 1024;
+
+/// The first messages of `received` that fit one event (at least one); the rest are carried to
+/// the next batch (still invisible on the queue under this poller's receipt).
+fn fit(mut received: Vec<Message>) -> (Vec<Message>, Vec<Message>) {
+    let mut bytes = 0;
+    let fits = received
+        .iter()
+        .take_while(|m| {
+            bytes += m.body().map_or(0, str::len) + RECORD_OVERHEAD;
+            bytes <= MAX_BATCH_BYTES
+        })
+        .count()
+        .max(1)
+        .min(received.len());
+    let rest = received.split_off(fits);
+    (received, rest)
+}
+
 async fn poll_sqs(
     mapping: MappingSpec,
     function: Arc<Function>,
     sqs: aws_sdk_sqs::Client,
     url: String,
 ) {
+    let mut carried: Vec<Message> = Vec::new();
     loop {
-        let mut batch: Vec<Message> = Vec::new();
+        let mut batch: Vec<Message> = std::mem::take(&mut carried);
         let mut window_end: Option<Instant> = None;
         loop {
+            if batch.len() >= mapping.batch_size {
+                break;
+            }
             let wanted = mapping.batch_size - batch.len();
             let wait_s = match window_end {
                 None => 20,
@@ -222,6 +249,8 @@ async fn poll_sqs(
                 break;
             }
         }
+        let (batch, rest) = fit(batch);
+        carried = rest;
         let event = json!({"Records": batch.iter().map(|m| sqs_record(m, &mapping.source_arn)).collect::<Vec<_>>()});
         let request_id = uuid::Uuid::new_v4().to_string();
         let outcome = match function
@@ -532,6 +561,25 @@ mod tests {
 
     fn response(body: &str) -> Outcome {
         Outcome::Response(Bytes::from(body.to_owned()))
+    }
+
+    #[test]
+    fn a_batch_fits_lambdas_payload_limit_and_carries_the_rest() {
+        let message = |kb: usize| Message::builder().body("x".repeat(kb * 1024)).build();
+        let (batch, rest) = fit((0..30).map(|_| message(250)).collect());
+        assert_eq!(
+            (batch.len(), rest.len()),
+            (24, 6),
+            "24 x 252 KiB fit 6 MiB - 64 KiB"
+        );
+        let (one, none) = fit(vec![message(7 * 1024)]);
+        assert_eq!(
+            (one.len(), none.len()),
+            (1, 0),
+            "a message alone always goes"
+        );
+        let (all, none) = fit((0..10).map(|_| message(1)).collect());
+        assert_eq!((all.len(), none.len()), (10, 0));
     }
 
     #[test]

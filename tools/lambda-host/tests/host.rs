@@ -276,6 +276,44 @@ async fn the_invoke_api_answers_as_lambda_does() {
     let (status, headers, _) = post(address, &path("Nope"), None, "{}").await;
     assert_eq!(status, 404);
     assert_eq!(headers["x-amzn-errortype"], "ResourceNotFoundException");
+    assert!(
+        headers.contains_key("x-amzn-requestid"),
+        "every answer has a request id"
+    );
+    for elsewhere in [
+        "arn:aws:lambda:eu-west-9:999999999999:function:Echo",
+        "999999999999:function:Echo",
+        "arn:aws:s3:us-east-1:123456789012:function:Echo",
+    ] {
+        let (status, _, _) = post(address, &path(elsewhere), Some("DryRun"), "{}").await;
+        assert_eq!(status, 404, "{elsewhere} is not this account's function");
+    }
+    let (status, _, _) = post(
+        address,
+        &path("123456789012:function:Echo:$LATEST"),
+        Some("DryRun"),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 204, "a partial ARN with $LATEST");
+    let (status, headers, _) = post(
+        address,
+        &(path("Echo:$LATEST") + "?Qualifier=1"),
+        None,
+        "{}",
+    )
+    .await;
+    assert_eq!(
+        (status, headers["x-amzn-errortype"].as_str()),
+        (400, "InvalidParameterValueException")
+    );
+    let (status, _, body) = post(address, &path("Echo"), None, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["input"],
+        json!({}),
+        "no payload is {{}}"
+    );
     let (status, _, _) = post(address, &(path("Echo") + "?Qualifier=7"), None, "{}").await;
     assert_eq!(status, 404, "no published versions locally");
     let (status, headers, _) = post(address, &path("Echo"), None, "{not json").await;
@@ -310,7 +348,13 @@ async fn the_invoke_api_answers_as_lambda_does() {
         .await
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let (status, headers, _) = post(address, &path("Hook"), None, "{}").await;
+    let (status, headers, body) = post(address, &path("Hook"), None, "{}").await;
+    let throttled: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(throttled["message"], "Rate Exceeded.");
+    assert_eq!(
+        throttled["Reason"],
+        "ReservedFunctionConcurrentInvocationLimitExceeded"
+    );
     assert_eq!(
         (status, headers["x-amzn-errortype"].as_str()),
         (429, "TooManyRequestsException")
