@@ -547,7 +547,12 @@ impl JobsRegistry for crate::identity::IotRegistry {
                 .await
                 .aws("iot", "DescribeJob")?;
             let Some(job) = described.job else { continue };
-            if job.status.as_ref().map(|s| s.as_str()) != Some("IN_PROGRESS") {
+            // AWS's new jobs are IN_PROGRESS; moto's stay QUEUED. Done ones have no executions
+            // left to work on.
+            if matches!(
+                job.status.as_ref().map(|s| s.as_str()),
+                Some("CANCELED" | "COMPLETED" | "DELETION_IN_PROGRESS")
+            ) {
                 continue;
             }
             let targeted = job
