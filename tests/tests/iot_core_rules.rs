@@ -314,7 +314,8 @@ async fn lifecycle_events_reach_the_device_table_through_the_presence_function()
         online["connected_at"].is_number() || online["connected_at"].is_string(),
         "{online}"
     );
-    drop(device);
+    // A DISCONNECT (dropping the client alone leaves its connection to the keep-alive).
+    device.client.disconnect().await.expect("DISCONNECT");
     eventually(30, "the device offline after its disconnect", async || {
         let item = devices.get(&thing, DEVICE_RECORD).await.ok()??;
         (item["online"] == false).then_some(())
@@ -325,7 +326,7 @@ async fn lifecycle_events_reach_the_device_table_through_the_presence_function()
     let stranger = unique_name("presence");
     let other = Client::connect(&stranger, &(pem, key)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    drop(other);
+    other.client.disconnect().await.expect("DISCONNECT");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(devices.get(&stranger, DEVICE_RECORD).await.unwrap(), None);
 }
