@@ -558,14 +558,9 @@ impl Authority for RegistryAuthority {
     }
 
     async fn certificate_pem(&self, certificate_id: &str) -> Result<String, Refusal> {
-        self.iot
-            .describe_certificate()
-            .certificate_id(certificate_id)
-            .send()
-            .await
-            .map_err(|e| iot_failure("DescribeCertificate", e))?
-            .certificate_description
-            .and_then(|d| d.certificate_pem)
+        self.described(certificate_id)
+            .await?
+            .certificate_pem
             .ok_or_else(|| Refusal::new(500, "InternalFailure", "the certificate has no PEM"))
     }
 
@@ -622,7 +617,10 @@ fn iot_failure(operation: &str, e: impl std::error::Error + Send + Sync + 'stati
 }
 
 impl RegistryAuthority {
-    async fn certificate(&self, certificate_id: &str) -> Result<String, Refusal> {
+    async fn described(
+        &self,
+        certificate_id: &str,
+    ) -> Result<aws_sdk_iot::types::CertificateDescription, Refusal> {
         self.iot
             .describe_certificate()
             .certificate_id(certificate_id)
@@ -630,7 +628,13 @@ impl RegistryAuthority {
             .await
             .map_err(|e| iot_failure("DescribeCertificate", e))?
             .certificate_description
-            .and_then(|d| d.certificate_arn)
+            .ok_or_else(|| Refusal::new(500, "InternalFailure", "no certificate described"))
+    }
+
+    async fn certificate(&self, certificate_id: &str) -> Result<String, Refusal> {
+        self.described(certificate_id)
+            .await?
+            .certificate_arn
             .ok_or_else(|| Refusal::new(500, "InternalFailure", "the certificate has no ARN"))
     }
 

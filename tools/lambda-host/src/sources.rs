@@ -180,6 +180,21 @@ pub fn settle(outcome: &Outcome, report: bool, ids: &[&str]) -> Settled {
     }
 }
 
+/// Invokes `function` with the event of `records` (`{"Records": [...]}`), waiting for an
+/// environment: (request id, outcome).
+async fn invoke_batch(function: &Function, records: Vec<Value>) -> (String, Outcome) {
+    let event = json!({ "Records": records });
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let outcome = match function
+        .invoke(&request_id, Bytes::from(event.to_string()), true)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(refusal) => Outcome::error("TooManyRequestsException", &refusal.to_string()),
+    };
+    (request_id, outcome)
+}
+
 /// The largest event a batch may make (Lambda's 6 MB synchronous payload), with room for the
 /// event's own envelope.
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
@@ -251,15 +266,11 @@ async fn poll_sqs(
         }
         let (batch, rest) = fit(batch);
         carried = rest;
-        let event = json!({"Records": batch.iter().map(|m| sqs_record(m, &mapping.source_arn)).collect::<Vec<_>>()});
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let outcome = match function
-            .invoke(&request_id, Bytes::from(event.to_string()), true)
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(refusal) => Outcome::error("TooManyRequestsException", &refusal.to_string()),
-        };
+        let records: Vec<Value> = batch
+            .iter()
+            .map(|m| sqs_record(m, &mapping.source_arn))
+            .collect();
+        let (_, outcome) = invoke_batch(&function, records).await;
         let ids: Vec<&str> = batch
             .iter()
             .map(|m| m.message_id().unwrap_or_default())
@@ -432,15 +443,11 @@ async fn deliver<D: Destinations>(
         if records.is_empty() {
             continue;
         }
-        let event = json!({"Records": records.iter().map(|r| kinesis_record(r, shard, &mapping.source_arn)).collect::<Vec<_>>()});
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let outcome = match function
-            .invoke(&request_id, Bytes::from(event.to_string()), true)
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(refusal) => Outcome::error("TooManyRequestsException", &refusal.to_string()),
-        };
+        let events: Vec<Value> = records
+            .iter()
+            .map(|r| kinesis_record(r, shard, &mapping.source_arn))
+            .collect();
+        let (request_id, outcome) = invoke_batch(function, events).await;
         let ids: Vec<&str> = records.iter().map(KinesisRecord::sequence_number).collect();
         let exhausted = mapping.max_retries.is_some_and(|max| retries >= max);
         match settle(&outcome, mapping.report_batch_item_failures, &ids) {
