@@ -148,12 +148,8 @@ async fn a_csr_is_signed_with_the_devices_key_and_cannot_connect_until_activated
 }
 
 /// A manifest row for a new serial in the stack's manifest table (`shoal-local-manifest`, which
-/// the stack's pre-provisioning hook reads), with `attributes` (`key=value;…`).
-async fn manifest_row(attributes: &str) -> String {
-    manifest_row_in("", attributes).await
-}
-
-/// The same, the device in thing group `group` (empty: none).
+/// the stack's pre-provisioning hook reads), in thing group `group` (empty: none), with
+/// `attributes` (`key=value;…`).
 async fn manifest_row_in(group: &str, attributes: &str) -> String {
     let serial = unique_name("SN");
     let manifest = shoal_aws::manifest_table::ManifestTable::new(
@@ -377,7 +373,16 @@ async fn jitr_device(serial: &str) -> (Vec<u8>, Vec<u8>, String) {
 
 #[tokio::test]
 async fn a_ca_signed_certificate_is_registered_just_in_time_and_activated_by_the_templates_jitr() {
-    let serial = manifest_row("hardware=rev-c").await;
+    let group = unique_name("field");
+    local::factory()
+        .await
+        .iot()
+        .create_thing_group()
+        .thing_group_name(&group)
+        .send()
+        .await
+        .expect("CreateThingGroup");
+    let serial = manifest_row_in(&group, "hardware=rev-c").await;
     let (chain, key, ca_id) = jitr_device(&serial).await;
     let device_id = {
         let (_, pem) = x509_parser::pem::parse_x509_pem(&chain).unwrap();
@@ -431,6 +436,20 @@ async fn a_ca_signed_certificate_is_registered_just_in_time_and_activated_by_the
         Some("rev-c"),
         "{attributes:?}"
     );
+    let groups = local::factory()
+        .await
+        .iot()
+        .list_thing_groups_for_thing()
+        .thing_name(&serial)
+        .send()
+        .await
+        .unwrap();
+    let groups: Vec<&str> = groups
+        .thing_groups()
+        .iter()
+        .filter_map(|g| g.group_name())
+        .collect();
+    assert_eq!(groups, [group.as_str()], "the manifest's group");
 
     // Connected again, it is the thing, held to the device policy.
     let mut device = Client::connect(&serial, &pair).await;

@@ -71,7 +71,7 @@ pub trait Certificates: Sync {
         certificate_id: &str,
     ) -> impl Future<Output = Result<Option<String>, EdgeError>> + Send;
     /// Creates `thing` with `attributes` (and the device thing type), or merges `attributes`
-    /// into the thing that exists, and adds it to `group` (which must exist). The provisioning
+    /// into the thing that exists, and adds it to `group` (made if it does not exist). The provisioning
     /// template can only set the attributes it declares, and leaves the groups of a thing that
     /// exists as they are; this is how every manifest attribute (`hardware`, which rollouts
     /// target, among them) and the manifest's group reach the thing before RegisterThing
@@ -178,34 +178,31 @@ fn internal(e: EdgeError) -> Denial {
     Denial::Internal(e.to_string())
 }
 
-async fn decide_and_claim(
-    request: &HookRequest,
+/// The thing of an allowed device, before its serial is claimed (a thing the registry fails to
+/// make denies without claiming anything): every manifest attribute and the manifest's group
+/// ([`Certificates::ensure_thing`]).
+async fn prepare_thing(
     gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
-) -> Result<HookResponse, Denial> {
+    overrides: &BTreeMap<String, String>,
+) -> Result<(), Denial> {
+    let Some(thing) = overrides.get(shoal_core::provisioning::THING_NAME_PARAMETER) else {
+        return Ok(());
+    };
+    let thing = ThingName::parse(thing).map_err(|e| Denial::Internal(e.to_string()))?;
+    let group = overrides
+        .get(shoal_core::provisioning::THING_GROUP_PARAMETER)
+        .map(String::as_str)
+        .filter(|g| !g.is_empty());
     // Boxed: the hook's future is deep enough to reach the compiler's layout limit otherwise.
-    let response = Box::pin(decide_and_claim_serial(request, gate)).await?;
-    if let Some(thing) = response
-        .parameter_overrides
-        .get(shoal_core::provisioning::THING_NAME_PARAMETER)
-    {
-        let thing = ThingName::parse(thing).map_err(|e| Denial::Internal(e.to_string()))?;
-        let group = response
-            .parameter_overrides
-            .get(shoal_core::provisioning::THING_GROUP_PARAMETER)
-            .map(String::as_str)
-            .filter(|g| !g.is_empty());
-        Box::pin(gate.certificates.ensure_thing(
-            &thing,
-            &thing_attributes(&response.parameter_overrides),
-            group,
-        ))
-        .await
-        .map_err(internal)?;
-    }
-    Ok(response)
+    Box::pin(
+        gate.certificates
+            .ensure_thing(&thing, &thing_attributes(overrides), group),
+    )
+    .await
+    .map_err(|e| Denial::Internal(format!("the thing {thing} could not be made ready: {e}")))
 }
 
-async fn decide_and_claim_serial(
+async fn decide_and_claim(
     request: &HookRequest,
     gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
 ) -> Result<HookResponse, Denial> {
@@ -217,10 +214,14 @@ async fn decide_and_claim_serial(
         Err(Denial::OtherCertificate { serial, existing }) => {
             // `OtherCertificate` is only ever decided on an entry.
             let entry = entry.ok_or_else(|| Denial::Internal("entry vanished".into()))?;
-            return take_over_lapsed_claim(request, gate, entry, serial, existing).await;
+            return Box::pin(take_over_lapsed_claim(
+                request, gate, entry, serial, existing,
+            ))
+            .await;
         }
         decided => decided?,
     };
+    prepare_thing(gate, &overrides).await?;
     let claimed = manifest
         .claim(&serial, &request.certificate_id, &thing, now_ms())
         .await
@@ -283,6 +284,7 @@ async fn take_over_lapsed_claim(
         ..entry
     };
     let overrides = decide(request, Some(&pending), gate.models)?;
+    prepare_thing(gate, &overrides).await?;
     let taken = gate
         .manifest
         .take_over(
@@ -466,6 +468,32 @@ mod tests {
             !m.things.lock().unwrap().contains_key("SN-8"),
             "no thing for a refused serial"
         );
+    }
+
+    #[tokio::test]
+    async fn a_thing_that_cannot_be_made_denies_without_claiming_the_serial() {
+        let m = memory("SN-9");
+        m.entries
+            .lock()
+            .unwrap()
+            .get_mut("SN-9")
+            .unwrap()
+            .thing_group = Some("broken-grp".into());
+        let denied = handle(&request("SN-9", "c9"), &gate(&m), DEFAULT_DEADLINE).await;
+        assert!(!denied.allow_provisioning);
+        let entry = m.entries.lock().unwrap()["SN-9"].clone();
+        assert_eq!(entry.status, DeviceStatus::Pending, "not claimed");
+        assert_eq!(entry.certificate_id, None);
+        assert!(m.recorded.lock().unwrap().is_empty());
+        // The group made, the next certificate is allowed.
+        m.entries
+            .lock()
+            .unwrap()
+            .get_mut("SN-9")
+            .unwrap()
+            .thing_group = Some("greenhouse".into());
+        let allowed = handle(&request("SN-9", "c10"), &gate(&m), DEFAULT_DEADLINE).await;
+        assert!(allowed.allow_provisioning);
     }
 
     #[tokio::test]

@@ -61,11 +61,13 @@ pub trait Registry: Sync {
         certificate_id: &str,
         status: &'static str,
     ) -> impl Future<Output = Result<(), EdgeError>> + Send;
-    /// Creates the thing unless it exists.
+    /// Creates the thing with `attributes` (merged into the one that exists) and adds it to
+    /// `group` (the manifest's thing group; made if it does not exist).
     fn ensure_thing(
         &self,
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
+        group: Option<&str>,
     ) -> impl Future<Output = Result<(), EdgeError>> + Send;
     /// Attaches the policy to the certificate and the certificate to the thing.
     fn attach(
@@ -239,7 +241,9 @@ pub async fn handle_registration(
     attributes.insert("serial".into(), serial.to_string());
     attributes.insert("model".into(), entry.model.clone());
     attributes.insert("batch".into(), entry.batch.clone());
-    registry.ensure_thing(&thing, &attributes).await?;
+    registry
+        .ensure_thing(&thing, &attributes, entry.thing_group.as_deref())
+        .await?;
     registry
         .attach(&config.device_policy, &certificate.arn, &thing)
         .await?;

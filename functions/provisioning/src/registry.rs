@@ -85,8 +85,16 @@ impl Registry for IotRegistry {
         &self,
         thing: &ThingName,
         attributes: &BTreeMap<String, String>,
+        group: Option<&str>,
     ) -> Result<(), EdgeError> {
-        ensure_device_thing(&self.iot, self.thing_type.as_deref(), thing, attributes).await
+        ensure_device_thing(
+            &self.iot,
+            self.thing_type.as_deref(),
+            thing,
+            attributes,
+            group,
+        )
+        .await
     }
 
     async fn attach(
@@ -178,27 +186,63 @@ impl crate::hook::Certificates for IotCertificates {
         attributes: &BTreeMap<String, String>,
         group: Option<&str>,
     ) -> Result<(), EdgeError> {
-        ensure_device_thing(&self.iot, self.thing_type.as_deref(), thing, attributes).await?;
-        if let Some(group) = group {
-            self.iot
-                .add_thing_to_thing_group()
-                .thing_name(thing.as_str())
-                .thing_group_name(group)
-                .send()
-                .await
-                .aws("iot", "AddThingToThingGroup")?;
-        }
-        Ok(())
+        ensure_device_thing(
+            &self.iot,
+            self.thing_type.as_deref(),
+            thing,
+            attributes,
+            group,
+        )
+        .await
     }
 }
 
 /// Creates `thing` of `thing_type` with `attributes`, or merges `attributes` into the thing that
-/// exists (giving it `thing_type` if it has another). Described first: AWS's CreateThing is
-/// idempotent only for identical attributes, and moto's replaces an existing thing.
+/// exists (giving it `thing_type` if it has another), and adds it to `group`. Described first:
+/// AWS's CreateThing is idempotent only for identical attributes, and moto's replaces an
+/// existing thing.
+///
+/// A group that does not exist yet is created (the manifest names it).
 ///
 /// # Errors
 /// The registry call that failed.
 pub async fn ensure_device_thing(
+    iot: &aws_sdk_iot::Client,
+    thing_type: Option<&str>,
+    thing: &ThingName,
+    attributes: &BTreeMap<String, String>,
+    group: Option<&str>,
+) -> Result<(), EdgeError> {
+    ensure_typed_thing(iot, thing_type, thing, attributes).await?;
+    let Some(group) = group else {
+        return Ok(());
+    };
+    let add = || async {
+        iot.add_thing_to_thing_group()
+            .thing_name(thing.as_str())
+            .thing_group_name(group)
+            .send()
+            .await
+            .aws("iot", "AddThingToThingGroup")
+    };
+    match add().await {
+        Ok(_) => Ok(()),
+        // The manifest names the group: it is made the first time a device of it provisions.
+        Err(e) if e.is_code("ResourceNotFoundException") => {
+            let created = iot
+                .create_thing_group()
+                .thing_group_name(group)
+                .send()
+                .await
+                .aws("iot", "CreateThingGroup");
+            shoal_aws::client::done_or_already(created, &["ResourceAlreadyExistsException"])?;
+            add().await.map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn ensure_typed_thing(
     iot: &aws_sdk_iot::Client,
     thing_type: Option<&str>,
     thing: &ThingName,

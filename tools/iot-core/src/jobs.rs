@@ -86,6 +86,9 @@ impl Status {
 /// One job execution's state.
 #[derive(Debug, Clone, PartialEq)]
 struct Execution {
+    /// The job's creation time the state belongs to: a job deleted and created again with the
+    /// same id starts anew.
+    job_created_at: i64,
     status: Status,
     details: Map<String, Value>,
     queued_at: i64,
@@ -124,16 +127,23 @@ impl Executions {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         jobs.iter()
             .map(|job| {
+                let fresh = || Execution {
+                    job_created_at: job.created_at_s,
+                    status: Status::Queued,
+                    details: Map::new(),
+                    queued_at: job.created_at_s,
+                    started_at: None,
+                    updated_at: job.created_at_s,
+                    version: 1,
+                };
                 let state = all
                     .entry((thing.to_owned(), job.id.clone()))
-                    .or_insert_with(|| Execution {
-                        status: Status::Queued,
-                        details: Map::new(),
-                        queued_at: job.created_at_s,
-                        started_at: None,
-                        updated_at: job.created_at_s,
-                        version: 1,
+                    .and_modify(|s| {
+                        if s.job_created_at != job.created_at_s {
+                            *s = fresh();
+                        }
                     })
+                    .or_insert_with(fresh)
                     .clone();
                 (job.clone(), state)
             })
@@ -441,17 +451,22 @@ pub struct Request {
     payload: bytes::Bytes,
 }
 
-/// The service on the broker: it queues jobs requests for [`run`].
+/// Workers answering jobs requests: a thing's requests always go to the same one, in order.
+pub const WORKERS: usize = 16;
+
+/// The service on the broker: it queues jobs requests for [`run`], by thing.
 #[derive(Debug)]
 pub struct JobsService {
-    requests: mpsc::Sender<Request>,
+    requests: Vec<mpsc::Sender<Request>>,
 }
 
 impl JobsService {
-    /// The service, and the queue its worker reads.
-    pub fn new() -> (Self, mpsc::Receiver<Request>) {
-        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
-        (Self { requests }, queue)
+    /// The service, and the queues its [`WORKERS`] workers read.
+    pub fn new() -> (Self, Vec<mpsc::Receiver<Request>>) {
+        let (requests, queues) = (0..WORKERS)
+            .map(|_| mpsc::channel(REQUEST_QUEUE / WORKERS))
+            .unzip();
+        (Self { requests }, queues)
     }
 }
 
@@ -467,13 +482,35 @@ impl Service for JobsService {
             topic: message.topic.clone(),
             payload: message.payload.clone(),
         };
-        if self.requests.try_send(request).is_err() {
+        let worker = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(topic.thing);
+            usize::try_from(hash % WORKERS as u64).unwrap_or(0)
+        };
+        if self.requests[worker].try_send(request).is_err() {
             tracing::warn!(
                 topic = message.topic,
                 "jobs request dropped: the queue is full"
             );
         }
         Vec::new()
+    }
+}
+
+/// Runs one worker per queue ([`JobsService::new`]'s).
+pub fn spawn<R: JobsRegistry>(
+    queues: Vec<mpsc::Receiver<Request>>,
+    registry: Arc<R>,
+    executions: Arc<Executions>,
+    broker: Arc<Broker>,
+) {
+    for queue in queues {
+        tokio::spawn(run(
+            queue,
+            registry.clone(),
+            executions.clone(),
+            broker.clone(),
+        ));
     }
 }
 
@@ -512,11 +549,73 @@ pub async fn run<R: JobsRegistry>(
     }
 }
 
-impl JobsRegistry for crate::identity::IotRegistry {
+/// The jobs of the registry (AWS IoT's, moto's locally), each described once per version (its
+/// `lastUpdatedAt`): a job's targets and document are read once, not per request.
+#[derive(Debug, Clone)]
+pub struct RegistryJobs {
+    iot: aws_sdk_iot::Client,
+    described: Arc<Mutex<HashMap<String, (i64, Option<Described>)>>>,
+}
+
+/// What a job is, for the devices: `None` in the cache for a job that is done.
+#[derive(Debug, Clone)]
+struct Described {
+    targets: Vec<String>,
+    document: String,
+    created_at_s: i64,
+}
+
+impl RegistryJobs {
+    /// The jobs of `iot`'s registry.
+    pub fn new(iot: aws_sdk_iot::Client) -> Self {
+        Self {
+            iot,
+            described: Arc::default(),
+        }
+    }
+
+    async fn describe(&self, id: &str) -> Result<Option<Described>, EdgeError> {
+        use shoal_aws::client::AwsResultExt;
+        let described = self
+            .iot
+            .describe_job()
+            .job_id(id)
+            .send()
+            .await
+            .aws("iot", "DescribeJob")?;
+        let Some(job) = described.job else {
+            return Ok(None);
+        };
+        // AWS's new jobs are IN_PROGRESS; moto's stay QUEUED. Done ones have no executions
+        // left to work on.
+        if matches!(
+            job.status.as_ref().map(|s| s.as_str()),
+            Some("CANCELED" | "COMPLETED" | "DELETION_IN_PROGRESS")
+        ) {
+            return Ok(None);
+        }
+        let document = self
+            .iot
+            .get_job_document()
+            .job_id(id)
+            .send()
+            .await
+            .aws("iot", "GetJobDocument")?
+            .document
+            .unwrap_or_default();
+        Ok(Some(Described {
+            targets: job.targets.unwrap_or_default(),
+            document,
+            created_at_s: job.created_at.map_or(0, |t| t.secs()),
+        }))
+    }
+}
+
+impl JobsRegistry for RegistryJobs {
     async fn jobs_for(&self, thing: &str) -> Result<Vec<Job>, EdgeError> {
         use shoal_aws::client::AwsResultExt;
         let groups = self
-            .0
+            .iot
             .list_thing_groups_for_thing()
             .thing_name(thing)
             .send()
@@ -535,48 +634,47 @@ impl JobsRegistry for crate::identity::IotRegistry {
             shoal_template::REGION,
             shoal_template::ACCOUNT_ID
         );
-        let listed = self.0.list_jobs().send().await.aws("iot", "ListJobs")?;
         let mut jobs = Vec::new();
-        for summary in listed.jobs.unwrap_or_default() {
-            let Some(id) = summary.job_id else { continue };
-            let described = self
-                .0
-                .describe_job()
-                .job_id(&id)
-                .send()
-                .await
-                .aws("iot", "DescribeJob")?;
-            let Some(job) = described.job else { continue };
-            // AWS's new jobs are IN_PROGRESS; moto's stay QUEUED. Done ones have no executions
-            // left to work on.
-            if matches!(
-                job.status.as_ref().map(|s| s.as_str()),
-                Some("CANCELED" | "COMPLETED" | "DELETION_IN_PROGRESS")
-            ) {
-                continue;
+        let mut pages = self.iot.list_jobs().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.aws("iot", "ListJobs")?;
+            for summary in page.jobs.unwrap_or_default() {
+                let Some(id) = summary.job_id else { continue };
+                let version = summary
+                    .last_updated_at
+                    .or(summary.created_at)
+                    .map_or(0, |t| t.secs());
+                let cached = self
+                    .described
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(&id)
+                    .filter(|(v, _)| *v == version)
+                    .map(|(_, d)| d.clone());
+                let described = match cached {
+                    Some(described) => described,
+                    None => {
+                        let described = self.describe(&id).await?;
+                        self.described
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(id.clone(), (version, described.clone()));
+                        described
+                    }
+                };
+                let Some(described) = described else { continue };
+                if described
+                    .targets
+                    .iter()
+                    .any(|t| *t == thing_arn || groups.contains(t))
+                {
+                    jobs.push(Job {
+                        id,
+                        document: described.document,
+                        created_at_s: described.created_at_s,
+                    });
+                }
             }
-            let targeted = job
-                .targets
-                .unwrap_or_default()
-                .iter()
-                .any(|t| *t == thing_arn || groups.contains(t));
-            if !targeted {
-                continue;
-            }
-            let document = self
-                .0
-                .get_job_document()
-                .job_id(&id)
-                .send()
-                .await
-                .aws("iot", "GetJobDocument")?
-                .document
-                .unwrap_or_default();
-            jobs.push(Job {
-                id,
-                document,
-                created_at_s: job.created_at.map_or(0, |t| t.secs()),
-            });
         }
         jobs.sort_by(|a, b| (a.created_at_s, &a.id).cmp(&(b.created_at_s, &b.id)));
         Ok(jobs)

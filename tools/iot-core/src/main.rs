@@ -186,12 +186,12 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(fleet),
         broker.clone(),
     ));
-    tokio::spawn(shoal_iot_core::jobs::run(
+    shoal_iot_core::jobs::spawn(
         jobs_queue,
-        registry.clone(),
+        Arc::new(shoal_iot_core::jobs::RegistryJobs::new(factory.iot())),
         Arc::new(shoal_iot_core::jobs::Executions::default()),
         broker.clone(),
-    ));
+    );
     if let Some(queue) = jobs {
         let sdk = factory.sdk_config();
         let sinks = AwsSinks {

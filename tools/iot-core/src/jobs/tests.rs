@@ -125,3 +125,24 @@ fn answers_and_notifications_are_not_requests() {
         assert!(ask(&executions, api, "{}").is_empty(), "{api}");
     }
 }
+
+#[test]
+fn a_job_created_again_with_the_same_id_starts_anew() {
+    let executions = Executions::default();
+    let topic = JobsTopic::parse("$aws/things/d-1/jobs/ota-1/update").unwrap();
+    let done = serve(
+        &executions,
+        &topic,
+        br#"{"status":"SUCCEEDED"}"#,
+        &jobs(),
+        1_000,
+    );
+    assert!(done[0].0.ends_with("/accepted"));
+    let mut again = jobs();
+    again[0].created_at_s = 5_000;
+    let get = JobsTopic::parse("$aws/things/d-1/jobs/ota-1/get").unwrap();
+    let described = serve(&executions, &get, b"{}", &again, 6_000);
+    let document: Value = serde_json::from_slice(&described[0].1).unwrap();
+    assert_eq!(document["execution"]["status"], "QUEUED");
+    assert_eq!(document["execution"]["versionNumber"], 1);
+}
