@@ -554,10 +554,13 @@ pub async fn run<R: JobsRegistry>(
 #[derive(Debug, Clone)]
 pub struct RegistryJobs {
     iot: aws_sdk_iot::Client,
-    described: Arc<Mutex<HashMap<String, (i64, Option<Described>)>>>,
+    described: Arc<Mutex<HashMap<String, Cached>>>,
 }
 
-/// What a job is, for the devices: `None` in the cache for a job that is done.
+/// A job as described at a version (`lastUpdatedAt`, seconds): `None` for a job that is done.
+type Cached = (i64, Option<Described>);
+
+/// What a job is, for the devices.
 #[derive(Debug, Clone)]
 struct Described {
     targets: Vec<String>,
