@@ -17,7 +17,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 help:
 	@echo "make demo        start the local AWS stack and run the smoke scenario"
-	@echo "make test        fmt check, clippy, cfn-lint, the no_std build of shoal-wire and all tests against the local stack"
+	@echo "make test        fmt check, clippy, cfn-lint, the no_std builds of shoal-wire and shoal-firmware and all tests against the local stack"
 	@echo "make stack-up    start moto on 127.0.0.1:4566, the local Lambda host (Invoke API 9001) and the local IoT Core (MQTT 8883, data plane 8880; stack-down stops them)"
 	@echo "make iot-core-clients the local IoT Core with paho-mqtt and boto3 (stack up first; part of make test)"
 	@echo "make package     build every Lambda zip with cargo lambda (release) and print sizes"
@@ -67,12 +67,13 @@ clippy:
 lint: venv
 	cd infra && ../$(VENV)/bin/cfn-lint
 
-# shoal-wire, the device<->cloud contract, must stay usable by no_std firmware: build it for a
-# bare-metal target without std (rustup fetches the target's core library once, ~30 MB).
+# shoal-wire, the device<->cloud contract, and shoal-firmware, the device side, must stay usable
+# by no_std firmware: build them for a bare-metal target without std (rustup fetches the target's core library once, ~30 MB).
 WIRE_TARGET := thumbv7em-none-eabihf
 wire-no-std:
 	rustup target list --installed | grep -qx $(WIRE_TARGET) || rustup target add $(WIRE_TARGET)
 	cargo build --quiet -p shoal-wire --no-default-features --target $(WIRE_TARGET)
+	cargo build --quiet -p shoal-firmware --no-default-features --target $(WIRE_TARGET)
 
 cargo-test:
 	cargo test --workspace --no-fail-fast

@@ -1,0 +1,16 @@
+//! The device side of Shoal: the state machines a device runs against AWS IoT Core, `no_std` +
+//! `alloc` and without I/O, so that a microcontroller, the Linux agent and the fleet simulator run
+//! the same code. Messages go in as (topic, payload); what to publish comes out. Built on
+//! `shoal-wire`, the contract the cloud reads with.
+//!
+//! - [`shadow`]: Device Shadow sync — a `delta` applied to the device's configuration, what was
+//!   applied (never what was merely asked) reported, in any order and with duplicates.
+
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod shadow;
