@@ -5,6 +5,8 @@
 //!
 //! - [`shadow`]: Device Shadow sync — a `delta` applied to the device's configuration, what was
 //!   applied (never what was merely asked) reported, in any order and with duplicates.
+//! - [`buffer`]: the offline buffer — bounded, in order, every drop counted, flushed at least once.
+//! - [`sampling`]: adaptive sampling (deadband + heartbeat) and reconnect backoff with full jitter.
 
 #![no_std]
 #![warn(missing_docs)]
@@ -13,4 +15,6 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod buffer;
+pub mod sampling;
 pub mod shadow;
