@@ -5,6 +5,9 @@
 //!
 //! - [`shadow`]: Device Shadow sync — a `delta` applied to the device's configuration, what was
 //!   applied (never what was merely asked) reported, in any order and with duplicates.
+//! - [`ota`]: A/B over-the-air updates — resumable download, size/digest/signature checked before
+//!   anything is bootable, anti-rollback floor, trial boot, self-test, commit or fallback; success
+//!   reported only after the commit.
 //! - [`buffer`]: the offline buffer — bounded, in order, every drop counted, flushed at least once.
 //! - [`sampling`]: adaptive sampling (deadband + heartbeat) and reconnect backoff with full jitter.
 
@@ -16,5 +19,6 @@ extern crate alloc;
 extern crate std;
 
 pub mod buffer;
+pub mod ota;
 pub mod sampling;
 pub mod shadow;
