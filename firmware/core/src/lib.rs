@@ -8,6 +8,9 @@
 //! - [`ota`]: A/B over-the-air updates — resumable download, size/digest/signature checked before
 //!   anything is bootable, anti-rollback floor, trial boot, self-test, commit or fallback; success
 //!   reported only after the commit.
+//! - [`provisioning`]: fleet provisioning by claim — a certificate from the device's own CSR (or
+//!   AWS's keys), RegisterThing with the serial and factory secret, retries with backoff, a
+//!   refusal final and explained.
 //! - [`buffer`]: the offline buffer — bounded, in order, every drop counted, flushed at least once.
 //! - [`sampling`]: adaptive sampling (deadband + heartbeat) and reconnect backoff with full jitter.
 
@@ -20,5 +23,6 @@ extern crate std;
 
 pub mod buffer;
 pub mod ota;
+pub mod provisioning;
 pub mod sampling;
 pub mod shadow;
