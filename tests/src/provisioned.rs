@@ -46,3 +46,37 @@ pub async fn through_the_hook(
     };
     (registry, devices)
 }
+
+/// A manifest row for a new serial in the stack's manifest table (`shoal-local-manifest`, which
+/// the stack's pre-provisioning hook reads), in thing group `group` (empty: none), with
+/// `attributes` (`key=value;…`).
+pub async fn manifest_row_in(group: &str, attributes: &str) -> String {
+    let serial = crate::local::unique_name("SN");
+    let manifest = shoal_aws::manifest_table::ManifestTable::new(
+        crate::local::factory().await.dynamodb(),
+        "shoal-local-manifest".parse().unwrap(),
+    );
+    let csv = format!(
+        "serial,model,batch,thing_group,attributes\n{serial},th-v2,2026-12,{group},{attributes}\n"
+    );
+    shoal_cli::manifest::import(&manifest, &csv, |_| {})
+        .await
+        .expect("the stack's manifest table");
+    serial
+}
+
+/// A claim certificate as the operator makes it: ACTIVE, the template's claim policy attached
+/// (`shoal-local-claim`, which the local IoT Core creates from `ClaimPolicy`).
+pub async fn claim_certificate() -> (Vec<u8>, Vec<u8>) {
+    let claim = crate::local::bare_certificate(true).await;
+    crate::local::factory()
+        .await
+        .iot()
+        .attach_policy()
+        .policy_name("shoal-local-claim")
+        .target(&claim.arn)
+        .send()
+        .await
+        .expect("the template's claim policy (created by the local IoT Core)");
+    (claim.pem, claim.key)
+}

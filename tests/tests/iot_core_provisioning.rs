@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::mqtt5::{Client, certificate, options};
+use shoal_integration_tests::provisioned::{claim_certificate, manifest_row_in};
 
 async fn status(certificate_id: &str) -> String {
     let iot = local::factory().await.iot();
@@ -145,40 +146,6 @@ async fn a_csr_is_signed_with_the_devices_key_and_cannot_connect_until_activated
     let (topic, rejected): (String, Value) = device.next_json().await;
     assert_eq!(topic, "$aws/certificates/create-from-csr/json/rejected");
     assert_eq!(rejected["statusCode"], 400, "{rejected}");
-}
-
-/// A manifest row for a new serial in the stack's manifest table (`shoal-local-manifest`, which
-/// the stack's pre-provisioning hook reads), in thing group `group` (empty: none), with
-/// `attributes` (`key=value;…`).
-async fn manifest_row_in(group: &str, attributes: &str) -> String {
-    let serial = unique_name("SN");
-    let manifest = shoal_aws::manifest_table::ManifestTable::new(
-        local::factory().await.dynamodb(),
-        "shoal-local-manifest".parse().unwrap(),
-    );
-    let csv = format!(
-        "serial,model,batch,thing_group,attributes\n{serial},th-v2,2026-12,{group},{attributes}\n"
-    );
-    shoal_cli::manifest::import(&manifest, &csv, |_| {})
-        .await
-        .expect("the stack's manifest table");
-    serial
-}
-
-/// A claim certificate as the operator makes it: ACTIVE, the template's claim policy attached
-/// (`shoal-local-claim`, which the local IoT Core creates from `ClaimPolicy`).
-async fn claim_certificate() -> (Vec<u8>, Vec<u8>) {
-    let claim = local::bare_certificate(true).await;
-    local::factory()
-        .await
-        .iot()
-        .attach_policy()
-        .policy_name("shoal-local-claim")
-        .target(&claim.arn)
-        .send()
-        .await
-        .expect("the template's claim policy (created by the local IoT Core)");
-    (claim.pem, claim.key)
 }
 
 /// Connects as `claim.<uuid>`, asks for keys and a certificate, then RegisterThing with

@@ -1,0 +1,153 @@
+//! The device core (`shoal-firmware`) against the local stack, as a device runs it: provisioning
+//! by claim through the template's hook, then the new identity connecting as its thing and
+//! syncing its shadow with the cloud — a desired change made through the data plane applied as
+//! far as the device can, and what runs reported.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_iotdataplane::primitives::Blob;
+use serde_json::{Map, Value, json};
+use shoal_firmware::provisioning::{Claim, KeySource, Provisioning, Step};
+use shoal_firmware::sampling::Backoff;
+use shoal_firmware::shadow::{Apply, ShadowSync};
+use shoal_integration_tests::local;
+use shoal_integration_tests::mqtt5::Client;
+use shoal_integration_tests::provisioned::{claim_certificate, manifest_row_in};
+
+/// A device's configuration: sampling intervals between 5 and 3,600 s.
+#[derive(Default)]
+struct Config(BTreeMap<String, Value>);
+
+impl Apply for Config {
+    fn apply(&mut self, key: &str, desired: &Value) -> Result<Value, String> {
+        match (key, desired.as_u64()) {
+            ("interval_s", Some(s)) => {
+                let running = json!(s.clamp(5, 3_600));
+                self.0.insert(key.into(), running.clone());
+                Ok(running)
+            }
+            _ => Err(format!("{key} is not configurable")),
+        }
+    }
+
+    fn running(&self) -> Map<String, Value> {
+        self.0.clone().into_iter().collect()
+    }
+}
+
+#[tokio::test]
+async fn a_device_core_provisions_by_claim_then_syncs_its_shadow_with_the_cloud() {
+    let serial = manifest_row_in("", "hardware=rev-b").await;
+    let mut claim_client = Client::connect(
+        &format!("claim.{}", uuid::Uuid::new_v4().simple()),
+        &claim_certificate().await,
+    )
+    .await;
+    let mut provisioning = Provisioning::new(
+        Claim {
+            template: "shoal-fleet".into(),
+            serial: serial.clone(),
+            factory_secret: None,
+            key: KeySource::Aws,
+        },
+        Backoff {
+            base_ms: 200,
+            cap_ms: 2_000,
+        },
+    );
+    for filter in provisioning.subscriptions() {
+        claim_client.subscribe(&filter).await;
+    }
+    let mut steps = provisioning.start();
+    let identity = loop {
+        let step = steps.remove(0);
+        match step {
+            Step::Publish { topic, payload } => claim_client.publish(&topic, payload).await,
+            Step::Wait(_) => {
+                let (topic, answer) = claim_client.next_json().await;
+                steps = provisioning.handle(&topic, answer.to_string().as_bytes(), 7);
+            }
+            Step::Keep(identity) => break identity,
+            Step::Refused(why) => panic!("refused: {why}"),
+        }
+    };
+    assert_eq!(identity.thing_name, serial);
+
+    // The identity connects as its thing; its shadow syncs with the cloud's.
+    let device_pair = (
+        identity.certificate_pem.into_bytes(),
+        identity.private_key.expect("AWS made the key").into_bytes(),
+    );
+    let mut device = Client::connect(&serial, &device_pair).await;
+    let mut sync = ShadowSync::new(&serial, None);
+    for filter in sync.subscriptions() {
+        device.subscribe(&filter).await;
+    }
+    let mut config = Config::default();
+    let get = sync.connected();
+    device.publish(&get.topic, get.payload).await;
+    // No shadow yet: the device creates it with what it runs (nothing configured yet: {}).
+    let (topic, answer) = device.next_json().await;
+    for out in sync
+        .handle(&topic, answer.to_string().as_bytes(), &mut config)
+        .1
+    {
+        device.publish(&out.topic, out.payload).await;
+    }
+
+    let data = local::iot_core_data_plane().await;
+    data.update_thing_shadow()
+        .thing_name(&serial)
+        .payload(Blob::new(
+            json!({"state": {"desired": {"interval_s": 1}}}).to_string(),
+        ))
+        .send()
+        .await
+        .expect("UpdateThingShadow");
+    // The delta reaches the device, which applies what it can (5 s, not 1) and reports that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delta within 20 s"
+        );
+        let (topic, answer) = device.next_json().await;
+        let (_, out) = sync.handle(&topic, answer.to_string().as_bytes(), &mut config);
+        for publish in &out {
+            device
+                .publish(&publish.topic, publish.payload.clone())
+                .await;
+        }
+        if !out.is_empty() && topic.ends_with("/update/delta") {
+            break;
+        }
+    }
+    assert_eq!(config.0["interval_s"], json!(5));
+    // The report is what runs (5), never what was asked (1). (The deployed shadow-documents
+    // function then resolves the disagreement by the template's policy, `*=lww`, which compares
+    // the metadata's second-granular timestamps: not asserted here.)
+    loop {
+        let got = data
+            .get_thing_shadow()
+            .thing_name(&serial)
+            .send()
+            .await
+            .expect("GetThingShadow");
+        let document: Value = serde_json::from_slice(&got.payload.unwrap().into_inner()).unwrap();
+        let reported = &document["state"]["reported"]["interval_s"];
+        assert_ne!(
+            reported,
+            &json!(1),
+            "never what was merely asked: {document}"
+        );
+        if reported == &json!(5) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reported within 20 s: {document}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
