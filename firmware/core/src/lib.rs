@@ -12,6 +12,7 @@
 //!   AWS's keys), RegisterThing with the serial and factory secret, retries with backoff, a
 //!   refusal final and explained.
 //! - [`buffer`]: the offline buffer — bounded, in order, every drop counted, flushed at least once.
+//! - [`aggregate`]: edge aggregation windows (count, mean, min, max, std) in shoal-wire's shape.
 //! - [`sampling`]: adaptive sampling (deadband + heartbeat) and reconnect backoff with full jitter.
 
 #![no_std]
@@ -21,6 +22,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod aggregate;
 pub mod buffer;
 pub mod ota;
 pub mod provisioning;
