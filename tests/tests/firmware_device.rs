@@ -151,3 +151,23 @@ async fn a_device_core_provisions_by_claim_then_syncs_its_shadow_with_the_cloud(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The cloud's Jobs document (what the OTA advancer creates) is the device core's OTA request:
+/// the two sides of the contract read the same fields.
+#[test]
+fn the_advancers_job_document_is_the_device_cores_ota_request() {
+    let image = shoal_core::test_util::firmware_image("1.10.0");
+    let document: Value = serde_json::from_str(&shoal_core::rollout::delivery::job_document(
+        "r-7",
+        &image,
+        "fw",
+        "eu-west-1",
+    ))
+    .unwrap();
+    let request = shoal_firmware::ota::request_from_job(&document).expect("an OTA request");
+    assert_eq!(request.rollout, "r-7");
+    assert_eq!(request.version.to_string(), "1.10.0");
+    assert_eq!(request.sha256, image.sha256);
+    assert_eq!(request.signature, image.signature);
+    assert_eq!(request.size, image.size);
+}

@@ -339,5 +339,58 @@ impl Ota {
     }
 }
 
+/// The IoT Jobs channel's document (`"operation": "shoal-ota"`, the same fields as the `ota`
+/// shadow's request; its URL presigned by IoT Jobs when the device fetched the execution) as the
+/// request [`Ota::request`] takes: one OTA flow for both channels.
+///
+/// # Errors
+/// Another operation, or a document without the request's fields.
+pub fn request_from_job(document: &serde_json::Value) -> Result<OtaDesired, String> {
+    if document
+        .get("operation")
+        .and_then(serde_json::Value::as_str)
+        != Some("shoal-ota")
+    {
+        return Err("not a shoal-ota job document".to_string());
+    }
+    let mut fields = document.clone();
+    if let Some(map) = fields.as_object_mut() {
+        map.remove("operation");
+        // IoT Jobs presigns the URL for each fetch of the execution: it is good now.
+        map.entry("url_expires_ms")
+            .or_insert_with(|| serde_json::Value::from(u64::MAX));
+    }
+    serde_json::from_value(fields)
+        .map_err(|e| format!("the job document is not an OTA request: {e}"))
+}
+
+/// An OTA report as a job execution's update (`$aws/things/<thing>/jobs/<jobId>/update`):
+/// `(status, statusDetails)` — downloading, verifying and applying are `IN_PROGRESS` with the
+/// step in `statusDetails`, success `SUCCEEDED`, failed `FAILED` with the reason.
+pub fn job_update(
+    report: &OtaReport,
+) -> (&'static str, serde_json::Map<String, serde_json::Value>) {
+    let mut details = serde_json::Map::new();
+    let status = match report.status {
+        OtaStatus::Downloading | OtaStatus::Verifying | OtaStatus::Applying => {
+            let step = serde_json::to_value(report.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            details.insert("step".into(), step.into());
+            "IN_PROGRESS"
+        }
+        OtaStatus::Success => "SUCCEEDED",
+        OtaStatus::Failed => "FAILED",
+    };
+    if let Some(reason) = &report.reason {
+        details.insert("reason".into(), reason.clone().into());
+    }
+    if let Some(running) = &report.running_version {
+        details.insert("running_version".into(), running.clone().into());
+    }
+    (status, details)
+}
+
 #[cfg(test)]
 mod tests;

@@ -426,3 +426,42 @@ fn an_interrupted_download_resumes_where_the_slot_stopped() {
         }]
     );
 }
+
+#[test]
+fn a_jobs_document_is_the_same_request_and_reports_map_to_job_statuses() {
+    let document = serde_json::json!({
+        "operation": "shoal-ota",
+        "rollout": "r-1",
+        "version": "1.1.0",
+        "url": "https://bucket.s3.amazonaws.com/firmware/x.bin?X-Amz-Signature=abc",
+        "sha256": "ab".repeat(32),
+        "signature": "c2ln",
+        "size": 10,
+    });
+    let request = request_from_job(&document).unwrap();
+    assert_eq!(request.version, version("1.1.0"));
+    assert_eq!(request.url_expires_ms, u64::MAX, "presigned for this fetch");
+    assert!(request_from_job(&serde_json::json!({"operation": "reboot"})).is_err());
+    assert!(request_from_job(&serde_json::json!({"operation": "shoal-ota"})).is_err());
+
+    let failed = OtaReport {
+        status: OtaStatus::Failed,
+        target_version: Some("1.1.0".into()),
+        running_version: Some("1.0.0".into()),
+        reason: Some("self-test failed".into()),
+    };
+    let (status, details) = job_update(&failed);
+    assert_eq!(status, "FAILED");
+    assert_eq!(details["reason"], "self-test failed");
+    assert_eq!(details["running_version"], "1.0.0");
+    let verifying = OtaReport {
+        status: OtaStatus::Verifying,
+        reason: None,
+        ..failed
+    };
+    let (status, details) = job_update(&verifying);
+    assert_eq!(
+        (status, details["step"].as_str()),
+        ("IN_PROGRESS", Some("verifying"))
+    );
+}
