@@ -80,3 +80,31 @@ pub async fn claim_certificate() -> (Vec<u8>, Vec<u8>) {
         .expect("the template's claim policy (created by the local IoT Core)");
     (claim.pem, claim.key)
 }
+
+/// Creates thing group `name` in the local registry.
+pub async fn create_thing_group(name: &str) {
+    crate::local::factory()
+        .await
+        .iot()
+        .create_thing_group()
+        .thing_group_name(name)
+        .send()
+        .await
+        .expect("CreateThingGroup");
+}
+
+/// The names of the thing groups `thing` belongs to.
+pub async fn groups_of(thing: &str) -> Vec<String> {
+    crate::local::factory()
+        .await
+        .iot()
+        .list_thing_groups_for_thing()
+        .thing_name(thing)
+        .send()
+        .await
+        .expect("ListThingGroupsForThing")
+        .thing_groups()
+        .iter()
+        .filter_map(|g| g.group_name().map(str::to_owned))
+        .collect()
+}

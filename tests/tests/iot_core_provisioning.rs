@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shoal_integration_tests::local::{self, unique_name};
 use shoal_integration_tests::mqtt5::{Client, certificate, options};
-use shoal_integration_tests::provisioned::{claim_certificate, manifest_row_in};
+use shoal_integration_tests::provisioned::{
+    claim_certificate, create_thing_group, groups_of, manifest_row_in,
+};
 
 async fn status(certificate_id: &str) -> String {
     let iot = local::factory().await.iot();
@@ -190,14 +192,7 @@ async fn provision(parameters: Value) -> (String, String, String, String, Value)
 #[tokio::test]
 async fn register_thing_provisions_a_manifest_serial_through_the_templates_hook() {
     let group = unique_name("greenhouse");
-    local::factory()
-        .await
-        .iot()
-        .create_thing_group()
-        .thing_group_name(&group)
-        .send()
-        .await
-        .expect("CreateThingGroup");
+    create_thing_group(&group).await;
     let serial = manifest_row_in(&group, "hardware=rev-b;site=lyon").await;
     let (certificate_id, pem, key, topic, answer) =
         provision(json!({"SerialNumber": serial})).await;
@@ -238,18 +233,11 @@ async fn register_thing_provisions_a_manifest_serial_through_the_templates_hook(
             "{attributes:?}"
         );
     }
-    let groups = iot
-        .list_thing_groups_for_thing()
-        .thing_name(&serial)
-        .send()
-        .await
-        .unwrap();
-    let groups: Vec<&str> = groups
-        .thing_groups()
-        .iter()
-        .filter_map(|g| g.group_name())
-        .collect();
-    assert_eq!(groups, [group.as_str()], "the manifest's group");
+    assert_eq!(
+        groups_of(&serial).await,
+        std::slice::from_ref(&group),
+        "the manifest's group"
+    );
     let arn = format!("arn:aws:iot:us-east-1:123456789012:cert/{certificate_id}");
     let principals = iot
         .list_thing_principals()
@@ -341,14 +329,7 @@ async fn jitr_device(serial: &str) -> (Vec<u8>, Vec<u8>, String) {
 #[tokio::test]
 async fn a_ca_signed_certificate_is_registered_just_in_time_and_activated_by_the_templates_jitr() {
     let group = unique_name("field");
-    local::factory()
-        .await
-        .iot()
-        .create_thing_group()
-        .thing_group_name(&group)
-        .send()
-        .await
-        .expect("CreateThingGroup");
+    create_thing_group(&group).await;
     let serial = manifest_row_in(&group, "hardware=rev-c").await;
     let (chain, key, ca_id) = jitr_device(&serial).await;
     let device_id = {
@@ -403,20 +384,11 @@ async fn a_ca_signed_certificate_is_registered_just_in_time_and_activated_by_the
         Some("rev-c"),
         "{attributes:?}"
     );
-    let groups = local::factory()
-        .await
-        .iot()
-        .list_thing_groups_for_thing()
-        .thing_name(&serial)
-        .send()
-        .await
-        .unwrap();
-    let groups: Vec<&str> = groups
-        .thing_groups()
-        .iter()
-        .filter_map(|g| g.group_name())
-        .collect();
-    assert_eq!(groups, [group.as_str()], "the manifest's group");
+    assert_eq!(
+        groups_of(&serial).await,
+        std::slice::from_ref(&group),
+        "the manifest's group"
+    );
 
     // Connected again, it is the thing, held to the device policy.
     let mut device = Client::connect(&serial, &pair).await;

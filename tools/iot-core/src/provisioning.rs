@@ -577,17 +577,7 @@ impl Authority for RegistryAuthority {
                 .send()
                 .await
                 .map_err(|e| {
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_resource_not_found_exception())
-                    {
-                        Refusal::new(
-                            400,
-                            "InvalidParameters",
-                            format!("policy {policy} does not exist"),
-                        )
-                    } else {
-                        iot_failure("AttachPolicy", e)
-                    }
+                    missing_or_failure("AttachPolicy", e, || format!("policy {policy}"))
                 })?;
         }
         if let Some(thing) = &plan.thing {
@@ -614,6 +604,30 @@ impl Authority for RegistryAuthority {
 
 fn iot_failure(operation: &str, e: impl std::error::Error + Send + Sync + 'static) -> Refusal {
     failure(operation, aws_sdk_iot::error::DisplayErrorContext(e))
+}
+
+/// A registry call that names what the template refers to: a `ResourceNotFoundException` is the
+/// template's fault (400, `InvalidParameters`, "<what> does not exist"), anything else the
+/// service's.
+fn missing_or_failure<E, R>(
+    operation: &str,
+    e: aws_sdk_iot::error::SdkError<E, R>,
+    what: impl FnOnce() -> String,
+) -> Refusal
+where
+    E: aws_sdk_iot::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_iot::error::ProvideErrorMetadata;
+    if e.code() == Some("ResourceNotFoundException") {
+        Refusal::new(
+            400,
+            "InvalidParameters",
+            format!("{} does not exist", what()),
+        )
+    } else {
+        iot_failure(operation, e)
+    }
 }
 
 impl RegistryAuthority {
@@ -752,17 +766,7 @@ impl RegistryAuthority {
             .await
             .map(drop)
             .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception())
-                {
-                    Refusal::new(
-                        400,
-                        "InvalidParameters",
-                        format!("thing group {group} does not exist"),
-                    )
-                } else {
-                    iot_failure("AddThingToThingGroup", e)
-                }
+                missing_or_failure("AddThingToThingGroup", e, || format!("thing group {group}"))
             })
     }
 
