@@ -169,6 +169,17 @@ impl Ota {
             self.request = None;
             return Vec::new();
         };
+        if let Some(current) = &mut self.request
+            && current.rollout == desired.rollout
+            && current.version == desired.version
+            && current.sha256 == desired.sha256
+        {
+            // The same request again (a resync, a duplicate, a refreshed URL): keep going where
+            // the device is, with the newest URL.
+            current.url = desired.url;
+            current.url_expires_ms = desired.url_expires_ms;
+            return Vec::new();
+        }
         let running = slots.running();
         if matches!(slots.boot(), Boot::Trial(ref v) if *v == desired.version) {
             // On trial with this very image: the self-test ([`Ota::booted`]'s) decides.
@@ -230,6 +241,17 @@ impl Ota {
             });
         }
         steps
+    }
+
+    /// The download to resume for the request in hand (after a failed fetch, or with a
+    /// refreshed URL): from the bytes the slot holds. `None` when no download is under way.
+    pub fn resume(&self, slots: &impl Slots) -> Option<Step> {
+        let request = self.request.as_ref()?;
+        let (sha256, written) = slots.staged()?;
+        (sha256 == request.sha256 && written < request.size).then(|| Step::Download {
+            url: request.url.clone(),
+            offset: written,
+        })
     }
 
     /// Bytes of the download at `offset`: written to the slot; the image verified and applied
@@ -391,6 +413,9 @@ pub fn job_update(
     }
     (status, details)
 }
+
+mod shadow;
+pub use shadow::{OtaNews, OtaShadow};
 
 #[cfg(test)]
 mod tests;

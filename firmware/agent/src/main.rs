@@ -1,0 +1,307 @@
+//! `shoal-agent`: `provision` and `run` a Linux gateway from its configuration file, or
+//! `simulate` a fleet against an IoT endpoint (README: Devices).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shoal_agent::device::{Device, DeviceEvent, Settings};
+use shoal_agent::download::Downloader;
+use shoal_agent::gateway::{AgentConfig, Gateway, fleet_key_der, host_port};
+use shoal_agent::link::{Endpoint, MqttVersion};
+use shoal_agent::provision::{KeyMode, provision};
+use shoal_agent::simulate::{
+    Faults, Fleet, FleetPlan, SelfTestFailure, VirtualDevice, manifest_devices,
+};
+use shoal_agent::slots::AbSlots;
+use shoal_firmware::sampling::Backoff;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal-agent",
+    version,
+    about = "Shoal's device agent and fleet simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provisions this gateway by claim (once: an existing identity is kept).
+    Provision {
+        /// The configuration file (TOML).
+        #[arg(long, default_value = "/etc/shoal-agent.toml")]
+        config: PathBuf,
+    },
+    /// Runs the gateway: provisions first when it has no identity, then shadow sync, OTA and
+    /// telemetry until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, default_value = "/etc/shoal-agent.toml")]
+        config: PathBuf,
+    },
+    /// Simulates a fleet: every device provisions by claim, then runs with its own connection.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// `host:port` of the IoT endpoint (the local stack's `stack env` prints it).
+    #[arg(long, env = "SHOAL_IOT_ENDPOINT")]
+    endpoint: String,
+    /// The endpoint's CA certificates (PEM).
+    #[arg(long, env = "SHOAL_IOT_CA_FILE")]
+    ca_file: PathBuf,
+    /// Offer ALPN `x-amzn-mqtt-ca` (for port 443 endpoints).
+    #[arg(long)]
+    alpn: bool,
+    /// MQTT version: 5 or 3.1.1.
+    #[arg(long, default_value = "5", value_parser = ["5", "3.1.1"])]
+    mqtt: String,
+    /// The claim certificate (PEM).
+    #[arg(long)]
+    claim_certificate: PathBuf,
+    /// The claim certificate's key (PEM).
+    #[arg(long)]
+    claim_key: PathBuf,
+    /// The provisioning template.
+    #[arg(long, default_value = "shoal-fleet")]
+    template: String,
+    /// The factory manifest (CSV: serial, …, attributes with `hardware=`); every row is a device.
+    #[arg(long)]
+    manifest: PathBuf,
+    /// More serials, not in the manifest (rogue devices: provisioning must refuse them).
+    #[arg(long = "rogue")]
+    rogue: Vec<String>,
+    /// The fleet's firmware signing public key (PEM or DER).
+    #[arg(long)]
+    fleet_key: PathBuf,
+    /// The version every device runs out of the factory.
+    #[arg(long, default_value = "1.0.0")]
+    factory_version: String,
+    /// The telemetry application.
+    #[arg(long, default_value = "shoal")]
+    app: String,
+    /// Seconds between readings.
+    #[arg(long, default_value_t = 10)]
+    interval_s: u64,
+    /// How long to run after starting, seconds.
+    #[arg(long, default_value_t = 60)]
+    duration_s: u64,
+    /// Device keys: `device` (CSR) or `aws`.
+    #[arg(long, default_value = "device", value_parser = ["device", "aws"])]
+    key: String,
+    /// Devices provisioning at once.
+    #[arg(long, default_value_t = 16)]
+    provisioning_concurrency: usize,
+    /// The seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The JSON-lines event log.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// % chance per telemetry tick that a device's connection drops.
+    #[arg(long, default_value_t = 0.0)]
+    network_drop_percent: f64,
+    /// % chance that a telemetry batch is published twice.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_percent: f64,
+    /// % of devices whose clock is skewed by --clock-skew-ms.
+    #[arg(long, default_value_t = 0.0)]
+    clock_skew_percent: f64,
+    /// How far a skewed clock is off, ms.
+    #[arg(long, default_value_t = 120_000)]
+    clock_skew_ms: i64,
+    /// % chance per downloaded chunk that it is corrupted.
+    #[arg(long, default_value_t = 0.0)]
+    corrupt_download_percent: f64,
+    /// % chance per written chunk and per trial boot that power is lost.
+    #[arg(long, default_value_t = 0.0)]
+    power_loss_percent: f64,
+    /// % chance that a device goes offline for a while when an OTA request arrives.
+    #[arg(long, default_value_t = 0.0)]
+    offline_on_request_percent: f64,
+    /// An image failing its self-test: VERSION@HARDWARE[:PERCENT] (repeatable).
+    #[arg(long = "self-test-fail")]
+    self_test_fail: Vec<SelfTestFailure>,
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn simulate(args: SimulateArgs) -> Result<(), String> {
+    let (host, port) = host_port(&args.endpoint)?;
+    let endpoint = Endpoint {
+        host,
+        port,
+        alpn: args.alpn,
+        ca_pem: read(&args.ca_file)?,
+        version: if args.mqtt == "3.1.1" {
+            MqttVersion::V311
+        } else {
+            MqttVersion::V5
+        },
+        keep_alive: Duration::from_secs(60),
+        backoff: Backoff {
+            base_ms: 1_000,
+            cap_ms: 30_000,
+        },
+    };
+    let manifest = String::from_utf8(read(&args.manifest)?)
+        .map_err(|_| format!("{} is not UTF-8", args.manifest.display()))?;
+    let mut devices = manifest_devices(&manifest)?;
+    devices.extend(args.rogue.iter().map(|serial| VirtualDevice {
+        serial: serial.clone(),
+        hardware: String::new(),
+        factory_secret: None,
+    }));
+    let plan = FleetPlan {
+        endpoint,
+        claim: (read(&args.claim_certificate)?, read(&args.claim_key)?),
+        template: args.template,
+        app: args.app,
+        devices,
+        factory_version: args
+            .factory_version
+            .parse()
+            .map_err(|e| format!("--factory-version: {e}"))?,
+        fleet_key_der: fleet_key_der(&read(&args.fleet_key)?)?,
+        interval: Duration::from_secs(args.interval_s.max(1)),
+        faults: Faults {
+            network_drop: args.network_drop_percent,
+            duplicate: args.duplicate_percent,
+            clock_skew: args.clock_skew_percent,
+            clock_skew_ms: args.clock_skew_ms,
+            corrupt_download: args.corrupt_download_percent,
+            power_loss: args.power_loss_percent,
+            offline_on_request: args.offline_on_request_percent,
+            self_test_failures: args.self_test_fail,
+        },
+        seed: args.seed,
+        key: if args.key == "aws" {
+            KeyMode::Aws
+        } else {
+            KeyMode::Device
+        },
+        provisioning_concurrency: args.provisioning_concurrency,
+    };
+    let total = plan.devices.len();
+    let fleet = Fleet::start(plan, args.events.as_deref()).await?;
+    let end = tokio::time::Instant::now() + Duration::from_secs(args.duration_s);
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let s = fleet.status();
+                eprintln!(
+                    "provisioned {}/{total} (refused {}, failed {}), connected {}, readings {}, ota {:?}, versions {:?}",
+                    s.provisioned, s.refused.len(), s.failed.len(), s.connected,
+                    s.readings_published, s.ota, s.versions
+                );
+            }
+            () = tokio::time::sleep_until(end) => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let summary = fleet.stop().await;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn provisioned(
+    config: &AgentConfig,
+) -> Result<shoal_agent::provision::DeviceIdentity, String> {
+    if let Some(identity) = config.identity().map_err(|e| e.to_string())? {
+        return Ok(identity);
+    }
+    let endpoint = config.endpoint().map_err(|e| e.to_string())?;
+    let request = config.claim_request().map_err(|e| e.to_string())?;
+    tracing::info!(serial = %request.serial, "provisioning by claim");
+    let identity = provision(&endpoint, &request, rand::random())
+        .await
+        .map_err(|e| e.to_string())?;
+    config.keep_identity(&identity).map_err(|e| e.to_string())?;
+    tracing::info!(thing = %identity.thing_name, certificate = %identity.certificate_id, "provisioned");
+    Ok(identity)
+}
+
+async fn run(config: AgentConfig) -> Result<(), String> {
+    let identity = provisioned(&config).await?;
+    let spec = config.device_spec(identity).map_err(|e| e.to_string())?;
+    let slots = AbSlots::open(
+        &config.state_dir.join("slots"),
+        &config.firmware.factory_version,
+    )
+    .map_err(|e| e.to_string())?;
+    let settings = Settings(config.settings());
+    let (events, mut logged) = mpsc::unbounded_channel::<DeviceEvent>();
+    tokio::spawn(async move {
+        while let Some(event) = logged.recv().await {
+            tracing::info!(kind = event.kind, detail = %event.detail, "device");
+        }
+    });
+    let board = Gateway {
+        self_test_command: config.firmware.self_test_command.clone(),
+        state_dir: config.state_dir.clone(),
+    };
+    let device = Device::new(
+        spec,
+        board,
+        slots,
+        settings,
+        Downloader::new()?,
+        events,
+        rand::random(),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(device.run(stopped));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop.send(true);
+    let _ = running.await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Provision { config } => match AgentConfig::load(&config) {
+            Ok(config) => provisioned(&config).await.map(|identity| {
+                println!("{}", identity.thing_name);
+            }),
+            Err(e) => Err(e.to_string()),
+        },
+        Command::Run { config } => match AgentConfig::load(&config) {
+            Ok(config) => run(config).await,
+            Err(e) => Err(e.to_string()),
+        },
+        Command::Simulate(args) => simulate(args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The fleet simulator: many virtual devices in one process, each a real MQTT connection with
+//! its own certificate, provisioned by claim and then run by the same [`Device`] as the agent —
+//! with in-memory slots, synthetic readings and seeded faults ([`Faults`]), so a run is
+//! reproducible from its seed.
+//!
+//! Every device event goes to a JSON-lines log (when given) and into [`FleetStatus`], which the
+//! summary is made of; what the cloud stored is read from the cloud, never from these counters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use shoal_firmware::buffer::Limits;
+use shoal_wire::version::FirmwareVersion;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::device::{Board, Device, DeviceEvent, DeviceSpec, FaultPoint, Settings};
+use crate::download::Downloader;
+use crate::link::Endpoint;
+use crate::provision::{ClaimRequest, KeyMode, ProvisionError, provision};
+use crate::slots::AbSlots;
+
+/// An image that fails its self-test on some hardware: `percent` of the devices of `hardware`
+/// running `version` on trial fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfTestFailure {
+    /// The image's version.
+    pub version: FirmwareVersion,
+    /// The hardware revision it fails on.
+    pub hardware: String,
+    /// The share of those devices that fail, %.
+    pub percent: f64,
+}
+
+impl std::str::FromStr for SelfTestFailure {
+    type Err = String;
+
+    /// `VERSION@HARDWARE[:PERCENT]` (default 100).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (version, rest) = s
+            .split_once('@')
+            .ok_or_else(|| format!("{s:?} is not VERSION@HARDWARE[:PERCENT]"))?;
+        let (hardware, percent) = rest.split_once(':').unwrap_or((rest, "100"));
+        Ok(Self {
+            version: version.parse().map_err(|e| format!("{version:?}: {e}"))?,
+            hardware: hardware.to_owned(),
+            percent: percent
+                .parse()
+                .map_err(|_| format!("{percent:?} is not a percentage"))?,
+        })
+    }
+}
+
+/// Faults, each a percentage (0–100), drawn from each device's seeded generator.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Chance per telemetry tick that the connection drops (reconnect with backoff).
+    pub network_drop: f64,
+    /// Chance that a telemetry batch is published twice.
+    pub duplicate: f64,
+    /// Share of devices whose clock is off by `clock_skew_ms`.
+    pub clock_skew: f64,
+    /// How far a skewed clock is off, ms (either way).
+    pub clock_skew_ms: i64,
+    /// Chance per downloaded chunk that it arrives corrupted.
+    pub corrupt_download: f64,
+    /// Chance per chunk written, and per trial boot, that power is lost.
+    pub power_loss: f64,
+    /// Chance that a device goes offline for a while when an OTA request arrives.
+    pub offline_on_request: f64,
+    /// Images that fail their self-test on some hardware.
+    pub self_test_failures: Vec<SelfTestFailure>,
+}
+
+/// One virtual device as the factory built it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualDevice {
+    /// Its serial.
+    pub serial: String,
+    /// Its hardware revision.
+    pub hardware: String,
+    /// Its factory secret, when its manifest row has one.
+    pub factory_secret: Option<String>,
+}
+
+/// Reads the devices of a factory manifest CSV (`serial`, and `hardware=` in `attributes`).
+///
+/// # Errors
+/// Not CSV, or no `serial` column.
+pub fn manifest_devices(csv_text: &str) -> Result<Vec<VirtualDevice>, String> {
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let headers = reader.headers().map_err(|e| e.to_string())?.clone();
+    let column = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let serial = column("serial").ok_or("the manifest has no serial column")?;
+    let attributes = column("attributes");
+    let mut devices = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| e.to_string())?;
+        let hardware = attributes
+            .and_then(|i| record.get(i))
+            .and_then(|a| {
+                a.split(';')
+                    .find_map(|kv| kv.trim().strip_prefix("hardware="))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        devices.push(VirtualDevice {
+            serial: record.get(serial).unwrap_or_default().trim().to_owned(),
+            hardware,
+            factory_secret: None,
+        });
+    }
+    Ok(devices)
+}
+
+/// A simulation.
+#[derive(Debug, Clone)]
+pub struct FleetPlan {
+    /// The IoT endpoint.
+    pub endpoint: Endpoint,
+    /// The claim certificate and key (PEM).
+    pub claim: (Vec<u8>, Vec<u8>),
+    /// The provisioning template.
+    pub template: String,
+    /// The telemetry application.
+    pub app: String,
+    /// The devices.
+    pub devices: Vec<VirtualDevice>,
+    /// The version every device runs out of the factory.
+    pub factory_version: FirmwareVersion,
+    /// The fleet's signing public key (DER).
+    pub fleet_key_der: Vec<u8>,
+    /// The telemetry period until a shadow changes it.
+    pub interval: Duration,
+    /// The faults.
+    pub faults: Faults,
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// Where device keys come from.
+    pub key: KeyMode,
+    /// How many devices provision at once.
+    pub provisioning_concurrency: usize,
+}
+
+/// What the fleet did so far, from its devices' events.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetStatus {
+    /// Devices provisioned.
+    pub provisioned: usize,
+    /// Devices refused (serial → reason).
+    pub refused: BTreeMap<String, String>,
+    /// Devices that could not provision for another reason (serial → reason).
+    pub failed: BTreeMap<String, String>,
+    /// Devices connected now.
+    pub connected: usize,
+    /// Connections made, and lost.
+    pub connections: u64,
+    /// Connections lost.
+    pub disconnections: u64,
+    /// Readings published (duplicates counted once).
+    pub readings_published: u64,
+    /// Configuration changes applied.
+    pub configured: u64,
+    /// Reboots.
+    pub reboots: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, u64>,
+    /// OTA reports by `status` (and `failed` by reason's first words).
+    pub ota: BTreeMap<String, u64>,
+    /// What each device runs (thing → version).
+    pub running: BTreeMap<String, String>,
+    /// Devices per running version.
+    pub versions: BTreeMap<String, usize>,
+}
+
+impl FleetStatus {
+    fn record(&mut self, event: &DeviceEvent, online: &mut HashMap<String, bool>) {
+        let text = |key: &str| {
+            event
+                .detail
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        match event.kind {
+            "connected" => {
+                self.connections += 1;
+                online.insert(event.thing.clone(), true);
+                if let Some(running) = text("running") {
+                    self.running.insert(event.thing.clone(), running);
+                }
+            }
+            "disconnected" => {
+                self.disconnections += 1;
+                online.insert(event.thing.clone(), false);
+            }
+            "published" => {
+                self.readings_published += event.detail["readings"].as_u64().unwrap_or(0);
+            }
+            "configured" => self.configured += 1,
+            "rebooted" => {
+                self.reboots += 1;
+                online.insert(event.thing.clone(), false);
+                if let Some(running) = text("running") {
+                    self.running.insert(event.thing.clone(), running);
+                }
+            }
+            "fault" => {
+                *self
+                    .faults
+                    .entry(text("fault").unwrap_or_default())
+                    .or_default() += 1;
+                if text("fault").is_some_and(|f| f != "corrupt_chunk") {
+                    online.insert(event.thing.clone(), false);
+                }
+            }
+            "ota" => {
+                *self
+                    .ota
+                    .entry(text("status").unwrap_or_default())
+                    .or_default() += 1;
+                if let Some(running) = text("running_version") {
+                    self.running.insert(event.thing.clone(), running);
+                }
+            }
+            _ => {}
+        }
+        self.connected = online.values().filter(|up| **up).count();
+        self.versions = self.running.values().fold(BTreeMap::new(), |mut m, v| {
+            *m.entry(v.clone()).or_default() += 1;
+            m
+        });
+    }
+}
+
+/// A virtual device's board: synthetic readings and seeded faults.
+struct SimBoard {
+    hardware: String,
+    faults: Arc<Faults>,
+    random: StdRng,
+    phase: f64,
+    skew_ms: i64,
+    self_test_roll: f64,
+}
+
+impl Board for SimBoard {
+    fn sample(&mut self, now_ms: u64) -> Vec<(String, f64)> {
+        let t = now_ms as f64 / 1_000.0;
+        let noise = |r: &mut StdRng| (r.random::<f64>() - 0.5) * 0.4;
+        let mut temperature = 21.0
+            + 3.0 * (t / 600.0 * std::f64::consts::TAU + self.phase).sin()
+            + noise(&mut self.random);
+        if self.random.random::<f64>() < 0.002 {
+            temperature += 15.0; // an anomaly
+        }
+        let humidity = 45.0
+            + 8.0 * (t / 900.0 * std::f64::consts::TAU + self.phase).cos()
+            + noise(&mut self.random);
+        vec![
+            (
+                "temperature".to_owned(),
+                (temperature * 100.0).round() / 100.0,
+            ),
+            ("humidity".to_owned(), (humidity * 100.0).round() / 100.0),
+        ]
+    }
+
+    async fn self_test(&mut self, version: &FirmwareVersion) -> Result<(), String> {
+        let failing = self.faults.self_test_failures.iter().find(|f| {
+            f.version == *version
+                && f.hardware == self.hardware
+                && self.self_test_roll * 100.0 < f.percent
+        });
+        match failing {
+            Some(_) => Err(format!(
+                "{version} does not start its sensor bus on hardware {}",
+                self.hardware
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn fault(&mut self, point: FaultPoint) -> bool {
+        let percent = match point {
+            FaultPoint::NetworkDrop => self.faults.network_drop,
+            FaultPoint::DuplicatePublish => self.faults.duplicate,
+            FaultPoint::CorruptChunk => self.faults.corrupt_download,
+            FaultPoint::PowerLossDownloading | FaultPoint::PowerLossOnTrial => {
+                self.faults.power_loss
+            }
+            FaultPoint::OfflineOnRequest => self.faults.offline_on_request,
+        };
+        percent > 0.0 && self.random.random::<f64>() * 100.0 < percent
+    }
+
+    fn clock_skew_ms(&self) -> i64 {
+        self.skew_ms
+    }
+}
+
+/// A running simulation.
+pub struct Fleet {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    status: Arc<Mutex<FleetStatus>>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+/// The log every event goes to (JSON lines), and the status they make.
+async fn collect(
+    mut events: mpsc::UnboundedReceiver<DeviceEvent>,
+    status: Arc<Mutex<FleetStatus>>,
+    mut log: Option<tokio::fs::File>,
+) {
+    let mut online = HashMap::new();
+    while let Some(event) = events.recv().await {
+        if let Ok(mut status) = status.lock() {
+            status.record(&event, &mut online);
+        }
+        if let Some(file) = &mut log {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            if file.write_all(&line).await.is_err() {
+                log = None;
+            }
+        }
+    }
+    if let Some(file) = &mut log {
+        let _ = file.flush().await;
+    }
+}
+
+impl Fleet {
+    /// Starts every device of `plan` (provisioning first, `provisioning_concurrency` at once),
+    /// logging events to `log` when given.
+    ///
+    /// # Errors
+    /// The log cannot be created, or the download client cannot be made.
+    pub async fn start(plan: FleetPlan, log: Option<&Path>) -> Result<Self, String> {
+        let log = match log {
+            Some(path) => Some(
+                tokio::fs::File::create(path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let downloader = Downloader::new()?;
+        let status = Arc::new(Mutex::new(FleetStatus::default()));
+        let (events, received) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(collect(received, status.clone(), log));
+        let (stop, stopped) = watch::channel(false);
+        let gate = Arc::new(Semaphore::new(plan.provisioning_concurrency.max(1)));
+        let faults = Arc::new(plan.faults.clone());
+        let mut tasks = JoinSet::new();
+        let mut seeds = StdRng::seed_from_u64(plan.seed);
+        for device in plan.devices.clone() {
+            let seed: u64 = seeds.random();
+            let (plan, gate, faults, events, status, downloader, stopped) = (
+                plan.clone(),
+                gate.clone(),
+                faults.clone(),
+                events.clone(),
+                status.clone(),
+                downloader.clone(),
+                stopped.clone(),
+            );
+            tasks.spawn(async move {
+                let mut random = StdRng::seed_from_u64(seed);
+                let request = ClaimRequest {
+                    claim: plan.claim.clone(),
+                    template: plan.template.clone(),
+                    serial: device.serial.clone(),
+                    factory_secret: device.factory_secret.clone(),
+                    key: plan.key,
+                    deadline: Duration::from_secs(300),
+                };
+                let identity = {
+                    let Ok(_permit) = gate.acquire().await else {
+                        return;
+                    };
+                    provision(&plan.endpoint, &request, random.random()).await
+                };
+                let identity = match identity {
+                    Ok(identity) => {
+                        if let Ok(mut s) = status.lock() {
+                            s.provisioned += 1;
+                        }
+                        identity
+                    }
+                    Err(e) => {
+                        if let Ok(mut s) = status.lock() {
+                            match e {
+                                ProvisionError::Refused(why) => {
+                                    s.refused.insert(device.serial.clone(), why);
+                                }
+                                other => {
+                                    s.failed.insert(device.serial.clone(), other.to_string());
+                                }
+                            }
+                        }
+                        return;
+                    }
+                };
+                let skewed = random.random::<f64>() * 100.0 < faults.clock_skew;
+                let board = SimBoard {
+                    hardware: device.hardware.clone(),
+                    faults: faults.clone(),
+                    phase: random.random::<f64>() * std::f64::consts::TAU,
+                    skew_ms: if skewed {
+                        if random.random::<bool>() {
+                            faults.clock_skew_ms
+                        } else {
+                            -faults.clock_skew_ms
+                        }
+                    } else {
+                        0
+                    },
+                    self_test_roll: random.random(),
+                    random: StdRng::seed_from_u64(random.random()),
+                };
+                let spec = DeviceSpec {
+                    identity,
+                    app: plan.app.clone(),
+                    endpoint: plan.endpoint.clone(),
+                    fleet_key_der: plan.fleet_key_der.clone(),
+                    min_version: None,
+                    interval: plan.interval,
+                    buffer: Limits {
+                        max_entries: 2_000,
+                        max_bytes: 512 * 1024,
+                        ttl_ms: Some(24 * 3_600_000),
+                    },
+                };
+                let device = Device::new(
+                    spec,
+                    board,
+                    AbSlots::in_memory(&plan.factory_version),
+                    Settings::default(),
+                    downloader,
+                    events,
+                    random.random(),
+                );
+                device.run(stopped).await;
+            });
+        }
+        Ok(Self {
+            stop,
+            tasks,
+            status,
+            writer,
+        })
+    }
+
+    /// What the fleet did so far.
+    pub fn status(&self) -> FleetStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops every device (clean disconnects) and returns the final status.
+    pub async fn stop(mut self) -> FleetStatus {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        // Every sender is gone with the devices: the writer ends after the last event.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.writer).await;
+        self.status()
+    }
+}
