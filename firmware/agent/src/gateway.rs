@@ -6,7 +6,7 @@
 //! ca_file = "/etc/shoal/AmazonRootCA1.pem"
 //! mqtt = "5"                         # or "3.1.1"
 //! state_dir = "/var/lib/shoal-agent" # identity.json, config.json, slots/
-//! app = "shoal"
+//! app = "greenhouse"              # one of the stack's TelemetryApps
 //!
 //! [claim]
 //! certificate_file = "/etc/shoal/claim.pem.crt"
@@ -60,8 +60,7 @@ pub struct AgentConfig {
     pub mqtt: MqttVersion,
     /// Where the identity, configuration and slots are kept.
     pub state_dir: PathBuf,
-    /// The telemetry application (`dt/<app>/…`).
-    #[serde(default = "default_app")]
+    /// The telemetry application (`dt/<app>/…`; one of the stack's `TelemetryApps`).
     pub app: String,
     /// Provisioning by claim.
     pub claim: ClaimConfig,
@@ -136,10 +135,6 @@ impl Default for TelemetryConfig {
 
 fn default_mqtt() -> MqttVersion {
     MqttVersion::V5
-}
-
-fn default_app() -> String {
-    "shoal".into()
 }
 
 /// Why the configuration cannot be used.

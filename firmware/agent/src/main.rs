@@ -45,7 +45,7 @@ enum Command {
         config: PathBuf,
     },
     /// Simulates a fleet: every device provisions by claim, then runs with its own connection.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 #[derive(clap::Args)]
@@ -83,8 +83,8 @@ struct SimulateArgs {
     /// The version every device runs out of the factory.
     #[arg(long, default_value = "1.0.0")]
     factory_version: String,
-    /// The telemetry application.
-    #[arg(long, default_value = "shoal")]
+    /// The telemetry application (`dt/<app>/…`; one of the stack's `TelemetryApps`).
+    #[arg(long)]
     app: String,
     /// Seconds between readings.
     #[arg(long, default_value_t = 10)]
@@ -295,7 +295,7 @@ async fn main() -> ExitCode {
             Ok(config) => run(config).await,
             Err(e) => Err(e.to_string()),
         },
-        Command::Simulate(args) => simulate(args).await,
+        Command::Simulate(args) => simulate(*args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
