@@ -39,9 +39,13 @@ use shoal_firmware::buffer::Limits;
 use shoal_firmware::sampling::Backoff;
 use shoal_wire::version::FirmwareVersion;
 
-use crate::device::{Board, DeviceSpec};
+use tokio::sync::{mpsc, watch};
+
+use crate::device::{Board, Device, DeviceEvent, DeviceSpec, Settings};
+use crate::download::Downloader;
 use crate::link::{Endpoint, MqttVersion};
-use crate::provision::{ClaimRequest, DeviceIdentity, KeyMode};
+use crate::provision::{ClaimRequest, DeviceIdentity, KeyMode, provision};
+use crate::slots::AbSlots;
 
 /// The agent's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -384,4 +388,61 @@ impl Board for Gateway {
             tracing::warn!(error = %e, "the configuration could not be kept");
         }
     }
+}
+
+/// The identity in the state directory, or a new one provisioned by claim (then kept).
+///
+/// # Errors
+/// The configuration is wrong, provisioning failed or was refused, or the identity cannot be
+/// kept.
+pub async fn identity_or_provision(config: &AgentConfig) -> Result<DeviceIdentity, String> {
+    if let Some(identity) = config.identity().map_err(|e| e.to_string())? {
+        return Ok(identity);
+    }
+    let endpoint = config.endpoint().map_err(|e| e.to_string())?;
+    let request = config.claim_request().map_err(|e| e.to_string())?;
+    tracing::info!(serial = %request.serial, "provisioning by claim");
+    let identity = provision(&endpoint, &request, rand::random())
+        .await
+        .map_err(|e| e.to_string())?;
+    config.keep_identity(&identity).map_err(|e| e.to_string())?;
+    tracing::info!(thing = %identity.thing_name, certificate = %identity.certificate_id, "provisioned");
+    Ok(identity)
+}
+
+/// Runs the gateway until `stop` turns true: provisions first when it has no identity, then
+/// shadow sync, OTA (slots in `<state_dir>/slots`) and telemetry; device events are logged.
+///
+/// # Errors
+/// The configuration is wrong or provisioning failed.
+pub async fn run(config: AgentConfig, stop: watch::Receiver<bool>) -> Result<(), String> {
+    let identity = identity_or_provision(&config).await?;
+    let spec = config.device_spec(identity).map_err(|e| e.to_string())?;
+    let slots = AbSlots::open(
+        &config.state_dir.join("slots"),
+        &config.firmware.factory_version,
+    )
+    .map_err(|e| e.to_string())?;
+    let settings = Settings(config.settings());
+    let (events, mut logged) = mpsc::unbounded_channel::<DeviceEvent>();
+    tokio::spawn(async move {
+        while let Some(event) = logged.recv().await {
+            tracing::info!(kind = event.kind, detail = %event.detail, "device");
+        }
+    });
+    let board = Gateway {
+        self_test_command: config.firmware.self_test_command.clone(),
+        state_dir: config.state_dir.clone(),
+    };
+    let device = Device::new(
+        spec,
+        board,
+        slots,
+        settings,
+        Downloader::new()?,
+        events,
+        rand::random(),
+    );
+    device.run(stop).await;
+    Ok(())
 }

@@ -6,17 +6,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shoal_agent::device::{Device, DeviceEvent, Settings};
-use shoal_agent::download::Downloader;
-use shoal_agent::gateway::{AgentConfig, Gateway, fleet_key_der, host_port};
+use shoal_agent::gateway::{self, AgentConfig, fleet_key_der, host_port};
 use shoal_agent::link::{Endpoint, MqttVersion};
-use shoal_agent::provision::{KeyMode, provision};
+use shoal_agent::provision::KeyMode;
 use shoal_agent::simulate::{
     Faults, Fleet, FleetPlan, SelfTestFailure, VirtualDevice, manifest_devices,
 };
-use shoal_agent::slots::AbSlots;
 use shoal_firmware::sampling::Backoff;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -216,62 +213,18 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn provisioned(
-    config: &AgentConfig,
-) -> Result<shoal_agent::provision::DeviceIdentity, String> {
-    if let Some(identity) = config.identity().map_err(|e| e.to_string())? {
-        return Ok(identity);
-    }
-    let endpoint = config.endpoint().map_err(|e| e.to_string())?;
-    let request = config.claim_request().map_err(|e| e.to_string())?;
-    tracing::info!(serial = %request.serial, "provisioning by claim");
-    let identity = provision(&endpoint, &request, rand::random())
-        .await
-        .map_err(|e| e.to_string())?;
-    config.keep_identity(&identity).map_err(|e| e.to_string())?;
-    tracing::info!(thing = %identity.thing_name, certificate = %identity.certificate_id, "provisioned");
-    Ok(identity)
-}
-
 async fn run(config: AgentConfig) -> Result<(), String> {
-    let identity = provisioned(&config).await?;
-    let spec = config.device_spec(identity).map_err(|e| e.to_string())?;
-    let slots = AbSlots::open(
-        &config.state_dir.join("slots"),
-        &config.firmware.factory_version,
-    )
-    .map_err(|e| e.to_string())?;
-    let settings = Settings(config.settings());
-    let (events, mut logged) = mpsc::unbounded_channel::<DeviceEvent>();
-    tokio::spawn(async move {
-        while let Some(event) = logged.recv().await {
-            tracing::info!(kind = event.kind, detail = %event.detail, "device");
-        }
-    });
-    let board = Gateway {
-        self_test_command: config.firmware.self_test_command.clone(),
-        state_dir: config.state_dir.clone(),
-    };
-    let device = Device::new(
-        spec,
-        board,
-        slots,
-        settings,
-        Downloader::new()?,
-        events,
-        rand::random(),
-    );
     let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(device.run(stopped));
+    let mut running = tokio::spawn(gateway::run(config, stopped));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("SIGTERM: {e}"))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        ended = &mut running => return ended.map_err(|e| e.to_string()).and_then(|r| r),
     }
     let _ = stop.send(true);
-    let _ = running.await;
-    Ok(())
+    running.await.map_err(|e| e.to_string()).and_then(|r| r)
 }
 
 #[tokio::main]
@@ -286,9 +239,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Provision { config } => match AgentConfig::load(&config) {
-            Ok(config) => provisioned(&config).await.map(|identity| {
-                println!("{}", identity.thing_name);
-            }),
+            Ok(config) => gateway::identity_or_provision(&config)
+                .await
+                .map(|identity| {
+                    println!("{}", identity.thing_name);
+                }),
             Err(e) => Err(e.to_string()),
         },
         Command::Run { config } => match AgentConfig::load(&config) {

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use shoal_aws::client::ClientFactory;
-use shoal_cli::{decommission, firmware, group_config, manifest, resources, rollout, smoke};
+use shoal_cli::{claim, decommission, firmware, group_config, manifest, resources, rollout, smoke};
 
 /// Operate a Shoal fleet backend.
 #[derive(Parser)]
@@ -37,6 +37,12 @@ enum Command {
         #[command(subcommand)]
         command: group_config::Command,
     },
+    /// Fleet provisioning by claim: the claim certificate and the fleet's firmware key that go
+    /// into every factory image.
+    Provisioning {
+        #[command(subcommand)]
+        command: claim::Command,
+    },
     /// Factory manifest operations.
     Manifest {
         #[command(subcommand)]
@@ -59,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Rollout { command } => rollout::run(&factory, command).await,
         Command::Config { command } => group_config::run(&factory, command).await,
         Command::Manifest { command } => manifest::run(&factory, command).await,
+        Command::Provisioning { command } => claim::run(&factory, command).await,
         Command::InitLocal(args) => resources::run(&factory, args).await,
     }
 }
