@@ -75,6 +75,11 @@ pub trait Board: Send + 'static {
     }
     /// Called when the device's configuration changed (the agent persists it).
     fn configured(&mut self, _settings: &Map<String, Value>) {}
+    /// Until when the network is down for this device (a fleet-wide outage the simulator
+    /// injects), ms since the Unix epoch; `None` when it is up.
+    fn outage_until_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A device's configuration, changed through its classic shadow's desired state: `interval_s`
@@ -597,6 +602,26 @@ impl<B: Board> Device<B> {
                 _ = tick.tick() => {
                     if let Some(entry) = self.reading() {
                         self.buffer.push(entry);
+                    }
+                    if let Some(until) = self.board.outage_until_ms()
+                        && until > now_ms()
+                        && offline_until.is_none()
+                    {
+                        // The network is gone: cut, keep sampling into the buffer, and come back
+                        // after the outage with a jittered delay (no reconnect storm).
+                        self.emit("fault", json!({"fault": "outage", "until_ms": until}));
+                        ready = false;
+                        if in_flight > 0 {
+                            self.buffer.nack();
+                            in_flight = 0;
+                        }
+                        link.abort_in_place();
+                        let jitter = self.spec.endpoint.backoff.delay_ms(3, self.random.random());
+                        offline_until = Some(
+                            Instant::now()
+                                + Duration::from_millis(until - now_ms() + jitter),
+                        );
+                        continue;
                     }
                     if ready && self.board.fault(FaultPoint::NetworkDrop) {
                         self.emit("fault", json!({"fault": "network_drop"}));

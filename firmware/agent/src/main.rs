@@ -125,6 +125,34 @@ struct SimulateArgs {
     /// An image failing its self-test: VERSION@HARDWARE[:PERCENT] (repeatable).
     #[arg(long = "self-test-fail")]
     self_test_fail: Vec<SelfTestFailure>,
+    /// A fleet-wide network outage this many seconds after every device is connected…
+    #[arg(long, requires = "outage_s")]
+    outage_at_s: Option<u64>,
+    /// …lasting this long (devices buffer their readings, then reconnect with jitter).
+    #[arg(long, requires = "outage_at_s")]
+    outage_s: Option<u64>,
+}
+
+/// This process's CPU time so far (user + system), ms: `/proc/self/stat` fields 14 and 15, in
+/// USER_HZ (100 per second on Linux).
+fn cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10)
+}
+
+/// This process's peak resident memory, kB (`VmHWM` of `/proc/self/status`).
+fn peak_rss_kb() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
@@ -188,13 +216,31 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         provisioning_concurrency: args.provisioning_concurrency,
     };
     let total = plan.devices.len();
+    let expected = total - args.rogue.len();
     let fleet = Fleet::start(plan, args.events.as_deref()).await?;
     let end = tokio::time::Instant::now() + Duration::from_secs(args.duration_s);
     let mut every = tokio::time::interval(Duration::from_secs(5));
+    // The steady phase starts once every manifest device is connected: its CPU time per
+    // second of wall time is what BENCHMARKS.md records.
+    let mut steady: Option<(tokio::time::Instant, u64)> = None;
+    let mut outage_at = None;
     loop {
         tokio::select! {
             _ = every.tick() => {
                 let s = fleet.status();
+                if steady.is_none() && s.connected >= expected {
+                    let now = tokio::time::Instant::now();
+                    steady = Some((now, cpu_ms().unwrap_or(0)));
+                    outage_at = args.outage_at_s.map(|at| now + Duration::from_secs(at));
+                    eprintln!("every device connected: the steady phase starts");
+                }
+                if let (Some(at), Some(length)) = (outage_at, args.outage_s)
+                    && tokio::time::Instant::now() >= at
+                {
+                    eprintln!("injecting a fleet-wide outage of {length} s");
+                    fleet.outage(Duration::from_secs(length));
+                    outage_at = None;
+                }
                 eprintln!(
                     "provisioned {}/{total} (refused {}, failed {}), connected {}, readings {}, ota {:?}, versions {:?}",
                     s.provisioned, s.refused.len(), s.failed.len(), s.connected,
@@ -205,11 +251,21 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    let usage = steady.map(|(since, cpu_before)| {
+        let wall_ms = since.elapsed().as_millis() as f64;
+        let cpu = cpu_ms().unwrap_or(0).saturating_sub(cpu_before) as f64;
+        serde_json::json!({
+            "steady_s": (wall_ms / 1_000.0).round(),
+            "cpu_percent_of_one_core": (cpu / wall_ms * 1_000.0).round() / 10.0,
+            "cpu_percent_of_machine": (cpu / wall_ms * 1_000.0
+                / std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)).round() / 10.0,
+        })
+    });
+    let peak = peak_rss_kb();
     let summary = fleet.stop().await;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&summary).unwrap_or_default()
-    );
+    let mut out = serde_json::to_value(&summary).unwrap_or_default();
+    out["usage"] = serde_json::json!({"steady": usage, "peak_rss_kb": peak});
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     Ok(())
 }
 

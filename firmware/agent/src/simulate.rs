@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -241,6 +242,7 @@ impl FleetStatus {
 
 /// A virtual device's board: synthetic readings and seeded faults.
 struct SimBoard {
+    outage_until_ms: Arc<AtomicU64>,
     hardware: String,
     faults: Arc<Faults>,
     random: StdRng,
@@ -302,11 +304,19 @@ impl Board for SimBoard {
     fn clock_skew_ms(&self) -> i64 {
         self.skew_ms
     }
+
+    fn outage_until_ms(&self) -> Option<u64> {
+        match self.outage_until_ms.load(Ordering::Relaxed) {
+            0 => None,
+            until => Some(until),
+        }
+    }
 }
 
 /// A running simulation.
 pub struct Fleet {
     stop: watch::Sender<bool>,
+    outage_until_ms: Arc<AtomicU64>,
     tasks: JoinSet<()>,
     status: Arc<Mutex<FleetStatus>>,
     writer: tokio::task::JoinHandle<()>,
@@ -358,10 +368,12 @@ impl Fleet {
         let (stop, stopped) = watch::channel(false);
         let gate = Arc::new(Semaphore::new(plan.provisioning_concurrency.max(1)));
         let faults = Arc::new(plan.faults.clone());
+        let outage_until_ms = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();
         let mut seeds = StdRng::seed_from_u64(plan.seed);
         for device in plan.devices.clone() {
             let seed: u64 = seeds.random();
+            let outage = outage_until_ms.clone();
             let (plan, gate, faults, events, status, downloader, stopped) = (
                 plan.clone(),
                 gate.clone(),
@@ -410,6 +422,7 @@ impl Fleet {
                 };
                 let skewed = random.random::<f64>() * 100.0 < faults.clock_skew;
                 let board = SimBoard {
+                    outage_until_ms: outage,
                     hardware: device.hardware.clone(),
                     faults: faults.clone(),
                     phase: random.random::<f64>() * std::f64::consts::TAU,
@@ -452,10 +465,21 @@ impl Fleet {
         }
         Ok(Self {
             stop,
+            outage_until_ms,
             tasks,
             status,
             writer,
         })
+    }
+
+    /// Cuts every device's network for `duration` from now (a broker or uplink outage): each
+    /// drops its connection at its next telemetry tick, buffers its readings, and reconnects
+    /// after the outage with a jittered delay.
+    pub fn outage(&self, duration: Duration) {
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from((d + duration).as_millis()).unwrap_or(u64::MAX));
+        self.outage_until_ms.store(until, Ordering::Relaxed);
     }
 
     /// What the fleet did so far.
