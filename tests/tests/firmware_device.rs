@@ -171,3 +171,69 @@ fn the_advancers_job_document_is_the_device_cores_ota_request() {
     assert_eq!(request.signature, image.signature);
     assert_eq!(request.size, image.size);
 }
+
+/// A `vclock` path end to end through the two sides' code: the device core's report (its clock
+/// joins the cloud's and moves its own counter) is read by the cloud's sync plan as a write that
+/// saw the cloud's — the device's value stands, nothing is a conflict — while a report from a
+/// device that had not seen the cloud's last write is a concurrent one, decided by the rule.
+#[test]
+fn the_device_cores_vector_clocks_are_what_the_clouds_sync_plan_reads() {
+    use shoal_core::shadow::document::ShadowDocument;
+    use shoal_core::shadow::policy::PolicyTable;
+    use shoal_core::shadow::sync::plan;
+
+    let policies: PolicyTable = "schedule.start=vclock:cloud-wins;*=lww".parse().unwrap();
+    let desired = json!({"schedule": {"start": 5}, "_clock": {"schedule.start": {"cloud": 2}}});
+    let before =
+        json!({"schedule": {"start": 3}, "_clock": {"schedule.start": {"cloud": 1, "device": 1}}});
+    let document = |reported: &Value, version: u64| -> ShadowDocument {
+        serde_json::from_value(json!({
+            "state": {"desired": desired, "reported": reported},
+            "metadata": {"desired": {"schedule": {"start": {"timestamp": 100}}},
+                         "reported": {"schedule": {"start": {"timestamp": 90 + version}}}},
+            "version": version,
+        }))
+        .unwrap()
+    };
+    /// A device that runs 4 whatever is asked (a value clamped by its hardware).
+    struct Clamped;
+    impl Apply for Clamped {
+        fn apply(&mut self, _key: &str, _desired: &Value) -> Result<Value, String> {
+            Ok(json!({"start": 4}))
+        }
+        fn running(&self) -> Map<String, Value> {
+            Map::new()
+        }
+    }
+    let previous = document(&before, 4);
+
+    // The device saw the cloud's write (clock cloud:2) and reports what it runs.
+    let mut sync = ShadowSync::new("t-1", None).with_vclock_paths(["schedule.start".into()]);
+    let got = json!({"version": 4, "state": {"desired": desired, "reported": before,
+                     "delta": {"schedule": {"start": 5}, "_clock": desired["_clock"]}}});
+    let (_, out) = sync.handle(
+        "$aws/things/t-1/shadow/get/accepted",
+        got.to_string().as_bytes(),
+        &mut Clamped,
+    );
+    let report: Value = serde_json::from_slice(&out[0].payload).unwrap();
+    let mut reported = before.clone();
+    for (key, value) in report["state"]["reported"].as_object().unwrap() {
+        reported[key] = value.clone();
+    }
+    let decided = plan(Some(&previous), &document(&reported, 5), &policies);
+    assert!(decided.conflicts.is_empty(), "{decided:?}");
+    assert_eq!(
+        decided.superseded,
+        vec!["schedule.start".to_string()],
+        "{decided:?}"
+    );
+
+    // A device that never saw clock cloud:2 (its own clock only) wrote concurrently: the rule
+    // (cloud-wins) decides and the losing value is kept as a conflict.
+    let mut stale = before.clone();
+    stale["schedule"]["start"] = json!(4);
+    stale["_clock"] = json!({"schedule.start": {"cloud": 1, "device": 2}});
+    let decided = plan(Some(&previous), &document(&stale, 5), &policies);
+    assert_eq!(decided.conflicts.len(), 1, "{decided:?}");
+}

@@ -185,6 +185,9 @@ async fn a_simulated_fleet_provisions_syncs_and_recovers_from_a_bad_canary() {
         seed: 15,
         key: KeyMode::Device,
         provisioning_concurrency: 16,
+        provisioning_attempts: 1,
+        identities: None,
+        vclock_paths: Vec::new(),
     };
     let started_ms = now_ms();
     let log = std::env::temp_dir().join(format!("{run}.jsonl"));

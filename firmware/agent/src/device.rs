@@ -151,6 +151,8 @@ pub struct DeviceSpec {
     pub interval: Duration,
     /// The offline buffer's bounds.
     pub buffer: Limits,
+    /// Classic-shadow paths under the stack's `vclock` policy (their reports carry clocks).
+    pub vclock_paths: Vec<String>,
 }
 
 /// Why a boot ended.
@@ -356,7 +358,8 @@ impl<B: Board> Device<B> {
             self.spec.min_version.clone(),
         );
         let mut pending: VecDeque<Step> = ota.booted(&mut self.slots).into();
-        let mut shadow = ShadowSync::new(&thing, None);
+        let mut shadow =
+            ShadowSync::new(&thing, None).with_vclock_paths(self.spec.vclock_paths.clone());
         let mut ota_shadow = OtaShadow::new(&thing);
         let mut filters = shadow.subscriptions();
         filters.extend(ota_shadow.subscriptions());

@@ -27,6 +27,9 @@
 //! buffer_max_entries = 10000
 //! buffer_max_bytes = 4194304
 //! buffer_ttl_s = 86400
+//!
+//! [shadow]
+//! vclock_paths = ["schedule.start"]   # paths under the stack's vclock policy
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -73,6 +76,19 @@ pub struct AgentConfig {
     /// Telemetry.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Shadow sync.
+    #[serde(default)]
+    pub shadow: ShadowConfig,
+}
+
+/// `[shadow]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The classic shadow's dot paths under the stack's `vclock` policy (`ShadowPolicies`):
+    /// their reports carry vector clocks.
+    #[serde(default)]
+    pub vclock_paths: Vec<String>,
 }
 
 /// `[claim]`.
@@ -298,6 +314,7 @@ impl AgentConfig {
                 ttl_ms: (self.telemetry.buffer_ttl_s > 0)
                     .then(|| self.telemetry.buffer_ttl_s * 1_000),
             },
+            vclock_paths: self.shadow.vclock_paths.clone(),
         })
     }
 

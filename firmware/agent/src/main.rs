@@ -95,6 +95,17 @@ struct SimulateArgs {
     /// Devices provisioning at once.
     #[arg(long, default_value_t = 16)]
     provisioning_concurrency: usize,
+    /// Attempts of a refused device (30 s, 60 s, … apart): a slow or failed pre-provisioning
+    /// hook is refused like a serial that is not in the manifest.
+    #[arg(long, default_value_t = 3)]
+    provisioning_attempts: u32,
+    /// A classic-shadow path under the stack's `vclock` policy (repeatable).
+    #[arg(long = "vclock-path")]
+    vclock_paths: Vec<String>,
+    /// Keep identities across runs (JSON lines; private keys inside: keep it private): devices
+    /// found there skip provisioning, new ones are appended.
+    #[arg(long)]
+    identities: Option<PathBuf>,
     /// The seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -214,6 +225,9 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
             KeyMode::Device
         },
         provisioning_concurrency: args.provisioning_concurrency,
+        provisioning_attempts: args.provisioning_attempts.max(1),
+        identities: args.identities,
+        vclock_paths: args.vclock_paths,
     };
     let total = plan.devices.len();
     let expected = total - args.rogue.len();

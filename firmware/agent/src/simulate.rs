@@ -7,7 +7,7 @@
 //! summary is made of; what the cloud stored is read from the cloud, never from these counters.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::device::{Board, Device, DeviceEvent, DeviceSpec, FaultPoint, Settings};
 use crate::download::Downloader;
 use crate::link::Endpoint;
-use crate::provision::{ClaimRequest, KeyMode, ProvisionError, provision};
+use crate::provision::{ClaimRequest, DeviceIdentity, KeyMode, ProvisionError, provision};
 use crate::slots::AbSlots;
 
 /// An image that fails its self-test on some hardware: `percent` of the devices of `hardware`
@@ -147,6 +147,26 @@ pub struct FleetPlan {
     pub key: KeyMode,
     /// How many devices provision at once.
     pub provisioning_concurrency: usize,
+    /// How many times a refused device tries again (30 s apart, then 60 s, …, with jitter):
+    /// the device cannot tell a refusal from a pre-provisioning hook that failed or was slow
+    /// (AWS answers both with the same 403), so a real device tries again later too.
+    pub provisioning_attempts: u32,
+    /// Classic-shadow paths under the stack's `vclock` policy.
+    pub vclock_paths: Vec<String>,
+    /// Identities kept across runs (JSON lines, one [`DeviceIdentity`] each): a device found
+    /// there connects at once; a newly provisioned one is appended.
+    pub identities: Option<PathBuf>,
+}
+
+/// The identities of a file [`FleetPlan::identities`] names, by thing name (none when it does
+/// not exist; unreadable lines are skipped).
+pub fn read_identities(path: &Path) -> HashMap<String, DeviceIdentity> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<DeviceIdentity>(line).ok())
+        .map(|identity| (identity.thing_name.clone(), identity))
+        .collect()
 }
 
 /// What the fleet did so far, from its devices' events.
@@ -369,11 +389,32 @@ impl Fleet {
         let gate = Arc::new(Semaphore::new(plan.provisioning_concurrency.max(1)));
         let faults = Arc::new(plan.faults.clone());
         let outage_until_ms = Arc::new(AtomicU64::new(0));
+        let known = Arc::new(
+            plan.identities
+                .as_deref()
+                .map(read_identities)
+                .unwrap_or_default(),
+        );
+        let kept = match &plan.identities {
+            Some(path) => Some(Arc::new(Mutex::new(
+                {
+                    let mut options = std::fs::OpenOptions::new();
+                    options.create(true).append(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                    options
+                }
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            ))),
+            None => None,
+        };
         let mut tasks = JoinSet::new();
         let mut seeds = StdRng::seed_from_u64(plan.seed);
         for device in plan.devices.clone() {
             let seed: u64 = seeds.random();
             let outage = outage_until_ms.clone();
+            let (known, kept) = (known.clone(), kept.clone());
             let (plan, gate, faults, events, status, downloader, stopped) = (
                 plan.clone(),
                 gate.clone(),
@@ -393,11 +434,42 @@ impl Fleet {
                     key: plan.key,
                     deadline: Duration::from_secs(300),
                 };
-                let identity = {
-                    let Ok(_permit) = gate.acquire().await else {
-                        return;
+                let known = known.get(&device.serial).cloned();
+                let mut attempt = 0;
+                let identity = loop {
+                    if let Some(identity) = known.clone() {
+                        break Ok(identity);
+                    }
+                    let outcome = {
+                        let Ok(_permit) = gate.acquire().await else {
+                            return;
+                        };
+                        provision(&plan.endpoint, &request, random.random()).await
                     };
-                    provision(&plan.endpoint, &request, random.random()).await
+                    attempt += 1;
+                    match outcome {
+                        Err(ProvisionError::Refused(_)) if attempt < plan.provisioning_attempts => {
+                            let pause =
+                                30_000 * u64::from(attempt) + random.random_range(0..10_000);
+                            let mut stopping = stopped.clone();
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                                _ = stopping.changed() => return,
+                            }
+                        }
+                        Ok(identity) => {
+                            if let Some(kept) = &kept {
+                                let mut line = serde_json::to_string(&identity).unwrap_or_default();
+                                line.push('\n');
+                                if let Ok(mut file) = kept.lock() {
+                                    use std::io::Write;
+                                    let _ = file.write_all(line.as_bytes());
+                                }
+                            }
+                            break Ok(identity);
+                        }
+                        other => break other,
+                    }
                 };
                 let identity = match identity {
                     Ok(identity) => {
@@ -450,6 +522,7 @@ impl Fleet {
                         max_bytes: 512 * 1024,
                         ttl_ms: Some(24 * 3_600_000),
                     },
+                    vclock_paths: plan.vclock_paths.clone(),
                 };
                 let device = Device::new(
                     spec,
@@ -478,7 +551,9 @@ impl Fleet {
     pub fn outage(&self, duration: Duration) {
         let until = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from((d + duration).as_millis()).unwrap_or(u64::MAX));
+            .map_or(0, |d| {
+                u64::try_from((d + duration).as_millis()).unwrap_or(u64::MAX)
+            });
         self.outage_until_ms.store(until, Ordering::Relaxed);
     }
 

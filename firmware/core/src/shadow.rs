@@ -13,7 +13,15 @@
 //! reports also bump the version; they are not `desired` news, so their answers never move that
 //! mark (comparing a delta with the version of the device's last report is how SDKs drop deltas).
 //! A 409 (a report raced another writer) or a reconnect starts over with a `get`.
+//!
+//! Paths whose conflict policy is `vclock` (the stack's `ShadowPolicies`) carry vector clocks
+//! under `_clock` in `desired` and `reported` (`{"_clock": {"schedule.start": {"cloud": 3,
+//! "device": 2}}}`): the device keeps the join of every clock it has seen per path, and each
+//! report of such a path carries that clock with its own counter ([`DEVICE_ACTOR`]) one higher —
+//! so the cloud knows which of its writes the device had seen when it wrote
+//! ([`ShadowSync::with_vclock_paths`]). `_clock` itself is never applied as configuration.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -62,6 +70,14 @@ pub enum Event {
     Ignored,
 }
 
+/// The key under which vector clocks of `vclock` paths travel in `desired` and `reported`.
+pub const CLOCK_KEY: &str = "_clock";
+/// The device's actor name in vector clocks (the cloud's writers are `cloud`).
+pub const DEVICE_ACTOR: &str = "device";
+
+/// A vector clock: a counter per actor.
+type Clock = BTreeMap<String, u64>;
+
 /// One shadow's sync (classic, or named).
 #[derive(Debug, Clone)]
 pub struct ShadowSync {
@@ -70,6 +86,29 @@ pub struct ShadowSync {
     /// The version of the newest `desired` news applied.
     desired_version: Option<u64>,
     tokens: u64,
+    /// Dot paths whose policy is `vclock`.
+    vclock_paths: Vec<String>,
+    /// Per `vclock` path, the join of every clock seen (and reported).
+    clocks: BTreeMap<String, Clock>,
+}
+
+/// Joins the clocks of a `_clock` object (`{path: {actor: n}}`) into `clocks`, for `paths`.
+fn learn(clocks: &mut BTreeMap<String, Clock>, paths: &[String], seen: Option<&Value>) {
+    let Some(Value::Object(seen)) = seen else {
+        return;
+    };
+    for path in paths {
+        let Some(Value::Object(counters)) = seen.get(path) else {
+            continue;
+        };
+        let clock = clocks.entry(path.clone()).or_default();
+        for (actor, n) in counters {
+            if let Some(n) = n.as_u64() {
+                let mine = clock.entry(actor.clone()).or_insert(0);
+                *mine = (*mine).max(n);
+            }
+        }
+    }
 }
 
 impl ShadowSync {
@@ -80,7 +119,17 @@ impl ShadowSync {
             name: name.map(ToString::to_string),
             desired_version: None,
             tokens: 0,
+            vclock_paths: Vec::new(),
+            clocks: BTreeMap::new(),
         }
+    }
+
+    /// The sync with `paths` (dot paths, as the stack's `ShadowPolicies` names them) under the
+    /// `vclock` policy: their reports carry vector clocks.
+    #[must_use]
+    pub fn with_vclock_paths(mut self, paths: impl IntoIterator<Item = String>) -> Self {
+        self.vclock_paths = paths.into_iter().collect();
+        self
     }
 
     fn topic(&self, operation: ShadowOperation, response: Option<ShadowResponse>) -> String {
@@ -152,14 +201,33 @@ impl ShadowSync {
         let mut applied = Vec::new();
         let mut refused = Vec::new();
         let mut reported = Map::new();
+        learn(&mut self.clocks, &self.vclock_paths, delta.get(CLOCK_KEY));
+        let mut clocks = Map::new();
         for (key, desired) in delta {
+            if key == CLOCK_KEY {
+                continue;
+            }
             match store.apply(key, desired) {
                 Ok(running) => {
                     reported.insert(key.clone(), running.clone());
                     applied.push((key.clone(), running));
+                    for path in &self.vclock_paths {
+                        let under = path == key
+                            || path
+                                .strip_prefix(key.as_str())
+                                .is_some_and(|rest| rest.starts_with('.'));
+                        if under {
+                            let clock = self.clocks.entry(path.clone()).or_default();
+                            *clock.entry(DEVICE_ACTOR.to_string()).or_insert(0) += 1;
+                            clocks.insert(path.clone(), json!(clock));
+                        }
+                    }
                 }
                 Err(why) => refused.push((key.clone(), why)),
             }
+        }
+        if !clocks.is_empty() {
+            reported.insert(CLOCK_KEY.to_string(), Value::Object(clocks));
         }
         let report = (!reported.is_empty()).then(|| self.report(reported));
         (Event::Applied { applied, refused }, report)
@@ -203,6 +271,13 @@ impl ShadowSync {
                 let Some(version) = version else {
                     return (Event::Ignored, Vec::new());
                 };
+                for section in ["desired", "reported"] {
+                    learn(
+                        &mut self.clocks,
+                        &self.vclock_paths,
+                        state(section).and_then(|s| s.get(CLOCK_KEY)),
+                    );
+                }
                 let delta = state("delta").cloned().unwrap_or_default();
                 let (event, report) = self.apply(version, &delta, store);
                 (event, report.into_iter().collect())

@@ -183,3 +183,62 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn vclock_paths_report_the_clock_they_have_seen_with_their_own_counter_one_higher() {
+    /// Runs whatever is asked.
+    #[derive(Default)]
+    struct Anything(BTreeMap<String, Value>);
+    impl Apply for Anything {
+        fn apply(&mut self, key: &str, desired: &Value) -> Result<Value, String> {
+            self.0.insert(key.to_string(), desired.clone());
+            Ok(desired.clone())
+        }
+        fn running(&self) -> Map<String, Value> {
+            self.0.clone().into_iter().collect()
+        }
+    }
+    let mut sync = ShadowSync::new("t-1", None).with_vclock_paths(["schedule.start".to_string()]);
+    let mut store = Anything::default();
+    // The whole shadow: the cloud wrote schedule.start twice; the device had reported once.
+    let got = json!({"version": 4, "state": {
+        "desired": {"schedule": {"start": 5}, "_clock": {"schedule.start": {"cloud": 2}}},
+        "reported": {"schedule": {"start": 3}, "_clock": {"schedule.start": {"cloud": 1, "device": 1}}},
+        "delta": {"schedule": {"start": 5}, "_clock": {"schedule.start": {"cloud": 2}}}}});
+    let (_, out) = sync.handle(
+        "$aws/things/t-1/shadow/get/accepted",
+        got.to_string().as_bytes(),
+        &mut store,
+    );
+    let report: Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(
+        report["state"]["reported"],
+        json!({"schedule": {"start": 5}, "_clock": {"schedule.start": {"cloud": 2, "device": 2}}})
+    );
+    assert!(
+        !store.0.contains_key("_clock"),
+        "the clock is never configuration"
+    );
+    // A later cloud write: the device's counter moves on from its own last report.
+    let delta = json!({"version": 6, "state": {"schedule": {"start": 9},
+                       "_clock": {"schedule.start": {"cloud": 3, "device": 2}}}});
+    let (_, out) = sync.handle(
+        "$aws/things/t-1/shadow/update/delta",
+        delta.to_string().as_bytes(),
+        &mut store,
+    );
+    let report: Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(
+        report["state"]["reported"]["_clock"],
+        json!({"schedule.start": {"cloud": 3, "device": 3}})
+    );
+    // A path outside the vclock paths carries no clock.
+    let plain = json!({"version": 7, "state": {"interval_s": 30}});
+    let (_, out) = sync.handle(
+        "$aws/things/t-1/shadow/update/delta",
+        plain.to_string().as_bytes(),
+        &mut store,
+    );
+    let report: Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(report["state"]["reported"], json!({"interval_s": 30}));
+}
