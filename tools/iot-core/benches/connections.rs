@@ -160,6 +160,7 @@ fn core() {
             Arc::new(Semaphore::new(20_000)),
             Settings {
                 certificate_recheck: Duration::from_secs(3600),
+                ..Settings::default()
             },
         ));
 

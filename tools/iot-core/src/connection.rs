@@ -53,12 +53,49 @@ pub struct Settings {
     /// made inactive or revoked in the registry ends its connections within this time, and a
     /// policy attached, detached or changed applies from then on (AWS: "within a few minutes").
     pub certificate_recheck: Duration,
+    /// The most rechecks all connections together make in one second (each reads the registry
+    /// four or five times): a recheck over the budget waits for the connection's next tick, so
+    /// with many connections each is re-read every `connections / budget` seconds instead of
+    /// the registry (moto locally) being asked for every connection every interval.
+    pub rechecks_per_s: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             certificate_recheck: Duration::from_secs(60),
+            rechecks_per_s: DEFAULT_RECHECKS_PER_S,
+        }
+    }
+}
+
+/// [`Settings::rechecks_per_s`] by default.
+pub const DEFAULT_RECHECKS_PER_S: u32 = 10;
+
+/// The rechecks made in the current second, shared by every connection: (second, count)
+/// packed as `second << 32 | count`.
+static RECHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Takes one recheck from this second's budget; `false` when it is spent.
+fn recheck_allowed(budget: u32) -> bool {
+    use std::sync::atomic::Ordering;
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() & 0xffff_ffff);
+    let mut current = RECHECKS.load(Ordering::Relaxed);
+    loop {
+        let (at, used) = (current >> 32, current & 0xffff_ffff);
+        let next = if at == second {
+            if used >= u64::from(budget) {
+                return false;
+            }
+            current + 1
+        } else {
+            second << 32 | 1
+        };
+        match RECHECKS.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(seen) => current = seen,
         }
     }
 }
@@ -372,6 +409,9 @@ where
                 break let_go::<W, S>(&mut framed, signal.is_ok()).await;
             }
             _ = recheck.tick() => {
+                if !recheck_allowed(settings.rechecks_per_s) {
+                    continue;
+                }
                 match identity::standing(registry.as_ref(), &peer.certificate_id, &client_id).await {
                     Ok(Standing::Active(now)) => grants = now,
                     Ok(standing) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use shoal_aws::client::ClientFactory;
 use shoal_iot_core::broker::Broker;
-use shoal_iot_core::connection::Settings;
+use shoal_iot_core::connection::{self, Settings};
 use shoal_iot_core::dataplane::serve_http;
 use shoal_iot_core::fleet;
 use shoal_iot_core::identity::IotRegistry;
@@ -67,6 +67,10 @@ struct Args {
     /// ends its connections within this time.
     #[arg(long, default_value_t = 60)]
     certificate_recheck_s: u64,
+    /// The most certificate rechecks of all connections together per second (each reads the
+    /// registry 4–5 times); past it a connection's recheck waits for its next interval.
+    #[arg(long, default_value_t = connection::DEFAULT_RECHECKS_PER_S)]
+    certificate_rechecks_per_s: u32,
 }
 
 fn pair(text: &str) -> Result<(String, String), String> {
@@ -205,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let settings = Settings {
         certificate_recheck: Duration::from_secs(args.certificate_recheck_s.max(1)),
+        rechecks_per_s: args.certificate_rechecks_per_s.max(1),
     };
 
     let listener = TcpListener::bind(args.listen).await?;
