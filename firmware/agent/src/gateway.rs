@@ -407,22 +407,31 @@ impl Board for Gateway {
     }
 }
 
+/// Why the gateway has no identity.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The configuration or the state directory is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Provisioning failed or was refused.
+    #[error(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
+}
+
 /// The identity in the state directory, or a new one provisioned by claim (then kept).
 ///
 /// # Errors
-/// The configuration is wrong, provisioning failed or was refused, or the identity cannot be
-/// kept.
-pub async fn identity_or_provision(config: &AgentConfig) -> Result<DeviceIdentity, String> {
-    if let Some(identity) = config.identity().map_err(|e| e.to_string())? {
+/// [`IdentityError`]: the configuration is wrong, provisioning failed or was refused, or the
+/// identity cannot be kept.
+pub async fn identity_or_provision(config: &AgentConfig) -> Result<DeviceIdentity, IdentityError> {
+    if let Some(identity) = config.identity()? {
         return Ok(identity);
     }
-    let endpoint = config.endpoint().map_err(|e| e.to_string())?;
-    let request = config.claim_request().map_err(|e| e.to_string())?;
+    let endpoint = config.endpoint()?;
+    let request = config.claim_request()?;
     tracing::info!(serial = %request.serial, "provisioning by claim");
-    let identity = provision(&endpoint, &request, rand::random())
-        .await
-        .map_err(|e| e.to_string())?;
-    config.keep_identity(&identity).map_err(|e| e.to_string())?;
+    let identity = provision(&endpoint, &request, rand::random()).await?;
+    config.keep_identity(&identity)?;
     tracing::info!(thing = %identity.thing_name, certificate = %identity.certificate_id, "provisioned");
     Ok(identity)
 }
@@ -432,8 +441,31 @@ pub async fn identity_or_provision(config: &AgentConfig) -> Result<DeviceIdentit
 ///
 /// # Errors
 /// The configuration is wrong or provisioning failed.
-pub async fn run(config: AgentConfig, stop: watch::Receiver<bool>) -> Result<(), String> {
-    let identity = identity_or_provision(&config).await?;
+pub async fn run(config: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    // A refusal is tried again, later and later (1 min doubling to 1 h, jittered): the gateway
+    // cannot tell a serial the manifest lacks from a pre-provisioning hook that was slow or
+    // failed — AWS answers both with the same 403.
+    let mut refusals = 0;
+    let identity = loop {
+        match identity_or_provision(&config).await {
+            Ok(identity) => break identity,
+            Err(IdentityError::Provision(crate::provision::ProvisionError::Refused(why))) => {
+                refusals += 1;
+                let pause = Backoff {
+                    base_ms: 60_000,
+                    cap_ms: 3_600_000,
+                }
+                .delay_ms(refusals, rand::random())
+                .max(30_000);
+                tracing::warn!(reason = %why, retry_in_s = pause / 1_000, "provisioning refused");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+            Err(other) => return Err(other.to_string()),
+        }
+    };
     let spec = config.device_spec(identity).map_err(|e| e.to_string())?;
     let slots = AbSlots::open(
         &config.state_dir.join("slots"),

@@ -311,9 +311,8 @@ async fn main() -> ExitCode {
         Command::Provision { config } => match AgentConfig::load(&config) {
             Ok(config) => gateway::identity_or_provision(&config)
                 .await
-                .map(|identity| {
-                    println!("{}", identity.thing_name);
-                }),
+                .map(|identity| println!("{}", identity.thing_name))
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
         Command::Run { config } => match AgentConfig::load(&config) {
