@@ -38,6 +38,10 @@ use crate::slots::AbSlots;
 /// The most readings one telemetry message carries when the buffer is flushed.
 pub const BATCH_READINGS: usize = 50;
 
+/// Downloads of one request that may fail (1 s, 2 s, 4 s … apart) before it is reported
+/// `failed`; the request stands, and the next `get` (a reconnect, a refreshed URL) tries again.
+pub const MAX_DOWNLOAD_ATTEMPTS: u32 = 6;
+
 /// Where a fault may strike (the simulator's [`Board::fault`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultPoint {
@@ -99,7 +103,16 @@ impl Apply for Settings {
                     .ok_or("interval_s must be a number of seconds")?;
                 json!(seconds.clamp(1.0, 3_600.0).round() as u64)
             }
-            _ => desired.clone(),
+            _ => match (self.0.get(key), desired) {
+                // A delta carries only the leaves that changed: merge them into what runs
+                // (null deletes a leaf), as the shadow merges a reported update.
+                (Some(Value::Object(now)), Value::Object(_)) => {
+                    let mut merged = Value::Object(now.clone());
+                    merge(&mut merged, desired);
+                    merged
+                }
+                _ => desired.clone(),
+            },
         };
         self.0.insert(key.to_owned(), running.clone());
         Ok(running)
@@ -107,6 +120,23 @@ impl Apply for Settings {
 
     fn running(&self) -> Map<String, Value> {
         self.0.clone()
+    }
+}
+
+/// Merges `patch` into `target` the way a shadow update does: objects key by key, `null`
+/// deletes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
     }
 }
 
@@ -321,6 +351,7 @@ impl<B: Board> Device<B> {
         let payload = batch_payload(&batch);
         let mut sent = 0;
         let copies = if self.board.fault(FaultPoint::DuplicatePublish) {
+            self.emit("fault", json!({"fault": "duplicate_publish"}));
             2
         } else {
             1
@@ -554,6 +585,8 @@ impl<B: Board> Device<B> {
                     Some(LinkEvent::Disconnected(why)) => {
                         if ready {
                             self.emit("disconnected", json!({"reason": why}));
+                        } else {
+                            self.emit("connect_failed", json!({"reason": why}));
                         }
                         ready = false;
                         if in_flight > 0 {
@@ -587,9 +620,26 @@ impl<B: Board> Device<B> {
                 }
                 Some(result) = downloads.recv() => {
                     download = None;
-                    match result {
-                        Ok(_) => download_failures = 0,
-                        Err(why) => {
+                    // The server ended: the image is whole (the chunks moved the OTA on), or
+                    // the download must go on from where the slot stands.
+                    let short = match (result, ota.resume(&self.slots)) {
+                        (Err(why), _) => Some(why),
+                        (Ok(_), Some(Step::Download { offset, .. })) => {
+                            Some(format!("the download ended at byte {offset} of the image"))
+                        }
+                        (Ok(_), _) => None,
+                    };
+                    match short {
+                        None => download_failures = 0,
+                        Some(why) if download_failures + 1 >= MAX_DOWNLOAD_ATTEMPTS => {
+                            download_failures = 0;
+                            self.emit("download_failed", json!({"reason": why, "final": true}));
+                            pending.extend(ota.abandon(
+                                &self.slots,
+                                format!("download failed {MAX_DOWNLOAD_ATTEMPTS} times: {why}"),
+                            ));
+                        }
+                        Some(why) => {
                             download_failures += 1;
                             self.emit("download_failed", json!({"reason": why,
                                 "attempt": download_failures}));
@@ -642,5 +692,30 @@ impl<B: Board> Device<B> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_of_nested_leaves_merges_into_what_runs() {
+        let mut settings = Settings::default();
+        settings
+            .apply("led", &json!({"color": "red", "brightness": 50}))
+            .unwrap();
+        // A delta carries only the changed leaf; null deletes one.
+        let running = settings.apply("led", &json!({"brightness": 80})).unwrap();
+        assert_eq!(running, json!({"color": "red", "brightness": 80}));
+        let running = settings.apply("led", &json!({"color": null})).unwrap();
+        assert_eq!(running, json!({"brightness": 80}));
+        assert_eq!(settings.apply("interval_s", &json!(0)).unwrap(), json!(1));
+        assert!(settings.apply("interval_s", &json!("abc")).is_err());
+        assert!(
+            settings
+                .apply("firmware", &json!({"version": "9"}))
+                .is_err()
+        );
     }
 }

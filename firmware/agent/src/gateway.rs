@@ -425,10 +425,24 @@ pub enum IdentityError {
 /// identity cannot be kept.
 pub async fn identity_or_provision(config: &AgentConfig) -> Result<DeviceIdentity, IdentityError> {
     if let Some(identity) = config.identity()? {
+        if identity.thing_name != config.claim.serial {
+            return Err(ConfigError::Invalid(format!(
+                "{} holds the identity of {}, but the configuration's serial is {}: use another \
+                 state_dir for another device",
+                config.state_dir.display(),
+                identity.thing_name,
+                config.claim.serial
+            ))
+            .into());
+        }
         return Ok(identity);
     }
     let endpoint = config.endpoint()?;
     let request = config.claim_request()?;
+    // The identity must be kept once the cloud made it: a serial claimed by a certificate whose
+    // key is lost is refused from then on (README: provisioning). Check before asking.
+    write_private(&config.state_dir.join("probe"), b"")?;
+    let _ = std::fs::remove_file(config.state_dir.join("probe"));
     tracing::info!(serial = %request.serial, "provisioning by claim");
     let identity = provision(&endpoint, &request, rand::random()).await?;
     config.keep_identity(&identity)?;
@@ -447,7 +461,11 @@ pub async fn run(config: AgentConfig, mut stop: watch::Receiver<bool>) -> Result
     // failed — AWS answers both with the same 403.
     let mut refusals = 0;
     let identity = loop {
-        match identity_or_provision(&config).await {
+        let attempt = tokio::select! {
+            attempt = identity_or_provision(&config) => attempt,
+            _ = stop.changed() => return Ok(()),
+        };
+        match attempt {
             Ok(identity) => break identity,
             Err(IdentityError::Provision(crate::provision::ProvisionError::Refused(why))) => {
                 refusals += 1;

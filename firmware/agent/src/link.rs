@@ -267,9 +267,12 @@ async fn poll_v311(
             Ok(Event::Incoming(Packet::Disconnect)) => {
                 LinkEvent::Disconnected("the broker disconnected".into())
             }
+            // Our DISCONNECT went out: the connection is over, not to be made again.
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
+                tracing::debug!(error = %e, "MQTT connection lost or refused");
                 if sender
                     .send(LinkEvent::Disconnected(e.to_string()))
                     .await
@@ -320,9 +323,11 @@ async fn poll_v5(
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 LinkEvent::Disconnected(format!("the broker disconnected: {:?}", d.reason_code))
             }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(ConnectionError::RequestsDone) => return,
             Err(e) => {
+                tracing::debug!(error = %e, "MQTT connection lost or refused");
                 if sender
                     .send(LinkEvent::Disconnected(e.to_string()))
                     .await

@@ -113,25 +113,25 @@ struct SimulateArgs {
     #[arg(long)]
     events: Option<PathBuf>,
     /// % chance per telemetry tick that a device's connection drops.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
     network_drop_percent: f64,
     /// % chance that a telemetry batch is published twice.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
     duplicate_percent: f64,
     /// % of devices whose clock is skewed by --clock-skew-ms.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
     clock_skew_percent: f64,
     /// How far a skewed clock is off, ms.
     #[arg(long, default_value_t = 120_000)]
     clock_skew_ms: i64,
     /// % chance per downloaded chunk that it is corrupted.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
     corrupt_download_percent: f64,
     /// % chance per written chunk and per trial boot that power is lost.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
     power_loss_percent: f64,
     /// % chance that a device goes offline for a while when an OTA request arrives.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
     offline_on_request_percent: f64,
     /// An image failing its self-test: VERSION@HARDWARE[:PERCENT] (repeatable).
     #[arg(long = "self-test-fail")]
@@ -164,6 +164,18 @@ fn peak_rss_kb() -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// A percentage, 0 to 100.
+fn percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not a percentage (0 to 100)"))
+    }
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
@@ -230,23 +242,28 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         vclock_paths: args.vclock_paths,
     };
     let total = plan.devices.len();
-    let expected = total - args.rogue.len();
     let fleet = Fleet::start(plan, args.events.as_deref()).await?;
     let end = tokio::time::Instant::now() + Duration::from_secs(args.duration_s);
     let mut every = tokio::time::interval(Duration::from_secs(5));
     // The steady phase starts once every manifest device is connected: its CPU time per
     // second of wall time is what BENCHMARKS.md records.
     let mut steady: Option<(tokio::time::Instant, u64)> = None;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM: {e}"))?;
     let mut outage_at = None;
     loop {
         tokio::select! {
             _ = every.tick() => {
                 let s = fleet.status();
-                if steady.is_none() && s.connected >= expected {
+                // Settled: every device connected, or refused (and retrying), or failed.
+                if steady.is_none()
+                    && s.connected + s.refused.len() + s.failed.len() >= total
+                    && s.provisioned + s.refused.len() + s.failed.len() >= total
+                {
                     let now = tokio::time::Instant::now();
                     steady = Some((now, cpu_ms().unwrap_or(0)));
                     outage_at = args.outage_at_s.map(|at| now + Duration::from_secs(at));
-                    eprintln!("every device connected: the steady phase starts");
+                    eprintln!("every device connected or refused: the steady phase starts");
                 }
                 if let (Some(at), Some(length)) = (outage_at, args.outage_s)
                     && tokio::time::Instant::now() >= at
@@ -263,6 +280,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
             }
             () = tokio::time::sleep_until(end) => break,
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
         }
     }
     let usage = steady.map(|(since, cpu_before)| {

@@ -197,6 +197,8 @@ pub async fn provision(
                     }
                 }
                 Some(LinkEvent::Disconnected(why)) => {
+                    tracing::warn!(serial = %request.serial, error = %why,
+                        "the claim connection failed; trying again");
                     last = why;
                     waiting = None;
                 }

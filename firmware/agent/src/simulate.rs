@@ -53,7 +53,9 @@ impl std::str::FromStr for SelfTestFailure {
             hardware: hardware.to_owned(),
             percent: percent
                 .parse()
-                .map_err(|_| format!("{percent:?} is not a percentage"))?,
+                .ok()
+                .filter(|p: &f64| (0.0..=100.0).contains(p))
+                .ok_or_else(|| format!("{percent:?} is not a percentage (0 to 100)"))?,
         })
     }
 }
@@ -111,11 +113,19 @@ pub fn manifest_devices(csv_text: &str) -> Result<Vec<VirtualDevice>, String> {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
+        let text = record.get(serial).unwrap_or_default().trim().to_owned();
+        if text.is_empty() {
+            let line = record.position().map_or(0, csv::Position::line);
+            return Err(format!("line {line}: the serial is empty"));
+        }
         devices.push(VirtualDevice {
-            serial: record.get(serial).unwrap_or_default().trim().to_owned(),
+            serial: text,
             hardware,
             factory_secret: None,
         });
+    }
+    if devices.is_empty() {
+        return Err("the manifest has no devices".into());
     }
     Ok(devices)
 }
@@ -192,7 +202,7 @@ pub struct FleetStatus {
     pub reboots: u64,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
-    /// OTA reports by `status` (and `failed` by reason's first words).
+    /// OTA reports made, by `status` (a device reports several per update).
     pub ota: BTreeMap<String, u64>,
     /// What each device runs (thing → version).
     pub running: BTreeMap<String, String>,
@@ -233,12 +243,11 @@ impl FleetStatus {
                 }
             }
             "fault" => {
-                *self
-                    .faults
-                    .entry(text("fault").unwrap_or_default())
-                    .or_default() += 1;
-                if text("fault").is_some_and(|f| f != "corrupt_chunk") {
-                    online.insert(event.thing.clone(), false);
+                let fault = text("fault").unwrap_or_default();
+                let cuts = !matches!(fault.as_str(), "corrupt_chunk" | "duplicate_publish");
+                *self.faults.entry(fault).or_default() += 1;
+                if cuts && online.insert(event.thing.clone(), false) == Some(true) {
+                    self.disconnections += 1;
                 }
             }
             "ota" => {
@@ -447,6 +456,27 @@ impl Fleet {
                         provision(&plan.endpoint, &request, random.random()).await
                     };
                     attempt += 1;
+                    let ts_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+                    let _ = events.send(DeviceEvent {
+                        ts_ms,
+                        thing: device.serial.clone(),
+                        kind: if outcome.is_ok() {
+                            "provisioned"
+                        } else {
+                            "provisioning_failed"
+                        },
+                        detail: serde_json::json!({
+                            "attempt": attempt,
+                            "error": outcome.as_ref().err().map(ToString::to_string),
+                        }),
+                    });
+                    if let (Err(ProvisionError::Refused(why)), Ok(mut s)) =
+                        (&outcome, status.lock())
+                    {
+                        s.refused.insert(device.serial.clone(), why.clone());
+                    }
                     match outcome {
                         Err(ProvisionError::Refused(_)) if attempt < plan.provisioning_attempts => {
                             let pause =
@@ -475,6 +505,7 @@ impl Fleet {
                     Ok(identity) => {
                         if let Ok(mut s) = status.lock() {
                             s.provisioned += 1;
+                            s.refused.remove(&device.serial);
                         }
                         identity
                     }

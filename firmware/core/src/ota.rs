@@ -243,6 +243,16 @@ impl Ota {
         steps
     }
 
+    /// Gives up the request in hand for `reason` (the download keeps failing): reported
+    /// `failed`; the same request coming again (a `get` after a reconnect or a new URL) starts
+    /// over.
+    pub fn abandon(&mut self, slots: &impl Slots, reason: String) -> Vec<Step> {
+        if self.request.is_none() {
+            return Vec::new();
+        }
+        self.failed(slots, reason)
+    }
+
     /// The download to resume for the request in hand (after a failed fetch, or with a
     /// refreshed URL): from the bytes the slot holds. `None` when no download is under way.
     pub fn resume(&self, slots: &impl Slots) -> Option<Step> {

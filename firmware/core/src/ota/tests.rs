@@ -465,3 +465,35 @@ fn a_jobs_document_is_the_same_request_and_reports_map_to_job_statuses() {
         ("IN_PROGRESS", Some("verifying"))
     );
 }
+
+#[test]
+fn a_repeated_request_keeps_its_place_takes_a_new_url_and_can_be_abandoned() {
+    let fleet = Fleet::new();
+    let image = b"0123456789".repeat(5);
+    let desired = fleet.request("1.1.0", &image, &fleet.key);
+    let mut board = Board::new("1.0.0", OLD_IMAGE);
+    let mut ota = Ota::new(fleet.public.clone(), None);
+    ota.request(Some(desired.clone()), &mut board);
+    assert!(ota.chunk(0, &image[..20], &mut board).is_empty());
+    // The same request again (a resync, a refreshed URL): nothing restarts…
+    let mut refreshed = desired.clone();
+    refreshed.url = "https://firmware.example/image?fresh".into();
+    assert_eq!(ota.request(Some(refreshed), &mut board), vec![]);
+    // …and a download that ended short resumes from the slot with the newest URL.
+    assert_eq!(
+        ota.resume(&board),
+        Some(Step::Download {
+            url: "https://firmware.example/image?fresh".into(),
+            offset: 20
+        })
+    );
+    // Given up (the download keeps failing): failed with the reason, the old version running.
+    let steps = ota.abandon(&board, "download failed 6 times".into());
+    let [Step::Report(report)] = steps.as_slice() else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(report.status, OtaStatus::Failed);
+    assert_eq!(report.running_version.as_deref(), Some("1.0.0"));
+    assert_eq!(report.reason.as_deref(), Some("download failed 6 times"));
+    assert_eq!(ota.resume(&board), None, "nothing in hand any more");
+}
