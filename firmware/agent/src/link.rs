@@ -112,7 +112,7 @@ impl Link {
                 let (client, events) = rumqttc::AsyncClient::new(options, 64);
                 (
                     Client::V311(client),
-                    tokio::spawn(poll_v311(events, sender, backoff, seed)),
+                    tokio::spawn(poll(events, sender, backoff, seed)),
                 )
             }
             MqttVersion::V5 => {
@@ -124,7 +124,7 @@ impl Link {
                 let (client, events) = rumqttc::v5::AsyncClient::new(options, 64);
                 (
                     Client::V5(client),
-                    tokio::spawn(poll_v5(events, sender, backoff, seed)),
+                    tokio::spawn(poll(events, sender, backoff, seed)),
                 )
             }
         };
@@ -229,26 +229,29 @@ impl Drop for Link {
     }
 }
 
-async fn pause(backoff: Backoff, attempt: &mut u32, random: &mut StdRng) {
-    let delay = backoff.delay_ms(*attempt, random.random::<u32>());
-    *attempt = attempt.saturating_add(1);
-    tokio::time::sleep(Duration::from_millis(delay)).await;
+/// What one poll of rumqttc's event loop means for the device.
+enum Polled {
+    /// Hand this over.
+    Event(LinkEvent),
+    /// Nothing the device acts on.
+    Skip,
+    /// The connection is over for good (our DISCONNECT went out, or the client is gone).
+    Done,
+    /// The connection was lost or refused: why (reconnect after a pause).
+    Lost(String),
 }
 
-async fn poll_v311(
-    mut events: rumqttc::EventLoop,
-    sender: mpsc::Sender<LinkEvent>,
-    backoff: Backoff,
-    seed: u64,
-) {
-    use rumqttc::{ConnectReturnCode, Event, Packet};
-    let mut random = StdRng::seed_from_u64(seed);
-    let mut attempt = 0;
-    loop {
-        let event = match events.poll().await {
+/// One MQTT version's event loop, read as [`Polled`].
+trait Poll: Send {
+    fn next(&mut self) -> impl std::future::Future<Output = Polled> + Send;
+}
+
+impl Poll for rumqttc::EventLoop {
+    async fn next(&mut self) -> Polled {
+        use rumqttc::{ConnectReturnCode, Event, Outgoing, Packet, SubscribeReasonCode};
+        Polled::Event(match self.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 if ack.code == ConnectReturnCode::Success {
-                    attempt = 0;
                     LinkEvent::Connected
                 } else {
                     LinkEvent::Disconnected(format!("CONNACK refused: {:?}", ack.code))
@@ -257,7 +260,7 @@ async fn poll_v311(
             Ok(Event::Incoming(Packet::SubAck(ack))) => LinkEvent::Subscribed(
                 ack.return_codes
                     .iter()
-                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+                    .all(|c| !matches!(c, SubscribeReasonCode::Failure)),
             ),
             Ok(Event::Incoming(Packet::Publish(publish))) => LinkEvent::Message {
                 topic: publish.topic,
@@ -267,44 +270,22 @@ async fn poll_v311(
             Ok(Event::Incoming(Packet::Disconnect)) => {
                 LinkEvent::Disconnected("the broker disconnected".into())
             }
-            // Our DISCONNECT went out: the connection is over, not to be made again.
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-            Ok(_) => continue,
-            Err(rumqttc::ConnectionError::RequestsDone) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "MQTT connection lost or refused");
-                if sender
-                    .send(LinkEvent::Disconnected(e.to_string()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                pause(backoff, &mut attempt, &mut random).await;
-                continue;
-            }
-        };
-        if sender.send(event).await.is_err() {
-            return;
-        }
+            Ok(Event::Outgoing(Outgoing::Disconnect))
+            | Err(rumqttc::ConnectionError::RequestsDone) => return Polled::Done,
+            Ok(_) => return Polled::Skip,
+            Err(e) => return Polled::Lost(e.to_string()),
+        })
     }
 }
 
-async fn poll_v5(
-    mut events: rumqttc::v5::EventLoop,
-    sender: mpsc::Sender<LinkEvent>,
-    backoff: Backoff,
-    seed: u64,
-) {
-    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
-    use rumqttc::v5::{ConnectionError, Event};
-    let mut random = StdRng::seed_from_u64(seed);
-    let mut attempt = 0;
-    loop {
-        let event = match events.poll().await {
+impl Poll for rumqttc::v5::EventLoop {
+    async fn next(&mut self) -> Polled {
+        use rumqttc::Outgoing;
+        use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, SubscribeReasonCode};
+        use rumqttc::v5::{ConnectionError, Event};
+        Polled::Event(match self.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 if ack.code == ConnectReturnCode::Success {
-                    attempt = 0;
                     LinkEvent::Connected
                 } else {
                     LinkEvent::Disconnected(format!("CONNACK refused: {:?}", ack.code))
@@ -323,22 +304,39 @@ async fn poll_v5(
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 LinkEvent::Disconnected(format!("the broker disconnected: {:?}", d.reason_code))
             }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-            Ok(_) => continue,
-            Err(ConnectionError::RequestsDone) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "MQTT connection lost or refused");
-                if sender
-                    .send(LinkEvent::Disconnected(e.to_string()))
-                    .await
-                    .is_err()
-                {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(ConnectionError::RequestsDone) => {
+                return Polled::Done;
+            }
+            Ok(_) => return Polled::Skip,
+            Err(e) => return Polled::Lost(e.to_string()),
+        })
+    }
+}
+
+/// Polls `events` until the connection is over for good, handing events to `sender`; a lost
+/// connection is reported and retried after a full-jitter pause (reset by a CONNACK).
+async fn poll(mut events: impl Poll, sender: mpsc::Sender<LinkEvent>, backoff: Backoff, seed: u64) {
+    let mut random = StdRng::seed_from_u64(seed);
+    let mut attempt: u32 = 0;
+    loop {
+        let event = match events.next().await {
+            Polled::Event(event) => event,
+            Polled::Skip => continue,
+            Polled::Done => return,
+            Polled::Lost(why) => {
+                tracing::debug!(error = %why, "MQTT connection lost or refused");
+                if sender.send(LinkEvent::Disconnected(why)).await.is_err() {
                     return;
                 }
-                pause(backoff, &mut attempt, &mut random).await;
+                let delay = backoff.delay_ms(attempt, random.random::<u32>());
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
                 continue;
             }
         };
+        if event == LinkEvent::Connected {
+            attempt = 0;
+        }
         if sender.send(event).await.is_err() {
             return;
         }

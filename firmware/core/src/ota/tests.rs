@@ -397,8 +397,8 @@ proptest! {
     }
 }
 
-#[test]
-fn an_interrupted_download_resumes_where_the_slot_stopped() {
+/// A request for a 50-byte 1.1.0 whose first 20 bytes are written.
+fn partly_downloaded() -> (Fleet, Vec<u8>, OtaDesired, Board, Ota) {
     let fleet = Fleet::new();
     let image = b"0123456789".repeat(5);
     let desired = fleet.request("1.1.0", &image, &fleet.key);
@@ -406,6 +406,12 @@ fn an_interrupted_download_resumes_where_the_slot_stopped() {
     let mut ota = Ota::new(fleet.public.clone(), None);
     ota.request(Some(desired.clone()), &mut board);
     assert!(ota.chunk(0, &image[..20], &mut board).is_empty());
+    (fleet, image, desired, board, ota)
+}
+
+#[test]
+fn an_interrupted_download_resumes_where_the_slot_stopped() {
+    let (fleet, image, desired, mut board, _) = partly_downloaded();
     // Reconnected: the request again; the download resumes at byte 20.
     let mut again = Ota::new(fleet.public.clone(), None);
     let steps = again.request(Some(desired), &mut board);
@@ -468,13 +474,7 @@ fn a_jobs_document_is_the_same_request_and_reports_map_to_job_statuses() {
 
 #[test]
 fn a_repeated_request_keeps_its_place_takes_a_new_url_and_can_be_abandoned() {
-    let fleet = Fleet::new();
-    let image = b"0123456789".repeat(5);
-    let desired = fleet.request("1.1.0", &image, &fleet.key);
-    let mut board = Board::new("1.0.0", OLD_IMAGE);
-    let mut ota = Ota::new(fleet.public.clone(), None);
-    ota.request(Some(desired.clone()), &mut board);
-    assert!(ota.chunk(0, &image[..20], &mut board).is_empty());
+    let (_, _, desired, mut board, mut ota) = partly_downloaded();
     // The same request again (a resync, a refreshed URL): nothing restarts…
     let mut refreshed = desired.clone();
     refreshed.url = "https://firmware.example/image?fresh".into();
