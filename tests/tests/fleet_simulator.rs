@@ -184,10 +184,13 @@ async fn a_simulated_fleet_provisions_syncs_and_recovers_from_a_bad_canary() {
         },
         seed: 15,
         key: KeyMode::Device,
-        provisioning_concurrency: 16,
-        provisioning_attempts: 1,
+        // The hook's reserved concurrency is 5; a hook slowed by a loaded machine denies (and
+        // AWS answers that like any refusal), so devices try again as real ones would.
+        provisioning_concurrency: 5,
+        provisioning_attempts: 3,
         identities: None,
         vclock_paths: Vec::new(),
+        start_rate: 50.0,
     };
     let started_ms = now_ms();
     let log = std::env::temp_dir().join(format!("{run}.jsonl"));

@@ -16,6 +16,10 @@ use shoal_firmware::sampling::Backoff;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// How long a TCP + TLS + CONNECT may take before it counts as failed, s (rumqttc's default
+/// of 5 s turned a slow broker into a reconnect storm: every retry redoes the work).
+pub const CONNECT_TIMEOUT_S: u64 = 30;
+
 /// QoS 1 publishes a connection keeps unacknowledged at most (AWS IoT Core allows 100; the
 /// device's telemetry waits for a batch's PUBACKs before the next, so few are ever out).
 pub const INFLIGHT: u16 = 32;
@@ -114,7 +118,10 @@ impl Link {
                 options.set_keep_alive(endpoint.keep_alive);
                 options.set_max_packet_size(128 * 1024, 128 * 1024);
                 options.set_inflight(INFLIGHT);
-                let (client, events) = rumqttc::AsyncClient::new(options, 64);
+                let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
+                events
+                    .network_options
+                    .set_connection_timeout(CONNECT_TIMEOUT_S);
                 (
                     Client::V311(client),
                     tokio::spawn(poll(events, sender, backoff, seed)),
@@ -129,6 +136,7 @@ impl Link {
                 // rumqttc sizes its table of unacknowledged publishes by this limit: left
                 // unset it is 65,535 slots, ~13 MB a connection (found by the simulator).
                 options.set_outgoing_inflight_upper_limit(INFLIGHT);
+                options.set_connection_timeout(CONNECT_TIMEOUT_S);
                 let (client, events) = rumqttc::v5::AsyncClient::new(options, 64);
                 (
                     Client::V5(client),

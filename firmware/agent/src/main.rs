@@ -99,6 +99,9 @@ struct SimulateArgs {
     /// hook is refused like a serial that is not in the manifest.
     #[arg(long, default_value_t = 3)]
     provisioning_attempts: u32,
+    /// Devices starting (provisioning or connecting) per second.
+    #[arg(long, default_value_t = 20.0)]
+    start_rate: f64,
     /// A classic-shadow path under the stack's `vclock` policy (repeatable).
     #[arg(long = "vclock-path")]
     vclock_paths: Vec<String>,
@@ -240,6 +243,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         provisioning_attempts: args.provisioning_attempts.max(1),
         identities: args.identities,
         vclock_paths: args.vclock_paths,
+        start_rate: args.start_rate,
     };
     let total = plan.devices.len();
     let fleet = Fleet::start(plan, args.events.as_deref()).await?;

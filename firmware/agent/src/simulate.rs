@@ -163,6 +163,10 @@ pub struct FleetPlan {
     pub provisioning_attempts: u32,
     /// Classic-shadow paths under the stack's `vclock` policy.
     pub vclock_paths: Vec<String>,
+    /// Devices starting (provisioning or connecting) per second: a fleet powered on at once
+    /// still comes up over time, and a broker slower than AWS (the local stack) is not handed
+    /// every CONNECT at the same moment.
+    pub start_rate: f64,
     /// Identities kept across runs (JSON lines, one [`DeviceIdentity`] each): a device found
     /// there connects at once; a newly provisioned one is appended.
     pub identities: Option<PathBuf>,
@@ -420,8 +424,11 @@ impl Fleet {
         };
         let mut tasks = JoinSet::new();
         let mut seeds = StdRng::seed_from_u64(plan.seed);
-        for device in plan.devices.clone() {
+        let started = tokio::time::Instant::now();
+        for (index, device) in plan.devices.clone().into_iter().enumerate() {
             let seed: u64 = seeds.random();
+            let start_at =
+                started + Duration::from_secs_f64(index as f64 / plan.start_rate.max(0.001));
             let outage = outage_until_ms.clone();
             let (known, kept) = (known.clone(), kept.clone());
             let (plan, gate, faults, events, status, downloader, stopped) = (
@@ -434,6 +441,11 @@ impl Fleet {
                 stopped.clone(),
             );
             tasks.spawn(async move {
+                let mut stopping = stopped.clone();
+                tokio::select! {
+                    () = tokio::time::sleep_until(start_at) => {}
+                    _ = stopping.changed() => return,
+                }
                 let mut random = StdRng::seed_from_u64(seed);
                 let request = ClaimRequest {
                     claim: plan.claim.clone(),

@@ -363,6 +363,9 @@ where
     let mut last_heard = tokio::time::Instant::now();
     let mut recheck = tokio::time::interval(settings.certificate_recheck);
     recheck.tick().await;
+    let mut checking: Option<
+        tokio::task::JoinHandle<Result<Standing, shoal_aws::client::EdgeError>>,
+    > = None;
 
     let mut flow = Flow {
         inflight: BTreeMap::new(),
@@ -408,11 +411,24 @@ where
             signal = &mut attached.taken_over => {
                 break let_go::<W, S>(&mut framed, signal.is_ok()).await;
             }
-            _ = recheck.tick() => {
+            _ = recheck.tick(), if checking.is_none() => {
                 if !recheck_allowed(settings.rechecks_per_s) {
                     continue;
                 }
-                match identity::standing(registry.as_ref(), &peer.certificate_id, &client_id).await {
+                // Read in a task of its own: a slow registry never holds up this connection's
+                // packets (a PINGREQ unanswered for the registry's sake ends it).
+                let (registry, certificate_id, id) =
+                    (registry.clone(), peer.certificate_id.clone(), client_id.clone());
+                checking = Some(tokio::spawn(async move {
+                    identity::standing(registry.as_ref(), &certificate_id, &id).await
+                }));
+            }
+            checked = async { checking.as_mut().expect("guarded").await }, if checking.is_some() => {
+                checking = None;
+                let Ok(checked) = checked else {
+                    continue;
+                };
+                match checked {
                     Ok(Standing::Active(now)) => grants = now,
                     Ok(standing) => {
                         let _ = send::<W, S>(&mut framed, Outgoing::Disconnect(Close::NotAuthorized)).await;
@@ -424,6 +440,9 @@ where
             }
         }
     };
+    if let Some(task) = checking {
+        task.abort();
+    }
     if let (true, Some(will)) = (publish_will, will) {
         match may_publish(&grants, &will) {
             Ok(()) => {
