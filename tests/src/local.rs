@@ -320,6 +320,20 @@ pub fn iot_core() -> (String, u16, Vec<u8>) {
     (host, port, ca)
 }
 
+/// The local Lambda host's Invoke API: `AWS_ENDPOINT_URL_LAMBDA` (what `stack env` prints),
+/// else the stack's default `http://127.0.0.1:9001`. Panics, with the fix in the message, when
+/// nothing listens there.
+pub fn lambda_endpoint() -> String {
+    let url = std::env::var("AWS_ENDPOINT_URL_LAMBDA")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:9001".to_owned());
+    check_reachable(&url).unwrap_or_else(|e| {
+        panic!("the local Lambda host at {url} is not reachable ({e}): start the local stack with `make stack-up`")
+    });
+    url
+}
+
 /// The local IoT Core's HTTP data plane (shadows and Publish): `AWS_ENDPOINT_URL_IOT_DATA_PLANE`
 /// (what `stack env` prints), else the stack's default `http://127.0.0.1:8880`. Panics, with the
 /// fix in the message, when nothing listens there.

@@ -66,8 +66,7 @@ where
 
 /// The deployed OTA advancer, run now as its schedule runs it.
 async fn advance() {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_LAMBDA")
-        .expect("AWS_ENDPOINT_URL_LAMBDA: the local Lambda host (tools/localstack/stack env)");
+    let endpoint = local::lambda_endpoint();
     let schedule = std::fs::read(
         shoal_integration_tests::repo_root().join("events/ota-advancer-schedule.json"),
     )
