@@ -24,6 +24,7 @@ use shoal_aws::rollout_table::RolloutTable;
 use shoal_cli::firmware::{PublishRequest, Publisher};
 use shoal_cli::group_config::IotFleet;
 use shoal_cli::rollout::{StartRequest, operate, start, status};
+use shoal_core::rollout::cohort::{cohort_point, in_cohort};
 use shoal_core::rollout::phases::PlanSettings;
 use shoal_core::rollout::state::{Command, RolloutStatus};
 use shoal_firmware::sampling::Backoff;
@@ -36,14 +37,9 @@ const DEVICES: usize = 100;
 const GOOD: &str = "1.0.0";
 const BAD: &str = "1.1.0";
 
+/// Now, ms since the Unix epoch, as the rollout commands take it.
 fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+    u64::try_from(shoal_core::clock::now_ms()).unwrap()
 }
 
 /// Polls `check` every 500 ms until it returns `Some`, or panics with `what` after `limit`.
@@ -282,11 +278,26 @@ async fn a_simulated_fleet_provisions_syncs_and_recovers_from_a_bad_canary() {
     let rollouts = RolloutTable::new(factory.dynamodb(), "shoal-local-rollouts".parse().unwrap());
     let device_table = DeviceTable::new(factory.dynamodb(), "shoal-local-devices".parse().unwrap());
     let fleet_registry = IotFleet(factory.iot());
+    // The canary is the devices of the revision whose cohort point falls in its 10%: a
+    // deterministic set per rollout id. An id whose canary has 2 to 10 devices is chosen, so the
+    // phase has the reports it needs and is still a canary.
+    let bad_things: Vec<String> = (0..DEVICES).filter(|i| i % 2 == 1).map(serial).collect();
+    let canary_of = |id: &str| -> BTreeSet<String> {
+        bad_things
+            .iter()
+            .filter(|t| in_cohort(cohort_point(id, t), 10.0))
+            .cloned()
+            .collect()
+    };
+    let id = (0..)
+        .map(|n| format!("{run}-{n}"))
+        .find(|id| (2..=10).contains(&canary_of(id).len()))
+        .unwrap();
     let rollout = start(
         &rollouts,
         &firmware,
         StartRequest {
-            id: Some(run.clone()),
+            id: Some(id.clone()),
             model: "th-v2".parse().unwrap(),
             hardware: bad_hw.parse().unwrap(),
             version: BAD.parse().unwrap(),
@@ -305,7 +316,7 @@ async fn a_simulated_fleet_provisions_syncs_and_recovers_from_a_bad_canary() {
     )
     .await
     .unwrap();
-    let id = rollout.id.to_string();
+    assert_eq!(rollout.id.to_string(), id);
     let report = || {
         status(
             &rollouts,
@@ -333,10 +344,7 @@ async fn a_simulated_fleet_provisions_syncs_and_recovers_from_a_bad_canary() {
         .into_iter()
         .map(|r| r.thing)
         .collect();
-    assert!(
-        (3..=10).contains(&canary.len()),
-        "about 10% of 50: {canary:?}"
-    );
+    assert_eq!(canary, canary_of(&id), "the canary is the cohort's 10%");
     let paused = eventually("the rollout paused", Duration::from_secs(90), || async {
         advance().await;
         let r = report().await.map_err(|e| e.to_string())?;
