@@ -144,13 +144,7 @@ interval_s = 1
         identity
     );
 
-    let started_ms = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let started_ms = u64::try_from(shoal_core::clock::now_ms()).unwrap();
     let (stop, stopped) = watch::channel(false);
     let agent = tokio::spawn(gateway::run(config, stopped));
     until("the firmware reported", async || {

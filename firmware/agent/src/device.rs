@@ -25,7 +25,7 @@ use shoal_firmware::ota::{Boot, Ota, OtaNews, OtaShadow, Slots, Step};
 use shoal_firmware::shadow::{Apply, Event as ShadowEvent, Publish, ShadowSync};
 use shoal_wire::ota::{OtaReport, OtaStatus};
 use shoal_wire::telemetry::{Measure, Message, Reading};
-use shoal_wire::topics::TelemetryTopic;
+use shoal_wire::topics::{ShadowOperation, ShadowTopic, TelemetryTopic};
 use shoal_wire::version::FirmwareVersion;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -185,6 +185,14 @@ pub struct DeviceSpec {
     pub vclock_paths: Vec<String>,
 }
 
+/// The connection is gone (cut, dropped or refused): not ready, and the batch awaiting PUBACKs
+/// goes back to the buffer to be sent again.
+fn lost(ready: &mut bool, in_flight: &mut usize, buffer: &mut OfflineBuffer) {
+    *ready = false;
+    *in_flight = 0;
+    buffer.nack();
+}
+
 /// Why a boot ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -206,7 +214,8 @@ pub struct Device<B: Board> {
     boots: u64,
 }
 
-fn now_ms() -> u64 {
+/// Now, ms since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -214,8 +223,14 @@ fn now_ms() -> u64 {
 
 /// The classic shadow's report of what runs.
 fn firmware_report(thing: &str, running: &FirmwareVersion) -> Publish {
+    let topic = ShadowTopic {
+        thing,
+        name: None,
+        operation: ShadowOperation::Update,
+        response: None,
+    };
     Publish {
-        topic: format!("$aws/things/{thing}/shadow/update"),
+        topic: topic.to_string(),
         payload: json!({"state": {"reported": {"firmware": {"version": running.to_string()}}}})
             .to_string()
             .into_bytes(),
@@ -305,6 +320,15 @@ impl<B: Board> Device<B> {
         }
     }
 
+    /// `dt/<app>/<thing>/telemetry`, the JSON topic readings go to.
+    fn telemetry_topic(&self) -> TelemetryTopic<'_> {
+        TelemetryTopic {
+            app: &self.spec.app,
+            thing: &self.spec.identity.thing_name,
+            model: None,
+        }
+    }
+
     fn reading(&mut self) -> Option<Entry> {
         let taken = now_ms();
         let stamped = taken.saturating_add_signed(self.board.clock_skew_ms());
@@ -317,16 +341,11 @@ impl<B: Board> Device<B> {
         if measures.is_empty() {
             return None;
         }
-        let topic = TelemetryTopic {
-            app: &self.spec.app,
-            thing: &self.spec.identity.thing_name,
-            model: None,
-        };
         let message = Message::Reading(Reading {
             ts: Some(stamped),
             measures,
         });
-        match message.to_json(&topic) {
+        match message.to_json(&self.telemetry_topic()) {
             Ok(json) => Some(Entry {
                 taken_ms: taken,
                 payload: json.into_bytes(),
@@ -344,10 +363,7 @@ impl<B: Board> Device<B> {
         if batch.is_empty() {
             return 0;
         }
-        let topic = format!(
-            "dt/{}/{}/telemetry",
-            self.spec.app, self.spec.identity.thing_name
-        );
+        let topic = self.telemetry_topic().to_string();
         let payload = batch_payload(&batch);
         let mut sent = 0;
         let copies = if self.board.fault(FaultPoint::DuplicatePublish) {
@@ -525,9 +541,7 @@ impl<B: Board> Device<B> {
                                     {
                                         self.emit("fault", json!({"fault": "offline_on_request"}));
                                         link.abort_in_place();
-                                        ready = false;
-                                        in_flight = 0;
-                                        self.buffer.nack();
+                                        lost(&mut ready, &mut in_flight, &mut self.buffer);
                                         offline_until =
                                             Some(Instant::now() + Duration::from_secs(20));
                                         continue;
@@ -588,11 +602,7 @@ impl<B: Board> Device<B> {
                         } else {
                             self.emit("connect_failed", json!({"reason": why}));
                         }
-                        ready = false;
-                        if in_flight > 0 {
-                            self.buffer.nack();
-                            in_flight = 0;
-                        }
+                        lost(&mut ready, &mut in_flight, &mut self.buffer);
                     }
                     None => {
                         // The polling task ended (the link was cut on purpose): reconnect after
@@ -663,11 +673,7 @@ impl<B: Board> Device<B> {
                         // The network is gone: cut, keep sampling into the buffer, and come back
                         // after the outage with a jittered delay (no reconnect storm).
                         self.emit("fault", json!({"fault": "outage", "until_ms": until}));
-                        ready = false;
-                        if in_flight > 0 {
-                            self.buffer.nack();
-                            in_flight = 0;
-                        }
+                        lost(&mut ready, &mut in_flight, &mut self.buffer);
                         link.abort_in_place();
                         let jitter = self.spec.endpoint.backoff.delay_ms(3, self.random.random());
                         offline_until = Some(
@@ -678,11 +684,7 @@ impl<B: Board> Device<B> {
                     }
                     if ready && self.board.fault(FaultPoint::NetworkDrop) {
                         self.emit("fault", json!({"fault": "network_drop"}));
-                        ready = false;
-                        if in_flight > 0 {
-                            self.buffer.nack();
-                            in_flight = 0;
-                        }
+                        lost(&mut ready, &mut in_flight, &mut self.buffer);
                         link.abort_in_place();
                         continue;
                     }

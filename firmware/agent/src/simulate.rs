@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::device::{Board, Device, DeviceEvent, DeviceSpec, FaultPoint, Settings};
+use crate::device::{Board, Device, DeviceEvent, DeviceSpec, FaultPoint, Settings, now_ms};
 use crate::download::Downloader;
 use crate::link::Endpoint;
 use crate::provision::{ClaimRequest, DeviceIdentity, KeyMode, ProvisionError, provision};
@@ -210,7 +210,7 @@ pub struct FleetStatus {
     pub ota: BTreeMap<String, u64>,
     /// What each device runs (thing → version).
     pub running: BTreeMap<String, String>,
-    /// Devices per running version.
+    /// Devices per running version (counted from `running` when the status is read).
     pub versions: BTreeMap<String, usize>,
 }
 
@@ -226,14 +226,14 @@ impl FleetStatus {
         match event.kind {
             "connected" => {
                 self.connections += 1;
-                online.insert(event.thing.clone(), true);
+                self.set_online(online, &event.thing, true);
                 if let Some(running) = text("running") {
                     self.running.insert(event.thing.clone(), running);
                 }
             }
             "disconnected" => {
                 self.disconnections += 1;
-                online.insert(event.thing.clone(), false);
+                self.set_online(online, &event.thing, false);
             }
             "published" => {
                 self.readings_published += event.detail["readings"].as_u64().unwrap_or(0);
@@ -241,7 +241,7 @@ impl FleetStatus {
             "configured" => self.configured += 1,
             "rebooted" => {
                 self.reboots += 1;
-                online.insert(event.thing.clone(), false);
+                self.set_online(online, &event.thing, false);
                 if let Some(running) = text("running") {
                     self.running.insert(event.thing.clone(), running);
                 }
@@ -250,7 +250,7 @@ impl FleetStatus {
                 let fault = text("fault").unwrap_or_default();
                 let cuts = !matches!(fault.as_str(), "corrupt_chunk" | "duplicate_publish");
                 *self.faults.entry(fault).or_default() += 1;
-                if cuts && online.insert(event.thing.clone(), false) == Some(true) {
+                if cuts && self.set_online(online, &event.thing, false) {
                     self.disconnections += 1;
                 }
             }
@@ -265,11 +265,17 @@ impl FleetStatus {
             }
             _ => {}
         }
-        self.connected = online.values().filter(|up| **up).count();
-        self.versions = self.running.values().fold(BTreeMap::new(), |mut m, v| {
-            *m.entry(v.clone()).or_default() += 1;
-            m
-        });
+    }
+
+    /// Marks `thing` online or not, keeping `connected` in step; whether it was online.
+    fn set_online(&mut self, online: &mut HashMap<String, bool>, thing: &str, up: bool) -> bool {
+        let was = online.insert(thing.to_owned(), up) == Some(true);
+        match (was, up) {
+            (false, true) => self.connected += 1,
+            (true, false) => self.connected -= 1,
+            _ => {}
+        }
+        was
     }
 }
 
@@ -468,11 +474,8 @@ impl Fleet {
                         provision(&plan.endpoint, &request, random.random()).await
                     };
                     attempt += 1;
-                    let ts_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
                     let _ = events.send(DeviceEvent {
-                        ts_ms,
+                        ts_ms: now_ms(),
                         thing: device.serial.clone(),
                         kind: if outcome.is_ok() {
                             "provisioned"
@@ -521,16 +524,11 @@ impl Fleet {
                         }
                         identity
                     }
-                    Err(e) => {
+                    // A refusal is in `refused` already, from its last attempt.
+                    Err(ProvisionError::Refused(_)) => return,
+                    Err(other) => {
                         if let Ok(mut s) = status.lock() {
-                            match e {
-                                ProvisionError::Refused(why) => {
-                                    s.refused.insert(device.serial.clone(), why);
-                                }
-                                other => {
-                                    s.failed.insert(device.serial.clone(), other.to_string());
-                                }
-                            }
+                            s.failed.insert(device.serial.clone(), other.to_string());
                         }
                         return;
                     }
@@ -592,17 +590,19 @@ impl Fleet {
     /// drops its connection at its next telemetry tick, buffers its readings, and reconnects
     /// after the outage with a jittered delay.
     pub fn outage(&self, duration: Duration) {
-        let until = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| {
-                u64::try_from((d + duration).as_millis()).unwrap_or(u64::MAX)
-            });
+        let until =
+            now_ms().saturating_add(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
         self.outage_until_ms.store(until, Ordering::Relaxed);
     }
 
     /// What the fleet did so far.
     pub fn status(&self) -> FleetStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        status.versions = status.running.values().fold(BTreeMap::new(), |mut m, v| {
+            *m.entry(v.clone()).or_default() += 1;
+            m
+        });
+        status
     }
 
     /// Stops every device (clean disconnects) and returns the final status.

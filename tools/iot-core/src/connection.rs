@@ -25,6 +25,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use rumqttc::QoS;
+use shoal_core::edge::EdgeError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Framed, FramedParts};
 
@@ -362,10 +363,10 @@ where
     let keep_alive = Duration::from_millis(u64::from(keep_alive_s) * 1500);
     let mut last_heard = tokio::time::Instant::now();
     let mut recheck = tokio::time::interval(settings.certificate_recheck);
+    // Ticks missed while a check ran are not made up in a burst: one check per interval.
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     recheck.tick().await;
-    let mut checking: Option<
-        tokio::task::JoinHandle<Result<Standing, shoal_aws::client::EdgeError>>,
-    > = None;
+    let mut checking: Option<tokio::task::JoinHandle<Result<Standing, EdgeError>>> = None;
 
     let mut flow = Flow {
         inflight: BTreeMap::new(),
