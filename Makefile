@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: help venv stack-up stack-down stack-status demo test checks fmt-check clippy lint wire-no-std cargo-test iot-core-clients lambda-invoke bench bench-router bench-hook bench-shadow bench-rollout bench-advancer bench-iot-core package fmt
 
 help:
-	@echo "make demo        start the local AWS stack and run the smoke scenario"
+	@echo "make demo        start the local stack and run a simulated fleet through it (DEMO_DEVICES=200): provisioning, telemetry, config, a rollout that fails and recovers; HTML report in target/demo/"
 	@echo "make test        fmt check, clippy, cfn-lint, the no_std builds of shoal-wire and shoal-firmware and all tests against the local stack"
 	@echo "make stack-up    start moto on 127.0.0.1:4566, the local Lambda host (Invoke API 9001) and the local IoT Core (MQTT 8883, data plane 8880; stack-down stops them)"
 	@echo "make iot-core-clients the local IoT Core with paho-mqtt and boto3 (stack up first; part of make test)"
@@ -46,10 +46,12 @@ stack-down:
 stack-status:
 	@$(STACK) status
 
+# The fleet demo (README: quick start): DEMO_DEVICES devices (default 200) through the whole local
+# stack; the stack stays up afterwards for exploring (make stack-down stops it).
 demo: venv
-	cargo build --quiet -p shoal-cli
+	cargo build --quiet -p shoal-demo -p shoal-cli
 	@$(STACK) start
-	@$(STACK) run ./target/debug/shoal smoke
+	@$(STACK) run ./target/debug/shoal-demo
 
 # Starts the stack unless it (or the user's AWS_ENDPOINT_URL) is already there, runs every check,
 # stops the stack again if it started it, and fails if any check failed.

@@ -145,7 +145,9 @@ async fn a_simulated_fleet_provisions_syncs_and_recovers_from_a_bad_canary() {
         devices.push(shoal_agent::simulate::VirtualDevice {
             serial: serial.clone(),
             hardware: good_hw.clone(),
+            model: "th-v2".into(),
             factory_secret: None,
+            clock_skew_ms: None,
         });
     }
     let plan = FleetPlan {
@@ -186,6 +188,7 @@ async fn a_simulated_fleet_provisions_syncs_and_recovers_from_a_bad_canary() {
         identities: None,
         vclock_paths: Vec::new(),
         start_rate: 50.0,
+        packed: std::collections::BTreeMap::new(),
     };
     let started_ms = now_ms();
     let log = std::env::temp_dir().join(format!("{run}.jsonl"));

@@ -183,6 +183,19 @@ pub struct DeviceSpec {
     pub buffer: Limits,
     /// Classic-shadow paths under the stack's `vclock` policy (their reports carry clocks).
     pub vclock_paths: Vec<String>,
+    /// Send readings as packed binary records instead of JSON; `None`: JSON.
+    pub packed: Option<PackedModel>,
+}
+
+/// A device model's packed binary telemetry (`shoal_wire::packed`): readings go to
+/// `dt/<app>/<thing>/telemetry/<model>` as records of `fields`, in this order — the cloud's
+/// `SHOAL_PACKED_SCHEMAS` entry `model=field,field` must list the same fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedModel {
+    /// The device model, the topic's fifth level.
+    pub model: String,
+    /// The record's fields, in order; a field the board does not sample is sent as NaN.
+    pub fields: Vec<String>,
 }
 
 /// The connection is gone (cut, dropped or refused): not ready, and the batch awaiting PUBACKs
@@ -325,22 +338,40 @@ impl<B: Board> Device<B> {
         TelemetryTopic {
             app: &self.spec.app,
             thing: &self.spec.identity.thing_name,
-            model: None,
+            model: self.spec.packed.as_ref().map(|p| p.model.as_str()),
         }
     }
 
     fn reading(&mut self) -> Option<Entry> {
         let taken = now_ms();
         let stamped = taken.saturating_add_signed(self.board.clock_skew_ms());
-        let measures: Vec<(String, Measure)> = self
-            .board
-            .sample(taken)
+        let sampled = self.board.sample(taken);
+        if sampled.is_empty() {
+            return None;
+        }
+        if let Some(packed) = &self.spec.packed {
+            #[allow(clippy::cast_possible_truncation)] // f32 is the packed format's precision
+            let values: Vec<f32> = packed
+                .fields
+                .iter()
+                .map(|field| {
+                    sampled
+                        .iter()
+                        .find(|(name, _)| name == field)
+                        .map_or(f32::NAN, |(_, value)| *value as f32)
+                })
+                .collect();
+            let mut payload = Vec::new();
+            shoal_wire::packed::encode_record(stamped, &values, &mut payload);
+            return Some(Entry {
+                taken_ms: taken,
+                payload,
+            });
+        }
+        let measures: Vec<(String, Measure)> = sampled
             .into_iter()
             .map(|(name, value)| (name, Measure::Number(value)))
             .collect();
-        if measures.is_empty() {
-            return None;
-        }
         let message = Message::Reading(Reading {
             ts: Some(stamped),
             measures,
@@ -364,7 +395,15 @@ impl<B: Board> Device<B> {
             return 0;
         }
         let topic = self.telemetry_topic().to_string();
-        let payload = batch_payload(&batch);
+        let payload = if self.spec.packed.is_some() {
+            // Packed records go back to back (`shoal_wire::packed`).
+            batch
+                .iter()
+                .flat_map(|e| e.payload.iter().copied())
+                .collect()
+        } else {
+            batch_payload(&batch)
+        };
         let mut sent = 0;
         let copies = if self.board.fault(FaultPoint::DuplicatePublish) {
             self.emit("fault", json!({"fault": "duplicate_publish"}));
@@ -500,6 +539,13 @@ impl<B: Board> Device<B> {
                         task.abort();
                     }
                     link.disconnect().await;
+                    // Readings published but not acknowledged may or may not have arrived.
+                    let unacknowledged = if in_flight > 0 { self.buffer.in_flight() } else { 0 };
+                    self.emit(
+                        "stopped",
+                        json!({"unacknowledged": unacknowledged,
+                               "buffered": self.buffer.len() - unacknowledged}),
+                    );
                     return End::Stop;
                 }
                 () = tokio::time::sleep_until(back_at) => {
@@ -591,7 +637,8 @@ impl<B: Board> Device<B> {
                         if in_flight > 0 {
                             in_flight -= 1;
                             if in_flight == 0 {
-                                self.buffer.ack();
+                                let delivered = self.buffer.ack();
+                                self.emit("acknowledged", json!({"readings": delivered}));
                                 in_flight = self.flush(&link).await;
                             }
                         }

@@ -315,6 +315,7 @@ impl AgentConfig {
                     .then(|| self.telemetry.buffer_ttl_s * 1_000),
             },
             vclock_paths: self.shadow.vclock_paths.clone(),
+            packed: None,
         })
     }
 

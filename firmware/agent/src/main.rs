@@ -136,6 +136,10 @@ struct SimulateArgs {
     /// % chance that a device goes offline for a while when an OTA request arrives.
     #[arg(long, default_value_t = 0.0, value_parser = percent)]
     offline_on_request_percent: f64,
+    /// Devices of MODEL send packed binary records of these fields, in this order:
+    /// MODEL=FIELD,FIELD (repeatable; the cloud's SHOAL_PACKED_SCHEMAS must say the same).
+    #[arg(long = "packed", value_parser = packed_schema)]
+    packed: Vec<(String, Vec<String>)>,
     /// An image failing its self-test: VERSION@HARDWARE[:PERCENT] (repeatable).
     #[arg(long = "self-test-fail")]
     self_test_fail: Vec<SelfTestFailure>,
@@ -181,6 +185,18 @@ fn percent(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `MODEL=FIELD,FIELD`.
+fn packed_schema(text: &str) -> Result<(String, Vec<String>), String> {
+    let (model, fields) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not MODEL=FIELD,FIELD"))?;
+    let fields: Vec<String> = fields.split(',').map(|f| f.trim().to_owned()).collect();
+    if model.trim().is_empty() || fields.iter().any(String::is_empty) {
+        return Err(format!("{text:?} is not MODEL=FIELD,FIELD"));
+    }
+    Ok((model.trim().to_owned(), fields))
+}
+
 fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -209,7 +225,9 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
     devices.extend(args.rogue.iter().map(|serial| VirtualDevice {
         serial: serial.clone(),
         hardware: String::new(),
+        model: String::new(),
         factory_secret: None,
+        clock_skew_ms: None,
     }));
     let plan = FleetPlan {
         endpoint,
@@ -244,6 +262,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
         identities: args.identities,
         vclock_paths: args.vclock_paths,
         start_rate: args.start_rate,
+        packed: args.packed.into_iter().collect(),
     };
     let total = plan.devices.len();
     let fleet = Fleet::start(plan, args.events.as_deref()).await?;

@@ -21,7 +21,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::device::{Board, Device, DeviceEvent, DeviceSpec, FaultPoint, Settings, now_ms};
+use crate::device::{
+    Board, Device, DeviceEvent, DeviceSpec, FaultPoint, PackedModel, Settings, now_ms,
+};
 use crate::download::Downloader;
 use crate::link::Endpoint;
 use crate::provision::{ClaimRequest, DeviceIdentity, KeyMode, ProvisionError, provision};
@@ -88,11 +90,17 @@ pub struct VirtualDevice {
     pub serial: String,
     /// Its hardware revision.
     pub hardware: String,
+    /// Its device model (the manifest's `model`; empty when the manifest has none).
+    pub model: String,
     /// Its factory secret, when its manifest row has one.
     pub factory_secret: Option<String>,
+    /// Its clock's error, ms, when chosen for this device; `None`: drawn from
+    /// [`Faults::clock_skew`].
+    pub clock_skew_ms: Option<i64>,
 }
 
-/// Reads the devices of a factory manifest CSV (`serial`, and `hardware=` in `attributes`).
+/// Reads the devices of a factory manifest CSV (`serial`, `model`, and `hardware=` in
+/// `attributes`).
 ///
 /// # Errors
 /// Not CSV, or no `serial` column.
@@ -102,6 +110,7 @@ pub fn manifest_devices(csv_text: &str) -> Result<Vec<VirtualDevice>, String> {
     let column = |name: &str| headers.iter().position(|h| h.trim() == name);
     let serial = column("serial").ok_or("the manifest has no serial column")?;
     let attributes = column("attributes");
+    let model = column("model");
     let mut devices = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| e.to_string())?;
@@ -121,7 +130,13 @@ pub fn manifest_devices(csv_text: &str) -> Result<Vec<VirtualDevice>, String> {
         devices.push(VirtualDevice {
             serial: text,
             hardware,
+            model: model
+                .and_then(|i| record.get(i))
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
             factory_secret: None,
+            clock_skew_ms: None,
         });
     }
     if devices.is_empty() {
@@ -167,6 +182,9 @@ pub struct FleetPlan {
     /// still comes up over time, and a broker slower than AWS (the local stack) is not handed
     /// every CONNECT at the same moment.
     pub start_rate: f64,
+    /// Models whose devices send packed binary telemetry: model → the record's fields, as the
+    /// cloud's `SHOAL_PACKED_SCHEMAS` lists them. Other models send JSON.
+    pub packed: BTreeMap<String, Vec<String>>,
     /// Identities kept across runs (JSON lines, one [`DeviceIdentity`] each): a device found
     /// there connects at once; a newly provisioned one is appended.
     pub identities: Option<PathBuf>,
@@ -198,8 +216,16 @@ pub struct FleetStatus {
     pub connections: u64,
     /// Connections lost.
     pub disconnections: u64,
-    /// Readings published (duplicates counted once).
+    /// Readings published (duplicates counted once; a batch sent again after a lost
+    /// connection counts again).
     pub readings_published: u64,
+    /// Readings whose publish was acknowledged (PUBACK): each reading once, however often it
+    /// was sent. What the cloud must account for.
+    pub readings_acknowledged: u64,
+    /// At stop: readings published and not yet acknowledged (the cloud may or may not have them).
+    pub readings_unacknowledged: u64,
+    /// At stop: readings still in the devices' offline buffers, never acknowledged.
+    pub readings_buffered: u64,
     /// Configuration changes applied.
     pub configured: u64,
     /// Reboots.
@@ -237,6 +263,14 @@ impl FleetStatus {
             }
             "published" => {
                 self.readings_published += event.detail["readings"].as_u64().unwrap_or(0);
+            }
+            "acknowledged" => {
+                self.readings_acknowledged += event.detail["readings"].as_u64().unwrap_or(0);
+            }
+            "stopped" => {
+                self.readings_unacknowledged +=
+                    event.detail["unacknowledged"].as_u64().unwrap_or(0);
+                self.readings_buffered += event.detail["buffered"].as_u64().unwrap_or(0);
             }
             "configured" => self.configured += 1,
             "rebooted" => {
@@ -539,14 +573,13 @@ impl Fleet {
                     hardware: device.hardware.clone(),
                     faults: faults.clone(),
                     phase: random.random::<f64>() * std::f64::consts::TAU,
-                    skew_ms: if skewed {
-                        if random.random::<bool>() {
-                            faults.clock_skew_ms
-                        } else {
-                            -faults.clock_skew_ms
+                    skew_ms: match (skewed, random.random::<bool>()) {
+                        _ if device.clock_skew_ms.is_some() => {
+                            device.clock_skew_ms.unwrap_or_default()
                         }
-                    } else {
-                        0
+                        (true, true) => faults.clock_skew_ms,
+                        (true, false) => -faults.clock_skew_ms,
+                        (false, _) => 0,
                     },
                     self_test_roll: random.random(),
                     random: StdRng::seed_from_u64(random.random()),
@@ -564,6 +597,10 @@ impl Fleet {
                         ttl_ms: Some(24 * 3_600_000),
                     },
                     vclock_paths: plan.vclock_paths.clone(),
+                    packed: plan.packed.get(&device.model).map(|fields| PackedModel {
+                        model: device.model.clone(),
+                        fields: fields.clone(),
+                    }),
                 };
                 let device = Device::new(
                     spec,

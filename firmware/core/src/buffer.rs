@@ -120,14 +120,23 @@ impl OfflineBuffer {
         self.entries.iter().take(self.in_flight).cloned().collect()
     }
 
-    /// The batch handed out was delivered: it leaves the buffer.
-    pub fn ack(&mut self) {
+    /// The batch handed out was delivered: it leaves the buffer. Returns how many entries left.
+    pub fn ack(&mut self) -> usize {
+        let mut delivered = 0;
         for _ in 0..self.in_flight {
             if let Some(sent) = self.entries.pop_front() {
                 self.bytes -= sent.payload.len();
+                delivered += 1;
             }
         }
         self.in_flight = 0;
+        delivered
+    }
+
+    /// Entries handed out by [`OfflineBuffer::batch`] and not yet acknowledged.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// The batch handed out was not delivered (the connection dropped): it is sent again next.

@@ -52,6 +52,17 @@ pub trait Manifest: Sync {
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
 
+    /// Undoes this hook's own claim of the serial for `certificate_id`, written at
+    /// `claimed_at_ms`, when it then had to deny: pending again only if that write is still what
+    /// the entry holds; `Ok(false)` otherwise.
+    fn release_own_claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        claimed_at_ms: i64,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
+
     /// Keeps a refusal in the serial's audit trail (the serial exists).
     fn record_refusal(
         &self,
@@ -202,9 +213,18 @@ async fn prepare_thing(
     .map_err(|e| Denial::Internal(format!("the thing {thing} could not be made ready: {e}")))
 }
 
+/// What a hook invocation wrote to the manifest, for undoing it when the answer is a denial.
+#[derive(Debug, Default)]
+struct Claimed {
+    /// Set just before the claim (or takeover) is sent: the write may land from then on.
+    sent: std::sync::atomic::AtomicBool,
+}
+
 async fn decide_and_claim(
     request: &HookRequest,
     gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
+    now: i64,
+    claimed: &Claimed,
 ) -> Result<HookResponse, Denial> {
     let (manifest, models) = (gate.manifest, gate.models);
     let serial = requested_serial(request)?;
@@ -215,18 +235,28 @@ async fn decide_and_claim(
             // `OtherCertificate` is only ever decided on an entry.
             let entry = entry.ok_or_else(|| Denial::Internal("entry vanished".into()))?;
             return Box::pin(take_over_lapsed_claim(
-                request, gate, entry, serial, existing,
+                request, gate, entry, serial, existing, now, claimed,
             ))
             .await;
         }
         decided => decided?,
     };
     prepare_thing(gate, &overrides).await?;
-    let claimed = manifest
-        .claim(&serial, &request.certificate_id, &thing, now_ms())
+    // Only a pending serial's claim is this invocation's to undo (a serial provisioned to this
+    // certificate already was claimed by an earlier answer).
+    if entry
+        .as_ref()
+        .is_some_and(|e| e.status == DeviceStatus::Pending)
+    {
+        claimed
+            .sent
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let took = manifest
+        .claim(&serial, &request.certificate_id, &thing, now)
         .await
         .map_err(internal)?;
-    if !claimed {
+    if !took {
         // Someone else changed the entry between our read and our write: decide again on what
         // is there now (another certificate won, or the serial was revoked meanwhile).
         let now = manifest.get(&serial).await.map_err(internal)?;
@@ -255,8 +285,9 @@ async fn take_over_lapsed_claim(
     entry: ManifestEntry,
     serial: Serial,
     existing: String,
+    now: i64,
+    claimed: &Claimed,
 ) -> Result<HookResponse, Denial> {
-    let now = now_ms();
     let lease_ms = i64::try_from(gate.claim_lease.as_millis()).unwrap_or(i64::MAX);
     let held = Denial::OtherCertificate {
         serial: serial.clone(),
@@ -285,6 +316,9 @@ async fn take_over_lapsed_claim(
     };
     let overrides = decide(request, Some(&pending), gate.models)?;
     prepare_thing(gate, &overrides).await?;
+    claimed
+        .sent
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let taken = gate
         .manifest
         .take_over(
@@ -319,6 +353,39 @@ async fn take_over_lapsed_claim(
     })
 }
 
+/// A denial after this invocation sent its claim: the claim is given back, so the device's next
+/// attempt (with a new certificate) is not refused as "provisioned to another certificate" for
+/// the whole claim lease. Bounded by [`RELEASE_DEADLINE`] (AWS waits 5 s for the hook in all).
+async fn release_claim(
+    request: &HookRequest,
+    gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
+    serial: &str,
+    claimed_at_ms: i64,
+) {
+    let Ok(parsed) = Serial::parse(serial) else {
+        return;
+    };
+    let released = tokio::time::timeout(
+        RELEASE_DEADLINE,
+        gate.manifest
+            .release_own_claim(&parsed, &request.certificate_id, claimed_at_ms, now_ms()),
+    )
+    .await;
+    match released {
+        Ok(Ok(true)) => tracing::warn!(
+            serial,
+            certificate_id = %request.certificate_id,
+            "claim released after the denial"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::error!(serial, error = %e, "the claim could not be released"),
+        Err(_) => tracing::error!(serial, "the claim could not be released in time"),
+    }
+}
+
+/// How long a denial may spend giving back its claim.
+pub const RELEASE_DEADLINE: Duration = Duration::from_millis(1_500);
+
 /// The answer's CloudWatch EMF line (dimension `Function` = `pre-provisioning-hook`), stamped
 /// `timestamp_ms`: `Allowed` or `Denied` (the reason is in the log line `handle` writes).
 pub fn metrics_line(response: &HookResponse, timestamp_ms: i64) -> String {
@@ -336,7 +403,9 @@ pub async fn handle(
     gate: &Gate<'_, impl Manifest, impl Certificates, impl DeviceCertificates>,
     deadline: Duration,
 ) -> HookResponse {
-    let decided = tokio::time::timeout(deadline, decide_and_claim(request, gate))
+    let now = now_ms();
+    let claimed = Claimed::default();
+    let decided = tokio::time::timeout(deadline, decide_and_claim(request, gate, now, &claimed))
         .await
         .unwrap_or_else(|_| {
             Err(Denial::Internal(format!(
@@ -349,6 +418,9 @@ pub async fn handle(
         .get(shoal_core::provisioning::SERIAL_PARAMETER)
         .map(String::as_str)
         .unwrap_or_default();
+    if decided.is_err() && claimed.sent.load(std::sync::atomic::Ordering::SeqCst) {
+        release_claim(request, gate, serial, now).await;
+    }
     match decided {
         Ok(response) => {
             tracing::info!(
@@ -621,6 +693,63 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "answered inside AWS's limit"
         );
+    }
+
+    #[tokio::test]
+    async fn a_claim_denied_by_the_deadline_is_given_back() {
+        let m = Memory {
+            slow_after_claim: true,
+            ..memory("SN-1")
+        };
+        let answer = handle(&request("SN-1", "c1"), &gate(&m), Duration::from_millis(50)).await;
+        assert!(!answer.allow_provisioning);
+        let entry = m.entries.lock().unwrap()["SN-1"].clone();
+        assert_eq!(entry.status, DeviceStatus::Pending, "{entry:?}");
+        assert_eq!(entry.certificate_id, None);
+        assert!(
+            m.audit
+                .lock()
+                .unwrap()
+                .contains(&"claim_released c1".to_owned()),
+            "{:?}",
+            m.audit.lock().unwrap()
+        );
+        // The device's next attempt, with a new certificate, is not locked out for the lease.
+        let m = Memory {
+            slow_after_claim: false,
+            entries: std::sync::Mutex::new(m.entries.lock().unwrap().clone()),
+            ..memory("SN-1")
+        };
+        assert!(
+            handle(&request("SN-1", "c2"), &gate(&m), DEFAULT_DEADLINE)
+                .await
+                .allow_provisioning
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_that_times_out_keeps_the_earlier_claim() {
+        let m = memory("SN-1");
+        assert!(
+            handle(&request("SN-1", "c1"), &gate(&m), DEFAULT_DEADLINE)
+                .await
+                .allow_provisioning
+        );
+        // The same certificate asks again (its answer was lost) and this time the deadline
+        // passes: the serial stays provisioned to it.
+        let m = Memory {
+            slow_after_claim: true,
+            entries: std::sync::Mutex::new(m.entries.lock().unwrap().clone()),
+            ..memory("SN-1")
+        };
+        assert!(
+            !handle(&request("SN-1", "c1"), &gate(&m), Duration::from_millis(50))
+                .await
+                .allow_provisioning
+        );
+        let entry = m.entries.lock().unwrap()["SN-1"].clone();
+        assert_eq!(entry.status, DeviceStatus::Provisioned);
+        assert_eq!(entry.certificate_id.as_deref(), Some("c1"));
     }
 
     #[tokio::test]

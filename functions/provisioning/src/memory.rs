@@ -27,6 +27,9 @@ pub struct Memory {
     pub audit: Mutex<Vec<String>>,
     pub down: bool,
     pub slow: bool,
+    /// Recording the certificate (after the claim) takes a minute: the hook's deadline passes
+    /// with the serial claimed.
+    pub slow_after_claim: bool,
 }
 
 /// What the manifest table answers while it is down: no answer at all.
@@ -96,6 +99,33 @@ impl Manifest for Memory {
         Ok(ok)
     }
 
+    async fn release_own_claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        claimed_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, EdgeError> {
+        let mut entries = self.entries.lock().unwrap();
+        let Some(e) = entries.get_mut(serial.as_str()) else {
+            return Ok(false);
+        };
+        let ok = e.status == DeviceStatus::Provisioned
+            && e.certificate_id.as_deref() == Some(certificate_id)
+            && e.updated_at_ms == claimed_at_ms;
+        if ok {
+            e.status = DeviceStatus::Pending;
+            e.certificate_id = None;
+            e.thing_name = None;
+            e.updated_at_ms = now_ms;
+            self.audit
+                .lock()
+                .unwrap()
+                .push(format!("claim_released {certificate_id}"));
+        }
+        Ok(ok)
+    }
+
     async fn record_refusal(
         &self,
         _serial: &Serial,
@@ -148,6 +178,9 @@ impl DeviceCertificates for Memory {
         thing: &ThingName,
         certificate_id: &str,
     ) -> Result<(), EdgeError> {
+        if self.slow_after_claim {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
         self.recorded
             .lock()
             .unwrap()

@@ -324,6 +324,16 @@ impl Manifest for ManifestTable {
         .await
     }
 
+    async fn release_own_claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        claimed_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, EdgeError> {
+        ManifestTable::release_own_claim(self, serial, certificate_id, claimed_at_ms, now_ms).await
+    }
+
     async fn record_refusal(
         &self,
         serial: &Serial,

@@ -229,6 +229,56 @@ impl ManifestTable {
 }
 
 impl ManifestTable {
+    /// Gives back a claim this writer made at `claimed_at_ms` for `certificate_id` and then could
+    /// not answer (the hook's deadline passed): the serial is pending again, only if it is still
+    /// provisioned to that certificate by that very write, with a `claim_released` audit record.
+    /// `Ok(false)`: the condition failed (the write never landed, or something changed since).
+    ///
+    /// # Errors
+    /// [`EdgeError`] when DynamoDB cannot be reached or refuses the request.
+    pub async fn release_own_claim(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        claimed_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, EdgeError> {
+        let record = AttributeValue::M(HashMap::from([
+            ("at".to_owned(), n(now_ms)),
+            ("action".to_owned(), s("claim_released")),
+            (
+                "reason".to_owned(),
+                s("the pre-provisioning hook denied after claiming (no decision in time)"),
+            ),
+            ("certificate_id".to_owned(), s(certificate_id)),
+        ]));
+        let updated = self
+            .client
+            .update_item()
+            .table_name(self.table.as_str())
+            .key("serial", s(serial.as_str()))
+            .update_expression(
+                "SET #status = :pending, updated_at = :now, \
+                 audit = list_append(if_not_exists(audit, :empty), :record) \
+                 REMOVE certificate_id, thing_name",
+            )
+            .condition_expression(
+                "#status = :provisioned AND certificate_id = :cert AND updated_at = :claimed",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
+            .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))
+            .expression_attribute_values(":cert", s(certificate_id))
+            .expression_attribute_values(":claimed", n(claimed_at_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":record", AttributeValue::L(vec![record]))
+            .send()
+            .await
+            .aws("dynamodb", "UpdateItem");
+        condition_held(updated)
+    }
+
     /// Gives a serial claimed by `old_certificate` to `new_certificate` (as `thing`), only if it
     /// is still provisioned to `old_certificate` and its entry has not changed since
     /// `unchanged_since_ms` (a lapsed claim), appending a `claim_taken_over` audit record in the

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,6 +18,7 @@ use shoal_aws::client::{AwsResultExt, ClientFactory, EdgeError};
 use shoal_aws::config::vars;
 use shoal_aws::shadow_store::IotShadowStore;
 use shoal_core::ids::{ShadowName, ThingName};
+use shoal_core::shadow::document::{Section, ShadowDocument};
 use shoal_core::shadow::intent::{DesiredIntent, plan_intent};
 use shoal_core::shadow::store::{ShadowStore, WriteOutcome, write_optimistic};
 use shoal_core::shadow::{PolicyTable, ShadowRef, ShadowUpdate, StateMap, check_update};
@@ -58,6 +60,11 @@ pub struct SetArgs {
     /// Continue the run recorded in --report: things already done are skipped.
     #[arg(long, requires = "report")]
     pub resume: bool,
+    /// Then wait up to this many seconds for every targeted thing to report the desired state,
+    /// showing how many have (0: do not wait). Things still behind are listed and the command
+    /// fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub wait: u64,
     /// The desired state, a JSON object: '{"sample_interval_s": 30}'.
     pub desired: String,
 }
@@ -168,7 +175,156 @@ pub async fn run(factory: &ClientFactory, command: Command) -> anyhow::Result<()
             report.display()
         );
     }
+    if args.wait > 0 {
+        wait_converged(
+            &fleet,
+            &IotShadowStore::new(factory.iot_data()),
+            &request,
+            Duration::from_secs(args.wait),
+        )
+        .await?;
+    }
     Ok(())
+}
+
+/// Polls every targeted thing's shadow until each reports `request.desired`, with a progress
+/// bar; prints how long convergence took.
+async fn wait_converged(
+    fleet: &impl Fleet,
+    store: &impl ShadowStore,
+    request: &GroupRequest,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let things = fleet.things(&request.target).await?;
+    let bar = ProgressBar::new(things.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} things report it ({elapsed})")
+            .expect("a valid template"),
+    );
+    loop {
+        let state = convergence(store, &things, request.shadow.as_ref(), &request.desired).await?;
+        bar.set_position(state.converged.len() as u64);
+        if state.pending.is_empty() {
+            bar.finish_and_clear();
+            println!(
+                "converged: {}/{} things report the desired state ({:.1} s after the writes)",
+                state.converged.len(),
+                things.len(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= limit {
+            bar.finish_and_clear();
+            let shown: Vec<String> = state
+                .pending
+                .iter()
+                .take(10)
+                .map(|p| p.to_string())
+                .collect();
+            anyhow::bail!(
+                "after {} s, {}/{} things report the desired state; not yet: {}{} \
+                 (offline devices apply it when they reconnect)",
+                limit.as_secs(),
+                state.converged.len(),
+                things.len(),
+                shown.join(", "),
+                if state.pending.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Every leaf path of `state` (objects are walked; arrays and scalars are leaves).
+fn leaf_paths(state: &StateMap) -> Vec<(Vec<String>, &Value)> {
+    fn walk<'a>(prefix: &[String], value: &'a Value, out: &mut Vec<(Vec<String>, &'a Value)>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    let mut path = prefix.to_vec();
+                    path.push(key.clone());
+                    walk(&path, child, out);
+                }
+            }
+            leaf => out.push((prefix.to_vec(), leaf)),
+        }
+    }
+    let mut out = Vec::new();
+    for (key, value) in state {
+        walk(std::slice::from_ref(key), value, &mut out);
+    }
+    out
+}
+
+/// When the shadow's `reported` section came to hold every leaf of `desired` with the same value
+/// (epoch seconds: the latest of those leaves' reported timestamps); `None` while one differs or
+/// is missing. A `null` leaf of `desired` (a deletion) is converged when the leaf is not reported.
+pub fn converged_at(document: &ShadowDocument, desired: &StateMap) -> Option<u64> {
+    let mut at = 0;
+    for (path, wanted) in leaf_paths(desired) {
+        let reported = document.value(Section::Reported, &path);
+        match (wanted, reported) {
+            (Value::Null, None | Some(Value::Null)) => {}
+            (_, Some(got)) if got == wanted => {
+                let stamp = document
+                    .timestamp_of(Section::Reported, &path)
+                    .or(document.timestamp)
+                    .unwrap_or_default();
+                at = at.max(stamp);
+            }
+            _ => return None,
+        }
+    }
+    Some(at)
+}
+
+/// Where a group's shadows stand against a desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Convergence {
+    /// Things that report it, with when they came to (epoch seconds, [`converged_at`]).
+    pub converged: Vec<(ThingName, u64)>,
+    /// Things that do not (yet), or have no such shadow.
+    pub pending: Vec<ThingName>,
+}
+
+/// Reads each of `things`' shadow (16 at a time) and sorts them by [`converged_at`].
+///
+/// # Errors
+/// A GetThingShadow that failed (other than a missing shadow).
+pub async fn convergence(
+    store: &impl ShadowStore,
+    things: &[ThingName],
+    shadow: Option<&ShadowName>,
+    desired: &StateMap,
+) -> Result<Convergence, EdgeError> {
+    use futures::StreamExt as _;
+    let mut reads = futures::stream::iter(things.iter().map(|thing| async move {
+        let shadow = ShadowRef {
+            thing: thing.clone(),
+            name: shadow.cloned(),
+        };
+        let document = store.get(&shadow).await?;
+        Ok::<_, EdgeError>((
+            thing.clone(),
+            document.and_then(|d| converged_at(&d, desired)),
+        ))
+    }))
+    .buffer_unordered(16);
+    let mut state = Convergence::default();
+    while let Some(read) = reads.next().await {
+        match read? {
+            (thing, Some(at)) => state.converged.push((thing, at)),
+            (thing, None) => state.pending.push(thing),
+        }
+    }
+    state.converged.sort();
+    state.pending.sort();
+    Ok(state)
 }
 
 /// Which things a group update is for.
@@ -521,6 +677,33 @@ mod tests {
         }
         assert!(args(&["{}"]).is_err(), "neither --group nor --where");
         assert!(args(&["--group", "g", "--where", "a=b", "{}"]).is_err());
+    }
+
+    #[test]
+    fn convergence_is_every_desired_leaf_reported_and_the_latest_of_their_times() {
+        let desired =
+            parse_desired(r#"{"interval_s": 15, "display": {"units": "metric"}, "old": null}"#)
+                .unwrap();
+        let document: ShadowDocument = serde_json::from_value(serde_json::json!({
+            "state": {"reported": {"interval_s": 15, "display": {"units": "metric", "dim": 3}}},
+            "metadata": {"reported": {"interval_s": {"timestamp": 1_700_000_010},
+                                      "display": {"units": {"timestamp": 1_700_000_042},
+                                                  "dim": {"timestamp": 1_700_000_099}}}},
+            "version": 7,
+            "timestamp": 1_700_000_100
+        }))
+        .unwrap();
+        assert_eq!(converged_at(&document, &desired), Some(1_700_000_042));
+        let mut behind = document.clone();
+        behind.state.reported.as_mut().unwrap()["interval_s"] = serde_json::json!(60);
+        assert_eq!(converged_at(&behind, &desired), None, "a leaf differs");
+        let mut kept = document;
+        kept.state.reported.as_mut().unwrap()["old"] = serde_json::json!(1);
+        assert_eq!(
+            converged_at(&kept, &desired),
+            None,
+            "a deleted leaf still reported"
+        );
     }
 
     #[test]

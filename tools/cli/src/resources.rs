@@ -42,7 +42,18 @@ pub struct InitLocalArgs {
 /// # Errors
 /// The first AWS call that fails, named.
 pub async fn run(factory: &ClientFactory, args: InitLocalArgs) -> Result<()> {
-    let out = &mut std::io::stdout();
+    init_all(factory, args, &mut std::io::stdout()).await
+}
+
+/// Every resource of `args`, each line written to `out` when it is ready.
+///
+/// # Errors
+/// The first AWS call that fails, named.
+pub async fn init_all(
+    factory: &ClientFactory,
+    args: InitLocalArgs,
+    out: &mut impl Write,
+) -> Result<()> {
     let target = TimestreamTarget {
         database: args.database,
         table: args.table,

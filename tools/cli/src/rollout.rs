@@ -264,6 +264,27 @@ pub async fn start(
             request.version
         );
     };
+    // A version whose rollout on this model and hardware was rolled back is known bad: never
+    // the default to go back to.
+    let mut known_bad = Vec::new();
+    for id in rollouts.ids().await? {
+        let Some(other) = rollouts.get(&id).await? else {
+            continue;
+        };
+        if other.model != request.model || other.hardware != request.hardware {
+            continue;
+        }
+        match other.status {
+            RolloutStatus::Active | RolloutStatus::Paused => bail!(
+                "rollout {id} of {} {} is {:?}: complete or roll it back first",
+                other.model,
+                other.hardware,
+                other.status
+            ),
+            RolloutStatus::RolledBack => known_bad.push(other.version),
+            _ => {}
+        }
+    }
     let rollback_version = match request.rollback_to {
         Some(v) => match find_image(&images, &v) {
             Some(image) if image.version < version => Some(image.version.clone()),
@@ -272,24 +293,10 @@ pub async fn start(
         None => images
             .iter()
             .map(|i| &i.version)
-            .filter(|v| **v < version)
+            .filter(|v| **v < version && !known_bad.contains(v))
             .max()
             .cloned(),
     };
-    for id in rollouts.ids().await? {
-        let Some(other) = rollouts.get(&id).await? else {
-            continue;
-        };
-        let live = matches!(other.status, RolloutStatus::Active | RolloutStatus::Paused);
-        if live && other.model == request.model && other.hardware == request.hardware {
-            bail!(
-                "rollout {id} of {} {} is {:?}: complete or roll it back first",
-                other.model,
-                other.hardware,
-                other.status
-            );
-        }
-    }
     if request.max_new_per_minute == 0 {
         bail!("--max-new-per-minute must be at least 1");
     }
@@ -370,6 +377,8 @@ pub struct RolloutStatusReport {
     pub failure_rate: f64,
     /// The devices targeted during the current phase, which it is judged on.
     pub phase_counts: PhaseCounts,
+    /// The targeted devices' outcomes by the phase they were targeted in (index into the plan).
+    pub by_phase: BTreeMap<usize, PhaseCounts>,
     pub outcomes: BTreeMap<DeviceOutcome, u64>,
     pub rollback: RollbackCounts,
     pub population: Population,
@@ -408,6 +417,7 @@ pub async fn status(
             .get(&rollout.phase)
             .copied()
             .unwrap_or_default(),
+        by_phase: plan.by_phase.clone(),
         outcomes: plan.outcomes,
         rollback: plan.rollback,
         population: plan.population,
@@ -594,6 +604,7 @@ mod tests {
                 failed: 2,
                 rolled_back: 3,
             },
+            by_phase: BTreeMap::new(),
             outcomes: BTreeMap::from([(DeviceOutcome::Pending, 5), (DeviceOutcome::Succeeded, 30)]),
             rollback: RollbackCounts {
                 restored: 3,

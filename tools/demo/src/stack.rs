@@ -1,0 +1,185 @@
+//! Where the local stack is: the AWS APIs (moto), the local IoT Core (MQTT and its HTTP data
+//! plane) and the local Lambda host, from the variables `tools/localstack/stack env` prints.
+//!
+//! The demo runs against the local stack only: it reads moto's state back (Timestream has no read
+//! API there) and drives the advancer through the local Lambda host, so every endpoint must be on
+//! the loopback interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use shoal_agent::link::{Endpoint, MqttVersion};
+use shoal_aws::client::ClientFactory;
+use shoal_firmware::sampling::Backoff;
+
+/// The local stack's endpoints and clients.
+pub struct Stack {
+    /// Clients of the AWS APIs (`AWS_ENDPOINT_URL`).
+    pub factory: ClientFactory,
+    /// `AWS_ENDPOINT_URL`: moto.
+    pub aws_endpoint: String,
+    /// The local IoT Core's MQTT endpoint, as devices connect to it.
+    pub mqtt: Endpoint,
+    /// The local IoT Core's HTTP data plane (shadows, Publish).
+    pub data_plane: aws_sdk_iotdataplane::Client,
+    /// The local Lambda host's Invoke API.
+    pub lambda_endpoint: String,
+}
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// `host` of `http://host:port/…` or `host:port`.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => authority,
+    }
+}
+
+/// Whether `url` points at this machine (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback(url: &str) -> bool {
+    let host = host_of(url);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Stack {
+    /// The stack from `AWS_ENDPOINT_URL`, `SHOAL_IOT_ENDPOINT`, `SHOAL_IOT_CA_FILE`,
+    /// `AWS_ENDPOINT_URL_IOT_DATA_PLANE` and `AWS_ENDPOINT_URL_LAMBDA` (the defaults are the
+    /// stack's: 127.0.0.1 ports 4566, 8883, 8880, 9001 and `.local/iot-core/ca.pem`).
+    ///
+    /// # Errors
+    /// An endpoint that is not on loopback (the demo never runs against AWS), or a CA file that
+    /// cannot be read: start the stack (`make stack-up`) first.
+    pub async fn from_env() -> Result<Self> {
+        let aws_endpoint = var("AWS_ENDPOINT_URL", "http://127.0.0.1:4566");
+        let mqtt = var("SHOAL_IOT_ENDPOINT", "127.0.0.1:8883");
+        let data_plane = var("AWS_ENDPOINT_URL_IOT_DATA_PLANE", "http://127.0.0.1:8880");
+        let lambda_endpoint = var("AWS_ENDPOINT_URL_LAMBDA", "http://127.0.0.1:9001");
+        for (name, url) in [
+            ("AWS_ENDPOINT_URL", &aws_endpoint),
+            ("SHOAL_IOT_ENDPOINT", &mqtt),
+            ("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &data_plane),
+            ("AWS_ENDPOINT_URL_LAMBDA", &lambda_endpoint),
+        ] {
+            if !is_loopback(url) {
+                bail!(
+                    "{name}={url} is not on this machine: the demo runs against the local stack \
+                     only (`make demo` starts it)"
+                );
+            }
+        }
+        let (host, port) = mqtt
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .with_context(|| format!("SHOAL_IOT_ENDPOINT={mqtt} is not host:port"))?;
+        let ca_file = PathBuf::from(var("SHOAL_IOT_CA_FILE", ".local/iot-core/ca.pem"));
+        let ca_pem = std::fs::read(&ca_file).with_context(|| {
+            format!(
+                "the local IoT Core's CA {}: is the local stack running? (`make stack-up`)",
+                ca_file.display()
+            )
+        })?;
+        let factory = ClientFactory::from_env().await;
+        let data_plane = aws_sdk_iotdataplane::Client::from_conf(
+            aws_sdk_iotdataplane::config::Builder::from(factory.sdk_config())
+                .endpoint_url(data_plane)
+                .build(),
+        );
+        Ok(Self {
+            factory,
+            aws_endpoint,
+            mqtt: Endpoint {
+                host,
+                port,
+                alpn: false,
+                ca_pem,
+                version: MqttVersion::V5,
+                keep_alive: Duration::from_secs(30),
+                backoff: Backoff {
+                    base_ms: 500,
+                    cap_ms: 5_000,
+                },
+            },
+            data_plane,
+            lambda_endpoint,
+        })
+    }
+
+    /// moto's whole state (`/moto-api/data.json`): how the demo reads Timestream back, which
+    /// has no read API in moto. A 5xx (moto serialising while another request changes its
+    /// state) is retried a few times.
+    ///
+    /// # Errors
+    /// moto does not answer, or answers something that is not JSON.
+    pub async fn moto_state(&self) -> Result<serde_json::Value> {
+        let url: hyper::Uri = format!(
+            "{}/moto-api/data.json",
+            self.aws_endpoint.trim_end_matches('/')
+        )
+        .parse()
+        .context("AWS_ENDPOINT_URL is not a URL")?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<Bytes>>();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let answer = client
+                .get(url.clone())
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            let status = answer.status();
+            let body = answer
+                .into_body()
+                .collect()
+                .await
+                .with_context(|| format!("GET {url}"))?
+                .to_bytes();
+            if status.is_success() {
+                return serde_json::from_slice(&body).context("moto's state is not JSON");
+            }
+            if !status.is_server_error() || attempt >= 6 {
+                bail!("GET {url}: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_endpoints_are_the_local_stack() {
+        for local in [
+            "http://127.0.0.1:4566",
+            "http://localhost:9001/",
+            "127.0.0.1:8883",
+            "http://[::1]:8880",
+            "http://127.1.2.3:1",
+        ] {
+            assert!(is_loopback(local), "{local}");
+        }
+        for remote in [
+            "https://iot.eu-west-1.amazonaws.com",
+            "a1b2c3-ats.iot.us-east-1.amazonaws.com:8883",
+            "http://10.0.0.5:4566",
+        ] {
+            assert!(!is_loopback(remote), "{remote}");
+        }
+    }
+}
