@@ -1,4 +1,4 @@
-//! The README's first command (`make demo`) runs `shoal smoke`; this runs the same scenario
+//! `shoal smoke` (the first check of a new endpoint: README, the local stack); this runs the same scenario
 //! against the local endpoint and checks what it left behind.
 
 use serde_json::json;

@@ -377,7 +377,11 @@ async fn release_claim(
             certificate_id = %request.certificate_id,
             "claim released after the denial"
         ),
-        Ok(Ok(false)) => {}
+        Ok(Ok(false)) => tracing::warn!(
+            serial,
+            certificate_id = %request.certificate_id,
+            "no claim to release (it had not landed, or the entry changed since)"
+        ),
         Ok(Err(e)) => tracing::error!(serial, error = %e, "the claim could not be released"),
         Err(_) => tracing::error!(serial, "the claim could not be released in time"),
     }

@@ -248,7 +248,9 @@ impl ManifestTable {
             ("action".to_owned(), s("claim_released")),
             (
                 "reason".to_owned(),
-                s("the pre-provisioning hook denied after claiming (no decision in time)"),
+                s(
+                    "the pre-provisioning hook denied after claiming (no decision in time, or an error after the claim)",
+                ),
             ),
             ("certificate_id".to_owned(), s(certificate_id)),
         ]));

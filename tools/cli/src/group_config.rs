@@ -698,7 +698,11 @@ mod tests {
         behind.state.reported.as_mut().unwrap()["interval_s"] = serde_json::json!(60);
         assert_eq!(converged_at(&behind, &desired), None, "a leaf differs");
         let mut kept = document;
-        kept.state.reported.as_mut().unwrap()["old"] = serde_json::json!(1);
+        kept.state
+            .reported
+            .as_mut()
+            .unwrap()
+            .insert("old".into(), serde_json::json!(1));
         assert_eq!(
             converged_at(&kept, &desired),
             None,

@@ -13,8 +13,9 @@ use shoal_demo::stack::Stack;
 #[derive(Parser)]
 #[command(name = "shoal-demo", version, about)]
 struct Args {
-    /// Manifest devices to simulate.
-    #[arg(long, env = "DEMO_DEVICES", default_value_t = 200, value_parser = clap::value_parser!(u32).range(4..=5_000))]
+    /// Manifest devices to simulate (at least 24: every model and revision needs 2 devices in
+    /// each rollout phase).
+    #[arg(long, env = "DEMO_DEVICES", default_value_t = 200, value_parser = clap::value_parser!(u32).range(24..=5_000))]
     devices: u32,
     /// Where the report, the event log and the `config set` report go.
     #[arg(long, default_value = "target/demo")]
@@ -22,9 +23,11 @@ struct Args {
     /// Seed of the simulator's random choices.
     #[arg(long, default_value_t = 16)]
     seed: u64,
-    /// Telemetry period of every device, seconds (the configuration later changes one building's).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
-    interval_s: u64,
+    /// Telemetry period of every device, seconds (the configuration later changes one
+    /// building's); default 10, or devices / 20 for larger fleets (the local stack takes about 20
+    /// messages a second).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+    interval_s: Option<u64>,
 }
 
 #[tokio::main]
@@ -33,7 +36,9 @@ async fn main() -> anyhow::Result<()> {
     let stack = Arc::new(Stack::from_env().await?);
     let mut plan = DemoPlan::new(args.devices as usize, args.out_dir.clone());
     plan.seed = args.seed;
-    plan.interval = Duration::from_secs(args.interval_s);
+    if let Some(interval_s) = args.interval_s {
+        plan.interval = Duration::from_secs(interval_s);
+    }
     let outcome = run(stack.clone(), &plan).await?;
     println!("reading the run back from the stores…");
     let summary = shoal_demo::stores::summarise(&stack, &outcome).await?;

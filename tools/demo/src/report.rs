@@ -45,6 +45,37 @@ fn rollout_marks(outcome: &Outcome) -> Vec<Mark> {
 
 type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A panel's chart: its caption, axes ranges and axis descriptions, the mesh drawn.
+fn chart<'a, 'b>(
+    area: &'a Panel<'b>,
+    caption: impl AsRef<str>,
+    (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
+    (x_desc, y_desc): (&str, &str),
+) -> Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption.as_ref(), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x, y)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .y_label_formatter(&whole)
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(chart)
+}
+
 fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing the figure: {e:?}")
 }
@@ -67,24 +98,12 @@ fn readings_panel(area: &Panel<'_>, outcome: &Outcome, summary: &Summary) -> Res
         .max()
         .unwrap_or(1) as f64
         * 1.15;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Readings stored in Timestream per minute, by device model",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(from..end, 0f64..top)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("minutes since the run started")
-        .y_desc("readings / minute")
-        .y_label_formatter(&whole)
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(draw_err)?;
+    let mut chart = chart(
+        area,
+        "Readings stored in Timestream per minute, by device model",
+        (from..end, 0f64..top),
+        ("minutes since the run started", "readings / minute"),
+    )?;
     let shown = ["network outage", "network back", "config set"];
     for (k, mark) in outcome
         .marks
@@ -157,29 +176,20 @@ fn convergence_panel(area: &Panel<'_>, outcome: &Outcome, summary: &Summary) -> 
     times.sort_by(f64::total_cmp);
     let end = times.last().copied().unwrap_or(1.0).max(1.0) * 1.1 + 1.0;
     let total = summary.building_members.max(1) as f64;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "Shadow convergence of {} after `shoal config set` ({}/{} devices report it)",
-                outcome.configured_group,
-                summary.converged.len(),
-                summary.building_members
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..end, 0f64..total * 1.1)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds after the desired state was written (shadow metadata timestamps)")
-        .y_desc("devices reporting it")
-        .y_label_formatter(&whole)
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(draw_err)?;
+    let mut chart = chart(
+        area,
+        format!(
+            "Shadow convergence of {} after `shoal config set` ({}/{} devices report it)",
+            outcome.configured_group,
+            summary.converged.len(),
+            summary.building_members
+        ),
+        (0f64..end, 0f64..total * 1.1),
+        (
+            "seconds after the desired state was written (shadow metadata timestamps)",
+            "devices reporting it",
+        ),
+    )?;
     let mut steps = vec![(0.0, 0.0)];
     for (i, t) in times.iter().enumerate() {
         steps.push((*t, i as f64));
@@ -217,24 +227,12 @@ fn rollout_panel(area: &Panel<'_>, outcome: &Outcome, summary: &Summary) -> Resu
         .unwrap_or(1)
         .max(1) as f64
         * 1.2;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Rollouts: devices targeted (canary 10%, then 50%, then 100%), pauses and rollbacks",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(from..end, 0f64..top)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("minutes since the run started")
-        .y_desc("devices targeted")
-        .y_label_formatter(&whole)
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(draw_err)?;
+    let mut chart = chart(
+        area,
+        "Rollouts: devices targeted (canary 10%, then 50%, then 100%), pauses and rollbacks",
+        (from..end, 0f64..top),
+        ("minutes since the run started", "devices targeted"),
+    )?;
     for (i, run) in outcome.rollouts.iter().enumerate() {
         let color = Palette99::pick(i + 3).to_rgba();
         let times = summary

@@ -13,7 +13,7 @@
 //! 7. The fleet stops; the stores settle.
 //!
 //! Time is compressed: telemetry every few seconds, rollout soaks of seconds, and the advancer —
-//! on AWS an EventBridge schedule (`rate(5 minutes)` in the template) — invoked every
+//! on AWS an EventBridge schedule (`OtaAdvanceRate`, `rate(1 minute)`) — invoked every
 //! [`DemoPlan::advance_every`] through the local Lambda host's Invoke API.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,7 +109,9 @@ impl DemoPlan {
             rogue: 3,
             tag: format!("d{:x}", now_s % 0x100_0000),
             seed: 16,
-            interval: Duration::from_secs(10),
+            // The local stack takes about 20 telemetry messages a second (moto serves ~60 calls a
+            // second for everything): larger fleets report less often.
+            interval: Duration::from_secs((devices as u64 / 20).max(10)),
             warm_up: Duration::from_secs(5),
             outage: Duration::from_secs(10),
             soak: Duration::from_secs(5),
@@ -121,9 +123,13 @@ impl DemoPlan {
     }
 }
 
-/// The configuration `config set` sends to one building.
-pub fn building_config() -> serde_json::Value {
-    serde_json::json!({"interval_s": 20, "display": {"units": "metric", "brightness": 70}})
+/// The configuration `config set` sends to one building: half the telemetry rate of
+/// `interval`, and display settings.
+pub fn building_config(interval: Duration) -> serde_json::Value {
+    serde_json::json!({
+        "interval_s": interval.as_secs() * 2,
+        "display": {"units": "metric", "brightness": 70}
+    })
 }
 
 /// A moment of the run worth marking on the report's timelines.
@@ -559,16 +565,26 @@ fn ticker(
 
 /// A rollout id whose canary (10% cohort) holds between 2 and a fifth of `things` (2 at least),
 /// so the canary has the reports it is judged on and is still a canary.
+///
+/// Each later phase is judged on the devices it adds (10–50%, 50–100%), so each of those gets
+/// at least 2 as well; with fewer than 6 devices no id can, and the first is taken.
 pub fn rollout_id(prefix: &str, things: &[String]) -> String {
     let most = (things.len() / 5).max(2);
     (0..10_000)
         .map(|n| format!("{prefix}-{n}"))
         .find(|id| {
-            let canary = things
-                .iter()
-                .filter(|t| in_cohort(cohort_point(id, t), 10.0))
-                .count();
-            things.len() < 2 || (2..=most).contains(&canary)
+            let (mut canary, mut staged, mut general) = (0, 0, 0);
+            for t in things {
+                let point = cohort_point(id, t);
+                if in_cohort(point, 10.0) {
+                    canary += 1;
+                } else if in_cohort(point, 50.0) {
+                    staged += 1;
+                } else {
+                    general += 1;
+                }
+            }
+            (2..=most).contains(&canary) && staged >= 2 && general >= 2
         })
         .unwrap_or_else(|| format!("{prefix}-0"))
 }
@@ -663,8 +679,18 @@ async fn rollouts(
     let soak_s = ctx.plan.soak.as_secs();
     let limit = Duration::from_secs(180 + 20 * soak_s + ctx.plan.devices as u64 / 4);
     let deadline = Instant::now() + limit;
+    let mut advance_failures = 0;
     loop {
-        ctx.advance().await?;
+        // A failed run is tried again on the next tick, as the schedule would; three in a row
+        // end the demo.
+        match ctx.advance().await {
+            Ok(()) => advance_failures = 0,
+            Err(e) if advance_failures < 2 => {
+                advance_failures += 1;
+                ctx.progress.say(&format!("warning: {e:#}; trying again"));
+            }
+            Err(e) => return Err(e),
+        }
         let mut phases = Vec::new();
         for ((model, hardware), stage) in &mut stages {
             let id = match stage {
@@ -856,11 +882,28 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
                 (s.provisioned == n && s.connected == n && s.refused.len() == rogue)
                     .then_some(())
                     .ok_or_else(|| {
+                        let refused_manifest: Vec<String> = s
+                            .refused
+                            .iter()
+                            .filter(|(serial, _)| !serial.contains("-ROGUE-"))
+                            .take(3)
+                            .map(|(serial, why)| format!("{serial}: {why}"))
+                            .collect();
                         format!(
-                            "provisioned {} · online {} · refused {}",
+                            "provisioned {} · online {} · refused {}{}",
                             s.provisioned,
                             s.connected,
-                            s.refused.len()
+                            s.refused.len(),
+                            if refused_manifest.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    "; manifest devices refused ({}): see .local/lambda/PreProvisioningHookFunction.log; \
+                                     a stack started by an older checkout lacks this demo's models: \
+                                     make stack-down && make demo",
+                                    refused_manifest.join("; ")
+                                )
+                            }
                         )
                     })
             }
@@ -878,14 +921,17 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
     // 3. Telemetry, then an outage.
     progress.phase("telemetry");
     tokio::time::sleep(plan.warm_up).await;
-    fleet.outage(plan.outage);
+    // A device notices the outage at its next telemetry tick: the outage outlasts one period,
+    // so that every device goes through it.
+    let outage = plan.outage.max(plan.interval + Duration::from_secs(5));
+    fleet.outage(outage);
     ctx.mark("network outage");
     progress.say(&format!(
         "outage: every device loses its network for {} s and buffers its readings",
-        plan.outage.as_secs()
+        outage.as_secs()
     ));
     progress.phase("outage");
-    tokio::time::sleep(plan.outage).await;
+    tokio::time::sleep(outage).await;
     ctx.mark("network back");
     until(
         "every device back online after the outage",
@@ -906,7 +952,7 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
     // 4. Configuration for one building.
     progress.phase("config set");
     let group = ctx.layout.building(2);
-    let desired = building_config();
+    let desired = building_config(plan.interval);
     let config_report = plan.out_dir.join(format!("{}-config-set.jsonl", plan.tag));
     let request = GroupRequest {
         target: Target::Group(group.clone()),
@@ -1038,7 +1084,14 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
         progress.say(&format!("warning: {e:#}"));
     }
     console.abort();
-    let alerts = alerts.lock().map(|a| a.clone()).unwrap_or_default();
+    // Only this run's alerts (another run's devices on the same stack raise their own).
+    let alerts: Vec<_> = alerts
+        .lock()
+        .map(|a| a.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(topic, body)| topic.contains(&plan.tag) || body.to_string().contains(&plan.tag))
+        .collect();
     Ok(Outcome {
         layout: ctx.layout,
         started_ms,

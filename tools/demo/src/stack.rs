@@ -64,10 +64,28 @@ impl Stack {
     /// An endpoint that is not on loopback (the demo never runs against AWS), or a CA file that
     /// cannot be read: start the stack (`make stack-up`) first.
     pub async fn from_env() -> Result<Self> {
-        let aws_endpoint = var("AWS_ENDPOINT_URL", "http://127.0.0.1:4566");
+        // The AWS SDK reads AWS_ENDPOINT_URL itself: unset, it would call AWS.
+        let aws_endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .context(
+                "AWS_ENDPOINT_URL is not set: run the demo against the local stack with `make demo` \
+                 (or `tools/localstack/stack run ./target/debug/shoal-demo`)",
+            )?;
         let mqtt = var("SHOAL_IOT_ENDPOINT", "127.0.0.1:8883");
         let data_plane = var("AWS_ENDPOINT_URL_IOT_DATA_PLANE", "http://127.0.0.1:8880");
         let lambda_endpoint = var("AWS_ENDPOINT_URL_LAMBDA", "http://127.0.0.1:9001");
+        // Every service-specific endpoint the SDK would honour must be local too.
+        let specific: Vec<(String, String)> = std::env::vars()
+            .filter(|(name, _)| name.starts_with("AWS_ENDPOINT_URL_"))
+            .collect();
+        for (name, url) in &specific {
+            if !is_loopback(url) {
+                bail!(
+                    "{name}={url} is not on this machine: the demo runs against the local stack only"
+                );
+            }
+        }
         for (name, url) in [
             ("AWS_ENDPOINT_URL", &aws_endpoint),
             ("SHOAL_IOT_ENDPOINT", &mqtt),

@@ -25,6 +25,19 @@ use crate::stack::Stack;
 /// Reads in flight at once against one service.
 const CONCURRENCY: usize = 8;
 
+/// `read` of every item, [`CONCURRENCY`] at a time, in the order they finish.
+async fn concurrently<I, T, F, Fut>(items: I, read: F) -> Vec<Result<T>>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    futures::stream::iter(items.into_iter().map(read))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
 /// The run's readings Timestream holds, from moto's state: (thing, time ms) of each record of a
 /// run's thing, distinct (a redelivered reading is an upsert in Timestream, one reading).
 pub fn timestream_readings(state: &Value, layout: &Layout) -> BTreeSet<(String, u64)> {
@@ -165,16 +178,14 @@ pub async fn quarantined(stack: &Stack, layout: &Layout, from_ms: u64) -> Result
             wanted.entry((thing.to_owned(), fingerprint)).or_insert(key);
         }
     }
-    let bodies: Vec<Result<Value>> = futures::stream::iter(wanted.values().map(|key| {
+    let bodies: Vec<Result<Value>> = concurrently(wanted.values(), |key| {
         let s3 = s3.clone();
         async move {
             let body = object(&s3, names::ARCHIVE_BUCKET, key).await?;
             serde_json::from_slice::<Value>(&body)
                 .with_context(|| format!("quarantine object {key} is not JSON"))
         }
-    }))
-    .buffer_unordered(CONCURRENCY)
-    .collect()
+    })
     .await;
     let mut q = Quarantined::default();
     // Each refused reading once, by thing and time; a reading whose time cannot be read is
@@ -243,12 +254,10 @@ pub async fn archived_readings(
     for hour in hours(from_ms, now_ms() + 60_000) {
         all.extend(keys(&s3, names::ARCHIVE_BUCKET, &format!("telemetry/{hour}/")).await?);
     }
-    let files: Vec<Result<bytes::Bytes>> = futures::stream::iter(all.iter().map(|key| {
+    let files: Vec<Result<bytes::Bytes>> = concurrently(&all, |key| {
         let s3 = s3.clone();
         async move { object(&s3, names::ARCHIVE_BUCKET, key).await }
-    }))
-    .buffer_unordered(CONCURRENCY)
-    .collect()
+    })
     .await;
     let mut readings = BTreeSet::new();
     for file in files {
@@ -320,7 +329,7 @@ pub async fn registry(stack: &Stack, layout: &Layout) -> Result<Registry> {
         }
     }
     let principals: Vec<Result<(String, Vec<String>)>> =
-        futures::stream::iter(out.things.keys().cloned().map(|thing| {
+        concurrently(out.things.keys().cloned(), |thing| {
             let iot = iot.clone();
             async move {
                 let answer = iot
@@ -331,9 +340,7 @@ pub async fn registry(stack: &Stack, layout: &Layout) -> Result<Registry> {
                     .aws("iot", "ListThingPrincipals")?;
                 Ok((thing, answer.principals().to_vec()))
             }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
+        })
         .await;
     let mut arns = Vec::new();
     for read in principals {
@@ -359,7 +366,7 @@ pub async fn registry(stack: &Stack, layout: &Layout) -> Result<Registry> {
             }
         }
     }
-    let attached: Vec<Result<Vec<String>>> = futures::stream::iter(arns.into_iter().map(|arn| {
+    let attached: Vec<Result<Vec<String>>> = concurrently(arns, |arn| {
         let iot = iot.clone();
         async move {
             let answer = iot
@@ -374,9 +381,7 @@ pub async fn registry(stack: &Stack, layout: &Layout) -> Result<Registry> {
                 .filter_map(|p| p.policy_name().map(str::to_owned))
                 .collect())
         }
-    }))
-    .buffer_unordered(CONCURRENCY)
-    .collect()
+    })
     .await;
     for names in attached {
         for name in names? {
