@@ -55,6 +55,20 @@ pub fn is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The stack's CA file, `.local/iot-core/ca.pem`, in this directory or the nearest parent that
+/// has one (a test runs in its crate's directory, `make demo` in the repository's).
+fn stack_ca_file() -> PathBuf {
+    let relative = std::path::Path::new(".local/iot-core/ca.pem");
+    std::env::current_dir()
+        .ok()
+        .and_then(|dir| {
+            dir.ancestors()
+                .map(|d| d.join(relative))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| relative.to_path_buf())
+}
+
 impl Stack {
     /// The stack from `AWS_ENDPOINT_URL`, `SHOAL_IOT_ENDPOINT`, `SHOAL_IOT_CA_FILE`,
     /// `AWS_ENDPOINT_URL_IOT_DATA_PLANE` and `AWS_ENDPOINT_URL_LAMBDA` (the defaults are the
@@ -103,7 +117,10 @@ impl Stack {
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
             .with_context(|| format!("SHOAL_IOT_ENDPOINT={mqtt} is not host:port"))?;
-        let ca_file = PathBuf::from(var("SHOAL_IOT_CA_FILE", ".local/iot-core/ca.pem"));
+        let ca_file = match std::env::var_os("SHOAL_IOT_CA_FILE") {
+            Some(file) if !file.is_empty() => PathBuf::from(file),
+            _ => stack_ca_file(),
+        };
         let ca_pem = std::fs::read(&ca_file).with_context(|| {
             format!(
                 "the local IoT Core's CA {}: is the local stack running? (`make stack-up`)",
