@@ -151,16 +151,6 @@ struct SimulateArgs {
     outage_s: Option<u64>,
 }
 
-/// This process's CPU time so far (user + system), ms: `/proc/self/stat` fields 14 and 15, in
-/// USER_HZ (100 per second on Linux).
-fn cpu_ms() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks * 10)
-}
-
 /// This process's peak resident memory, kB (`VmHWM` of `/proc/self/status`).
 fn peak_rss_kb() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
@@ -284,7 +274,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
                     && s.provisioned + s.refused.len() + s.failed.len() >= total
                 {
                     let now = tokio::time::Instant::now();
-                    steady = Some((now, cpu_ms().unwrap_or(0)));
+                    steady = Some((now, shoal_agent::simulate::cpu_ms().unwrap_or(0)));
                     outage_at = args.outage_at_s.map(|at| now + Duration::from_secs(at));
                     eprintln!("every device connected or refused: the steady phase starts");
                 }
@@ -308,7 +298,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), String> {
     }
     let usage = steady.map(|(since, cpu_before)| {
         let wall_ms = since.elapsed().as_millis() as f64;
-        let cpu = cpu_ms().unwrap_or(0).saturating_sub(cpu_before) as f64;
+        let cpu = shoal_agent::simulate::cpu_ms().unwrap_or(0).saturating_sub(cpu_before) as f64;
         serde_json::json!({
             "steady_s": (wall_ms / 1_000.0).round(),
             "cpu_percent_of_one_core": (cpu / wall_ms * 1_000.0).round() / 10.0,

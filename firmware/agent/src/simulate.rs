@@ -190,6 +190,16 @@ pub struct FleetPlan {
     pub identities: Option<PathBuf>,
 }
 
+/// This process's CPU time so far (user + system), ms: `/proc/self/stat` fields 14 and 15, in
+/// USER_HZ (100 per second on Linux); `None` where there is no such file.
+pub fn cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10)
+}
+
 /// The identities of a file [`FleetPlan::identities`] names, by thing name (none when it does
 /// not exist; unreadable lines are skipped).
 pub fn read_identities(path: &Path) -> HashMap<String, DeviceIdentity> {

@@ -243,18 +243,33 @@ impl ManifestTable {
         claimed_at_ms: i64,
         now_ms: i64,
     ) -> Result<bool, EdgeError> {
-        let record = AttributeValue::M(HashMap::from([
-            ("at".to_owned(), n(now_ms)),
-            ("action".to_owned(), s("claim_released")),
-            (
-                "reason".to_owned(),
-                s(
-                    "the pre-provisioning hook denied after claiming (no decision in time, or an error after the claim)",
-                ),
-            ),
-            ("certificate_id".to_owned(), s(certificate_id)),
-        ]));
-        let updated = self
+        let record = AuditRecord {
+            at_ms: now_ms,
+            action: "claim_released",
+            reason: "the pre-provisioning hook denied after claiming (no decision in time, or an error after the claim)",
+            certificate_id: Some(certificate_id),
+        };
+        self.reset_to_pending(serial, certificate_id, Some(claimed_at_ms), record)
+            .await
+    }
+
+    /// Back to pending (certificate id and thing name removed) with `record` appended, only if
+    /// the serial is provisioned to `certificate_id` (and, given `claimed_at_ms`, by the write
+    /// made then). `Ok(false)`: the condition failed.
+    async fn reset_to_pending(
+        &self,
+        serial: &Serial,
+        certificate_id: &str,
+        claimed_at_ms: Option<i64>,
+        record: AuditRecord<'_>,
+    ) -> Result<bool, EdgeError> {
+        let condition = match claimed_at_ms {
+            Some(_) => {
+                "#status = :provisioned AND certificate_id = :cert AND updated_at = :claimed"
+            }
+            None => "#status = :provisioned AND certificate_id = :cert",
+        };
+        let mut update = self
             .client
             .update_item()
             .table_name(self.table.as_str())
@@ -264,20 +279,18 @@ impl ManifestTable {
                  audit = list_append(if_not_exists(audit, :empty), :record) \
                  REMOVE certificate_id, thing_name",
             )
-            .condition_expression(
-                "#status = :provisioned AND certificate_id = :cert AND updated_at = :claimed",
-            )
+            .condition_expression(condition)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
             .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))
             .expression_attribute_values(":cert", s(certificate_id))
-            .expression_attribute_values(":claimed", n(claimed_at_ms))
-            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":now", n(record.at_ms))
             .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":record", AttributeValue::L(vec![record]))
-            .send()
-            .await
-            .aws("dynamodb", "UpdateItem");
+            .expression_attribute_values(":record", AttributeValue::L(vec![record.item()]));
+        if let Some(at) = claimed_at_ms {
+            update = update.expression_attribute_values(":claimed", n(at));
+        }
+        let updated = update.send().await.aws("dynamodb", "UpdateItem");
         condition_held(updated)
     }
 
@@ -297,18 +310,16 @@ impl ManifestTable {
         unchanged_since_ms: i64,
         now_ms: i64,
     ) -> Result<bool, EdgeError> {
-        let record = AttributeValue::M(HashMap::from([
-            ("at".to_owned(), n(now_ms)),
-            ("action".to_owned(), s("claim_taken_over")),
-            (
-                "reason".to_owned(),
-                s(format!(
-                    "certificate {old_certificate} was still not activated when the claim lease ran out"
-                )
-                .as_str()),
-            ),
-            ("certificate_id".to_owned(), s(new_certificate)),
-        ]));
+        let reason = format!(
+            "certificate {old_certificate} was still not activated when the claim lease ran out"
+        );
+        let record = AuditRecord {
+            at_ms: now_ms,
+            action: "claim_taken_over",
+            reason: &reason,
+            certificate_id: Some(new_certificate),
+        }
+        .item();
         let updated = self
             .client
             .update_item()
@@ -345,6 +356,22 @@ pub struct AuditRecord<'a> {
     pub action: &'a str,
     pub reason: &'a str,
     pub certificate_id: Option<&'a str>,
+}
+
+impl AuditRecord<'_> {
+    /// The record as the `audit` list holds it: `at`, `action`, `reason`, `certificate_id` when
+    /// known.
+    fn item(&self) -> AttributeValue {
+        let mut fields = HashMap::from([
+            ("at".to_owned(), n(self.at_ms)),
+            ("action".to_owned(), s(self.action)),
+            ("reason".to_owned(), s(self.reason)),
+        ]);
+        if let Some(cert) = self.certificate_id {
+            fields.insert("certificate_id".to_owned(), s(cert));
+        }
+        AttributeValue::M(fields)
+    }
 }
 
 /// DynamoDB's limits per batch call.
@@ -436,14 +463,6 @@ impl ManifestTable {
         record: AuditRecord<'_>,
         status: Option<DeviceStatus>,
     ) -> Result<(), EdgeError> {
-        let mut fields = HashMap::from([
-            ("at".to_owned(), n(record.at_ms)),
-            ("action".to_owned(), s(record.action)),
-            ("reason".to_owned(), s(record.reason)),
-        ]);
-        if let Some(cert) = record.certificate_id {
-            fields.insert("certificate_id".to_owned(), s(cert));
-        }
         let mut update = self
             .client
             .update_item()
@@ -452,10 +471,7 @@ impl ManifestTable {
             .condition_expression("attribute_exists(serial)")
             .expression_attribute_values(":now", n(record.at_ms))
             .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(
-                ":record",
-                AttributeValue::L(vec![AttributeValue::M(fields)]),
-            );
+            .expression_attribute_values(":record", AttributeValue::L(vec![record.item()]));
         let append =
             "updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record)";
         update = match status {
@@ -483,32 +499,14 @@ impl ManifestTable {
         reason: &str,
         now_ms: i64,
     ) -> Result<bool, EdgeError> {
-        let record = HashMap::from([
-            ("at".to_owned(), n(now_ms)),
-            ("action".to_owned(), s("reset")),
-            ("reason".to_owned(), s(reason)),
-            ("certificate_id".to_owned(), s(certificate_id)),
-        ]);
-        let updated = self
-            .client
-            .update_item()
-            .table_name(self.table.as_str())
-            .key("serial", s(serial.as_str()))
-            .update_expression(
-                "SET #status = :pending, updated_at = :now, audit = list_append(if_not_exists(audit, :empty), :record) REMOVE certificate_id, thing_name",
-            )
-            .condition_expression("#status = :provisioned AND certificate_id = :cert")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))
-            .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
-            .expression_attribute_values(":cert", s(certificate_id))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":record", AttributeValue::L(vec![AttributeValue::M(record)]))
-            .send()
+        let record = AuditRecord {
+            at_ms: now_ms,
+            action: "reset",
+            reason,
+            certificate_id: Some(certificate_id),
+        };
+        self.reset_to_pending(serial, certificate_id, None, record)
             .await
-            .aws("dynamodb", "UpdateItem");
-        condition_held(updated)
     }
 
     /// The audit records of `serial`, oldest first, as (action, reason) pairs.

@@ -220,15 +220,6 @@ fn now_ms() -> u64 {
     u64::try_from(shoal_core::clock::now_ms()).unwrap_or_default()
 }
 
-/// This process's CPU time (user + system), ms, from `/proc/self/stat` (USER_HZ = 100).
-pub fn cpu_ms() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks * 10)
-}
-
 /// Polls `check` every `every` until it returns `Ok`, or fails with `what` and its last answer
 /// after `limit`.
 async fn until<T, F, Fut>(what: &str, limit: Duration, every: Duration, mut check: F) -> Result<T>
@@ -829,7 +820,7 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
     std::fs::create_dir_all(&plan.out_dir)
         .with_context(|| format!("creating {}", plan.out_dir.display()))?;
     let started_ms = now_ms();
-    let cpu_before = cpu_ms();
+    let cpu_before = shoal_agent::simulate::cpu_ms();
     let progress = Progress::new(plan.verbose);
     let dynamodb = stack.factory.dynamodb();
     let mut ctx = Ctx {
@@ -1054,7 +1045,7 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
         .map_err(|_| anyhow::anyhow!("the fleet is still shared"))?
         .stop()
         .await;
-    let simulator_cpu_ms = cpu_ms()
+    let simulator_cpu_ms = shoal_agent::simulate::cpu_ms()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
     ctx.mark("fleet stopped");
