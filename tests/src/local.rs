@@ -142,18 +142,20 @@ pub fn get(path: &str) -> Result<String, String> {
     Ok(body.to_owned())
 }
 
-/// moto's whole state, from its `/moto-api/data.json` endpoint.
+/// moto's state of one service (`timestreamwrite`, as moto names its modules), from its
+/// `/moto-api/data.json` endpoint (`tools/localstack/moto_server.py` narrows it to `?service=`:
+/// the whole state takes moto about a second of its one interpreter per thousand readings).
 ///
 /// moto serialises its state while other requests change it (tests in one binary run in
 /// parallel): it checks each attribute serialises, then serialises them again, so a DynamoDB
 /// table that gains its first item in between answers HTTP 500 (`keys must be str ... not
 /// DynamoType`; seen in CI). A 5xx is therefore retried, a few times with a growing pause; any
 /// other failure, or a 5xx that persists, panics with what moto said.
-pub fn moto_state() -> serde_json::Value {
+pub fn moto_state(service: &str) -> serde_json::Value {
     const ATTEMPTS: u64 = 6;
     let mut attempt = 1;
     loop {
-        match get("/moto-api/data.json") {
+        match get(&format!("/moto-api/data.json?service={service}")) {
             Ok(body) => return serde_json::from_str(&body).expect("moto's state is JSON"),
             Err(e) if attempt < ATTEMPTS && is_server_error(&e) => {
                 std::thread::sleep(Duration::from_millis(100 * attempt));
@@ -180,7 +182,7 @@ fn is_server_error(error: &str) -> bool {
 /// Timestream's write API has no read, and moto's query API answers canned results. Works only
 /// against moto (README: emulator differences).
 pub fn moto_timestream_records(database: &str, table: &str) -> Vec<serde_json::Value> {
-    moto_state()["timestreamwrite"]["TimestreamTable"]
+    moto_state("timestreamwrite")["timestreamwrite"]["TimestreamTable"]
         .as_array()
         .into_iter()
         .flatten()

@@ -149,6 +149,19 @@ async fn the_demo_fleet_provisions_syncs_rolls_back_and_recovers() {
         summary.running,
         BTreeMap::from([(GOOD_VERSION.to_owned(), DEVICES)])
     );
+    // No download fault is injected: every image arrived whole the first time (a device once
+    // judged its download short while the last chunks still waited in its queue).
+    let events = std::fs::read_to_string(&outcome.events_log).unwrap();
+    let short: Vec<&str> = events
+        .lines()
+        .filter(|line| line.contains(r#""kind":"download_failed""#))
+        .collect();
+    assert!(
+        short.is_empty(),
+        "{} downloads failed: {:?}",
+        short.len(),
+        short.first()
+    );
 
     // The report.
     let (html, png) = shoal_demo::report::write(&out, &outcome, &summary).unwrap();

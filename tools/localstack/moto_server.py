@@ -14,18 +14,51 @@ SendMessage (to read one flag): a queue with a backlog makes every send slower, 
 backlog grow. AWS documents the approximate counts as approximate (eventually consistent), so here
 each is computed at most once a second per queue.
 
+moto's server finds the backend of every request under one lock, listing its package directory
+(a `stat` of each of its ~200 modules) and matching the host against every service's URL
+patterns: under load most of the server's time was requests waiting for that lock. Both answers
+depend only on the host, so here they are computed once per host.
+
+moto's DynamoDB checks a write's condition and then writes, while other server threads run: two
+conditional writes to one item could both pass. DynamoDB applies each write atomically, so here
+DynamoDB requests run one at a time.
+
+`/moto-api/data.json` serialises every service's state (a second of the server's time per
+thousand Timestream records); `?service=<module>` (e.g. `timestreamwrite`) narrows it to one.
+
 Same arguments as `moto_server`.
 """
 
 import json
+import os
 import sys
+import threading
 import time
 
 from moto.core.config import default_user_config
 
 default_user_config["iot"] = {"use_valid_cert": True}
 
+from moto import backends  # noqa: E402
+from moto.moto_api._internal.responses import MotoAPIResponse  # noqa: E402
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: E402
 from moto.server import main  # noqa: E402  (after the configuration it reads)
+
+_MODULES = frozenset(backends.list_of_moto_modules())
+backends.list_of_moto_modules = lambda: _MODULES
+
+_backend_for_host = DomainDispatcherApplication.get_backend_for_host
+_backends_by_host = {}
+
+
+def _cached_backend_for_host(self, host):
+    """The backend serving `host`, found once per host (the caller holds the dispatcher's lock)."""
+    if host not in _backends_by_host:
+        _backends_by_host[host] = _backend_for_host(self, host)
+    return _backends_by_host[host]
+
+
+DomainDispatcherApplication.get_backend_for_host = _cached_backend_for_host
 from moto.sqs.models import Queue  # noqa: E402
 from moto.timestreamwrite.responses import TimestreamWriteResponse  # noqa: E402
 
@@ -72,6 +105,84 @@ for _name in (
     "approximate_number_of_messages_not_visible",
 ):
     setattr(Queue, _name, _once_a_second(_name, getattr(Queue, _name).fget))
+
+_model_data = MotoAPIResponse.model_data
+
+
+def _model_data_of(self, request, full_url, headers):
+    """`/moto-api/data.json`, or with `?service=NAME` that one service's models alone."""
+    from urllib.parse import parse_qs, urlparse
+
+    from moto.core.model_instances import model_data
+
+    wanted = parse_qs(urlparse(full_url).query).get("service")
+    if not wanted:
+        return _model_data(self, request, full_url, headers)
+    results = {}
+    for service in wanted:
+        results[service] = {}
+        for name, model in sorted(model_data.get(service, {}).items()):
+            results[service][name] = [
+                {
+                    attr: getattr(instance, attr)
+                    for attr in dir(instance)
+                    if not attr.startswith("_") and _serialisable(getattr(instance, attr, None))
+                }
+                for instance in model.instances_tracked
+            ]
+    return 200, {"Content-Type": "application/javascript"}, json.dumps(results)
+
+
+def _serialisable(value):
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+MotoAPIResponse.model_data = _model_data_of
+
+import moto.server as _server  # noqa: E402
+
+# DynamoDB requests one at a time (seen: a device's older shadow document overwrote the facts
+# of a newer one, both conditional on the version). They are pure Python: the interpreter's lock
+# ran them one at a time already, interleaved.
+_dynamodb = threading.Lock()
+
+# `SHOAL_MOTO_PROFILE=<file>` appends a line per request: start (s), wall and CPU time of its
+# thread (s), and its operation (X-Amz-Target, or method and path).
+_profile = os.environ.get("SHOAL_MOTO_PROFILE")
+_profile_out = open(_profile, "a", buffering=1) if _profile else None
+_profile_lock = threading.Lock()
+
+
+def _served(app):
+    def serve(environ, start_response):
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        began, cpu = time.monotonic(), time.thread_time()
+        try:
+            if target.startswith("DynamoDB_"):
+                with _dynamodb:
+                    return app(environ, start_response)
+            return app(environ, start_response)
+        finally:
+            if _profile_out:
+                operation = target or "%s %s" % (
+                    environ.get("REQUEST_METHOD", ""),
+                    environ.get("PATH_INFO", "")[:60],
+                )
+                with _profile_lock:
+                    _profile_out.write(
+                        "%.3f %.4f %.4f %s\n"
+                        % (began, time.monotonic() - began, time.thread_time() - cpu, operation)
+                    )
+
+    return serve
+
+
+_run_simple = _server.run_simple
+_server.run_simple = lambda host, port, app, **kw: _run_simple(host, port, _served(app), **kw)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -475,7 +475,45 @@ impl<B: Board> Device<B> {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = || Instant::now() + Duration::from_secs(86_400);
+        let mut finished: Option<Result<u64, String>> = None;
         loop {
+            // The download task sends its chunks, then its end: the end is acted on once every
+            // chunk before it has been written (both channels hold them in order).
+            if chunks.is_empty()
+                && let Some(result) = finished.take()
+            {
+                download = None;
+                // The server ended: the image is whole (the chunks moved the OTA on), or
+                // the download must go on from where the slot stands.
+                let short = match (result, ota.resume(&self.slots)) {
+                    (Err(why), _) => Some(why),
+                    (Ok(_), Some(Step::Download { offset, .. })) => {
+                        Some(format!("the download ended at byte {offset} of the image"))
+                    }
+                    (Ok(_), _) => None,
+                };
+                match short {
+                    None => download_failures = 0,
+                    Some(why) if download_failures + 1 >= MAX_DOWNLOAD_ATTEMPTS => {
+                        download_failures = 0;
+                        self.emit("download_failed", json!({"reason": why, "final": true}));
+                        pending.extend(ota.abandon(
+                            &self.slots,
+                            format!("download failed {MAX_DOWNLOAD_ATTEMPTS} times: {why}"),
+                        ));
+                    }
+                    Some(why) => {
+                        download_failures += 1;
+                        self.emit(
+                            "download_failed",
+                            json!({"reason": why,
+                            "attempt": download_failures}),
+                        );
+                        let delay = 1_000u64 << download_failures.min(6);
+                        retry_download = Some(Instant::now() + Duration::from_millis(delay));
+                    }
+                }
+            }
             while let Some(step) = pending.pop_front() {
                 match step {
                     Step::Report(report) => {
@@ -490,6 +528,7 @@ impl<B: Board> Device<B> {
                         if let Some(task) = download.take() {
                             task.abort();
                         }
+                        finished = None;
                         let (downloader, chunks, done) = (
                             self.downloader.clone(),
                             chunk_sender.clone(),
@@ -676,34 +715,7 @@ impl<B: Board> Device<B> {
                     }
                 }
                 Some(result) = downloads.recv() => {
-                    download = None;
-                    // The server ended: the image is whole (the chunks moved the OTA on), or
-                    // the download must go on from where the slot stands.
-                    let short = match (result, ota.resume(&self.slots)) {
-                        (Err(why), _) => Some(why),
-                        (Ok(_), Some(Step::Download { offset, .. })) => {
-                            Some(format!("the download ended at byte {offset} of the image"))
-                        }
-                        (Ok(_), _) => None,
-                    };
-                    match short {
-                        None => download_failures = 0,
-                        Some(why) if download_failures + 1 >= MAX_DOWNLOAD_ATTEMPTS => {
-                            download_failures = 0;
-                            self.emit("download_failed", json!({"reason": why, "final": true}));
-                            pending.extend(ota.abandon(
-                                &self.slots,
-                                format!("download failed {MAX_DOWNLOAD_ATTEMPTS} times: {why}"),
-                            ));
-                        }
-                        Some(why) => {
-                            download_failures += 1;
-                            self.emit("download_failed", json!({"reason": why,
-                                "attempt": download_failures}));
-                            let delay = 1_000u64 << download_failures.min(6);
-                            retry_download = Some(Instant::now() + Duration::from_millis(delay));
-                        }
-                    }
+                    finished = Some(result);
                 }
                 () = tokio::time::sleep_until(retry_at) => {
                     retry_download = None;

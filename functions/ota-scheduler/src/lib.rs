@@ -348,21 +348,32 @@ pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
         Some(id) => vec![id.to_owned()],
         None => current_rollouts(edges.rollouts).await?,
     };
-    let mut summary = RunSummary::default();
-    for id in ids {
-        let run = match advance(&id, edges, config, now_ms).await {
-            Ok(run) => run,
-            Err(e) => RolloutRun {
-                rollout: id.clone(),
-                error: Some(e.to_string()),
-                retryable: Some(e.is_retryable()),
-                ..RolloutRun::default()
-            },
-        };
-        summary.rollouts.push(run);
-    }
-    Ok(summary)
+    // The current rollouts target disjoint fleets (one per model and hardware revision), so they
+    // advance side by side: a run lasts about as long as its slowest rollout, not their sum.
+    let rollouts: Vec<RolloutRun> = futures::stream::iter(ids)
+        .map(|id| async move {
+            match advance(&id, edges, config, now_ms).await {
+                Ok(run) => run,
+                Err(e) => RolloutRun {
+                    rollout: id.clone(),
+                    error: Some(e.to_string()),
+                    retryable: Some(e.is_retryable()),
+                    ..RolloutRun::default()
+                },
+            }
+        })
+        .buffered(ROLLOUTS_IN_FLIGHT)
+        .collect()
+        .await;
+    Ok(RunSummary { rollouts })
 }
+
+/// Rollouts advanced at once by one run; each has at most [`DEVICE_WRITES_IN_FLIGHT`] device
+/// writes in flight.
+const ROLLOUTS_IN_FLIGHT: usize = 4;
+
+/// Rollout records read at once while finding the current rollouts.
+const READS_IN_FLIGHT: usize = 16;
 
 /// The rollouts worth a run: per model and hardware revision, the newest one only. An older one
 /// is finished (`start` refuses a rollout while another is active or paused) and the newer one
@@ -370,10 +381,17 @@ pub async fn handle<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
 async fn current_rollouts(rollouts: &impl Rollouts) -> Result<Vec<String>, EdgeError> {
     let mut newest: std::collections::BTreeMap<(String, String), (u64, String)> =
         std::collections::BTreeMap::new();
-    for id in rollouts.ids().await? {
-        let Some(r) = rollouts.get(&id).await? else {
+    let read: Vec<Result<Option<Rollout>, EdgeError>> =
+        futures::stream::iter(rollouts.ids().await?)
+            .map(|id| async move { rollouts.get(&id).await })
+            .buffered(READS_IN_FLIGHT)
+            .collect()
+            .await;
+    for r in read {
+        let Some(r) = r? else {
             continue;
         };
+        let id = r.id.to_string();
         let key = (r.model.as_str().to_owned(), r.hardware.as_str().to_owned());
         let candidate = (r.created_ms, id);
         let slot = newest.entry(key).or_insert_with(|| candidate.clone());
@@ -420,16 +438,13 @@ pub async fn advance<R: Rollouts, F: Fleet, D: Delivery, A: Alerts>(
         .get(id)
         .await?
         .ok_or_else(|| AdvanceError::NoRollout { id: id.to_owned() })?;
-    let images = edges
-        .fleet
-        .images(&rollout.model, &rollout.hardware)
-        .await?;
+    // Three independent reads, side by side.
+    let (images, records, fleet) = futures::try_join!(
+        edges.fleet.images(&rollout.model, &rollout.hardware),
+        edges.rollouts.devices(id),
+        edges.fleet.devices(&rollout.model, &rollout.hardware),
+    )?;
     let image = image_of(&images, &rollout, &rollout.version)?;
-    let records = edges.rollouts.devices(id).await?;
-    let fleet = edges
-        .fleet
-        .devices(&rollout.model, &rollout.hardware)
-        .await?;
     let margin_ms = config.url_refresh_margin_s * 1000;
     let plan_for = |r: &Rollout| {
         plan_run(

@@ -400,11 +400,16 @@ pub async fn status(
         .get(id)
         .await?
         .with_context(|| format!("no rollout {id}"))?;
-    let images = firmware.images(&rollout.model, &rollout.hardware).await?;
+    // Independent reads, side by side.
+    let (images, records, fleet) = futures::try_join!(
+        firmware.images(&rollout.model, &rollout.hardware),
+        rollouts.devices(id),
+        async {
+            let things = fleet.things_of(&rollout.model, &rollout.hardware).await?;
+            devices.fleet(&things).await
+        },
+    )?;
     let min_version = find_image(&images, &rollout.version).and_then(|i| i.min_version.clone());
-    let records = rollouts.devices(id).await?;
-    let things = fleet.things_of(&rollout.model, &rollout.hardware).await?;
-    let fleet = devices.fleet(&things).await?;
     let plan = plan_run(&rollout, min_version.as_ref(), &fleet, &records, now_ms, 0);
     let phase = rollout.plan.phases.get(rollout.phase);
     Ok(RolloutStatusReport {

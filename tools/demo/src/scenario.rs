@@ -259,22 +259,6 @@ impl Ctx<'_> {
         });
     }
 
-    /// The deployed advancer, run once as its schedule runs it.
-    async fn advance(&self) -> Result<()> {
-        let schedule = include_bytes!("../../../events/ota-advancer-schedule.json").to_vec();
-        let invoked = LambdaClient::new(&self.stack.lambda_endpoint)
-            .invoke(names::ADVANCER, InvocationType::RequestResponse, schedule)
-            .await
-            .map_err(|e| anyhow::anyhow!("invoking {}: {e}", names::ADVANCER))?;
-        if let Some(error) = invoked.function_error {
-            bail!(
-                "the advancer failed ({error}): {}",
-                String::from_utf8_lossy(&invoked.payload)
-            );
-        }
-        Ok(())
-    }
-
     async fn status(&self, id: &str) -> Result<RolloutStatusReport> {
         status(
             &self.rollouts,
@@ -509,7 +493,7 @@ fn fleet_plan(
 
 /// Readings Timestream holds for the run's things (distinct thing and time), from moto's state.
 async fn stored_readings(stack: &Stack, layout: &Layout) -> Result<usize> {
-    let state = stack.moto_state().await?;
+    let state = stack.timestream_state().await?;
     Ok(crate::stores::timestream_readings(&state, layout).len())
 }
 
@@ -664,33 +648,125 @@ async fn rollouts(
         stages.insert((model.clone(), hardware.clone()), Stage::Bad(id));
     }
     ctx.mark(&format!("{BAD_VERSION} rollouts start"));
-    let mut runs = Vec::new();
-    let mut after_rollback = Vec::new();
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let soak_s = ctx.plan.soak.as_secs();
     // Both rounds; on the local stack a device's OTA report reaches the device table in about
     // 0.4 s per device of the fleet (1,000 devices: ~7 minutes a round; BENCHMARKS.md).
     let limit = Duration::from_secs(180 + 20 * soak_s + ctx.plan.devices as u64 * 4 / 5);
     let deadline = Instant::now() + limit;
-    let mut advance_failures = 0;
+    // The advancer runs on its own schedule, as EventBridge runs it, whatever the operator's
+    // reads below are doing.
+    let mut advancer = tokio::spawn(advancer_schedule(
+        ctx.stack.lambda_endpoint.clone(),
+        ctx.plan.advance_every,
+        ctx.progress.clone(),
+    ));
+    let outcome = watch_rollouts(ctx, &combos, &mut stages, &mut advancer, deadline, limit).await;
+    advancer.abort();
+    outcome
+}
+
+/// The deployed advancer, invoked every `every` through the local Lambda host as its schedule
+/// invokes it; a failed run is tried again on the next tick, as the schedule would, and three in
+/// a row end the schedule (and the demo) with the last error.
+async fn advancer_schedule(endpoint: String, every: Duration, progress: Progress) -> Result<()> {
+    let schedule = include_bytes!("../../../events/ota-advancer-schedule.json").to_vec();
+    let client = LambdaClient::new(&endpoint);
+    let mut failures = 0;
     loop {
-        // A failed run is tried again on the next tick, as the schedule would; three in a row
-        // end the demo.
-        match ctx.advance().await {
-            Ok(()) => advance_failures = 0,
-            Err(e) if advance_failures < 2 => {
-                advance_failures += 1;
-                ctx.progress.say(&format!("warning: {e:#}; trying again"));
+        let run = async {
+            let invoked = client
+                .invoke(
+                    names::ADVANCER,
+                    InvocationType::RequestResponse,
+                    schedule.clone(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("invoking {}: {e}", names::ADVANCER))?;
+            if let Some(error) = invoked.function_error {
+                bail!(
+                    "the advancer failed ({error}): {}",
+                    String::from_utf8_lossy(&invoked.payload)
+                );
+            }
+            Ok(())
+        };
+        match run.await {
+            Ok(()) => failures = 0,
+            Err(e) if failures < 2 => {
+                failures += 1;
+                progress.say(&format!("warning: {e:#}; trying again"));
             }
             Err(e) => return Err(e),
         }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Reads the rollouts as an operator does (`shoal rollout status`) and acts on what it sees,
+/// until the fixed image is complete everywhere. Each tick reads each rollout's record (one
+/// GetItem); the full status (the fleet's records, the population) is read when the record
+/// moved, and every few seconds while waiting on the devices.
+#[allow(clippy::too_many_lines)]
+async fn watch_rollouts(
+    ctx: &mut Ctx<'_>,
+    combos: &BTreeMap<(String, String), Vec<String>>,
+    stages: &mut BTreeMap<(String, String), Stage>,
+    advancer: &mut tokio::task::JoinHandle<Result<()>>,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<(
+    Vec<RolloutRun>,
+    Vec<(RolloutStatusReport, BTreeMap<String, Option<String>>)>,
+)> {
+    const TICK: Duration = Duration::from_secs(1);
+    const REFRESH: Duration = Duration::from_secs(4);
+    let mut runs = Vec::new();
+    let mut after_rollback = Vec::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    // Per rollout: the record's revision at the last full read, when, and what it read.
+    let mut read: BTreeMap<String, (u64, Instant, RolloutStatusReport)> = BTreeMap::new();
+    loop {
+        if advancer.is_finished() {
+            return match advancer.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => bail!("the advancer's schedule ended"),
+                Err(e) => bail!("the advancer's schedule failed: {e}"),
+            };
+        }
+        let ids: Vec<String> = stages
+            .values()
+            .filter_map(|stage| match stage {
+                Stage::Bad(id) | Stage::Restoring(id, _) | Stage::Good(id) => Some(id.clone()),
+                Stage::Done => None,
+            })
+            .collect();
+        let records =
+            futures::future::try_join_all(ids.iter().map(|id| ctx.rollouts.get(id))).await?;
+        let stale: Vec<&String> = ids
+            .iter()
+            .zip(&records)
+            .filter(|(id, record)| {
+                read.get(*id).is_none_or(|(revision, at, _)| {
+                    record.as_ref().map(|r| r.revision) != Some(*revision)
+                        || at.elapsed() >= REFRESH
+                })
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let fresh = futures::future::try_join_all(stale.iter().map(|id| ctx.status(id))).await?;
+        for (id, r) in stale.into_iter().zip(fresh) {
+            read.insert(id.clone(), (r.rollout.revision, Instant::now(), r));
+        }
         let mut phases = Vec::new();
-        for ((model, hardware), stage) in &mut stages {
+        for ((model, hardware), stage) in stages.iter_mut() {
             let id = match stage {
                 Stage::Bad(id) | Stage::Restoring(id, _) | Stage::Good(id) => id.clone(),
                 Stage::Done => continue,
             };
-            let r = ctx.status(&id).await?;
+            let Some((_, _, r)) = read.get(&id) else {
+                continue;
+            };
+            let r = r.clone();
             let line = format!(
                 "{:?} {} ({}%): targeted {} · succeeded {} · failed {} · rolled back {}",
                 r.rollout.status,
@@ -806,7 +882,7 @@ async fn rollouts(
                     .join("; ")
             );
         }
-        tokio::time::sleep(ctx.plan.advance_every).await;
+        tokio::time::sleep(TICK).await;
     }
 }
 
@@ -1061,7 +1137,10 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
         Duration::from_secs(90),
         Duration::from_secs(3),
         || async {
-            let state = stack_ref.moto_state().await.map_err(|e| e.to_string())?;
+            let state = stack_ref
+                .timestream_state()
+                .await
+                .map_err(|e| e.to_string())?;
             let stored = crate::stores::timestream_readings(&state, &layout).len() as u64;
             let quarantined = crate::stores::quarantined(stack_ref, &layout, started_ms)
                 .await

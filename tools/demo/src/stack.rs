@@ -153,15 +153,16 @@ impl Stack {
         })
     }
 
-    /// moto's whole state (`/moto-api/data.json`): how the demo reads Timestream back, which
-    /// has no read API in moto. A 5xx (moto serialising while another request changes its
+    /// moto's Timestream state (`/moto-api/data.json?service=timestreamwrite`, narrowed by
+    /// `tools/localstack/moto_server.py`): how the demo reads Timestream back, which has no read
+    /// API in moto. A 5xx (moto serialising while another request changes its
     /// state) is retried a few times.
     ///
     /// # Errors
     /// moto does not answer, or answers something that is not JSON.
-    pub async fn moto_state(&self) -> Result<serde_json::Value> {
+    pub async fn timestream_state(&self) -> Result<serde_json::Value> {
         let url: hyper::Uri = format!(
-            "{}/moto-api/data.json",
+            "{}/moto-api/data.json?service=timestreamwrite",
             self.aws_endpoint.trim_end_matches('/')
         )
         .parse()

@@ -82,27 +82,41 @@ pub struct Quarantined {
 /// The time (ms) of each reading of a quarantined message, in the message's order: `ts` of a
 /// JSON reading or of each of `readings`; the leading timestamp of each packed record of the
 /// demo's packed model. `None` where it cannot be read.
+///
+/// `message` is the rule's event as the router received it, read with the router's own
+/// [`Envelope`] reader: a binary topic's event carries the device's bytes base64-encoded in
+/// `_payload`. `message_base64` holds an event that was not UTF-8.
 fn reading_times(body: &Value) -> Vec<Option<u64>> {
     use base64::Engine as _;
-    if let Some(text) = body["message"].as_str() {
-        let Ok(message) = serde_json::from_str::<Value>(text) else {
-            return Vec::new();
-        };
-        return match message["readings"].as_array() {
-            Some(readings) => readings.iter().map(|r| r["ts"].as_u64()).collect(),
-            None => vec![message["ts"].as_u64()],
-        };
-    }
-    let Some(bytes) = body["message_base64"]
-        .as_str()
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-    else {
+    use shoal_core::telemetry::envelope::{Envelope, Payload};
+    let event = match (body["message"].as_str(), body["message_base64"].as_str()) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(encoded)) => match base64::engine::general_purpose::STANDARD.decode(encoded) {
+            Ok(bytes) => bytes,
+            Err(_) => return Vec::new(),
+        },
+        (None, None) => return Vec::new(),
+    };
+    let Ok(envelope) = Envelope::from_bytes(&event) else {
         return Vec::new();
     };
-    let fields = crate::layout::PACKED_FIELDS.len();
-    shoal_wire::packed::records(&bytes, fields)
-        .map(|records| records.map(|r| Some(r.time_ms)).collect())
-        .unwrap_or_default()
+    let time = |v: &Value| v.as_u64();
+    match envelope.payload {
+        Payload::Flat(readings) => readings
+            .iter()
+            .map(|r| r.ts.and_then(|t| u64::try_from(t).ok()))
+            .collect(),
+        Payload::Json(message) => match message.get("readings").and_then(Value::as_array) {
+            Some(readings) => readings.iter().map(|r| time(&r["ts"])).collect(),
+            None => vec![message.get("ts").and_then(time)],
+        },
+        Payload::Binary(bytes) => {
+            let fields = crate::layout::PACKED_FIELDS.len();
+            shoal_wire::packed::records(&bytes, fields)
+                .map(|records| records.map(|r| Some(r.time_ms)).collect())
+                .unwrap_or_default()
+        }
+    }
 }
 
 /// The hour partitions (`year=…/hour=HH`) from `from_ms` to `to_ms`, both included.
@@ -483,7 +497,7 @@ pub async fn summarise(stack: &Stack, outcome: &Outcome) -> Result<Summary> {
             })
         })
         .count();
-    let state = stack.moto_state().await?;
+    let state = stack.timestream_state().await?;
     let stored = timestream_readings(&state, layout);
     let mut per_minute: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
     for (thing, time) in &stored {
@@ -551,6 +565,7 @@ pub async fn summarise(stack: &Stack, outcome: &Outcome) -> Result<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::PACKED_MODEL;
 
     #[test]
     fn timestream_readings_are_the_runs_distinct_thing_and_time() {
@@ -573,6 +588,44 @@ mod tests {
             readings.into_iter().collect::<Vec<_>>(),
             [("D1-00001".to_owned(), 1000), ("D1-00002".to_owned(), 1000)]
         );
+    }
+
+    #[test]
+    fn quarantined_readings_are_timed_as_the_router_reads_their_event() {
+        use base64::Engine as _;
+        let topic = "dt/greenhouse/D1-00000/telemetry";
+        let event = |extra: serde_json::Value| {
+            let mut e =
+                serde_json::json!({"_topic": topic, "_received_at": 1, "_client_id": "D1-00000"});
+            e.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::json!({"message": e.to_string()})
+        };
+        assert_eq!(
+            reading_times(&event(serde_json::json!({"ts": 7, "temperature": 1.0}))),
+            [Some(7)]
+        );
+        assert_eq!(
+            reading_times(&event(serde_json::json!({"readings": [
+                {"ts": 8, "temperature": 1.0}, {"temperature": 2.0}
+            ]}))),
+            [Some(8), None]
+        );
+        // A binary topic's event: the device's packed records, base64 in `_payload` (once read
+        // as one reading with no time, so a resent reading was counted twice).
+        let mut packed = Vec::new();
+        shoal_wire::packed::encode_record(11, &[1.0, 2.0], &mut packed);
+        shoal_wire::packed::encode_record(12, &[3.0, 4.0], &mut packed);
+        let binary = serde_json::json!({"message": serde_json::json!({
+            "_topic": format!("{topic}/{PACKED_MODEL}"), "_received_at": 1,
+            "_payload": base64::engine::general_purpose::STANDARD.encode(&packed),
+        }).to_string()});
+        assert_eq!(reading_times(&binary), [Some(11), Some(12)]);
+        // An event that is not UTF-8 comes as `message_base64`.
+        let raw = serde_json::json!({"message_base64":
+            base64::engine::general_purpose::STANDARD.encode(b"\xff{")});
+        assert!(reading_times(&raw).is_empty());
     }
 
     #[test]
