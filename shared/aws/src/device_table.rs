@@ -76,6 +76,20 @@ pub fn from_attribute(value: &AttributeValue) -> Value {
     }
 }
 
+/// What [`fleet_device`] reads of a device's item (its shadows' reported configuration and
+/// the rest stay in the table).
+const FLEET_ATTRIBUTES: &[&str] = &[
+    "thing_name",
+    "online",
+    "firmware_version",
+    "facts_updated_at",
+    "ota_status",
+    "ota_target_version",
+    "ota_running_version",
+    "ota_reason",
+    "ota_updated_at",
+];
+
 fn fleet_device(item: &Item) -> Option<FleetDevice> {
     let text = |name: &str| match item.get(name) {
         Some(AttributeValue::S(v)) => Some(v.as_str()),
@@ -475,7 +489,13 @@ impl DeviceTable {
                 ])
             })
             .collect();
-        let items = crate::dynamo::batch_get(&self.client, self.table.as_str(), keys).await?;
+        let items = crate::dynamo::batch_get(
+            &self.client,
+            self.table.as_str(),
+            keys,
+            Some(FLEET_ATTRIBUTES),
+        )
+        .await?;
         let mut known: HashMap<String, FleetDevice> = items
             .iter()
             .filter_map(fleet_device)
@@ -644,5 +664,38 @@ mod tests {
     fn json_round_trips_through_attributes() {
         let value = json!({"a": [1, 2.5, "x", true, null], "b": {"c": -3}});
         assert_eq!(from_attribute(&to_attribute(&value)), value);
+    }
+
+    #[test]
+    fn the_fleet_projection_keeps_all_a_fleet_device_is_read_from() {
+        let item: Item = [
+            ("thing_name", s("t-1")),
+            ("record", s(DEVICE_RECORD)),
+            ("online", AttributeValue::Bool(true)),
+            ("firmware_version", s("1.0.0")),
+            ("facts_updated_at", n(5u64)),
+            ("ota_status", s("failed")),
+            ("ota_target_version", s("1.1.0")),
+            ("ota_running_version", s("1.0.1")),
+            ("ota_reason", s("self-test")),
+            ("ota_updated_at", n(6u64)),
+            ("reported_config", to_attribute(&json!({"interval_s": 5}))),
+            ("certificate_id", s("abc")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let projected: Item = item
+            .iter()
+            .filter(|(k, _)| FLEET_ATTRIBUTES.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let whole = fleet_device(&item).unwrap();
+        assert_eq!(fleet_device(&projected).unwrap(), whole);
+        assert_eq!(
+            whole.running.map(|v| v.to_string()).as_deref(),
+            Some("1.0.1")
+        );
+        assert!(whole.report.is_some() && whole.online == Some(true));
     }
 }

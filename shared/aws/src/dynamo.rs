@@ -130,7 +130,8 @@ pub const MAX_BATCH_GET: usize = 100;
 const UNPROCESSED_ROUNDS: u32 = 8;
 
 /// The items with `keys` that exist (any order), read consistently, in calls of
-/// [`MAX_BATCH_GET`], unprocessed keys retried.
+/// [`MAX_BATCH_GET`], unprocessed keys retried; with `attributes`, only those attributes of
+/// each item (a `ProjectionExpression`; DynamoDB still charges the whole item's reads).
 ///
 /// # Errors
 /// [`EdgeError`] when a request could not be built or a BatchGetItem call failed; a
@@ -140,8 +141,19 @@ pub async fn batch_get(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     keys: Vec<Item>,
+    attributes: Option<&[&str]>,
 ) -> Result<Vec<Item>, EdgeError> {
     let mut found = Vec::with_capacity(keys.len());
+    // Every name through a placeholder: an attribute may be a reserved word.
+    let projection = attributes.map(|names| {
+        let placeholders: Vec<String> = (0..names.len()).map(|i| format!("#p{i}")).collect();
+        let map: HashMap<String, String> = placeholders
+            .iter()
+            .cloned()
+            .zip(names.iter().map(|n| (*n).to_owned()))
+            .collect();
+        (placeholders.join(", "), map)
+    });
     let mut keys = keys.into_iter().peekable();
     while keys.peek().is_some() {
         let mut pending: Vec<Item> = keys.by_ref().take(MAX_BATCH_GET).collect();
@@ -154,6 +166,8 @@ pub async fn batch_get(
             let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
                 .set_keys(Some(std::mem::take(&mut pending)))
                 .consistent_read(true)
+                .set_projection_expression(projection.as_ref().map(|(e, _)| e.clone()))
+                .set_expression_attribute_names(projection.as_ref().map(|(_, n)| n.clone()))
                 .build()
                 .map_err(|e| EdgeError::request("dynamodb", "BatchGetItem", e))?;
             let got = client

@@ -129,15 +129,16 @@ pub async fn attached_policies(
                 .filter_map(|p| p.policy_name().map(str::to_owned)),
         );
     }
+    // Every document at once (a certificate has a few policies; AWS allows ten at most).
+    let documents = futures::future::join_all(
+        names
+            .iter()
+            .map(|name| iot.get_policy().policy_name(name).send()),
+    )
+    .await;
     let mut policies = Vec::with_capacity(names.len());
-    for name in names {
-        match iot
-            .get_policy()
-            .policy_name(&name)
-            .send()
-            .await
-            .aws("iot", "GetPolicy")
-        {
+    for (name, document) in names.into_iter().zip(documents) {
+        match document.aws("iot", "GetPolicy") {
             Ok(out) => {
                 let document = out.policy_document().unwrap_or_default().to_owned();
                 policies.push((name, document));

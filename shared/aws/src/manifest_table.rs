@@ -394,7 +394,9 @@ impl ManifestTable {
                 .iter()
                 .map(|serial| Item::from([("serial".to_owned(), s(serial.as_str()))]))
                 .collect();
-            for item in crate::dynamo::batch_get(&self.client, self.table.as_str(), keys).await? {
+            for item in
+                crate::dynamo::batch_get(&self.client, self.table.as_str(), keys, None).await?
+            {
                 let entry = from_item(&item)
                     .map_err(|e| EdgeError::unreadable("dynamodb", "BatchGetItem", e))?;
                 found.push((entry.serial, entry.status));

@@ -89,8 +89,11 @@ pub async fn standing<R: Registry>(
     if certificate.status != ACTIVE {
         return Ok(Standing::NotActive(certificate.status));
     }
-    let policies = registry.policies(&certificate.arn).await?;
-    let thing = registry.attached_thing(&certificate.arn, client_id).await?;
+    // Independent reads, side by side: a connection waits for the slower of the two.
+    let (policies, thing) = futures::try_join!(
+        registry.policies(&certificate.arn),
+        registry.attached_thing(&certificate.arn, client_id),
+    )?;
     let principal = Principal {
         client_id: client_id.to_owned(),
         thing,
