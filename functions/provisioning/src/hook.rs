@@ -30,13 +30,14 @@ pub trait Manifest: Sync {
     ) -> impl Future<Output = Result<Option<ManifestEntry>, EdgeError>> + Send;
 
     /// Marks the serial provisioned to the certificate if it is pending or already provisioned to
-    /// it; `Ok(false)` when the condition failed.
+    /// it (`pending_only`: only if pending); `Ok(false)` when the condition failed.
     fn claim(
         &self,
         serial: &Serial,
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
+        pending_only: bool,
     ) -> impl Future<Output = Result<bool, EdgeError>> + Send;
 
     /// Moves a serial claimed by `old_certificate` to `new_certificate`, only if it is still
@@ -243,27 +244,41 @@ async fn decide_and_claim(
     };
     prepare_thing(gate, &overrides).await?;
     // Only a pending serial's claim is this invocation's to undo (a serial provisioned to this
-    // certificate already was claimed by an earlier answer).
-    if entry
+    // certificate already was claimed by an earlier answer), so a serial read pending is claimed
+    // only while it is still pending: when two invocations for one certificate race (a device's
+    // retry while the first still runs), one claims it and the other sees it claimed, and only
+    // the first may give it back.
+    let pending = entry
         .as_ref()
-        .is_some_and(|e| e.status == DeviceStatus::Pending)
-    {
+        .is_some_and(|e| e.status == DeviceStatus::Pending);
+    if pending {
         claimed
             .sent
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let took = manifest
-        .claim(&serial, &request.certificate_id, &thing, now)
+        .claim(&serial, &request.certificate_id, &thing, now, pending)
         .await
         .map_err(internal)?;
     if !took {
+        claimed
+            .sent
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         // Someone else changed the entry between our read and our write: decide again on what
-        // is there now (another certificate won, or the serial was revoked meanwhile).
+        // is there now (another certificate won, the serial was revoked meanwhile, or another
+        // invocation for this certificate claimed it: then it is this device's, claimed by
+        // that invocation).
         let now = manifest.get(&serial).await.map_err(internal)?;
         decide(request, now.as_ref(), models)?;
-        return Err(Denial::Internal(format!(
-            "serial {serial} changed while it was being claimed"
-        )));
+        let ours = now.as_ref().is_some_and(|e| {
+            e.status == DeviceStatus::Provisioned
+                && e.certificate_id.as_deref() == Some(request.certificate_id.as_str())
+        });
+        if !ours {
+            return Err(Denial::Internal(format!(
+                "serial {serial} changed while it was being claimed"
+            )));
+        }
     }
     gate.devices
         .record_certificate(&thing, &request.certificate_id)
@@ -754,6 +769,37 @@ mod tests {
         let entry = m.entries.lock().unwrap()["SN-1"].clone();
         assert_eq!(entry.status, DeviceStatus::Provisioned);
         assert_eq!(entry.certificate_id.as_deref(), Some("c1"));
+    }
+
+    #[tokio::test]
+    async fn a_racing_invocation_for_the_same_certificate_never_gives_back_the_others_claim() {
+        // Two invocations for c1 both read SN-1 pending; the other one's claim lands first.
+        let m = Memory {
+            claimed_meanwhile: std::sync::Mutex::new(Some("c1".into())),
+            ..memory("SN-1")
+        };
+        assert!(
+            handle(&request("SN-1", "c1"), &gate(&m), DEFAULT_DEADLINE)
+                .await
+                .allow_provisioning,
+            "the serial is this certificate's: allowed"
+        );
+        // The same race, and this invocation's deadline passes after its claim failed: the
+        // other invocation's claim (which may have answered allow) stays.
+        let m = Memory {
+            claimed_meanwhile: std::sync::Mutex::new(Some("c1".into())),
+            slow_after_claim: true,
+            ..memory("SN-1")
+        };
+        assert!(
+            !handle(&request("SN-1", "c1"), &gate(&m), Duration::from_millis(50))
+                .await
+                .allow_provisioning
+        );
+        let entry = m.entries.lock().unwrap()["SN-1"].clone();
+        assert_eq!(entry.status, DeviceStatus::Provisioned);
+        assert_eq!(entry.certificate_id.as_deref(), Some("c1"));
+        assert!(m.audit.lock().unwrap().is_empty(), "{:?}", m.audit);
     }
 
     #[tokio::test]

@@ -220,7 +220,7 @@ pub async fn handle_registration(
     let entry = entry.expect("refusal() refuses a missing entry");
     let thing = serial.thing_name();
     if !manifest
-        .claim(&serial, &event.certificate_id, &thing, now_ms())
+        .claim(&serial, &event.certificate_id, &thing, now_ms(), false)
         .await?
     {
         let now = manifest.get(&serial).await?;

@@ -30,6 +30,9 @@ pub struct Memory {
     /// Recording the certificate (after the claim) takes a minute: the hook's deadline passes
     /// with the serial claimed.
     pub slow_after_claim: bool,
+    /// Another invocation's claim for this certificate lands between this one's read and its
+    /// claim (taken by the first claim).
+    pub claimed_meanwhile: Mutex<Option<String>>,
 }
 
 /// What the manifest table answers while it is down: no answer at all.
@@ -54,13 +57,21 @@ impl Manifest for Memory {
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
+        pending_only: bool,
     ) -> Result<bool, EdgeError> {
         let mut entries = self.entries.lock().unwrap();
         let Some(e) = entries.get_mut(serial.as_str()) else {
             return Ok(false);
         };
+        if let Some(other) = self.claimed_meanwhile.lock().unwrap().take() {
+            e.status = DeviceStatus::Provisioned;
+            e.certificate_id = Some(other);
+            e.thing_name = Some(thing.clone());
+            e.updated_at_ms = now_ms - 1;
+        }
         let ok = e.status == DeviceStatus::Pending
-            || (e.status == DeviceStatus::Provisioned
+            || (!pending_only
+                && e.status == DeviceStatus::Provisioned
                 && e.certificate_id.as_deref() == Some(certificate_id));
         if ok {
             e.status = DeviceStatus::Provisioned;

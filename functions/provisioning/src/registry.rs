@@ -299,8 +299,9 @@ impl Manifest for ManifestTable {
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
+        pending_only: bool,
     ) -> Result<bool, EdgeError> {
-        ManifestTable::claim(self, serial, certificate_id, thing, now_ms).await
+        ManifestTable::claim(self, serial, certificate_id, thing, now_ms, pending_only).await
     }
 
     async fn take_over(

@@ -190,9 +190,10 @@ impl ManifestTable {
     }
 
     /// Marks `serial` provisioned to `certificate_id` as `thing`, only if it is pending or already
-    /// provisioned to that same certificate: of two concurrent claims with different certificates,
-    /// exactly one succeeds. `Ok(false)`: the condition failed (another certificate won, or the
-    /// entry changed); re-read to see why.
+    /// provisioned to that same certificate (`pending_only`: only if it is pending, so the write
+    /// is known to be this caller's own claim): of two concurrent claims with different
+    /// certificates, exactly one succeeds. `Ok(false)`: the condition failed (another certificate
+    /// won, or the entry changed); re-read to see why.
     ///
     /// # Errors
     /// [`EdgeError`] when DynamoDB could not be called or refused the write; a condition that did
@@ -203,6 +204,7 @@ impl ManifestTable {
         certificate_id: &str,
         thing: &ThingName,
         now_ms: i64,
+        pending_only: bool,
     ) -> Result<bool, EdgeError> {
         let updated = self
             .client
@@ -212,9 +214,11 @@ impl ManifestTable {
             .update_expression(
                 "SET #status = :provisioned, certificate_id = :cert, thing_name = :thing, updated_at = :now",
             )
-            .condition_expression(
-                "attribute_exists(serial) AND (#status = :pending OR (#status = :provisioned AND certificate_id = :cert))",
-            )
+            .condition_expression(if pending_only {
+                "attribute_exists(serial) AND #status = :pending"
+            } else {
+                "attribute_exists(serial) AND (#status = :pending OR (#status = :provisioned AND certificate_id = :cert))"
+            })
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":provisioned", s(DeviceStatus::Provisioned.as_str()))
             .expression_attribute_values(":pending", s(DeviceStatus::Pending.as_str()))

@@ -180,6 +180,7 @@ pub async fn run(factory: &ClientFactory, command: Command) -> anyhow::Result<()
             &fleet,
             &IotShadowStore::new(factory.iot_data()),
             &request,
+            now_s,
             Duration::from_secs(args.wait),
         )
         .await?;
@@ -187,12 +188,14 @@ pub async fn run(factory: &ClientFactory, command: Command) -> anyhow::Result<()
     Ok(())
 }
 
-/// Polls every targeted thing's shadow until each reports `request.desired`, with a progress
-/// bar; prints how long convergence took.
+/// Polls every targeted thing's shadow until each reports `request.desired` (written from
+/// `written_at_s`, epoch seconds), with a progress bar; prints how long convergence took. A
+/// shadow that cannot be read is read again on the next poll.
 async fn wait_converged(
     fleet: &impl Fleet,
     store: &impl ShadowStore,
     request: &GroupRequest,
+    written_at_s: u64,
     limit: Duration,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -202,9 +205,16 @@ async fn wait_converged(
             .expect("a valid template"),
     );
     loop {
-        let state = convergence(store, &things, request.shadow.as_ref(), &request.desired).await?;
+        let state = convergence(
+            store,
+            &things,
+            request.shadow.as_ref(),
+            &request.desired,
+            written_at_s,
+        )
+        .await;
         bar.set_position(state.converged.len() as u64);
-        if state.pending.is_empty() {
+        if state.complete() {
             bar.finish_and_clear();
             println!(
                 "converged: {}/{} things report the desired state ({:.1} s after the writes)",
@@ -216,24 +226,26 @@ async fn wait_converged(
         }
         if started.elapsed() >= limit {
             bar.finish_and_clear();
-            let shown: Vec<String> = state
+            let waiting: Vec<String> = state
                 .pending
                 .iter()
-                .take(10)
-                .map(|p| p.to_string())
+                .map(ToString::to_string)
+                .chain(
+                    state
+                        .unread
+                        .iter()
+                        .map(|(t, why)| format!("{t} (unread: {why})")),
+                )
                 .collect();
+            let shown = waiting.len().min(10);
             anyhow::bail!(
                 "after {} s, {}/{} things report the desired state; not yet: {}{} \
                  (offline devices apply it when they reconnect)",
                 limit.as_secs(),
                 state.converged.len(),
                 things.len(),
-                shown.join(", "),
-                if state.pending.len() > shown.len() {
-                    ", …"
-                } else {
-                    ""
-                }
+                waiting[..shown].join(", "),
+                if waiting.len() > shown { ", …" } else { "" }
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -290,41 +302,55 @@ pub struct Convergence {
     pub converged: Vec<(ThingName, u64)>,
     /// Things that do not (yet), or have no such shadow.
     pub pending: Vec<ThingName>,
+    /// Things whose shadow could not be read this time, with why (read again on the next poll).
+    pub unread: Vec<(ThingName, String)>,
 }
 
-/// Reads each of `things`' shadow (16 at a time) and sorts them by [`converged_at`].
-///
-/// # Errors
-/// A GetThingShadow that failed (other than a missing shadow).
+impl Convergence {
+    /// Every thing read and reporting the desired state.
+    pub fn complete(&self) -> bool {
+        self.pending.is_empty() && self.unread.is_empty()
+    }
+}
+
+/// Reads each of `things`' shadow (16 at a time) and sorts them by [`converged_at`], never
+/// earlier than `written_at_s` (epoch seconds the desired state was written; a device that
+/// reported the value before has nothing to change, and converged with the write). A read that
+/// fails (throttled, unreachable) leaves the thing in [`Convergence::unread`]: one failed read
+/// out of thousands does not end a wait.
 pub async fn convergence(
     store: &impl ShadowStore,
     things: &[ThingName],
     shadow: Option<&ShadowName>,
     desired: &StateMap,
-) -> Result<Convergence, EdgeError> {
+    written_at_s: u64,
+) -> Convergence {
     use futures::StreamExt as _;
     let mut reads = futures::stream::iter(things.iter().map(|thing| async move {
         let shadow = ShadowRef {
             thing: thing.clone(),
             name: shadow.cloned(),
         };
-        let document = store.get(&shadow).await?;
-        Ok::<_, EdgeError>((
-            thing.clone(),
-            document.and_then(|d| converged_at(&d, desired)),
-        ))
+        let read = store.get(&shadow).await.map(|document| {
+            document
+                .and_then(|d| converged_at(&d, desired))
+                .map(|at| at.max(written_at_s))
+        });
+        (thing.clone(), read)
     }))
     .buffer_unordered(16);
     let mut state = Convergence::default();
-    while let Some(read) = reads.next().await {
-        match read? {
-            (thing, Some(at)) => state.converged.push((thing, at)),
-            (thing, None) => state.pending.push(thing),
+    while let Some((thing, read)) = reads.next().await {
+        match read {
+            Ok(Some(at)) => state.converged.push((thing, at)),
+            Ok(None) => state.pending.push(thing),
+            Err(e) => state.unread.push((thing, e.to_string())),
         }
     }
     state.converged.sort();
     state.pending.sort();
-    Ok(state)
+    state.unread.sort();
+    state
 }
 
 /// Which things a group update is for.
@@ -708,6 +734,58 @@ mod tests {
             None,
             "a deleted leaf still reported"
         );
+    }
+
+    /// Shadows by thing; a thing missing from the map cannot be read.
+    struct Shadows(std::collections::BTreeMap<String, ShadowDocument>);
+
+    impl ShadowStore for Shadows {
+        async fn get(&self, shadow: &ShadowRef) -> Result<Option<ShadowDocument>, EdgeError> {
+            self.0
+                .get(shadow.thing.as_str())
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| EdgeError::request("iotdata", "GetThingShadow", "timed out"))
+        }
+        async fn update(&self, _: &ShadowRef, _: &ShadowUpdate) -> Result<Option<u64>, EdgeError> {
+            unreachable!("convergence only reads")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_leaves_the_thing_unread_and_an_earlier_report_converges_with_the_write()
+    {
+        let desired = parse_desired(r#"{"interval_s": 15}"#).unwrap();
+        let reported_at = |at: u64| -> ShadowDocument {
+            serde_json::from_value(serde_json::json!({
+                "state": {"reported": {"interval_s": 15}},
+                "metadata": {"reported": {"interval_s": {"timestamp": at}}},
+                "version": 1
+            }))
+            .unwrap()
+        };
+        let store = Shadows(
+            [("before", reported_at(100)), ("after", reported_at(300))]
+                .into_iter()
+                .map(|(t, d)| (t.to_owned(), d))
+                .collect(),
+        );
+        let things: Vec<ThingName> = ["after", "before", "unreachable"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let state = convergence(&store, &things, None, &desired, 200).await;
+        assert_eq!(
+            state.converged,
+            [
+                ("after".parse().unwrap(), 300),
+                ("before".parse().unwrap(), 200)
+            ]
+        );
+        assert!(state.pending.is_empty());
+        assert_eq!(state.unread.len(), 1);
+        assert_eq!(state.unread[0].0.as_str(), "unreachable");
+        assert!(!state.complete());
     }
 
     #[test]

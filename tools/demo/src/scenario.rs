@@ -1033,6 +1033,7 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
         stack.data_plane.clone(),
     ));
     ctx.mark("config set");
+    let written_at_s = now_ms() / 1000;
     let written = set_desired(
         &iot_fleet,
         store.clone(),
@@ -1043,7 +1044,7 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
             concurrency: 16,
             max_attempts: 5,
             resume: false,
-            decided_at_s: now_ms() / 1000,
+            decided_at_s: written_at_s,
         },
         |_, _, _| {},
     )
@@ -1065,12 +1066,9 @@ pub async fn run(stack: Arc<Stack>, plan: &DemoPlan) -> Result<Outcome> {
         Duration::from_secs(60),
         Duration::from_secs(1),
         || async {
-            let state = convergence(&*store, &members, None, &request.desired)
-                .await
-                .map_err(|e| e.to_string())?;
+            let state = convergence(&*store, &members, None, &request.desired, written_at_s).await;
             state
-                .pending
-                .is_empty()
+                .complete()
                 .then_some(state.converged.len())
                 .ok_or_else(|| format!("{}/{} converged", state.converged.len(), members.len()))
         },

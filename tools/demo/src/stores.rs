@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use futures::StreamExt as _;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::RowAccessor;
@@ -445,7 +445,8 @@ pub struct Summary {
     pub acknowledged: u64,
     /// Readings published but unacknowledged when the devices stopped.
     pub unacknowledged: u64,
-    /// Timestream readings per device model per minute: model → (minute start ms → count).
+    /// Timestream readings per device model, per minute, measured over windows of
+    /// [`RATE_WINDOW_MS`] from the run's start: model → (window start ms → readings / minute).
     pub per_minute: BTreeMap<String, BTreeMap<u64, u64>>,
     /// Devices of the configured building, and when each reported the configuration (epoch s).
     pub building_members: usize,
@@ -463,6 +464,15 @@ impl Summary {
         let landed = self.timestream + self.quarantine.readings;
         landed >= self.acknowledged && landed <= self.acknowledged + self.unacknowledged
     }
+}
+
+/// The window the rate of readings is measured over, ms (a run lasts a few minutes).
+pub const RATE_WINDOW_MS: u64 = 15_000;
+
+/// The start of the [`RATE_WINDOW_MS`] window, counted from `started_ms`, that `time_ms` is in
+/// (a reading timed before the start is in the first).
+fn window_start(time_ms: u64, started_ms: u64) -> u64 {
+    started_ms + time_ms.saturating_sub(started_ms) / RATE_WINDOW_MS * RATE_WINDOW_MS
 }
 
 /// Reads everything back.
@@ -505,8 +515,14 @@ pub async fn summarise(stack: &Stack, outcome: &Outcome) -> Result<Summary> {
             *per_minute
                 .entry(model.to_owned())
                 .or_default()
-                .entry(time / 60_000 * 60_000)
+                .entry(window_start(*time, outcome.started_ms))
                 .or_default() += 1;
+        }
+    }
+    // Counts per window → readings per minute.
+    for windows in per_minute.values_mut() {
+        for n in windows.values_mut() {
+            *n *= 60_000 / RATE_WINDOW_MS;
         }
     }
     let archived = archived_readings(stack, layout, outcome.started_ms).await?;
@@ -518,7 +534,15 @@ pub async fn summarise(stack: &Stack, outcome: &Outcome) -> Result<Summary> {
             .collect::<Result<_, _>>()?;
     let desired = shoal_cli::group_config::parse_desired(&outcome.desired.to_string())?;
     let store = IotShadowStore::new(stack.data_plane.clone());
-    let state = convergence(&store, &members, None, &desired).await?;
+    let written_at_s = outcome
+        .marks
+        .iter()
+        .find(|m| m.what == "config set")
+        .map_or(0, |m| m.at_ms / 1000);
+    let state = convergence(&store, &members, None, &desired, written_at_s).await;
+    if let Some((thing, why)) = state.unread.first() {
+        bail!("reading the shadow of {thing}: {why}");
+    }
     let devices = DeviceTable::new(stack.factory.dynamodb(), names::DEVICE_TABLE.parse()?);
     let things: Vec<String> = layout.devices.iter().map(|d| d.serial.clone()).collect();
     let mut running = BTreeMap::new();
@@ -626,6 +650,14 @@ mod tests {
         let raw = serde_json::json!({"message_base64":
             base64::engine::general_purpose::STANDARD.encode(b"\xff{")});
         assert!(reading_times(&raw).is_empty());
+    }
+
+    #[test]
+    fn rate_windows_count_from_the_runs_start() {
+        assert_eq!(window_start(1_000, 1_000), 1_000);
+        assert_eq!(window_start(15_999, 1_000), 16_000 - RATE_WINDOW_MS);
+        assert_eq!(window_start(16_000, 1_000), 16_000);
+        assert_eq!(window_start(500, 1_000), 1_000);
     }
 
     #[test]
