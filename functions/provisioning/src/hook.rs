@@ -274,7 +274,14 @@ async fn decide_and_claim(
             e.status == DeviceStatus::Provisioned
                 && e.certificate_id.as_deref() == Some(request.certificate_id.as_str())
         });
-        if !ours {
+        // Claimed by the other invocation: claim it again (a new `updated_at`), so that the
+        // other one, if its deadline passes, cannot give back what this one answers.
+        if !ours
+            || !manifest
+                .claim(&serial, &request.certificate_id, &thing, now_ms(), false)
+                .await
+                .map_err(internal)?
+        {
             return Err(Denial::Internal(format!(
                 "serial {serial} changed while it was being claimed"
             )));
@@ -780,7 +787,7 @@ mod tests {
     async fn a_racing_invocation_for_the_same_certificate_never_gives_back_the_others_claim() {
         // Two invocations for c1 both read SN-1 pending; the other one's claim lands first.
         let m = Memory {
-            claimed_meanwhile: std::sync::Mutex::new(Some("c1".into())),
+            claimed_meanwhile: std::sync::Mutex::new(Some(("c1".into(), 1))),
             ..memory("SN-1")
         };
         assert!(
@@ -789,10 +796,16 @@ mod tests {
                 .allow_provisioning,
             "the serial is this certificate's: allowed"
         );
+        // This one answered allow: the other one, at its deadline, gives nothing back.
+        assert!(
+            !m.release_own_claim(&Serial::parse("SN-1").unwrap(), "c1", 1, now_ms())
+                .await
+                .unwrap()
+        );
         // The same race, and this invocation's deadline passes after its claim failed: the
         // other invocation's claim (which may have answered allow) stays.
         let m = Memory {
-            claimed_meanwhile: std::sync::Mutex::new(Some("c1".into())),
+            claimed_meanwhile: std::sync::Mutex::new(Some(("c1".into(), 1))),
             slow_after_claim: true,
             ..memory("SN-1")
         };

@@ -30,9 +30,9 @@ pub struct Memory {
     /// Recording the certificate (after the claim) takes a minute: the hook's deadline passes
     /// with the serial claimed.
     pub slow_after_claim: bool,
-    /// Another invocation's claim for this certificate lands between this one's read and its
-    /// claim (taken by the first claim).
-    pub claimed_meanwhile: Mutex<Option<String>>,
+    /// Another invocation's claim (certificate, `updated_at`) lands between this one's read and
+    /// its claim (taken by the first claim).
+    pub claimed_meanwhile: Mutex<Option<(String, i64)>>,
 }
 
 /// What the manifest table answers while it is down: no answer at all.
@@ -63,11 +63,11 @@ impl Manifest for Memory {
         let Some(e) = entries.get_mut(serial.as_str()) else {
             return Ok(false);
         };
-        if let Some(other) = self.claimed_meanwhile.lock().unwrap().take() {
+        if let Some((other, at)) = self.claimed_meanwhile.lock().unwrap().take() {
             e.status = DeviceStatus::Provisioned;
             e.certificate_id = Some(other);
             e.thing_name = Some(thing.clone());
-            e.updated_at_ms = now_ms - 1;
+            e.updated_at_ms = at;
         }
         let ok = e.status == DeviceStatus::Pending
             || (!pending_only
