@@ -39,10 +39,12 @@ from moto.core.config import default_user_config
 
 default_user_config["iot"] = {"use_valid_cert": True}
 
+import moto.server as _server  # noqa: E402  (after the configuration it reads)
 from moto import backends  # noqa: E402
 from moto.moto_api._internal.responses import MotoAPIResponse  # noqa: E402
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: E402
-from moto.server import main  # noqa: E402  (after the configuration it reads)
+from moto.sqs.models import Queue  # noqa: E402
+from moto.timestreamwrite.responses import TimestreamWriteResponse  # noqa: E402
 
 _MODULES = frozenset(backends.list_of_moto_modules())
 backends.list_of_moto_modules = lambda: _MODULES
@@ -59,8 +61,6 @@ def _cached_backend_for_host(self, host):
 
 
 DomainDispatcherApplication.get_backend_for_host = _cached_backend_for_host
-from moto.sqs.models import Queue  # noqa: E402
-from moto.timestreamwrite.responses import TimestreamWriteResponse  # noqa: E402
 
 
 def _as_written(common, record):
@@ -122,28 +122,26 @@ def _model_data_of(self, request, full_url, headers):
     for service in wanted:
         results[service] = {}
         for name, model in sorted(model_data.get(service, {}).items()):
-            results[service][name] = [
-                {
-                    attr: getattr(instance, attr)
-                    for attr in dir(instance)
-                    if not attr.startswith("_") and _serialisable(getattr(instance, attr, None))
-                }
-                for instance in model.instances_tracked
-            ]
+            results[service][name] = [_attributes(i) for i in model.instances_tracked]
     return 200, {"Content-Type": "application/javascript"}, json.dumps(results)
 
 
-def _serialisable(value):
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+def _attributes(instance):
+    """`instance`'s public attributes that JSON can hold, each read once."""
+    kept = {}
+    for attr in dir(instance):
+        if attr.startswith("_"):
+            continue
+        try:
+            value = getattr(instance, attr)
+            json.dumps(value)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        kept[attr] = value
+    return kept
 
 
 MotoAPIResponse.model_data = _model_data_of
-
-import moto.server as _server  # noqa: E402
 
 # DynamoDB requests one at a time (seen: a device's older shadow document overwrote the facts
 # of a newer one, both conditional on the version). They are pure Python: the interpreter's lock
@@ -185,4 +183,4 @@ _run_simple = _server.run_simple
 _server.run_simple = lambda host, port, app, **kw: _run_simple(host, port, _served(app), **kw)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_server.main())

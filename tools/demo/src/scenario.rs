@@ -90,7 +90,7 @@ pub struct DemoPlan {
     pub outage: Duration,
     /// Soak time of each rollout phase.
     pub soak: Duration,
-    /// How often the advancer runs (its schedule, compressed).
+    /// The pause between one advancer run's end and the next run (its schedule, compressed).
     pub advance_every: Duration,
     /// Size of each firmware image, bytes.
     pub image_bytes: usize,
@@ -665,8 +665,8 @@ async fn rollouts(
     outcome
 }
 
-/// The deployed advancer, invoked every `every` through the local Lambda host as its schedule
-/// invokes it; a failed run is tried again on the next tick, as the schedule would, and three in
+/// The deployed advancer, invoked through the local Lambda host `every` after its last run ended,
+/// as its schedule (compressed) invokes it; a failed run is tried again on the next tick, as the schedule would, and three in
 /// a row end the schedule (and the demo) with the last error.
 async fn advancer_schedule(endpoint: String, every: Duration, progress: Progress) -> Result<()> {
     let schedule = include_bytes!("../../../events/ota-advancer-schedule.json").to_vec();
