@@ -228,7 +228,10 @@ import os, sys
 import boto3
 model, devices = sys.argv[1:3]
 kw = dict(endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
-iot, ddb = boto3.client("iot", **kw), boto3.client("dynamodb", **kw)
+iot = boto3.client("iot", **kw)
+# The stack serves DynamoDB from its own moto process.
+ddb = boto3.client("dynamodb", **dict(kw, endpoint_url=os.environ.get(
+    "AWS_ENDPOINT_URL_DYNAMODB", kw["endpoint_url"])))
 for i in range(3):
     thing = f"{model}-{i}"
     iot.create_thing(thingName=thing, attributePayload={"attributes": {"model": model, "hardware": "rev-b"}})

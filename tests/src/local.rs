@@ -59,10 +59,19 @@ pub fn check_reachable(url: &str) -> Result<(), String> {
 /// endpoint is down. Region and credentials default to the dummies the local stack expects.
 pub async fn factory() -> ClientFactory {
     let url = endpoint();
-    if let Err(message) = check_reachable(&url) {
-        panic!("{message}");
+    // The stack serves DynamoDB from a moto process of its own (`AWS_ENDPOINT_URL_DYNAMODB`).
+    let dynamodb = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok();
+    for url in std::iter::once(&url).chain(dynamodb.as_ref()) {
+        if let Err(message) = check_reachable(url) {
+            panic!("{message}");
+        }
     }
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).endpoint_url(&url);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    // Set in the environment, the SDK reads `AWS_ENDPOINT_URL` and the service-specific variables
+    // itself (an endpoint set here would override the latter).
+    if std::env::var("AWS_ENDPOINT_URL").is_err() {
+        loader = loader.endpoint_url(&url);
+    }
     if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
         loader = loader.region(Region::new("us-east-1"));
     }

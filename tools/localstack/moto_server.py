@@ -23,12 +23,18 @@ moto's DynamoDB checks a write's condition and then writes, while other server t
 conditional writes to one item could both pass. DynamoDB applies each write atomically, so here
 DynamoDB requests run one at a time.
 
+moto's DynamoDB projects an item (a read's ProjectionExpression) by converting the whole item to
+plain JSON once per projected attribute: a BatchGetItem of 100 device items projecting 9 of them
+converted each item 9 times (under the demo's rollouts, BatchGetItem took 40% of the DynamoDB
+process). Here the item is converted once per projection.
+
 `/moto-api/data.json` serialises every service's state (a second of the server's time per
 thousand Timestream records); `?service=<module>` (e.g. `timestreamwrite`) narrows it to one.
 
 Same arguments as `moto_server`.
 """
 
+import copy
 import json
 import os
 import sys
@@ -40,7 +46,10 @@ from moto.core.config import default_user_config
 default_user_config["iot"] = {"use_valid_cert": True}
 
 import moto.server as _server  # noqa: E402  (after the configuration it reads)
+from botocore.utils import merge_dicts  # noqa: E402
 from moto import backends  # noqa: E402
+from moto.dynamodb.models import dynamo_type  # noqa: E402
+from moto.dynamodb.models.utilities import find_nested_key  # noqa: E402
 from moto.moto_api._internal.responses import MotoAPIResponse  # noqa: E402
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: E402
 from moto.sqs.models import Queue  # noqa: E402
@@ -84,6 +93,24 @@ def _write_records(self):
 
 
 TimestreamWriteResponse.write_records = _write_records
+
+
+def _project(self, projection_expressions):
+    """The item with only the attributes the projection names (moto's `Item.project`, with the
+    item converted to plain JSON once rather than once per projected path)."""
+    plain = self.to_regular_json()
+    result = {}
+    for path in projection_expressions:
+        # A copy: what is merged into the result must not alias the converted item.
+        merge_dicts(result, copy.deepcopy(find_nested_key(path, plain)))
+    return dynamo_type.Item(
+        hash_key=self.hash_key,
+        range_key=self.range_key,
+        attrs=dynamo_type.serializer.serialize(result)["M"],
+    )
+
+
+dynamo_type.Item.project = _project
 
 
 def _once_a_second(name, count):

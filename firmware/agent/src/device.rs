@@ -465,8 +465,11 @@ impl<B: Board> Device<B> {
         let mut self_test_due = false;
         let mut waiting_reports: Vec<OtaReport> = Vec::new();
         let mut in_flight = 0usize;
-        let (chunk_sender, mut chunks) = mpsc::channel::<Chunk>(4);
-        let (done_sender, mut downloads) = mpsc::channel::<Result<u64, String>>(4);
+        // Each download gets its own channels, their senders held by its task alone: what an
+        // aborted download still sends (chunks, its end) goes to channels nobody reads, never into
+        // the next download's. Closed until the first download.
+        let mut chunks = mpsc::channel::<Chunk>(1).1;
+        let mut downloads = mpsc::channel::<Result<u64, String>>(1).1;
         let mut download: Option<tokio::task::JoinHandle<()>> = None;
         let mut retry_download: Option<Instant> = None;
         let mut download_failures = 0u32;
@@ -529,11 +532,11 @@ impl<B: Board> Device<B> {
                             task.abort();
                         }
                         finished = None;
-                        let (downloader, chunks, done) = (
-                            self.downloader.clone(),
-                            chunk_sender.clone(),
-                            done_sender.clone(),
-                        );
+                        let (chunk_sender, done_sender);
+                        (chunk_sender, chunks) = mpsc::channel::<Chunk>(4);
+                        (done_sender, downloads) = mpsc::channel::<Result<u64, String>>(1);
+                        let (downloader, chunks, done) =
+                            (self.downloader.clone(), chunk_sender, done_sender);
                         download = Some(tokio::spawn(async move {
                             let result = downloader.fetch(&url, offset, &chunks).await;
                             let _ = done.send(result).await;

@@ -92,6 +92,9 @@ pub struct DemoPlan {
     pub soak: Duration,
     /// The pause between one advancer run's end and the next run (its schedule, compressed).
     pub advance_every: Duration,
+    /// How often the demo reads each rollout's whole status (its fleet included) when the
+    /// rollout's record has not moved.
+    pub status_every: Duration,
     /// Size of each firmware image, bytes.
     pub image_bytes: usize,
     /// Where the event log, the `config set` report and the report go.
@@ -104,6 +107,10 @@ impl DemoPlan {
     /// The demo's defaults for `devices` devices, writing to `out_dir`.
     pub fn new(devices: usize, out_dir: PathBuf) -> Self {
         let now_s = shoal_core::clock::now_ms() / 1000;
+        // Each advancer run and each status read reads the rollouts' fleets from the device
+        // table (moto's BatchGetItem: ~0.1 s of its time per 100 devices), so both come less
+        // often as the fleet grows: 200 devices every second, 1,000 every 5 s.
+        let fleet_scale = (devices as u32).div_ceil(200).max(1);
         Self {
             devices,
             rogue: 3,
@@ -115,7 +122,8 @@ impl DemoPlan {
             warm_up: Duration::from_secs(5),
             outage: Duration::from_secs(10),
             soak: Duration::from_secs(3),
-            advance_every: Duration::from_secs(1),
+            advance_every: Duration::from_secs(1) * fleet_scale,
+            status_every: Duration::from_secs(4) * fleet_scale,
             image_bytes: 48 * 1024,
             out_dir,
             verbose: true,
@@ -520,7 +528,8 @@ fn ticker(
                     stored = Some(n);
                 }
                 last_read = Instant::now();
-                read_every = Duration::from_secs(10).max(began.elapsed() * 20);
+                read_every =
+                    (began.elapsed() * 20).clamp(Duration::from_secs(10), Duration::from_secs(30));
             }
             let s = status();
             let phase = progress.phase.lock().map(|p| p.clone()).unwrap_or_default();
@@ -719,7 +728,7 @@ async fn watch_rollouts(
     Vec<(RolloutStatusReport, BTreeMap<String, Option<String>>)>,
 )> {
     const TICK: Duration = Duration::from_secs(1);
-    const REFRESH: Duration = Duration::from_secs(4);
+    let refresh = ctx.plan.status_every;
     let mut runs = Vec::new();
     let mut after_rollback = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -748,7 +757,7 @@ async fn watch_rollouts(
             .filter(|(id, record)| {
                 read.get(*id).is_none_or(|(revision, at, _)| {
                     record.as_ref().map(|r| r.revision) != Some(*revision)
-                        || at.elapsed() >= REFRESH
+                        || at.elapsed() >= refresh
                 })
             })
             .map(|(id, _)| id)

@@ -15,6 +15,9 @@ use shoal_agent::link::{Endpoint, MqttVersion};
 use shoal_aws::client::ClientFactory;
 use shoal_firmware::sampling::Backoff;
 
+/// How long one read of moto's state may take, answer included (a few MB at 1,000 devices).
+pub const STATE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The local stack's endpoints and clients.
 pub struct Stack {
     /// Clients of the AWS APIs (`AWS_ENDPOINT_URL`).
@@ -156,7 +159,7 @@ impl Stack {
     /// moto's Timestream state (`/moto-api/data.json?service=timestreamwrite`, narrowed by
     /// `tools/localstack/moto_server.py`): how the demo reads Timestream back, which has no read
     /// API in moto. A 5xx (moto serialising while another request changes its
-    /// state) is retried a few times.
+    /// state), or no whole answer within [`STATE_READ_TIMEOUT`], is retried a few times.
     ///
     /// # Errors
     /// moto does not answer, or answers something that is not JSON.
@@ -173,17 +176,22 @@ impl Stack {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let answer = client
-                .get(url.clone())
-                .await
-                .with_context(|| format!("GET {url}"))?;
-            let status = answer.status();
-            let body = answer
-                .into_body()
-                .collect()
-                .await
-                .with_context(|| format!("GET {url}"))?
-                .to_bytes();
+            let read = async {
+                let answer = client.get(url.clone()).await?;
+                let status = answer.status();
+                let body = answer.into_body().collect().await?.to_bytes();
+                Ok::<_, anyhow::Error>((status, body))
+            };
+            // A read that never ends (seen: the demo's count of stored readings froze for
+            // minutes) is given up and tried again.
+            let (status, body) = match tokio::time::timeout(STATE_READ_TIMEOUT, read).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) if attempt >= 6 => return Err(e).with_context(|| format!("GET {url}")),
+                Err(_) if attempt >= 6 => {
+                    bail!("GET {url}: no whole answer within {STATE_READ_TIMEOUT:?}")
+                }
+                Ok(Err(_)) | Err(_) => continue,
+            };
             if status.is_success() {
                 return serde_json::from_slice(&body).context("moto's state is not JSON");
             }

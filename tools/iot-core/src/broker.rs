@@ -20,6 +20,7 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::subscriptions::SubscriptionTree;
 use crate::topic;
 
 /// Messages waiting in one connection's outgoing queue, at most; past it a message to that
@@ -114,6 +115,8 @@ struct Session {
 #[derive(Debug, Default)]
 struct State {
     sessions: HashMap<String, Session>,
+    /// Every session's filters (those in its `subscriptions`, no others), for routing.
+    index: SubscriptionTree,
     retained: BTreeMap<String, Message>,
     next_connection: u64,
     dropped: u64,
@@ -212,18 +215,22 @@ impl Broker {
         let connection = state.next_connection;
         let (sender, outgoing) = mpsc::channel(OUTGOING_QUEUE);
         let (taken_over_sender, taken_over) = oneshot::channel();
-        let existing = state.sessions.remove(client_id).filter(|s| {
-            // An away session past its expiry is gone.
-            s.expires.is_none_or(|at| at > now)
-        });
-        let mut existing = existing;
+        let mut existing = state.sessions.remove(client_id);
         if let Some(old) = existing.as_mut().and_then(|s| s.connection.take()) {
             // The old connection may be gone already; either way it is not ours any more.
             let _ = old.taken_over.send(());
         }
-        let (session, session_present) = match existing {
-            Some(old) if !clean_start => (old, true),
-            _ => (
+        // An away session past its expiry is gone; a clean start discards the one there is.
+        let (kept, discarded) = match existing {
+            Some(old) if !clean_start && old.expires.is_none_or(|at| at > now) => (Some(old), None),
+            other => (None, other),
+        };
+        if let Some(old) = discarded {
+            forget(&mut state.index, client_id, &old);
+        }
+        let (session, session_present) = match kept {
+            Some(old) => (old, true),
+            None => (
                 Session {
                     expiry,
                     subscriptions: BTreeMap::new(),
@@ -285,7 +292,9 @@ impl Broker {
             None => return,
         }
         let Some(expiry) = session.expiry else {
-            state.sessions.remove(client_id);
+            if let Some(ended) = state.sessions.remove(client_id) {
+                forget(&mut state.index, client_id, &ended);
+            }
             return;
         };
         session.connection = None;
@@ -309,7 +318,10 @@ impl Broker {
     ) -> (Vec<Result<QoS, SubscribeError>>, Vec<Message>) {
         let mut state = self.state();
         let State {
-            sessions, retained, ..
+            sessions,
+            retained,
+            index,
+            ..
         } = &mut *state;
         let Some(session) = sessions.get_mut(client_id) else {
             return (Vec::new(), Vec::new());
@@ -328,6 +340,7 @@ impl Broker {
             };
             if let Ok(qos) = result {
                 session.subscriptions.insert(filter.clone(), qos);
+                index.insert(filter, client_id, qos);
                 if !send_retained {
                     granted.push(result);
                     continue;
@@ -351,9 +364,15 @@ impl Broker {
 
     /// Removes `filters` from `client_id`'s session (filters it does not hold are ignored).
     pub fn unsubscribe(&self, client_id: &str, filters: &[String]) {
-        if let Some(session) = self.state().sessions.get_mut(client_id) {
+        let mut state = self.state();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        if let Some(session) = sessions.get_mut(client_id) {
             for filter in filters {
-                session.subscriptions.remove(filter);
+                if session.subscriptions.remove(filter).is_some() {
+                    index.remove(filter, client_id);
+                }
             }
         }
     }
@@ -395,15 +414,19 @@ impl Broker {
                     .insert(message.topic.clone(), message.clone());
             }
         }
+        let State {
+            sessions,
+            index,
+            dropped,
+            ..
+        } = &mut *state;
         let mut reached = 0;
-        let mut dropped = 0;
-        for session in state.sessions.values_mut() {
-            if let Some(lost) = deliver(session, &message) {
+        for (client_id, granted) in index.matching(&message.topic) {
+            if let Some(session) = sessions.get_mut(client_id) {
                 reached += 1;
-                dropped += u64::from(lost);
+                *dropped += u64::from(deliver_at(session, &message, granted));
             }
         }
-        state.dropped += dropped;
         reached
     }
 
@@ -428,11 +451,18 @@ impl Broker {
     pub fn expire_sessions(&self) -> usize {
         let now = Instant::now();
         let mut state = self.state();
-        let before = state.sessions.len();
-        state
+        let expired: Vec<String> = state
             .sessions
-            .retain(|_, s| s.expires.is_none_or(|at| at > now));
-        before - state.sessions.len()
+            .iter()
+            .filter(|(_, s)| s.expires.is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in &expired {
+            if let Some(gone) = state.sessions.remove(client_id) {
+                forget(&mut state.index, client_id, &gone);
+            }
+        }
+        expired.len()
     }
 
     /// The broker's counters now.
@@ -455,12 +485,25 @@ fn deliver(session: &mut Session, message: &Message) -> Option<bool> {
         .filter(|(filter, _)| topic::matches(filter, &message.topic))
         .map(|(_, qos)| *qos)
         .reduce(higher)?;
+    Some(deliver_at(session, message, granted))
+}
+
+/// Removes `session`'s filters from the routing index (the session is gone).
+fn forget(index: &mut SubscriptionTree, client_id: &str, session: &Session) {
+    for filter in session.subscriptions.keys() {
+        index.remove(filter, client_id);
+    }
+}
+
+/// Hands `message` to `session`, whose highest matching subscription is `granted`: whether it was
+/// dropped (a full queue).
+fn deliver_at(session: &mut Session, message: &Message, granted: QoS) -> bool {
     let delivered = Message {
         qos: lower(message.qos, granted),
         retain: false,
         ..message.clone()
     };
-    Some(match &session.connection {
+    match &session.connection {
         Some(link) => link.sender.try_send(delivered).is_err(),
         None if delivered.qos == QoS::AtLeastOnce => {
             let full = session.queued.len() >= QUEUED_WHILE_AWAY;
@@ -472,7 +515,7 @@ fn deliver(session: &mut Session, message: &Message) -> Option<bool> {
         }
         // QoS 0 is not kept for an away client.
         None => false,
-    })
+    }
 }
 
 fn rank(qos: QoS) -> u8 {
@@ -643,6 +686,49 @@ mod tests {
         assert_eq!(broker.stats().dropped, 5);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(broker.expire_sessions(), 1);
+    }
+
+    #[test]
+    fn every_way_a_session_or_filter_ends_takes_it_out_of_routing() {
+        let broker = Broker::new(Duration::ZERO);
+        let reach = |topic: &str| broker.publish(message(topic, QoS::AtMostOnce, false, ""));
+        let filters = |f: &[&str]| -> Vec<(String, QoS, bool)> {
+            f.iter()
+                .map(|f| ((*f).to_owned(), QoS::AtLeastOnce, false))
+                .collect()
+        };
+        // Unsubscribed: gone; subscribed twice: held once.
+        let u = broker.connect("u", true, None);
+        broker.subscribe("u", &filters(&["a/+", "a/b", "a/b"]));
+        broker.unsubscribe("u", &["a/+".into(), "never/held".into()]);
+        assert_eq!(reach("a/c"), 0);
+        assert_eq!(reach("a/b"), 1);
+        // A clean session ends with its connection; the same client id starts empty.
+        broker.disconnect("u", u.connection, Vec::new());
+        let _u = broker.connect("u", false, None);
+        assert_eq!(reach("a/b"), 0);
+        // A clean start discards a persistent session held by a live connection.
+        let _p = broker.connect("p", false, Some(Duration::from_secs(60)));
+        broker.subscribe("p", &filters(&["p/#"]));
+        assert_eq!(reach("p/1"), 1);
+        let p = broker.connect("p", true, Some(Duration::from_secs(60)));
+        assert_eq!(reach("p/1"), 0);
+        // An expired away session: at the sweep, or when its client id connects again.
+        broker.subscribe("p", &filters(&["p/#"]));
+        broker.disconnect("p", p.connection, Vec::new());
+        std::thread::sleep(Duration::from_millis(2));
+        let _again = broker.connect("p", false, Some(Duration::from_secs(60)));
+        assert_eq!(reach("p/1"), 0, "the expired session's filter is gone");
+        let e = broker.connect("e", false, Some(Duration::from_secs(60)));
+        broker.subscribe("e", &filters(&["e"]));
+        broker.disconnect("e", e.connection, Vec::new());
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(broker.expire_sessions(), 1);
+        assert_eq!(reach("e"), 0);
+        assert!(
+            broker.state().index.is_empty(),
+            "no filter outlives its session"
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   compiled once per connection and checked for every CONNECT, PUBLISH, SUBSCRIBE and delivery.
 //! - [`topic`]: topic names and filters with AWS IoT's limits, and wildcard matching.
 //! - [`broker`]: sessions (clean and persistent, taken over by a second connection with the same
-//!   client id), subscriptions, retained messages and routing with QoS 0 and 1.
+//!   client id), subscriptions, retained messages and routing with QoS 0 and 1 (through
+//!   [`subscriptions`]: every session's filters in one tree of topic levels).
 //! - [`lifecycle`]: the connected and disconnected events on `$aws/events/presence/…`.
 //! - [`shadow`]: the Device Shadow service (classic and named shadows, versions, delta,
 //!   documents), served on its reserved topics by [`reserved`] and over HTTP by [`dataplane`]
@@ -45,6 +46,7 @@ pub mod reserved;
 pub mod rules;
 pub mod server;
 pub mod shadow;
+pub mod subscriptions;
 pub mod tls;
 pub mod topic;
 pub mod wire;
